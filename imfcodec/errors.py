@@ -1,0 +1,32 @@
+"""Error types. Every failure a user can cause is an ``IMFError`` with a one-line message,
+so the CLI can print it without a traceback and exit non-zero."""
+
+from __future__ import annotations
+
+
+class IMFError(Exception):
+    """Base class of every user-facing imfcodec failure; ``str(e)`` is one line."""
+
+
+class InputError(IMFError):
+    """Unreadable or unsupported input video, or invalid arguments."""
+
+
+class BitstreamError(IMFError):
+    """Anything wrong with an .imf stream."""
+
+
+class CorruptStreamError(BitstreamError):
+    """CRC mismatch, truncation, impossible lengths: the bytes are damaged."""
+
+
+class UnsupportedStreamError(BitstreamError):
+    """A well-formed stream this build cannot decode (newer version, unknown key codec)."""
+
+
+class ModelMismatchError(BitstreamError):
+    """The stream was made by another model or by other weights than the ones loaded."""
+
+
+class WeightsError(IMFError):
+    """A weights file that is not safetensors, or whose config does not match."""
