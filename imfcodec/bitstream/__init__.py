@@ -1,0 +1,34 @@
+"""The .imf container: magic, version, a CRC-checked header, then key / token / END packets.
+
+Pure Python (no torch, no numpy). ``bitstreams/FORMAT.md`` is the normative byte layout; the payload of
+token packets is owned by ``imfcodec.entropy``.
+"""
+
+from __future__ import annotations
+
+from .format import (
+    MAGIC,
+    MAX_CHUNK,
+    MAX_NAME,
+    MAX_TOKEN_DIM,
+    VERSION,
+    EndPacket,
+    KeyPacket,
+    Limits,
+    Packet,
+    PacketRecord,
+    StreamHeader,
+    TokenPacket,
+    decode_varint,
+    encode_packet,
+    encode_varint,
+    packet_overhead,
+)
+from .reader import StreamReader, is_imf_stream, iter_packet_records, read_stream
+from .writer import StreamWriter
+
+__all__ = [
+    "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "EndPacket", "KeyPacket", "Limits", "Packet",
+    "PacketRecord", "StreamHeader", "StreamReader", "StreamWriter", "TokenPacket", "decode_varint",
+    "encode_packet", "encode_varint", "is_imf_stream", "iter_packet_records", "packet_overhead", "read_stream",
+]

@@ -1,0 +1,243 @@
+"""Byte-level definitions of the .imf container, shared by the reader and the writer.
+
+``bitstreams/FORMAT.md`` is the normative description; this module is its executable form. Everything
+here is pure Python (no torch, no numpy) so that a stream can be inspected and validated without the model.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from ..errors import BitstreamError
+
+MAGIC = b"\x8bIMF\r\n\x1a\n"
+"""PNG-style signature: a high-bit byte, CR LF, ^Z and LF, so 7-bit and text-mode transfers are caught."""
+VERSION = 1
+
+# Record types (one ASCII byte each).
+TYPE_HEADER = 0x48  # 'H'
+TYPE_KEY = 0x4B  # 'K'
+TYPE_TOKENS = 0x54  # 'T'
+TYPE_END = 0x45  # 'E'
+TYPE_NAMES = {TYPE_HEADER: "header", TYPE_KEY: "key", TYPE_TOKENS: "token", TYPE_END: "END"}
+
+CRC_SIZE = 4
+VARINT_MAX_BYTES = 10  # enough for any value < 2**64
+MAX_NAME = 64  # bytes, for the model and key-codec names
+WEIGHTS_HASH_SIZE = 16
+MAX_TOKEN_DIM = 256
+MAX_CHUNK = 1024  # frames per token packet; matches the entropy coder's own ceiling
+MAX_FPS_TERM = 2**32 - 1  # numerator and denominator of the frame rate
+MAX_U8 = 255
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits a reader enforces before trusting any size in a stream (all overridable)."""
+
+    max_width: int = 4096
+    max_height: int = 4096
+    max_frames: int = 1_000_000
+    max_packet: int = 64 * 1024 * 1024  # bytes of payload in one record
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """Everything a decoder needs before the first packet (see FORMAT.md, "Header record")."""
+
+    model: str
+    weights_hash: bytes
+    width: int
+    height: int
+    fps_num: int
+    fps_den: int
+    frames: int  # 0 = unknown when the header was written; the END packet carries the real count
+    key_codec: str
+    key_quality: int
+    quality: int
+    chunk: int
+    token_dim: int
+    scale_indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class KeyPacket:
+    """An intra-coded key frame plus its own token as raw integers (restarts the token chain)."""
+
+    frame: int
+    key_token: bytes
+    image: bytes
+
+
+@dataclass(frozen=True)
+class TokenPacket:
+    """``count`` consecutive frames starting at ``frame``, their tokens entropy-coded in ``data``."""
+
+    frame: int
+    count: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EndPacket:
+    """Last record of every stream; its presence proves the stream was not truncated."""
+
+    frames: int
+
+
+Packet = Union[KeyPacket, TokenPacket, EndPacket]
+
+
+@dataclass(frozen=True)
+class PacketRecord:
+    """Where one record sits in the file, for tools that report per-packet sizes."""
+
+    offset: int  # byte offset of the type byte from the start of the stream
+    type: str  # 'H', 'K', 'T' or 'E'
+    payload_len: int
+    total_len: int  # type + length varint + payload + CRC
+
+
+# ---------------------------------------------------------------------------------------------- varints
+
+def encode_varint(value: int) -> bytes:
+    """Unsigned LEB128, minimal length (the only form a reader accepts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 1 << 64:
+        raise ValueError(f"varint value out of range: {value!r}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def varint_size(value: int) -> int:
+    """Bytes ``encode_varint(value)`` takes."""
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def decode_varint(read_byte: Callable[[], int | None], offset: int, what: str,
+                  error: type[BitstreamError]) -> int:
+    """Read one LEB128 varint through ``read_byte`` (returns None at end of data).
+
+    Rejects more than 10 bytes, values >= 2**64 and non-minimal encodings, so every value has exactly one
+    byte representation. ``offset`` is the position of the first byte, used in error messages.
+    """
+    value = 0
+    for i in range(VARINT_MAX_BYTES):
+        b = read_byte()
+        if b is None:
+            raise error(f"truncated: {what} varint at byte {offset} runs past the end of the data")
+        value |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            if i and b == 0:
+                raise error(f"non-minimal {what} varint at byte {offset}")
+            if value >= 1 << 64:
+                raise error(f"{what} varint at byte {offset} exceeds 64 bits")
+            return value
+    raise error(f"{what} varint at byte {offset} is longer than {VARINT_MAX_BYTES} bytes")
+
+
+def record_crc(type_byte: int, length_bytes: bytes, payload: bytes) -> int:
+    """CRC-32 (zlib) over the type byte, the length varint and the payload."""
+    return zlib.crc32(payload, zlib.crc32(length_bytes, zlib.crc32(bytes((type_byte,)))))
+
+
+def frame_record(type_byte: int, payload: bytes) -> bytes:
+    """type | varint(len) | payload | CRC-32 little-endian."""
+    length = encode_varint(len(payload))
+    return bytes((type_byte,)) + length + payload + record_crc(type_byte, length, payload).to_bytes(4, "little")
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def is_valid_name(raw: bytes) -> bool:
+    """Names are 1..64 bytes of printable ASCII (no controls that could spoof a terminal)."""
+    return 1 <= len(raw) <= MAX_NAME and all(0x20 <= b <= 0x7E for b in raw)
+
+
+def header_problem(h: StreamHeader, limits: Limits) -> str | None:
+    """The first reason ``h`` is not a valid v1 header under ``limits``, or None.
+
+    Shared by writer and reader so the writer can never produce a stream the reader rejects.
+    """
+    def uint(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for name in ("model", "key_codec"):
+        v = getattr(h, name)
+        if not isinstance(v, str) or not v.isascii() or not is_valid_name(v.encode("ascii")):
+            return f"{name} must be 1..{MAX_NAME} printable ASCII characters, got {v!r}"
+    if not isinstance(h.weights_hash, (bytes, bytearray)) or len(h.weights_hash) != WEIGHTS_HASH_SIZE:
+        return f"weights_hash must be {WEIGHTS_HASH_SIZE} bytes"
+    for name, hi in (("width", limits.max_width), ("height", limits.max_height)):
+        v = getattr(h, name)
+        if not uint(v) or not 1 <= v <= hi:
+            return f"{name} {v!r} is outside 1..{hi}"
+    for name in ("fps_num", "fps_den"):
+        v = getattr(h, name)
+        if not uint(v) or not 1 <= v <= MAX_FPS_TERM:
+            return f"{name} {v!r} is outside 1..{MAX_FPS_TERM}"
+    if not uint(h.frames) or h.frames > limits.max_frames:
+        return f"frame count {h.frames!r} is outside 0..{limits.max_frames}"
+    for name in ("key_quality", "quality"):
+        v = getattr(h, name)
+        if not uint(v) or v > MAX_U8:
+            return f"{name} {v!r} is outside 0..{MAX_U8}"
+    if not uint(h.chunk) or not 1 <= h.chunk <= MAX_CHUNK:
+        return f"chunk size {h.chunk!r} is outside 1..{MAX_CHUNK}"
+    if not uint(h.token_dim) or not 1 <= h.token_dim <= MAX_TOKEN_DIM:
+        return f"token_dim {h.token_dim!r} is outside 1..{MAX_TOKEN_DIM}"
+    idx = h.scale_indexes
+    if not isinstance(idx, (tuple, list)) or len(idx) != h.token_dim:
+        n = len(idx) if isinstance(idx, (tuple, list)) else "?"
+        return f"{n} scale indexes for token_dim {h.token_dim}"
+    if not all(uint(i) and i <= MAX_U8 for i in idx):
+        return f"scale indexes must be integers in 0..{MAX_U8}"
+    return None
+
+
+def encode_header(h: StreamHeader) -> bytes:
+    """Header payload (the caller has validated ``h``)."""
+    model, codec = h.model.encode("ascii"), h.key_codec.encode("ascii")
+    v = encode_varint
+    return b"".join((
+        bytes((len(model),)), model, bytes(h.weights_hash),
+        v(h.width), v(h.height), v(h.fps_num), v(h.fps_den), v(h.frames),
+        bytes((len(codec),)), codec, bytes((h.key_quality, h.quality)),
+        v(h.chunk), v(h.token_dim), bytes(h.scale_indexes),
+    ))
+
+
+def encode_payload(packet: Packet) -> tuple[int, bytes]:
+    """(type byte, payload) of a packet; no sequence checks (see StreamWriter for those)."""
+    if isinstance(packet, KeyPacket):
+        kt = bytes(packet.key_token)
+        return TYPE_KEY, encode_varint(packet.frame) + encode_varint(len(kt)) + kt + bytes(packet.image)
+    if isinstance(packet, TokenPacket):
+        return TYPE_TOKENS, encode_varint(packet.frame) + encode_varint(packet.count) + bytes(packet.data)
+    if isinstance(packet, EndPacket):
+        return TYPE_END, encode_varint(packet.frames)
+    raise TypeError(f"not a packet: {type(packet).__name__}")
+
+
+def encode_packet(packet: Packet) -> bytes:
+    """The complete record for ``packet`` as it appears in a stream (useful for size accounting)."""
+    type_byte, payload = encode_payload(packet)
+    return frame_record(type_byte, payload)
+
+
+def packet_overhead(packet: Packet) -> int:
+    """Container bytes of ``packet`` beyond the coded data (key image + key token, or token data)."""
+    size = len(encode_packet(packet))
+    if isinstance(packet, KeyPacket):
+        return size - len(packet.image) - len(packet.key_token)
+    if isinstance(packet, TokenPacket):
+        return size - len(packet.data)
+    return size

@@ -1,0 +1,356 @@
+"""StreamReader: parses an .imf stream and validates every byte before anyone downstream sees it.
+
+Error classes (all ``BitstreamError``): ``CorruptStreamError`` for damaged or malformed bytes,
+``UnsupportedStreamError`` for a well-formed stream this reader will not take (other version, a value above
+the caller's ``Limits``). Each message is one line naming the problem and its byte offset.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO, Iterator, Union
+
+from ..errors import BitstreamError, CorruptStreamError, InputError, UnsupportedStreamError
+from .format import (
+    CRC_SIZE,
+    MAGIC,
+    MAX_TOKEN_DIM,
+    TYPE_END,
+    TYPE_HEADER,
+    TYPE_KEY,
+    TYPE_NAMES,
+    TYPE_TOKENS,
+    VERSION,
+    WEIGHTS_HASH_SIZE,
+    EndPacket,
+    KeyPacket,
+    Limits,
+    Packet,
+    PacketRecord,
+    StreamHeader,
+    TokenPacket,
+    decode_varint,
+    header_problem,
+    is_valid_name,
+    record_crc,
+)
+
+Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+_READ_PIECE = 1 << 20  # when the file size is unknown, grow buffers by at most this much at a time
+_NO_LIMITS = Limits(max_width=2**64, max_height=2**64, max_frames=2**64, max_packet=2**64)
+
+
+class _Source:
+    """Byte source that tracks its offset and, when it can, how many bytes remain."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.pos = 0
+        self.size: int | None = None
+        try:
+            if f.seekable():
+                start = f.tell()
+                end = f.seek(0, os.SEEK_END)
+                f.seek(start)
+                self.size = max(0, end - start)
+        except (AttributeError, OSError, ValueError):
+            self.size = None
+
+    def remaining(self) -> int | None:
+        return None if self.size is None else self.size - self.pos
+
+    def read_upto(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at end of data), read in bounded pieces."""
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            piece = self.f.read(min(n - got, _READ_PIECE))
+            if not isinstance(piece, (bytes, bytearray)):
+                raise InputError("an imfcodec stream must be opened in binary mode")
+            if not piece:
+                break
+            parts.append(bytes(piece))
+            got += len(piece)
+        self.pos += got
+        return b"".join(parts)
+
+    def read_byte(self) -> int | None:
+        b = self.read_upto(1)
+        return b[0] if b else None
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        start = self.pos
+        data = self.read_upto(n)
+        if len(data) != n:
+            raise CorruptStreamError(f"truncated: {what} at byte {start} needs {n} bytes, "
+                                     f"only {len(data)} remain")
+        return data
+
+
+class _Cursor:
+    """Reads fields out of a CRC-checked payload; offsets in errors are absolute stream offsets."""
+
+    def __init__(self, data: bytes, base: int, where: str) -> None:
+        self.data, self.base, self.where, self.i = data, base, where, 0
+
+    def _byte(self) -> int | None:
+        if self.i >= len(self.data):
+            return None
+        self.i += 1
+        return self.data[self.i - 1]
+
+    def varint(self, what: str) -> int:
+        return decode_varint(self._byte, self.base + self.i, f"{self.where} {what}", CorruptStreamError)
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > len(self.data) - self.i:
+            raise CorruptStreamError(f"{self.where}: {what} at byte {self.base + self.i} needs {n} bytes, "
+                                     f"the payload has {len(self.data) - self.i} left")
+        self.i += n
+        return self.data[self.i - n:self.i]
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def rest(self) -> bytes:
+        out = self.data[self.i:]
+        self.i = len(self.data)
+        return out
+
+    def done(self) -> None:
+        if self.i != len(self.data):
+            raise CorruptStreamError(f"{self.where}: {len(self.data) - self.i} unexpected bytes at byte "
+                                     f"{self.base + self.i}")
+
+
+class StreamReader:
+    """Validating parser: the header on construction (``.header``), then packets by iteration.
+
+    Iteration raises ``CorruptStreamError`` if the stream ends without an END packet or has bytes after it,
+    so a loop that finishes without an exception has seen a complete, intact stream. ``.end`` holds the END
+    packet once reached. The reader reads sequentially and never allocates more than the file holds.
+    """
+
+    def __init__(self, fileobj: BinaryIO, limits: Limits = Limits()) -> None:
+        self.limits = limits
+        self._src = _Source(fileobj)
+        self._check_magic()
+        version = self._src.read_byte()
+        if version is None:
+            raise CorruptStreamError(f"truncated: stream ends at byte {len(MAGIC)} before the version byte")
+        if version != VERSION:
+            raise UnsupportedStreamError(f"stream version {version} at byte {len(MAGIC)} is not supported "
+                                         f"(this reader handles version {VERSION})")
+        rec, payload = self._read_record(first=True)
+        self.header_record: PacketRecord = rec
+        self.header: StreamHeader = self._parse_header(payload, rec.offset + rec.total_len - len(payload) - CRC_SIZE)
+        self.end: EndPacket | None = None
+        self._next_frame = 0
+
+    # ------------------------------------------------------------------------------------------ public
+
+    def __iter__(self) -> Iterator[Packet]:
+        for _rec, packet in self.records():
+            yield packet
+
+    def records(self) -> Iterator[tuple[PacketRecord, Packet]]:
+        """Yield (record position/size, validated packet) for every packet after the header, END last."""
+        while self.end is None:
+            offset = self._src.pos
+            if self._src.remaining() == 0:
+                raise CorruptStreamError(f"truncated: stream ends at byte {offset} without an END packet")
+            rec, payload = self._read_record(first=False)
+            packet = self._parse_packet(rec, payload)
+            if isinstance(packet, EndPacket):
+                self.end = packet
+                self._check_trailing()
+            yield rec, packet
+
+    # ------------------------------------------------------------------------------------------ framing
+
+    def _check_magic(self) -> None:
+        data = self._src.read_upto(len(MAGIC))
+        if data == MAGIC:
+            return
+        if not data:
+            raise BitstreamError("not an imfcodec stream (empty file)")
+        if len(data) < len(MAGIC) and MAGIC.startswith(data):
+            raise CorruptStreamError(f"truncated: stream ends at byte {len(data)} inside the signature")
+        if data[:4] == MAGIC[:4]:
+            raise CorruptStreamError("damaged imfcodec signature at byte 0 "
+                                     "(line endings altered by a text-mode transfer?)")
+        raise BitstreamError("not an imfcodec stream (bad magic at byte 0)")
+
+    def _read_record(self, first: bool) -> tuple[PacketRecord, bytes]:
+        src = self._src
+        offset = src.pos
+        t = src.read_byte()
+        if t is None:
+            raise CorruptStreamError(f"truncated: stream ends at byte {offset} without an END packet")
+        if first and t != TYPE_HEADER:
+            raise CorruptStreamError(f"expected the header record at byte {offset}, found type 0x{t:02x}")
+        if not first and t not in (TYPE_KEY, TYPE_TOKENS, TYPE_END):
+            kind = "a second header record" if t == TYPE_HEADER else f"unknown packet type 0x{t:02x}"
+            raise CorruptStreamError(f"{kind} at byte {offset}")
+        name = TYPE_NAMES[t]
+        len_start = src.pos
+        length_bytes = bytearray()
+
+        def byte() -> int | None:
+            b = src.read_byte()
+            if b is not None:
+                length_bytes.append(b)
+            return b
+
+        n = decode_varint(byte, len_start, f"{name} record length", CorruptStreamError)
+        remaining = src.remaining()
+        if remaining is not None and n + CRC_SIZE > remaining:
+            raise CorruptStreamError(f"bad length or truncation: {name} record at byte {offset} declares "
+                                     f"{n} payload bytes, only {max(0, remaining - CRC_SIZE)} remain")
+        if n > self.limits.max_packet:
+            raise UnsupportedStreamError(f"{name} record at byte {offset} declares {n} payload bytes, above "
+                                         f"the limit of {self.limits.max_packet} (Limits.max_packet)")
+        payload = src.read_exact(n, f"{name} record payload")
+        crc = int.from_bytes(src.read_exact(CRC_SIZE, f"{name} record CRC"), "little")
+        if crc != record_crc(t, bytes(length_bytes), payload):
+            raise CorruptStreamError(f"CRC mismatch in the {name} record at byte {offset}")
+        total = 1 + len(length_bytes) + n + CRC_SIZE
+        return PacketRecord(offset, chr(t), n, total), payload
+
+    def _check_trailing(self) -> None:
+        pos = self._src.pos
+        left = self._src.remaining()
+        if left is None:
+            left = 1 if self._src.read_byte() is not None else 0
+            self._src.pos = pos
+        if left:
+            raise CorruptStreamError(f"{'trailing bytes' if self._src.size is None else f'{left} trailing bytes'}"
+                                     f" after the END packet, at byte {pos}")
+
+    # ------------------------------------------------------------------------------------------ header
+
+    def _parse_header(self, payload: bytes, base: int) -> StreamHeader:
+        where = f"header at byte {self.header_record.offset}"
+        c = _Cursor(payload, base, where)
+
+        def name(what: str) -> str:
+            n = c.u8(f"{what} length")
+            raw = c.take(n, what)
+            if not is_valid_name(raw):
+                raise CorruptStreamError(f"{where}: {what} is not 1..64 printable ASCII bytes")
+            return raw.decode("ascii")
+
+        model = name("model name")
+        weights_hash = c.take(WEIGHTS_HASH_SIZE, "weights hash")
+        width, height = c.varint("width"), c.varint("height")
+        fps_num, fps_den = c.varint("fps numerator"), c.varint("fps denominator")
+        frames = c.varint("frame count")
+        key_codec = name("key codec name")
+        key_quality, quality = c.u8("key quality"), c.u8("token quality")
+        chunk, token_dim = c.varint("chunk size"), c.varint("token_dim")
+        if not 1 <= token_dim <= MAX_TOKEN_DIM:
+            raise CorruptStreamError(f"{where}: token_dim {token_dim} is outside 1..{MAX_TOKEN_DIM}")
+        scale_indexes = tuple(c.take(token_dim, "scale indexes"))
+        c.done()
+        h = StreamHeader(model, weights_hash, width, height, fps_num, fps_den, frames, key_codec, key_quality,
+                         quality, chunk, token_dim, scale_indexes)
+        problem = header_problem(h, _NO_LIMITS)
+        if problem:  # outside what the format allows (e.g. width 0, chunk > MAX_CHUNK)
+            raise CorruptStreamError(f"{where}: {problem}")
+        problem = header_problem(h, self.limits)
+        if problem:  # legal, but above this reader's Limits
+            raise UnsupportedStreamError(f"{where}: {problem} (reader Limits)")
+        return h
+
+    # ------------------------------------------------------------------------------------------ packets
+
+    def _parse_packet(self, rec: PacketRecord, payload: bytes) -> Packet:
+        h, lim = self.header, self.limits
+        t = ord(rec.type)
+        where = f"{TYPE_NAMES[t]} packet at byte {rec.offset}"
+        c = _Cursor(payload, rec.offset + rec.total_len - rec.payload_len - CRC_SIZE, where)
+        if t == TYPE_END:
+            frames = c.varint("frame count")
+            c.done()
+            if frames != self._next_frame:
+                raise CorruptStreamError(f"{where}: says {frames} frames but the packets hold {self._next_frame}")
+            if h.frames and frames != h.frames:
+                raise CorruptStreamError(f"{where}: says {frames} frames but the header says {h.frames}")
+            return EndPacket(frames)
+        frame = c.varint("frame index")
+        if frame != self._next_frame:
+            raise CorruptStreamError(f"{where}: starts at frame {frame}, expected frame {self._next_frame}")
+        if t == TYPE_KEY:
+            n = c.varint("key token length")
+            if n != 2 * h.token_dim:
+                raise CorruptStreamError(f"{where}: key token is {n} bytes, expected {2 * h.token_dim}")
+            key_token = c.take(n, "key token")
+            image = c.rest()
+            if not image:
+                raise CorruptStreamError(f"{where}: empty key-frame image")
+            packet: Packet = KeyPacket(frame, key_token, image)
+            count = 1
+        else:
+            if self._next_frame == 0:
+                raise CorruptStreamError(f"{where}: token packet before any key packet")
+            count = c.varint("frame count")
+            if not 1 <= count <= h.chunk:
+                raise CorruptStreamError(f"{where}: frame count {count} is outside 1..{h.chunk} (chunk size)")
+            packet = TokenPacket(frame, count, c.rest())
+        if frame + count > lim.max_frames:
+            raise UnsupportedStreamError(f"{where}: frame {frame + count - 1} is beyond the limit of "
+                                         f"{lim.max_frames} frames (Limits.max_frames)")
+        if h.frames and frame + count > h.frames:
+            raise CorruptStreamError(f"{where}: frame {frame + count - 1} is beyond the header's "
+                                     f"{h.frames} frames")
+        self._next_frame = frame + count
+        return packet
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _open(source: Source) -> tuple[BinaryIO, bool]:
+    """(binary file object, whether we opened it and must close it)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source)), True
+    if isinstance(source, (str, os.PathLike)):
+        return open(source, "rb"), True
+    return source, False
+
+
+def iter_packet_records(source: Source, limits: Limits = Limits()) -> Iterator[PacketRecord]:
+    """Offsets and sizes of every packet after the header (END last), fully validated like StreamReader.
+
+    ``source`` is bytes, a path or a binary file object. The header record itself is
+    ``StreamReader(f).header_record``.
+    """
+    f, owned = _open(source)
+    try:
+        for rec, _packet in StreamReader(f, limits).records():
+            yield rec
+    finally:
+        if owned:
+            f.close()
+
+
+def read_stream(source: Source, limits: Limits = Limits()) -> tuple[StreamHeader, list[Packet]]:
+    """Parse a whole stream: (header, packets with END last). Convenient for tools and tests."""
+    f, owned = _open(source)
+    try:
+        reader = StreamReader(f, limits)
+        return reader.header, list(reader)
+    finally:
+        if owned:
+            f.close()
+
+
+def is_imf_stream(path_or_bytes: Union[bytes, bytearray, memoryview, str, os.PathLike]) -> bool:
+    """True when the data (or the file at the path) starts with the imfcodec signature; never raises."""
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes[:len(MAGIC)]) == MAGIC
+    try:
+        with open(path_or_bytes, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except (OSError, TypeError, ValueError):
+        return False

@@ -1,0 +1,116 @@
+"""StreamWriter: emits a valid .imf stream, refusing anything a conforming reader would reject."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from ..errors import InputError
+from .format import (
+    MAGIC,
+    TYPE_HEADER,
+    VERSION,
+    EndPacket,
+    KeyPacket,
+    Limits,
+    Packet,
+    StreamHeader,
+    TokenPacket,
+    encode_header,
+    encode_payload,
+    frame_record,
+    header_problem,
+)
+
+
+def _uint(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+class StreamWriter:
+    """Writes magic, version and header on construction, then one record per ``write``.
+
+    The writer enforces the same rules as ``StreamReader`` (contiguous frame indices starting with a key
+    frame, counts within the chunk size, key-token length) so an encoder bug surfaces at encode time as an
+    ``InputError`` instead of as an undecodable file. It never closes ``fileobj``: the caller owns it.
+    """
+
+    def __init__(self, fileobj: BinaryIO, header: StreamHeader, limits: Limits = Limits()) -> None:
+        problem = header_problem(header, limits)
+        if problem:
+            raise InputError(f"invalid stream header: {problem}")
+        self._f = fileobj
+        self.header = header
+        self.limits = limits
+        self.next_frame = 0
+        self.bytes_written = 0
+        self.closed = False
+        self._write(MAGIC + bytes((VERSION,)) + frame_record(TYPE_HEADER, encode_header(header)))
+
+    def write(self, packet: Packet) -> int:
+        """Append a key or token packet; returns the bytes written (the whole record)."""
+        if isinstance(packet, EndPacket):
+            raise InputError("use close(end) to write the END packet")
+        self._check(packet)
+        n = self._record(packet)
+        self.next_frame += 1 if isinstance(packet, KeyPacket) else packet.count
+        return n
+
+    def close(self, end: EndPacket) -> int:
+        """Write the END packet and flush; returns its size. ``end.frames`` must match the frames sent."""
+        if self.closed:
+            raise InputError("stream writer is already closed")
+        if not isinstance(end, EndPacket):
+            raise InputError(f"close() needs an EndPacket, got {type(end).__name__}")
+        if end.frames != self.next_frame:
+            raise InputError(f"END says {end.frames!r} frames but {self.next_frame} were written")
+        if self.header.frames and end.frames != self.header.frames:
+            raise InputError(f"END says {end.frames} frames but the header says {self.header.frames}")
+        n = self._record(end)
+        self.closed = True
+        flush = getattr(self._f, "flush", None)
+        if flush is not None:
+            flush()
+        return n
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _check(self, p: Packet) -> None:
+        if self.closed:
+            raise InputError("cannot write after close()")
+        h = self.header
+        if not isinstance(p, (KeyPacket, TokenPacket)):
+            raise InputError(f"not a packet: {type(p).__name__}")
+        if not _uint(p.frame) or p.frame != self.next_frame:
+            raise InputError(f"packet starts at frame {p.frame!r}, expected {self.next_frame}")
+        if isinstance(p, KeyPacket):
+            if len(p.key_token) != 2 * h.token_dim:
+                raise InputError(f"key token is {len(p.key_token)} bytes, expected {2 * h.token_dim}")
+            if not p.image:
+                raise InputError(f"key packet at frame {p.frame} has an empty image")
+            last = p.frame
+        else:
+            if self.next_frame == 0:
+                raise InputError("the first packet must be a key packet")
+            if not _uint(p.count) or not 1 <= p.count <= h.chunk:
+                raise InputError(f"token packet count {p.count!r} is outside 1..{h.chunk}")
+            last = p.frame + p.count - 1
+        if last >= self.limits.max_frames:
+            raise InputError(f"frame {last} exceeds the limit of {self.limits.max_frames} frames")
+
+    def _record(self, p: Packet) -> int:
+        type_byte, payload = encode_payload(p)
+        if len(payload) > self.limits.max_packet:
+            raise InputError(f"packet payload of {len(payload)} bytes exceeds {self.limits.max_packet}")
+        return self._write(frame_record(type_byte, payload))
+
+    def _write(self, data: bytes) -> int:
+        written = self._f.write(data)
+        if written is not None and written != len(data):  # raw (unbuffered) files may write short
+            view = memoryview(data)[written:]
+            while view:
+                k = self._f.write(view)
+                if not k:
+                    raise OSError("short write to the output stream")
+                view = view[k:]
+        self.bytes_written += len(data)
+        return len(data)
