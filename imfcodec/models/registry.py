@@ -1,0 +1,179 @@
+"""Named model configs (timm-style registry): ``create_model("imf-small")``.
+
+Config names are part of the bitstream (the header names the model), so a registered config
+must never change once weights for it are shipped; add a new name instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from imfcodec.errors import InputError
+from imfcodec.models.imf import IMF, IMFConfig
+
+_REGISTRY: dict[str, Callable[[], IMFConfig]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[[], IMFConfig]], Callable[[], IMFConfig]]:
+    """Decorator: register a zero-argument function returning the IMFConfig for ``name``."""
+
+    def deco(fn: Callable[[], IMFConfig]) -> Callable[[], IMFConfig]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> IMFConfig:
+    if name not in _REGISTRY:
+        raise InputError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    cfg = _REGISTRY[name]()
+    return cfg if cfg.name == name else dataclasses.replace(cfg, name=name)
+
+
+def create_model(name: str, **overrides) -> IMF:
+    """Build an (untrained) IMF for a registered config, with optional field overrides."""
+    cfg = get_config(name)
+    if overrides:
+        bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(IMFConfig)})
+        if bad:
+            raise InputError(f"unknown config fields: {', '.join(bad)}")
+        cfg = dataclasses.replace(cfg, **overrides)
+    return IMF(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def decode_gflops(model: IMF, resolution: int | None = None) -> float:
+    """GFLOPs (2 x multiply-adds) of one decode_frame call at batch 1; the reference is prepared
+    outside the count because the decoder does it once per key frame."""
+    r = resolution or model.config.resolution
+    was_training = model.training
+    model.eval()
+    x = torch.rand(1, 3, r, r)
+    t = torch.zeros(1, model.config.token_dim)
+    with torch.no_grad():
+        ref = model.prepare_reference(x, t)
+    counter = FlopCounterMode(display=False)
+    # grad mode on: FlopCounterMode's module tracker asserts on some no_grad graphs
+    with counter:
+        model.decode_frame(ref, t)
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# configs
+
+
+@register_model("imf-paper")
+def _imf_paper() -> IMFConfig:
+    """Paper widths at 256x256 (IMFConfig defaults). Heavy: for reference, not for CPUs."""
+    return IMFConfig(name="imf-paper")
+
+
+@register_model("imf-base")
+def _imf_base() -> IMFConfig:
+    """Between small and paper: full attention at the three coarse scales, wider everywhere."""
+    return IMFConfig(
+        name="imf-base",
+        resolution=256,
+        token_dim=32,
+        ef_stem=32,
+        ef_widths=(32, 64, 128, 192, 256),
+        et_widths=(32, 32, 64, 128, 192, 256, 256),
+        et_mlp_layers=2,
+        et_mlp_width=256,
+        imfd_widths=(256, 192, 128, 64),
+        m_dims=(128, 96, 64, 32),
+        imfd_convs=2,
+        style_dim=256,
+        mapping_layers=2,
+        align_modes=("full", "full", "full", "window"),
+        align_window=9,
+        align_locality=3.0,
+        tf_blocks=(2, 2, 1, 0),
+        tf_heads=4,
+        tf_mlp_ratio=2.0,
+        df_widths=(256, 192, 128, 64),
+        df_feat_blocks=1,
+        df_up_widths=(32, 16),
+        pixel_skip=True,
+        disc_widths=(64, 128, 256, 256),
+    )
+
+
+@register_model("imf-small")
+def _imf_small() -> IMFConfig:
+    """The shipped default: 256x256, decodes in real time on 2 CPU cores."""
+    return IMFConfig(
+        name="imf-small",
+        resolution=256,
+        token_dim=32,
+        ef_stem=16,
+        ef_widths=(24, 32, 64, 96, 128),
+        et_widths=(16, 32, 48, 64, 96, 128, 128),
+        et_mlp_layers=2,
+        et_mlp_width=256,
+        imfd_widths=(192, 128, 64, 32),
+        m_dims=(64, 64, 32, 32),
+        imfd_convs=1,
+        style_dim=128,
+        mapping_layers=2,
+        align_modes=("full", "full", "full", "window"),
+        align_window=7,
+        align_locality=3.0,
+        tf_blocks=(1, 1, 0, 0),
+        tf_heads=4,
+        tf_mlp_ratio=2.0,
+        df_widths=(128, 96, 64, 32),
+        df_feat_blocks=1,
+        df_up_widths=(32,),
+        pixel_skip=True,
+        disc_widths=(32, 64, 128, 256),
+    )
+
+
+@register_model("imf-tiny")
+def _imf_tiny() -> IMFConfig:
+    """64x64 test model (< 0.3M parameters)."""
+    return IMFConfig(
+        name="imf-tiny",
+        resolution=64,
+        token_dim=32,
+        ef_stem=8,
+        ef_widths=(8, 16, 24, 32, 32),
+        et_widths=(8, 16, 24, 32, 32),
+        et_mlp_layers=1,
+        et_mlp_width=64,
+        imfd_widths=(48, 32, 24, 16),
+        m_dims=(16, 16, 16, 16),
+        imfd_convs=1,
+        style_dim=32,
+        mapping_layers=1,
+        align_modes=("full", "full", "full", "window"),
+        align_window=5,
+        align_locality=3.0,
+        pos_freqs=4,
+        tf_blocks=(1, 0, 0, 0),
+        tf_heads=2,
+        tf_mlp_ratio=2.0,
+        df_widths=(24, 24, 16, 16),
+        df_feat_blocks=1,
+        df_up_widths=(8,),
+        pixel_skip=True,
+        disc_widths=(16, 32, 64, 64),
+    )

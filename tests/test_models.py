@@ -1,0 +1,223 @@
+"""Tests for imfcodec.models: configs, shapes, API contracts, gradients, identity at init."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from imfcodec.errors import IMFError, InputError
+from imfcodec.models import (
+    IMF,
+    Discriminator,
+    IMFConfig,
+    count_parameters,
+    create_model,
+    decode_gflops,
+    get_config,
+    list_models,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> IMF:
+    torch.manual_seed(0)
+    return create_model("imf-tiny").eval()
+
+
+@functools.lru_cache(maxsize=None)
+def shared_model(name: str) -> IMF:
+    """One untrained instance per config for read-only tests (the paper model takes ~1 s)."""
+    torch.manual_seed(0)
+    return create_model(name).eval()
+
+
+def smooth_image(b: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random image in [0, 1]: low-resolution noise upsampled bicubically."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(b, 3, size // 8, size // 8, generator=g)
+    return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = F.mse_loss(a, b).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def test_registry_lists_expected_models() -> None:
+    names = list_models()
+    for required in ("imf-paper", "imf-small", "imf-tiny"):
+        assert required in names
+    with pytest.raises(IMFError):
+        get_config("no-such-model")
+    with pytest.raises(IMFError):
+        create_model("imf-tiny", not_a_field=1)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_config_constructs(name: str) -> None:
+    cfg = get_config(name)
+    assert cfg.name == name
+    model = shared_model(name)
+    assert model.config == cfg
+    assert count_parameters(model) > 0
+    assert model.token_scale.shape == (cfg.token_dim,)
+    assert "token_scale" in model.state_dict()
+    # the smallest legal size keeps the test fast; every module must run there anyway
+    assert decode_gflops(model, resolution=max(64, cfg.min_size)) > 0
+
+
+def test_config_budgets() -> None:
+    assert count_parameters(shared_model("imf-tiny")) < 300_000
+    assert count_parameters(shared_model("imf-small")) < 8_000_000
+    assert get_config("imf-small").resolution == 256
+    assert get_config("imf-paper").pixel_skip is False
+    assert get_config("imf-small").pixel_skip is True
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_config_roundtrip(name: str) -> None:
+    cfg = get_config(name)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert IMFConfig.from_dict(data) == cfg
+    assert IMFConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(IMFError):
+        IMFConfig.from_dict({**data, "bogus": 1})
+
+
+def test_paper_forward_at_256() -> None:
+    model = shared_model("imf-paper")
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        y = model(x, x)
+    assert y.shape == (1, 3, 256, 256)
+    assert 0.0 <= y.min().item() and y.max().item() <= 1.0
+
+
+def test_tiny_shapes_and_range(tiny: IMF) -> None:
+    x_ref, x_cur = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        t = tiny.encode_token(x_cur)
+        y = tiny(x_ref, x_cur)
+    assert t.shape == (2, tiny.config.token_dim)
+    assert y.shape == (2, 3, 64, 64)
+    assert y.min().item() >= 0.0 and y.max().item() <= 1.0
+    assert torch.isfinite(y).all()
+
+
+def test_decode_frame_matches_forward(tiny: IMF) -> None:
+    x_ref, x_cur = smooth_image(2, 64, 1), smooth_image(2, 64, 2)
+    with torch.no_grad():
+        y = tiny(x_ref, x_cur)
+        t_ref, t_cur = tiny.encode_token(x_ref), tiny.encode_token(x_cur)
+        ref = tiny.prepare_reference(x_ref, t_ref)
+        y2 = tiny.decode_frame(ref, t_cur)
+        y3 = tiny(x_ref, x_cur, t_ref=t_ref, t_cur=t_cur)
+    torch.testing.assert_close(y, y2, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(y, y3, atol=1e-5, rtol=1e-4)
+
+
+def test_inference_mode_matches_grad_mode(tiny: IMF) -> None:
+    """The in-place windowed-attention fast path equals the autograd path."""
+    x_ref, x_cur = smooth_image(1, 64, 3), smooth_image(1, 64, 4)
+    y_grad = tiny(x_ref, x_cur).detach()
+    with torch.inference_mode():
+        y_inf = tiny(x_ref, x_cur)
+    torch.testing.assert_close(y_grad, y_inf, atol=1e-5, rtol=1e-4)
+
+
+def test_reference_broadcasts_over_token_batch(tiny: IMF) -> None:
+    x_ref = smooth_image(1, 64, 5)
+    frames = torch.stack([smooth_image(1, 64, s)[0] for s in (6, 7, 8)])
+    with torch.no_grad():
+        ref = tiny.prepare_reference(x_ref, tiny.encode_token(x_ref))
+        t = tiny.encode_token(frames)
+        batch = tiny.decode_frame(ref, t)
+        single = torch.cat([tiny.decode_frame(ref, t[i:i + 1]) for i in range(3)])
+    assert ref.batch_size == 1
+    torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError):
+        tiny.decode_frame(tiny.prepare_reference(frames[:2], t[:2]), t)
+
+
+@pytest.mark.parametrize("size", [64, 32, 96])
+def test_runs_at_other_resolutions(tiny: IMF, size: int) -> None:
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        y = tiny(x, torch.rand(1, 3, size, size))
+    assert y.shape == (1, 3, size, size)
+
+
+def test_bad_inputs_raise(tiny: IMF) -> None:
+    with pytest.raises(InputError):
+        tiny.encode_token(torch.rand(1, 3, 60, 64))
+    with pytest.raises(InputError):
+        tiny.encode_token(torch.rand(3, 64, 64))
+    with pytest.raises(InputError):
+        tiny.prepare_reference(torch.rand(1, 3, 64, 64), torch.rand(1, 7))
+
+
+def test_identity_at_init() -> None:
+    """Untrained pixel_skip model reproduces the reference when the token is unchanged."""
+    model = create_model("imf-tiny").eval()
+    x = smooth_image(2, 64, 11)
+    with torch.no_grad():
+        t = model.encode_token(x)
+        y = model.decode_frame(model.prepare_reference(x, t), t)
+    assert psnr(y, x) > 30.0
+
+
+def test_gradients_reach_every_parameter() -> None:
+    model = create_model("imf-tiny").train()
+    # the zero-initialised residual head blocks gradients into D_F/E_F at step 0 by design;
+    # give it small weights so every parameter's gradient path is exercised
+    torch.nn.init.normal_(model.frame_decoder.head.weight, std=0.05)
+    x_ref, x_cur = smooth_image(2, 64, 12), smooth_image(2, 64, 13)
+    y = model(x_ref, x_cur)
+    loss = (y - x_cur).abs().mean() + 0.1 * y.pow(2).mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_tiny_training_step_is_cheap() -> None:
+    """Forward+backward of batch 2 stays well under 1 s on a 2-core CPU. Counted in FLOPs
+    (deterministic; ~0.5 GFLOP, i.e. a few tens of ms) rather than wall time, which other jobs
+    on a shared machine would make flaky."""
+    model = create_model("imf-tiny").train()
+    x_ref, x_cur = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        (model(x_ref, x_cur) - x_cur).abs().mean().backward()
+    assert counter.get_total_flops() < 1.0e9
+
+
+def test_no_pixel_skip_variant(tiny: IMF) -> None:
+    model = create_model("imf-tiny", pixel_skip=False, align_modes=("full",) * 4).eval()
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
+    assert y.shape == (1, 3, 64, 64)
+    assert 0.0 < y.min().item() and y.max().item() < 1.0  # sigmoid output
+
+
+def test_discriminator_two_scales() -> None:
+    disc = Discriminator.from_config(get_config("imf-tiny"))
+    out = disc(torch.rand(2, 3, 64, 64))
+    assert len(out) == 2
+    (l0, f0), (l1, f1) = out
+    assert l0.shape == (2, 1, 4, 4) and l1.shape == (2, 1, 2, 2)
+    assert len(f0) == 4 and len(f1) == 4
+    assert f0[0].shape[1] == get_config("imf-tiny").disc_widths[0]
+    (l0.mean() + l1.mean()).backward()
+    assert all(p.grad is not None for n, p in disc.named_parameters() if n.endswith("_orig"))
