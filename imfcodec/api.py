@@ -1,0 +1,333 @@
+"""File-level operations behind the CLI: encode a video file, decode a stream file, describe a
+stream. Outputs are written atomically (temporary sibling, renamed at the end) so a failed or
+interrupted run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO, Union
+
+from .bitstream import (
+    MAGIC,
+    VERSION,
+    Damage,
+    EndPacket,
+    KeyPacket,
+    Limits,
+    ResyncReader,
+    StreamReader,
+    StreamWriter,
+    TokenPacket,
+)
+from .bitstream.format import TYPE_HEADER, encode_header, frame_record
+from .codec import Decoder, Encoder, EncoderSettings, encode_frames
+from .errors import BitstreamError, InputError
+from .io import VideoWriter, probe_video, read_frames
+from .zoo import LoadedModel, check_stream_model, load_model, resolve_stream_model
+
+Progress = Callable[[int], None]
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+
+@dataclass
+class EncodeSummary:
+    """One encode, measured from the bytes written."""
+
+    output: str
+    frames: int
+    seconds: float
+    bytes: int
+    key_bytes: int
+    token_bytes: int
+    overhead_bytes: int
+    kbps: float
+    key_frames: list[int] = field(default_factory=list)
+    model: str = ""
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class DecodeSummary:
+    output: str
+    frames: int
+    seconds: float
+    key_frames: list[int] = field(default_factory=list)
+    concealed: list[int] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)  # first reasons bytes were skipped (concealment)
+    damage_count: int = 0
+    truncated: bool = False  # concealment: the stream ended without its END packet
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def default_output(input_path: str | os.PathLike, suffix: str) -> Path:
+    """``clip.mp4`` -> ``clip.imf`` (or ``clip.decoded.mp4``): never the input itself."""
+    p = Path(input_path)
+    out = p.with_suffix(suffix)
+    if out.resolve() == p.resolve():
+        out = p.with_name(p.stem + ".decoded" + suffix)
+    return out
+
+
+MAX_INPUT_PIXELS = 8192 * 8192
+"""Largest input picture ``encode_video`` accepts (8K UHD is 7680x4320 = 33 Mpx); checked before any
+frame is decoded so a forged or absurd size cannot make the decoder allocate gigabytes."""
+
+_COPY_PIECE = 1 << 20
+
+
+def _check_input_size(path: str | os.PathLike, max_pixels: int) -> None:
+    """Refuse a video whose declared picture size is absurd, before decoding a frame of it."""
+    import av
+
+    try:
+        container = av.open(str(path), mode="r", metadata_errors="replace")
+    except Exception:
+        return  # not openable: probe_video reports it properly
+    try:
+        for stream in container.streams.video[:1]:
+            w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
+            if w * h > max_pixels:
+                raise InputError(f"{path}: {w}x{h} frames are too large to encode "
+                                 f"(the limit is {max_pixels:,} pixels)")
+    finally:
+        container.close()
+
+
+def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
+                 model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
+                 max_frames: int | None = None, progress: Progress | None = None,
+                 max_input_pixels: int = MAX_INPUT_PIXELS) -> EncodeSummary:
+    """Encode a video file into an .imf stream.
+
+    Memory stays flat however long the input: packets are written as they are made to a spool file
+    (its header says 0 frames), and at the end the output is the header with the real frame count
+    followed by the spooled packets, copied in pieces. Nothing appears at the output path until the
+    end; an error or Ctrl-C leaves neither the output nor a temporary behind.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    _check_input_size(input_path, max_input_pixels)
+    info = probe_video(input_path)
+    if info.coded_width * info.coded_height > max_input_pixels:
+        raise InputError(f"{input_path}: {info.coded_width}x{info.coded_height} frames are too large to encode "
+                         f"(the limit is {max_input_pixels:,} pixels)")
+    out = Path(output_path) if output_path is not None else default_output(input_path, ".imf")
+    if out.exists() and out.resolve() == Path(input_path).resolve():
+        raise InputError("output would overwrite the input")
+    if out.is_dir():
+        raise InputError(f"output path is a directory: {out}")
+    size = int(loaded.model.config.resolution)
+    enc = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash,
+                  fps=info.fps, settings=settings)
+    frames = read_frames(input_path, size, max_frames=max_frames)
+    t0 = time.perf_counter()
+    key_bytes = token_bytes = 0
+    with atomic_output(out) as tmp, _scratch_file(tmp) as spool_path:
+        with open(spool_path, "wb") as spool:
+            writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
+            header_len = writer.bytes_written
+            for packet in encode_frames(_counting(frames, progress), enc):
+                if isinstance(packet, EndPacket):
+                    if enc.index == 0:
+                        raise InputError(f"{input_path}: no frames could be decoded")
+                    writer.close(packet)
+                    break
+                writer.write(packet)
+                if isinstance(packet, KeyPacket):
+                    key_bytes += len(packet.image) + len(packet.key_token)
+                else:
+                    token_bytes += len(packet.data)
+        header = replace(enc.header, frames=enc.index)
+        with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(MAGIC + bytes((VERSION,)) + frame_record(TYPE_HEADER, encode_header(header)))
+            src.seek(header_len)
+            shutil.copyfileobj(src, dst, _COPY_PIECE)
+    seconds = time.perf_counter() - t0
+    total = out.stat().st_size
+    duration = enc.index / float(info.fps)
+    return EncodeSummary(str(out), enc.index, seconds, total, key_bytes, token_bytes,
+                         total - key_bytes - token_bytes, total * 8 / duration / 1000.0,
+                         list(enc.key_frames), loaded.name)
+
+
+def _counting(frames: Iterator, progress: Progress | None) -> Iterator:
+    for rgb in frames:
+        yield rgb
+        if progress:
+            progress(1)
+
+
+@contextlib.contextmanager
+def _scratch_file(beside: Path) -> Iterator[Path]:
+    """A temporary file next to ``beside``, always deleted at the end."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{beside.name}.", suffix=".spool", dir=beside.parent)
+    try:
+        os.close(fd)
+        yield Path(tmp)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+@contextlib.contextmanager
+def _open_source(source: Source) -> Iterator:
+    """A binary file object for a path, bytes or an open binary file (not closed if it was given)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            f = open(source, "rb")
+        except FileNotFoundError:
+            raise InputError(f"no such file: {source}") from None
+        except IsADirectoryError:
+            raise InputError(f"{source} is a directory, not a stream") from None
+        except PermissionError:
+            raise InputError(f"permission denied: {source}") from None
+        with f:
+            yield f
+    else:
+        yield source
+
+
+def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limits: Limits | None = None,
+                 conceal: bool = False) -> Iterator:
+    """Yield (decoder, frames) as packets are decoded; ``source`` is a path, bytes or a binary file.
+
+    Strict (default): raises ``BitstreamError`` at the first damaged byte (frames already yielded came
+    from CRC-checked bytes). ``conceal=True``: only a damaged signature/header raises; damaged packets
+    are skipped (``ResyncReader``), their frames concealed, and ``decoder.report`` says which
+    (``concealed``, ``damage``, ``truncated``). ``limits`` bound every size in the stream.
+    """
+    limits = limits or Limits()
+    with _open_source(source) as f:
+        reader = (ResyncReader if conceal else StreamReader)(f, limits)
+        h = reader.header
+        if isinstance(model, LoadedModel):
+            check_stream_model(model, h.model, h.weights_hash)
+            loaded = model
+        else:
+            loaded = resolve_stream_model(h.model, h.weights_hash, model)
+        dec = Decoder(loaded.model, h)
+        if not conceal:
+            for packet in reader:
+                yield dec, dec.decode(packet)
+            return
+        for item in reader:
+            if isinstance(item, Damage):
+                dec.damage(item.length, f"{item.length} damaged bytes at byte {item.offset}: {item.reason}")
+                yield dec, []
+                continue
+            for frames in dec.decode_concealing(item[1]):
+                yield dec, frames
+        if reader.end is None:
+            dec.report.truncated = True
+        elif reader.trailing:
+            dec.damage(0, f"{reader.trailing} trailing bytes after the END packet")
+        yield dec, []
+
+
+def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
+                  model: str | LoadedModel | None = None, progress: Progress | None = None,
+                  limits: Limits | None = None, conceal: bool = False) -> DecodeSummary:
+    """Decode an .imf stream to .mp4 / .y4m / a folder of PNGs (chosen by the output name).
+
+    Atomic: the output appears only when the whole stream decoded (or, with ``conceal``, was
+    concealed); any error or Ctrl-C leaves nothing behind.
+    """
+    out = Path(output_path) if output_path is not None else default_output(input_path, ".mp4")
+    header = stream_header(input_path, limits)
+    fps = Fraction(header.fps_num, header.fps_den)
+    t0 = time.perf_counter()
+    dec = None
+    writer = VideoWriter(out, fps, header.width, header.height, protect=[input_path])
+    with writer:
+        for dec, frames in iter_decoded(input_path, model=model, limits=limits, conceal=conceal):
+            for frame in frames:
+                writer.write(frame)
+            if progress and frames:
+                progress(len(frames))
+        if dec is None or dec.report.frames == 0:
+            raise InputError(f"{input_path}: the stream holds no decodable frames; nothing was written")
+    report = dec.report
+    return DecodeSummary(str(out), report.frames, time.perf_counter() - t0,
+                         list(report.key_frames), list(report.concealed), list(report.damage),
+                         report.damage_count, report.truncated)
+
+
+def stream_header(input_path: str | os.PathLike, limits: Limits | None = None):
+    """Read and validate only the header (cheap; raises BitstreamError)."""
+    with _open_source(input_path) as f:
+        return StreamReader(f, limits or Limits()).header
+
+
+def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> dict:
+    """Header fields and per-packet sizes of a stream, from its bytes (no model needed)."""
+    with _open_source(input_path) as f:
+        size = os.fstat(f.fileno()).st_size
+        reader = StreamReader(f, limits or Limits())
+        h = reader.header
+        packets = []
+        key_bytes = token_bytes = frames = 0
+        for rec, p in reader.records():
+            if isinstance(p, KeyPacket):
+                key_bytes += len(p.image) + len(p.key_token)
+                packets.append({"type": "key", "frame": p.frame, "image_bytes": len(p.image),
+                                "packet_bytes": rec.total_len})
+            elif isinstance(p, TokenPacket):
+                token_bytes += len(p.data)
+                packets.append({"type": "tokens", "frame": p.frame, "count": p.count, "bytes": len(p.data),
+                                "packet_bytes": rec.total_len})
+            elif isinstance(p, EndPacket):
+                frames = p.frames
+    fps = Fraction(h.fps_num, h.fps_den)
+    duration = frames / float(fps) if frames else 0.0
+
+    def kbps(n: int) -> float:
+        return n * 8 / duration / 1000.0 if duration else 0.0
+
+    return {
+        "model": h.model, "weights_hash": h.weights_hash.hex(), "width": h.width, "height": h.height,
+        "fps": float(fps), "fps_rational": f"{h.fps_num}/{h.fps_den}", "frames": frames,
+        "duration_s": duration, "bytes": size, "kbps": kbps(size),
+        "key_bytes": key_bytes, "token_bytes": token_bytes, "overhead_bytes": size - key_bytes - token_bytes,
+        "key_kbps": kbps(key_bytes), "token_kbps": kbps(token_bytes),
+        "overhead_kbps": kbps(size - key_bytes - token_bytes),
+        "key_codec": h.key_codec, "key_quality": h.key_quality, "quality": h.quality, "chunk": h.chunk,
+        "token_dim": h.token_dim, "key_frames": [p["frame"] for p in packets if p["type"] == "key"],
+        "packets": packets,
+    }
+
+
+__all__ = ["EncodeSummary", "DecodeSummary", "encode_video", "decode_stream", "stream_info", "stream_header",
+           "iter_decoded", "atomic_output", "default_output", "BitstreamError", "Limits", "MAX_INPUT_PIXELS"]

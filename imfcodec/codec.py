@@ -1,0 +1,347 @@
+"""Encoder and Decoder: GOP logic, the closed loop, and the per-key-frame cache.
+
+Data flows one way: RGB frame -> (key frame codec | E_T token) -> quantized ints -> rANS -> packets,
+and back. Both sides work from the *decoded* key frame and from integers only, so the decoder
+reproduces the encoder's reference state exactly up to float rounding in the networks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from .bitstream import EndPacket, KeyPacket, StreamHeader, TokenPacket
+from .entropy import (
+    QUALITY_RANGE,
+    TokenCoder,
+    dequantize,
+    pack_key_token,
+    quality_step,
+    quantize,
+    unpack_key_token,
+)
+from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError
+from .keyframe import get_keyframe_codec
+
+DEFAULT_QUALITY = 6
+DEFAULT_CHUNK = 5
+MAX_CHUNK = 250
+
+Packet = KeyPacket | TokenPacket | EndPacket
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Everything a user can choose about an encode; validated once, up front."""
+
+    quality: int = DEFAULT_QUALITY
+    keyint: int = 0
+    refresh_below: float | None = None
+    key_codec: str = "hevc"
+    key_quality: int | None = None
+    chunk: int = DEFAULT_CHUNK
+
+    def validated(self) -> "EncoderSettings":
+        lo, hi = QUALITY_RANGE
+        if not lo <= self.quality <= hi:
+            raise InputError(f"--quality must be in {lo}..{hi}, got {self.quality}")
+        if self.keyint < 0:
+            raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {self.keyint}")
+        if not 1 <= self.chunk <= MAX_CHUNK:
+            raise InputError(f"--chunk must be in 1..{MAX_CHUNK}, got {self.chunk}")
+        if self.refresh_below is not None and not (0 < self.refresh_below < 100):
+            raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
+        codec = get_keyframe_codec(self.key_codec)
+        kq = codec.default_quality if self.key_quality is None else self.key_quality
+        klo, khi = codec.quality_range
+        if not klo <= kq <= khi:
+            raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")
+        return EncoderSettings(self.quality, self.keyint, self.refresh_below, self.key_codec, kq, self.chunk)
+
+
+def token_steps(model: torch.nn.Module, quality: int) -> np.ndarray:
+    """Per-channel quantization steps: the model's calibrated token scale times the quality ladder."""
+    scale = model.token_scale.detach().cpu().double().numpy()
+    return (scale * quality_step(quality)).astype(np.float64)
+
+
+def scale_indexes_for(model: torch.nn.Module, quality: int) -> list[int]:
+    """Entropy-table index per channel, chosen once by the encoder and written in the header.
+
+    Uses the delta statistics measured at export (``delta_std``), falling back to the token scale
+    for uncalibrated models. The decoder only ever reads these integers.
+    """
+    steps = token_steps(model, quality)
+    delta_std = getattr(model, "delta_std", None)
+    std = (delta_std.detach().cpu().double().numpy() if delta_std is not None
+           else model.token_scale.detach().cpu().double().numpy() * 0.5)
+    return list(TokenCoder.choose_scale_indexes(std / steps))
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> float 1x3xHxW in [0, 1]."""
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
+    """float Bx3xHxW in [0, 1] -> list of uint8 HxWx3 (round to nearest)."""
+    y = x.detach().clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [np.ascontiguousarray(f) for f in y]
+
+
+def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 frames (used by the encoder's refresh control)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    if np.array_equal(a, b):
+        return math.inf
+    return float(peak_signal_noise_ratio(a, b, data_range=255))
+
+
+class _Reference:
+    """What both sides cache per key frame: the decoded image, its token ints and the model state."""
+
+    def __init__(self, model: torch.nn.Module, image: np.ndarray, q: np.ndarray, steps: np.ndarray):
+        self.image = image
+        self.q = q
+        t = dequantize(q[None, :], steps)
+        self.state = model.prepare_reference(to_tensor(image), t)
+
+
+class Encoder:
+    """Streaming encoder: ``encode(frame)`` returns the packets that frame completes.
+
+    Frames must already be at the model resolution (see ``imfcodec.io.read_frames``).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, model_name: str, weights_hash: bytes, fps: Fraction,
+                 settings: EncoderSettings = EncoderSettings(), frames: int = 0):
+        self.model = model.eval()
+        self.settings = settings.validated()
+        self.size = int(model.config.resolution)
+        self.steps = token_steps(model, self.settings.quality)
+        self.scale_indexes = scale_indexes_for(model, self.settings.quality)
+        self.coder = TokenCoder(int(model.config.token_dim), self.scale_indexes)
+        self.key_codec = get_keyframe_codec(self.settings.key_codec)
+        fps = Fraction(fps)
+        self.header = StreamHeader(
+            model=model_name, weights_hash=weights_hash, width=self.size, height=self.size,
+            fps_num=fps.numerator, fps_den=fps.denominator, frames=frames,
+            key_codec=self.settings.key_codec, key_quality=int(self.settings.key_quality),
+            quality=self.settings.quality, chunk=self.settings.chunk,
+            token_dim=int(model.config.token_dim), scale_indexes=tuple(self.scale_indexes))
+        self.index = 0
+        self.last_key = -1
+        self.ref: _Reference | None = None
+        self.prev_q: np.ndarray | None = None
+        self.pending: list[np.ndarray] = []
+        self.pending_first = 0
+        self.key_frames: list[int] = []
+
+    @torch.inference_mode()
+    def encode(self, rgb: np.ndarray) -> list[Packet]:
+        """Encode one frame; returns zero or more finished packets."""
+        if rgb.shape != (self.size, self.size, 3) or rgb.dtype != np.uint8:
+            raise InputError(f"frame must be uint8 {self.size}x{self.size}x3, got {rgb.dtype} {rgb.shape}")
+        i, s = self.index, self.settings
+        self.index += 1
+        if self.ref is None or (s.keyint > 0 and i - self.last_key >= s.keyint):
+            return self._key(i, rgb)
+        q = quantize(self.model.encode_token(to_tensor(rgb)), self.steps)[0]
+        if s.refresh_below is not None:
+            recon = to_uint8(self.model.decode_frame(self.ref.state, dequantize(q[None, :], self.steps)))[0]
+            if psnr_u8(recon, rgb) < s.refresh_below:
+                return self._key(i, rgb)
+        if not self.pending:
+            self.pending_first = i
+        self.pending.append(q)
+        return self._flush_tokens() if len(self.pending) >= s.chunk else []
+
+    def flush(self) -> list[Packet]:
+        """Emit the pending token chunk and the END packet."""
+        return self._flush_tokens() + [EndPacket(frames=self.index)]
+
+    def _flush_tokens(self) -> list[Packet]:
+        if not self.pending:
+            return []
+        qs = np.stack(self.pending).astype(np.int32)
+        data = self.coder.encode_chunk(self.prev_q, qs)
+        packet = TokenPacket(frame=self.pending_first, count=len(self.pending), data=data)
+        self.prev_q = qs[-1]
+        self.pending = []
+        return [packet]
+
+    def _key(self, i: int, rgb: np.ndarray) -> list[Packet]:
+        out = self._flush_tokens()
+        image_bytes = self.key_codec.encode(rgb, int(self.settings.key_quality))
+        decoded = self.key_codec.decode(image_bytes, self.size, self.size)  # closed loop
+        q = quantize(self.model.encode_token(to_tensor(decoded)), self.steps)[0]
+        self.ref = _Reference(self.model, decoded, q, self.steps)
+        self.prev_q = q
+        self.last_key = i
+        self.key_frames.append(i)
+        out.append(KeyPacket(frame=i, key_token=pack_key_token(q), image=image_bytes))
+        return out
+
+
+@dataclass
+class DecodeReport:
+    """What happened during a decode: frames out, key frames, concealed frames."""
+
+    frames: int = 0
+    key_frames: list[int] = field(default_factory=list)
+    concealed: list[int] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)  # why bytes or packets were skipped (first 100)
+    damage_count: int = 0
+    truncated: bool = False  # concealment: the stream ended without its END packet
+
+
+class Decoder:
+    """Streaming decoder: ``decode(packet)`` returns the frames (uint8 RGB) that packet completes.
+
+    ``decode`` is strict: any inconsistency raises ``CorruptStreamError`` (FORMAT.md §6).
+    ``decode_concealing`` is the error-resilient mode behind ``imfcodec decode --conceal``: it takes the
+    packets and ``Damage`` of a ``ResyncReader`` and never raises for damaged packet content. Frames it
+    cannot decode (a damaged or missing packet, and every token packet after it until the next key
+    frame, since their deltas chain from the lost tokens) repeat the last good frame, i.e. the last good
+    token synthesised against the current reference (mid-grey before the first key frame), and are
+    listed in ``report.concealed``.
+    """
+
+    #: bytes a token record takes at least (type, length, frame, count, 8 bytes of rANS, CRC): a
+    #: damaged stretch of N bytes can have held at most chunk * (N // MIN_TOKEN_RECORD + 1) frames
+    MIN_TOKEN_RECORD = 16
+
+    def __init__(self, model: torch.nn.Module, header: StreamHeader, *, batch: int = 8):
+        cfg = model.config
+        if header.token_dim != cfg.token_dim or header.width != cfg.resolution or header.height != cfg.resolution:
+            raise ModelMismatchError(
+                f"stream is {header.width}x{header.height} with {header.token_dim}-dim tokens; model "
+                f"'{cfg.name}' codes {cfg.resolution}x{cfg.resolution} with {cfg.token_dim}")
+        lo, hi = QUALITY_RANGE
+        if not lo <= header.quality <= hi:
+            raise UnsupportedStreamError(f"stream header: token quality {header.quality} is outside {lo}..{hi}")
+        self.model = model.eval()
+        self.header = header
+        self.steps = token_steps(model, header.quality)
+        self.coder = TokenCoder.from_header(header.token_dim, header.scale_indexes)
+        self.key_codec = get_keyframe_codec(header.key_codec)
+        self.batch = max(1, batch)
+        self.ref: _Reference | None = None
+        self.prev_q: np.ndarray | None = None
+        self.next_frame = 0
+        self.last_tokens: np.ndarray | None = None  # integer tokens of the last token packet (for tests/tools)
+        self.report = DecodeReport()
+        # concealment state
+        self.last_frame: np.ndarray | None = None
+        self.broken = False  # a packet was lost: token packets are concealed until the next key packet
+        self.damaged_bytes = 0  # bytes skipped since the last packet that was used
+
+    @torch.inference_mode()
+    def decode(self, packet: Packet) -> list[np.ndarray]:
+        if isinstance(packet, EndPacket):
+            if packet.frames != self.next_frame:
+                raise CorruptStreamError(f"END says {packet.frames} frames but {self.next_frame} were sent")
+            return []
+        if packet.frame != self.next_frame:
+            raise CorruptStreamError(f"packet starts at frame {packet.frame}, expected {self.next_frame}")
+        if isinstance(packet, KeyPacket):
+            image = self.key_codec.decode(packet.image, self.header.width, self.header.height)
+            q = unpack_key_token(packet.key_token, self.header.token_dim)
+            self.ref = _Reference(self.model, image, q, self.steps)
+            self.prev_q = q
+            self.last_tokens = q[None, :]
+            self.next_frame += 1
+            self.report.key_frames.append(packet.frame)
+            self.report.frames += 1
+            return [image]
+        if self.ref is None:
+            raise CorruptStreamError(f"token packet at frame {packet.frame} before any key frame")
+        qs = self.coder.decode_chunk(self.prev_q, packet.data, packet.count)
+        self.prev_q = qs[-1]
+        self.last_tokens = qs
+        frames = self.synthesize(qs)
+        self.next_frame += packet.count
+        self.report.frames += packet.count
+        return frames
+
+    def synthesize(self, qs: np.ndarray) -> list[np.ndarray]:
+        """Decode frames from integer tokens against the cached reference, a few at a time."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(qs), self.batch):
+            t = dequantize(qs[start:start + self.batch], self.steps)
+            out.extend(to_uint8(self.model.decode_frame(self.ref.state, t)))
+        return out
+
+
+    # ------------------------------------------------------------------------------------ concealment
+
+    def damage(self, nbytes: int, reason: str = "") -> None:
+        """A ``ResyncReader`` skipped ``nbytes`` damaged bytes: whatever they held is lost."""
+        self.broken = True
+        self.damaged_bytes += max(0, int(nbytes))
+        self.report.damage_count += 1
+        if len(self.report.damage) < 100:  # a hostile file can hold millions: keep the first ones
+            self.report.damage.append(reason)
+
+    def conceal(self, count: int) -> Iterator[list[np.ndarray]]:
+        """``count`` frames repeating the last good frame, in batches (the list shares one array)."""
+        if self.last_frame is None:
+            h = self.header
+            self.last_frame = np.full((h.height, h.width, 3), 128, dtype=np.uint8)
+            self.last_frame.flags.writeable = False
+        while count > 0:
+            n = min(count, 256)
+            self.report.concealed.extend(range(self.next_frame, self.next_frame + n))
+            self.report.frames += n
+            self.next_frame += n
+            count -= n
+            yield [self.last_frame] * n
+
+    def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:
+        """Concealment mode: yields batches of frames; never raises for damaged packet content."""
+        h = self.header
+        if isinstance(packet, EndPacket):
+            target, count = packet.frames, 0
+        else:
+            target = packet.frame
+            count = 1 if isinstance(packet, KeyPacket) else packet.count
+        if target < self.next_frame:  # a stale or replayed packet (CRC-valid but out of place): skip it
+            self.damage(0, f"packet for frame {target} out of order after frame {self.next_frame}")
+            return
+        gap = target - self.next_frame
+        if gap:
+            plausible = h.chunk * (self.damaged_bytes // self.MIN_TOKEN_RECORD + 1)
+            if gap > plausible:  # more frames than the skipped bytes could have held: not believable
+                self.damage(0, f"packet claims frame {target}, {gap} frames after {self.next_frame}")
+                return
+            self.broken = True
+            yield from self.conceal(gap)
+        self.damaged_bytes = 0
+        if isinstance(packet, EndPacket):
+            return
+        if isinstance(packet, TokenPacket) and (self.broken or self.ref is None):
+            yield from self.conceal(count)
+            return
+        try:
+            frames = self.decode(packet)
+        except CorruptStreamError as e:
+            self.damage(0, str(e))
+            yield from self.conceal(count)
+            return
+        if isinstance(packet, KeyPacket):
+            self.broken = False
+        if frames:
+            self.last_frame = frames[-1]
+        yield frames
+
+def encode_frames(frames: Iterable[np.ndarray], encoder: Encoder) -> Iterator[Packet]:
+    """Drive an Encoder over an iterable of frames, yielding packets (END last)."""
+    for rgb in frames:
+        yield from encoder.encode(rgb)
+    yield from encoder.flush()

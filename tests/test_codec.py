@@ -1,0 +1,147 @@
+"""Codec core end to end with a tiny seeded model: round trips, closed loop, GOP control,
+determinism across processes, and refusal of streams made with other weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from imfcodec.api import decode_stream, encode_video, iter_decoded, stream_info
+from imfcodec.codec import Encoder, EncoderSettings, to_tensor, to_uint8, token_steps
+from imfcodec.entropy import dequantize, quantize
+from imfcodec.errors import InputError, ModelMismatchError
+from imfcodec.io import read_frames
+from imfcodec.zoo import load_model
+
+
+def _decode_all(path, model):
+    frames, tokens = [], []
+    for dec, out in iter_decoded(path, model=model):
+        frames.extend(out)
+        if out:
+            tokens.append(dec.last_tokens)
+    return frames, np.concatenate(tokens)
+
+
+def test_round_trip_frame_count_and_sizes(tiny_stream, tiny, tmp_path):
+    info = stream_info(tiny_stream)
+    assert info["frames"] == 14
+    assert info["key_frames"] == [0, 6, 12]
+    assert info["bytes"] == tiny_stream.stat().st_size
+    assert info["key_bytes"] > 0 and info["token_bytes"] > 0 and info["overhead_bytes"] > 0
+    out = tmp_path / "d.y4m"
+    s = decode_stream(tiny_stream, out, model=tiny)
+    assert s.frames == 14 and out.exists()
+    frames = list(read_frames(out, 64))
+    assert len(frames) == 14
+
+
+def test_closed_loop_decoder_matches_encoder(sample_clip, tiny, tmp_path):
+    """The tokens the decoder reads are the encoder's quantized E_T outputs, and the key frame the
+    decoder shows is the key codec's decode (not the original)."""
+    path = tmp_path / "c1.imf"
+    encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(chunk=1))
+    frames, tokens = _decode_all(path, tiny)
+    src = list(read_frames(sample_clip, 64))
+    steps = token_steps(tiny.model, 6)
+    import torch
+
+    with torch.inference_mode():
+        expect = quantize(tiny.model.encode_token(torch.cat([to_tensor(f) for f in src[1:]])), steps)
+    np.testing.assert_array_equal(tokens[1:], expect)
+    assert not np.array_equal(frames[0], src[0])  # lossy key frame: the decoded one is used
+
+
+def test_keyint_and_chunk_change_packets_not_frames(sample_clip, tiny, tmp_path):
+    sizes = {}
+    for chunk in (1, 7):
+        p = tmp_path / f"k{chunk}.imf"
+        encode_video(sample_clip, p, model=tiny, settings=EncoderSettings(keyint=0, chunk=chunk))
+        info = stream_info(p)
+        assert info["frames"] == 14 and info["key_frames"] == [0]
+        sizes[chunk] = info
+    assert len(sizes[1]["packets"]) == 14 and len(sizes[7]["packets"]) == 1 + 2
+    # one rANS flush and one packet header per chunk: bigger chunks cost fewer bytes
+    assert sizes[7]["bytes"] < sizes[1]["bytes"]
+
+
+def test_refresh_below_inserts_key_frames(sample_clip, tiny, tmp_path):
+    hi = tmp_path / "hi.imf"
+    encode_video(sample_clip, hi, model=tiny, settings=EncoderSettings(refresh_below=99.0))
+    assert stream_info(hi)["key_frames"] == list(range(14))  # an untrained model never reaches 99 dB
+    lo = tmp_path / "lo.imf"
+    encode_video(sample_clip, lo, model=tiny, settings=EncoderSettings(refresh_below=1.0))
+    assert stream_info(lo)["key_frames"] == [0]
+
+
+def test_max_frames(sample_clip, tiny, tmp_path):
+    p = tmp_path / "m.imf"
+    s = encode_video(sample_clip, p, model=tiny, max_frames=5)
+    assert s.frames == 5 and stream_info(p)["frames"] == 5
+
+
+@pytest.mark.parametrize("kwargs", [dict(quality=99), dict(keyint=-1), dict(chunk=0), dict(key_codec="jpeg2000"),
+                                    dict(key_codec="hevc", key_quality=1000), dict(refresh_below=-3)])
+def test_bad_settings_are_refused(kwargs):
+    from imfcodec.errors import IMFError
+
+    with pytest.raises(IMFError):
+        EncoderSettings(**kwargs).validated()
+
+
+def test_frame_of_wrong_size_is_refused(tiny):
+    from fractions import Fraction
+
+    enc = Encoder(tiny.model, model_name=tiny.name, weights_hash=tiny.weights_hash, fps=Fraction(25))
+    with pytest.raises(InputError):
+        enc.encode(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_stream_from_other_weights_is_refused(tiny_stream):
+    other = load_model("random:imf-tiny:1")
+    with pytest.raises(ModelMismatchError):
+        list(iter_decoded(tiny_stream, model=other))
+
+
+def test_model_found_by_hash_without_model_argument(tiny_stream):
+    frames, _ = _decode_all(tiny_stream, None)
+    assert len(frames) == 14
+
+
+DECODE_IN_SUBPROCESS = textwrap.dedent("""
+    import sys, numpy as np, torch
+    torch.set_num_threads(int(sys.argv[3]))
+    from imfcodec.api import iter_decoded
+    frames, tokens = [], []
+    for dec, out in iter_decoded(sys.argv[1]):
+        frames.extend(out)
+        if out:
+            tokens.append(dec.last_tokens)
+    np.savez(sys.argv[2], frames=np.stack(frames), tokens=np.concatenate(tokens))
+""")
+
+
+def test_decode_is_deterministic_across_processes_and_thread_counts(tiny_stream, tmp_path):
+    """Token integers must be bit-exact on every machine; frames may differ by float rounding only."""
+    results = []
+    for threads in (1, 2):
+        out = tmp_path / f"dec{threads}.npz"
+        subprocess.run([sys.executable, "-c", DECODE_IN_SUBPROCESS, str(tiny_stream), str(out), str(threads)],
+                       check=True, timeout=120)
+        results.append(np.load(out))
+    frames_here, tokens_here = _decode_all(tiny_stream, None)
+    for r in results:
+        np.testing.assert_array_equal(r["tokens"], tokens_here)
+        diff = np.abs(r["frames"].astype(int) - np.stack(frames_here).astype(int))
+        assert diff.max() <= 2, f"frames differ by up to {diff.max()} levels"
+
+
+def test_uint8_conversion_round_trips():
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_uint8(to_tensor(rgb))[0], rgb)
+    q = np.array([[3, -2]], np.int32)
+    assert dequantize(q, np.array([0.5, 2.0])).tolist() == [[1.5, -4.0]]
