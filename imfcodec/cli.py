@@ -1,0 +1,186 @@
+"""Command line: parse, call the API, print. No codec logic lives here.
+
+Every user error ends with a one-line ``error: ...`` on stderr and a non-zero exit;
+``imfcodec --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import IMFError
+
+EXIT_ERROR = 1
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Group(click.Group):
+    """Turns exceptions into one-line messages unless --debug was given."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except IMFError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted: no output was written", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except Exception as e:  # a bug, not a user error: still one line, with a hint
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            click.echo(f"internal error: {type(e).__name__}: {msg} (rerun with --debug for details)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+def _progress(total: int | None, desc: str, unit: str = "frame"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="imfcodec")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """imfcodec: a neural talking-head video codec (Implicit Motion Function)."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output stream (default: INPUT with .imf).")
+@click.option("--model", "model", default=None,
+              help="Config name with shipped weights, a .safetensors file, or random:NAME for an untrained model.")
+@click.option("--quality", type=int, default=None, help="Token quality (higher = finer quantization).")
+@click.option("--keyint", type=int, default=0, show_default=True, help="Key frame every N frames (0 = one key frame).")
+@click.option("--refresh-below", type=float, default=None,
+              help="Insert a key frame when the decoded frame's PSNR drops below this many dB.")
+@click.option("--key-codec", default="hevc", show_default=True, help="Key-frame codec (see `imfcodec models`).")
+@click.option("--key-quality", type=int, default=None, help="Key-frame quality (higher = better).")
+@click.option("--chunk", type=int, default=None, help="Frames per token packet (latency vs overhead).")
+@click.option("--frames", type=int, default=None, help="Encode at most N frames.")
+def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, frames):
+    """Encode a video file into an .imf stream."""
+    from .api import encode_video
+    from .codec import DEFAULT_CHUNK, DEFAULT_QUALITY, EncoderSettings
+    from .io import probe_video
+
+    settings = EncoderSettings(
+        quality=DEFAULT_QUALITY if quality is None else quality, keyint=keyint, refresh_below=refresh_below,
+        key_codec=key_codec, key_quality=key_quality, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+    ).validated()
+    if frames is not None and frames < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--frames")
+    total = probe_video(input).frames
+    total = min(total, frames) if (total and frames) else (frames or total)
+    with _progress(total, "encode") as bar:
+        s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar.update)
+    click.echo(
+        f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
+        f"(key {s.key_bytes} B, tokens {s.token_bytes} B, overhead {s.overhead_bytes} B), "
+        f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps, model {s.model}")
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(), help="Output .mp4, .y4m or DIR/ of PNGs (default: INPUT with .mp4).")
+@click.option("--model", "model", default=None, help="Weights the stream was made with (default: found by its hash).")
+def decode(input, output, model):
+    """Decode an .imf stream (recognised by its magic, whatever the extension)."""
+    from .api import decode_stream, stream_header
+
+    header = stream_header(input)
+    with _progress(header.frames or None, "decode") as bar:
+        s = decode_stream(input, output, model=model, progress=bar.update)
+    click.echo(f"{s.output}: {s.frames} frames, {len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(input, as_json):
+    """Show a stream's header and per-packet sizes."""
+    from .api import stream_info
+
+    d = stream_info(input)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"{input}: imfcodec stream, model {d['model']} (weights {d['weights_hash'][:16]})")
+    click.echo(f"  {d['width']}x{d['height']} @ {d['fps_rational']} fps, {d['frames']} frames, {d['duration_s']:.2f} s")
+    click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; tokens q{d['quality']}, "
+               f"chunk {d['chunk']}, dim {d['token_dim']}")
+    click.echo(f"  {d['bytes']} bytes = {d['kbps']:.2f} kbit/s: key {d['key_bytes']} B ({d['key_kbps']:.2f} kbit/s), "
+               f"tokens {d['token_bytes']} B ({d['token_kbps']:.2f} kbit/s), overhead {d['overhead_bytes']} B")
+    for p in d["packets"]:
+        if p["type"] == "key":
+            click.echo(f"  frame {p['frame']:6d}  key     {p['packet_bytes']:7d} B")
+        else:
+            click.echo(f"  frame {p['frame']:6d}  tokens  {p['packet_bytes']:7d} B  ({p['count']} frames)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models(as_json):
+    """List model configs (parameters, GFLOPs per decoded frame) and key-frame codecs."""
+    from .keyframe import list_keyframe_codecs
+    from .models import count_parameters, create_model, decode_gflops, list_models
+    from .zoo import DEFAULT_MODEL, shipped_weights_path
+
+    rows = []
+    for name in list_models():
+        m = create_model(name)
+        rows.append({"name": name, "resolution": m.config.resolution, "token_dim": m.config.token_dim,
+                     "params": count_parameters(m), "decode_gflops": decode_gflops(m),
+                     "weights": "shipped" if shipped_weights_path(name) else "none",
+                     "default": name == DEFAULT_MODEL})
+    if as_json:
+        click.echo(json.dumps({"models": rows, "key_codecs": list_keyframe_codecs()}, indent=2))
+        return
+    click.echo(f"{'model':<14}{'res':>6}{'dim':>5}{'params':>12}{'GFLOPs/frame':>14}  weights")
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        click.echo(f"{r['name']:<14}{r['resolution']:>6}{r['token_dim']:>5}{r['params']:>12,}"
+                   f"{r['decode_gflops']:>14.2f}  {r['weights']}{mark}")
+    click.echo(f"key-frame codecs: {', '.join(list_keyframe_codecs())}")
+
+
+@main.command()
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--frames", type=int, default=50, show_default=True)
+@click.option("--size", type=int, default=256, show_default=True)
+@click.option("--fps", type=int, default=25, show_default=True)
+def sample(output, frames, size, fps):
+    """Write a short demo clip (the astronaut portrait with simulated head motion)."""
+    from .io import make_sample
+
+    if frames < 1 or size < 16 or fps < 1:
+        raise click.BadParameter("frames >= 1, size >= 16 and fps >= 1 are required")
+    make_sample(output, frames=frames, size=size, fps=fps)
+    click.echo(f"{output}: {frames} frames, {size}x{size} @ {fps} fps")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def train(ctx):
+    """Train a model (same options as `python -m imfcodec.train --help`)."""
+    from .train import main as train_main
+
+    sys.exit(train_main(list(ctx.args)) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
