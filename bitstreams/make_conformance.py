@@ -1,0 +1,83 @@
+"""Regenerate the conformance streams and their expected decodes.
+
+Run only when the format changes on purpose (and bump the version):
+    python bitstreams/make_conformance.py
+Each stream is made by the reference encoder from the deterministic demo clip with the seeded
+``random:imf-tiny`` model (so the test needs no weights file). Expected values: a SHA-256 of the decoded
+token integers (must match exactly), SHA-256 of each decoded key frame (standard decoders are bit-exact),
+and a 16x16 thumbnail per frame (synthesised frames may differ by float rounding between machines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "conformance"
+MODEL = "random:imf-tiny"
+
+STREAMS = {
+    "tiny-hevc-single-key-chunk1": dict(keyint=0, chunk=1, key_codec="hevc"),
+    "tiny-av1-keyint5-chunk3": dict(keyint=5, chunk=3, key_codec="av1", quality=9),
+    "tiny-webp-keyint4-chunk5": dict(keyint=4, chunk=5, key_codec="webp", quality=3),
+    "tiny-png-refresh": dict(keyint=0, chunk=2, key_codec="png", refresh_below=12.0),
+}
+
+
+def thumbnail(frame: np.ndarray, n: int = 16) -> np.ndarray:
+    """Mean-pool to n x n x 3 (float): tolerant of rounding, sensitive to any real change."""
+    h, w, _ = frame.shape
+    return frame.reshape(n, h // n, n, w // n, 3).astype(np.float64).mean(axis=(1, 3))
+
+
+def describe(path: Path) -> dict:
+    """Decode ``path`` and summarise what a conforming decoder must produce."""
+    from imfcodec.api import iter_decoded
+
+    tokens, key_sha, thumbs, frames = [], {}, [], 0
+    for dec, out in iter_decoded(path, model=MODEL):
+        if not out:
+            continue
+        tokens.append(dec.last_tokens.astype("<i4"))
+        for f in out:
+            if frames in dec.report.key_frames:
+                key_sha[str(frames)] = hashlib.sha256(f.tobytes()).hexdigest()
+            thumbs.append(np.round(thumbnail(f), 3).tolist())
+            frames += 1
+    return {
+        "frames": frames,
+        "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "tokens_sha256": hashlib.sha256(np.concatenate(tokens).tobytes()).hexdigest(),
+        "key_frames_sha256": key_sha,
+        "thumbnails": thumbs,
+        "frame_tolerance": 1.0,
+    }
+
+
+def main() -> int:
+    from imfcodec.api import encode_video
+    from imfcodec.codec import EncoderSettings
+    from imfcodec.io import make_sample
+
+    OUT.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "sample.mp4"
+        make_sample(clip, frames=12, size=64, fps=25)
+        expected = {}
+        for name, kw in STREAMS.items():
+            path = OUT / f"{name}.imf"
+            encode_video(clip, path, model=MODEL, settings=EncoderSettings(**kw))
+            expected[name] = {"settings": kw, **describe(path)}
+            print(f"{path.name}: {path.stat().st_size} bytes, {expected[name]['frames']} frames")
+    (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
