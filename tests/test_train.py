@@ -1,0 +1,332 @@
+"""Training pipeline: data cache and split, losses, a few imf-tiny steps, checkpoint/exact resume,
+safetensors export, a 2-process DDP run on CPU (gloo), and the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imfcodec.errors import InputError
+from imfcodec.train import data as D
+from imfcodec.train.config import TrainConfig, load_config
+
+torch.set_num_threads(1)
+
+N_CLIPS = 3
+FRAMES = 10
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Three tiny clips (sample portrait with simulated motion), 64x64, 10 frames each."""
+    from imfcodec.io import make_sample
+
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(N_CLIPS):
+        make_sample(root / f"clip{i}.mp4", frames=FRAMES + i, size=64)
+    (root / "test").mkdir()
+    make_sample(root / "test" / "held_out.mp4", frames=4, size=64)  # must never be used
+    return root
+
+
+def tiny(videos: Path, out: Path, **kw) -> TrainConfig:
+    return load_config("tiny").replace(data=[str(videos)], out=str(out), cache_dir=str(out.parent / "cache"),
+                                       threads=1, **kw)
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def test_find_videos_refuses_and_skips_test(videos):
+    with pytest.raises(InputError, match="test"):
+        D.find_videos(videos / "test")
+    found = D.find_videos(videos)
+    assert [p.name for p in found] == [f"clip{i}.mp4" for i in range(N_CLIPS)]
+    with pytest.raises(InputError):
+        D.find_videos(videos / "missing")
+
+
+def test_split_is_deterministic_and_disjoint(videos):
+    paths = D.find_videos(videos)
+    tr1, va1 = D.split_clips(paths, val_clips=1)
+    tr2, va2 = D.split_clips(list(reversed(paths)), val_clips=1)
+    assert (tr1, va1) == (tr2, va2)
+    assert len(va1) == 1 and len(tr1) == N_CLIPS - 1 and not set(tr1) & set(va1)
+    tr, va = D.split_clips(paths[:1], val_clips=5)  # a single clip validates on itself
+    assert tr == va == paths[:1]
+
+
+def test_frame_cache_roundtrip(videos, tmp_path):
+    paths = D.find_videos(videos)[:1]
+    a = D.load_clips(paths, 64, max_frames=6, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.npy"))
+    assert len(files) == 1
+    b = D.load_clips(paths, 64, max_frames=6, cache_dir=tmp_path)
+    assert a.frames[0].shape == (6, 64, 64, 3) and a.frames[0].dtype == np.uint8
+    assert np.array_equal(a.frames[0], b.frames[0])
+    D.load_clips(paths, 64, max_frames=5, cache_dir=tmp_path)  # other key -> another file
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def test_pair_dataset_is_deterministic_and_same_clip(videos):
+    clips = D.load_clips(D.find_videos(videos), 64, max_frames=FRAMES)
+    ds = D.PairDataset(clips, max_distance=3, flip=True, color_jitter=0.1, seed=1)
+    for i in range(20):
+        c, r, cur, _ = ds.pair_indices(i)
+        assert r != cur and abs(r - cur) <= 3 and 0 <= cur < len(clips.frames[c])
+        a, b = ds[i]
+        a2, b2 = ds[i]
+        assert a.shape == (3, 64, 64) and a.dtype == torch.float32
+        assert torch.equal(a, a2) and torch.equal(b, b2)
+        assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    other_rank = D.PairDataset(clips, max_distance=3, seed=1, rank=1)
+    assert any(ds.pair_indices(i)[:3] != other_rank.pair_indices(i)[:3] for i in range(10))
+    # DataLoader workers give the same batches as in-process sampling, from any start step
+    a0, b0 = next(D.make_loader(ds, 3, start_step=5, workers=0))
+    a1, b1 = next(D.make_loader(ds, 3, start_step=5, workers=1))
+    assert torch.equal(a0, a1) and torch.equal(b0, b1)
+    x = D.to_float(clips.frames[0][:2])
+    # the same flip / jitter applies to both frames of a pair
+    rng = np.random.default_rng(0)
+    j = D.jitter(x.clone(), rng, 0.2)
+    j1 = D.jitter(x[:1].clone(), np.random.default_rng(0), 0.2)
+    assert torch.allclose(j[:1], j1)
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def test_losses_finite_and_zero_weight_skips():
+    from imfcodec.models import Discriminator
+    from imfcodec.train.losses import GeneratorLoss, LossWeights, d_hinge_loss
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    x_hat = (x + 0.1 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    disc = Discriminator((8, 8, 8, 8))
+    real, fake = disc(x), disc(x_hat)
+    loss_fn = GeneratorLoss(LossWeights(l1=10, perceptual=0, ms_ssim=1, gan=1, feat_match=1, rate=0.1))
+    total, parts = loss_fn(x_hat, x, fake_out=fake, real_out=real, bits=torch.tensor([10.0, 12.0]))
+    assert set(parts) == {"l1", "ms_ssim", "gan_g", "feat_match", "rate_bits"}
+    assert torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(x_hat.grad).all()
+    assert torch.isfinite(d_hinge_loss(real, [(f.detach(), []) for f, _ in fake]))
+    only_l1 = GeneratorLoss(LossWeights(l1=1, perceptual=0, gan=0))
+    _, parts = only_l1(x_hat, x, fake_out=fake, real_out=real, bits=torch.ones(2))
+    assert set(parts) == {"l1"}
+
+
+def test_vgg_perceptual_from_local_file(tmp_path):
+    from safetensors.torch import save_file
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from imfcodec.errors import WeightsError
+    from imfcodec.train.losses import PerceptualLoss
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in make_layers(cfgs["E"])[:30].state_dict().items()}
+    state = {f"features.{k}": (torch.randn(s) * (2.0 / max(1, s[1:].numel())) ** 0.5).half()
+             for k, s in shapes.items()}
+    path = tmp_path / "vgg19.safetensors"
+    save_file(state, str(path))
+    loss = PerceptualLoss(path, levels=4)
+    x = torch.rand(1, 3, 32, 32)  # levels below 16 px are skipped: 32 and 16 here
+    y = (x + 0.05).clamp(0, 1).requires_grad_(True)
+    v = loss(y, x)
+    v.backward()
+    assert float(v.detach()) > 0 and torch.isfinite(y.grad).all()
+    assert float(loss(x, x)) == 0.0
+    assert not any(p.requires_grad for p in loss.vgg.parameters())
+    bad = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad))
+    with pytest.raises(WeightsError):
+        PerceptualLoss(bad)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_train_steps_checkpoint_and_curriculum(videos, tmp_path):
+    from imfcodec.train.trainer import load_checkpoint, train
+
+    torch.manual_seed(0)
+    from imfcodec.models import create_model
+
+    init = create_model("imf-tiny").state_dict()
+    cfg = tiny(videos, tmp_path / "run", steps=3, stages=[[0, 32], [2, 64]], val_every=3,
+               w_gan=1.0, w_feat_match=1.0)
+    summary = train(cfg)
+    assert summary["step"] == 3 and summary["steps_this_run"] == 3
+    rows = read_log(tmp_path / "run" / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert [int(r["resolution"]) for r in rows] == [32, 32, 64]
+    for r in rows:
+        for k in ("loss", "l1", "ms_ssim", "rate_bits", "d_loss", "gan_g", "feat_match", "sec_per_step"):
+            assert np.isfinite(float(r[k])), (k, r)
+    val = read_log(tmp_path / "run" / "val.csv")
+    assert len(val) == 1 and float(val[0]["psnr"]) > 10 and float(val[0]["base_psnr"]) > 10
+    assert list((tmp_path / "run" / "val").glob("*.png"))
+    ck = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck["step"] == 3 and ck["config"]["model"] == "imf-tiny"
+    assert ck["disc"] is not None and ck["opt_d"] is not None
+    changed = [k for k, v in ck["model"].items() if v.is_floating_point() and not torch.equal(v, init[k])]
+    assert len(changed) > 10  # weights moved
+    assert not torch.equal(ck["model"]["token_scale"], torch.ones_like(ck["model"]["token_scale"]))
+
+
+def test_exact_resume(videos, tmp_path):
+    """Resuming continues the step count and repeats an uninterrupted run bit for bit."""
+    from imfcodec.train.trainer import Trainer, load_checkpoint, train
+
+    full = tiny(videos, tmp_path / "full", steps=4, ema=0.9)
+    train(full)
+    half = tiny(videos, tmp_path / "half", steps=2, ema=0.9)
+    train(half)
+    resumed = train(half.replace(steps=4), resume=tmp_path / "half" / "last.pt")
+    assert resumed["step"] == 4 and resumed["steps_this_run"] == 2
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "half" / "last.pt")
+    for part in ("model", "ema", "rate_model"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    la, lb = read_log(tmp_path / "full" / "log.csv"), read_log(tmp_path / "half" / "log.csv")
+    assert [r["step"] for r in lb] == ["1", "2", "3", "4"]
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    # the next step's loss, from the step-2 checkpoint vs a fresh uninterrupted trainer, exactly
+    t1 = Trainer(tiny(videos, tmp_path / "x", steps=4, ema=0.9))
+    t1.prepare_data()
+    it = D.make_loader(t1.dataset, t1.local_batch)
+    losses = [t1.train_step(*next(it))["loss"] for _ in range(3)]
+    t2 = Trainer(tiny(videos, tmp_path / "y", steps=4, ema=0.9))
+    t2.prepare_data()
+    it2 = D.make_loader(t2.dataset, t2.local_batch)
+    for _ in range(2):
+        t2.train_step(*next(it2))
+    t2.save_checkpoint(tmp_path / "y" / "s2.pt")
+    t3 = Trainer(tiny(videos, tmp_path / "y", steps=4, ema=0.9), resume=tmp_path / "y" / "s2.pt")
+    assert t3.step == 2
+    t3.prepare_data()
+    it3 = D.make_loader(t3.dataset, t3.local_batch, start_step=t3.step)
+    assert t3.train_step(*next(it3))["loss"] == losses[2]
+
+
+def test_export_safetensors_reproduces_outputs(videos, tmp_path):
+    from safetensors import safe_open
+
+    from imfcodec.train.trainer import Trainer
+    from imfcodec.zoo import load_weights, read_metadata
+
+    tr = Trainer(tiny(videos, tmp_path / "run", steps=1))
+    tr.prepare_data()
+    tr.train_step(*next(D.make_loader(tr.dataset, tr.local_batch)))
+    for fp16 in (False, True):
+        path = tmp_path / f"m{int(fp16)}.safetensors"
+        res = tr.export(path, fp16=fp16)
+        with safe_open(str(path), framework="pt") as f:  # plain safetensors, no pickle involved
+            assert f.get_tensor("token_scale").dtype == (torch.float16 if fp16 else torch.float32)
+        meta = read_metadata(path)
+        assert json.loads(meta["config"])["name"] == "imf-tiny"
+        training = json.loads(meta["training"])
+        assert training["steps"] == 1 and "hardware" in training and training["data"]
+        delta_std = json.loads(meta["delta_std"])
+        assert len(delta_std) == 32 and all(v > 0 for v in delta_std)
+        model = load_weights(path)
+        assert torch.allclose(model.token_scale, res["token_scale"], rtol=1e-3)
+        ref = tr.eval_model()
+        calibrated = type(ref)(ref.config)
+        calibrated.load_state_dict(ref.state_dict())
+        calibrated.token_scale.copy_(res["token_scale"])
+        calibrated.eval()
+        x = D.to_float(tr.val_clips.frames[0][:2])
+        with torch.no_grad():
+            want = calibrated(x[:1], x[1:])
+            got = model(x[:1], x[1:])
+        if fp16:
+            assert (want - got).abs().max() < 0.05
+        else:
+            assert torch.equal(want, got)
+    # the training model itself is untouched by calibration
+    assert not torch.equal(tr.model.token_scale, res["token_scale"])
+
+
+def test_max_minutes_stops_with_checkpoint(videos, tmp_path):
+    from imfcodec.train.trainer import train
+
+    s = train(tiny(videos, tmp_path / "run", steps=50, max_minutes=1e-6))
+    assert s["step"] == 1 and "max_minutes" in s["stopped"]
+    assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from imfcodec.train.trainer import train
+
+    summary = train(TrainConfig.from_dict(cfg_dict))
+    Path(out, f"rank{rank}.json").write_text(json.dumps(summary, default=str))
+
+
+def test_ddp_two_processes_gloo(videos, tmp_path):
+    import torch.multiprocessing as mp
+
+    cfg = tiny(videos, tmp_path / "run", steps=2, batch_size=4, w_gan=1.0)
+    # prefill the frame cache so the spawned ranks only read .npy files
+    D.load_clips(D.find_videos(videos), 64, cfg.max_frames, cfg.cache_dir)
+    # fork: the children inherit the imported modules (spawn would re-import torch in each)
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2,
+                       join=True, start_method="fork")
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["step"] == r1["step"] == 2
+    assert r0["params_digest"] == r1["params_digest"]
+    assert (tmp_path / "run" / "last.pt").is_file()  # written by rank 0 only
+    assert len(read_log(tmp_path / "run" / "log.csv")) == 2
+
+
+def test_refuses_test_folder(tmp_path, videos):
+    from imfcodec.train.trainer import train
+
+    with pytest.raises(InputError, match="test"):
+        train(tiny(videos, tmp_path / "run").replace(data=[str(videos / "test")]))
+
+
+def test_command_line(videos, tmp_path, capsys):
+    from imfcodec.train import main
+
+    out = tmp_path / "cli"
+    args = ["--config", "tiny", "--data", str(videos), "--out", str(out), "--steps", "1",
+            "--cache-dir", "none", "--threads", "1", "--set", "val_every=1"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 1 and (out / "model.safetensors").is_file()
+    assert main(["--resume", "--out", str(out), "--steps", "2", "--data", str(videos), "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2
+    assert main(["--export-only", "--out", str(out), "--export-to", str(tmp_path / "e.safetensors"),
+                 "--data", str(videos)]) == 0
+    assert (tmp_path / "e.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["--config", "tiny", "--data", str(videos / "test"), "--out", str(out)]) == 1
+    assert main(["--config", "small-cpu", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["model"] == "imf-small" and cfg["stages"][0] == [0, 128]
