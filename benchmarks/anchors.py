@@ -1,0 +1,187 @@
+"""Conventional anchor codecs (x264, x265, SVT-AV1, VP9) driven through PyAV.
+
+Every anchor is configured for *low delay*, so it plays by the same rules as imfcodec: no B-frames
+or other frame reordering, no alternate-reference / lookahead-delayed frames where the encoder has a
+switch for it, no scene-cut key frames, and the same key-frame interval as imfcodec (``keyint=0``:
+one key frame for the whole clip).
+
+Rates come from real bytes:
+
+* elementary stream (``es_bytes``) = the sum of the encoded packet sizes, plus the parameter sets that
+  the MP4 muxer keeps out of band (H.264 SPS/PPS, HEVC VPS/SPS/PPS in ``extradata``). Encoder
+  "advertising" SEI is not counted: x265 is told ``info=0`` and x264's user-data SEI (~600 bytes of
+  option text, ~0.7 kbit/s on a 7 s clip) is removed with FFmpeg's ``filter_units`` bitstream filter.
+  AV1 temporal delimiters and Annex-B start codes stay in: they are part of the elementary stream.
+* container (``container_bytes``) = the size of the same packets muxed into an MP4 file.
+
+Quality is always measured on what the *decoder* returns from that MP4 file (PyAV's default decoder
+for the stream: FFmpeg h264 / hevc / vp9, libdav1d for AV1), never on encoder reconstructions.
+Frames go in as RGB, are converted to yuv420p by swscale (BT.601, limited range, the FFmpeg default)
+and decoded frames come back to RGB the same way, so every anchor pays the same 4:2:0 round trip.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+# SVT-AV1 prints a banner to stderr for every encoder it opens; 1 = errors only.
+os.environ.setdefault("SVT_LOG", "1")
+
+
+@dataclass(frozen=True)
+class AnchorSpec:
+    """One anchor codec: which PyAV encoder, which knob, which ladder of values."""
+
+    name: str
+    encoder: str
+    param: str
+    ladder: tuple[int, ...]
+    quick: tuple[int, ...]
+    options: Callable[[int, int, int], dict[str, str]]
+    description: str
+    strip_sei: bool = False
+    extradata_out_of_band: bool = False
+
+    def points(self, quick: bool = False) -> list[tuple[str, int]]:
+        """(point name, value) per rate point, lowest rate first."""
+        return [(f"{self.param}{v}", v) for v in (self.quick if quick else self.ladder)]
+
+
+def _x264(value: int, gop: int, threads: int) -> dict[str, str]:
+    return {"preset": "medium", "crf": str(value), "threads": str(threads),
+            "x264-params": f"bframes=0:keyint={gop}:min-keyint={gop}:scenecut=0"}
+
+
+def _x265(value: int, gop: int, threads: int) -> dict[str, str]:
+    return {"preset": "medium", "crf": str(value),
+            "x265-params": (f"bframes=0:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:info=0:"
+                            f"log-level=error:pools={threads}:frame-threads={threads}")}
+
+
+def _svtav1(value: int, gop: int, threads: int) -> dict[str, str]:
+    # pred-struct=1 is SVT-AV1's low-delay prediction structure (no reordering).
+    return {"preset": "8", "crf": str(value), "svtav1-params": f"pred-struct=1:keyint={gop}:scd=0:lp={threads}"}
+
+
+def _vp9(value: int, gop: int, threads: int) -> dict[str, str]:
+    # lag-in-frames=0 + auto-alt-ref=0: no hidden alt-ref frames, every packet is shown at once.
+    return {"crf": str(value), "b": "0", "deadline": "good", "cpu-used": "2", "lag-in-frames": "0",
+            "auto-alt-ref": "0", "row-mt": "1", "threads": str(threads), "keyint_min": str(gop)}
+
+
+# Ladders span roughly 10..60 kbit/s on 256x256 25 fps talking heads (measured on liveportrait_d12,
+# 183 frames: x265 CRF 51 = 10 kbit/s / 24.6 dB, CRF 33 ~ 60; SVT-AV1 CRF 63 = 16; VP9 CRF 63 = 17).
+# The lowest point is each encoder's top CRF: none of them reaches 2 kbit/s at this size and rate.
+ANCHORS: dict[str, AnchorSpec] = {
+    "x264": AnchorSpec("x264", "libx264", "crf", (51, 46, 41, 37, 33), (51, 41), _x264,
+                       "libx264 preset medium, CRF, bframes=0, scenecut=0", strip_sei=True,
+                       extradata_out_of_band=True),
+    "x265": AnchorSpec("x265", "libx265", "crf", (51, 46, 41, 37, 33), (51, 41), _x265,
+                       "libx265 preset medium, CRF, bframes=0, scenecut=0, closed GOP",
+                       extradata_out_of_band=True),
+    "svtav1": AnchorSpec("svtav1", "libsvtav1", "crf", (63, 59, 55, 51, 47), (63, 55), _svtav1,
+                         "libsvtav1 preset 8, CRF, pred-struct=1 (low delay), scd=0"),
+    "vp9": AnchorSpec("vp9", "libvpx-vp9", "crf", (63, 59, 55, 51, 46), (63, 55), _vp9,
+                      "libvpx-vp9 deadline=good cpu-used=2, CRF (b=0), lag-in-frames=0, auto-alt-ref=0"),
+}
+
+
+@dataclass
+class AnchorResult:
+    """One encode + decode of one rate point."""
+
+    frames: int
+    es_bytes: int
+    container_bytes: int
+    extradata_bytes: int
+    removed_sei_bytes: int
+    key_frames: int
+    enc_seconds: float
+    dec_seconds: float
+    decoded: np.ndarray
+    decoder: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def gop_length(keyint: int, frames: int) -> int:
+    """The encoder's key-frame interval: ``keyint`` frames, or the whole clip when keyint is 0."""
+    return keyint if keyint > 0 else max(1, frames)
+
+
+def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fraction, *, keyint: int = 0,
+                  threads: int = 1, mp4_path: str | os.PathLike | None = None) -> AnchorResult:
+    """Encode ``frames`` (N x H x W x 3 uint8 RGB) at one rate point, mux to MP4, decode the MP4.
+
+    The MP4 is written to ``mp4_path`` when given (kept as evidence of the bytes measured).
+    """
+    import av
+
+    n, height, width, _ = frames.shape
+    gop = gop_length(keyint, n)
+    options = spec.options(value, gop, threads)
+    buf = io.BytesIO()
+    out = av.open(buf, "w", format="mp4")
+    stream = out.add_stream(spec.encoder, rate=Fraction(fps))
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    ctx = stream.codec_context
+    ctx.max_b_frames = 0
+    ctx.gop_size = gop
+    ctx.thread_count = threads
+    stream.options = options
+
+    packets = []
+    t0 = time.perf_counter()
+    for i, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        packets.extend(stream.encode(frame))
+    packets.extend(stream.encode(None))
+    enc_seconds = time.perf_counter() - t0
+
+    removed = 0
+    if spec.strip_sei:
+        before = sum(p.size for p in packets)
+        bsf = av.bitstream.BitStreamFilterContext("filter_units=remove_types=6", stream)
+        filtered = []
+        for p in packets:
+            filtered.extend(bsf.filter(p))
+        filtered.extend(bsf.filter(None))
+        packets = filtered
+        removed = before - sum(p.size for p in packets)
+    extradata = len(ctx.extradata or b"") if spec.extradata_out_of_band else 0
+    es_bytes = sum(p.size for p in packets) + extradata
+    key_frames = sum(1 for p in packets if p.is_keyframe)
+    for p in packets:
+        p.stream = stream
+        out.mux(p)
+    out.close()
+    data = buf.getvalue()
+    if mp4_path is not None:
+        Path(mp4_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(mp4_path).write_bytes(data)
+
+    decoded = np.empty_like(frames)
+    t0 = time.perf_counter()
+    count = 0
+    with av.open(io.BytesIO(data), "r") as inp:
+        vstream = inp.streams.video[0]
+        vstream.codec_context.thread_count = threads
+        decoder = vstream.codec_context.name
+        for frame in inp.decode(vstream):
+            if count >= n:
+                raise RuntimeError(f"{spec.name}: decoder returned more frames than were encoded")
+            decoded[count] = frame.to_ndarray(format="rgb24")
+            count += 1
+    dec_seconds = time.perf_counter() - t0
+    if count != n:
+        raise RuntimeError(f"{spec.name} {spec.param}{value}: decoded {count} frames, encoded {n}")
+    return AnchorResult(n, es_bytes, len(data), extradata, removed, key_frames, enc_seconds, dec_seconds,
+                        decoded, decoder, options)

@@ -1,0 +1,405 @@
+"""Rate-distortion benchmark: imfcodec against x264, x265, SVT-AV1, VP9 and "repeat the key frame".
+
+    python -m benchmarks.rd --videos DIR --out DIR [--frames N] [--size 256] [--keyint N]
+                            [--model SPEC] [--codecs imfcodec,x264,x265,svtav1,vp9,repeat]
+                            [--jobs N] [--threads N] [--quick] [--ladder CODEC=V,V,...]
+
+Every codec sees the same input: each clip is decoded, centre-cropped and resized once
+(``imfcodec.io.read_frames``) and cached losslessly as ``OUT/cache/CLIP-SIZEpx-Nf.npy``; that array is
+the reference for every metric and the input of every encoder. Each (clip, codec) pair runs as one
+job in a fresh process (see ``benchmarks.memory``); finished rows are appended to ``OUT/rd.csv`` as
+jobs complete, and a re-run skips every (clip, codec, point, config, model) already there. Then
+``OUT/summary.md`` and ``OUT/rd_*.png`` are rewritten from the rows of this run's plan.
+
+Bitstreams are kept under ``OUT/streams/CLIP/`` (MP4 for anchors, .imf for imfcodec, the raw key-frame
+payload for repeat) so every rate can be checked against a file size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .anchors import ANCHORS
+from .quality import METRICS, PerceptualSpec, perceptual_status, vmaf_status
+from .runners import Job, JobResult, Point, run_job
+
+CODECS = ("imfcodec", "x264", "x265", "svtav1", "vp9", "repeat")
+DEFAULT_FRAMES = 250  # JVET GFVC VoxCeleb sequences are 250 frames
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".y4m", ".264", ".h264",
+                  ".265", ".h265", ".hevc", ".ivf", ".obu", ".flv", ".ts"}
+# imfcodec operating points: token quality paired with a key-frame quality offset from the key
+# codec's default (hevc: 21 = CRF 30), so rate and quality grow together along the ladder.
+IMF_TOKEN_QUALITIES = (2, 5, 8, 11)
+KEY_OFFSETS = (-10, -5, 0, 5)
+QUICK_INDEXES = (0, 2)  # --quick: the lowest point and the middle of each ladder
+
+COLUMNS = [
+    "clip", "codec", "point", "param", "key_quality", "config", "model", "size", "fps", "frames",
+    "duration_s", "kbps", "container_kbps", "key_kbps", "token_kbps", "bytes", "container_bytes",
+    "key_frames", "psnr", "psnr_y", "ssim", "ms_ssim", "ms_ssim_scales", "vmaf", "lpips", "dists",
+    "enc_fps", "dec_fps", "threads", "peak_rss_mb", "base_rss_mb", "gflops_per_frame", "encoder",
+    "decoder", "stream",
+]
+KEY = ("clip", "codec", "point", "config", "model")
+
+
+class BenchError(Exception):
+    """A user error in the benchmark's arguments (printed as one line)."""
+
+
+# ------------------------------------------------------------------------------------ arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.rd",
+        description="Rate-distortion, speed and memory benchmark of imfcodec against conventional codecs.")
+    p.add_argument("--videos", action="append", required=True, metavar="PATH",
+                   help="folder of clips, or one clip (repeatable)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (rd.csv, summary.md, plots)")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
+                   help=f"frames per clip, from the start (default {DEFAULT_FRAMES}; 0 = whole clip)")
+    p.add_argument("--size", type=int, default=None,
+                   help="square frame size (default: the imfcodec model's resolution, else 256)")
+    p.add_argument("--keyint", type=int, default=0, help="key-frame interval for every codec (0 = one per clip)")
+    p.add_argument("--model", default=None, help="imfcodec model: config name, .safetensors, or random:NAME")
+    p.add_argument("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
+    p.add_argument("--anchor", default="x265", help="BD-rate anchor codec (default x265)")
+    p.add_argument("--key-codec", default="hevc", help="imfcodec's key-frame codec (also used by 'repeat')")
+    p.add_argument("--jobs", type=int, default=1, help="(clip, codec) jobs run in parallel (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="threads per codec and per torch (default 1)")
+    p.add_argument("--quick", action="store_true", help="2 rate points per codec (for tests and smoke runs)")
+    p.add_argument("--ladder", action="append", default=[], metavar="CODEC=V,V,...",
+                   help="override a ladder: x265=51,45,39,33 ; imfcodec=Q:KQ,Q:KQ ; repeat=KQ,KQ")
+    p.add_argument("--clips", default=None, help="comma-separated clip names (file stems) to keep")
+    p.add_argument("--no-vmaf", action="store_true", help="skip VMAF (the slowest metric)")
+    p.add_argument("--vmaf-subsample", type=int, default=1, metavar="N",
+                   help="VMAF on every N-th frame only (like libvmaf --subsample; default 1 = all)")
+    p.add_argument("--lpips-weights", default=None, metavar="PATH",
+                   help="local torchvision AlexNet ImageNet weights; enables LPIPS (needs the lpips package)")
+    p.add_argument("--dists-weights", default=None, metavar="PATH",
+                   help="local torchvision VGG16 ImageNet weights; enables DISTS (needs DISTS_pytorch)")
+    return p
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_ladders(items: Sequence[str]) -> dict[str, list[str]]:
+    out = {}
+    for item in items:
+        codec, sep, values = item.partition("=")
+        if not sep or codec.strip() not in CODECS or not _split(values):
+            raise BenchError(f"--ladder must look like CODEC=V,V,... with CODEC in {','.join(CODECS)}: {item!r}")
+        out[codec.strip()] = _split(values)
+    return out
+
+
+def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec: str) -> list[Point]:
+    """The rate points of one codec, lowest rate first."""
+    def pick(seq):
+        seq = list(seq)
+        return [seq[i] for i in QUICK_INDEXES if i < len(seq)] if quick and ladder is None else seq
+
+    if codec in ANCHORS:
+        spec = ANCHORS[codec]
+        values = [int(v) for v in ladder] if ladder else list(spec.ladder)
+        return [Point(f"{spec.param}{v}", v) for v in pick(values)]
+    from imfcodec.keyframe import get_keyframe_codec
+
+    kc = get_keyframe_codec(key_codec)
+    lo, hi = kc.quality_range
+    keys = [min(hi, max(lo, kc.default_quality + o)) for o in KEY_OFFSETS]
+    if codec == "repeat":
+        values = [int(v) for v in ladder] if ladder else list(dict.fromkeys(keys))
+        return [Point(f"{key_codec}{v}", v, v) for v in pick(values)]
+    if codec == "imfcodec":
+        if ladder:
+            pairs = []
+            for v in ladder:
+                q, sep, kq = v.partition(":")
+                if not sep:
+                    raise BenchError(f"imfcodec ladder entries are TOKEN_QUALITY:KEY_QUALITY, got {v!r}")
+                pairs.append((int(q), int(kq)))
+        else:
+            pairs = list(zip(IMF_TOKEN_QUALITIES, keys))
+        return [Point(f"q{q}-{key_codec}{kq}", q, kq) for q, kq in pick(pairs)]
+    raise BenchError(f"unknown codec {codec!r} (known: {','.join(CODECS)})")
+
+
+# ------------------------------------------------------------------------------------ references
+
+
+def find_clips(paths: Sequence[str], keep: Sequence[str] | None) -> dict[str, Path]:
+    """Clip name (file stem, made unique) -> path, sorted by name."""
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise BenchError(f"--videos {raw}: no such file or folder")
+    clips: dict[str, Path] = {}
+    for f in files:
+        name = f.stem if f.stem not in clips else f.name.replace(".", "_")
+        clips[name] = f
+    if keep:
+        missing = [k for k in keep if k not in clips]
+        if missing:
+            raise BenchError(f"--clips: not found: {', '.join(missing)} (have: {', '.join(sorted(clips))})")
+        clips = {k: clips[k] for k in keep}
+    if not clips:
+        raise BenchError("no video clips found in --videos")
+    return dict(sorted(clips.items()))
+
+
+def prepare_reference(name: str, src: Path, size: int, frames: int, cache: Path) -> tuple[Path, Fraction, int, bool]:
+    """Decode, crop and resize a clip once; cache it losslessly as .npy.
+
+    Returns (path, fps, frames, fps_assumed): raw elementary streams carry no frame rate, and
+    imfcodec.io assumes 25 fps for them; the summary says so because rates depend on it.
+    """
+    from imfcodec.io import probe_video, read_frames
+
+    tag = f"{name}-{size}px-{frames or 'all'}f"
+    npy, meta_path = cache / f"{tag}.npy", cache / f"{tag}.json"
+    st = src.stat()
+    ident = {"source": str(src.resolve()), "source_bytes": st.st_size, "source_mtime": int(st.st_mtime),
+             "size": size, "max_frames": frames}
+    if npy.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if all(meta.get(k) == v for k, v in ident.items()):
+            return (npy, Fraction(meta["fps_num"], meta["fps_den"]), int(meta["frames"]),
+                    bool(meta.get("fps_assumed")))
+    info = probe_video(src)
+    arr = np.stack(list(read_frames(src, size, max_frames=frames or None)))
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{tag}.partial.npy"
+    np.save(tmp, arr)
+    os.replace(tmp, npy)
+    fps = Fraction(info.fps)
+    meta = {**ident, "fps_num": fps.numerator, "fps_den": fps.denominator, "frames": int(len(arr)),
+            "fps_assumed": bool(getattr(info, "fps_assumed", False)), "reader": "imfcodec.io.read_frames"}
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return npy, fps, len(arr), meta["fps_assumed"]
+
+
+# ------------------------------------------------------------------------------------ rd.csv
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_rows(path: Path, rows: Sequence[dict]) -> None:
+    """Append rows (header written when the file is new); flushed so an interrupted run keeps them."""
+    if not rows:
+        return
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", restval="")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else
+                            "" if isinstance(v, float) else v) for k, v in r.items()})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(str(row.get(k, "")) for k in KEY)
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _model_identity(spec: str | None) -> tuple[int, str]:
+    """(resolution, 'name@hash') of the imfcodec model, loaded once in the parent."""
+    from imfcodec.zoo import load_model
+
+    loaded = load_model(spec)
+    return int(loaded.model.config.resolution), f"{loaded.name}@{loaded.weights_hash.hex()[:16]}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    codecs = _split(args.codecs)
+    bad = [c for c in codecs if c not in CODECS]
+    if bad or not codecs:
+        raise BenchError(f"--codecs: unknown {', '.join(bad) or '(none)'} (known: {','.join(CODECS)})")
+    if args.frames < 0 or args.keyint < 0 or args.jobs < 1 or args.threads < 1:
+        raise BenchError("--frames and --keyint must be >= 0, --jobs and --threads >= 1")
+    ladders = parse_ladders(args.ladder)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clips = find_clips(args.videos, _split(args.clips) if args.clips else None)
+
+    model_id = ""
+    size = args.size
+    if "imfcodec" in codecs:
+        resolution, model_id = _model_identity(args.model)
+        if size is None:
+            size = resolution
+        elif size != resolution:
+            raise BenchError(f"--size {size} but the imfcodec model codes {resolution}x{resolution}; "
+                             f"drop --size or pick a model of that resolution")
+    size = size or 256
+    config = f"{size}px-{args.frames or 'all'}f-keyint{args.keyint}"
+    perceptual = PerceptualSpec(vmaf=not args.no_vmaf, vmaf_subsample=max(1, args.vmaf_subsample),
+                                lpips_weights=args.lpips_weights,
+                                dists_weights=args.dists_weights)
+    points = {c: plan_points(c, quick=args.quick, ladder=ladders.get(c), key_codec=args.key_codec) for c in codecs}
+
+    print(f"benchmark: {len(clips)} clip(s) x {len(codecs)} codec(s) at {size}x{size}, {config}", flush=True)
+    refs = {}
+    errors: list[str] = []
+    for name, src in tqdm(clips.items(), desc="references", unit="clip", disable=None, file=sys.stderr):
+        try:
+            refs[name] = prepare_reference(name, src, size, args.frames, out / "cache")
+        except Exception as e:  # an unreadable clip must not stop the others
+            errors.append(f"{name}: cannot read {src}: {e}")
+            print(f"error: {errors[-1]}", file=sys.stderr)
+
+    csv_path = out / "rd.csv"
+    done = {row_key(r) for r in read_rows(csv_path)}
+    planned: set[tuple] = set()
+    jobs: list[Job] = []
+    skipped = 0
+    for name, (npy, fps, _n, _assumed) in refs.items():
+        for codec in codecs:
+            mid = model_id if codec == "imfcodec" else ""
+            todo = []
+            for pt in points[codec]:
+                key = (name, codec, pt.name, config, mid)
+                planned.add(key)
+                if key in done:
+                    skipped += 1
+                else:
+                    todo.append(pt)
+            if todo:
+                jobs.append(Job(clip=name, codec=codec, points=todo, ref_path=str(npy), fps_num=fps.numerator,
+                                fps_den=fps.denominator, stream_dir=str(out / "streams" / name), config=config,
+                                size=size, keyint=args.keyint, threads=args.threads, model=args.model,
+                                model_id=mid, key_codec=args.key_codec, perceptual=perceptual))
+    total = sum(len(j.points) for j in jobs)
+    print(f"{total} point(s) to run in {len(jobs)} job(s); {skipped} already in {csv_path}", flush=True)
+
+    t0 = time.perf_counter()
+    if jobs:
+        from concurrent.futures import as_completed
+
+        from .memory import job_executor
+
+        with job_executor(args.jobs) as pool, tqdm(total=total, desc="rd points", unit="pt", disable=None,
+                                                   file=sys.stderr) as bar:
+            futures = {pool.submit(run_job, j): j for j in jobs}
+            for fut in as_completed(futures):
+                j = futures[fut]
+                try:
+                    res: JobResult = fut.result()
+                except Exception as e:  # the worker process itself died
+                    res = JobResult(j.clip, j.codec, [], [f"{j.clip}/{j.codec}: worker failed: {e}"])
+                append_rows(csv_path, res.rows)
+                for e in res.errors:
+                    print(f"error: {e}", file=sys.stderr)
+                errors += res.errors
+                bar.update(len(j.points))
+    elapsed = time.perf_counter() - t0
+
+    import pandas as pd
+
+    rows = [r for r in read_rows(csv_path) if row_key(r) in planned]
+    if not rows:
+        print("no results to report", file=sys.stderr)
+        return 1
+    df = pd.DataFrame(rows)
+    for c in df.columns:
+        if c not in ("clip", "codec", "point", "config", "model", "encoder", "decoder", "stream"):
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["codec"] = pd.Categorical(df.codec, [c for c in CODECS if c in set(df.codec)], ordered=True)
+    df = df.sort_values(["clip", "codec", "kbps"])
+    df["codec"] = df.codec.astype(str)
+
+    _, vmaf_line = vmaf_status(perceptual.vmaf, perceptual.vmaf_subsample)
+    notices = [vmaf_line] + [line for _, line in perceptual_status(perceptual).values()]
+    scales = sorted({int(s) for s in df.ms_ssim_scales.dropna()})
+    if scales and scales != [5]:
+        notices.append(f"MS-SSIM: {'/'.join(map(str, scales))} scale(s) at {size}px (5 need > 160 px): "
+                       f"not comparable with published 5-scale values")
+    assumed = sorted(n for n, ref in refs.items() if ref[3] and n in set(df["clip"]))
+    if assumed:
+        notices.append(f"frame rate: {', '.join(assumed)} carry no frame rate (raw streams); 25 fps assumed for rates")
+    notices.append("PSNR/SSIM/MS-SSIM: imfcodec.metrics (scikit-image, pytorch-msssim), mean of per-frame values "
+                   "on the decoded RGB frames; PSNR Y on BT.601 luma; identical frames capped at 100 dB")
+    run_info = {
+        "clips": f"{df['clip'].nunique()} ({', '.join(sorted(df['clip'].unique()))})",
+        "frames": f"{args.frames or 'all'} per clip (actual: {int(df.frames.min())}-{int(df.frames.max())})",
+        "size": f"{size}x{size} RGB, centre-cropped and resized once by imfcodec.io.read_frames",
+        "key frames": "one per clip" if args.keyint == 0 else f"every {args.keyint} frames",
+        "imfcodec model": model_id or "(not run)",
+        "key-frame codec": args.key_codec,
+        "anchors": "; ".join(ANCHORS[c].description for c in codecs if c in ANCHORS) or "(none)",
+        "threads": f"{args.threads} per codec; jobs in parallel: {args.jobs}"
+                   + (" (speeds measured under contention)" if args.jobs > 1 else ""),
+        "machine": (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+                    f"Python {platform.python_version()}"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    summary, lines = write_summary(df, out, run_info, notices, errors, args.anchor)
+    print("\n".join(notices))
+    print("\n".join(lines))
+    print(f"\nwrote {csv_path}, {summary} and plots in {out} ({elapsed:.0f} s)")
+    if errors:
+        print(f"{len(errors)} error(s); see {summary}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_summary(df, out: Path, run_info, notices, errors, anchor):
+    from .report import write_report
+
+    return write_report(df, out, run_info=run_info, notices=notices, errors=errors, metrics=METRICS, anchor=anchor)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``python -m benchmarks.rd`` and ``imfcodec bench``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished rows are kept in rd.csv", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from imfcodec.errors import IMFError
+
+        if isinstance(e, IMFError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""One benchmark job: every rate point of one codec on one clip, in a fresh worker process.
+
+Order inside a job (see ``memory`` for why): load the reference frames, encode + decode every point
+(decoded frames are parked in a temporary .npy so they do not pile up in memory), read the peak RSS,
+and only then compute quality metrics and imfcodec's GFLOPs.
+
+Codecs:
+
+* anchors (``anchors.ANCHORS``): PyAV encode -> MP4 -> PyAV decode.
+* ``imfcodec``: the streaming ``imfcodec.codec.Encoder`` on the very same reference frames, packets
+  written to a real .imf file with ``imfcodec.bitstream.StreamWriter``; decoded from that file with
+  ``imfcodec.api.iter_decoded``. Its rate is the whole file.
+* ``repeat``: the first frame coded by imfcodec's key-frame codec, decoded, shown for every frame;
+  its rate is the key-frame bytes over the clip's duration.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .anchors import ANCHORS, encode_decode
+from .memory import peak_rss_mb
+from .quality import PerceptualSpec
+from .speed import Stopwatch, decode_gflops, fps, set_threads
+
+
+@dataclass(frozen=True)
+class Point:
+    """One rate point: ``param`` is the codec's knob (CRF, token quality, key quality)."""
+
+    name: str
+    param: int
+    key_quality: int | None = None
+
+
+@dataclass
+class Job:
+    """Everything a worker needs; plain data so it pickles into a spawned process."""
+
+    clip: str
+    codec: str
+    points: list[Point]
+    ref_path: str
+    fps_num: int
+    fps_den: int
+    stream_dir: str
+    config: str
+    size: int
+    keyint: int = 0
+    threads: int = 1
+    model: str | None = None
+    model_id: str = ""
+    key_codec: str = "hevc"
+    perceptual: PerceptualSpec = field(default_factory=PerceptualSpec)
+
+
+@dataclass
+class JobResult:
+    clip: str
+    codec: str
+    rows: list[dict]
+    errors: list[str]
+
+
+def _kbps(nbytes: float, seconds: float) -> float:
+    return nbytes * 8.0 / seconds / 1000.0 if seconds > 0 else math.nan
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"
+
+
+def run_job(job: Job) -> JobResult:
+    """Run one job; never raises (errors come back as one-line messages per failed point)."""
+    try:
+        return _run(job)
+    except BaseException as e:  # noqa: BLE001 - a worker must always report back
+        tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        return JobResult(job.clip, job.codec, [], [f"{job.clip}/{job.codec}: {_one_line(e)} [{tb}]"])
+
+
+def _run(job: Job) -> JobResult:
+    os.environ.setdefault("OMP_NUM_THREADS", str(job.threads))
+    import av  # noqa: F401 - imported before the baseline so the baseline includes FFmpeg
+
+    frames = np.load(job.ref_path)
+    base_rss = peak_rss_mb()
+    fps_ = Fraction(job.fps_num, job.fps_den)
+    n = len(frames)
+    duration = n / float(fps_)
+    stream_dir = Path(job.stream_dir)
+    stream_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{job.codec}-", dir=stream_dir))
+    errors: list[str] = []
+    done: list[tuple[Point, dict, Path]] = []
+    extra: dict = {}
+    try:
+        if job.codec in ANCHORS:
+            coded = _anchor_points(job, frames, fps_, tmp, errors)
+        elif job.codec == "imfcodec":
+            coded, extra = _imfcodec_points(job, frames, fps_, tmp, errors)
+        elif job.codec == "repeat":
+            coded = _repeat_points(job, frames, tmp, errors)
+        else:
+            raise ValueError(f"unknown codec {job.codec!r}")
+        peak_rss = peak_rss_mb()
+        done = coded
+        gflops = decode_gflops(extra["model"]) if "model" in extra else math.nan
+        rows = []
+        for point, rec, dec_path in done:
+            try:
+                from .quality import measure
+
+                q = measure(frames, np.load(dec_path), job.perceptual)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{job.clip}/{job.codec}/{point.name}: metrics failed: {_one_line(e)}")
+                continue
+            row = {
+                "clip": job.clip, "codec": job.codec, "point": point.name, "param": point.param,
+                "key_quality": point.key_quality if point.key_quality is not None else "",
+                "config": job.config, "model": job.model_id if job.codec == "imfcodec" else "",
+                "size": job.size, "fps": float(fps_), "frames": n, "duration_s": duration,
+                "kbps": _kbps(rec["bytes"], duration),
+                "container_kbps": _kbps(rec["container_bytes"], duration),
+                "key_kbps": _kbps(rec["key_bytes"], duration) if rec.get("key_bytes") is not None else math.nan,
+                "token_kbps": _kbps(rec["token_bytes"], duration) if rec.get("token_bytes") is not None else math.nan,
+                "bytes": rec["bytes"], "container_bytes": rec["container_bytes"], "key_frames": rec["key_frames"],
+                **q,
+                "enc_fps": fps(n, rec["enc_seconds"]), "dec_fps": fps(n, rec["dec_seconds"]),
+                "threads": job.threads, "peak_rss_mb": peak_rss, "base_rss_mb": base_rss,
+                "gflops_per_frame": gflops,
+                "encoder": rec["encoder"], "decoder": rec["decoder"], "stream": rec["stream"],
+            }
+            rows.append(row)
+        return JobResult(job.clip, job.codec, rows, errors)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rel(path: Path, job: Job) -> str:
+    """Stream path relative to the output folder (``job.stream_dir`` is OUT/streams/CLIP)."""
+    return str(Path("streams") / job.clip / path.name)
+
+
+def _anchor_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, errors: list[str]):
+    spec = ANCHORS[job.codec]
+    out = []
+    for point in job.points:
+        mp4 = Path(job.stream_dir) / f"{job.codec}_{point.name}.mp4"
+        try:
+            r = encode_decode(spec, point.param, frames, fps_, keyint=job.keyint, threads=job.threads,
+                              mp4_path=mp4)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
+            continue
+        dec_path = tmp / f"{point.name}.npy"
+        np.save(dec_path, r.decoded)
+        out.append((point, {"bytes": r.es_bytes, "container_bytes": r.container_bytes, "key_bytes": None,
+                            "key_frames": r.key_frames, "enc_seconds": r.enc_seconds,
+                            "dec_seconds": r.dec_seconds, "encoder": spec.encoder, "decoder": r.decoder,
+                            "stream": _rel(mp4, job)}, dec_path))
+        del r
+    return out
+
+
+def _repeat_points(job: Job, frames: np.ndarray, tmp: Path, errors: list[str]):
+    from imfcodec.keyframe import get_keyframe_codec
+
+    codec = get_keyframe_codec(job.key_codec)
+    h, w = frames.shape[1:3]
+    out = []
+    for point in job.points:
+        try:
+            enc, dec = Stopwatch(), Stopwatch()
+            with enc:
+                data = codec.encode(frames[0], int(point.param))
+            with dec:
+                image = codec.decode(data, w, h)
+                decoded = np.broadcast_to(image, frames.shape)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
+            continue
+        path = Path(job.stream_dir) / f"repeat_{point.name}.{job.key_codec}"
+        path.write_bytes(data)
+        dec_path = tmp / f"{point.name}.npy"
+        np.save(dec_path, decoded)
+        out.append((point, {"bytes": len(data), "container_bytes": len(data), "key_bytes": len(data),
+                            "key_frames": 1, "enc_seconds": enc.seconds, "dec_seconds": dec.seconds,
+                            "encoder": f"imfcodec key-frame codec '{job.key_codec}'",
+                            "decoder": f"imfcodec key-frame codec '{job.key_codec}'",
+                            "stream": _rel(path, job)}, dec_path))
+    return out
+
+
+def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, errors: list[str]):
+    import dataclasses
+
+    import torch  # noqa: F401 - part of the codec's footprint
+
+    from imfcodec.api import iter_decoded
+    from imfcodec.bitstream import KeyPacket, StreamWriter, TokenPacket
+    from imfcodec.codec import Encoder, EncoderSettings
+    from imfcodec.zoo import load_model
+
+    set_threads(job.threads)
+    loaded = load_model(job.model)
+    out = []
+    for point in job.points:
+        path = Path(job.stream_dir) / f"imfcodec_{point.name}.imf"
+        try:
+            settings = EncoderSettings(quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
+                                       key_quality=point.key_quality)
+            enc_sw, dec_sw = Stopwatch(), Stopwatch()
+            with enc_sw:
+                encoder = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash,
+                                  fps=fps_, settings=settings)
+                packets = []
+                for rgb in frames:
+                    packets.extend(encoder.encode(rgb))
+                packets.extend(encoder.flush())
+            header = dataclasses.replace(encoder.header, frames=encoder.index)
+            with open(path, "wb") as f:
+                writer = StreamWriter(f, header)
+                for p in packets[:-1]:
+                    writer.write(p)
+                writer.close(packets[-1])
+            decoded = np.empty_like(frames)
+            count = 0
+            with dec_sw:
+                for _dec, chunk in iter_decoded(path, model=loaded):
+                    for fr in chunk:
+                        if count >= len(frames):
+                            raise RuntimeError("decoder returned more frames than were encoded")
+                        decoded[count] = fr
+                        count += 1
+            if count != len(frames):
+                raise RuntimeError(f"decoded {count} frames, encoded {len(frames)}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
+            continue
+        key_bytes = sum(len(p.image) for p in packets if isinstance(p, KeyPacket))
+        token_bytes = sum(len(p.data) for p in packets if isinstance(p, TokenPacket))
+        dec_path = tmp / f"{point.name}.npy"
+        np.save(dec_path, decoded)
+        size = path.stat().st_size
+        out.append((point, {"bytes": size, "container_bytes": size, "key_bytes": key_bytes,
+                            "token_bytes": token_bytes, "key_frames": len(encoder.key_frames),
+                            "enc_seconds": enc_sw.seconds, "dec_seconds": dec_sw.seconds,
+                            "encoder": f"imfcodec {loaded.name}", "decoder": f"imfcodec {loaded.name}",
+                            "stream": _rel(path, job)}, dec_path))
+    return out, ({"model": loaded.model} if out else {})
