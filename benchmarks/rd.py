@@ -29,7 +29,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see imfcodec/cli.py
+
+import numpy as np  # noqa: E402
 
 from .anchors import ANCHORS
 from .quality import METRICS, PerceptualSpec, perceptual_status, vmaf_status

@@ -1,0 +1,92 @@
+"""Per-config network speed on this machine: what the codec's per-frame work costs for each registered
+model config (seeded random weights: speed does not depend on training).
+
+    python -m benchmarks.model_speed [--threads 2] [--frames 40] [--configs imf-small,imf-tiny] [--out FILE.md]
+
+Encoder per frame = E_T (+ entropy coding, negligible); decoder per frame = IMF_D(t), IMF_A, D_F, measured
+both frame by frame (``--chunk 1`` latency) and in chunks of 5 (the default packet). Per key frame both sides
+also run E_T and ``prepare_reference`` once; that is reported separately. The key-frame codec itself is
+timed by ``benchmarks.rd`` with everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see imfcodec/cli.py
+
+import torch
+
+
+def _time(fn, repeats: int) -> float:
+    """Median seconds per call after two warm-up calls."""
+    fn()
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def measure(name: str, frames: int) -> dict:
+    from imfcodec.models import count_parameters, decode_gflops
+    from imfcodec.zoo import random_model
+
+    model = random_model(name)
+    gflops = decode_gflops(model)
+    with torch.inference_mode():
+        return _timings(model, frames) | {"model": name, "params": count_parameters(model), "decode_gflops": gflops}
+
+
+def _timings(model: torch.nn.Module, frames: int) -> dict:
+    r = model.config.resolution
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, r, r, generator=gen)
+    t = model.encode_token(x)
+    ref = model.prepare_reference(x, t)
+    chunk = t.repeat(5, 1)
+    repeats = max(3, frames // 5)
+    enc = _time(lambda: model.encode_token(x), repeats)
+    key = _time(lambda: model.prepare_reference(x, model.encode_token(x)), max(3, repeats // 4))
+    dec1 = _time(lambda: model.decode_frame(ref, t), repeats)
+    dec5 = _time(lambda: model.decode_frame(ref, chunk), max(3, repeats // 5)) / 5
+    return {"resolution": r, "encode_fps": 1 / enc, "decode_fps_chunk1": 1 / dec1, "decode_fps_chunk5": 1 / dec5,
+            "key_frame_ms": key * 1000}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from imfcodec.models import list_models
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=40, help="timed calls per measurement (roughly)")
+    ap.add_argument("--configs", default=",".join(list_models()))
+    ap.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = [measure(n, args.frames if n != "imf-paper" else 5) for n in args.configs.split(",")]
+    lines = [f"Network speed, {args.threads} threads, torch {torch.__version__}, median of repeated calls, "
+             f"batch 1 unless noted ({time.strftime('%Y-%m-%d')}).", "",
+             "| model | res | params | GFLOPs/decoded frame | encode fps (E_T) | decode fps, chunk 1 | "
+             "decode fps, chunk 5 | per key frame (ms) |", "|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        lines.append(f"| {d['model']} | {d['resolution']} | {d['params']:,} | {d['decode_gflops']:.2f} | "
+                     f"{d['encode_fps']:.1f} | {d['decode_fps_chunk1']:.1f} | {d['decode_fps_chunk5']:.1f} | "
+                     f"{d['key_frame_ms']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
