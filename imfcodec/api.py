@@ -80,13 +80,20 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
     try:
+        os.close(fd)
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def default_output(input_path: str | os.PathLike, suffix: str) -> Path:
@@ -105,8 +112,9 @@ frame is decoded so a forged or absurd size cannot make the decoder allocate gig
 _COPY_PIECE = 1 << 20
 
 
-def _check_input_size(path: str | os.PathLike, max_pixels: int) -> None:
-    """Refuse a video whose declared picture size is absurd, before decoding a frame of it."""
+def check_input_size(path: str | os.PathLike, max_pixels: int = MAX_INPUT_PIXELS) -> None:
+    """Refuse a video whose declared picture size is absurd, before decoding a frame of it, or whose
+    video stream has no decoder."""
     import av
 
     try:
@@ -115,7 +123,10 @@ def _check_input_size(path: str | os.PathLike, max_pixels: int) -> None:
         return  # not openable: probe_video reports it properly
     try:
         for stream in container.streams.video[:1]:
-            w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
+            cc = stream.codec_context  # None when FFmpeg knows no decoder for the stream
+            if cc is None:
+                raise InputError(f"not a readable video file: {path} (no decoder for its video stream)")
+            w, h = int(getattr(cc, "width", 0) or 0), int(getattr(cc, "height", 0) or 0)
             if w * h > max_pixels:
                 raise InputError(f"{path}: {w}x{h} frames are too large to encode "
                                  f"(the limit is {max_pixels:,} pixels)")
@@ -135,7 +146,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
     end; an error or Ctrl-C leaves neither the output nor a temporary behind.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    _check_input_size(input_path, max_input_pixels)
+    check_input_size(input_path, max_input_pixels)
     info = probe_video(input_path)
     if info.coded_width * info.coded_height > max_input_pixels:
         raise InputError(f"{input_path}: {info.coded_width}x{info.coded_height} frames are too large to encode "
@@ -294,7 +305,9 @@ def stream_header(input_path: str | os.PathLike, limits: Limits | None = None):
 def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> dict:
     """Header fields and per-packet sizes of a stream, from its bytes (no model needed)."""
     with _open_source(input_path) as f:
-        size = os.fstat(f.fileno()).st_size
+        start = f.tell()
+        size = f.seek(0, os.SEEK_END) - start
+        f.seek(start)
         reader = StreamReader(f, limits or Limits())
         h = reader.header
         packets = []
@@ -330,4 +343,5 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
 
 
 __all__ = ["EncodeSummary", "DecodeSummary", "encode_video", "decode_stream", "stream_info", "stream_header",
-           "iter_decoded", "atomic_output", "default_output", "BitstreamError", "Limits", "MAX_INPUT_PIXELS"]
+           "iter_decoded", "check_input_size", "atomic_output", "default_output", "BitstreamError", "Limits",
+           "MAX_INPUT_PIXELS"]

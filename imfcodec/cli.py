@@ -7,8 +7,14 @@ Every user error ends with a one-line ``error: ...`` on stderr and a non-zero ex
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+
+# Spinning OpenMP workers make torch ~100x slower when another process shares the cores (measured on
+# the 2-core build machine); passive waiting costs nothing measurable on an idle machine. Must be set
+# before torch is imported; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
 
@@ -74,9 +80,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--frames", type=int, default=None, help="Encode at most N frames.")
 def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, frames):
     """Encode a video file into an .imf stream."""
-    from .api import encode_video
+    from .api import check_input_size, encode_video
     from .codec import DEFAULT_CHUNK, DEFAULT_QUALITY, EncoderSettings
     from .io import probe_video
+
+    _interruptible()
 
     settings = EncoderSettings(
         quality=DEFAULT_QUALITY if quality is None else quality, keyint=keyint, refresh_below=refresh_below,
@@ -84,6 +92,7 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")
+    check_input_size(input)  # before probe_video decodes a frame
     total = probe_video(input).frames
     total = min(total, frames) if (total and frames) else (frames or total)
     with _progress(total, "encode") as bar:
@@ -94,28 +103,91 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
         f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps, model {s.model}")
 
 
+def _limit_options(f):
+    """--max-width/--max-height/--max-frames/--max-packet: the reader's Limits (FORMAT.md §5)."""
+    from .bitstream import Limits
+
+    d = Limits()
+    for name, default, what in reversed((
+            ("--max-width", d.max_width, "Refuse streams wider than this."),
+            ("--max-height", d.max_height, "Refuse streams taller than this."),
+            ("--max-frames", d.max_frames, "Refuse streams with more frames."),
+            ("--max-packet", d.max_packet, "Refuse records with a larger payload (bytes)."))):
+        f = click.option(name, type=click.IntRange(min=1), default=default, show_default=True, help=what)(f)
+    return f
+
+
+def _limits(max_width, max_height, max_frames, max_packet):
+    from .bitstream import Limits
+
+    return Limits(max_width=max_width, max_height=max_height, max_frames=max_frames, max_packet=max_packet)
+
+
+def _ranges(frames: list[int], most: int = 20) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9' (the first ``most`` ranges, then how many more)."""
+    spans: list[list[int]] = []
+    for i in frames:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans[:most])
+    return text + (f", ... ({len(spans) - most} more ranges)" if len(spans) > most else "")
+
+
+def _interruptible() -> None:
+    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt), so `kill` also leaves no partial output."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(), help="Output .mp4, .y4m or DIR/ of PNGs (default: INPUT with .mp4).")
 @click.option("--model", "model", default=None, help="Weights the stream was made with (default: found by its hash).")
-def decode(input, output, model):
+@click.option("--conceal", is_flag=True,
+              help="Keep going past damaged packets: repeat the last good frame until the next key frame, and "
+                   "report which frames were concealed (without it a damaged stream is refused).")
+@_limit_options
+def decode(input, output, model, conceal, max_width, max_height, max_frames, max_packet):
     """Decode an .imf stream (recognised by its magic, whatever the extension)."""
     from .api import decode_stream, stream_header
+    from .errors import CorruptStreamError
 
-    header = stream_header(input)
-    with _progress(header.frames or None, "decode") as bar:
-        s = decode_stream(input, output, model=model, progress=bar.update)
+    _interruptible()
+    limits = _limits(max_width, max_height, max_frames, max_packet)
+    header = stream_header(input, limits)
+    try:
+        with _progress(header.frames or None, "decode") as bar:
+            s = decode_stream(input, output, model=model, progress=bar.update, limits=limits, conceal=conceal)
+    except CorruptStreamError as e:
+        raise CorruptStreamError(f"{e}; nothing was written (--conceal decodes past damaged packets)") from e
     click.echo(f"{s.output}: {s.frames} frames, {len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
+    if s.concealed or s.damage_count or s.truncated:
+        click.echo(f"warning: {len(s.concealed)} frame(s) concealed: {_ranges(s.concealed) or 'none'}", err=True)
+        for why in s.damage[:10]:
+            click.echo(f"  skipped: {why}", err=True)
+        if s.damage_count > 10:
+            click.echo(f"  ... and {s.damage_count - 10} more damaged stretch(es)", err=True)
+        if s.truncated:
+            click.echo(f"  the stream is truncated (no END packet): it ends after frame {s.frames - 1}", err=True)
 
 
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(input, as_json):
+@_limit_options
+def info(input, as_json, max_width, max_height, max_frames, max_packet):
     """Show a stream's header and per-packet sizes."""
     from .api import stream_info
 
-    d = stream_info(input)
+    d = stream_info(input, _limits(max_width, max_height, max_frames, max_packet))
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -180,6 +252,20 @@ def train(ctx):
     from .train import main as train_main
 
     sys.exit(train_main(list(ctx.args)) or 0)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def bench(ctx):
+    """Rate-distortion benchmark (same options as `python -m benchmarks.rd --help`; needs a source checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "rd.py").is_file():
+        raise click.UsageError("imfcodec bench needs a source checkout (the benchmarks/ folder beside imfcodec/)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.rd import main as rd_main
+
+    sys.exit(rd_main(list(ctx.args)) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

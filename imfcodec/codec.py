@@ -285,6 +285,9 @@ class Decoder:
         """A ``ResyncReader`` skipped ``nbytes`` damaged bytes: whatever they held is lost."""
         self.broken = True
         self.damaged_bytes += max(0, int(nbytes))
+        self._note(reason)
+
+    def _note(self, reason: str) -> None:
         self.report.damage_count += 1
         if len(self.report.damage) < 100:  # a hostile file can hold millions: keep the first ones
             self.report.damage.append(reason)
@@ -312,13 +315,14 @@ class Decoder:
             target = packet.frame
             count = 1 if isinstance(packet, KeyPacket) else packet.count
         if target < self.next_frame:  # a stale or replayed packet (CRC-valid but out of place): skip it
-            self.damage(0, f"packet for frame {target} out of order after frame {self.next_frame}")
+            self._note(f"ignored a packet for frame {target}: out of order after frame {self.next_frame - 1}")
             return
         gap = target - self.next_frame
         if gap:
             plausible = h.chunk * (self.damaged_bytes // self.MIN_TOKEN_RECORD + 1)
             if gap > plausible:  # more frames than the skipped bytes could have held: not believable
-                self.damage(0, f"packet claims frame {target}, {gap} frames after {self.next_frame}")
+                self._note(f"ignored a packet for frame {target}: {gap} frames after frame {self.next_frame}, "
+                           f"more than {self.damaged_bytes} damaged bytes can hold")
                 return
             self.broken = True
             yield from self.conceal(gap)
@@ -339,6 +343,7 @@ class Decoder:
         if frames:
             self.last_frame = frames[-1]
         yield frames
+
 
 def encode_frames(frames: Iterable[np.ndarray], encoder: Encoder) -> Iterator[Packet]:
     """Drive an Encoder over an iterable of frames, yielding packets (END last)."""

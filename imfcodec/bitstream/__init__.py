@@ -24,11 +24,11 @@ from .format import (
     encode_varint,
     packet_overhead,
 )
-from .reader import StreamReader, is_imf_stream, iter_packet_records, read_stream
+from .reader import Damage, ResyncReader, StreamReader, is_imf_stream, iter_packet_records, read_stream
 from .writer import StreamWriter
 
 __all__ = [
-    "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "EndPacket", "KeyPacket", "Limits", "Packet",
-    "PacketRecord", "StreamHeader", "StreamReader", "StreamWriter", "TokenPacket", "decode_varint",
+    "Damage", "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "EndPacket", "KeyPacket", "Limits", "Packet",
+    "PacketRecord", "ResyncReader", "StreamHeader", "StreamReader", "StreamWriter", "TokenPacket", "decode_varint",
     "encode_packet", "encode_varint", "is_imf_stream", "iter_packet_records", "packet_overhead", "read_stream",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Union
 
 from ..errors import BitstreamError, CorruptStreamError, InputError, UnsupportedStreamError
@@ -354,3 +356,135 @@ def is_imf_stream(path_or_bytes: Union[bytes, bytearray, memoryview, str, os.Pat
             return f.read(len(MAGIC)) == MAGIC
     except (OSError, TypeError, ValueError):
         return False
+
+
+# ---------------------------------------------------------------------------------------------- resync
+
+@dataclass(frozen=True)
+class Damage:
+    """Bytes a ``ResyncReader`` skipped: ``offset`` of the first one, how many, and why."""
+
+    offset: int
+    length: int
+    reason: str
+
+
+_CANDIDATE = re.compile(b"[KTE]")  # the type bytes a packet record can start with
+_SCAN_WINDOW = 1 << 16
+
+
+class ResyncReader:
+    """Concealment-mode reader (not part of FORMAT.md's conforming decoder, which must not resync).
+
+    The signature, version and header are read and validated exactly as by ``StreamReader`` (a damaged
+    header raises: nothing can be decoded without it). Iteration then yields ``(PacketRecord, Packet)``
+    for every record that passes its CRC and the field checks of FORMAT.md §3.2-3.4, and a ``Damage`` for
+    each stretch of bytes that did not: after a bad record it scans forward, byte by byte, for the next
+    position where a complete record parses with a valid CRC, and resumes there. It stops after the first
+    intact END (``.end``; bytes after it are counted in ``.trailing``) or at the end of the file.
+    Sequence rules (§4: contiguous frame indices, key packet first) are *not* checked: that is the
+    concealing decoder's business. The work spent scanning is bounded by ``16 x file size + 64 MiB`` bytes
+    of CRC; a file that needs more is reported as damaged to its end. Needs a seekable file.
+    """
+
+    def __init__(self, fileobj: BinaryIO, limits: Limits = Limits()) -> None:
+        self._r = StreamReader(fileobj, limits)
+        self.header = self._r.header
+        self.header_record = self._r.header_record
+        src = self._r._src
+        if src.size is None:
+            raise InputError("decoding with concealment needs a seekable input (a file, not a pipe)")
+        self._base = fileobj.tell() - src.pos  # file position of the stream's byte 0
+        self._budget = 16 * src.size + (64 << 20)
+        self.end: EndPacket | None = None
+        self.trailing = 0
+
+    def __iter__(self) -> Iterator[Union[tuple[PacketRecord, Packet], Damage]]:
+        src = self._r._src
+        while src.remaining() > 0:
+            start = src.pos
+            got = self._try(start)
+            if got is None:
+                nxt = self._scan(start + 1)
+                stop = src.size if nxt is None else nxt[0].offset
+                yield Damage(start, stop - start, self._why(start))
+                if nxt is None:
+                    return
+                got = nxt
+            rec, packet = got
+            self._seek(rec.offset + rec.total_len)
+            yield rec, packet
+            if isinstance(packet, EndPacket):
+                self.end = packet
+                self.trailing = src.remaining()
+                return
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _seek(self, pos: int) -> None:
+        self._r._src.f.seek(self._base + pos)
+        self._r._src.pos = pos
+
+    def _try(self, pos: int) -> tuple[PacketRecord, Packet] | None:
+        """The valid record starting at ``pos``, or None (the position is left unspecified)."""
+        self._seek(pos)
+        try:
+            rec, payload = self._r._read_record(first=False)
+            return rec, self._parse(rec, payload)
+        except BitstreamError:
+            return None
+        finally:
+            self._budget -= self._r._src.pos - pos
+
+    def _why(self, pos: int) -> str:
+        self._seek(pos)
+        try:
+            rec, payload = self._r._read_record(first=False)
+            self._parse(rec, payload)
+        except BitstreamError as e:
+            return str(e)
+        return "unreadable record"  # pragma: no cover (only reached if _try and _why disagree)
+
+    def _scan(self, start: int) -> tuple[PacketRecord, Packet] | None:
+        size = self._r._src.size
+        p = start
+        while p < size and self._budget > 0:
+            self._seek(p)
+            window = self._r._src.f.read(min(_SCAN_WINDOW, size - p))
+            if not window:
+                break
+            for m in _CANDIDATE.finditer(window):
+                if self._budget <= 0:
+                    return None
+                got = self._try(p + m.start())
+                if got is not None:
+                    return got
+            p += len(window)
+        return None
+
+    def _parse(self, rec: PacketRecord, payload: bytes) -> Packet:
+        """Field checks of one packet record (FORMAT.md §3.2-3.4), without the sequence rules of §4."""
+        h, t = self.header, ord(rec.type)
+        c = _Cursor(payload, rec.offset + rec.total_len - rec.payload_len - CRC_SIZE,
+                    f"{TYPE_NAMES[t]} packet at byte {rec.offset}")
+        frame = c.varint("frame index")
+        if t == TYPE_END:
+            c.done()
+            count, packet = 0, EndPacket(frame)
+        elif t == TYPE_KEY:
+            n = c.varint("key token length")
+            if n != 2 * h.token_dim:
+                raise CorruptStreamError(f"{c.where}: key token is {n} bytes, expected {2 * h.token_dim}")
+            key_token, image = c.take(n, "key token"), c.rest()
+            if not image:
+                raise CorruptStreamError(f"{c.where}: empty key-frame image")
+            count, packet = 1, KeyPacket(frame, key_token, image)
+        else:
+            count = c.varint("frame count")
+            if not 1 <= count <= h.chunk:
+                raise CorruptStreamError(f"{c.where}: frame count {count} is outside 1..{h.chunk} (chunk size)")
+            packet = TokenPacket(frame, count, c.rest())
+        limit = min(self._r.limits.max_frames, h.frames or self._r.limits.max_frames)
+        if frame + count > limit:
+            raise CorruptStreamError(f"{c.where}: frame {frame + count - 1} is beyond the limit of {limit} frames")
+        return packet

@@ -1,0 +1,164 @@
+"""Long inputs: peak memory of encoding and decoding 1,000 vs 10,000 frames (issue #5, item 7).
+
+```
+python -m benchmarks.long_input [--frames 1000 10000] [--keyint 250] [--key-codec hevc]
+                                [--output mp4] [--model random:imf-tiny] [--json OUT.json]
+```
+
+For each frame count N it makes a synthetic 64x64 25 fps clip (x264 ultrafast, a moving gradient:
+content is irrelevant to memory), then runs **one fresh process per measurement**:
+
+* ``encode``: ``imfcodec.api.encode_video`` of the clip (the CLI's code path) -> ``.imf``;
+* ``decode``: ``imfcodec.api.decode_stream`` of that stream -> ``.mp4`` (``--output y4m`` for the
+  uncompressed writer).
+
+Each child reports Linux's ``VmHWM`` (peak RSS of its address space; ``ru_maxrss`` is not used because
+Linux carries it across fork/exec) after imports and model loading (``base_mb``) and after the work
+(``peak_mb``), plus wall time. One torch thread (``--threads``). Memory is *flat* when the 10,000-frame
+peak is within 10% of the 1,000-frame peak; the script prints the ratios and exits 1 if not.
+The tiny model takes ~1-2 minutes in all on one free core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vm_hwm_mb() -> float:
+    """Peak resident set size of this process so far, MiB (Linux VmHWM; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
+
+
+def make_clip(path: Path, frames: int, size: int = 64) -> Path:
+    import av
+    import numpy as np
+
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    base = np.stack([128 + 100 * np.sin(x / 7.0), 128 + 100 * np.cos(y / 9.0), 128 + 60 * np.sin((x + y) / 11.0)], -1)
+    base = np.clip(base, 0, 255).astype(np.uint8)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        s.options = {"preset": "ultrafast"}
+        for i in range(frames):
+            rgb = np.roll(np.roll(base, (i * 3) % size, axis=1), (i // 5) % size, axis=0)
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def child(argv: list[str]) -> None:
+    """``--child encode|decode SRC DST MODEL KEYINT KEYCODEC THREADS``: one measurement, JSON on stdout."""
+    what, src, dst, model, keyint, key_codec, threads = argv
+    import torch
+
+    torch.set_num_threads(int(threads))
+    from imfcodec.api import decode_stream, encode_video
+    from imfcodec.codec import EncoderSettings
+    from imfcodec.zoo import load_model
+
+    loaded = load_model(model)
+    base = vm_hwm_mb()
+    t0 = time.perf_counter()
+    if what == "encode":
+        s = encode_video(src, dst, model=loaded, settings=EncoderSettings(keyint=int(keyint), key_codec=key_codec))
+        frames = s.frames
+    else:
+        frames = decode_stream(src, dst, model=loaded).frames
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"what": what, "frames": frames, "seconds": round(seconds, 2), "base_mb": round(base, 1),
+                      "peak_mb": round(vm_hwm_mb(), 1), "output_bytes": os.path.getsize(dst)}))
+
+
+def measure(what: str, src: Path, dst: Path, args) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    cmd = [sys.executable, "-m", "benchmarks.long_input", "--child", what, str(src), str(dst), args.model,
+           str(args.keyint), args.key_codec, str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode:
+        raise SystemExit(f"{what} child failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child(argv[1:])
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.long_input", description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--keyint", type=int, default=250, help="key frame every N frames (0 = one)")
+    ap.add_argument("--key-codec", default="hevc")
+    ap.add_argument("--model", default="random:imf-tiny")
+    ap.add_argument("--output", choices=["mp4", "y4m"], default="mp4", help="decoder output format")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tolerance", type=float, default=0.10, help="allowed growth of peak RSS (fraction)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="imf-long-") as tmp:
+        tmp = Path(tmp)
+        for n in args.frames:
+            t0 = time.perf_counter()
+            clip = make_clip(tmp / f"clip{n}.mp4", n)
+            made = time.perf_counter() - t0
+            stream = tmp / f"s{n}.imf"
+            enc = measure("encode", clip, stream, args)
+            dec = measure("decode", stream, tmp / f"d{n}.{args.output}", args)
+            for r in (enc, dec):
+                r["n"] = n
+                rows.append(r)
+                print(f"{r['what']:6s} {n:6d} frames: peak {r['peak_mb']:7.1f} MiB (base {r['base_mb']:6.1f}), "
+                      f"{r['seconds']:6.1f} s, {r['frames'] / max(r['seconds'], 1e-9):6.0f} fps, "
+                      f"output {r['output_bytes']:,} B   (clip made in {made:.1f} s)", flush=True)
+            for p in (clip, stream, tmp / f"d{n}.{args.output}"):
+                p.unlink(missing_ok=True)
+    lo, hi = min(args.frames), max(args.frames)
+    ok = True
+    summary = {}
+    for what in ("encode", "decode"):
+        a = next(r for r in rows if r["what"] == what and r["n"] == lo)
+        b = next(r for r in rows if r["what"] == what and r["n"] == hi)
+        ratio = b["peak_mb"] / a["peak_mb"]
+        work = (b["peak_mb"] - b["base_mb"], a["peak_mb"] - a["base_mb"])
+        flat = ratio <= 1 + args.tolerance
+        ok &= flat
+        summary[what] = {"ratio": round(ratio, 4), "flat": flat}
+        print(f"{what}: peak RSS at {hi} frames / at {lo} frames = {ratio:.3f} "
+              f"(working set above base: {work[0]:.1f} vs {work[1]:.1f} MiB) -> {'flat' if flat else 'NOT flat'}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v)
+                                                      for k, v in vars(args).items()},
+                                         "rows": rows, "summary": summary}, indent=1) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
