@@ -102,7 +102,12 @@ def _open_input(path: PathLike) -> tuple[Any, Any]:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
         raise InputError(f"no video stream in {p} (streams: {', '.join(kinds)})")
-    return container, container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        name = getattr(stream.codec, "name", None) or "unknown"
+        container.close()
+        raise InputError(f"no decoder for the video stream of {p} (codec: {name})")
+    return container, stream
 
 
 def _frame_rate(stream: Any, container: Any) -> tuple[Fraction, bool]:
@@ -231,7 +236,7 @@ def prepare_frame(rgb: np.ndarray, size: int, pixel_aspect: float | Fraction = 1
         box: tuple[float, float, float, float] = (0, 0, side, side)
     else:
         side_disp = min(w * par, h)  # square side in display units (= coded rows)
-        cw, ch = side_disp / par, side_disp
+        cw, ch = min(float(w), side_disp / par), min(float(h), side_disp)  # float rounding stays inside
         left, top = (w - cw) / 2, (h - ch) / 2
         x0, y0 = int(math.floor(left)), int(math.floor(top))
         x1, y1 = min(w, int(math.ceil(left + cw))), min(h, int(math.ceil(top + ch)))

@@ -98,6 +98,7 @@ def load_weights(path: str | os.PathLike) -> torch.nn.Module:
         config = IMFConfig.from_dict(json.loads(meta["config"]))
     except Exception as e:
         raise WeightsError(f"{path}: bad model config in metadata ({e})") from None
+    _check_shapes(path, config)
     model = IMF(config)
     state = load_file(str(path))
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
@@ -115,6 +116,26 @@ def load_weights(path: str | os.PathLike) -> torch.nn.Module:
             raise WeightsError(f"{path}: delta_std in metadata does not match token_dim {config.token_dim}")
         model.delta_std = delta_std
     return model.eval()
+
+
+def _check_shapes(path: str | os.PathLike, config) -> None:
+    """Compare the file's tensor shapes with the config's on the meta device, so a config that asks
+    for a huge model is refused before anything is allocated."""
+    from safetensors import safe_open
+
+    from .models import IMF
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in IMF(config).state_dict().items()}
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot build model '{config.name}' from its config ({e})") from None
+    with safe_open(str(path), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if found != expected:
+        diff = sorted(set(found.items()) ^ set(expected.items()))
+        raise WeightsError(f"{path}: weights do not match config '{config.name}' "
+                           f"({len(diff)} tensor(s) differ, first: {diff[0][0]})")
 
 
 def shipped_weights_path(name: str) -> Path | None:

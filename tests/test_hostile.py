@@ -953,3 +953,26 @@ def test_atheris_harness_runs(tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Done 40 runs" in out.stderr and not list((tmp_path / "art").iterdir())
+
+
+def test_weights_whose_config_asks_for_a_huge_model_are_refused_before_allocating(tmp_path):
+    """Shapes are checked on the meta device first: a lying config cannot make us allocate terabytes."""
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from imfcodec.errors import WeightsError
+    from imfcodec.zoo import load_weights, random_model, save_weights
+
+    good = tmp_path / "t.safetensors"
+    save_weights(random_model("imf-tiny"), good)
+    with safe_open(str(good), "pt") as f:
+        meta = dict(f.metadata())
+    cfg = _json.loads(meta["config"])
+    cfg["imfd_widths"] = [200000] + list(cfg["imfd_widths"][1:])
+    meta["config"] = _json.dumps(cfg)
+    bad = tmp_path / "huge.safetensors"
+    save_file(load_file(str(good)), str(bad), metadata=meta)
+    with pytest.raises(WeightsError, match="do not match"):
+        load_weights(bad)

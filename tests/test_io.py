@@ -335,3 +335,11 @@ def test_sample_frames_deterministic() -> None:
     b = list(sample_frames(3, 48))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert all(f.shape == (48, 48, 3) and f.dtype == np.uint8 for f in a)
+
+
+@pytest.mark.parametrize("shape", [(143, 175), (175, 143), (53, 48), (480, 512), (7, 1)])
+@pytest.mark.parametrize("par", [Fraction(48, 53), Fraction(53, 48), Fraction(15, 16), Fraction(3)])
+def test_prepare_frame_non_square_pixels_never_overruns(shape, par):
+    """Regression (atheris): float rounding of the crop box used to exceed the image by an epsilon."""
+    out = prepare_frame(np.zeros((*shape, 3), np.uint8), 64, par)
+    assert out.shape == (64, 64, 3)
