@@ -38,6 +38,9 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(EXIT_ERROR)
+        except BrokenPipeError:  # `imfcodec info s.imf | head`: the reader left; not an error of ours
+            sys.stderr.close()
+            ctx.exit(0)
         except KeyboardInterrupt:
             click.echo("interrupted: no output was written", err=True)
             ctx.exit(EXIT_INTERRUPTED)
