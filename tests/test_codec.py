@@ -145,3 +145,18 @@ def test_uint8_conversion_round_trips():
     np.testing.assert_array_equal(to_uint8(to_tensor(rgb))[0], rgb)
     q = np.array([[3, -2]], np.int32)
     assert dequantize(q, np.array([0.5, 2.0])).tolist() == [[1.5, -4.0]]
+
+
+def test_shipped_default_model_round_trips(sample_clip, tmp_path):
+    """The embedded default (what `imfcodec encode` uses without --model) loads from safetensors and codes."""
+    from imfcodec.zoo import DEFAULT_MODEL, load_model, read_metadata, shipped_weights_path
+
+    path = shipped_weights_path(DEFAULT_MODEL)
+    assert path is not None and path.stat().st_size <= 25 * 2**20
+    assert read_metadata(path)["format"] == "imfcodec-weights/1"
+    loaded = load_model(None)
+    assert loaded.name == DEFAULT_MODEL and loaded.model.config.resolution == 256
+    out = tmp_path / "default.imf"
+    encode_video(sample_clip, out, settings=EncoderSettings(chunk=2), max_frames=4)
+    frames, _ = _decode_all(out, None)
+    assert len(frames) == 4 and frames[0].shape == (256, 256, 3)
