@@ -7,7 +7,6 @@ reproduces the encoder's reference state exactly up to float rounding in the net
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -27,6 +26,7 @@ from .entropy import (
 )
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError
 from .keyframe import get_keyframe_codec
+from .metrics import psnr
 
 DEFAULT_QUALITY = 6
 DEFAULT_CHUNK = 5
@@ -94,15 +94,6 @@ def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
     return [np.ascontiguousarray(f) for f in y]
 
 
-def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 frames (used by the encoder's refresh control)."""
-    from skimage.metrics import peak_signal_noise_ratio
-
-    if np.array_equal(a, b):
-        return math.inf
-    return float(peak_signal_noise_ratio(a, b, data_range=255))
-
-
 class _Reference:
     """What both sides cache per key frame: the decoded image, its token ints and the model state."""
 
@@ -155,7 +146,7 @@ class Encoder:
         q = quantize(self.model.encode_token(to_tensor(rgb)), self.steps)[0]
         if s.refresh_below is not None:
             recon = to_uint8(self.model.decode_frame(self.ref.state, dequantize(q[None, :], self.steps)))[0]
-            if psnr_u8(recon, rgb) < s.refresh_below:
+            if psnr(recon, rgb) < s.refresh_below:
                 return self._key(i, rgb)
         if not self.pending:
             self.pending_first = i

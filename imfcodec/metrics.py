@@ -70,8 +70,9 @@ def _as_nchw(a, b) -> tuple[torch.Tensor, torch.Tensor, float]:
             a, b = a[None], b[None]
         if a.ndim != 4 or a.shape[-1] != 3:
             raise InputError(f"numpy frames must be HxWx3 or NxHxWx3, got {a.shape}")
-        ta = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).double()
-        tb = torch.from_numpy(np.ascontiguousarray(b)).permute(0, 3, 1, 2).double()
+        # as float64 copies: decoder outputs can be read-only views, which torch.from_numpy warns about
+        ta = torch.from_numpy(a.astype(np.float64)).permute(0, 3, 1, 2)
+        tb = torch.from_numpy(b.astype(np.float64)).permute(0, 3, 1, 2)
         return ta, tb, 255.0
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         if a.shape != b.shape:
