@@ -113,8 +113,8 @@ _COPY_PIECE = 1 << 20
 
 
 def check_input_size(path: str | os.PathLike, max_pixels: int = MAX_INPUT_PIXELS) -> None:
-    """Refuse a video whose declared picture size is absurd, before decoding a frame of it, or whose
-    video stream has no decoder."""
+    """Refuse a video whose declared picture size is absurd, before decoding a frame of it.
+    (Unreadable files and streams without a decoder are refused by ``io.probe_video``.)"""
     import av
 
     try:
@@ -123,9 +123,9 @@ def check_input_size(path: str | os.PathLike, max_pixels: int = MAX_INPUT_PIXELS
         return  # not openable: probe_video reports it properly
     try:
         for stream in container.streams.video[:1]:
-            cc = stream.codec_context  # None when FFmpeg knows no decoder for the stream
+            cc = stream.codec_context
             if cc is None:
-                raise InputError(f"not a readable video file: {path} (no decoder for its video stream)")
+                return  # no decoder: probe_video reports it
             w, h = int(getattr(cc, "width", 0) or 0), int(getattr(cc, "height", 0) or 0)
             if w * h > max_pixels:
                 raise InputError(f"{path}: {w}x{h} frames are too large to encode "
@@ -148,9 +148,6 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     check_input_size(input_path, max_input_pixels)
     info = probe_video(input_path)
-    if info.coded_width * info.coded_height > max_input_pixels:
-        raise InputError(f"{input_path}: {info.coded_width}x{info.coded_height} frames are too large to encode "
-                         f"(the limit is {max_input_pixels:,} pixels)")
     out = Path(output_path) if output_path is not None else default_output(input_path, ".imf")
     if out.exists() and out.resolve() == Path(input_path).resolve():
         raise InputError("output would overwrite the input")
