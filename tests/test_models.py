@@ -22,6 +22,7 @@ from imfcodec.models import (
     get_config,
     list_models,
 )
+from imfcodec.models.imf import Alignment
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_registry_lists_expected_models() -> None:
     names = list_models()
-    for required in ("imf-paper", "imf-small", "imf-tiny"):
+    for required in ("imf-paper", "imf-small", "imf-small-v2", "imf-tiny"):
         assert required in names
     with pytest.raises(IMFError):
         get_config("no-such-model")
@@ -83,6 +84,8 @@ def test_config_budgets() -> None:
     assert get_config("imf-small").resolution == 256
     assert get_config("imf-paper").pixel_skip is False
     assert get_config("imf-small").pixel_skip is True
+    assert count_parameters(shared_model("imf-small-v2")) < 8_000_000
+    assert get_config("imf-small-v2").align_offsets and get_config("imf-small-v2").coarse_pixels
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -221,3 +224,58 @@ def test_discriminator_two_scales() -> None:
     assert f0[0].shape[1] == get_config("imf-tiny").disc_widths[0]
     (l0.mean() + l1.mean()).backward()
     assert all(p.grad is not None for n, p in disc.named_parameters() if n.endswith("_orig"))
+
+
+def _offset_alignment(mode: str) -> Alignment:
+    """An offsets-enabled alignment whose offset conv reads channel 0 as an x offset in cells,
+    with the content term switched off (zero positional projection, zero motion features but
+    channel 0), so only the offsets decide where a query looks."""
+    al = Alignment(4, mode, window=5, locality=3.0, pos_freqs=2, offsets=True)
+    with torch.no_grad():
+        al.pos.weight.zero_()
+        al.pos.bias.zero_()
+        al.offset.weight.zero_()
+        al.offset.weight[0, 0] = 1.0
+    return al
+
+
+@pytest.mark.parametrize("mode", ["full", "window"])
+def test_alignment_offsets_move_attention(mode: str) -> None:
+    """A query whose offset says "+1 cell in x" gathers the value one cell to its right;
+    equal offsets on both sides change nothing (the identity at init survives)."""
+    h = w = 8
+    al = _offset_alignment(mode).eval()
+    values = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w).expand(1, 1, h, w).contiguous()
+    m_r = torch.zeros(1, 4, h, w)
+    m_c = torch.zeros(1, 4, h, w)
+    m_c[:, 0] = 1.0
+    with torch.no_grad():
+        still = al.attend(m_r, *al.prepare(m_r, values))
+        moved = al.attend(m_c, *al.prepare(m_r, values))
+        both = al.attend(m_c, *al.prepare(m_c, values))
+    inner = (slice(None), slice(None), slice(2, 6), slice(2, 5))
+    assert torch.allclose(still[inner], values[inner], atol=0.2)
+    assert torch.allclose(moved[inner], values[inner] + 1.0, atol=0.2)
+    assert torch.allclose(both[inner], values[inner], atol=0.2)
+
+
+def test_offset_and_coarse_pixel_model_identity_at_init_and_gradients() -> None:
+    """imf-small-v2's additions on the tiny model: zero-initialised, so an untrained model still
+    reproduces the reference; once the head is non-zero every new parameter gets a gradient."""
+    model = create_model("imf-tiny", align_offsets=True, coarse_pixels=True).eval()
+    x = smooth_image(2, 64, 11)
+    with torch.no_grad():
+        t = model.encode_token(x)
+        assert psnr(model.decode_frame(model.prepare_reference(x, t), t), x) > 30.0
+    model.train()
+    torch.nn.init.normal_(model.frame_decoder.head.weight, std=0.05)
+    y = model(smooth_image(2, 64, 12), smooth_image(2, 64, 13))
+    ((y - smooth_image(2, 64, 13)).abs().mean()).backward()
+    for name, p in model.named_parameters():
+        if ".offset." in name and name.endswith("weight"):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_coarse_pixels_needs_pixel_skip() -> None:
+    with pytest.raises(IMFError):
+        create_model("imf-tiny", coarse_pixels=True, pixel_skip=False)

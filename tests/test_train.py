@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from imfcodec.errors import InputError
+from imfcodec.errors import IMFError, InputError
 from imfcodec.train import data as D
 from imfcodec.train.config import TrainConfig, load_config
 
@@ -263,6 +263,29 @@ def test_export_safetensors_reproduces_outputs(videos, tmp_path):
     assert not torch.equal(tr.model.token_scale, res["token_scale"])
 
 
+def test_init_from_copies_matching_tensors(tmp_path):
+    """Warm start of a new config from another model's weights: names and shapes that match
+    are copied, the new parts keep their (zero) initialisation, junk files are refused."""
+    from imfcodec.models import create_model
+    from imfcodec.train.trainer import init_from_weights
+    from imfcodec.zoo import save_weights
+
+    torch.manual_seed(1)
+    src = create_model("imf-tiny")
+    path = tmp_path / "src.safetensors"
+    save_weights(src, path, fp16=False)
+    dst = create_model("imf-tiny", align_offsets=True, coarse_pixels=True)
+    copied, skipped = init_from_weights(dst, path)
+    own = dst.state_dict()
+    assert torch.equal(own["feature_encoder.stem.weight"], src.state_dict()["feature_encoder.stem.weight"])
+    assert "align.0.offset.weight" in skipped and "frame_decoder.head.weight" in skipped  # new / reshaped
+    assert len(copied) > 50 and not own["align.0.offset.weight"].any()
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a weights file")
+    with pytest.raises(IMFError):
+        init_from_weights(dst, junk)
+
+
 def test_max_minutes_stops_with_checkpoint(videos, tmp_path):
     from imfcodec.train.trainer import train
 
@@ -329,4 +352,4 @@ def test_command_line(videos, tmp_path, capsys):
     assert main(["--config", "tiny", "--data", str(videos / "test"), "--out", str(out)]) == 1
     assert main(["--config", "small-cpu", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["model"] == "imf-small" and cfg["stages"][0] == [0, 128]
+    assert cfg["model"] == "imf-small-v2" and cfg["stages"][0] == [0, 128]

@@ -48,6 +48,18 @@ Design decisions (gaps in the paper, or deliberate changes for a CPU-trained cod
 9. No BatchNorm anywhere (tiny CPU batches); E_F/D_F are plain residual conv nets.
 10. Inputs and outputs are in [0, 1]; networks see 2x - 1. Without pixel_skip the output is a
     sigmoid; with it, a clamp that passes gradients straight through during training.
+11. ``align_offsets`` (deliberate addition, imf-small-v2): each scale reads a 2-D offset per cell
+    from the motion features (zero-initialised 1x1 conv) for queries and keys, and the locality
+    penalty is measured between the *offset* positions. Why: with only the paper's Q = m_c + pos,
+    K = m_r + pos, a query can move its attention only by reshaping high-dimensional features
+    against a sinusoidal code, and a CPU-trained imf-small (827 steps) never learned to move it
+    at all (the locality stayed at its initial value, the decoder copied the reference). The
+    offset gives the gradient a direct path from "the pixel is elsewhere" to the token; the
+    content term still takes part, so the alignment is still attention, not a warp.
+12. ``coarse_pixels`` (deliberate addition, imf-small-v2): the full attention at R/8 also
+    gathers 8x8 reference pixel patches, handed to D_F's head beside the fine aligned pixels.
+    The fine window at R/4 reaches only +-3 cells (12 pixels at 256); large head motions need
+    pixels from further away. Zero-initialised head: an untrained model is unchanged.
 """
 
 from __future__ import annotations
@@ -77,6 +89,8 @@ from imfcodec.models.layers import (
 NUM_SCALES = 4
 FINEST_FACTOR = 4  # the finest alignment scale is R/4
 COARSEST_FACTOR = 32
+COARSE_PIXEL_SCALE = 2  # index of R/8, where ``coarse_pixels`` gathers 8x8 reference patches
+COARSE_PIXEL_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,7 @@ class IMFConfig:
     align_modes: tuple[str, ...] = ("full", "full", "full", "full")
     align_window: int = 7
     align_locality: float = 3.0
+    align_offsets: bool = False
     pos_freqs: int = 8
     tf_blocks: tuple[int, ...] = (4, 4, 4, 1)
     tf_heads: int = 8
@@ -113,6 +128,7 @@ class IMFConfig:
     df_feat_blocks: int = 3
     df_up_widths: tuple[int, ...] = (128, 64)
     pixel_skip: bool = False
+    coarse_pixels: bool = False
     # discriminator (training only)
     disc_widths: tuple[int, ...] = (64, 128, 256, 512)
 
@@ -133,6 +149,9 @@ class IMFConfig:
             raise WeightsError(f"config {self.name}: resolution must be a multiple of 32")
         if len(self.et_widths) < 2:
             raise WeightsError(f"config {self.name}: et_widths needs at least 2 entries")
+        if self.coarse_pixels and (not self.pixel_skip or self.align_modes[COARSE_PIXEL_SCALE] != "full"):
+            raise WeightsError(f"config {self.name}: coarse_pixels needs pixel_skip and full "
+                               "attention at R/8")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
@@ -301,9 +320,17 @@ class LatentTokenDecoder(nn.Module):
 class Alignment(nn.Module):
     """One scale of IMF_A: cross-attention from current motion features to reference motion
     features, gathering reference values. ``prepare`` (once per reference) builds keys/values;
-    ``attend`` (per frame) runs the attention. Modes: "full" or "window" (k x k neighbourhood)."""
+    ``attend`` (per frame) runs the attention. Modes: "full" or "window" (k x k neighbourhood).
 
-    def __init__(self, m_dim: int, mode: str, window: int, locality: float, pos_freqs: int):
+    With ``offsets`` a zero-initialised 1x1 conv reads a 2-D position offset (in cells) from each
+    motion feature map, for queries (from m_c) and keys (from m_r) alike, and the locality
+    penalty becomes ``-a * |(p + o_c(p)) - (p' + o_r(p'))|^2``: a query attends to the reference
+    cells whose offset position matches its own. The content term ``q.k`` is unchanged, so
+    this is still attention between motion features; the offsets only give IMF_D a direct,
+    differentiable handle on *where* a query looks (see the module docstring, decision 11)."""
+
+    def __init__(self, m_dim: int, mode: str, window: int, locality: float, pos_freqs: int,
+                 offsets: bool = False):
         super().__init__()
         self.m_dim, self.mode, self.window, self.pos_freqs = m_dim, mode, window, pos_freqs
         self.pos = nn.Linear(4 * pos_freqs, m_dim)
@@ -314,10 +341,27 @@ class Alignment(nn.Module):
             d = torch.arange(-r, r + 1, dtype=torch.float32)
             dist2 = (d.view(-1, 1) ** 2 + d.view(1, -1) ** 2).reshape(-1)  # offset order: (dy, dx)
             self.rel_bias = nn.Parameter(-locality * dist2)
+            # the offset terms' gain: fixed (the learned rel_bias carries the distance penalty)
+            self.register_buffer("offset_gain", torch.tensor(float(locality)), persistent=False)
+            self.register_buffer("window_offsets", torch.stack(torch.meshgrid(d, d, indexing="ij"))
+                                 .flip(0).reshape(2, -1).t().contiguous(), persistent=False)  # (dx, dy)
+        self.offset = None
+        if offsets:
+            self.offset = nn.Conv2d(m_dim, 2, 1)
+            nn.init.zeros_(self.offset.weight)
+            nn.init.zeros_(self.offset.bias)
 
     def _pos(self, h: int, w: int, ref: Tensor) -> Tensor:
         emb = self.pos(sincos_2d(h, w, self.pos_freqs, ref.device, ref.dtype))  # [N, d]
         return emb.t().reshape(1, self.m_dim, h, w)
+
+    def _coords(self, m: Tensor) -> Tensor:
+        """[B, N, 2] (x, y) cell positions of m's grid, moved by the learned offsets if any."""
+        b, _, h, w = m.shape
+        c = cell_coords(h, w, m.device, m.dtype).unsqueeze(0)
+        if self.offset is None:
+            return c.expand(b, -1, -1)
+        return c + self.offset(m).flatten(2).transpose(1, 2)
 
     def prepare(self, m_r: Tensor, v_r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Keys, values and (window mode) the -inf mask of padded neighbours."""
@@ -325,13 +369,15 @@ class Alignment(nn.Module):
         k = m_r + self._pos(h, w, m_r)
         if self.mode == "full":
             a = F.softplus(self.locality)
-            c = cell_coords(h, w, m_r.device, m_r.dtype)
+            c = self._coords(m_r)  # [B, N, 2]
             k = k.flatten(2).transpose(1, 2)  # [B, N, d]
-            extra = torch.cat([c * torch.sqrt(2 * a), -a * c.pow(2).sum(1, keepdim=True)], dim=1)
-            k = torch.cat([k, extra.unsqueeze(0).expand(b, -1, -1)], dim=2).unsqueeze(1)
+            extra = torch.cat([c * torch.sqrt(2 * a), -a * c.pow(2).sum(2, keepdim=True)], dim=2)
+            k = torch.cat([k, extra], dim=2).unsqueeze(1)
             v = v_r.flatten(2).transpose(1, 2).unsqueeze(1)  # [B, 1, N, Cv]
             return k, v, torch.zeros(0, device=m_r.device)
         r = self.window // 2
+        if self.offset is not None:  # the reference offsets travel as 2 extra key channels
+            k = torch.cat([k, self.offset(m_r)], dim=1)
         k = F.pad(k, (r, r, r, r))
         v = F.pad(v_r, (r, r, r, r))
         ones = F.pad(torch.ones(1, 1, h, w, device=m_r.device, dtype=m_r.dtype), (r, r, r, r))
@@ -347,10 +393,10 @@ class Alignment(nn.Module):
         q = (m_c + self._pos(h, w, m_c)) * (1.0 / math.sqrt(d))
         if self.mode == "full":
             a = F.softplus(self.locality)
-            c = cell_coords(h, w, m_c.device, m_c.dtype)
+            c = self._coords(m_c)
             q = q.flatten(2).transpose(1, 2)
-            extra = torch.cat([c * torch.sqrt(2 * a), torch.ones_like(c[:, :1])], dim=1)
-            q = torch.cat([q, extra.unsqueeze(0).expand(b, -1, -1)], dim=2).unsqueeze(1)
+            extra = torch.cat([c * torch.sqrt(2 * a), torch.ones_like(c[:, :, :1])], dim=2)
+            q = torch.cat([q, extra], dim=2).unsqueeze(1)
             if k.shape[0] != b:
                 k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [B, 1, N, Cv]
@@ -360,7 +406,9 @@ class Alignment(nn.Module):
         # faster on CPU than unfold + einsum at 64x64, window 7).
         offs = self._offsets()
         bias = self.rel_bias.view(1, -1, 1, 1) + mask  # [1, k2, h, w]
-        logits = torch.stack([(q * k[:, :, dy:dy + h, dx:dx + w]).sum(1) for dy, dx in offs], 1)
+        logits = torch.stack([(q * k[:, :d, dy:dy + h, dx:dx + w]).sum(1) for dy, dx in offs], 1)
+        if self.offset is not None:
+            logits = logits + self._offset_logits(m_c, k[:, d:], offs)
         attn = (logits + bias).softmax(dim=1)  # [B, k2, h, w]
         if not torch.is_grad_enabled():  # inference: accumulate in place
             out = torch.zeros(b, v.shape[1], h, w, device=v.device, dtype=v.dtype)
@@ -371,6 +419,18 @@ class Alignment(nn.Module):
         for i, (dy, dx) in enumerate(offs[1:], start=1):
             out = out + attn[:, i:i + 1] * v[:, :, dy:dy + h, dx:dx + w]
         return out
+
+    def _offset_logits(self, m_c: Tensor, o_r: Tensor, offs: list[tuple[int, int]]) -> Tensor:
+        """Window mode: the offset-dependent part of ``-a |o + o_r(p+o) - o_c(p)|^2`` (the
+        ``-a |o|^2`` part is rel_bias; ``-a |o_c|^2`` is the same for every neighbour)."""
+        h, w = m_c.shape[-2:]
+        o_c = self.offset(m_c)  # [B, 2, h, w]
+        terms = []
+        for i, (dy, dx) in enumerate(offs):
+            o = self.window_offsets[i].view(1, 2, 1, 1)
+            o_n = o_r[:, :, dy:dy + h, dx:dx + w]  # the neighbour's own offset
+            terms.append((2 * o_c * (o + o_n) - 2 * o * o_n - o_n * o_n).sum(1))
+        return self.offset_gain * torch.stack(terms, 1)
 
 
 class TransformerBlock(nn.Module):
@@ -436,13 +496,15 @@ class FrameDecoder(nn.Module):
         self.final_ups = nn.ModuleList(UpConvResBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
         self.shuffle = FINEST_FACTOR >> len(cfg.df_up_widths)
         s2 = self.shuffle * self.shuffle
-        head_in = chans[-1] + (3 * s2 if cfg.pixel_skip else 0)
+        self.coarse_pixels = cfg.coarse_pixels
+        head_in = chans[-1] + (3 * s2 if cfg.pixel_skip else 0) + (3 * s2 if cfg.coarse_pixels else 0)
         self.head = nn.Conv2d(head_in, 3 * s2, 3, padding=1)
         if cfg.pixel_skip:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
-    def forward(self, aligned: list[Tensor], base: Tensor | None) -> Tensor:
+    def forward(self, aligned: list[Tensor], base: Tensor | None,
+                coarse: Tensor | None = None) -> Tensor:
         h = self.proj(self.feat_blocks[0](aligned[0]))
         for i in range(1, NUM_SCALES):
             h = self.ups[i - 1](h)
@@ -451,8 +513,9 @@ class FrameDecoder(nn.Module):
             h = up(h)
         if base is None:
             return torch.sigmoid(F.pixel_shuffle(self.head(h), self.shuffle))
-        base_s = F.pixel_unshuffle(base, self.shuffle) if self.shuffle > 1 else base
-        res = F.pixel_shuffle(self.head(torch.cat([h, base_s], 1)), self.shuffle)
+        pix = [base] if coarse is None else [base, coarse]
+        pix = [F.pixel_unshuffle(p, self.shuffle) if self.shuffle > 1 else p for p in pix]
+        res = F.pixel_shuffle(self.head(torch.cat([h, *pix], 1)), self.shuffle)
         x = base + res
         if self.training:  # straight-through clamp: keep gradients that pull values back
             return x + (x.clamp(0.0, 1.0) - x).detach()
@@ -490,7 +553,8 @@ class IMF(nn.Module):
         self.token_decoder = LatentTokenDecoder(cfg)
         feat_ch = self.feature_encoder.out_channels  # coarse to fine
         self.align = nn.ModuleList(
-            Alignment(m, mode, cfg.align_window, cfg.align_locality, cfg.pos_freqs)
+            Alignment(m, mode, cfg.align_window, cfg.align_locality, cfg.pos_freqs,
+                      cfg.align_offsets)
             for m, mode in zip(cfg.m_dims, cfg.align_modes)
         )
         self.refine = nn.ModuleList(
@@ -534,6 +598,8 @@ class IMF(nn.Module):
         for i, (al, f, m) in enumerate(zip(self.align, feats, motion)):
             if i == NUM_SCALES - 1 and self.config.pixel_skip:
                 f = torch.cat([f, F.pixel_unshuffle(x_ref, FINEST_FACTOR)], dim=1)
+            if i == COARSE_PIXEL_SCALE and self.config.coarse_pixels:
+                f = torch.cat([f, F.pixel_unshuffle(x_ref, COARSE_PIXEL_FACTOR)], dim=1)
             k, v, mask = al.prepare(m, f)
             keys.append(k)
             values.append(v)
@@ -549,15 +615,19 @@ class IMF(nn.Module):
             raise InputError(f"reference batch {ref.batch_size} does not match token batch {b}")
         motion = self.token_decoder(t_cur, ref.size)
         aligned = []
-        base = None
+        base = coarse = None
         for i in range(NUM_SCALES):
             out = self.align[i].attend(motion[i], ref.keys[i], ref.values[i], ref.masks[i])
             if i == NUM_SCALES - 1 and self.config.pixel_skip:
                 c = out.shape[1] - 3 * FINEST_FACTOR**2
                 base = F.pixel_shuffle(out[:, c:], FINEST_FACTOR)
                 out = out[:, :c]
+            if i == COARSE_PIXEL_SCALE and self.config.coarse_pixels:
+                c = out.shape[1] - 3 * COARSE_PIXEL_FACTOR**2
+                coarse = F.pixel_shuffle(out[:, c:], COARSE_PIXEL_FACTOR)
+                out = out[:, :c]
             aligned.append(self.refine[i](out))
-        return self.frame_decoder(aligned, base)
+        return self.frame_decoder(aligned, base, coarse)
 
     def forward(
         self,

@@ -147,6 +147,15 @@ def _imf_small() -> IMFConfig:
     )
 
 
+@register_model("imf-small-v2")
+def _imf_small_v2() -> IMFConfig:
+    """The shipped default since imf-small: the same widths plus learned attention offsets and
+    8x8 reference pixels gathered at R/8 (decisions 11 and 12 in imfcodec.models.imf), which
+    let a CPU-trained model learn motion; a milder initial locality (a = 2)."""
+    return dataclasses.replace(_imf_small(), name="imf-small-v2", align_offsets=True,
+                               coarse_pixels=True, align_locality=2.0)
+
+
 @register_model("imf-tiny")
 def _imf_tiny() -> IMFConfig:
     """64x64 test model (< 0.3M parameters)."""

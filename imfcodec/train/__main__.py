@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", "-c", default=None, help="bundled config name or JSON file (default: small-cpu, "
       "or the checkpoint's own config with --resume)")
     a("--data", nargs="+", default=None, metavar="DIR", help="video folder(s)/file(s); 'test' folders are refused")
-    a("--model", default=None, help="model config name (imf-tiny, imf-small, imf-base, imf-paper)")
+    a("--model", default=None, help="model config name (imf-tiny, imf-small-v2, imf-base, imf-paper; see `imfcodec models`)")
     a("--resolution", type=int, default=None, help="final training/validation resolution")
     a("--stages", default=None, help='curriculum as JSON, e.g. "[[0,128],[20000,256]]"; "[]" for none')
     a("--batch-size", type=int, default=None, help="global batch size (split over ranks)")
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--gan-start", type=int, default=None)
     a("--vgg-weights", default=None, help="local torchvision VGG19 weights (.safetensors or .pth)")
     a("--out", default=None, help="run folder (checkpoints, logs, exported weights)")
+    a("--init-from", default=None, metavar="WEIGHTS",
+      help="start a fresh run from a .safetensors weights file (tensors whose names and shapes match)")
     a("--resume", nargs="?", const="auto", default=None, metavar="PATH",
       help="continue from a checkpoint (no PATH: OUT/last.pt if it exists, else start fresh)")
     a("--device", default=None, help="auto | cpu | cuda | cuda:N")
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_DIRECT = ["model", "resolution", "batch_size", "steps", "lr", "lambda_rate", "w_l1", "w_ms_ssim",
+_DIRECT = ["model", "init_from", "resolution", "batch_size", "steps", "lr", "lambda_rate", "w_l1", "w_ms_ssim",
            "w_perceptual", "w_gan", "w_feat_match", "gan_start", "vgg_weights", "out", "device", "amp",
            "ema", "val_every", "ckpt_every", "log_every", "max_minutes", "threads", "workers",
            "max_frames", "seed", "progress"]

@@ -22,8 +22,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 @dataclass
 class TrainConfig:
     # model
-    model: str = "imf-small"
+    model: str = "imf-small-v2"
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None          # weights (.safetensors) to start a fresh run from
     # data
     data: list[str] = field(default_factory=lambda: ["../shared/data/talking-heads/train"])
     max_frames: int | None = 200          # per clip, first N frames
@@ -65,7 +66,7 @@ class TrainConfig:
     train_quality_range: list[int] | None = None  # [lo, hi]: per-sample random quality instead
     token_scale_momentum: float = 0.01    # running per-channel token std -> token_scale (0: fixed)
     # run
-    out: str = "runs/imf-small"
+    out: str = "runs/imf-small-v2"
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     amp: bool = False                     # CUDA only

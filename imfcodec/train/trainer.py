@@ -104,6 +104,38 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def init_from_weights(model: torch.nn.Module, path: str | os.PathLike,
+                      log_to: logging.Logger | None = None) -> tuple[list[str], list[str]]:
+    """Warm start: copy every tensor of an imfcodec weights file whose name and shape match
+    ``model`` (safetensors, no code runs); the rest keeps its fresh initialisation. Lets a new
+    config (a new registered name) start from a shipped model's trained parts.
+    Returns (copied, skipped) parameter names."""
+    from safetensors.torch import load_file
+
+    from imfcodec.zoo import read_metadata
+
+    meta = read_metadata(path)
+    if "config" not in meta:
+        raise InputError(f"init_from {path}: not an imfcodec weights file")
+    src = load_file(str(path))
+    own = model.state_dict()
+    copied, skipped = [], []
+    with torch.no_grad():
+        for name, t in own.items():
+            s = src.get(name)
+            if s is not None and s.shape == t.shape:
+                t.copy_(s.to(t.dtype))
+                copied.append(name)
+            else:
+                skipped.append(name)
+    if not copied:
+        raise InputError(f"init_from {path}: no tensor matches the model's names and shapes")
+    if log_to is not None:
+        log_to.info("init_from %s: copied %d tensors, kept %d fresh (%s)", path, len(copied),
+                    len(skipped), ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))
+    return copied, skipped
+
+
 def params_digest(*modules: torch.nn.Module | None) -> str:
     """sha256 of all parameters and buffers (to check that DDP replicas agree)."""
     import hashlib
@@ -317,6 +349,8 @@ class Trainer:
             self.model = IMF(IMFConfig.from_dict(ckpt["imf_config"]))
         else:
             self.model = create_model(cfg.model, **cfg.model_overrides)
+        if ckpt is None and cfg.init_from:
+            init_from_weights(self.model, cfg.init_from, log_to=log if self.d.main else None)
         self.model.to(self.device).train()
         from imfcodec.entropy import TokenRateModel
 
