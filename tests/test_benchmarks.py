@@ -118,3 +118,22 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["--videos", str(CLIP), "--out", str(tmp_path / "o"), "--codecs", "x266"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_gain_table_against_repeat_and_x265(bench, capsys):
+    """benchmarks.gain pairs each imfcodec point with the repeat row of the same key frame."""
+    from benchmarks.gain import main
+
+    out, _, rows = bench
+    imf = [r for r in rows if r["codec"] == "imfcodec"]
+    paired = [r for r in imf if any(x["codec"] == "repeat" and x["key_quality"] == r["key_quality"] for x in rows)]
+    assert paired, "quick ladders must share a key-frame quality"
+    r = paired[0]
+    rep = next(x for x in rows if x["codec"] == "repeat" and x["key_quality"] == r["key_quality"])
+    assert main([str(out / "rd.csv"), "--point", r["point"], "--out", str(out / "gain.md")]) == 0
+    text = capsys.readouterr().out
+    want = float(r["psnr"]) - float(rep["psnr"])
+    assert f"mean gain over repeat-key: {want:+.2f} dB" in text
+    assert "liveportrait_d12" in (out / "gain.md").read_text()
+    assert main([str(out / "rd.csv"), "--point", "no-such-point"]) == 1
+    assert capsys.readouterr().err.startswith("error: ")

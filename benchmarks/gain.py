@@ -1,0 +1,95 @@
+"""Per-clip table: one imfcodec operating point against "repeat the decoded key frame" (same key
+frame) and x265 at the nearest rate, from an rd.csv written by ``benchmarks.rd``.
+
+This is the table of the model card and of issue 3's acceptance test: the gain over the
+repeat-key baseline shows how much motion the model really reproduces.
+
+    python -m benchmarks.gain runs/rd/rd.csv [--point q8-hevc21] [--model imf-small-v2@HASH] [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+
+def gain_table(df: pd.DataFrame, point: str, model: str | None = None) -> pd.DataFrame:
+    """One row per clip with the imfcodec point, the repeat baseline with the same key-frame
+    quality, the PSNR gain, and the x265 row nearest in rate."""
+    # (bracket access throughout: "clip" is also a DataFrame method)
+    imf = df[(df["codec"] == "imfcodec") & (df["point"] == point)]
+    if model is not None:
+        imf = imf[imf["model"] == model]
+    elif imf["model"].nunique() > 1:
+        raise ValueError(f"rd.csv holds several models ({', '.join(sorted(imf['model'].unique()))}): pass --model")
+    if imf.empty:
+        raise ValueError(f"no imfcodec rows for point {point!r}")
+    rows = []
+    for _, a in imf.sort_values("clip").iterrows():
+        clip = a["clip"]
+        rep = df[(df["codec"] == "repeat") & (df["clip"] == clip) & (df["key_quality"] == a["key_quality"])]
+        if rep.empty:
+            continue
+        b = rep.iloc[0]
+        xs = df[(df["codec"] == "x265") & (df["clip"] == clip)]
+        near = xs.iloc[(xs.kbps - a.kbps).abs().argsort()[:1]] if len(xs) else xs
+        row = dict(clip=clip, frames=int(a.frames), kbps=a.kbps, key_kbps=a.key_kbps,
+                   token_kbps=a.token_kbps, psnr=a.psnr, ssim=a.ssim, ms_ssim=a.ms_ssim,
+                   rep_psnr=b.psnr, rep_ssim=b.ssim, rep_ms_ssim=b.ms_ssim, gain_db=a.psnr - b.psnr)
+        if len(near):
+            n = near.iloc[0]
+            row.update(x265_param=n.param, x265_kbps=n.kbps, x265_psnr=n.psnr, x265_ssim=n.ssim)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(t: pd.DataFrame) -> str:
+    head = ("| clip | frames | imfcodec kbit/s (key / tokens) | PSNR | SSIM | MS-SSIM "
+            "| repeat-key PSNR / SSIM / MS-SSIM | gain dB | x265 CRF: kbit/s, PSNR, SSIM |")
+    lines = [head, "|" + "---|" * 9]
+
+    def line(r, name: str, frames: str) -> str:
+        x = (f"{r.x265_param}: {r.x265_kbps:.2f}, {r.x265_psnr:.2f}, {r.x265_ssim:.3f}"
+             if "x265_kbps" in r and pd.notna(r.x265_kbps) else "-")
+        return (f"| {name} | {frames} | {r.kbps:.2f} ({r.key_kbps:.2f} / {r.token_kbps:.2f}) | {r.psnr:.2f} "
+                f"| {r.ssim:.3f} | {r.ms_ssim:.3f} | {r.rep_psnr:.2f} / {r.rep_ssim:.3f} / {r.rep_ms_ssim:.3f} "
+                f"| {r.gain_db:+.2f} | {x} |")
+
+    for _, r in t.iterrows():
+        lines.append(line(r, r["clip"], str(r["frames"])))
+    mean = t.mean(numeric_only=True).astype(object)
+    mean["x265_param"] = "mean"
+    lines.append(line(mean, "**mean**", f"{mean.frames:.0f}"))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gain", description=__doc__.splitlines()[0])
+    p.add_argument("csv", help="rd.csv from benchmarks.rd")
+    p.add_argument("--point", default="q8-hevc21", help="imfcodec point (default q8-hevc21: the defaults)")
+    p.add_argument("--model", default=None, help="model id as in rd.csv's model column (name@hash)")
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+    args = p.parse_args(argv)
+    try:
+        df = pd.read_csv(args.csv)
+        t = gain_table(df, args.point, args.model)
+    except (OSError, ValueError, AttributeError, pd.errors.ParserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if t.empty:
+        print("error: no clip has both the imfcodec point and a repeat-key row", file=sys.stderr)
+        return 1
+    md = to_markdown(t)
+    print(md)
+    print(f"\nmean gain over repeat-key: {t.gain_db.mean():+.2f} dB PSNR on {len(t)} clip(s)")
+    if args.out:
+        Path(args.out).write_text(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
