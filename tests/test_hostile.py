@@ -832,6 +832,28 @@ def test_only_safetensors_weights(tmp_path, tiny, hevc_stream):
         load_weights(tmp_path / "mismatch.safetensors")
 
 
+def test_checkpoints_load_without_running_code(tmp_path):
+    """--resume PATH uses torch.load(weights_only=True): a pickled payload is refused, one line."""
+    from imfcodec.train.__main__ import main as train_main
+    from imfcodec.train.trainer import load_checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "imfcodec-train/1", "e": Evil()}, str(evil))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x04garbage")
+    for path in (evil, junk):
+        with pytest.raises(InputError, match="not a loadable imfcodec training checkpoint"):
+            load_checkpoint(path)
+        assert train_main(["--resume", str(path), "--out", str(tmp_path / "run")]) == 1
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------------------ 5: atomic output
 
 def _long_stream(tiny, path: Path, frames: int) -> Path:

@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -94,14 +95,34 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint. Uses pickle (weights_only=False): only for your own files."""
+    """Read a training checkpoint with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, plus the few numpy/torch types a checkpoint holds (the numpy RNG state),
+    allowlisted by name, so a hostile .pt file cannot run code."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
-    ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle / zip errors of all kinds: one line, no traceback
+        m = re.search(r"GLOBAL (\S+)", str(e))
+        why = f"refers to code: {m.group(1)[:80]}" if m else type(e).__name__
+        raise InputError(f"{path} is not a loadable imfcodec training checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not an imfcodec training checkpoint")
     return ckpt
+
+
+def _checkpoint_globals() -> list[Any]:
+    """The non-tensor types in a checkpoint: numpy's legacy RNG state (an ndarray) and the
+    torch version string of older checkpoints."""
+    from torch.torch_version import TorchVersion
+
+    import importlib
+
+    multiarray = importlib.import_module(
+        "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray")
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), TorchVersion]
 
 
 def init_from_weights(model: torch.nn.Module, path: str | os.PathLike,
@@ -459,7 +480,7 @@ class Trainer:
             "scaler_d": self.scaler_d.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     def _restore(self, ck: dict[str, Any]) -> None:
