@@ -230,7 +230,7 @@ def _offset_alignment(mode: str) -> Alignment:
     """An offsets-enabled alignment whose offset conv reads channel 0 as an x offset in cells,
     with the content term switched off (zero positional projection, zero motion features but
     channel 0), so only the offsets decide where a query looks."""
-    al = Alignment(4, mode, window=5, locality=3.0, pos_freqs=2, offsets=True)
+    al = Alignment(4, mode, window=5, locality=3.0, pos_freqs=2, offsets=True, native_cells=8)
     with torch.no_grad():
         al.pos.weight.zero_()
         al.pos.bias.zero_()
@@ -279,3 +279,18 @@ def test_offset_and_coarse_pixel_model_identity_at_init_and_gradients() -> None:
 def test_coarse_pixels_needs_pixel_skip() -> None:
     with pytest.raises(IMFError):
         create_model("imf-tiny", coarse_pixels=True, pixel_skip=False)
+
+
+def test_token_encoder_fixed_input_is_resolution_independent() -> None:
+    """et_input: the token of a 128x128 frame equals the token of its 64x64 version made by the
+    same resize, so a model trained at one resolution sends the same tokens at another."""
+    model = create_model("imf-tiny", et_input=32, et_widths=(8, 16, 24), et_pool=4).eval()
+    x = smooth_image(2, 128, 5)
+    small = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_token(x), model.encode_token(small), atol=1e-5)
+        # with a spatial layout kept (et_pool > 1), a shifted face gives another token
+        shifted = torch.roll(x, shifts=24, dims=3)
+        assert (model.encode_token(x) - model.encode_token(shifted)).abs().max() > 1e-3
+    with pytest.raises(IMFError):
+        create_model("imf-tiny", et_input=2, et_widths=(8, 16, 24))

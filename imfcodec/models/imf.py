@@ -60,6 +60,10 @@ Design decisions (gaps in the paper, or deliberate changes for a CPU-trained cod
     gathers 8x8 reference pixel patches, handed to D_F's head beside the fine aligned pixels.
     The fine window at R/4 reaches only +-3 cells (12 pixels at 256); large head motions need
     pixels from further away. Zero-initialised head: an untrained model is unchanged.
+13. ``et_input`` / ``et_pool`` (deliberate change, imf-small-v2): E_T sees the frame at a fixed
+    size and keeps a 4x4 layout before its MLP. A global average pool makes a conv encoder almost
+    translation-invariant, so the token could not say where the head moved; and a token that
+    depends on the coding resolution breaks the 128 -> 256 training curriculum.
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ class IMFConfig:
     et_widths: tuple[int, ...] = (64, 64, 128, 256, 512, 512, 512)
     et_mlp_layers: int = 4
     et_mlp_width: int = 512
+    et_input: int = 0  # >0: E_T sees the frame resized to this size (resolution-independent token)
+    et_pool: int = 1   # E_T pools its last feature map to et_pool x et_pool and flattens it
     # IMF_D: trunk widths and motion-feature (attention) dims per scale
     imfd_widths: tuple[int, ...] = (512, 512, 512, 256)
     m_dims: tuple[int, ...] = (512, 512, 512, 256)
@@ -149,6 +155,10 @@ class IMFConfig:
             raise WeightsError(f"config {self.name}: resolution must be a multiple of 32")
         if len(self.et_widths) < 2:
             raise WeightsError(f"config {self.name}: et_widths needs at least 2 entries")
+        if self.et_input < 0 or (self.et_input and self.et_input < 2 ** (len(self.et_widths) - 1)):
+            raise WeightsError(f"config {self.name}: et_input must be 0 or >= 2^(len(et_widths)-1)")
+        if not 1 <= self.et_pool <= 8:
+            raise WeightsError(f"config {self.name}: et_pool must be 1..8")
         if self.coarse_pixels and (not self.pixel_skip or self.align_modes[COARSE_PIXEL_SCALE] != "full"):
             raise WeightsError(f"config {self.name}: coarse_pixels needs pixel_skip and full "
                                "attention at R/8")
@@ -176,6 +186,8 @@ class IMFConfig:
     @property
     def min_size(self) -> int:
         """Smallest frame side the model accepts (E_T needs >= 1 pixel after its downsamplings)."""
+        if self.et_input:
+            return COARSEST_FACTOR
         return max(COARSEST_FACTOR, 2 ** (len(self.et_widths) - 1))
 
 
@@ -253,16 +265,21 @@ class DenseFeatureEncoder(nn.Module):
 
 
 class LatentTokenEncoder(nn.Module):
-    """E_T: frame -> token. Ends with adaptive average pooling, so any input size works."""
+    """E_T: frame -> token. With ``et_input`` the frame is first resized to a fixed size, so the
+    token does not depend on the coding resolution; ``et_pool`` > 1 keeps a coarse spatial layout
+    (pool to et_pool x et_pool and flatten) instead of a global average, which would make the
+    token nearly blind to where the face is, i.e. to the motion it must describe."""
 
     def __init__(self, cfg: IMFConfig) -> None:
         super().__init__()
         w = cfg.et_widths
+        self.input_size = cfg.et_input
+        self.pool = cfg.et_pool
         self.stem = ConvLayer(3, w[0], 3)
         self.blocks = nn.Sequential(*(ResBlock(a, b) for a, b in zip(w[:-1], w[1:])))
         self.final = ConvLayer(w[-1], w[-1], 3)
         mlp: list[nn.Module] = []
-        dim = w[-1]
+        dim = w[-1] * self.pool * self.pool
         for _ in range(cfg.et_mlp_layers):
             mlp.append(EqualLinear(dim, cfg.et_mlp_width, activation=True))
             dim = cfg.et_mlp_width
@@ -270,8 +287,11 @@ class LatentTokenEncoder(nn.Module):
         self.mlp = nn.Sequential(*mlp)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_size and x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False, antialias=True)
         h = self.final(self.blocks(self.stem(to_signed(x))))
-        return self.mlp(F.adaptive_avg_pool2d(h, 1).flatten(1))
+        return self.mlp(F.adaptive_avg_pool2d(h, self.pool).flatten(1))
 
 
 class LatentTokenDecoder(nn.Module):
@@ -330,8 +350,9 @@ class Alignment(nn.Module):
     differentiable handle on *where* a query looks (see the module docstring, decision 11)."""
 
     def __init__(self, m_dim: int, mode: str, window: int, locality: float, pos_freqs: int,
-                 offsets: bool = False):
+                 offsets: bool = False, native_cells: int = 1):
         super().__init__()
+        self.native_cells = native_cells  # grid side at the config's resolution
         self.m_dim, self.mode, self.window, self.pos_freqs = m_dim, mode, window, pos_freqs
         self.pos = nn.Linear(4 * pos_freqs, m_dim)
         if mode == "full":
@@ -355,13 +376,21 @@ class Alignment(nn.Module):
         emb = self.pos(sincos_2d(h, w, self.pos_freqs, ref.device, ref.dtype))  # [N, d]
         return emb.t().reshape(1, self.m_dim, h, w)
 
+    def _offset(self, m: Tensor) -> Tensor:
+        """[B, 2, h, w] learned (x, y) offsets in cells of m's grid. The conv predicts them in
+        cells at the config's resolution, rescaled to the grid at hand, so an offset is the same
+        fraction of the frame at any resolution (a model trained at 128 moves as far at 256)."""
+        h, w = m.shape[-2:]
+        o = self.offset(m)
+        return o * o.new_tensor([w / self.native_cells, h / self.native_cells]).view(1, 2, 1, 1)
+
     def _coords(self, m: Tensor) -> Tensor:
         """[B, N, 2] (x, y) cell positions of m's grid, moved by the learned offsets if any."""
         b, _, h, w = m.shape
         c = cell_coords(h, w, m.device, m.dtype).unsqueeze(0)
         if self.offset is None:
             return c.expand(b, -1, -1)
-        return c + self.offset(m).flatten(2).transpose(1, 2)
+        return c + self._offset(m).flatten(2).transpose(1, 2)
 
     def prepare(self, m_r: Tensor, v_r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Keys, values and (window mode) the -inf mask of padded neighbours."""
@@ -377,7 +406,7 @@ class Alignment(nn.Module):
             return k, v, torch.zeros(0, device=m_r.device)
         r = self.window // 2
         if self.offset is not None:  # the reference offsets travel as 2 extra key channels
-            k = torch.cat([k, self.offset(m_r)], dim=1)
+            k = torch.cat([k, self._offset(m_r)], dim=1)
         k = F.pad(k, (r, r, r, r))
         v = F.pad(v_r, (r, r, r, r))
         ones = F.pad(torch.ones(1, 1, h, w, device=m_r.device, dtype=m_r.dtype), (r, r, r, r))
@@ -424,7 +453,7 @@ class Alignment(nn.Module):
         """Window mode: the offset-dependent part of ``-a |o + o_r(p+o) - o_c(p)|^2`` (the
         ``-a |o|^2`` part is rel_bias; ``-a |o_c|^2`` is the same for every neighbour)."""
         h, w = m_c.shape[-2:]
-        o_c = self.offset(m_c)  # [B, 2, h, w]
+        o_c = self._offset(m_c)  # [B, 2, h, w]
         terms = []
         for i, (dy, dx) in enumerate(offs):
             o = self.window_offsets[i].view(1, 2, 1, 1)
@@ -554,8 +583,8 @@ class IMF(nn.Module):
         feat_ch = self.feature_encoder.out_channels  # coarse to fine
         self.align = nn.ModuleList(
             Alignment(m, mode, cfg.align_window, cfg.align_locality, cfg.pos_freqs,
-                      cfg.align_offsets)
-            for m, mode in zip(cfg.m_dims, cfg.align_modes)
+                      cfg.align_offsets, cfg.resolution // (COARSEST_FACTOR >> i))
+            for i, (m, mode) in enumerate(zip(cfg.m_dims, cfg.align_modes))
         )
         self.refine = nn.ModuleList(
             TransformerStack(c, n, cfg.tf_heads, cfg.tf_mlp_ratio, cfg.pos_freqs) if n > 0

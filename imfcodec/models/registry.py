@@ -150,10 +150,12 @@ def _imf_small() -> IMFConfig:
 @register_model("imf-small-v2")
 def _imf_small_v2() -> IMFConfig:
     """The shipped default since imf-small: the same widths plus learned attention offsets and
-    8x8 reference pixels gathered at R/8 (decisions 11 and 12 in imfcodec.models.imf), which
-    let a CPU-trained model learn motion; a milder initial locality (a = 2)."""
+    8x8 reference pixels gathered at R/8, and a token encoder that sees a fixed 128x128 frame and
+    keeps a 4x4 layout (decisions 11-13 in imfcodec.models.imf), which let a CPU-trained model
+    learn motion; a milder initial locality (a = 2)."""
     return dataclasses.replace(_imf_small(), name="imf-small-v2", align_offsets=True,
-                               coarse_pixels=True, align_locality=2.0)
+                               coarse_pixels=True, align_locality=2.0,
+                               et_widths=(16, 32, 48, 64, 96, 128), et_input=128, et_pool=4)
 
 
 @register_model("imf-tiny")
