@@ -43,8 +43,8 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4
                   ".265", ".h265", ".hevc", ".ivf", ".obu", ".flv", ".ts"}
 # imfcodec operating points: token quality paired with a key-frame quality offset from the key
 # codec's default (hevc: 21 = CRF 30), so rate and quality grow together along the ladder.
-IMF_TOKEN_QUALITIES = (2, 5, 8, 11)
-KEY_OFFSETS = (-10, -5, 0, 5)
+IMF_TOKEN_QUALITIES = (6, 9, 9, 12)  # index 1 = the encoder defaults (q9, hevc21)
+KEY_OFFSETS = (-5, 0, 5, 10)
 QUICK_INDEXES = (0, 2)  # --quick: the lowest point and the middle of each ladder
 
 COLUMNS = [

@@ -23,10 +23,11 @@ OUT = HERE / "conformance"
 MODEL = "random:imf-tiny"
 
 STREAMS = {
-    "tiny-hevc-single-key-chunk1": dict(keyint=0, chunk=1, key_codec="hevc"),
+    # quality spelled out everywhere: these streams must not change when the encoder default does
+    "tiny-hevc-single-key-chunk1": dict(keyint=0, chunk=1, key_codec="hevc", quality=6),
     "tiny-av1-keyint5-chunk3": dict(keyint=5, chunk=3, key_codec="av1", quality=9),
     "tiny-webp-keyint4-chunk5": dict(keyint=4, chunk=5, key_codec="webp", quality=3),
-    "tiny-png-refresh": dict(keyint=0, chunk=2, key_codec="png", refresh_below=12.0),
+    "tiny-png-refresh": dict(keyint=0, chunk=2, key_codec="png", refresh_below=12.0, quality=6),
 }
 
 

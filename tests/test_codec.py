@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imfcodec.api import decode_stream, encode_video, iter_decoded, stream_info
-from imfcodec.codec import Encoder, EncoderSettings, to_tensor, to_uint8, token_steps
+from imfcodec.codec import DEFAULT_QUALITY, Encoder, EncoderSettings, to_tensor, to_uint8, token_steps
 from imfcodec.entropy import dequantize, quantize
 from imfcodec.errors import InputError, ModelMismatchError
 from imfcodec.io import read_frames
@@ -47,7 +47,7 @@ def test_closed_loop_decoder_matches_encoder(sample_clip, tiny, tmp_path):
     encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(chunk=1))
     frames, tokens = _decode_all(path, tiny)
     src = list(read_frames(sample_clip, 64))
-    steps = token_steps(tiny.model, 6)
+    steps = token_steps(tiny.model, DEFAULT_QUALITY)
     import torch
 
     with torch.inference_mode():
