@@ -846,7 +846,7 @@ def test_checkpoints_load_without_running_code(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"format": "imfcodec-train/1", "e": Evil()}, str(evil))
     junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"\x80\x04garbage")
+    junk.write_bytes(b"not a checkpoint")
     for path in (evil, junk):
         with pytest.raises(InputError, match="not a loadable imfcodec training checkpoint"):
             load_checkpoint(path)
