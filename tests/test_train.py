@@ -105,6 +105,24 @@ def test_pair_dataset_is_deterministic_and_same_clip(videos):
     assert torch.allclose(j[:1], j1)
 
 
+def test_zoom_crop_is_shared_by_both_frames():
+    """The zoom augmentation crops the same window from both frames of a pair (a pair of equal
+    frames stays equal, a shifted pair stays shifted) and keeps the size; zoom 0 is a no-op."""
+    y, xx = np.mgrid[0:64, 0:64]
+    img = torch.from_numpy(np.stack([np.sin(xx / 5.0), np.cos(y / 7.0), np.sin((xx + y) / 9.0)]) * 0.4 + 0.5).float()
+    pair = torch.stack([img, img])
+    for seed in range(5):
+        z = D.zoom_crop(pair.clone(), np.random.default_rng(seed), 0.5)
+        assert z.shape == pair.shape and torch.equal(z[0], z[1])
+        assert 0.0 <= float(z.min()) and float(z.max()) <= 1.0
+    assert not torch.allclose(D.zoom_crop(pair.clone(), np.random.default_rng(1), 0.5), pair)
+    shifted = torch.stack([img, torch.roll(img, 3, dims=2)])
+    a = D.zoom_crop(shifted.clone(), np.random.default_rng(2), 0.0)
+    assert torch.equal(a, shifted)
+    with pytest.raises(InputError):
+        D.PairDataset(D.Clips(["c"], [np.zeros((2, 8, 8, 3), np.uint8)]), zoom=-1)
+
+
 # ---------------------------------------------------------------------------- losses
 
 

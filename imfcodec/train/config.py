@@ -35,6 +35,7 @@ class TrainConfig:
     max_distance: int | None = 50         # max frame distance of a training pair (None: any)
     flip: bool = True
     color_jitter: float = 0.05
+    zoom: float = 0.0                     # random zoom up to 1 + zoom, shared by both frames of a pair
     workers: int = 0
     # schedule
     resolution: int = 256                 # final training / validation resolution

@@ -208,19 +208,25 @@ class PairDataset(Dataset):
     numbers: sample ``step * batch + k`` is the same on every run. Clips are chosen in proportion
     to their frame counts (uniform over frames); the current frame is within ``max_distance``
     frames of the reference (None: anywhere in the clip) and differs from it when possible.
-    Augmentations, identical for both frames of a pair: horizontal flip, and colour jitter
-    (brightness, contrast, saturation each scaled by a factor in [1 - j, 1 + j]).
+    Augmentations, identical for both frames of a pair: horizontal flip, colour jitter
+    (brightness, contrast, saturation each scaled by a factor in [1 - j, 1 + j]), and a random zoom
+    (crop a window 1/s of the side, s in [1, 1 + zoom], at a random place, resized back): the motion
+    between the two frames is kept while the framing changes, so memorising where things are in
+    each training clip pays less than learning to move them.
     Returns float tensors [3,H,W] in [0, 1].
     """
 
     def __init__(self, clips: Clips, *, max_distance: int | None = None, flip: bool = True,
-                 color_jitter: float = 0.0, seed: int = 0, rank: int = 0) -> None:
+                 color_jitter: float = 0.0, zoom: float = 0.0, seed: int = 0, rank: int = 0) -> None:
         if len(clips) == 0:
             raise InputError("no training clips with at least 2 frames")
         self.clips = clips
         self.max_distance = max_distance
         self.flip = flip
         self.color_jitter = float(color_jitter)
+        if not 0.0 <= zoom <= 3.0:
+            raise InputError(f"zoom must be in [0, 3], got {zoom}")
+        self.zoom = float(zoom)
         self.seed = int(seed)
         self.rank = int(rank)
         counts = np.array([len(f) for f in clips.frames], dtype=np.float64)
@@ -251,7 +257,23 @@ class PairDataset(Dataset):
             x = x.flip(-1)
         if self.color_jitter > 0:
             x = jitter(x, rng, self.color_jitter)
+        if self.zoom > 0:
+            x = zoom_crop(x, rng, self.zoom)
         return x[0], x[1]
+
+
+def zoom_crop(x: torch.Tensor, rng: np.random.Generator, zoom: float) -> torch.Tensor:
+    """One random crop for all images in ``x`` [N,3,H,W]: side 1/s of the frame, s uniform in
+    [1, 1 + zoom], anywhere inside it, resized back to H x W (bilinear, antialiased)."""
+    h, w = x.shape[-2:]
+    s = 1.0 + zoom * float(rng.random())
+    ch, cw = max(1, round(h / s)), max(1, round(w / s))
+    top = int(rng.integers(h - ch + 1))
+    left = int(rng.integers(w - cw + 1))
+    crop = x[..., top:top + ch, left:left + cw]
+    if (ch, cw) == (h, w):
+        return crop
+    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
 
 
 _GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)

@@ -450,7 +450,8 @@ class Trainer:
         if train and not self._train_ready:
             self.train_clips = load_clips(train_paths, size, cfg.max_frames, cfg.cache_dir)
             self.dataset = PairDataset(self.train_clips, max_distance=cfg.max_distance, flip=cfg.flip,
-                                       color_jitter=cfg.color_jitter, seed=cfg.seed, rank=self.d.rank)
+                                       color_jitter=cfg.color_jitter, zoom=cfg.zoom, seed=cfg.seed,
+                                       rank=self.d.rank)
             self._train_ready = True
             if self.d.main:
                 log.info("train: %d clips / %d frames; validation: %d clips (%s)", len(self.train_clips),
