@@ -242,6 +242,40 @@ def test_exact_resume(videos, tmp_path):
     assert t3.train_step(*next(it3))["loss"] == losses[2]
 
 
+def test_align_scalar_lr_and_resume_across_group_change(videos, tmp_path):
+    """lr_align_scalars puts the alignment's locality / window bias in their own Adam group with a
+    larger lr (they move further per step), and a checkpoint resumes across that change with
+    every parameter's Adam moments carried over."""
+    from imfcodec.train.trainer import Trainer
+
+    def run(mult: float, out: str, resume=None) -> Trainer:
+        tr = Trainer(tiny(videos, tmp_path / out, steps=2, lr_align_scalars=mult), resume=resume)
+        tr.prepare_data()
+        it = D.make_loader(tr.dataset, tr.local_batch, start_step=tr.step)
+        tr.train_step(*next(it))
+        return tr
+
+    def moved(tr: Trainer, start: dict) -> float:
+        return max(float((p.detach() - start[n]).abs().max()) for n, p in tr.model.named_parameters()
+                   if n.endswith("rel_bias") or n.endswith("locality"))
+
+    torch.manual_seed(0)
+    init = {n: p.detach().clone() for n, p in Trainer(tiny(videos, tmp_path / "i")).model.named_parameters()}
+    slow, fast = run(1.0, "a"), run(50.0, "b")
+    assert len(slow.opt_g.param_groups) == 1 and len(fast.opt_g.param_groups) == 2
+    assert fast.opt_g.param_groups[1]["lr"] == pytest.approx(50 * fast.opt_g.param_groups[0]["lr"])
+    assert moved(fast, init) > 10 * moved(slow, init)
+    for src, mult in ((slow, 50.0), (fast, 1.0)):
+        path = src.save_checkpoint(tmp_path / f"g{len(src.opt_g.param_groups)}.pt")
+        tr = Trainer(tiny(videos, tmp_path / "r", steps=2, lr_align_scalars=mult), resume=path)
+        assert tr.step == 1
+        state = {id(p): s for g in tr.opt_g.param_groups for p in g["params"]
+                 if (s := tr.opt_g.state.get(p))}
+        assert len(state) == len(tr.g_params)  # every parameter kept its moments
+        for (n, p), q in zip(tr.model.named_parameters(), src.model.parameters()):
+            assert torch.equal(tr.opt_g.state[p]["exp_avg"], src.opt_g.state[q]["exp_avg"]), n
+
+
 def test_export_safetensors_reproduces_outputs(videos, tmp_path):
     from safetensors import safe_open
 

@@ -44,6 +44,7 @@ class TrainConfig:
     steps: int = 100_000
     lr: float = 2e-4
     lr_d: float = 2e-4
+    lr_align_scalars: float = 1.0         # lr multiplier for the alignment's locality / window bias
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     grad_clip: float = 1.0                # max global grad norm (0: off)
     warmup_steps: int = 0                 # linear lr warm-up

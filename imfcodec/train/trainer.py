@@ -393,7 +393,7 @@ class Trainer:
         self.g_params = [p for p in list(self.model.parameters()) + list(self.rate_model.parameters())
                          if p.requires_grad]
         betas = tuple(cfg.betas)
-        self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.lr, betas=betas)
+        self.opt_g = torch.optim.Adam(self._param_groups(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=betas) if self.disc else None
 
         # mixed precision (CUDA only)
@@ -487,7 +487,7 @@ class Trainer:
     def _restore(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
         self.rate_model.load_state_dict(ck["rate_model"])
-        self.opt_g.load_state_dict(ck["opt_g"])
+        self._load_optimizer(ck["opt_g"])
         for group in self.opt_g.param_groups:  # a changed --lr applies on resume
             group["initial_lr"] = self.cfg.lr
         if self.disc is not None and ck.get("disc") is not None:
@@ -525,6 +525,51 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ one step
+    ALIGN_SCALARS = ("locality", "rel_bias")
+
+    def _is_align_scalar(self, name: str) -> bool:
+        return name.startswith("align.") and name.rsplit(".", 1)[-1] in self.ALIGN_SCALARS
+
+    def _split_params(self, split: bool) -> list[list[torch.nn.Parameter]]:
+        if not split:
+            return [self.g_params]
+        scalar_ids = {id(p) for n, p in self.model.named_parameters() if self._is_align_scalar(n)}
+        return [[p for p in self.g_params if id(p) not in scalar_ids],
+                [p for p in self.g_params if id(p) in scalar_ids]]
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """One group, or two when ``lr_align_scalars`` != 1: the alignment's locality and window
+        bias are a handful of scalars that must move by O(1), and Adam moves any parameter by
+        about lr per step whatever its gradient, so at lr 2e-4 they would need ~10^4 steps."""
+        mult = float(self.cfg.lr_align_scalars)
+        groups = self._split_params(mult != 1.0)
+        return [{"params": ps, "lr_mult": 1.0 if i == 0 else mult} for i, ps in enumerate(groups)]
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        """Load Adam's state, also across a change of ``lr_align_scalars`` (1 <-> 2 groups): the
+        per-parameter moments are re-keyed by each parameter's position in the new groups."""
+        saved_groups = state["param_groups"]
+        if len(saved_groups) == len(self.opt_g.param_groups):
+            self.opt_g.load_state_dict(state)
+            for g in self.opt_g.param_groups:  # the multiplier follows the config, not the file
+                g["lr_mult"] = 1.0 if g is self.opt_g.param_groups[0] else float(self.cfg.lr_align_scalars)
+            return
+        old_params = [p for ps in self._split_params(len(saved_groups) == 2) for p in ps]
+        old_keys = [i for g in saved_groups for i in g["params"]]
+        if len(saved_groups) > 2 or len(old_keys) != len(old_params):
+            raise InputError("checkpoint optimizer does not match the model's parameters")
+        by_param = {id(p): state["state"].get(k) for p, k in zip(old_params, old_keys)}
+        cur = self.opt_g.state_dict()
+        new_state: dict[int, Any] = {}
+        idx = 0
+        for group in self.opt_g.param_groups:
+            for p in group["params"]:
+                if by_param.get(id(p)) is not None:
+                    new_state[idx] = by_param[id(p)]
+                idx += 1
+        cur["state"] = new_state
+        self.opt_g.load_state_dict(cur)
+
     def _lr(self, step: int) -> float:
         if self.cfg.warmup_steps > 0 and step < self.cfg.warmup_steps:
             return self.cfg.lr * (step + 1) / self.cfg.warmup_steps
@@ -560,7 +605,7 @@ class Trainer:
         gen.manual_seed(step_seed(cfg.seed, self.d.rank, step, 7))
         lr = self._lr(step)
         for g in self.opt_g.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
         logs: dict[str, float] = {"resolution": res, "lr": lr}
 
         model = self.model
