@@ -30,6 +30,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import helpers
 from imfcodec.api import decode_stream, encode_video, iter_decoded, stream_info
 from imfcodec.bitstream import (
     MAGIC,
@@ -92,29 +93,8 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def write_video(path: Path, frames, codec: str, pix_fmt: str, *, rate=25, pts=None, options=None) -> Path:
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=rate)
-        s.width, s.height, s.pix_fmt = w, h, pix_fmt
-        if pts is not None:  # variable frame rate: millisecond timestamps
-            s.time_base = s.codec_context.time_base = Fraction(1, 1000)
-        opts = dict(options or {})
-        if codec == "libx265":
-            opts["x265-params"] = "log-level=error"
-        if codec == "libx264":
-            opts.setdefault("preset", "ultrafast")
-        s.options = opts
-        for i, rgb in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
-            f.pts = i if pts is None else pts[i]
-            if pts is not None:
-                f.time_base = Fraction(1, 1000)
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+def write_video(path: Path, frames, codec: str, pix_fmt: str, **kw) -> Path:
+    return helpers.write_video(path, frames, codec, pix_fmt, fast=True, **kw)
 
 
 def gradient(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 
+from helpers import write_video
 from imfcodec.errors import InputError
 from imfcodec.io import VideoWriter, make_sample, prepare_frame, probe_video, read_frames, sample_frames
 
@@ -20,24 +21,6 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared talking-head c
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def write_video(path: Path, frames: list[np.ndarray], codec: str, pix_fmt: str, fmt: str | None = None) -> Path:
-    """Encode RGB frames with PyAV (test fixture maker)."""
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w", format=fmt) as c:
-        s = c.add_stream(codec, rate=25)
-        s.width, s.height, s.pix_fmt = w, h, pix_fmt
-        if codec == "libx265":
-            s.options = {"x265-params": "log-level=error"}
-        for i, rgb in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 def gradient(h: int, w: int, seed: int = 0) -> np.ndarray:
