@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import numpy as np
 def write_video(path: Path, frames, codec: str, pix_fmt: str, *, fmt: str | None = None, rate=25,
                 pts=None, options=None, fast: bool = False) -> Path:
     """Encode RGB frames with PyAV into a test clip. ``pts``: millisecond timestamps (variable
-    frame rate); ``fast``: libx264 preset ultrafast unless ``options`` says otherwise."""
-    h, w = frames[0].shape[:2]
+    frame rate); ``fast``: libx264 preset ultrafast unless ``options`` says otherwise. ``frames``
+    may be any iterable (a generator keeps long clips out of memory)."""
+    frames = iter(frames)
+    first = next(frames)
+    h, w = first.shape[:2]
     with av.open(str(path), "w", format=fmt) as c:
         s = c.add_stream(codec, rate=rate)
         s.width, s.height, s.pix_fmt = w, h, pix_fmt
@@ -26,7 +30,7 @@ def write_video(path: Path, frames, codec: str, pix_fmt: str, *, fmt: str | None
             opts.setdefault("preset", "ultrafast")
         if opts:
             s.options = opts
-        for i, rgb in enumerate(frames):
+        for i, rgb in enumerate(itertools.chain([first], frames)):
             f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
             f.pts = i if pts is None else pts[i]
             if pts is not None:

@@ -857,19 +857,8 @@ def _long_stream(tiny, path: Path, frames: int) -> Path:
 
 
 def _cheap_clip(path: Path, frames: int) -> Path:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
-        s.options = {"preset": "ultrafast"}
-        base = gradient(64, 64)
-        for i in range(frames):
-            f = av.VideoFrame.from_ndarray(np.roll(base, i % 64, axis=1), format="rgb24").reformat(format="yuv420p")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    base = gradient(64, 64)
+    return write_video(path, (np.roll(base, i % 64, axis=1) for i in range(frames)), "libx264", "yuv420p")
 
 
 def _interrupt(args: list[str], folder: Path, sig: int) -> subprocess.CompletedProcess:
