@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import json
 import logging
 import math
@@ -117,8 +118,6 @@ def _checkpoint_globals() -> list[Any]:
     """The non-tensor types in a checkpoint: numpy's legacy RNG state (an ndarray) and the
     torch version string of older checkpoints."""
     from torch.torch_version import TorchVersion
-
-    import importlib
 
     multiarray = importlib.import_module(
         "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray")
@@ -551,8 +550,8 @@ class Trainer:
         saved_groups = state["param_groups"]
         if len(saved_groups) == len(self.opt_g.param_groups):
             self.opt_g.load_state_dict(state)
-            for g in self.opt_g.param_groups:  # the multiplier follows the config, not the file
-                g["lr_mult"] = 1.0 if g is self.opt_g.param_groups[0] else float(self.cfg.lr_align_scalars)
+            for i, g in enumerate(self.opt_g.param_groups):  # the multiplier follows the config
+                g["lr_mult"] = 1.0 if i == 0 else float(self.cfg.lr_align_scalars)
             return
         old_params = [p for ps in self._split_params(len(saved_groups) == 2) for p in ps]
         old_keys = [i for g in saved_groups for i in g["params"]]
