@@ -121,7 +121,10 @@ def test_odd_size_10bit(tmp_path: Path) -> None:
 
 def test_odd_size_10bit_hevc(tmp_path: Path) -> None:
     frames = [gradient(143, 175, s) for s in range(2)]  # x265 needs even sides for 4:2:0
-    path = write_video(tmp_path / "odd10.mp4", frames, "libx265", "yuv444p10le")
+    # Raw Annex-B: the point is the decoder at an odd 10-bit size. Muxing this stream into mp4 was
+    # once refused by FFmpeg's muxer in CI ("not yet implemented"), not reproducibly; mp4 + 10-bit
+    # HEVC stays covered by test_hostile.test_10_bit_video.
+    path = write_video(tmp_path / "odd10.hevc", frames, "libx265", "yuv444p10le")
     assert probe_video(path).codec == "hevc"
     out = list(read_frames(path, 32))
     assert len(out) == 2 and out[1].shape == (32, 32, 3) and out[1].dtype == np.uint8
