@@ -17,7 +17,7 @@ import torch
 from .errors import ModelMismatchError, WeightsError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "imf-small"
+DEFAULT_MODEL = "imf-small-v2"
 WEIGHTS_FORMAT = "imfcodec-weights/1"
 RANDOM_PREFIX = "random:"
 
