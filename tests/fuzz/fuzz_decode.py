@@ -30,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.write_video for the encode corpus
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (see imfcodec/cli.py)
 
@@ -166,21 +167,12 @@ def seed_corpus(corpus: Path, target: str) -> int:
                 (corpus / f"seed-{codec}.imf").write_bytes(out.read_bytes())
                 n += 1
         else:
-            import av
+            from helpers import write_video  # tests/helpers.py, the test suite's clip maker
 
             frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(3)]
             for name, codec, pix in (("a.mp4", "libx264", "yuv420p"), ("a.mkv", "ffv1", "yuv420p"),
                                      ("a.y4m", "rawvideo", "yuv420p")):
-                with av.open(str(tmp / name), "w") as c:
-                    s = c.add_stream(codec, rate=25)
-                    s.width, s.height, s.pix_fmt = 64, 48, pix
-                    for k, rgb in enumerate(frames):
-                        f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix)
-                        f.pts = k
-                        for p in s.encode(f):
-                            c.mux(p)
-                    for p in s.encode():
-                        c.mux(p)
+                write_video(tmp / name, frames, codec, pix)
                 (corpus / name).write_bytes((tmp / name).read_bytes())
                 n += 1
             (corpus / "clip.mp4").write_bytes(clip.read_bytes())
