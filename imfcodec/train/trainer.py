@@ -540,9 +540,12 @@ class Trainer:
         """One group, or two when ``lr_align_scalars`` != 1: the alignment's locality and window
         bias are a handful of scalars that must move by O(1), and Adam moves any parameter by
         about lr per step whatever its gradient, so at lr 2e-4 they would need ~10^4 steps."""
-        mult = float(self.cfg.lr_align_scalars)
-        groups = self._split_params(mult != 1.0)
-        return [{"params": ps, "lr_mult": 1.0 if i == 0 else mult} for i, ps in enumerate(groups)]
+        groups = self._split_params(float(self.cfg.lr_align_scalars) != 1.0)
+        return [{"params": ps, "lr_mult": self._lr_mult(i)} for i, ps in enumerate(groups)]
+
+    def _lr_mult(self, group_index: int) -> float:
+        """Group 0 holds every other parameter; group 1 (if any) the alignment scalars."""
+        return 1.0 if group_index == 0 else float(self.cfg.lr_align_scalars)
 
     def _load_optimizer(self, state: dict[str, Any]) -> None:
         """Load Adam's state, also across a change of ``lr_align_scalars`` (1 <-> 2 groups): the
@@ -551,7 +554,7 @@ class Trainer:
         if len(saved_groups) == len(self.opt_g.param_groups):
             self.opt_g.load_state_dict(state)
             for i, g in enumerate(self.opt_g.param_groups):  # the multiplier follows the config
-                g["lr_mult"] = 1.0 if i == 0 else float(self.cfg.lr_align_scalars)
+                g["lr_mult"] = self._lr_mult(i)
             return
         old_params = [p for ps in self._split_params(len(saved_groups) == 2) for p in ps]
         old_keys = [i for g in saved_groups for i in g["params"]]
