@@ -242,6 +242,27 @@ def test_exact_resume(videos, tmp_path):
     assert t3.train_step(*next(it3))["loss"] == losses[2]
 
 
+def test_lr_schedule_warmup_then_cosine_decay(videos, tmp_path):
+    """lr: warm-up, constant, then cosine down to the final fraction and held there; the trainer
+    logs and applies it (both Adam groups), and a bad lr_decay is refused."""
+    from imfcodec.train.trainer import lr_at, train
+
+    cfg = TrainConfig(lr=1e-3, warmup_steps=2, lr_decay=[4, 8, 0.1])
+    lrs = [lr_at(cfg, s) for s in range(10)]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)
+    assert lrs[2] == lrs[3] == lrs[4] == pytest.approx(1e-3)
+    assert lrs[6] == pytest.approx(0.55e-3)  # half-way: mean of start and end
+    assert all(a > b for a, b in zip(lrs[4:8], lrs[5:9]))
+    assert lrs[8] == lrs[9] == pytest.approx(1e-4)
+    assert lr_at(TrainConfig(lr=1e-3), 10**6) == 1e-3  # no decay unless asked
+    for bad in ([5, 5, 0.1], [4, 8], [4, 8, 1.5], [-1, 8, 0.1]):
+        with pytest.raises(InputError):
+            TrainConfig(lr_decay=bad).validate()
+    train(tiny(videos, tmp_path / "d", steps=3, lr=1e-3, lr_decay=[1, 3, 0.0], log_every=1, val_every=0))
+    logged = [float(r["lr"]) for r in read_log(tmp_path / "d" / "log.csv")]
+    assert logged == pytest.approx([1e-3, 1e-3, 0.5e-3])
+
+
 def test_align_scalar_lr_and_resume_across_group_change(videos, tmp_path):
     """lr_align_scalars puts the alignment's locality / window bias in their own Adam group with a
     larger lr (they move further per step), and a checkpoint resumes across that change with

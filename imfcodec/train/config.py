@@ -48,6 +48,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     grad_clip: float = 1.0                # max global grad norm (0: off)
     warmup_steps: int = 0                 # linear lr warm-up
+    lr_decay: list[float] | None = None   # [start_step, end_step, final_fraction]: cosine lr decay
     # losses (weight 0 skips the term)
     w_l1: float = 10.0
     w_perceptual: float = 10.0            # needs vgg_weights; ignored (with a warning) otherwise
@@ -93,6 +94,10 @@ class TrainConfig:
         for st in self.stages:
             if len(st) != 2 or st[1] % 32 or st[0] < 0:
                 raise InputError(f"bad curriculum stage {st}: want [start_step, resolution (x32)]")
+        if self.lr_decay is not None and (
+                len(self.lr_decay) != 3 or not 0 <= self.lr_decay[0] < self.lr_decay[1]
+                or not 0.0 <= self.lr_decay[2] <= 1.0):
+            raise InputError("lr_decay must be [start_step, end_step > start_step, final_fraction in [0, 1]]")
         if self.amp_dtype not in ("bf16", "fp16"):
             raise InputError("amp_dtype must be bf16 or fp16")
         if not 0.0 <= self.ema < 1.0:

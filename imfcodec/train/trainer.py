@@ -77,6 +77,21 @@ VAL_COLUMNS = ["step", "resolution", "psnr", "ssim", "ms_ssim", "psnr_q", "ssim_
 # ---------------------------------------------------------------------------- small helpers
 
 
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Generator lr at ``step``: linear warm-up, then constant, then an optional cosine decay.
+
+    A pure function of the step, so a resumed run continues the same schedule, and a run that
+    has been going at constant lr can be annealed from where it stands (a short decay at the end
+    of a long constant-lr run is the cheapest gain in PSNR per CPU-hour)."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay is None:
+        return cfg.lr
+    start, end, final = float(cfg.lr_decay[0]), float(cfg.lr_decay[1]), float(cfg.lr_decay[2])
+    t = min(max((step - start) / (end - start), 0.0), 1.0)
+    return cfg.lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
 def step_seed(*parts: int) -> int:
     """A 63-bit seed from integers (e.g. seed, rank, step, purpose)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -573,9 +588,7 @@ class Trainer:
         self.opt_g.load_state_dict(cur)
 
     def _lr(self, step: int) -> float:
-        if self.cfg.warmup_steps > 0 and step < self.cfg.warmup_steps:
-            return self.cfg.lr * (step + 1) / self.cfg.warmup_steps
-        return self.cfg.lr
+        return lr_at(self.cfg, step)
 
     def _autocast(self):
         if self.amp:
