@@ -81,8 +81,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     """Generator lr at ``step``: linear warm-up, then constant, then an optional cosine decay.
 
     A pure function of the step, so a resumed run continues the same schedule, and a run that
-    has been going at constant lr can be annealed from where it stands (a short decay at the end
-    of a long constant-lr run is the cheapest gain in PSNR per CPU-hour)."""
+    has been going at constant lr can be annealed from where it stands."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_decay is None:
@@ -587,9 +586,6 @@ class Trainer:
         cur["state"] = new_state
         self.opt_g.load_state_dict(cur)
 
-    def _lr(self, step: int) -> float:
-        return lr_at(self.cfg, step)
-
     def _autocast(self):
         if self.amp:
             return torch.autocast("cuda", dtype=self.amp_dtype)
@@ -618,7 +614,7 @@ class Trainer:
         x_cur = resize_batch(x_cur.to(self.device, non_blocking=True), res)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(step_seed(cfg.seed, self.d.rank, step, 7))
-        lr = self._lr(step)
+        lr = lr_at(cfg, step)
         for g in self.opt_g.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
         logs: dict[str, float] = {"resolution": res, "lr": lr}
