@@ -244,7 +244,7 @@ def test_exact_resume(videos, tmp_path):
 
 def test_lr_schedule_warmup_then_cosine_decay(videos, tmp_path):
     """lr: warm-up, constant, then cosine down to the final fraction and held there; the trainer
-    logs and applies it (both Adam groups), and a bad lr_decay is refused."""
+    logs that schedule, and a bad lr_decay is refused."""
     from imfcodec.train.trainer import lr_at, train
 
     cfg = TrainConfig(lr=1e-3, warmup_steps=2, lr_decay=[4, 8, 0.1])
