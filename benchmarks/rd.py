@@ -2,7 +2,7 @@
 
     python -m benchmarks.rd --videos DIR --out DIR [--frames N] [--size 256] [--keyint N]
                             [--model SPEC] [--codecs imfcodec,x264,x265,svtav1,vp9,repeat]
-                            [--jobs N] [--threads N] [--quick] [--ladder CODEC=V,V,...]
+                            [--jobs N] [--threads N] [--quick] [--ladder CODEC=V,V,...] [--refine N]
 
 Every codec sees the same input: each clip is decoded, centre-cropped and resized once
 (``imfcodec.io.read_frames``) and cached losslessly as ``OUT/cache/CLIP-SIZEpx-Nf.npy``; that array is
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="2 rate points per codec (for tests and smoke runs)")
     p.add_argument("--ladder", action="append", default=[], metavar="CODEC=V,V,...",
                    help="override a ladder: x265=51,45,39,33 ; imfcodec=Q:KQ,Q:KQ ; repeat=KQ,KQ")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="imfcodec: encoder-side token refinement iterations at every point (points get -rN)")
     p.add_argument("--clips", default=None, help="comma-separated clip names (file stems) to keep")
     p.add_argument("--no-vmaf", action="store_true", help="skip VMAF (the slowest metric)")
     p.add_argument("--vmaf-subsample", type=int, default=1, metavar="N",
@@ -110,8 +112,9 @@ def parse_ladders(items: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec: str) -> list[Point]:
-    """The rate points of one codec, lowest rate first."""
+def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec: str,
+                refine: int = 0) -> list[Point]:
+    """The rate points of one codec, lowest rate first (``refine``: imfcodec's --refine N)."""
     def pick(seq):
         seq = list(seq)
         return [seq[i] for i in QUICK_INDEXES if i < len(seq)] if quick and ladder is None else seq
@@ -138,7 +141,8 @@ def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec:
                 pairs.append((int(q), int(kq)))
         else:
             pairs = list(zip(IMF_TOKEN_QUALITIES, keys))
-        return [Point(f"q{q}-{key_codec}{kq}", q, kq) for q, kq in pick(pairs)]
+        suffix = f"-r{refine}" if refine else ""
+        return [Point(f"q{q}-{key_codec}{kq}{suffix}", q, kq, refine) for q, kq in pick(pairs)]
     raise BenchError(f"unknown codec {codec!r} (known: {','.join(CODECS)})")
 
 
@@ -249,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
     bad = [c for c in codecs if c not in CODECS]
     if bad or not codecs:
         raise BenchError(f"--codecs: unknown {', '.join(bad) or '(none)'} (known: {','.join(CODECS)})")
-    if args.frames < 0 or args.keyint < 0 or args.jobs < 1 or args.threads < 1:
-        raise BenchError("--frames and --keyint must be >= 0, --jobs and --threads >= 1")
+    if args.frames < 0 or args.keyint < 0 or args.jobs < 1 or args.threads < 1 or args.refine < 0:
+        raise BenchError("--frames, --keyint and --refine must be >= 0, --jobs and --threads >= 1")
     ladders = parse_ladders(args.ladder)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
     perceptual = PerceptualSpec(vmaf=not args.no_vmaf, vmaf_subsample=max(1, args.vmaf_subsample),
                                 lpips_weights=args.lpips_weights,
                                 dists_weights=args.dists_weights)
-    points = {c: plan_points(c, quick=args.quick, ladder=ladders.get(c), key_codec=args.key_codec) for c in codecs}
+    points = {c: plan_points(c, quick=args.quick, ladder=ladders.get(c), key_codec=args.key_codec,
+                          refine=args.refine) for c in codecs}
 
     print(f"benchmark: {len(clips)} clip(s) x {len(codecs)} codec(s) at {size}x{size}, {config}", flush=True)
     refs = {}

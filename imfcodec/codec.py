@@ -27,6 +27,8 @@ from .entropy import (
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError
 from .keyframe import get_keyframe_codec
 from .metrics import psnr
+from .models.imf import RefState
+from .refine import RefineSettings, grad_state, refine_tokens, table_scales
 
 DEFAULT_QUALITY = 9  # the quality the shipped model was trained for (noise of 0.35 token std)
 DEFAULT_CHUNK = 5
@@ -45,6 +47,7 @@ class EncoderSettings:
     key_codec: str = "hevc"
     key_quality: int | None = None
     chunk: int = DEFAULT_CHUNK
+    refine: int = 0  # encoder-side token refinement iterations (imfcodec.refine); 0 = E_T's token as is
 
     def validated(self) -> "EncoderSettings":
         lo, hi = QUALITY_RANGE
@@ -54,6 +57,7 @@ class EncoderSettings:
             raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {self.keyint}")
         if not 1 <= self.chunk <= MAX_CHUNK:
             raise InputError(f"--chunk must be in 1..{MAX_CHUNK}, got {self.chunk}")
+        RefineSettings(self.refine).validated()
         if self.refresh_below is not None and not (0 < self.refresh_below < 100):
             raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
         codec = get_keyframe_codec(self.key_codec)
@@ -61,7 +65,8 @@ class EncoderSettings:
         klo, khi = codec.quality_range
         if not klo <= kq <= khi:
             raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")
-        return EncoderSettings(self.quality, self.keyint, self.refresh_below, self.key_codec, kq, self.chunk)
+        return EncoderSettings(self.quality, self.keyint, self.refresh_below, self.key_codec, kq, self.chunk,
+                               self.refine)
 
 
 def token_steps(model: torch.nn.Module, quality: int) -> np.ndarray:
@@ -102,6 +107,14 @@ class _Reference:
         self.q = q
         t = dequantize(q[None, :], steps)
         self.state = model.prepare_reference(to_tensor(image), t)
+        self._grad_state: RefState | None = None
+
+    @property
+    def grad_state(self) -> RefState:
+        """The cache as autograd-usable tensors, for token refinement (built once per key frame)."""
+        if self._grad_state is None:
+            self._grad_state = grad_state(self.state)
+        return self._grad_state
 
 
 class Encoder:
@@ -118,6 +131,8 @@ class Encoder:
         self.steps = token_steps(model, self.settings.quality)
         self.scale_indexes = scale_indexes_for(model, self.settings.quality)
         self.coder = TokenCoder(int(model.config.token_dim), self.scale_indexes)
+        self.refine = RefineSettings(self.settings.refine)
+        self.table_scales = table_scales(self.scale_indexes)
         self.key_codec = get_keyframe_codec(self.settings.key_codec)
         fps = Fraction(fps)
         self.header = StreamHeader(
@@ -143,7 +158,12 @@ class Encoder:
         self.index += 1
         if self.ref is None or (s.keyint > 0 and i - self.last_key >= s.keyint):
             return self._key(i, rgb)
-        q = quantize(self.model.encode_token(to_tensor(rgb)), self.steps)[0]
+        x = to_tensor(rgb)
+        q = quantize(self.model.encode_token(x), self.steps)[0]
+        if s.refine:
+            prev = self.pending[-1] if self.pending else self.prev_q
+            q = refine_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
+                              self.table_scales, self.refine)[0]
         if s.refresh_below is not None:
             recon = to_uint8(self.model.decode_frame(self.ref.state, dequantize(q[None, :], self.steps)))[0]
             if psnr(recon, rgb) < s.refresh_below:

@@ -137,3 +137,18 @@ def test_gain_table_against_repeat_and_x265(bench, capsys):
     assert "liveportrait_d12" in (out / "gain.md").read_text()
     assert main([str(out / "rd.csv"), "--point", "no-such-point"]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_refine_points_are_separate_rows(tmp_path):
+    """--refine N runs imfcodec's points with encoder-side refinement, as rows named ...-rN."""
+    from benchmarks.rd import main
+
+    out = tmp_path / "r"
+    args = ["--videos", str(CLIP), "--out", str(out), "--frames", "4", "--model", "random:imf-tiny",
+            "--codecs", "imfcodec", "--ladder", "imfcodec=9:21", "--no-vmaf"]
+    assert main(args) == 0 and main(args + ["--refine", "2"]) == 0
+    rows = {r["point"]: r for r in csv.DictReader(open(out / "rd.csv", newline=""))}
+    assert set(rows) == {"q9-hevc21", "q9-hevc21-r2"}
+    for r in rows.values():  # both are real streams on disk
+        assert int(r["bytes"]) == (out / r["stream"]).stat().st_size
+    assert main(args + ["--refine", "-1"]) == 2
