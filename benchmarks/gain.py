@@ -4,7 +4,7 @@ frame) and x265 at the nearest rate, from an rd.csv written by ``benchmarks.rd``
 This is the table of the model card and of issue 3's acceptance test: the gain over the
 repeat-key baseline shows how much motion the model really reproduces.
 
-    python -m benchmarks.gain runs/rd/rd.csv [--point q9-hevc21] [--model imf-small-v2@HASH] [--out FILE.md]
+    python -m benchmarks.gain runs/rd/rd.csv [--point q9-hevc21-r4] [--model imf-small-v2@HASH] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def to_markdown(t: pd.DataFrame) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gain", description=__doc__.splitlines()[0])
     p.add_argument("csv", help="rd.csv from benchmarks.rd")
-    p.add_argument("--point", default="q9-hevc21", help="imfcodec point (default q9-hevc21: the defaults)")
+    p.add_argument("--point", default="q9-hevc21-r4", help="imfcodec point (default q9-hevc21-r4: the defaults)")
     p.add_argument("--model", default=None, help="model id as in rd.csv's model column (name@hash)")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args(argv)

@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="2 rate points per codec (for tests and smoke runs)")
     p.add_argument("--ladder", action="append", default=[], metavar="CODEC=V,V,...",
                    help="override a ladder: x265=51,45,39,33 ; imfcodec=Q:KQ,Q:KQ ; repeat=KQ,KQ")
-    p.add_argument("--refine", type=int, default=0, metavar="N",
-                   help="imfcodec: encoder-side token refinement iterations at every point (points get -rN)")
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="imfcodec: token refinement steps at every point (default: the encoder's, 4; "
+                        "point names end in -rN unless N is 0)")
     p.add_argument("--clips", default=None, help="comma-separated clip names (file stems) to keep")
     p.add_argument("--no-vmaf", action="store_true", help="skip VMAF (the slowest metric)")
     p.add_argument("--vmaf-subsample", type=int, default=1, metavar="N",
@@ -253,6 +254,10 @@ def run(args: argparse.Namespace) -> int:
     bad = [c for c in codecs if c not in CODECS]
     if bad or not codecs:
         raise BenchError(f"--codecs: unknown {', '.join(bad) or '(none)'} (known: {','.join(CODECS)})")
+    if args.refine is None:
+        from imfcodec.codec import DEFAULT_REFINE
+
+        args.refine = DEFAULT_REFINE
     if args.frames < 0 or args.keyint < 0 or args.jobs < 1 or args.threads < 1 or args.refine < 0:
         raise BenchError("--frames, --keyint and --refine must be >= 0, --jobs and --threads >= 1")
     ladders = parse_ladders(args.ladder)
