@@ -3,7 +3,8 @@ model config (seeded random weights: speed does not depend on training).
 
     python -m benchmarks.model_speed [--threads 2] [--frames 40] [--configs imf-small,imf-tiny] [--out FILE.md]
 
-Encoder per frame = E_T (+ entropy coding, negligible); decoder per frame = IMF_D(t), IMF_A, D_F, measured
+Encoder per frame = E_T (+ entropy coding, negligible), and E_T plus the default token refinement
+(``imfcodec.refine``, DEFAULT_REFINE gradient steps through the decoder, batch 1); decoder per frame = IMF_D(t), IMF_A, D_F, measured
 both frame by frame (``--chunk 1`` latency) and in chunks of 5 (the default packet). Per key frame both sides
 also run E_T and ``prepare_reference`` once; that is reported separately. The key-frame codec itself is
 timed by ``benchmarks.rd`` with everything else.
@@ -42,7 +43,36 @@ def measure(name: str, frames: int) -> dict:
     model = random_model(name)
     gflops = decode_gflops(model)
     with torch.inference_mode():
-        return _timings(model, frames) | {"model": name, "params": count_parameters(model), "decode_gflops": gflops}
+        timings = _timings(model, frames)
+    return timings | _refine_timing(model, frames) | {"model": name, "params": count_parameters(model),
+                                                      "decode_gflops": gflops}
+
+
+def _refine_timing(model: torch.nn.Module, frames: int) -> dict:
+    """Encoder fps with the default refinement: E_T, then refine_tokens on one frame."""
+    import numpy as np
+
+    from imfcodec.codec import DEFAULT_QUALITY, DEFAULT_REFINE, scale_indexes_for, token_steps
+    from imfcodec.entropy import quantize
+    from imfcodec.refine import RefineSettings, grad_state, refine_tokens, table_scales
+
+    r = model.config.resolution
+    x = torch.rand(1, 3, r, r, generator=torch.Generator().manual_seed(1))
+    steps = token_steps(model, DEFAULT_QUALITY)
+    scales = table_scales(scale_indexes_for(model, DEFAULT_QUALITY))
+    with torch.inference_mode():
+        q_ref = quantize(model.encode_token(x), steps)
+        state = model.prepare_reference(x, model.encode_token(x))
+    state = grad_state(state)
+    settings = RefineSettings(DEFAULT_REFINE)
+    prev = np.zeros(q_ref.shape[1], dtype=np.int32)
+
+    def encode_one() -> None:
+        with torch.inference_mode():
+            q = quantize(model.encode_token(x), steps)
+        refine_tokens(model, state, x, q, prev, steps, scales, settings)
+
+    return {"refine_steps": DEFAULT_REFINE, "encode_refine_fps": 1 / _time(encode_one, max(3, frames // 10))}
 
 
 def _timings(model: torch.nn.Module, frames: int) -> dict:
@@ -74,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(n, args.frames if n != "imf-paper" else 5) for n in args.configs.split(",")]
     lines = [f"Network speed, {args.threads} threads, torch {torch.__version__}, median of repeated calls, "
              f"batch 1 unless noted ({time.strftime('%Y-%m-%d')}).", "",
-             "| model | res | params | GFLOPs/decoded frame | encode fps (E_T) | decode fps, chunk 1 | "
-             "decode fps, chunk 5 | per key frame (ms) |", "|---|---|---|---|---|---|---|---|"]
+             "| model | res | params | GFLOPs/decoded frame | encode fps (E_T) | encode fps (E_T + refine) | "
+             "decode fps, chunk 1 | decode fps, chunk 5 | per key frame (ms) |", "|---|---|---|---|---|---|---|---|---|"]
     for d in rows:
         lines.append(f"| {d['model']} | {d['resolution']} | {d['params']:,} | {d['decode_gflops']:.2f} | "
-                     f"{d['encode_fps']:.1f} | {d['decode_fps_chunk1']:.1f} | {d['decode_fps_chunk5']:.1f} | "
+                     f"{d['encode_fps']:.1f} | {d['encode_refine_fps']:.2f} ({d['refine_steps']} steps) | "
+                     f"{d['decode_fps_chunk1']:.1f} | {d['decode_fps_chunk5']:.1f} | "
                      f"{d['key_frame_ms']:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
