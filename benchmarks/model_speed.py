@@ -4,8 +4,8 @@ model config (seeded random weights: speed does not depend on training).
     python -m benchmarks.model_speed [--threads 2] [--frames 40] [--configs imf-small,imf-tiny] [--out FILE.md]
 
 Encoder per frame = E_T (+ entropy coding, negligible), and E_T plus the default token refinement
-(``imfcodec.refine``, DEFAULT_REFINE gradient steps through the decoder, batch 1); decoder per frame = IMF_D(t), IMF_A, D_F, measured
-both frame by frame (``--chunk 1`` latency) and in chunks of 5 (the default packet). Per key frame both sides
+(``imfcodec.refine``, DEFAULT_REFINE gradient steps through the decoder, batch 1); decoder per frame =
+IMF_D(t), IMF_A, D_F, measured both frame by frame (``--chunk 1`` latency) and in chunks of 5 (the default packet). Per key frame both sides
 also run E_T and ``prepare_reference`` once; that is reported separately. The key-frame codec itself is
 timed by ``benchmarks.rd`` with everything else.
 """
@@ -61,11 +61,9 @@ def _refine_timing(model: torch.nn.Module, frames: int) -> dict:
     steps = token_steps(model, DEFAULT_QUALITY)
     scales = table_scales(scale_indexes_for(model, DEFAULT_QUALITY))
     with torch.inference_mode():
-        q_ref = quantize(model.encode_token(x), steps)
-        state = model.prepare_reference(x, model.encode_token(x))
-    state = grad_state(state)
+        state = grad_state(model.prepare_reference(x, model.encode_token(x)))
     settings = RefineSettings(DEFAULT_REFINE)
-    prev = np.zeros(q_ref.shape[1], dtype=np.int32)
+    prev = np.zeros(model.config.token_dim, dtype=np.int32)
 
     def encode_one() -> None:
         with torch.inference_mode():

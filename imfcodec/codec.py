@@ -33,8 +33,8 @@ from .refine import RefineSettings, grad_state, refine_tokens, table_scales
 DEFAULT_QUALITY = 9  # the quality the shipped model was trained for (noise of 0.35 token std)
 DEFAULT_CHUNK = 5
 # encoder-side token refinement steps (imfcodec.refine): on the test clips 4 steps took the shipped model
-# from +1.26 to +1.87 dB over repeat-the-key-frame at a lower rate, for ~20x slower encoding on CPU;
-# live senders without a GPU use 0
+# from +1.26 to +1.87 dB over repeat-the-key-frame at a lower rate, for 60-80x slower encoding on CPU
+# (benchmarks/results/model_speed.md); live senders without a GPU use 0
 DEFAULT_REFINE = 4
 MAX_CHUNK = 250
 
@@ -135,7 +135,7 @@ class Encoder:
         self.steps = token_steps(model, self.settings.quality)
         self.scale_indexes = scale_indexes_for(model, self.settings.quality)
         self.coder = TokenCoder(int(model.config.token_dim), self.scale_indexes)
-        self.refine = RefineSettings(self.settings.refine)
+        self.refine_settings = RefineSettings(self.settings.refine)
         self.table_scales = table_scales(self.scale_indexes)
         self.key_codec = get_keyframe_codec(self.settings.key_codec)
         fps = Fraction(fps)
@@ -167,7 +167,7 @@ class Encoder:
         if s.refine:
             prev = self.pending[-1] if self.pending else self.prev_q
             q = refine_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
-                              self.table_scales, self.refine)[0]
+                              self.table_scales, self.refine_settings)[0]
         if s.refresh_below is not None:
             recon = to_uint8(self.model.decode_frame(self.ref.state, dequantize(q[None, :], self.steps)))[0]
             if psnr(recon, rgb) < s.refresh_below:
