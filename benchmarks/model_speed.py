@@ -3,8 +3,8 @@ model config (seeded random weights: speed does not depend on training).
 
     python -m benchmarks.model_speed [--threads 2] [--frames 40] [--configs imf-small,imf-tiny] [--out FILE.md]
 
-Encoder per frame = E_T (+ entropy coding, negligible), and E_T plus the default token refinement
-(``imfcodec.refine``, DEFAULT_REFINE gradient steps through the decoder, batch 1); decoder per frame =
+Encoder per frame = E_T (+ entropy coding, negligible), and ``codec.Encoder`` at its defaults (E_T plus
+token refinement, ``imfcodec.refine``: DEFAULT_REFINE gradient steps through the decoder); decoder per frame =
 IMF_D(t), IMF_A, D_F, measured both frame by frame (``--chunk 1`` latency) and in chunks of 5 (the default packet). Per key frame both sides
 also run E_T and ``prepare_reference`` once; that is reported separately. The key-frame codec itself is
 timed by ``benchmarks.rd`` with everything else.
@@ -49,28 +49,20 @@ def measure(name: str, frames: int) -> dict:
 
 
 def _refine_timing(model: torch.nn.Module, frames: int) -> dict:
-    """Encoder fps with the default refinement: E_T, then refine_tokens on one frame."""
-    import numpy as np
+    """Encoder fps at the default settings (E_T + token refinement), through the real ``Encoder``."""
+    from fractions import Fraction
 
-    from imfcodec.codec import DEFAULT_QUALITY, DEFAULT_REFINE, scale_indexes_for, token_steps
-    from imfcodec.entropy import quantize
-    from imfcodec.refine import RefineSettings, grad_state, refine_tokens, table_scales
+    from imfcodec.codec import Encoder, EncoderSettings
+    from imfcodec.zoo import weights_hash
 
     r = model.config.resolution
-    x = torch.rand(1, 3, r, r, generator=torch.Generator().manual_seed(1))
-    steps = token_steps(model, DEFAULT_QUALITY)
-    scales = table_scales(scale_indexes_for(model, DEFAULT_QUALITY))
-    with torch.inference_mode():
-        state = grad_state(model.prepare_reference(x, model.encode_token(x)))
-    settings = RefineSettings(DEFAULT_REFINE)
-    prev = np.zeros(model.config.token_dim, dtype=np.int32)
-
-    def encode_one() -> None:
-        with torch.inference_mode():
-            q = quantize(model.encode_token(x), steps)
-        refine_tokens(model, state, x, q, prev, steps, scales, settings)
-
-    return {"refine_steps": DEFAULT_REFINE, "encode_refine_fps": 1 / _time(encode_one, max(3, frames // 10))}
+    gen = torch.Generator().manual_seed(1)
+    key, cur = (torch.randint(0, 256, (r, r, 3), generator=gen, dtype=torch.uint8).numpy() for _ in range(2))
+    enc = Encoder(model, model_name=model.config.name, weights_hash=weights_hash(model), fps=Fraction(25),
+                  settings=EncoderSettings(key_codec="png"))
+    enc.encode(key)  # the key frame: reference cache and its autograd copy, built once
+    return {"refine_steps": enc.settings.refine, "encode_refine_fps": 1 / _time(lambda: enc.encode(cur),
+                                                                                 max(3, frames // 10))}
 
 
 def _timings(model: torch.nn.Module, frames: int) -> dict:
