@@ -18,6 +18,17 @@ Quality is always measured on what the *decoder* returns from that MP4 file (PyA
 for the stream: FFmpeg h264 / hevc / vp9, libdav1d for AV1), never on encoder reconstructions.
 Frames go in as RGB, are converted to yuv420p by swscale (BT.601, limited range, the FFmpeg default)
 and decoded frames come back to RGB the same way, so every anchor pays the same 4:2:0 round trip.
+
+**Resolution-adaptive anchors.** An engineer of a low-bandwidth call lowers the frame size when the
+rate is too low for it, so every anchor also runs at a ``scale`` < 1: the RGB frames are downscaled by
+swscale with area averaging (``SWS_AREA``) in the same call that converts them to yuv420p, coded and
+decoded at that size, and the decoded frames are upscaled back to the working size by swscale with a
+named filter (bicubic by default) in the same call that converts them to RGB. The rate is the small
+stream's real bytes; quality is measured against the full-size reference. At scale 1 the path is the
+unscaled one, call for call.
+
+``startup_bytes`` is what a decoder must receive before the first frame: the out-of-band parameter
+sets plus the first packet (the I-frame). The steady-state rate of a long call leaves them out.
 """
 
 from __future__ import annotations
@@ -94,6 +105,41 @@ ANCHORS: dict[str, AnchorSpec] = {
 }
 
 
+#: Upscaling filters offered for scaled anchors (swscale interpolation names).
+UPSCALE_FILTERS = {"bicubic": "BICUBIC", "lanczos": "LANCZOS", "bilinear": "BILINEAR"}
+DEFAULT_UPSCALE = "bicubic"
+MIN_CODED_SIZE = 16  # every anchor here codes 16x16; smaller frames are refused as a scale error
+
+
+def parse_scale(text: str | float | Fraction) -> Fraction:
+    """A frame-size scale such as ``1``, ``1/2``, ``0.25``: a fraction in (0, 1]."""
+    try:
+        value = Fraction(str(text).strip()).limit_denominator(64)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"scale must be a fraction like 1, 1/2 or 0.25, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {text!r}")
+    return value
+
+
+def scale_label(scale: Fraction) -> str:
+    """``1``, ``1/2``, ``1/4``: how scales are shown in tables."""
+    scale = Fraction(scale)
+    return str(scale.numerator) if scale.denominator == 1 else f"{scale.numerator}/{scale.denominator}"
+
+
+def coded_size(width: int, height: int, scale: Fraction) -> tuple[int, int]:
+    """Frame size an anchor codes at ``scale``: rounded to even numbers (4:2:0 chroma)."""
+    if scale == 1:
+        return width, height
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    if min(w, h) < MIN_CODED_SIZE:
+        raise ValueError(f"scale {scale_label(scale)} of {width}x{height} is {w}x{h}, "
+                         f"below the {MIN_CODED_SIZE}-pixel minimum")
+    return w, h
+
+
 @dataclass
 class AnchorResult:
     """One encode + decode of one rate point."""
@@ -109,6 +155,9 @@ class AnchorResult:
     decoded: np.ndarray
     decoder: str
     options: dict[str, str] = field(default_factory=dict)
+    startup_bytes: int = 0  # out-of-band parameter sets + the first packet (the I-frame)
+    coded_width: int = 0
+    coded_height: int = 0
 
 
 def gop_length(keyint: int, frames: int) -> int:
@@ -117,20 +166,28 @@ def gop_length(keyint: int, frames: int) -> int:
 
 
 def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fraction, *, keyint: int = 0,
-                  threads: int = 1, mp4_path: str | os.PathLike | None = None) -> AnchorResult:
+                  threads: int = 1, mp4_path: str | os.PathLike | None = None, scale: Fraction = Fraction(1),
+                  upscale: str = DEFAULT_UPSCALE) -> AnchorResult:
     """Encode ``frames`` (N x H x W x 3 uint8 RGB) at one rate point, mux to MP4, decode the MP4.
 
+    With ``scale`` < 1 the frames are coded at the smaller size (area downscaling) and the decoded
+    frames come back at the input size (``upscale`` filter); see the module docstring.
     The MP4 is written to ``mp4_path`` when given (kept as evidence of the bytes measured).
     """
     import av
 
+    if upscale not in UPSCALE_FILTERS:
+        raise ValueError(f"upscale filter must be one of {', '.join(UPSCALE_FILTERS)}, got {upscale!r}")
     n, height, width, _ = frames.shape
+    scale = Fraction(scale)
+    cw, ch = coded_size(width, height, scale)
+    scaled = (cw, ch) != (width, height)
     gop = gop_length(keyint, n)
     options = spec.options(value, gop, threads)
     buf = io.BytesIO()
     out = av.open(buf, "w", format="mp4")
     stream = out.add_stream(spec.encoder, rate=Fraction(fps))
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.width, stream.height, stream.pix_fmt = cw, ch, "yuv420p"
     ctx = stream.codec_context
     ctx.max_b_frames = 0
     ctx.gop_size = gop
@@ -140,7 +197,11 @@ def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fractio
     packets = []
     t0 = time.perf_counter()
     for i, rgb in enumerate(frames):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        if scaled:
+            frame = frame.reformat(width=cw, height=ch, format="yuv420p", interpolation="AREA")
+        else:
+            frame = frame.reformat(format="yuv420p")
         frame.pts = i
         packets.extend(stream.encode(frame))
     packets.extend(stream.encode(None))
@@ -159,6 +220,7 @@ def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fractio
     extradata = len(ctx.extradata or b"") if spec.extradata_out_of_band else 0
     es_bytes = sum(p.size for p in packets) + extradata
     key_frames = sum(1 for p in packets if p.is_keyframe)
+    startup_bytes = extradata + (packets[0].size if packets else 0)
     for p in packets:
         p.stream = stream
         out.mux(p)
@@ -178,10 +240,13 @@ def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fractio
         for frame in inp.decode(vstream):
             if count >= n:
                 raise RuntimeError(f"{spec.name}: decoder returned more frames than were encoded")
+            if scaled:
+                frame = frame.reformat(width=width, height=height, format="rgb24",
+                                       interpolation=UPSCALE_FILTERS[upscale])
             decoded[count] = frame.to_ndarray(format="rgb24")
             count += 1
     dec_seconds = time.perf_counter() - t0
     if count != n:
         raise RuntimeError(f"{spec.name} {spec.param}{value}: decoded {count} frames, encoded {n}")
     return AnchorResult(n, es_bytes, len(data), extradata, removed, key_frames, enc_seconds, dec_seconds,
-                        decoded, decoder, options)
+                        decoded, decoder, options, startup_bytes, cw, ch)

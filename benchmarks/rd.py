@@ -3,6 +3,11 @@
     python -m benchmarks.rd --videos DIR --out DIR [--frames N] [--size 256] [--keyint N]
                             [--model SPEC] [--codecs imfcodec,x264,x265,svtav1,vp9,repeat]
                             [--jobs N] [--threads N] [--quick] [--ladder CODEC=V,V,...] [--refine N]
+                            [--scales 1,1/2,1/4] [--upscale bicubic|lanczos|bilinear]
+
+Every conventional anchor runs at each frame-size scale of ``--scales`` (downscaled with area
+filtering, coded, decoded, upscaled back; see ``benchmarks.anchors``), and the report compares
+imfcodec with each anchor's convex hull over scales and with the hull of all anchors together.
 
 Every codec sees the same input: each clip is decoded, centre-cropped and resized once
 (``imfcodec.io.read_frames``) and cached losslessly as ``OUT/cache/CLIP-SIZEpx-Nf.npy``; that array is
@@ -33,7 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see imfcode
 
 import numpy as np  # noqa: E402
 
-from .anchors import ANCHORS
+from .anchors import ANCHORS, DEFAULT_UPSCALE, UPSCALE_FILTERS, coded_size, parse_scale, scale_label
 from .quality import METRICS, PerceptualSpec, perceptual_status, vmaf_status
 from .runners import Job, JobResult, Point, run_job
 
@@ -50,7 +55,8 @@ QUICK_INDEXES = (0, 2)  # --quick: the lowest point and the middle of each ladde
 COLUMNS = [
     "clip", "codec", "point", "param", "key_quality", "config", "model", "size", "fps", "frames",
     "duration_s", "kbps", "container_kbps", "key_kbps", "token_kbps", "bytes", "container_bytes",
-    "key_frames", "psnr", "psnr_y", "ssim", "ms_ssim", "ms_ssim_scales", "vmaf", "lpips", "dists",
+    "key_frames", "scale", "coded_size", "upscale", "startup_bytes", "steady_kbps", "psnr", "psnr_y", "ssim",
+    "ms_ssim", "ms_ssim_scales", "vmaf", "lpips", "dists",
     "enc_fps", "dec_fps", "threads", "peak_rss_mb", "base_rss_mb", "gflops_per_frame", "encoder",
     "decoder", "stream",
 ]
@@ -88,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=None, metavar="N",
                    help="imfcodec: token refinement steps at every point (default: the encoder's, 4; "
                         "point names end in -rN unless N is 0)")
+    p.add_argument("--scales", default="1,1/2,1/4", metavar="S,S,...",
+                   help="frame-size scales every anchor runs at (default 1,1/2,1/4; area downscaling)")
+    p.add_argument("--upscale", default=DEFAULT_UPSCALE, choices=sorted(UPSCALE_FILTERS),
+                   help=f"filter that brings scaled anchors back to the working size (default {DEFAULT_UPSCALE})")
     p.add_argument("--clips", default=None, help="comma-separated clip names (file stems) to keep")
     p.add_argument("--no-vmaf", action="store_true", help="skip VMAF (the slowest metric)")
     p.add_argument("--vmaf-subsample", type=int, default=1, metavar="N",
@@ -113,9 +123,31 @@ def parse_ladders(items: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def parse_scales(text: str) -> list[Fraction]:
+    """``--scales``: distinct scales, largest first."""
+    try:
+        scales = [parse_scale(t) for t in _split(text)]
+    except ValueError as e:
+        raise BenchError(f"--scales: {e}") from None
+    if not scales:
+        raise BenchError("--scales: give at least one scale, e.g. 1,1/2,1/4")
+    return sorted(set(scales), reverse=True)
+
+
+def anchor_point_name(param: str, value: int, scale: Fraction, upscale: str = DEFAULT_UPSCALE) -> str:
+    """``crf51`` at full size (the names of earlier runs), ``crf51-x0.5`` at half size,
+    ``crf51-x0.5-lanczos`` with another upscaling filter."""
+    if scale == 1:
+        return f"{param}{value}"
+    name = f"{param}{value}-x{float(scale):g}"
+    return name if upscale == DEFAULT_UPSCALE else f"{name}-{upscale}"
+
+
 def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec: str,
-                refine: int = 0) -> list[Point]:
-    """The rate points of one codec, lowest rate first (``refine``: imfcodec's --refine N)."""
+                refine: int = 0, scales: Sequence[Fraction] = (Fraction(1),),
+                upscale: str = DEFAULT_UPSCALE) -> list[Point]:
+    """The rate points of one codec, lowest rate first within each scale (``refine``: imfcodec's
+    --refine N; ``scales``: the anchors' frame-size scales)."""
     def pick(seq):
         seq = list(seq)
         return [seq[i] for i in QUICK_INDEXES if i < len(seq)] if quick and ladder is None else seq
@@ -123,7 +155,8 @@ def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec:
     if codec in ANCHORS:
         spec = ANCHORS[codec]
         values = [int(v) for v in ladder] if ladder else list(spec.ladder)
-        return [Point(f"{spec.param}{v}", v) for v in pick(values)]
+        return [Point(anchor_point_name(spec.param, v, s, upscale), v, scale=Fraction(s), upscale=upscale)
+                for s in scales for v in pick(values)]
     from imfcodec.keyframe import get_keyframe_codec
 
     kc = get_keyframe_codec(key_codec)
@@ -279,8 +312,14 @@ def run(args: argparse.Namespace) -> int:
     perceptual = PerceptualSpec(vmaf=not args.no_vmaf, vmaf_subsample=max(1, args.vmaf_subsample),
                                 lpips_weights=args.lpips_weights,
                                 dists_weights=args.dists_weights)
+    anchor_scales = parse_scales(args.scales)
+    for s in anchor_scales:
+        try:
+            coded_size(size, size, s)
+        except ValueError as e:
+            raise BenchError(f"--scales: {e}") from None
     points = {c: plan_points(c, quick=args.quick, ladder=ladders.get(c), key_codec=args.key_codec,
-                          refine=args.refine) for c in codecs}
+                             refine=args.refine, scales=anchor_scales, upscale=args.upscale) for c in codecs}
 
     print(f"benchmark: {len(clips)} clip(s) x {len(codecs)} codec(s) at {size}x{size}, {config}", flush=True)
     refs = {}
@@ -346,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     df = pd.DataFrame(rows)
     for c in df.columns:
-        if c not in ("clip", "codec", "point", "config", "model", "encoder", "decoder", "stream"):
+        if c not in ("clip", "codec", "point", "config", "model", "encoder", "decoder", "stream", "coded_size",
+                     "upscale"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     df["codec"] = pd.Categorical(df.codec, [c for c in CODECS if c in set(df.codec)], ordered=True)
     df = df.sort_values(["clip", "codec", "kbps"])
@@ -371,6 +411,8 @@ def run(args: argparse.Namespace) -> int:
         "imfcodec model": model_id or "(not run)",
         "key-frame codec": args.key_codec,
         "anchors": "; ".join(ANCHORS[c].description for c in codecs if c in ANCHORS) or "(none)",
+        "anchor frame sizes": (", ".join(f"{scale_label(s)} ({coded_size(size, size, s)[0]}px)" for s in anchor_scales)
+                               + f"; area downscaling, {args.upscale} upscaling to {size}x{size} (swscale)"),
         "threads": f"{args.threads} per codec; jobs in parallel: {args.jobs}"
                    + (" (speeds measured under contention)" if args.jobs > 1 else ""),
         "machine": (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "

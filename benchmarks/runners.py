@@ -6,7 +6,8 @@ and only then compute quality metrics and imfcodec's GFLOPs.
 
 Codecs:
 
-* anchors (``anchors.ANCHORS``): PyAV encode -> MP4 -> PyAV decode.
+* anchors (``anchors.ANCHORS``): PyAV encode -> MP4 -> PyAV decode, at the point's frame-size scale
+  (downscaled before the encoder, upscaled after the decoder; see ``anchors``).
 * ``imfcodec``: the streaming ``imfcodec.codec.Encoder`` on the very same reference frames, packets
   written to a real .imf file with ``imfcodec.bitstream.StreamWriter``; decoded from that file with
   ``imfcodec.api.iter_decoded``. Its rate is the whole file.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .anchors import ANCHORS, encode_decode
+from .anchors import ANCHORS, DEFAULT_UPSCALE, encode_decode
 from .memory import peak_rss_mb
 from .quality import PerceptualSpec
 from .speed import Stopwatch, decode_gflops, fps, set_threads
@@ -41,6 +42,8 @@ class Point:
     param: int
     key_quality: int | None = None
     refine: int = 0  # imfcodec only: encoder-side token refinement iterations
+    scale: Fraction = Fraction(1)  # anchors only: coded frame size / working size
+    upscale: str = DEFAULT_UPSCALE  # anchors only: filter back to the working size when scale < 1
 
 
 @dataclass
@@ -70,6 +73,14 @@ class JobResult:
     codec: str
     rows: list[dict]
     errors: list[str]
+
+
+def steady_kbps(nbytes: int, startup_bytes: int | None, frames: int, fps_: Fraction) -> float:
+    """Rate of a long call: the bytes after start-up (parameter sets / header and the first key frame)
+    over the duration of the frames after the first; NaN when unknown or for a one-frame clip."""
+    if startup_bytes is None or frames < 2:
+        return math.nan
+    return _kbps(nbytes - startup_bytes, (frames - 1) / float(fps_))
 
 
 def _kbps(nbytes: float, seconds: float) -> float:
@@ -136,6 +147,10 @@ def _run(job: Job) -> JobResult:
                 "key_kbps": _kbps(rec["key_bytes"], duration) if rec.get("key_bytes") is not None else math.nan,
                 "token_kbps": _kbps(rec["token_bytes"], duration) if rec.get("token_bytes") is not None else math.nan,
                 "bytes": rec["bytes"], "container_bytes": rec["container_bytes"], "key_frames": rec["key_frames"],
+                "scale": float(point.scale), "coded_size": rec.get("coded_size", f"{job.size}x{job.size}"),
+                "upscale": point.upscale if point.scale != 1 else "",
+                "startup_bytes": rec.get("startup_bytes", ""),
+                "steady_kbps": steady_kbps(rec["bytes"], rec.get("startup_bytes"), n, fps_),
                 **q,
                 "enc_fps": fps(n, rec["enc_seconds"]), "dec_fps": fps(n, rec["dec_seconds"]),
                 "threads": job.threads, "peak_rss_mb": peak_rss, "base_rss_mb": base_rss,
@@ -160,7 +175,7 @@ def _anchor_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
         mp4 = Path(job.stream_dir) / f"{job.codec}_{point.name}.mp4"
         try:
             r = encode_decode(spec, point.param, frames, fps_, keyint=job.keyint, threads=job.threads,
-                              mp4_path=mp4)
+                              mp4_path=mp4, scale=point.scale, upscale=point.upscale)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
             continue
@@ -169,7 +184,8 @@ def _anchor_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
         out.append((point, {"bytes": r.es_bytes, "container_bytes": r.container_bytes, "key_bytes": None,
                             "key_frames": r.key_frames, "enc_seconds": r.enc_seconds,
                             "dec_seconds": r.dec_seconds, "encoder": spec.encoder, "decoder": r.decoder,
-                            "stream": _rel(mp4, job)}, dec_path))
+                            "stream": _rel(mp4, job), "startup_bytes": r.startup_bytes,
+                            "coded_size": f"{r.coded_width}x{r.coded_height}"}, dec_path))
         del r
     return out
 
@@ -196,6 +212,7 @@ def _repeat_points(job: Job, frames: np.ndarray, tmp: Path, errors: list[str]):
         dec_path = tmp / f"{point.name}.npy"
         np.save(dec_path, decoded)
         out.append((point, {"bytes": len(data), "container_bytes": len(data), "key_bytes": len(data),
+                            "startup_bytes": len(data),
                             "key_frames": 1, "enc_seconds": enc.seconds, "dec_seconds": dec.seconds,
                             "encoder": f"imfcodec key-frame codec '{job.key_codec}'",
                             "decoder": f"imfcodec key-frame codec '{job.key_codec}'",
@@ -209,7 +226,7 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
     import torch  # noqa: F401 - part of the codec's footprint
 
     from imfcodec.api import iter_decoded
-    from imfcodec.bitstream import KeyPacket, StreamWriter, TokenPacket
+    from imfcodec.bitstream import KeyPacket, StreamWriter, TokenPacket, iter_packet_records
     from imfcodec.codec import Encoder, EncoderSettings
     from imfcodec.zoo import load_model
 
@@ -250,11 +267,15 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
             continue
         key_bytes = sum(len(p.image) for p in packets if isinstance(p, KeyPacket))
+        # start-up = signature, header and the first key packet, as laid out in the file
+        first_key = next(r for r in iter_packet_records(path) if r.type == "K")
+        startup_bytes = first_key.offset + first_key.total_len
         token_bytes = sum(len(p.data) for p in packets if isinstance(p, TokenPacket))
         dec_path = tmp / f"{point.name}.npy"
         np.save(dec_path, decoded)
         size = path.stat().st_size
         out.append((point, {"bytes": size, "container_bytes": size, "key_bytes": key_bytes,
+                            "startup_bytes": startup_bytes,
                             "token_bytes": token_bytes, "key_frames": len(encoder.key_frames),
                             "enc_seconds": enc_sw.seconds, "dec_seconds": dec_sw.seconds,
                             "encoder": f"imfcodec {loaded.name}", "decoder": f"imfcodec {loaded.name}",
