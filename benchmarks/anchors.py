@@ -165,6 +165,32 @@ def gop_length(keyint: int, frames: int) -> int:
     return keyint if keyint > 0 else max(1, frames)
 
 
+def decode_file(source, max_frames: int, width: int, height: int, *, upscale: str = DEFAULT_UPSCALE,
+                threads: int = 1) -> tuple[np.ndarray, str]:
+    """Decode a coded file (path or file object) to RGB frames of ``width`` x ``height``: (frames, decoder).
+
+    Frames coded at another size are upscaled by swscale with the ``upscale`` filter in the same call
+    that converts them to RGB; more than ``max_frames`` frames is an error.
+    """
+    import av
+
+    decoded = np.empty((max_frames, height, width, 3), np.uint8)
+    count = 0
+    with av.open(source, "r") as inp:
+        vstream = inp.streams.video[0]
+        vstream.codec_context.thread_count = threads
+        decoder = vstream.codec_context.name
+        for frame in inp.decode(vstream):
+            if count >= max_frames:
+                raise RuntimeError(f"{decoder}: decoder returned more frames than were encoded")
+            if (frame.width, frame.height) != (width, height):
+                frame = frame.reformat(width=width, height=height, format="rgb24",
+                                       interpolation=UPSCALE_FILTERS[upscale])
+            decoded[count] = frame.to_ndarray(format="rgb24")
+            count += 1
+    return decoded[:count], decoder
+
+
 def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fraction, *, keyint: int = 0,
                   threads: int = 1, mp4_path: str | os.PathLike | None = None, scale: Fraction = Fraction(1),
                   upscale: str = DEFAULT_UPSCALE) -> AnchorResult:
@@ -230,23 +256,10 @@ def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fractio
         Path(mp4_path).parent.mkdir(parents=True, exist_ok=True)
         Path(mp4_path).write_bytes(data)
 
-    decoded = np.empty_like(frames)
     t0 = time.perf_counter()
-    count = 0
-    with av.open(io.BytesIO(data), "r") as inp:
-        vstream = inp.streams.video[0]
-        vstream.codec_context.thread_count = threads
-        decoder = vstream.codec_context.name
-        for frame in inp.decode(vstream):
-            if count >= n:
-                raise RuntimeError(f"{spec.name}: decoder returned more frames than were encoded")
-            if scaled:
-                frame = frame.reformat(width=width, height=height, format="rgb24",
-                                       interpolation=UPSCALE_FILTERS[upscale])
-            decoded[count] = frame.to_ndarray(format="rgb24")
-            count += 1
+    decoded, decoder = decode_file(io.BytesIO(data), n, width, height, upscale=upscale, threads=threads)
     dec_seconds = time.perf_counter() - t0
-    if count != n:
-        raise RuntimeError(f"{spec.name} {spec.param}{value}: decoded {count} frames, encoded {n}")
+    if len(decoded) != n:
+        raise RuntimeError(f"{spec.name} {spec.param}{value}: decoded {len(decoded)} frames, encoded {n}")
     return AnchorResult(n, es_bytes, len(data), extradata, removed, key_frames, enc_seconds, dec_seconds,
                         decoded, decoder, options, startup_bytes, cw, ch)

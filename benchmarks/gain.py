@@ -1,5 +1,6 @@
 """Per-clip table: one imfcodec operating point against "repeat the decoded key frame" (same key
-frame) and x265 at the nearest rate, from an rd.csv written by ``benchmarks.rd``.
+frame), x265 at full size at the nearest rate, and the conventional hull (every anchor at every
+frame size) at the same rate and at its nearest point, from an rd.csv written by ``benchmarks.rd``.
 
 This is the table of the model card and of issue 3's acceptance test: the gain over the
 repeat-key baseline shows how much motion the model really reproduces.
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .hull import CONVENTIONAL_HULL, hull_at
+
 
 def gain_table(df: pd.DataFrame, point: str, model: str | None = None) -> pd.DataFrame:
     """One row per clip with the imfcodec point, the repeat baseline with the same key-frame
@@ -28,6 +31,11 @@ def gain_table(df: pd.DataFrame, point: str, model: str | None = None) -> pd.Dat
         raise ValueError(f"rd.csv holds several models ({', '.join(sorted(imf['model'].unique()))}): pass --model")
     if imf.empty:
         raise ValueError(f"no imfcodec rows for point {point!r}")
+    from .report import build_curves, with_series
+    from .strips import nearest_hull_row
+
+    df = with_series(df)
+    hull = build_curves(df, "psnr").get(CONVENTIONAL_HULL)
     rows = []
     for _, a in imf.sort_values("clip").iterrows():
         clip = a["clip"]
@@ -35,7 +43,7 @@ def gain_table(df: pd.DataFrame, point: str, model: str | None = None) -> pd.Dat
         if rep.empty:
             continue
         b = rep.iloc[0]
-        xs = df[(df["codec"] == "x265") & (df["clip"] == clip)]
+        xs = df[(df["codec"] == "x265") & (df["clip"] == clip) & (df["scale"] == 1.0)]
         near = xs.iloc[(xs.kbps - a.kbps).abs().argsort()[:1]] if len(xs) else xs
         row = dict(clip=clip, frames=int(a.frames), kbps=a.kbps, key_kbps=a.key_kbps,
                    token_kbps=a.token_kbps, psnr=a.psnr, ssim=a.ssim, ms_ssim=a.ms_ssim,
@@ -43,26 +51,44 @@ def gain_table(df: pd.DataFrame, point: str, model: str | None = None) -> pd.Dat
         if len(near):
             n = near.iloc[0]
             row.update(x265_param=n.param, x265_kbps=n.kbps, x265_psnr=n.psnr, x265_ssim=n.ssim)
+        if hull is not None and not hull.empty:
+            h = nearest_hull_row(hull, clip, float(a.kbps))
+            if h is not None:
+                row.update(hull_point=f"{h['member']} {h['point']}", hull_kbps=h["kbps"], hull_psnr=h["psnr"])
+            at = hull_at(hull, clip, "psnr", float(a.kbps))
+            row["hull_psnr_at_rate"] = at if at is not None else float("nan")
+            row["hull_delta"] = a.psnr - at if at is not None else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def to_markdown(t: pd.DataFrame) -> str:
     head = ("| clip | frames | imfcodec kbit/s (key / tokens) | PSNR | SSIM | MS-SSIM "
-            "| repeat-key PSNR / SSIM / MS-SSIM | gain dB | x265 CRF: kbit/s, PSNR, SSIM |")
-    lines = [head, "|" + "---|" * 9]
+            "| repeat-key PSNR / SSIM / MS-SSIM | gain dB | x265 full size CRF: kbit/s, PSNR, SSIM "
+            "| conventional hull at the same rate: PSNR | nearest hull point: kbit/s, PSNR |")
+    lines = [head, "|" + "---|" * 11]
 
     def line(r, name: str, frames: str) -> str:
         x = (f"{r.x265_param}: {r.x265_kbps:.2f}, {r.x265_psnr:.2f}, {r.x265_ssim:.3f}"
              if "x265_kbps" in r and pd.notna(r.x265_kbps) else "-")
+        at = (f"{r.hull_psnr_at_rate:.2f} ({r.hull_delta:+.2f}{r.get('hull_clips', '')})"
+              if "hull_psnr_at_rate" in r and pd.notna(r.hull_psnr_at_rate) else "n/a: outside its range")
+        near = (f"{r.hull_point}: {r.hull_kbps:.2f}, {r.hull_psnr:.2f}"
+                if "hull_kbps" in r and pd.notna(r.hull_kbps) else "-")
         return (f"| {name} | {frames} | {r.kbps:.2f} ({r.key_kbps:.2f} / {r.token_kbps:.2f}) | {r.psnr:.2f} "
                 f"| {r.ssim:.3f} | {r.ms_ssim:.3f} | {r.rep_psnr:.2f} / {r.rep_ssim:.3f} / {r.rep_ms_ssim:.3f} "
-                f"| {r.gain_db:+.2f} | {x} |")
+                f"| {r.gain_db:+.2f} | {x} | {at} | {near} |")
 
     for _, r in t.iterrows():
         lines.append(line(r, r["clip"], str(r["frames"])))
     mean = t.mean(numeric_only=True).astype(object)
     mean["x265_param"] = "mean"
+    if "hull_kbps" in t:
+        mean["hull_point"] = "mean"
+    if "hull_psnr_at_rate" in t:  # means over the clips where the hull reaches imfcodec's rate
+        ok = int(t["hull_psnr_at_rate"].notna().sum())
+        if ok < len(t):
+            mean["hull_clips"] = f"; {ok}/{len(t)} clips"
     lines.append(line(mean, "**mean**", f"{mean.frames:.0f}"))
     return "\n".join(lines)
 

@@ -431,8 +431,15 @@ def run(args: argparse.Namespace) -> int:
 
 def write_summary(df, out: Path, run_info, notices, errors, anchor):
     from .report import write_report
+    from .strips import write_strips
 
-    return write_report(df, out, run_info=run_info, notices=notices, errors=errors, metrics=METRICS, anchor=anchor)
+    try:
+        strips = write_strips(df, out)
+    except Exception as e:  # noqa: BLE001 - pictures are a courtesy; the numbers must still be written
+        strips = []
+        errors = list(errors) + [f"picture strips failed: {type(e).__name__}: {e}"]
+    return write_report(df, out, run_info=run_info, notices=notices, errors=errors, metrics=METRICS,
+                        anchor=anchor, strips=strips)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

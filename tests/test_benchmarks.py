@@ -15,6 +15,8 @@ import pytest
 SHARED_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "talking-heads" / "test"
 CLIP = SHARED_TEST / "liveportrait_d12.mp4"
 CODECS = ("imfcodec", "x264", "x265", "svtav1", "vp9", "repeat")
+ANCHOR_CODECS = ("x264", "x265", "svtav1", "vp9")
+SCALES = {"1": 64, "0.5": 32, "0.25": 16}  # the default --scales at 64x64 -> coded width
 
 pytestmark = pytest.mark.skipif(not CLIP.is_file(), reason=f"shared clip not found: {CLIP}")
 
@@ -39,7 +41,8 @@ def test_every_codec_has_rows_from_real_bytes(bench):
     assert status == 0
     by_codec = {c: [r for r in rows if r["codec"] == c] for c in CODECS}
     for codec, rs in by_codec.items():
-        assert len(rs) == 2, f"{codec}: expected 2 quick rate points, got {len(rs)}"
+        want = 2 * len(SCALES) if codec in ANCHOR_CODECS else 2  # anchors: 2 quick points per scale
+        assert len(rs) == want, f"{codec}: expected {want} quick rate points, got {len(rs)}"
         for r in rs:
             assert int(r["frames"]) == 6 and int(r["size"]) == 64
             assert float(r["kbps"]) > 0 and int(r["bytes"]) > 0
@@ -56,7 +59,31 @@ def test_every_codec_has_rows_from_real_bytes(bench):
             else:  # anchors: elementary stream <= MP4 file, container kbps = the MP4 file
                 assert stream.stat().st_size == int(r["container_bytes"]) > int(r["bytes"])
             assert float(r["kbps"]) == pytest.approx(int(r["bytes"]) * 8 / duration / 1000, rel=1e-4)
+            # steady state: the bytes after start-up over the frames after the first
+            startup = int(r["startup_bytes"])
+            assert 0 < startup <= int(r["bytes"])
+            steady = (int(r["bytes"]) - startup) * 8 / ((int(r["frames"]) - 1) / float(r["fps"])) / 1000
+            assert float(r["steady_kbps"]) == pytest.approx(steady, rel=1e-4, abs=1e-9)
     assert float(by_codec["imfcodec"][0]["gflops_per_frame"]) > 0
+    for r in by_codec["repeat"]:  # one still image: nothing after start-up
+        assert float(r["steady_kbps"]) == 0
+
+
+def test_anchor_rows_at_every_scale_are_coded_small(bench):
+    """Scaled anchor rows name their scale and coded size, and their MP4 really is that small."""
+    import av
+
+    out, _, rows = bench
+    for codec in ANCHOR_CODECS:
+        for scale, width in SCALES.items():
+            rs = [r for r in rows if r["codec"] == codec and float(r["scale"]) == float(scale)]
+            assert len(rs) == 2, (codec, scale)
+            for r in rs:
+                assert r["coded_size"] == f"{width}x{width}"
+                assert r["point"].endswith("" if scale == "1" else f"-x{scale}")
+                with av.open(str(out / r["stream"])) as f:
+                    st = f.streams.video[0]
+                    assert (st.codec_context.width, st.codec_context.height) == (width, width)
 
 
 def test_rates_grow_along_each_ladder(bench):
@@ -74,13 +101,21 @@ def test_summary_and_plots(bench):
     out, _, _ = bench
     text = (out / "summary.md").read_text()
     assert "BD-rate" in text and "n/a" in text  # 2 points per curve: BD-rate must be refused, visibly
+    for anchor in ("x265 (full size)", "x265-hull", "conventional-hull"):
+        assert f"BD-rate against {anchor}" in text
+    assert "imfcodec against the hulls at the same rate" in text and "Steady-state view" in text
     assert "VMAF" in text and "LPIPS: skipped" in text
     for codec in CODECS:
         assert f"| {codec} |" in text
+    for codec in ANCHOR_CODECS:
+        assert f"| {codec}-hull |" in text and f"| {codec} 1/4 |" in text
     for metric in ("psnr", "psnr_y", "ssim", "ms_ssim"):
         png = out / f"rd_{metric}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "cache").glob("*.npy")), "the lossless reference must be cached"
+    # a picture strip decoded from the kept streams, linked from the summary
+    strip = out / "strips" / "liveportrait_d12.png"
+    assert strip.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(strips/liveportrait_d12.png)" in text
 
 
 def test_second_run_skips_finished_rows(bench, capsys):
@@ -135,6 +170,7 @@ def test_gain_table_against_repeat_and_x265(bench, capsys):
     want = float(r["psnr"]) - float(rep["psnr"])
     assert f"mean gain over repeat-key: {want:+.2f} dB" in text
     assert "liveportrait_d12" in (out / "gain.md").read_text()
+    assert "conventional hull at the same rate" in text and "nearest hull point" in text
     assert main([str(out / "rd.csv"), "--point", "no-such-point"]) == 1
     assert capsys.readouterr().err.startswith("error: ")
 
@@ -152,3 +188,105 @@ def test_refine_points_are_separate_rows(tmp_path):
     for r in rows.values():  # both are real streams on disk
         assert int(r["bytes"]) == (out / r["stream"]).stat().st_size
     assert main(args + ["--refine", "-1"]) == 2
+
+
+def test_scaled_encode_decode_returns_working_size(tmp_path):
+    """scale 1/2: the encoder sees half-size frames, the caller gets full-size frames back, and the
+    small stream costs fewer bytes than the full-size one at the same CRF."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from benchmarks.anchors import ANCHORS, coded_size, encode_decode, parse_scale
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8).repeat(4, 1).repeat(4, 2)
+    frames = np.concatenate([np.roll(base, i, axis=2) for i in range(5)])  # 5 x 64 x 64, moving
+    full = encode_decode(ANCHORS["x265"], 30, frames, Fraction(25))
+    half = encode_decode(ANCHORS["x265"], 30, frames, Fraction(25), scale=Fraction(1, 2),
+                         mp4_path=tmp_path / "half.mp4")
+    assert (half.coded_width, half.coded_height) == (32, 32) and (full.coded_width, full.coded_height) == (64, 64)
+    assert half.decoded.shape == frames.shape
+    assert half.es_bytes < full.es_bytes
+    assert 0 < half.startup_bytes < half.es_bytes
+    lanczos = encode_decode(ANCHORS["x265"], 30, frames, Fraction(25), scale=Fraction(1, 2), upscale="lanczos")
+    assert lanczos.es_bytes == half.es_bytes and not np.array_equal(lanczos.decoded, half.decoded)
+    assert coded_size(256, 256, parse_scale("1/4")) == (64, 64)
+    assert coded_size(100, 60, parse_scale("0.5")) == (50, 30)
+    for bad in ("0", "2", "-1/2", "half"):
+        with pytest.raises(ValueError):
+            parse_scale(bad)
+    with pytest.raises(ValueError):
+        coded_size(64, 64, Fraction(1, 8))  # 8 px: below every anchor's minimum
+
+
+def test_upper_hull_drops_points_below_the_envelope():
+    from benchmarks.hull import upper_hull
+
+    # (rate, PSNR): 15 is beaten by the cheaper 10 (Pareto); 12 lies under the log-rate chord 10 -> 40
+    rates = [10, 15, 20, 40, 12]
+    psnr = [30, 29, 33, 34, 30.2]
+    assert upper_hull(rates, psnr) == [0, 2, 3]
+    # 20 at 31 is under the chord from (10, 30) to (40, 34) in log rate (32.0 at 20): dropped
+    assert upper_hull([10, 20, 40], [30, 31, 34]) == [0, 2]
+    assert upper_hull([10, 20, 40], [30, 32.5, 34]) == [0, 1, 2]
+    # lower is better (LPIPS): the same geometry mirrored
+    assert upper_hull([10, 20, 40], [0.5, 0.45, 0.3], higher_is_better=False) == [0, 2]
+    # NaN, zero and negative rates are ignored, not chosen
+    assert upper_hull([0, 10, float("nan"), 20], [40, 30, 50, 31]) == [1, 3]
+    assert upper_hull([], []) == []
+
+
+def test_log_rate_interpolation_stays_inside_the_hull():
+    from benchmarks.hull import interpolate_log_rate
+
+    assert interpolate_log_rate([10, 40], [30, 34], 20) == pytest.approx(32.0)  # geometric midpoint
+    assert interpolate_log_rate([10, 40], [30, 34], 10) == pytest.approx(30.0)
+    assert interpolate_log_rate([10, 40], [30, 34], 40) == pytest.approx(34.0)
+    assert interpolate_log_rate([10, 40], [30, 34], 9.99) is None
+    assert interpolate_log_rate([10, 40], [30, 34], 41) is None
+    assert interpolate_log_rate([], [], 10) is None
+
+
+def test_hulls_and_imfcodec_against_them_on_synthetic_rows():
+    """x265 at two scales and vp9 at one: the hulls pick the right points, and imfcodec is compared
+    at its own rate, or told that it lies outside a hull's range."""
+    import pandas as pd
+
+    from benchmarks.report import BD, bd_tables, build_curves, versus_hull
+
+    def row(codec, scale, kbps, psnr, point):
+        return dict(clip="c", codec=codec, scale=scale, kbps=kbps, steady_kbps=kbps / 2, psnr=psnr, point=point)
+
+    df = pd.DataFrame([
+        row("x265", 1.0, 10, 30, "a"), row("x265", 1.0, 20, 33.8, "b"), row("x265", 1.0, 40, 36, "c"),
+        row("x265", 0.5, 5, 28, "d"), row("x265", 0.5, 10, 31, "e"), row("x265", 0.5, 20, 32, "f"),
+        row("vp9", 1.0, 8, 30.5, "g"), row("vp9", 1.0, 16, 30.6, "h"),
+        row("imfcodec", 1.0, 10, 29, "q9"), row("imfcodec", 1.0, 4, 27, "q6"),
+    ])
+    curves = build_curves(df, "psnr")
+    assert list(curves)[:3] == ["imfcodec", "conventional-hull", "x265-hull"]
+    x265_hull = curves["x265-hull"].sort_values("kbps")
+    assert list(x265_hull["point"]) == ["d", "e", "b", "c"]  # a (10 kbit/s, 30 dB) is beaten by e (31 dB)
+    conv = curves["conventional-hull"].sort_values("kbps")
+    # e (10 kbit/s, 31 dB) lies under the chord from vp9's g (8, 30.5) to b (20, 33.8): dropped
+    assert list(conv["point"]) == ["d", "g", "b", "c"] and set(conv["member"]) == {"x265", "vp9"}
+    assert "vp9-hull" not in curves  # one scale only: no hull of its own
+    t = versus_hull(df, curves, "psnr").set_index("point")
+    assert t.loc["q9", "x265-hull"] == pytest.approx(31.0) and t.loc["q9", "x265-hull delta"] == pytest.approx(-2.0)
+    assert pd.isna(t.loc["q6", "x265-hull"]) and t.loc["q6", "x265-hull note"].startswith("below its range")
+    # a hull is at least as good as each of its members: BD-rate of x265 full size against it >= 0
+    per, _mean = bd_tables({"psnr": curves}, ["psnr"], "x265-hull")
+    assert isinstance(per["psnr"]["x265"]["c"], BD)
+    steady = build_curves(df, "psnr", rate="steady_kbps")
+    assert "repeat" not in steady and steady["x265-hull"]["steady_kbps"].max() == 20
+
+
+def test_bad_scales_are_one_line_errors(tmp_path, capsys):
+    from benchmarks.rd import main
+
+    base = ["--videos", str(CLIP), "--out", str(tmp_path / "o"), "--codecs", "x265", "--frames", "2"]
+    assert main(base + ["--scales", "1,2"]) == 2
+    assert main(base + ["--scales", "1/64", "--size", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: --scales") for line in err)

@@ -1,0 +1,153 @@
+"""Picture strips: people judge codecs by looking.
+
+Per clip, one PNG: rows = the source, imfcodec at one operating point, and the conventional hull's
+point nearest to it in rate (log scale); columns = an early, a middle and a late frame. Every image is
+decoded again from the stream file the benchmark kept (``OUT/streams``), so the strip shows what the
+measured bytes decode to; labels carry the row's rate and whole-clip PSNR and each frame's PSNR.
+
+    python -m benchmarks.strips OUT [--point q9-hevc21-r4]      (also written by benchmarks.rd)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .anchors import DEFAULT_UPSCALE, decode_file
+from .hull import CONVENTIONAL_HULL
+
+
+def strip_indexes(frames: int) -> list[int]:
+    """An early (10 %), a middle and the last frame: frame 0 is the key frame, flattering for everyone."""
+    picks = [round(0.1 * (frames - 1)), (frames - 1) // 2, frames - 1]
+    return list(dict.fromkeys(max(0, i) for i in picks))
+
+
+def default_point(key_codec: str = "hevc") -> str:
+    """The rd point name of the encoder's defaults (as ``benchmarks.rd`` names it)."""
+    from imfcodec.codec import DEFAULT_REFINE, EncoderSettings
+    from imfcodec.keyframe import get_keyframe_codec
+
+    q = EncoderSettings().quality
+    kq = get_keyframe_codec(key_codec).default_quality
+    return f"q{q}-{key_codec}{kq}" + (f"-r{DEFAULT_REFINE}" if DEFAULT_REFINE else "")
+
+
+def _decode_imf(path: Path, count: int) -> np.ndarray:
+    from imfcodec.api import iter_decoded
+
+    frames = []
+    for _dec, chunk in iter_decoded(path):
+        frames.extend(chunk)
+        if len(frames) >= count:
+            break
+    return np.stack(frames[:count])
+
+
+def decode_row(out: Path, row, count: int, size: int) -> np.ndarray:
+    """Decode a benchmark row's kept stream back to ``count`` RGB frames at the working size."""
+    path = Path(out) / row["stream"]
+    if row["codec"] == "imfcodec":
+        return _decode_imf(path, count)
+    upscale = row.get("upscale") if isinstance(row.get("upscale"), str) and row.get("upscale") else DEFAULT_UPSCALE
+    frames, _ = decode_file(str(path), count, size, size, upscale=upscale)
+    return frames
+
+
+def nearest_hull_row(hull, clip: str, kbps: float):
+    """The hull point of ``clip`` nearest to ``kbps`` in log rate, or None."""
+    h = hull[hull["clip"] == clip]
+    if h.empty or not (kbps > 0):
+        return None
+    return h.iloc[int(np.argmin(np.abs(np.log(h["kbps"].astype(float).to_numpy()) - math.log(kbps))))]
+
+
+def make_strip(path: Path, source: np.ndarray, rows: Sequence[tuple[str, np.ndarray]], indexes: Sequence[int],
+               title: str) -> Path:
+    """One PNG: the source and each labelled decoded clip at ``indexes``, with per-frame PSNR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from imfcodec.metrics import psnr
+
+    grid = [("source", source)] + list(rows)
+    fig, axes = plt.subplots(len(grid), len(indexes), figsize=(2.3 * len(indexes), 2.45 * len(grid)), dpi=100,
+                             squeeze=False)
+    for r, (label, frames) in enumerate(grid):
+        for c, i in enumerate(indexes):
+            ax = axes[r][c]
+            ax.imshow(frames[i])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            caption = f"frame {i}" if r == 0 else f"{psnr(source[i], frames[i]):.2f} dB"
+            ax.set_xlabel(caption, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_strips(df, out: Path, point: str | None = None) -> list[Path]:
+    """One strip per clip that has the imfcodec ``point`` (default: the encoder's defaults if run) and
+    conventional anchors; returns the PNG paths (``OUT/strips/CLIP.png``)."""
+    from .report import build_curves, with_series
+
+    out = Path(out)
+    df = with_series(df)
+    if point is None:  # the encoder's defaults, else the cheapest imfcodec point of the run
+        imf = df[df["codec"] == "imfcodec"].sort_values("kbps")
+        point = default_point() if (imf["point"] == default_point()).any() or imf.empty else imf["point"].iloc[0]
+    hull = build_curves(df, "psnr").get(CONVENTIONAL_HULL)
+    written = []
+    for clip in sorted(df["clip"].unique()):
+        imf = df[(df["clip"] == clip) & (df["codec"] == "imfcodec") & (df["point"] == point)]
+        if imf.empty or hull is None:
+            continue
+        a = imf.iloc[0]
+        h = nearest_hull_row(hull, clip, float(a["kbps"]))
+        if h is None:
+            continue
+        n, size = int(a["frames"]), int(a["size"])
+        ref_path = next(iter(sorted((out / "cache").glob(f"{clip}-{size}px-*.npy"))), None)
+        if ref_path is None:
+            continue
+        source = np.load(ref_path)[:n]
+        idx = strip_indexes(n)
+        rows = [(f"imfcodec {point}\n{a['kbps']:.2f} kbit/s, {a['psnr']:.2f} dB", decode_row(out, a, n, size)),
+                (f"{h['member']} {h['point']} ({h['coded_size']})\n{h['kbps']:.2f} kbit/s, {h['psnr']:.2f} dB",
+                 decode_row(out, h, n, size))]
+        title = f"{clip}: imfcodec vs the conventional hull's point nearest in rate (whole-clip PSNR in labels)"
+        written.append(make_strip(out / "strips" / f"{clip}.png", source, rows, idx, title))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.strips", description=__doc__.splitlines()[0])
+    p.add_argument("out", help="a benchmarks.rd output folder (rd.csv, streams/, cache/)")
+    p.add_argument("--point", default=None, help="imfcodec point (default: the encoder's defaults)")
+    args = p.parse_args(argv)
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(Path(args.out) / "rd.csv")
+        paths = write_strips(df, Path(args.out), args.point)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(str(p) for p in paths) or "no clip has both the imfcodec point and anchors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
