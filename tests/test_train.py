@@ -426,3 +426,25 @@ def test_command_line(videos, tmp_path, capsys):
     assert main(["--config", "small-cpu", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["model"] == "imf-small-v2" and cfg["stages"][0] == [0, 128]
+
+
+def test_command_line_options(capsys):
+    """--data takes one or more values (a later --data replaces an earlier one), --amp / --progress alone
+    mean true, --resume alone means OUT/last.pt, --set repeats; usage errors are one line, status 2."""
+    from imfcodec.train import main
+
+    def config(*args):
+        capsys.readouterr()
+        assert main(["--config", "tiny", "--print-config", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    cfg = config("--data", "a", "b", "--amp", "--set", "max_distance=null", "--set", "lr_decay=[1,2,0.5]",
+                 "--progress", "--steps", "7")
+    assert cfg["data"] == ["a", "b"] and cfg["amp"] is True and cfg["progress"] is True and cfg["steps"] == 7
+    assert cfg["max_distance"] is None and cfg["lr_decay"] == [1, 2, 0.5]
+    cfg = config("--data", "a", "--data=c", "--amp", "off", "--progress", "0", "--resume", "--lr", "-1e-3")
+    assert cfg["data"] == ["c"] and cfg["amp"] is False and cfg["progress"] is False and cfg["lr"] == -1e-3
+    for bad in (["--data"], ["--data", "--steps", "1"], ["--amp", "maybe"], ["--no-such-option"], ["stray"]):
+        assert main(bad) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err

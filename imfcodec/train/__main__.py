@@ -1,12 +1,12 @@
 """Command line: ``python -m imfcodec.train --config small-cpu [overrides]``.
 
-Also the body of ``imfcodec train`` (the CLI calls :func:`main` with its arguments).
+Also the body of ``imfcodec train`` (the CLI calls :func:`main` with its arguments). A click command
+(:data:`command`) like the rest of the CLI; :func:`main` returns the exit status instead of exiting.
 Multi-GPU / multi-process: ``torchrun --nproc_per_node N -m imfcodec.train --config paper ...``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -17,68 +17,32 @@ import sys
 # not been imported yet (``python -m imfcodec.train``); export it yourself otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
+
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 from imfcodec.errors import IMFError
 from imfcodec.train.config import TrainConfig, list_configs, load_config
 
 
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {s}")
+PROG = "python -m imfcodec.train"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m imfcodec.train",
-        description="Train an IMF codec model. Settings come from --config (a bundled name: "
-        f"{', '.join(list_configs())}; or a JSON file); the options below override it.",
-    )
-    a = p.add_argument
-    a("--config", "-c", default=None, help="bundled config name or JSON file (default: small-cpu, "
-      "or the checkpoint's own config with --resume)")
-    a("--data", nargs="+", default=None, metavar="DIR", help="video folder(s)/file(s); 'test' folders are refused")
-    a("--model", default=None, help="model config name (imf-tiny, imf-small-v2, imf-base, imf-paper; see `imfcodec models`)")
-    a("--resolution", type=int, default=None, help="final training/validation resolution")
-    a("--stages", default=None, help='curriculum as JSON, e.g. "[[0,128],[20000,256]]"; "[]" for none')
-    a("--batch-size", type=int, default=None, help="global batch size (split over ranks)")
-    a("--steps", type=int, default=None, help="total steps (a resumed run continues to this)")
-    a("--lr", type=float, default=None)
-    a("--lambda-rate", type=float, default=None, help="weight of the rate term (bits per frame)")
-    a("--w-l1", type=float, default=None)
-    a("--w-ms-ssim", type=float, default=None)
-    a("--w-perceptual", type=float, default=None)
-    a("--w-gan", type=float, default=None)
-    a("--w-feat-match", type=float, default=None)
-    a("--gan-start", type=int, default=None)
-    a("--vgg-weights", default=None, help="local torchvision VGG19 weights (.safetensors or .pth)")
-    a("--out", default=None, help="run folder (checkpoints, logs, exported weights)")
-    a("--init-from", default=None, metavar="WEIGHTS",
-      help="start a fresh run from a .safetensors weights file (tensors whose names and shapes match)")
-    a("--resume", nargs="?", const="auto", default=None, metavar="PATH",
-      help="continue from a checkpoint (no PATH: OUT/last.pt if it exists, else start fresh)")
-    a("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    a("--amp", type=_bool, nargs="?", const=True, default=None, help="mixed precision (CUDA only)")
-    a("--ema", type=float, default=None, help="EMA decay of generator weights, e.g. 0.999 (0: off)")
-    a("--val-every", type=int, default=None)
-    a("--ckpt-every", type=int, default=None)
-    a("--log-every", type=int, default=None)
-    a("--max-minutes", type=float, default=None, help="stop cleanly (checkpoint + export) after M minutes")
-    a("--threads", type=int, default=None, help="torch CPU threads")
-    a("--workers", type=int, default=None, help="DataLoader workers (0: in-process)")
-    a("--cache-dir", default=None, help="decoded-frame cache folder ('none' to disable)")
-    a("--max-frames", type=int, default=None, help="frames per clip (first N)")
-    a("--seed", type=int, default=None)
-    a("--progress", type=_bool, nargs="?", const=True, default=None, help="force the progress bar on/off")
-    a("--set", action="append", default=[], metavar="KEY=JSON",
-      help="override any config field, e.g. --set w_feat_match=1 --set max_distance=null")
-    a("--export-only", action="store_true", help="export OUT/last.pt (or --resume PATH) to safetensors and exit")
-    a("--export-to", default=None, help="path of the exported .safetensors (default OUT/model.safetensors)")
-    a("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    return p
+class _Bool(click.ParamType):
+    """1/true/yes/on or 0/false/no/off, any case (``--amp``, ``--progress``; alone they mean true)."""
+
+    name = "bool"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):
+            return value
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        self.fail(f"not a boolean: {value}", param, ctx)
 
 
 _DIRECT = ["model", "init_from", "resolution", "batch_size", "steps", "lr", "lambda_rate", "w_l1", "w_ms_ssim",
@@ -87,7 +51,8 @@ _DIRECT = ["model", "init_from", "resolution", "batch_size", "steps", "lr", "lam
            "max_frames", "seed", "progress"]
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def overrides_from_args(args: SimpleNamespace) -> dict[str, Any]:
+    """Config overrides from the options of :data:`command` (as attributes of ``args``)."""
     ov: dict[str, Any] = {k: getattr(args, k) for k in _DIRECT if getattr(args, k) is not None}
     if args.data is not None:
         ov["data"] = list(args.data)
@@ -106,7 +71,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return ov
 
 
-def resolve(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
+def resolve(args: SimpleNamespace) -> tuple[TrainConfig, str | None]:
     """Config + resume path from parsed arguments (checkpoint config when resuming without --config)."""
     from imfcodec.train.trainer import load_checkpoint
 
@@ -126,9 +91,58 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
     return base.replace(**ov), resume
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns a process exit code (0 ok, 1 user error)."""
-    args = build_parser().parse_args(argv)
+@click.command(
+    "train", cls=Command, context_settings=CONTEXT_SETTINGS,
+    help="Train an IMF codec model. Settings come from --config (a bundled name: "
+    f"{', '.join(list_configs())}; or a JSON file); the options below override it.")
+@click.option("--config", "-c", default=None, help="bundled config name or JSON file (default: small-cpu, "
+              "or the checkpoint's own config with --resume)")
+@click.option("--data", cls=GreedyOption, metavar="DIR [DIR ...]",
+              help="video folder(s)/file(s); 'test' folders are refused")
+@click.option("--model", default=None,
+              help="model config name (imf-tiny, imf-small-v2, imf-base, imf-paper; see `imfcodec models`)")
+@click.option("--resolution", type=int, default=None, help="final training/validation resolution")
+@click.option("--stages", default=None, help='curriculum as JSON, e.g. "[[0,128],[20000,256]]"; "[]" for none')
+@click.option("--batch-size", type=int, default=None, help="global batch size (split over ranks)")
+@click.option("--steps", type=int, default=None, help="total steps (a resumed run continues to this)")
+@click.option("--lr", type=float, default=None)
+@click.option("--lambda-rate", type=float, default=None, help="weight of the rate term (bits per frame)")
+@click.option("--w-l1", type=float, default=None)
+@click.option("--w-ms-ssim", type=float, default=None)
+@click.option("--w-perceptual", type=float, default=None)
+@click.option("--w-gan", type=float, default=None)
+@click.option("--w-feat-match", type=float, default=None)
+@click.option("--gan-start", type=int, default=None)
+@click.option("--vgg-weights", default=None, help="local torchvision VGG19 weights (.safetensors or .pth)")
+@click.option("--out", default=None, help="run folder (checkpoints, logs, exported weights)")
+@click.option("--init-from", default=None, metavar="WEIGHTS",
+              help="start a fresh run from a .safetensors weights file (tensors whose names and shapes match)")
+@click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
+              help="continue from a checkpoint (no PATH: OUT/last.pt if it exists, else start fresh)")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
+@click.option("--amp", type=_Bool(), is_flag=False, flag_value=True, default=None, metavar="[BOOL]",
+              help="mixed precision (CUDA only)")
+@click.option("--ema", type=float, default=None, help="EMA decay of generator weights, e.g. 0.999 (0: off)")
+@click.option("--val-every", type=int, default=None)
+@click.option("--ckpt-every", type=int, default=None)
+@click.option("--log-every", type=int, default=None)
+@click.option("--max-minutes", type=float, default=None, help="stop cleanly (checkpoint + export) after M minutes")
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--workers", type=int, default=None, help="DataLoader workers (0: in-process)")
+@click.option("--cache-dir", default=None, help="decoded-frame cache folder ('none' to disable)")
+@click.option("--max-frames", type=int, default=None, help="frames per clip (first N)")
+@click.option("--seed", type=int, default=None)
+@click.option("--progress", type=_Bool(), is_flag=False, flag_value=True, default=None, metavar="[BOOL]",
+              help="force the progress bar on/off")
+@click.option("--set", multiple=True, metavar="KEY=JSON",
+              help="override any config field, e.g. --set w_feat_match=1 --set max_distance=null")
+@click.option("--export-only", is_flag=True, help="export OUT/last.pt (or --resume PATH) to safetensors and exit")
+@click.option("--export-to", default=None, help="path of the exported .safetensors (default OUT/model.safetensors)")
+@click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
+def command(**params) -> int:
+    args = SimpleNamespace(**params)
+    args.data = list(args.data) or None  # a GreedyOption is () when absent
+    args.set = list(args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         cfg, resume = resolve(args)
@@ -148,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except IMFError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns a process exit code (0 ok, 1 user error, 2 usage error: one line on stderr)."""
+    return call(command, argv, PROG)
 
 
 if __name__ == "__main__":
