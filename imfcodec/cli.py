@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 # Spinning OpenMP workers make torch ~100x slower when another process shares the cores (measured on
 # the 2-core build machine); passive waiting costs nothing measurable on an idle machine. Must be set
@@ -259,20 +258,6 @@ def train(ctx):
     from .train import main as train_main
 
     sys.exit(train_main(list(ctx.args)) or 0)
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.pass_context
-def bench(ctx):
-    """Rate-distortion benchmark (same options as `python -m benchmarks.rd --help`; needs a source checkout)."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "rd.py").is_file():
-        raise click.UsageError("imfcodec bench needs a source checkout (the benchmarks/ folder beside imfcodec/)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.rd import main as rd_main
-
-    sys.exit(rd_main(list(ctx.args)) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
