@@ -1,6 +1,10 @@
 """Rate-distortion, speed and memory benchmarks for imfcodec against conventional codecs.
 
-Entry point: ``python -m benchmarks.rd --help`` (``benchmarks.rd.main(argv)``).
+Run from a source checkout (the benchmarks are not part of the installed package), with the ``bench``
+extra installed (``pip install -e '.[bench]'``: pandas, matplotlib, bjontegaard, vmaf-torch).
+Entry point: ``python -m benchmarks.rd --help`` (``benchmarks.rd.main(argv)``); also ``benchmarks.gain``,
+``benchmarks.strips``, ``benchmarks.model_speed`` and ``benchmarks.long_input``. Each is a click command
+with a ``main(argv=None) -> int`` function (``imfcodec.cliutil.call``).
 
 Modules:
 
@@ -14,3 +18,17 @@ Modules:
 
 Nothing here is imported by the ``imfcodec`` package itself, so the codec never depends on it.
 """
+
+BENCH_EXTRA = ("pandas", "matplotlib", "bjontegaard")  # the `bench` extra in pyproject.toml, less vmaf-torch (optional)
+
+
+def require_bench_extra() -> None:
+    """Refuse to run, with a one-line error (exit status 1), when the ``bench`` extra is not installed."""
+    from importlib.util import find_spec
+
+    import click
+
+    missing = [name for name in BENCH_EXTRA if find_spec(name) is None]
+    if missing:
+        raise click.ClickException(f"the benchmarks need {', '.join(missing)}, which are not installed: "
+                                   f"pip install -e '.[bench]'")

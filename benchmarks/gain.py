@@ -10,19 +10,29 @@ repeat-key baseline shows how much motion the model really reproduces.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+import click
 
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
+
+from . import require_bench_extra
 from .hull import CONVENTIONAL_HULL, hull_at
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROG = "python -m benchmarks.gain"
 
 
 def gain_table(df: pd.DataFrame, point: str, model: str | None = None) -> pd.DataFrame:
     """One row per clip with the imfcodec point, the repeat baseline with the same key-frame
     quality, the PSNR gain, and the x265 row nearest in rate."""
+    import pandas as pd
+
     # (bracket access throughout: "clip" is also a DataFrame method)
     imf = df[(df["codec"] == "imfcodec") & (df["point"] == point)]
     if model is not None:
@@ -63,6 +73,8 @@ def gain_table(df: pd.DataFrame, point: str, model: str | None = None) -> pd.Dat
 
 
 def to_markdown(t: pd.DataFrame) -> str:
+    import pandas as pd
+
     head = ("| clip | frames | imfcodec kbit/s (key / tokens) | PSNR | SSIM | MS-SSIM "
             "| repeat-key PSNR / SSIM / MS-SSIM | gain dB | x265 full size CRF: kbit/s, PSNR, SSIM "
             "| conventional hull at the same rate: PSNR | nearest hull point: kbit/s, PSNR |")
@@ -93,16 +105,19 @@ def to_markdown(t: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gain", description=__doc__.splitlines()[0])
-    p.add_argument("csv", help="rd.csv from benchmarks.rd")
-    p.add_argument("--point", default="q9-hevc21-r4", help="imfcodec point (default q9-hevc21-r4: the defaults)")
-    p.add_argument("--model", default=None, help="model id as in rd.csv's model column (name@hash)")
-    p.add_argument("--out", default=None, help="also write the markdown table here")
-    args = p.parse_args(argv)
+@click.command("gain", cls=Command, context_settings=CONTEXT_SETTINGS,
+               help=f"{__doc__.splitlines()[0]}\n\nCSV: rd.csv from benchmarks.rd")
+@click.argument("csv")
+@click.option("--point", default="q9-hevc21-r4", help="imfcodec point (default q9-hevc21-r4: the defaults)")
+@click.option("--model", default=None, help="model id as in rd.csv's model column (name@hash)")
+@click.option("--out", default=None, help="also write the markdown table here")
+def command(csv: str, point: str, model: str | None, out: str | None) -> int:
+    require_bench_extra()
+    import pandas as pd
+
     try:
-        df = pd.read_csv(args.csv)
-        t = gain_table(df, args.point, args.model)
+        df = pd.read_csv(csv)
+        t = gain_table(df, point, model)
     except (OSError, ValueError, AttributeError, pd.errors.ParserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -112,9 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = to_markdown(t)
     print(md)
     print(f"\nmean gain over repeat-key: {t.gain_db.mean():+.2f} dB PSNR on {len(t)} clip(s)")
-    if args.out:
-        Path(args.out).write_text(md + "\n")
+    if out:
+        Path(out).write_text(md + "\n")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``python -m benchmarks.gain``; returns the exit status (1: no table, 2: a usage
+    error; one line on stderr)."""
+    return call(command, argv, PROG)
 
 
 if __name__ == "__main__":

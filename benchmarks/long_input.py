@@ -21,7 +21,6 @@ The tiny model takes ~1-2 minutes in all on one free core.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -29,8 +28,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
+
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 
 ROOT = Path(__file__).resolve().parents[1]
+PROG = "python -m benchmarks.long_input"
 
 
 def vm_hwm_mb() -> float:
@@ -97,21 +102,19 @@ def measure(what: str, src: Path, dst: Path, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        child(argv[1:])
-        return 0
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.long_input", description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, nargs="+", default=[1000, 10000])
-    ap.add_argument("--keyint", type=int, default=250, help="key frame every N frames (0 = one)")
-    ap.add_argument("--key-codec", default="hevc")
-    ap.add_argument("--model", default="random:imf-tiny")
-    ap.add_argument("--output", choices=["mp4", "y4m"], default="mp4", help="decoder output format")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tolerance", type=float, default=0.10, help="allowed growth of peak RSS (fraction)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args(argv)
+@click.command("long_input", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
+@click.option("--frames", cls=GreedyOption, type=int, default=(1000, 10000), metavar="FRAMES [FRAMES ...]")
+@click.option("--keyint", type=int, default=250, help="key frame every N frames (0 = one)")
+@click.option("--key-codec", default="hevc")
+@click.option("--model", default="random:imf-tiny")
+@click.option("--output", type=click.Choice(["mp4", "y4m"]), default="mp4", help="decoder output format")
+@click.option("--threads", type=int, default=1)
+@click.option("--tolerance", type=float, default=0.10, help="allowed growth of peak RSS (fraction)")
+@click.option("--json", type=click.Path(path_type=Path), help="also write the results here")
+def command(**params) -> int:
+    # in declaration order (click passes them in the order it processed them): --json writes them out
+    args = SimpleNamespace(**{p.name: params[p.name] for p in click.get_current_context().command.params})
+    args.frames = list(args.frames)
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="imf-long-") as tmp:
@@ -150,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
                                                       for k, v in vars(args).items()},
                                          "rows": rows, "summary": summary}, indent=1) + "\n")
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m benchmarks.long_input``; returns the exit status (1: memory grew)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child(argv[1:])
+        return 0
+    return call(command, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,21 @@ timed by ``benchmarks.rd`` with everything else.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see imfcodec/cli.py
 
-import torch
+import click  # noqa: E402
+import torch  # noqa: E402
+
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call  # noqa: E402
+
+PROG = "python -m benchmarks.model_speed"
 
 
 def _time(fn, repeats: int) -> float:
@@ -81,15 +86,20 @@ def _timings(model: torch.nn.Module, frames: int) -> dict:
             "key_frame_ms": key * 1000}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _all_configs() -> str:
     from imfcodec.models import list_models
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=40, help="timed calls per measurement (roughly)")
-    ap.add_argument("--configs", default=",".join(list_models()))
-    ap.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
-    args = ap.parse_args(argv)
+    return ",".join(list_models())
+
+
+@click.command("model_speed", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
+@click.option("--threads", type=int, default=2)
+@click.option("--frames", type=int, default=40, help="timed calls per measurement (roughly)")
+@click.option("--configs", default=_all_configs)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="also write the table to this markdown file")
+def command(**params) -> int:
+    args = SimpleNamespace(**params)
     torch.set_num_threads(args.threads)
     rows = [measure(n, args.frames if n != "imf-paper" else 5) for n in args.configs.split(",")]
     lines = [f"Network speed, {args.threads} threads, torch {torch.__version__}, median of repeated calls, "
@@ -107,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m benchmarks.model_speed``; returns the exit status."""
+    return call(command, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ payload for repeat) so every rate can be checked against a file size.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -33,11 +32,16 @@ import time
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see imfcodec/cli.py
 
+import click  # noqa: E402
 import numpy as np  # noqa: E402
 
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call  # noqa: E402
+
+from . import require_bench_extra  # noqa: E402
 from .anchors import ANCHORS, DEFAULT_UPSCALE, UPSCALE_FILTERS, coded_size, parse_scale, scale_label
 from .quality import METRICS, PerceptualSpec, perceptual_status, vmaf_status
 from .runners import Job, JobResult, Point, run_job
@@ -70,43 +74,46 @@ class BenchError(Exception):
 # ------------------------------------------------------------------------------------ arguments
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.rd",
-        description="Rate-distortion, speed and memory benchmark of imfcodec against conventional codecs.")
-    p.add_argument("--videos", action="append", required=True, metavar="PATH",
-                   help="folder of clips, or one clip (repeatable)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (rd.csv, summary.md, plots)")
-    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
-                   help=f"frames per clip, from the start (default {DEFAULT_FRAMES}; 0 = whole clip)")
-    p.add_argument("--size", type=int, default=None,
-                   help="square frame size (default: the imfcodec model's resolution, else 256)")
-    p.add_argument("--keyint", type=int, default=0, help="key-frame interval for every codec (0 = one per clip)")
-    p.add_argument("--model", default=None, help="imfcodec model: config name, .safetensors, or random:NAME")
-    p.add_argument("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
-    p.add_argument("--anchor", default="x265", help="BD-rate anchor codec (default x265)")
-    p.add_argument("--key-codec", default="hevc", help="imfcodec's key-frame codec (also used by 'repeat')")
-    p.add_argument("--jobs", type=int, default=1, help="(clip, codec) jobs run in parallel (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="threads per codec and per torch (default 1)")
-    p.add_argument("--quick", action="store_true", help="2 rate points per codec (for tests and smoke runs)")
-    p.add_argument("--ladder", action="append", default=[], metavar="CODEC=V,V,...",
-                   help="override a ladder: x265=51,45,39,33 ; imfcodec=Q:KQ,Q:KQ ; repeat=KQ,KQ")
-    p.add_argument("--refine", type=int, default=None, metavar="N",
-                   help="imfcodec: token refinement steps at every point (default: the encoder's, 4; "
-                        "point names end in -rN unless N is 0)")
-    p.add_argument("--scales", default="1,1/2,1/4", metavar="S,S,...",
-                   help="frame-size scales every anchor runs at (default 1,1/2,1/4; area downscaling)")
-    p.add_argument("--upscale", default=DEFAULT_UPSCALE, choices=sorted(UPSCALE_FILTERS),
-                   help=f"filter that brings scaled anchors back to the working size (default {DEFAULT_UPSCALE})")
-    p.add_argument("--clips", default=None, help="comma-separated clip names (file stems) to keep")
-    p.add_argument("--no-vmaf", action="store_true", help="skip VMAF (the slowest metric)")
-    p.add_argument("--vmaf-subsample", type=int, default=1, metavar="N",
-                   help="VMAF on every N-th frame only (like libvmaf --subsample; default 1 = all)")
-    p.add_argument("--lpips-weights", default=None, metavar="PATH",
-                   help="local torchvision AlexNet ImageNet weights; enables LPIPS (needs the lpips package)")
-    p.add_argument("--dists-weights", default=None, metavar="PATH",
-                   help="local torchvision VGG16 ImageNet weights; enables DISTS (needs DISTS_pytorch)")
-    return p
+PROG = "python -m benchmarks.rd"
+
+
+@click.command("rd", cls=Command, context_settings=CONTEXT_SETTINGS,
+               help="Rate-distortion, speed and memory benchmark of imfcodec against conventional codecs.")
+@click.option("--videos", multiple=True, required=True, metavar="PATH",
+              help="folder of clips, or one clip (repeatable)")
+@click.option("--out", required=True, metavar="DIR", help="output folder (rd.csv, summary.md, plots)")
+@click.option("--frames", type=int, default=DEFAULT_FRAMES,
+              help=f"frames per clip, from the start (default {DEFAULT_FRAMES}; 0 = whole clip)")
+@click.option("--size", type=int, default=None,
+              help="square frame size (default: the imfcodec model's resolution, else 256)")
+@click.option("--keyint", type=int, default=0, help="key-frame interval for every codec (0 = one per clip)")
+@click.option("--model", default=None, help="imfcodec model: config name, .safetensors, or random:NAME")
+@click.option("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
+@click.option("--anchor", default="x265", help="BD-rate anchor codec (default x265)")
+@click.option("--key-codec", default="hevc", help="imfcodec's key-frame codec (also used by 'repeat')")
+@click.option("--jobs", type=int, default=1, help="(clip, codec) jobs run in parallel (default 1)")
+@click.option("--threads", type=int, default=1, help="threads per codec and per torch (default 1)")
+@click.option("--quick", is_flag=True, help="2 rate points per codec (for tests and smoke runs)")
+@click.option("--ladder", multiple=True, metavar="CODEC=V,V,...",
+              help="override a ladder: x265=51,45,39,33 ; imfcodec=Q:KQ,Q:KQ ; repeat=KQ,KQ")
+@click.option("--refine", type=int, default=None, metavar="N",
+              help="imfcodec: token refinement steps at every point (default: the encoder's, 4; "
+                   "point names end in -rN unless N is 0)")
+@click.option("--scales", default="1,1/2,1/4", metavar="S,S,...",
+              help="frame-size scales every anchor runs at (default 1,1/2,1/4; area downscaling)")
+@click.option("--upscale", default=DEFAULT_UPSCALE, type=click.Choice(sorted(UPSCALE_FILTERS)),
+              help=f"filter that brings scaled anchors back to the working size (default {DEFAULT_UPSCALE})")
+@click.option("--clips", default=None, help="comma-separated clip names (file stems) to keep")
+@click.option("--no-vmaf", is_flag=True, help="skip VMAF (the slowest metric)")
+@click.option("--vmaf-subsample", type=int, default=1, metavar="N",
+              help="VMAF on every N-th frame only (like libvmaf --subsample; default 1 = all)")
+@click.option("--lpips-weights", default=None, metavar="PATH",
+              help="local torchvision AlexNet ImageNet weights; enables LPIPS (needs the lpips package)")
+@click.option("--dists-weights", default=None, metavar="PATH",
+              help="local torchvision VGG16 ImageNet weights; enables DISTS (needs DISTS_pytorch)")
+def command(**params) -> int:
+    require_bench_extra()
+    return run(SimpleNamespace(**params))
 
 
 def _split(text: str) -> list[str]:
@@ -280,7 +287,8 @@ def _model_identity(spec: str | None) -> tuple[int, str]:
     return int(loaded.model.config.resolution), f"{loaded.name}@{loaded.weights_hash.hex()[:16]}"
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: SimpleNamespace) -> int:
+    """The benchmark, from the options of :data:`command` (as attributes of ``args``)."""
     from tqdm import tqdm
 
     codecs = _split(args.codecs)
@@ -443,10 +451,10 @@ def write_summary(df, out: Path, run_info, notices, errors, anchor):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``python -m benchmarks.rd`` and ``imfcodec bench``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point for ``python -m benchmarks.rd``; returns the exit status (2: a usage error, 1: the run
+    failed; one line on stderr)."""
     try:
-        return run(args)
+        return call(command, argv, PROG)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

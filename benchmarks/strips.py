@@ -10,16 +10,21 @@ measured bytes decode to; labels carry the row's rate and whole-clip PSNR and ea
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 import numpy as np
 
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
+
+from . import require_bench_extra
 from .anchors import DEFAULT_UPSCALE, decode_file
 from .hull import CONVENTIONAL_HULL
+
+PROG = "python -m benchmarks.strips"
 
 
 def strip_indexes(frames: int) -> list[int]:
@@ -132,21 +137,28 @@ def write_strips(df, out: Path, point: str | None = None) -> list[Path]:
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.strips", description=__doc__.splitlines()[0])
-    p.add_argument("out", help="a benchmarks.rd output folder (rd.csv, streams/, cache/)")
-    p.add_argument("--point", default=None, help="imfcodec point (default: the encoder's defaults)")
-    args = p.parse_args(argv)
+@click.command("strips", cls=Command, context_settings=CONTEXT_SETTINGS,
+               help=f"{__doc__.splitlines()[0]}\n\nOUT: a benchmarks.rd output folder (rd.csv, streams/, cache/)")
+@click.argument("out")
+@click.option("--point", default=None, help="imfcodec point (default: the encoder's defaults)")
+def command(out: str, point: str | None) -> int:
+    require_bench_extra()
     import pandas as pd
 
     try:
-        df = pd.read_csv(Path(args.out) / "rd.csv")
-        paths = write_strips(df, Path(args.out), args.point)
+        df = pd.read_csv(Path(out) / "rd.csv")
+        paths = write_strips(df, Path(out), point)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\n".join(str(p) for p in paths) or "no clip has both the imfcodec point and anchors")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``python -m benchmarks.strips``; returns the exit status (1: failed, 2: a usage
+    error; one line on stderr)."""
+    return call(command, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ is shared by the tests below; the second run must skip every finished row.
 from __future__ import annotations
 
 import csv
+import importlib
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -290,3 +292,31 @@ def test_bad_scales_are_one_line_errors(tmp_path, capsys):
     assert main(base + ["--scales", "1/64", "--size", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: --scales") for line in err)
+
+
+@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input"])
+def test_entry_points_help_and_usage_errors(name, capsys):
+    """Each benchmark is a click command run by ``main(argv) -> int``: --help names the module, and a usage
+    error is one line with status 2."""
+    main = importlib.import_module(f"benchmarks.{name}").main
+    assert main(["--help"]) == 0
+    assert f"Usage: python -m benchmarks.{name} " in capsys.readouterr().out
+    assert main(["--no-such-option"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+
+
+def test_without_the_bench_extra_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """pandas, matplotlib and bjontegaard come with the `bench` extra: without one of them a benchmark
+    says how to install it, in one line, instead of a traceback."""
+    from benchmarks import gain, rd, strips
+
+    monkeypatch.setitem(sys.modules, "bjontegaard", None)  # as if not installed
+    assert rd.main(["--videos", str(CLIP), "--out", str(tmp_path / "o")]) == 1
+    assert gain.main([str(tmp_path / "rd.csv")]) == 1
+    assert strips.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3, err
+    for line in err:
+        assert line.startswith("error: ") and "bjontegaard" in line and "pip install -e '.[bench]'" in line
+    assert not (tmp_path / "o").exists()  # refused before doing anything

@@ -16,6 +16,10 @@ Half of the decode mutations are structure-aware (``custom_mutator``): a record'
 its CRC recomputed, or records are dropped, duplicated, swapped or retyped, so that mutations get past
 the CRC check to the parsers, the entropy decoder and the key-frame decoders; the other half are
 libFuzzer's byte-level mutations (which the CRC mostly catches, as it should).
+
+Unlike the CLI, the trainer and the benchmarks (click), this harness parses its options with argparse:
+``parse_known_args`` hands every argument it does not know (``-runs=40``, ``-jobs=2`` ...) to libFuzzer
+through ``atheris.Setup``, which owns the rest of argv.
 """
 
 from __future__ import annotations
