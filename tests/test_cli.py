@@ -104,3 +104,21 @@ def test_models_lists_configs():
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "imfcodec.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "encode" in out.stdout
+
+
+def test_train_runs_the_trainers_command_line():
+    """`imfcodec train ARGS` is `python -m imfcodec.train ARGS`: same options, same one-line usage errors."""
+    r = run("train", "--config", "tiny", "--print-config", "--data", "a", "b", "--set", "steps=3", "--amp")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.stdout)
+    assert cfg["data"] == ["a", "b"] and cfg["steps"] == 3 and cfg["amp"] is True
+    r = run("train", "--data")
+    assert r.exit_code == 2
+    _one_line_error(r)
+    r = run("train", "--help")
+    assert r.exit_code == 0 and "python -m imfcodec.train" in r.stdout and "--set KEY=JSON" in r.stdout
+
+
+def test_benchmarks_are_not_part_of_the_package():
+    """The benchmarks run from a source checkout (python -m benchmarks.rd), not as `imfcodec bench`."""
+    assert "bench" not in main.commands
