@@ -220,7 +220,7 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
         path = Path(job.stream_dir) / f"imfcodec_{point.name}.imf"
         try:
             settings = EncoderSettings(quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
-                                       key_quality=point.key_quality, refine=point.refine)
+                                       key_quality=point.key_quality, search_iters=point.refine)
             enc_sw, dec_sw = Stopwatch(), Stopwatch()
             with enc_sw:
                 encoder = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash,

@@ -80,14 +80,14 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--key-codec", default="hevc", show_default=True, help="Key-frame codec (see `imfcodec models`).")
 @click.option("--key-quality", type=int, default=None, help="Key-frame quality (higher = better).")
 @click.option("--chunk", type=int, default=None, help="Frames per token packet (latency vs overhead).")
-@click.option("--refine", type=int, default=None,
+@click.option("--refine", "search_iters", type=int, default=None,
               help="Encoder-side token search: N gradient steps per frame through the decoder (default 4; "
                    "0 = fastest, for live encoding on a CPU). Costs about N+1 decoder passes per frame.")
 @click.option("--frames", type=int, default=None, help="Encode at most N frames.")
-def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, refine, frames):
+def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, search_iters, frames):
     """Encode a video file into an .imf stream."""
     from .api import check_input_size, encode_video
-    from .codec import DEFAULT_CHUNK, DEFAULT_QUALITY, DEFAULT_REFINE, EncoderSettings
+    from .codec import DEFAULT_CHUNK, DEFAULT_QUALITY, DEFAULT_SEARCH_ITERS, EncoderSettings
     from .io import probe_video
 
     _interruptible()
@@ -95,7 +95,7 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
     settings = EncoderSettings(
         quality=DEFAULT_QUALITY if quality is None else quality, keyint=keyint, refresh_below=refresh_below,
         key_codec=key_codec, key_quality=key_quality, chunk=DEFAULT_CHUNK if chunk is None else chunk,
-        refine=DEFAULT_REFINE if refine is None else refine,
+        search_iters=DEFAULT_SEARCH_ITERS if search_iters is None else search_iters,
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")

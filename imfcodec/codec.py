@@ -28,14 +28,14 @@ from .errors import CorruptStreamError, InputError, ModelMismatchError, Unsuppor
 from .keyframe import get_keyframe_codec
 from .metrics import psnr
 from .models.imf import RefState
-from .refine import RefineSettings, grad_state, refine_tokens, table_scales
+from .token_search import SearchSettings, grad_state, search_tokens, table_scales
 
 DEFAULT_QUALITY = 9  # the quality the shipped model was trained for (noise of 0.35 token std)
 DEFAULT_CHUNK = 5
-# encoder-side token refinement steps (imfcodec.refine): on the test clips 4 steps took the shipped model
+# encoder-side token search iterations (imfcodec.token_search): on the test clips 4 took the shipped model
 # from +1.26 to +1.87 dB over repeat-the-key-frame at a lower rate, for 60-80x slower encoding on CPU
 # (benchmarks/results/model_speed.md); live senders without a GPU use 0
-DEFAULT_REFINE = 4
+DEFAULT_SEARCH_ITERS = 4
 MAX_CHUNK = 250
 
 Packet = KeyPacket | TokenPacket | EndPacket
@@ -51,7 +51,7 @@ class EncoderSettings:
     key_codec: str = "hevc"
     key_quality: int | None = None
     chunk: int = DEFAULT_CHUNK
-    refine: int = DEFAULT_REFINE  # token refinement steps per frame (imfcodec.refine); 0 = E_T's token as is
+    search_iters: int = DEFAULT_SEARCH_ITERS  # token search iterations per frame (CLI --refine); 0 = E_T's token
 
     def validated(self) -> "EncoderSettings":
         lo, hi = QUALITY_RANGE
@@ -61,7 +61,7 @@ class EncoderSettings:
             raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {self.keyint}")
         if not 1 <= self.chunk <= MAX_CHUNK:
             raise InputError(f"--chunk must be in 1..{MAX_CHUNK}, got {self.chunk}")
-        RefineSettings(self.refine).validated()
+        SearchSettings(self.search_iters).validated()
         if self.refresh_below is not None and not (0 < self.refresh_below < 100):
             raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
         codec = get_keyframe_codec(self.key_codec)
@@ -70,7 +70,7 @@ class EncoderSettings:
         if not klo <= kq <= khi:
             raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")
         return EncoderSettings(self.quality, self.keyint, self.refresh_below, self.key_codec, kq, self.chunk,
-                               self.refine)
+                               self.search_iters)
 
 
 def token_steps(model: torch.nn.Module, quality: int) -> np.ndarray:
@@ -115,7 +115,7 @@ class _Reference:
 
     @property
     def grad_state(self) -> RefState:
-        """The cache as autograd-usable tensors, for token refinement (built once per key frame)."""
+        """The cache as autograd-usable tensors, for the token search (built once per key frame)."""
         if self._grad_state is None:
             self._grad_state = grad_state(self.state)
         return self._grad_state
@@ -135,7 +135,7 @@ class Encoder:
         self.steps = token_steps(model, self.settings.quality)
         self.scale_indexes = scale_indexes_for(model, self.settings.quality)
         self.coder = TokenCoder(int(model.config.token_dim), self.scale_indexes)
-        self.refine_settings = RefineSettings(self.settings.refine)
+        self.search_settings = SearchSettings(self.settings.search_iters)
         self.table_scales = table_scales(self.scale_indexes)
         self.key_codec = get_keyframe_codec(self.settings.key_codec)
         fps = Fraction(fps)
@@ -164,10 +164,10 @@ class Encoder:
             return self._key(i, rgb)
         x = to_tensor(rgb)
         q = quantize(self.model.encode_token(x), self.steps)[0]
-        if s.refine:
+        if s.search_iters:
             prev = self.pending[-1] if self.pending else self.prev_q
-            q = refine_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
-                              self.table_scales, self.refine_settings)[0]
+            q = search_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
+                              self.table_scales, self.search_settings)[0]
         if s.refresh_below is not None:
             recon = to_uint8(self.model.decode_frame(self.ref.state, dequantize(q[None, :], self.steps)))[0]
             if psnr(recon, rgb) < s.refresh_below:

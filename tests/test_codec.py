@@ -43,9 +43,9 @@ def test_round_trip_frame_count_and_sizes(tiny_stream, tiny, tmp_path):
 def test_closed_loop_decoder_matches_encoder(sample_clip, tiny, tmp_path):
     """Without refinement, the tokens the decoder reads are the encoder's quantized E_T outputs, and
     the key frame the decoder shows is the key codec's decode (not the original). (Refined tokens:
-    tests/test_refine.py.)"""
+    tests/test_token_search.py.)"""
     path = tmp_path / "c1.imf"
-    encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(chunk=1, refine=0))
+    encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(chunk=1, search_iters=0))
     frames, tokens = _decode_all(path, tiny)
     src = list(read_frames(sample_clip, 64))
     steps = token_steps(tiny.model, DEFAULT_QUALITY)
