@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bitstream.format import MAX_CHUNK, MAX_TOKEN_DIM  # wire limits: the container format owns them
 from ..errors import CorruptStreamError, IMFError, InputError
 from .quant import Q_MAX
 from .tables import (
@@ -47,8 +48,6 @@ from .tables import (
     scale_table,
 )
 
-MAX_CHUNK = 1024
-MAX_TOKEN_DIM = 1024
 MIN_SYMBOLS = 8  # compressai's encoder allocates one output word per symbol; 8 symbols always fit
 SYMBOLS_PER_VALUE = 2 + (NB_MAX - 1 + 3) // 4  # main + nb + nibbles, worst case (= 6)
 
