@@ -20,8 +20,10 @@ from .entropy import (
     TokenCoder,
     dequantize,
     pack_key_token,
-    quality_step,
+    prior_delta_std,
+    quantization_steps,
     quantize,
+    scale_indexes,
     unpack_key_token,
 )
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError
@@ -38,25 +40,6 @@ from .settings import (  # noqa: F401 - re-exported: callers import the settings
 from .token_search import SearchSettings, grad_state, search_tokens, table_scales
 
 Packet = KeyPacket | TokenPacket | EndPacket
-
-
-def token_steps(model: torch.nn.Module, quality: int) -> np.ndarray:
-    """Per-channel quantization steps: the model's calibrated token scale times the quality ladder."""
-    scale = model.token_scale.detach().cpu().double().numpy()
-    return (scale * quality_step(quality)).astype(np.float64)
-
-
-def scale_indexes_for(model: torch.nn.Module, quality: int) -> list[int]:
-    """Entropy-table index per channel, chosen once by the encoder and written in the header.
-
-    Uses the delta statistics measured at export (``delta_std``), falling back to the token scale
-    for uncalibrated models. The decoder only ever reads these integers.
-    """
-    steps = token_steps(model, quality)
-    delta_std = getattr(model, "delta_std", None)
-    std = (delta_std.detach().cpu().double().numpy() if delta_std is not None
-           else model.token_scale.detach().cpu().double().numpy() * 0.5)
-    return list(TokenCoder.choose_scale_indexes(std / steps))
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -99,8 +82,9 @@ class Encoder:
         self.model = model.eval()
         self.settings = settings.validated()
         self.size = int(model.config.resolution)
-        self.steps = token_steps(model, self.settings.quality)
-        self.scale_indexes = scale_indexes_for(model, self.settings.quality)
+        self.steps = quantization_steps(model.token_scale, self.settings.quality)
+        # entropy tables: chosen once from the model's delta prior, written in the header as integers
+        self.scale_indexes = scale_indexes(prior_delta_std(model), self.steps)
         self.coder = TokenCoder(int(model.config.token_dim), self.scale_indexes)
         self.search_settings = SearchSettings(self.settings.search_iters)
         self.table_scales = table_scales(self.scale_indexes)
@@ -210,7 +194,7 @@ class Decoder:
             raise UnsupportedStreamError(f"stream header: token quality {header.quality} is outside {lo}..{hi}")
         self.model = model.eval()
         self.header = header
-        self.steps = token_steps(model, header.quality)
+        self.steps = quantization_steps(model.token_scale, header.quality)
         self.coder = TokenCoder.from_header(header.token_dim, header.scale_indexes)
         self.key_codec = get_keyframe_codec(header.key_codec)
         self.batch = max(1, batch)

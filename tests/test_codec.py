@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from imfcodec.api import decode_stream, encode_video, iter_decoded, stream_info
-from imfcodec.codec import DEFAULT_QUALITY, Encoder, EncoderSettings, to_tensor, to_uint8, token_steps
-from imfcodec.entropy import dequantize, quantize
+from imfcodec.codec import DEFAULT_QUALITY, Encoder, EncoderSettings, to_tensor, to_uint8
+from imfcodec.entropy import dequantize, quantization_steps, quantize
 from imfcodec.errors import InputError, ModelMismatchError
 from imfcodec.io import read_frames
 from imfcodec.zoo import load_model
@@ -48,7 +48,7 @@ def test_closed_loop_decoder_matches_encoder(sample_clip, tiny, tmp_path):
     encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(chunk=1, search_iters=0))
     frames, tokens = _decode_all(path, tiny)
     src = list(read_frames(sample_clip, 64))
-    steps = token_steps(tiny.model, DEFAULT_QUALITY)
+    steps = quantization_steps(tiny.model.token_scale, DEFAULT_QUALITY)
     import torch
 
     with torch.inference_mode():

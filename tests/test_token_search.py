@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from imfcodec.api import encode_video, iter_decoded
 from imfcodec.cli import main
-from imfcodec.codec import DEFAULT_QUALITY, EncoderSettings, scale_indexes_for, to_tensor, token_steps
-from imfcodec.entropy import dequantize, quantize
+from imfcodec.codec import DEFAULT_QUALITY, EncoderSettings, to_tensor
+from imfcodec.entropy import dequantize, prior_delta_std, quantization_steps, quantize, scale_indexes
 from imfcodec.entropy.rate import gaussian_delta_bits
 from imfcodec.errors import InputError
 from imfcodec.io import read_frames
@@ -32,8 +32,8 @@ def _objective(model, state, x, q, prev, steps, scales, lam):
 def setup(tiny, sample_clip):
     model = tiny.model.eval()
     frames = list(read_frames(sample_clip, 64))
-    steps = token_steps(model, DEFAULT_QUALITY)
-    scales = table_scales(scale_indexes_for(model, DEFAULT_QUALITY))
+    steps = quantization_steps(model.token_scale, DEFAULT_QUALITY)
+    scales = table_scales(scale_indexes(prior_delta_std(model), steps))
     with torch.inference_mode():
         qk = quantize(model.encode_token(to_tensor(frames[0])), steps)[0]
         state = model.prepare_reference(to_tensor(frames[0]), dequantize(qk[None], steps))
