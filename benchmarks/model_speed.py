@@ -4,7 +4,7 @@ model config (seeded random weights: speed does not depend on training).
     python -m benchmarks.model_speed [--threads 2] [--frames 40] [--configs imf-small,imf-tiny] [--out FILE.md]
 
 Encoder per frame = E_T (+ entropy coding, negligible), and ``codec.Encoder`` at its defaults (E_T plus
-token refinement, ``imfcodec.refine``: DEFAULT_REFINE gradient steps through the decoder); decoder per frame =
+token search, ``imfcodec.token_search``: DEFAULT_SEARCH_ITERS gradient steps through the decoder); decoder per frame =
 IMF_D(t), IMF_A, D_F, measured both frame by frame (``--chunk 1`` latency) and in chunks of 5 (the default packet). Per key frame both sides
 also run E_T and ``prepare_reference`` once; that is reported separately. The key-frame codec itself is
 timed by ``benchmarks.rd`` with everything else.
@@ -66,8 +66,8 @@ def _refine_timing(model: torch.nn.Module, frames: int) -> dict:
     enc = Encoder(model, model_name=model.config.name, weights_hash=weights_hash(model), fps=Fraction(25),
                   settings=EncoderSettings(key_codec="png"))
     enc.encode(key)  # the key frame: reference cache and its autograd copy, built once
-    return {"refine_steps": enc.settings.refine, "encode_refine_fps": 1 / _time(lambda: enc.encode(cur),
-                                                                                 max(3, frames // 10))}
+    return {"refine_steps": enc.settings.search_iters,
+            "encode_refine_fps": 1 / _time(lambda: enc.encode(cur), max(3, frames // 10))}
 
 
 def _timings(model: torch.nn.Module, frames: int) -> dict:

@@ -296,9 +296,9 @@ def run(args: SimpleNamespace) -> int:
     if bad or not codecs:
         raise BenchError(f"--codecs: unknown {', '.join(bad) or '(none)'} (known: {','.join(CODECS)})")
     if args.refine is None:
-        from imfcodec.codec import DEFAULT_REFINE
+        from imfcodec.codec import DEFAULT_SEARCH_ITERS
 
-        args.refine = DEFAULT_REFINE
+        args.refine = DEFAULT_SEARCH_ITERS
     if args.frames < 0 or args.keyint < 0 or args.jobs < 1 or args.threads < 1 or args.refine < 0:
         raise BenchError("--frames, --keyint and --refine must be >= 0, --jobs and --threads >= 1")
     ladders = parse_ladders(args.ladder)

@@ -8,9 +8,9 @@ Codecs:
 
 * anchors (``anchors.ANCHORS``): PyAV encode -> MP4 -> PyAV decode, at the point's frame-size scale
   (downscaled before the encoder, upscaled after the decoder; see ``anchors``).
-* ``imfcodec``: the streaming ``imfcodec.codec.Encoder`` on the very same reference frames, packets
-  written to a real .imf file with ``imfcodec.bitstream.StreamWriter``; decoded from that file with
-  ``imfcodec.api.iter_decoded``. Its rate is the whole file.
+* ``imfcodec``: ``imfcodec.api.encode_frames_to_file`` (the streaming encoder) on the very same reference
+  frames, written to a real .imf file; decoded from that file with ``imfcodec.api.iter_decoded``. Its
+  rate is the whole file.
 * ``repeat``: the first frame coded by imfcodec's key-frame codec, decoded, shown for every frame;
   its rate is the key-frame bytes over the clip's duration.
 """
@@ -221,13 +221,11 @@ def _repeat_points(job: Job, frames: np.ndarray, tmp: Path, errors: list[str]):
 
 
 def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, errors: list[str]):
-    import dataclasses
-
     import torch  # noqa: F401 - part of the codec's footprint
 
-    from imfcodec.api import iter_decoded
-    from imfcodec.bitstream import KeyPacket, StreamWriter, TokenPacket, iter_packet_records
-    from imfcodec.codec import Encoder, EncoderSettings
+    from imfcodec.api import encode_frames_to_file, iter_decoded
+    from imfcodec.bitstream import iter_packet_records
+    from imfcodec.codec import EncoderSettings
     from imfcodec.zoo import load_model
 
     set_threads(job.threads)
@@ -237,21 +235,10 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
         path = Path(job.stream_dir) / f"imfcodec_{point.name}.imf"
         try:
             settings = EncoderSettings(quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
-                                       key_quality=point.key_quality, refine=point.refine)
+                                       key_quality=point.key_quality, search_iters=point.refine)
             enc_sw, dec_sw = Stopwatch(), Stopwatch()
             with enc_sw:
-                encoder = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash,
-                                  fps=fps_, settings=settings)
-                packets = []
-                for rgb in frames:
-                    packets.extend(encoder.encode(rgb))
-                packets.extend(encoder.flush())
-            header = dataclasses.replace(encoder.header, frames=encoder.index)
-            with open(path, "wb") as f:
-                writer = StreamWriter(f, header)
-                for p in packets[:-1]:
-                    writer.write(p)
-                writer.close(packets[-1])
+                coded = encode_frames_to_file(frames, path, model=loaded, fps=fps_, settings=settings)
             decoded = np.empty_like(frames)
             count = 0
             with dec_sw:
@@ -266,17 +253,13 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
             continue
-        key_bytes = sum(len(p.image) for p in packets if isinstance(p, KeyPacket))
         # start-up = signature, header and the first key packet, as laid out in the file
         first_key = next(r for r in iter_packet_records(path) if r.type == "K")
-        startup_bytes = first_key.offset + first_key.total_len
-        token_bytes = sum(len(p.data) for p in packets if isinstance(p, TokenPacket))
         dec_path = tmp / f"{point.name}.npy"
         np.save(dec_path, decoded)
-        size = path.stat().st_size
-        out.append((point, {"bytes": size, "container_bytes": size, "key_bytes": key_bytes,
-                            "startup_bytes": startup_bytes,
-                            "token_bytes": token_bytes, "key_frames": len(encoder.key_frames),
+        out.append((point, {"bytes": coded.bytes, "container_bytes": coded.bytes, "key_bytes": coded.key_image_bytes,
+                            "startup_bytes": first_key.offset + first_key.total_len,
+                            "token_bytes": coded.token_bytes, "key_frames": len(coded.key_frames),
                             "enc_seconds": enc_sw.seconds, "dec_seconds": dec_sw.seconds,
                             "encoder": f"imfcodec {loaded.name}", "decoder": f"imfcodec {loaded.name}",
                             "stream": _rel(path, job)}, dec_path))

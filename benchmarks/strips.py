@@ -33,14 +33,14 @@ def strip_indexes(frames: int) -> list[int]:
     return list(dict.fromkeys(max(0, i) for i in picks))
 
 
-def default_point(key_codec: str = "hevc") -> str:
+def default_point() -> str:
     """The rd point name of the encoder's defaults (as ``benchmarks.rd`` names it)."""
-    from imfcodec.codec import DEFAULT_REFINE, EncoderSettings
     from imfcodec.keyframe import get_keyframe_codec
+    from imfcodec.settings import EncoderSettings
 
-    q = EncoderSettings().quality
-    kq = get_keyframe_codec(key_codec).default_quality
-    return f"q{q}-{key_codec}{kq}" + (f"-r{DEFAULT_REFINE}" if DEFAULT_REFINE else "")
+    s = EncoderSettings()
+    kq = s.key_quality if s.key_quality is not None else get_keyframe_codec(s.key_codec).default_quality
+    return f"q{s.quality}-{s.key_codec}{kq}" + (f"-r{s.search_iters}" if s.search_iters else "")
 
 
 def _decode_imf(path: Path, count: int) -> np.ndarray:

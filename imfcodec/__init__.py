@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Encoder": ("codec", "Encoder"),
     "Decoder": ("codec", "Decoder"),
-    "EncoderSettings": ("codec", "EncoderSettings"),
+    "EncoderSettings": ("settings", "EncoderSettings"),
     "encode_video": ("api", "encode_video"),
     "decode_stream": ("api", "decode_stream"),
     "stream_info": ("api", "stream_info"),

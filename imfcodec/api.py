@@ -1,24 +1,25 @@
-"""File-level operations behind the CLI: encode a video file, decode a stream file, describe a
-stream. Outputs are written atomically (temporary sibling, renamed at the end) so a failed or
+"""File-level operations behind the CLI: encode a video file (or frames already in memory), decode a
+stream file, describe a stream. Outputs are written atomically (temporary sibling, renamed at the end) so a failed or
 interrupted run never leaves a half-written file."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Union
 
+import numpy as np
+
 from .bitstream import (
-    MAGIC,
-    VERSION,
     Damage,
     EndPacket,
     KeyPacket,
@@ -27,8 +28,8 @@ from .bitstream import (
     StreamReader,
     StreamWriter,
     TokenPacket,
+    stream_start,
 )
-from .bitstream.format import TYPE_HEADER, encode_header, frame_record
 from .codec import Decoder, Encoder, EncoderSettings, encode_frames
 from .errors import BitstreamError, InputError
 from .io import VideoWriter, probe_video, read_frames
@@ -56,6 +57,19 @@ class EncodeSummary:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class EncodedStream:
+    """What ``encode_frames_to_file`` wrote: sizes by what the bytes carry, and where key frames are."""
+
+    path: str
+    frames: int
+    bytes: int  # the whole file
+    key_image_bytes: int  # key-frame images (the key-frame codec's payloads)
+    key_token_bytes: int  # key frames' raw integer tokens
+    token_bytes: int  # entropy-coded tokens of the other frames
+    key_frames: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -134,17 +148,53 @@ def check_input_size(path: str | os.PathLike, max_pixels: int = MAX_INPUT_PIXELS
         container.close()
 
 
+def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.PathLike, *, fps: Fraction | int,
+                          model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
+                          progress: Progress | None = None) -> EncodedStream:
+    """Encode RGB frames (uint8 HxWx3 at the model's resolution: a list, an array or any iterator)
+    into an .imf file; the one way the API and the benchmarks write streams.
+
+    Memory stays flat however many frames come: packets are written as they are made to a spool file
+    (its header says 0 frames), and at the end the output is the header with the real frame count
+    followed by the spooled packets, copied in pieces. Nothing appears at the output path until the
+    end; an error or Ctrl-C leaves neither the output nor a temporary behind. ``model`` as in
+    ``encode_video``.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    enc = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
+                  settings=settings)
+    out = Path(output_path)
+    key_image_bytes = key_token_bytes = token_bytes = 0
+    with atomic_output(out) as tmp, _scratch_file(tmp) as spool_path:
+        with open(spool_path, "wb") as spool:
+            writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
+            header_len = writer.bytes_written
+            for packet in encode_frames(_counting(frames, progress), enc):
+                if isinstance(packet, EndPacket):
+                    if enc.index == 0:
+                        raise InputError("no frames to encode")
+                    writer.close(packet)
+                    break
+                writer.write(packet)
+                if isinstance(packet, KeyPacket):
+                    key_image_bytes += len(packet.image)
+                    key_token_bytes += len(packet.key_token)
+                else:
+                    token_bytes += len(packet.data)
+        with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(stream_start(replace(enc.header, frames=enc.index)))
+            src.seek(header_len)
+            shutil.copyfileobj(src, dst, _COPY_PIECE)
+    return EncodedStream(str(out), enc.index, out.stat().st_size, key_image_bytes, key_token_bytes, token_bytes,
+                         list(enc.key_frames))
+
+
 def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                  model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
                  max_frames: int | None = None, progress: Progress | None = None,
                  max_input_pixels: int = MAX_INPUT_PIXELS) -> EncodeSummary:
-    """Encode a video file into an .imf stream.
-
-    Memory stays flat however long the input: packets are written as they are made to a spool file
-    (its header says 0 frames), and at the end the output is the header with the real frame count
-    followed by the spooled packets, copied in pieces. Nothing appears at the output path until the
-    end; an error or Ctrl-C leaves neither the output nor a temporary behind.
-    """
+    """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
+    memory stays flat however long the input, and the output appears only at the end)."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     check_input_size(input_path, max_input_pixels)
     info = probe_video(input_path)
@@ -153,38 +203,20 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
         raise InputError("output would overwrite the input")
     if out.is_dir():
         raise InputError(f"output path is a directory: {out}")
-    size = int(loaded.model.config.resolution)
-    enc = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash,
-                  fps=info.fps, settings=settings)
-    frames = read_frames(input_path, size, max_frames=max_frames)
+    settings = settings.validated()  # bad settings are reported before any frame is decoded
+    frames = read_frames(input_path, int(loaded.model.config.resolution), max_frames=max_frames)
     t0 = time.perf_counter()
-    key_bytes = token_bytes = 0
-    with atomic_output(out) as tmp, _scratch_file(tmp) as spool_path:
-        with open(spool_path, "wb") as spool:
-            writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
-            header_len = writer.bytes_written
-            for packet in encode_frames(_counting(frames, progress), enc):
-                if isinstance(packet, EndPacket):
-                    if enc.index == 0:
-                        raise InputError(f"{input_path}: no frames could be decoded")
-                    writer.close(packet)
-                    break
-                writer.write(packet)
-                if isinstance(packet, KeyPacket):
-                    key_bytes += len(packet.image) + len(packet.key_token)
-                else:
-                    token_bytes += len(packet.data)
-        header = replace(enc.header, frames=enc.index)
-        with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
-            dst.write(MAGIC + bytes((VERSION,)) + frame_record(TYPE_HEADER, encode_header(header)))
-            src.seek(header_len)
-            shutil.copyfileobj(src, dst, _COPY_PIECE)
+    first = next(frames, None)
+    if first is None:
+        raise InputError(f"{input_path}: no frames could be decoded")
+    s = encode_frames_to_file(itertools.chain([first], frames), out, model=loaded, fps=info.fps,
+                              settings=settings, progress=progress)
     seconds = time.perf_counter() - t0
-    total = out.stat().st_size
-    duration = enc.index / float(info.fps)
-    return EncodeSummary(str(out), enc.index, seconds, total, key_bytes, token_bytes,
-                         total - key_bytes - token_bytes, total * 8 / duration / 1000.0,
-                         list(enc.key_frames), loaded.name)
+    key_bytes = s.key_image_bytes + s.key_token_bytes
+    duration = s.frames / float(info.fps)
+    return EncodeSummary(str(out), s.frames, seconds, s.bytes, key_bytes, s.token_bytes,
+                         s.bytes - key_bytes - s.token_bytes, s.bytes * 8 / duration / 1000.0,
+                         s.key_frames, loaded.name)
 
 
 def _counting(frames: Iterator, progress: Progress | None) -> Iterator:
@@ -339,6 +371,6 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
     }
 
 
-__all__ = ["EncodeSummary", "DecodeSummary", "encode_video", "decode_stream", "stream_info", "stream_header",
-           "iter_decoded", "check_input_size", "atomic_output", "default_output", "BitstreamError", "Limits",
-           "MAX_INPUT_PIXELS"]
+__all__ = ["EncodeSummary", "EncodedStream", "DecodeSummary", "encode_frames_to_file", "encode_video", "decode_stream",
+           "stream_info", "stream_header", "iter_decoded", "check_input_size", "atomic_output", "default_output",
+           "BitstreamError", "Limits", "MAX_INPUT_PIXELS"]

@@ -18,6 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click
 
 from .errors import IMFError
+from .settings import EncoderSettings
+
+_ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
@@ -72,29 +75,31 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output stream (default: INPUT with .imf).")
 @click.option("--model", "model", default=None,
               help="Config name with shipped weights, a .safetensors file, or random:NAME for an untrained model.")
-@click.option("--quality", type=int, default=None, help="Token quality (higher = finer quantization).")
-@click.option("--keyint", type=int, default=0, show_default=True, help="Key frame every N frames (0 = one key frame).")
-@click.option("--refresh-below", type=float, default=None,
+@click.option("--quality", type=int, default=_ENCODER.quality, show_default=True,
+              help="Token quality (higher = finer quantization).")
+@click.option("--keyint", type=int, default=_ENCODER.keyint, show_default=True,
+              help="Key frame every N frames (0 = one key frame).")
+@click.option("--refresh-below", type=float, default=_ENCODER.refresh_below,
               help="Insert a key frame when the decoded frame's PSNR drops below this many dB.")
-@click.option("--key-codec", default="hevc", show_default=True, help="Key-frame codec (see `imfcodec models`).")
-@click.option("--key-quality", type=int, default=None, help="Key-frame quality (higher = better).")
-@click.option("--chunk", type=int, default=None, help="Frames per token packet (latency vs overhead).")
-@click.option("--refine", type=int, default=None,
-              help="Encoder-side token search: N gradient steps per frame through the decoder (default 4; "
-                   "0 = fastest, for live encoding on a CPU). Costs about N+1 decoder passes per frame.")
+@click.option("--key-codec", default=_ENCODER.key_codec, show_default=True, help="Key-frame codec (see `imfcodec models`).")
+@click.option("--key-quality", type=int, default=_ENCODER.key_quality,
+              help="Key-frame quality (higher = better; default: the key-frame codec's own).")
+@click.option("--chunk", type=int, default=_ENCODER.chunk, show_default=True,
+              help="Frames per token packet (latency vs overhead).")
+@click.option("--refine", "search_iters", type=int, default=_ENCODER.search_iters, show_default=True,
+              help="Encoder-side token search: N gradient steps per frame through the decoder "
+                   "(0 = fastest, for live encoding on a CPU). Costs about N+1 decoder passes per frame.")
 @click.option("--frames", type=int, default=None, help="Encode at most N frames.")
-def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, refine, frames):
+def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, search_iters, frames):
     """Encode a video file into an .imf stream."""
     from .api import check_input_size, encode_video
-    from .codec import DEFAULT_CHUNK, DEFAULT_QUALITY, DEFAULT_REFINE, EncoderSettings
     from .io import probe_video
 
     _interruptible()
 
     settings = EncoderSettings(
-        quality=DEFAULT_QUALITY if quality is None else quality, keyint=keyint, refresh_below=refresh_below,
-        key_codec=key_codec, key_quality=key_quality, chunk=DEFAULT_CHUNK if chunk is None else chunk,
-        refine=DEFAULT_REFINE if refine is None else refine,
+        quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
+        key_quality=key_quality, chunk=chunk, search_iters=search_iters,
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")

@@ -20,76 +20,26 @@ from .entropy import (
     TokenCoder,
     dequantize,
     pack_key_token,
-    quality_step,
+    prior_delta_std,
+    quantization_steps,
     quantize,
+    scale_indexes,
     unpack_key_token,
 )
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError
 from .keyframe import get_keyframe_codec
 from .metrics import psnr
 from .models.imf import RefState
-from .refine import RefineSettings, grad_state, refine_tokens, table_scales
-
-DEFAULT_QUALITY = 9  # the quality the shipped model was trained for (noise of 0.35 token std)
-DEFAULT_CHUNK = 5
-# encoder-side token refinement steps (imfcodec.refine): on the test clips 4 steps took the shipped model
-# from +1.26 to +1.87 dB over repeat-the-key-frame at a lower rate, for 60-80x slower encoding on CPU
-# (benchmarks/results/model_speed.md); live senders without a GPU use 0
-DEFAULT_REFINE = 4
-MAX_CHUNK = 250
+from .settings import (  # noqa: F401 - re-exported: callers import the settings with the codec
+    DEFAULT_CHUNK,
+    DEFAULT_KEY_CODEC,
+    DEFAULT_QUALITY,
+    DEFAULT_SEARCH_ITERS,
+    EncoderSettings,
+)
+from .token_search import SearchSettings, grad_state, search_tokens, table_scales
 
 Packet = KeyPacket | TokenPacket | EndPacket
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    """Everything a user can choose about an encode; validated once, up front."""
-
-    quality: int = DEFAULT_QUALITY
-    keyint: int = 0
-    refresh_below: float | None = None
-    key_codec: str = "hevc"
-    key_quality: int | None = None
-    chunk: int = DEFAULT_CHUNK
-    refine: int = DEFAULT_REFINE  # token refinement steps per frame (imfcodec.refine); 0 = E_T's token as is
-
-    def validated(self) -> "EncoderSettings":
-        lo, hi = QUALITY_RANGE
-        if not lo <= self.quality <= hi:
-            raise InputError(f"--quality must be in {lo}..{hi}, got {self.quality}")
-        if self.keyint < 0:
-            raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {self.keyint}")
-        if not 1 <= self.chunk <= MAX_CHUNK:
-            raise InputError(f"--chunk must be in 1..{MAX_CHUNK}, got {self.chunk}")
-        RefineSettings(self.refine).validated()
-        if self.refresh_below is not None and not (0 < self.refresh_below < 100):
-            raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
-        codec = get_keyframe_codec(self.key_codec)
-        kq = codec.default_quality if self.key_quality is None else self.key_quality
-        klo, khi = codec.quality_range
-        if not klo <= kq <= khi:
-            raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")
-        return EncoderSettings(self.quality, self.keyint, self.refresh_below, self.key_codec, kq, self.chunk,
-                               self.refine)
-
-
-def token_steps(model: torch.nn.Module, quality: int) -> np.ndarray:
-    """Per-channel quantization steps: the model's calibrated token scale times the quality ladder."""
-    scale = model.token_scale.detach().cpu().double().numpy()
-    return (scale * quality_step(quality)).astype(np.float64)
-
-
-def scale_indexes_for(model: torch.nn.Module, quality: int) -> list[int]:
-    """Entropy-table index per channel, chosen once by the encoder and written in the header.
-
-    Uses the delta statistics measured at export (``delta_std``), falling back to the token scale
-    for uncalibrated models. The decoder only ever reads these integers.
-    """
-    steps = token_steps(model, quality)
-    delta_std = getattr(model, "delta_std", None)
-    std = (delta_std.detach().cpu().double().numpy() if delta_std is not None
-           else model.token_scale.detach().cpu().double().numpy() * 0.5)
-    return list(TokenCoder.choose_scale_indexes(std / steps))
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -115,7 +65,7 @@ class _Reference:
 
     @property
     def grad_state(self) -> RefState:
-        """The cache as autograd-usable tensors, for token refinement (built once per key frame)."""
+        """The cache as autograd-usable tensors, for the token search (built once per key frame)."""
         if self._grad_state is None:
             self._grad_state = grad_state(self.state)
         return self._grad_state
@@ -132,10 +82,11 @@ class Encoder:
         self.model = model.eval()
         self.settings = settings.validated()
         self.size = int(model.config.resolution)
-        self.steps = token_steps(model, self.settings.quality)
-        self.scale_indexes = scale_indexes_for(model, self.settings.quality)
+        self.steps = quantization_steps(model.token_scale, self.settings.quality)
+        # entropy tables: chosen once from the model's delta prior, written in the header as integers
+        self.scale_indexes = scale_indexes(prior_delta_std(model), self.steps)
         self.coder = TokenCoder(int(model.config.token_dim), self.scale_indexes)
-        self.refine_settings = RefineSettings(self.settings.refine)
+        self.search_settings = SearchSettings(self.settings.search_iters)
         self.table_scales = table_scales(self.scale_indexes)
         self.key_codec = get_keyframe_codec(self.settings.key_codec)
         fps = Fraction(fps)
@@ -164,10 +115,10 @@ class Encoder:
             return self._key(i, rgb)
         x = to_tensor(rgb)
         q = quantize(self.model.encode_token(x), self.steps)[0]
-        if s.refine:
+        if s.search_iters:
             prev = self.pending[-1] if self.pending else self.prev_q
-            q = refine_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
-                              self.table_scales, self.refine_settings)[0]
+            q = search_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
+                              self.table_scales, self.search_settings)[0]
         if s.refresh_below is not None:
             recon = to_uint8(self.model.decode_frame(self.ref.state, dequantize(q[None, :], self.steps)))[0]
             if psnr(recon, rgb) < s.refresh_below:
@@ -243,7 +194,7 @@ class Decoder:
             raise UnsupportedStreamError(f"stream header: token quality {header.quality} is outside {lo}..{hi}")
         self.model = model.eval()
         self.header = header
-        self.steps = token_steps(model, header.quality)
+        self.steps = quantization_steps(model.token_scale, header.quality)
         self.coder = TokenCoder.from_header(header.token_dim, header.scale_indexes)
         self.key_codec = get_keyframe_codec(header.key_codec)
         self.batch = max(1, batch)

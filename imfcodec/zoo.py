@@ -89,6 +89,7 @@ def load_weights(path: str | os.PathLike) -> torch.nn.Module:
     """Build the model described by the file's metadata and load its weights (no pickle)."""
     from safetensors.torch import load_file
 
+    from .entropy.params import load_prior
     from .models import IMF, IMFConfig
 
     meta = read_metadata(path)
@@ -107,14 +108,10 @@ def load_weights(path: str | os.PathLike) -> torch.nn.Module:
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise WeightsError(f"{path}: weights do not match config '{config.name}' ({first[-1].strip()[:200]})") from None
-    if "delta_std" in meta:  # measured at export; picks the entropy tables (see codec.scale_indexes_for)
-        try:
-            delta_std = torch.tensor(json.loads(meta["delta_std"]), dtype=torch.float32)
-        except (ValueError, TypeError):
-            raise WeightsError(f"{path}: bad delta_std in metadata") from None
-        if delta_std.shape != model.token_scale.shape or not bool(torch.all(delta_std > 0)):
-            raise WeightsError(f"{path}: delta_std in metadata does not match token_dim {config.token_dim}")
-        model.delta_std = delta_std
+    try:
+        load_prior(model, meta)  # the measured delta prior, which picks the entropy tables
+    except ValueError as e:
+        raise WeightsError(f"{path}: {e}") from None
     return model.eval()
 
 

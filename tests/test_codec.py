@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from imfcodec.api import decode_stream, encode_video, iter_decoded, stream_info
-from imfcodec.codec import DEFAULT_QUALITY, Encoder, EncoderSettings, to_tensor, to_uint8, token_steps
-from imfcodec.entropy import dequantize, quantize
+from imfcodec.codec import DEFAULT_QUALITY, Encoder, EncoderSettings, to_tensor, to_uint8
+from imfcodec.entropy import dequantize, quantization_steps, quantize
 from imfcodec.errors import InputError, ModelMismatchError
 from imfcodec.io import read_frames
 from imfcodec.zoo import load_model
@@ -43,18 +43,41 @@ def test_round_trip_frame_count_and_sizes(tiny_stream, tiny, tmp_path):
 def test_closed_loop_decoder_matches_encoder(sample_clip, tiny, tmp_path):
     """Without refinement, the tokens the decoder reads are the encoder's quantized E_T outputs, and
     the key frame the decoder shows is the key codec's decode (not the original). (Refined tokens:
-    tests/test_refine.py.)"""
+    tests/test_token_search.py.)"""
     path = tmp_path / "c1.imf"
-    encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(chunk=1, refine=0))
+    encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(chunk=1, search_iters=0))
     frames, tokens = _decode_all(path, tiny)
     src = list(read_frames(sample_clip, 64))
-    steps = token_steps(tiny.model, DEFAULT_QUALITY)
+    steps = quantization_steps(tiny.model.token_scale, DEFAULT_QUALITY)
     import torch
 
     with torch.inference_mode():
         expect = quantize(tiny.model.encode_token(torch.cat([to_tensor(f) for f in src[1:]])), steps)
     np.testing.assert_array_equal(tokens[1:], expect)
     assert not np.array_equal(frames[0], src[0])  # lossy key frame: the decoded one is used
+
+
+def test_frames_in_memory_encode_to_the_same_stream_as_the_file(sample_clip, tiny, tmp_path):
+    """api.encode_frames_to_file is what encode_video runs: frames from a list or an iterator give the
+    same bytes, and its result counts what stream_info reads back."""
+    from fractions import Fraction
+
+    from imfcodec.api import encode_frames_to_file
+
+    settings = EncoderSettings(key_codec="png", keyint=5, chunk=3, search_iters=0)
+    encode_video(sample_clip, tmp_path / "v.imf", model=tiny, settings=settings)
+    src = list(read_frames(sample_clip, 64))
+    for name, frames in (("list.imf", src), ("iter.imf", iter(src))):
+        r = encode_frames_to_file(frames, tmp_path / name, model=tiny, fps=Fraction(25), settings=settings)
+        assert (tmp_path / name).read_bytes() == (tmp_path / "v.imf").read_bytes()
+    info = stream_info(tmp_path / "list.imf")
+    assert (r.frames, r.bytes, r.key_frames) == (14, info["bytes"], info["key_frames"]) == (14, r.bytes, [0, 5, 10])
+    assert r.key_image_bytes + r.key_token_bytes == info["key_bytes"] and r.token_bytes == info["token_bytes"]
+    assert r.key_token_bytes == 3 * 2 * 32
+    with pytest.raises(InputError, match="no frames"):
+        encode_frames_to_file([], tmp_path / "empty.imf", model=tiny, fps=25, settings=settings)
+    assert not (tmp_path / "empty.imf").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter.imf", "list.imf", "v.imf"]
 
 
 def test_keyint_and_chunk_change_packets_not_frames(sample_clip, tiny, tmp_path):

@@ -23,11 +23,11 @@ from imfcodec.entropy import (
     TokenCoder,
     TokenRateModel,
     dequantize,
-    export_scale_indexes,
     measure_chunk_overhead,
     pack_key_token,
     quality_step,
     quantize,
+    scale_indexes,
     scale_table,
     table_bits,
     unpack_key_token,
@@ -119,10 +119,10 @@ def test_tables_match_recorded_digests_and_are_valid():
         assert min(t.freqs()) >= 1 and t.cdf[-1] == t.cdf[-2] == 65536
 
 
-def test_choose_scale_indexes_is_monotonic():
+def test_scale_indexes_is_monotonic():
     stds = np.concatenate([[0.0, 0.05, 0.11, 0.1100001], np.geomspace(0.01, 1e4, 500)])
     stds.sort()
-    idx = TokenCoder.choose_scale_indexes(stds)
+    idx = scale_indexes(stds)
     assert all(isinstance(i, int) for i in idx)
     assert idx == sorted(idx) and idx[0] == 0 and idx[-1] == NUM_SCALES - 1
     table = scale_table()
@@ -130,7 +130,7 @@ def test_choose_scale_indexes_is_monotonic():
         assert table[i] >= s or i == NUM_SCALES - 1
         assert i == 0 or table[i - 1] < s
     with pytest.raises(InputError):
-        TokenCoder.choose_scale_indexes([1.0, float("nan")])
+        scale_indexes([1.0, float("nan")])
 
 
 def test_fit_scale_indexes_finds_the_true_scale():
@@ -138,7 +138,7 @@ def test_fit_scale_indexes_finds_the_true_scale():
     std = np.array([0.3, 1.0, 2.0, 8.0])
     d = np.rint(rng.standard_normal((4000, 4)) * std).astype(np.int64)
     fit = TokenCoder.fit_scale_indexes(d)
-    guess = TokenCoder.choose_scale_indexes(std)
+    guess = scale_indexes(std)
     assert all(abs(a - b) <= 2 for a, b in zip(fit, guess)), (fit, guess)
     assert table_bits(d, fit).sum() <= table_bits(d, guess).sum()
 
@@ -150,7 +150,7 @@ def test_fit_scale_indexes_finds_the_true_scale():
                                              (3, 7, 50.0), (64, 2, 0.2), (8, MAX_CHUNK, 1.5)])
 def test_round_trip(token_dim, n, std):
     rng = np.random.default_rng(token_dim * 1000 + n)
-    idx = TokenCoder.choose_scale_indexes(np.full(token_dim, std))
+    idx = scale_indexes(np.full(token_dim, std))
     coder = TokenCoder(token_dim, idx)
     prev, qs = _walk(rng, n, token_dim, std)
     data = coder.encode_chunk(prev, qs)
@@ -188,7 +188,7 @@ def test_rate_is_close_to_the_ideal():
     tables are within a few percent of the Gaussian's entropy."""
     rng = np.random.default_rng(3)
     std = 2.0
-    coder = TokenCoder(32, TokenCoder.choose_scale_indexes(np.full(32, std)))
+    coder = TokenCoder(32, scale_indexes(np.full(32, std)))
     prev, qs = _walk(rng, 500, 32, std)
     data = coder.encode_chunk(prev, qs)
     d = np.diff(np.concatenate([prev[None], qs]), axis=0)
@@ -358,8 +358,8 @@ def test_rate_model_matches_tables_and_exports_indexes():
     d = np.rint(rng.standard_normal((2000, 8)) * scale_steps.numpy()).astype(np.int64)
     bits_model = model(torch.from_numpy(d).double(), qstep).sum().item()
     idx = model.export_scale_indexes(q)
-    assert idx == TokenCoder.choose_scale_indexes(scale_steps.numpy())
-    assert idx == export_scale_indexes(model.log_sigma.exp(), q)
+    assert idx == scale_indexes(scale_steps.numpy())
+    assert idx == scale_indexes(model.log_sigma.exp(), qstep)
     bits_tables = table_bits(d, idx).sum()
     assert bits_tables == pytest.approx(bits_model, rel=0.03)
 
@@ -383,3 +383,54 @@ def test_tables_are_platform_checked():
     finally:
         T._DIGESTS = saved
         T.gaussian_table.cache_clear()
+
+
+def test_prior_lives_in_a_non_persistent_buffer_filled_from_metadata(tmp_path):
+    """entropy.params owns the delta prior: the shipped weights' measured delta_std picks the tables,
+    the model holds it outside its state dict (so the weights hash ignores it), and it round-trips."""
+    from imfcodec.entropy import params
+    from imfcodec.zoo import load_weights, read_metadata, save_weights, shipped_weights_path, weights_hash
+
+    path = shipped_weights_path("imf-small-v2")
+    model = load_weights(path)
+    stored = json.loads(read_metadata(path)["delta_std"])
+    assert "delta_std" not in model.state_dict()
+    assert torch.equal(model.delta_std, torch.tensor(stored, dtype=torch.float32))
+    steps = params.quantization_steps(model.token_scale, 9)
+    assert params.scale_indexes(params.prior_delta_std(model), steps) == params.scale_indexes(
+        np.asarray(stored, dtype=np.float32).astype(np.float64), steps)
+    before = weights_hash(model)
+    model.delta_std.mul_(2)
+    assert weights_hash(model) == before
+    copy = tmp_path / "m.safetensors"
+    save_weights(model, copy, metadata=params.prior_metadata(model))
+    assert torch.allclose(load_weights(copy).delta_std, model.delta_std)
+
+
+def test_unmeasured_prior_follows_the_token_scale_and_bad_priors_are_refused():
+    from imfcodec.entropy import params
+    from imfcodec.zoo import random_model
+
+    model = random_model("imf-tiny")
+    model.token_scale.mul_(3)
+    assert params.prior_metadata(model) == {}
+    np.testing.assert_array_equal(params.prior_delta_std(model), np.full(32, 3 * params.UNMEASURED_DELTA_RATIO))
+    for bad in (torch.ones(31), torch.zeros(32), torch.full((32,), -1.0)):
+        with pytest.raises(ValueError, match="token_dim 32"):
+            params.set_prior(model, bad)
+    with pytest.raises(ValueError, match="bad delta_std"):
+        params.load_prior(model, {"delta_std": "[1, 2"})
+    params.load_prior(model, {})  # no key: nothing measured, nothing changes
+    assert not bool((model.delta_std > 0).any())
+
+
+def test_measure_prior_keeps_deltas_within_clips():
+    from imfcodec.entropy.params import DELTA_STD_MIN, UNMEASURED_DELTA_RATIO, measure_prior
+
+    a = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]])
+    b = torch.tensor([[100.0, 5.0], [101.0, 5.0]])  # the jump from a's last token to b's first is no delta
+    scale, delta = measure_prior([a, b])
+    assert torch.allclose(delta, torch.tensor([1.0, DELTA_STD_MIN]))
+    assert torch.allclose(scale, torch.cat([a, b]).double().std(0, unbiased=False).float())
+    scale, delta = measure_prior([a[:1], b[:1]])  # single frames: no deltas measured
+    assert torch.equal(delta, scale * UNMEASURED_DELTA_RATIO)

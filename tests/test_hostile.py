@@ -922,9 +922,10 @@ def test_memory_is_flat_in_the_number_of_frames(tmp_path, tiny):
         clip = _cheap_clip(tmp_path / f"c{n}.mp4", n)
         stream = _long_stream(tiny, tmp_path / f"s{n}.imf", n)
         tracemalloc.start()
-        # refine=0: token refinement is per-frame local work (its state dies with the frame) and under
+        # search_iters=0: the token search is per-frame local work (its state dies with the frame) and under
         # tracemalloc it would make 1,200 frames take minutes
-        encode_video(clip, tmp_path / f"e{n}.imf", model=tiny, settings=EncoderSettings(key_codec="png", refine=0))
+        encode_video(clip, tmp_path / f"e{n}.imf", model=tiny,
+                     settings=EncoderSettings(key_codec="png", search_iters=0))
         enc_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
         decode_stream(stream, tmp_path / f"d{n}.y4m", model=tiny)

@@ -75,9 +75,9 @@ def test_register_custom_codec() -> None:
                 pass
 
     finally:
-        from imfcodec import keyframe
+        from imfcodec.keyframe import registry
 
-        keyframe._REGISTRY.pop("test-raw", None)
+        registry._REGISTRY.pop("test-raw", None)
 
 
 @pytest.mark.parametrize("name", ["hevc", "av1", "webp"])

@@ -25,10 +25,11 @@ from .format import (
     packet_overhead,
 )
 from .reader import Damage, ResyncReader, StreamReader, is_imf_stream, iter_packet_records, read_stream
-from .writer import StreamWriter
+from .writer import StreamWriter, stream_start
 
 __all__ = [
     "Damage", "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "EndPacket", "KeyPacket", "Limits", "Packet",
     "PacketRecord", "ResyncReader", "StreamHeader", "StreamReader", "StreamWriter", "TokenPacket", "decode_varint",
     "encode_packet", "encode_varint", "is_imf_stream", "iter_packet_records", "packet_overhead", "read_stream",
+    "stream_start",
 ]

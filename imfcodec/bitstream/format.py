@@ -27,8 +27,9 @@ CRC_SIZE = 4
 VARINT_MAX_BYTES = 10  # enough for any value < 2**64
 MAX_NAME = 64  # bytes, for the model and key-codec names
 WEIGHTS_HASH_SIZE = 16
-MAX_TOKEN_DIM = 256
-MAX_CHUNK = 1024  # frames per token packet; matches the entropy coder's own ceiling
+# Wire limits: defined here only; the entropy coder and the codec import them.
+MAX_TOKEN_DIM = 256  # channels per token (header token_dim)
+MAX_CHUNK = 1024  # frames per token packet (header chunk)
 MAX_FPS_TERM = 2**32 - 1  # numerator and denominator of the frame rate
 MAX_U8 = 255
 

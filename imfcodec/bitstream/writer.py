@@ -26,6 +26,18 @@ def _uint(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def stream_start(header: StreamHeader, limits: Limits = Limits()) -> bytes:
+    """Signature, version and header record: the bytes every stream starts with.
+
+    Public so that a writer that learns the frame count only at the end can put a new start in front
+    of packets it spooled; InputError for a header a conforming reader would refuse.
+    """
+    problem = header_problem(header, limits)
+    if problem:
+        raise InputError(f"invalid stream header: {problem}")
+    return MAGIC + bytes((VERSION,)) + frame_record(TYPE_HEADER, encode_header(header))
+
+
 class StreamWriter:
     """Writes magic, version and header on construction, then one record per ``write``.
 
@@ -35,16 +47,14 @@ class StreamWriter:
     """
 
     def __init__(self, fileobj: BinaryIO, header: StreamHeader, limits: Limits = Limits()) -> None:
-        problem = header_problem(header, limits)
-        if problem:
-            raise InputError(f"invalid stream header: {problem}")
+        start = stream_start(header, limits)
         self._f = fileobj
         self.header = header
         self.limits = limits
         self.next_frame = 0
         self.bytes_written = 0
         self.closed = False
-        self._write(MAGIC + bytes((VERSION,)) + frame_record(TYPE_HEADER, encode_header(header)))
+        self._write(start)
 
     def write(self, packet: Packet) -> int:
         """Append a key or token packet; returns the bytes written (the whole record)."""

@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from ..bitstream.format import MAX_CHUNK, MAX_TOKEN_DIM  # wire limits: the container format owns them
 from ..errors import CorruptStreamError, IMFError, InputError
+from . import params
 from .quant import Q_MAX
 from .tables import (
     NB_MAX,
@@ -44,11 +46,8 @@ from .tables import (
     gaussian_table,
     nbits_table,
     nibble_table,
-    scale_table,
 )
 
-MAX_CHUNK = 1024
-MAX_TOKEN_DIM = 1024
 MIN_SYMBOLS = 8  # compressai's encoder allocates one output word per symbol; 8 symbols always fit
 SYMBOLS_PER_VALUE = 2 + (NB_MAX - 1 + 3) // 4  # main + nb + nibbles, worst case (= 6)
 
@@ -138,23 +137,6 @@ class TokenCoder:
             raise CorruptStreamError(f"stream header: {e}") from None
 
     # ------------------------------------------------------------------ encoder-side choices
-    @staticmethod
-    def choose_scale_indexes(delta_std_in_steps: Any) -> list[int]:
-        """Per channel, the smallest table whose scale is >= the delta std (in steps).
-
-        Encoder only: it compares floats, and the resulting integers go into the header. Monotonic
-        non-decreasing in the std; std <= 0.11 -> 0, std > ~256 -> 63. Adjacent tables differ by a
-        factor 1.13, so rounding up costs < 0.01 bit/symbol against the best table.
-        """
-        if hasattr(delta_std_in_steps, "detach"):
-            delta_std_in_steps = delta_std_in_steps.detach().cpu().double().numpy()
-        std = np.asarray(delta_std_in_steps, dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(std)) or np.any(std < 0):
-            raise InputError("delta std must be finite and >= 0")
-        table = np.asarray(scale_table())
-        idx = np.searchsorted(table, std, side="left")
-        return [int(i) for i in np.minimum(idx, NUM_SCALES - 1)]
-
     @staticmethod
     def fit_scale_indexes(deltas: np.ndarray) -> list[int]:
         """Per channel, the table that codes these integer deltas [N, C] in the fewest bits
@@ -300,7 +282,7 @@ def measure_chunk_overhead(chunk_sizes: Sequence[int] = (1, 2, 5, 10, 25), frame
     deltas = np.rint(rng.standard_normal((frames, token_dim)) * std).astype(np.int64)
     key = np.zeros(token_dim, dtype=np.int64)
     qs = (key[None, :] + np.cumsum(deltas, axis=0)).astype(np.int32)
-    idx = TokenCoder.choose_scale_indexes(std)
+    idx = params.scale_indexes(std)
     coder = TokenCoder(token_dim, idx)
     ideal = float(table_bits(deltas, idx).sum()) / 8.0 / frames
     rows = []

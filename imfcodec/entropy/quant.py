@@ -1,6 +1,6 @@
 """Token quantization: float tokens <-> integers, and the raw key-frame token.
 
-step[c] = token_scale[c] * quality_step(Q). The quality ladder is geometric: each +1 divides the
+step[c] = token_scale[c] * quality_step(Q) (``entropy.params.quantization_steps``). The quality ladder is geometric: each +1 divides the
 step by sqrt(2) (about +0.5 bit per channel per frame at high rate), Q = 6 is one token_scale.
 Only the encoder rounds; the decoder only multiplies integers by steps.
 """
@@ -33,14 +33,6 @@ def quality_step(quality: int) -> float:
         raise InputError(f"quality must be an integer in {lo}..{hi}, got {quality!r}")
     e = 6 - int(quality)
     return math.ldexp(1.0, e // 2) * (_SQRT2 if e % 2 else 1.0)
-
-
-def channel_steps(token_scale: Any, quality: int) -> np.ndarray:
-    """Per-channel float64 steps: token_scale (tensor or array, [C]) times quality_step(quality)."""
-    if hasattr(token_scale, "detach"):
-        token_scale = token_scale.detach().cpu().double().numpy()
-    s = np.asarray(token_scale, dtype=np.float64).reshape(-1)
-    return _check_step(s * quality_step(quality))
 
 
 def _check_step(step: Any) -> np.ndarray:

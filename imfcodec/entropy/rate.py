@@ -3,26 +3,19 @@
 Same family as the coder: per channel, a zero-mean Gaussian discretised to integer steps. The
 learnable parameter is ``log_sigma``: the log std of a frame-to-frame token delta in units of the
 model's ``token_scale`` -- quality independent. At quality Q the scale in steps is
-``exp(log_sigma) / quality_step(Q)``, so one trained model exports tables for every quality:
-
-    scale_indexes = TokenCoder.choose_scale_indexes(sigma / quality_step(Q))
-                  = export_scale_indexes(sigma, Q)
-
-which is what the encoder writes into the stream header (the decoder never sees a float). A
-codec may instead measure the std of real deltas (``delta_std`` buffer) and use the same function.
+``exp(log_sigma) / quality_step(Q)``; ``TokenRateModel.export_scale_indexes(Q)`` gives the tables
+that implies, through ``entropy.params.scale_indexes`` like every other std. The codec's own tables
+come from the prior measured at export (``entropy.params``), not from this learned std.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .coder import TokenCoder
+from .params import measured_delta_std, scale_indexes  # noqa: F401 - measured_delta_std: also imported from here
 from .quant import quality_step
 from .tables import SCALE_MIN
 
@@ -64,21 +57,6 @@ class TokenRateModel(nn.Module):
         return gaussian_delta_bits(delta_steps, s).sum(-1)
 
     def export_scale_indexes(self, quality: int) -> list[int]:
-        """Integer tables for the stream header at ``quality``."""
-        return export_scale_indexes(self.log_sigma.detach().exp(), quality)
+        """Integer tables for a stream header at ``quality`` implied by the learned std."""
+        return scale_indexes(self.log_sigma.detach().exp(), quality_step(quality))
 
-
-def export_scale_indexes(sigma_in_token_scale: Any, quality: int) -> list[int]:
-    """Delta std per channel in token_scale units (learned or measured) -> header scale indexes."""
-    if isinstance(sigma_in_token_scale, Tensor):
-        sigma_in_token_scale = sigma_in_token_scale.detach().cpu().double().numpy()
-    sigma = np.asarray(sigma_in_token_scale, dtype=np.float64)
-    return TokenCoder.choose_scale_indexes(sigma / quality_step(quality))
-
-
-def measured_delta_std(tokens: Sequence[Any] | Tensor, token_scale: Any) -> np.ndarray:
-    """Std of frame-to-frame deltas of float tokens [N, C] in token_scale units (for calibration)."""
-    t = torch.as_tensor(tokens).double().cpu()
-    scale = torch.as_tensor(token_scale).double().cpu()
-    d = (t[1:] - t[:-1]) / scale
-    return d.pow(2).mean(0).sqrt().numpy()

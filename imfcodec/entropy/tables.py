@@ -80,7 +80,7 @@ def _upper_tail(x: float) -> float:
 def scale_table() -> tuple[float, ...]:
     """The NUM_SCALES Gaussian scales (in quantization steps), log-spaced from SCALE_MIN to ~256.
 
-    Only the encoder compares floats against this table (``choose_scale_indexes``); the decoder
+    Only the encoder compares floats against this table (``params.scale_indexes``); the decoder
     receives integer indexes.
     """
     return tuple(SCALE_MIN * _exp(i * _LOG_RATIO / (NUM_SCALES - 1)) for i in range(NUM_SCALES))

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from . import register_keyframe_codec
+from .registry import register_keyframe_codec
 from ._common import check_payload, check_quality, check_rgb, decode_frame, encode_frame
 
 

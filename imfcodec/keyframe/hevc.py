@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptStreamError
-from . import register_keyframe_codec
+from .registry import register_keyframe_codec
 from ._common import check_payload, check_quality, check_rgb, decode_frame, encode_frame
 
 _X265_PARAMS = "log-level=error:info=0:hash=1:keyint=1:min-keyint=1:bframes=0:annexb=1"

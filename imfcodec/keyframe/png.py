@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CorruptStreamError
-from . import register_keyframe_codec
+from .registry import register_keyframe_codec
 from ._common import check_payload, check_quality, check_rgb, check_size
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CorruptStreamError, InputError
-from . import register_keyframe_codec
+from .registry import register_keyframe_codec
 from ._common import check_payload, check_quality, check_rgb, check_size
 
 

@@ -593,6 +593,10 @@ class IMF(nn.Module):
         )
         self.frame_decoder = FrameDecoder(cfg, feat_ch)
         self.register_buffer("token_scale", torch.ones(cfg.token_dim))
+        # The entropy prior: per-channel std of frame-to-frame token deltas, in token units, measured at
+        # export and filled from the weights' metadata (entropy.params.load_prior); zeros = never measured.
+        # Not persistent: it is not in the state dict, so it leaves the weights hash alone.
+        self.register_buffer("delta_std", torch.zeros(cfg.token_dim), persistent=False)
 
     # ---- input checks
     def _check_frames(self, x: Tensor, what: str) -> None:

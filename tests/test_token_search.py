@@ -1,4 +1,4 @@
-"""Encoder-side token refinement (imfcodec.refine, `imfcodec encode --refine N`): it may only choose
+"""Encoder-side token search (imfcodec.token_search, `imfcodec encode --refine N`): it may only choose
 better tokens for the same decoder, the stream stays a normal stream, and bad settings are refused."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from click.testing import CliRunner
 
 from imfcodec.api import encode_video, iter_decoded
 from imfcodec.cli import main
-from imfcodec.codec import DEFAULT_QUALITY, EncoderSettings, scale_indexes_for, to_tensor, token_steps
-from imfcodec.entropy import dequantize, quantize
+from imfcodec.codec import DEFAULT_QUALITY, EncoderSettings, to_tensor
+from imfcodec.entropy import dequantize, prior_delta_std, quantization_steps, quantize, scale_indexes
 from imfcodec.entropy.rate import gaussian_delta_bits
 from imfcodec.errors import InputError
 from imfcodec.io import read_frames
 from imfcodec.metrics import psnr
-from imfcodec.refine import RefineSettings, grad_state, refine_tokens, table_scales
+from imfcodec.token_search import SearchSettings, grad_state, search_tokens, table_scales
 
 
 def _objective(model, state, x, q, prev, steps, scales, lam):
-    """J of refine_tokens, recomputed independently for integer tokens [B, C]."""
+    """J of search_tokens, recomputed independently for integer tokens [B, C]."""
     with torch.no_grad():
         y = model.decode_frame(state, dequantize(q, steps))
         mse = (y - x).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
@@ -32,8 +32,8 @@ def _objective(model, state, x, q, prev, steps, scales, lam):
 def setup(tiny, sample_clip):
     model = tiny.model.eval()
     frames = list(read_frames(sample_clip, 64))
-    steps = token_steps(model, DEFAULT_QUALITY)
-    scales = table_scales(scale_indexes_for(model, DEFAULT_QUALITY))
+    steps = quantization_steps(model.token_scale, DEFAULT_QUALITY)
+    scales = table_scales(scale_indexes(prior_delta_std(model), steps))
     with torch.inference_mode():
         qk = quantize(model.encode_token(to_tensor(frames[0])), steps)[0]
         state = model.prepare_reference(to_tensor(frames[0]), dequantize(qk[None], steps))
@@ -42,7 +42,7 @@ def setup(tiny, sample_clip):
 
 def test_refined_tokens_never_worse_and_usually_better(setup):
     model, frames, steps, scales, qk, state = setup
-    s = RefineSettings(iters=6)
+    s = SearchSettings(iters=6)
     before = [p.detach().clone() for p in model.parameters()]
     flags = [p.requires_grad for p in model.parameters()]
     prev, gains = qk, []
@@ -50,7 +50,7 @@ def test_refined_tokens_never_worse_and_usually_better(setup):
         x = to_tensor(rgb)
         with torch.inference_mode():
             q0 = quantize(model.encode_token(x), steps)
-        q = refine_tokens(model, state, x, q0, prev, steps, scales, s)
+        q = search_tokens(model, state, x, q0, prev, steps, scales, s)
         assert q.dtype == np.int32 and q.shape == q0.shape
         j0 = _objective(model, state, x, q0, prev, steps, scales, s.lam)[0]
         j1 = _objective(model, state, x, q, prev, steps, scales, s.lam)[0]
@@ -65,7 +65,7 @@ def test_refined_tokens_never_worse_and_usually_better(setup):
 def test_zero_iterations_is_identity(setup):
     model, frames, steps, scales, qk, state = setup
     q0 = np.arange(32, dtype=np.int32)[None] - 16
-    out = refine_tokens(model, state, to_tensor(frames[1]), q0, qk, steps, scales, RefineSettings(0))
+    out = search_tokens(model, state, to_tensor(frames[1]), q0, qk, steps, scales, SearchSettings(0))
     np.testing.assert_array_equal(out, q0)
 
 
@@ -74,7 +74,7 @@ def test_refined_stream_decodes_with_plain_decoder_and_is_better(sample_clip, ti
     results = {}
     for refine in (0, 4):
         path = tmp_path / f"r{refine}.imf"
-        encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(refine=refine))
+        encode_video(sample_clip, path, model=tiny, settings=EncoderSettings(search_iters=refine))
         frames, tokens = [], []
         for dec, out in iter_decoded(path, model=tiny):
             frames.extend(out)
@@ -91,7 +91,7 @@ def test_refined_stream_decodes_with_plain_decoder_and_is_better(sample_clip, ti
 @pytest.mark.parametrize("bad", [-1, 101, True])
 def test_bad_refine_settings_refused(bad):
     with pytest.raises(InputError, match="--refine"):
-        EncoderSettings(refine=bad).validated()
+        EncoderSettings(search_iters=bad).validated()
 
 
 def test_cli_refuses_bad_refine_in_one_line(sample_clip, tmp_path):

@@ -1,4 +1,4 @@
-"""Encoder-side token refinement: search for the integer token that decodes best.
+"""Encoder-side token search (``imfcodec encode --refine N``): find the integer token that decodes best.
 
 E_T predicts a token from the current frame alone, in one forward pass. The encoder also has the
 decoder, so it can do better: starting from E_T's token it runs a few gradient steps on
@@ -7,9 +7,12 @@ decoder, so it can do better: starting from E_T's token it runs a few gradient s
 
 (rounding passed straight through, bits from the same Gaussian tables the rANS coder uses) and
 keeps, per frame, the integer token with the lowest J seen. Only the encoder changes: the stream
-format and the decoder are untouched, so refined streams decode with any conforming decoder.
+format and the decoder are untouched, so searched streams decode with any conforming decoder.
 The same idea as latent refinement in learned image codecs (amortisation gap), applied to the
 32-float motion token. It costs one decoder forward and backward pass per iteration.
+
+(Not to be confused with ``IMF.refine``, the decoder's transformer stacks: this module only searches
+tokens, it never changes a weight.)
 """
 
 from __future__ import annotations
@@ -29,21 +32,21 @@ MAX_ITERS = 100
 
 
 @dataclass(frozen=True)
-class RefineSettings:
-    """``iters`` = 0 turns refinement off. ``lr`` is in quantization steps per Adam step; ``lam`` is
+class SearchSettings:
+    """``iters`` = 0 turns the search off. ``lr`` is in quantization steps per Adam step; ``lam`` is
     the price of one bit in dB (0 = quality only). Defaults were chosen on held-out *training* clips."""
 
     iters: int = 0
     lr: float = 0.3
     lam: float = 0.003
 
-    def validated(self) -> "RefineSettings":
+    def validated(self) -> "SearchSettings":
         if isinstance(self.iters, bool) or not isinstance(self.iters, int) or not 0 <= self.iters <= MAX_ITERS:
             raise InputError(f"--refine must be an integer in 0..{MAX_ITERS}, got {self.iters!r}")
         if not (np.isfinite(self.lr) and 0 < self.lr <= 10):
-            raise InputError(f"refine lr must be in (0, 10] quantization steps, got {self.lr}")
+            raise InputError(f"token search lr must be in (0, 10] quantization steps, got {self.lr}")
         if not (np.isfinite(self.lam) and 0 <= self.lam <= 1):
-            raise InputError(f"refine lambda must be in [0, 1] dB per bit, got {self.lam}")
+            raise InputError(f"token search lambda must be in [0, 1] dB per bit, got {self.lam}")
         return self
 
 
@@ -73,10 +76,10 @@ def table_scales(scale_indexes: list[int] | tuple[int, ...]) -> torch.Tensor:
     return torch.tensor([table[i] for i in scale_indexes], dtype=torch.float32)
 
 
-def refine_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor, q_init: np.ndarray,
+def search_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor, q_init: np.ndarray,
                   prev_q: np.ndarray, steps: np.ndarray, scales: torch.Tensor,
-                  settings: RefineSettings) -> np.ndarray:
-    """Refine integer tokens ``q_init`` [B, C] for ``frames`` [B, 3, H, W] (consecutive frames, coded
+                  settings: SearchSettings) -> np.ndarray:
+    """Search from integer tokens ``q_init`` [B, C] for ``frames`` [B, 3, H, W] (consecutive frames, coded
     as deltas after ``prev_q`` [C]). Returns int32 [B, C]; never worse in J than ``q_init`` per frame
     (for B = 1 exactly; for B > 1 the rate term of a frame uses its neighbours' current tokens).
     """

@@ -1,0 +1,58 @@
+"""What a user can choose about an encode (``EncoderSettings``): one definition of each default.
+
+Kept free of torch, numpy and PyAV at import, so the CLI can show these defaults in ``--help``
+without loading the codec; ``validated`` imports what it checks against when it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .errors import InputError
+
+DEFAULT_QUALITY = 9  # the quality the shipped model was trained for (noise of 0.35 token std)
+DEFAULT_CHUNK = 5
+# encoder-side token search iterations (imfcodec.token_search): on the test clips 4 took the shipped model
+# from +1.26 to +1.87 dB over repeat-the-key-frame at a lower rate, for 60-80x slower encoding on CPU
+# (benchmarks/results/model_speed.md); live senders without a GPU use 0
+DEFAULT_SEARCH_ITERS = 4
+DEFAULT_KEY_CODEC = "hevc"
+# The encoder's own ceiling on --chunk (10 s of tokens per packet at 25 fps). Decoders accept up to the
+# format's bitstream.MAX_CHUNK (1024), so this is a choice of the encoder, not a limit of the wire.
+MAX_ENCODER_CHUNK = 250
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Everything a user can choose about an encode; validated once, up front."""
+
+    quality: int = DEFAULT_QUALITY
+    keyint: int = 0
+    refresh_below: float | None = None
+    key_codec: str = DEFAULT_KEY_CODEC
+    key_quality: int | None = None  # None: the key-frame codec's own default
+    chunk: int = DEFAULT_CHUNK
+    search_iters: int = DEFAULT_SEARCH_ITERS  # token search iterations per frame (CLI --refine); 0 = E_T's token
+
+    def validated(self) -> "EncoderSettings":
+        """These settings with ``key_quality`` resolved, or InputError naming the CLI option at fault."""
+        from .entropy.quant import QUALITY_RANGE
+        from .keyframe import get_keyframe_codec
+        from .token_search import SearchSettings
+
+        lo, hi = QUALITY_RANGE
+        if not lo <= self.quality <= hi:
+            raise InputError(f"--quality must be in {lo}..{hi}, got {self.quality}")
+        if self.keyint < 0:
+            raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {self.keyint}")
+        if not 1 <= self.chunk <= MAX_ENCODER_CHUNK:
+            raise InputError(f"--chunk must be in 1..{MAX_ENCODER_CHUNK}, got {self.chunk}")
+        SearchSettings(self.search_iters).validated()
+        if self.refresh_below is not None and not (0 < self.refresh_below < 100):
+            raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
+        codec = get_keyframe_codec(self.key_codec)
+        kq = codec.default_quality if self.key_quality is None else self.key_quality
+        klo, khi = codec.quality_range
+        if not klo <= kq <= khi:
+            raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")
+        return replace(self, key_quality=kq)
