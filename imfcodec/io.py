@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,6 +37,7 @@ from av.video.reformatter import Interpolation
 from PIL import Image
 
 from .errors import InputError
+from .fsutil import AtomicOutput
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -345,7 +344,7 @@ class VideoWriter:
         self._closed = False
         self._container: Any = None
         self._stream: Any = None
-        self._tmp: Path | None = None
+        self._out: AtomicOutput | None = None
 
         target = self.path.resolve()
         for other in protect:
@@ -361,7 +360,7 @@ class VideoWriter:
             self.kind = "png"
             if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
                 raise InputError(f"output folder exists and is not empty: {self.path}")
-            self._tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.", suffix=".partial"))
+            self._out = AtomicOutput(self.path, directory=True)
             return
 
         suffix = self.path.suffix.lower()
@@ -384,12 +383,10 @@ class VideoWriter:
         self.kind = suffix[1:]
         self.pix_fmt = pix_fmt
         self._matrix = matrix
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".partial")
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._out = AtomicOutput(self.path)
         try:
             options = {"movflags": "+faststart"} if muxer == "mp4" else {}
-            self._container = av.open(tmp, mode="w", format=muxer, options=options)
+            self._container = av.open(str(self._out.tmp), mode="w", format=muxer, options=options)
             stream = self._container.add_stream(encoder, rate=self.fps)
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
             if encoder == "libx264":
@@ -429,8 +426,8 @@ class VideoWriter:
             raise InputError(f"frame must be a uint8 array of shape {expected}, got {desc}")
         rgb = np.ascontiguousarray(rgb)
         if self.kind == "png":
-            assert self._tmp is not None
-            Image.fromarray(rgb, "RGB").save(self._tmp / f"frame_{self.frames_written:06d}.png", compress_level=6)
+            assert self._out is not None
+            Image.fromarray(rgb, "RGB").save(self._out.tmp / f"frame_{self.frames_written:06d}.png", compress_level=6)
         else:
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
                 format=self.pix_fmt,
@@ -456,14 +453,9 @@ class VideoWriter:
                     self._container.mux(packet)
                 self._container.close()
                 self._container = None
-            assert self._tmp is not None
-            if self.kind == "png":
-                if self.path.is_dir():
-                    self.path.rmdir()  # only an empty folder (checked at open) is replaced
-                os.rename(self._tmp, self.path)
-            else:
-                os.replace(self._tmp, self.path)
-            self._tmp = None
+            assert self._out is not None
+            self._out.commit()  # a PNG folder replaces only an empty folder (checked at open)
+            self._out = None
         except BaseException:
             self._abort()
             raise
@@ -479,15 +471,9 @@ class VideoWriter:
             except Exception:
                 pass
             self._container = None
-        tmp, self._tmp = self._tmp, None
-        if tmp is not None:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                try:
-                    tmp.unlink()
-                except FileNotFoundError:
-                    pass
+        out, self._out = self._out, None
+        if out is not None:
+            out.discard()
 
 
 # --------------------------------------------------------------------------------------- sample

@@ -8,6 +8,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imfcodec.fsutil import AtomicOutput, scratch_file
@@ -124,3 +125,32 @@ def test_scratch_file_is_always_removed(tmp_path: Path) -> None:
             spool.write_bytes(b"spool")
             raise RuntimeError("stop")
     assert entries(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["clip.y4m", "frames/"])
+def test_decoded_video_mode(tmp_path: Path, name: str) -> None:
+    """What the issue was about: decoded videos (files and PNG folders) readable like any other file."""
+    from imfcodec.io import VideoWriter
+
+    old = os.umask(0o022)
+    try:
+        with VideoWriter(str(tmp_path / name), 25, 16, 16) as w:
+            w.write(np.zeros((16, 16, 3), np.uint8))
+    finally:
+        os.umask(old)
+    out = tmp_path / name.rstrip("/")
+    assert mode(out) == (0o755 if out.is_dir() else 0o644)
+    assert entries(tmp_path) == [out.name]
+
+
+def test_exported_weights_mode(tmp_path: Path) -> None:
+    from imfcodec.models import create_model
+    from imfcodec.zoo import save_weights
+
+    old = os.umask(0o022)
+    try:
+        save_weights(create_model("imf-tiny"), tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "m.safetensors") == 0o644
+    assert entries(tmp_path) == ["m.safetensors"]

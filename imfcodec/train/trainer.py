@@ -38,7 +38,6 @@ import random
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -50,6 +49,7 @@ import torch
 import torch.distributed as dist
 
 from imfcodec.errors import InputError
+from imfcodec.fsutil import AtomicOutput
 from imfcodec.train.config import TrainConfig
 from imfcodec.train.data import (
     Clips,
@@ -98,15 +98,8 @@ def step_seed(*parts: int) -> int:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
+    with AtomicOutput(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
