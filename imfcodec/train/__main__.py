@@ -108,7 +108,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def resolve(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
     """Config + resume path from parsed arguments (checkpoint config when resuming without --config)."""
-    from imfcodec.train.trainer import load_checkpoint
+    from imfcodec.train.checkpoint import load_checkpoint
 
     ov = overrides_from_args(args)
     resume = args.resume
