@@ -221,6 +221,7 @@ def prepare_reference(name: str, src: Path, size: int, frames: int, cache: Path)
     Returns (path, fps, frames, fps_assumed): raw elementary streams carry no frame rate, and
     imfcodec.io assumes 25 fps for them; the summary says so because rates depend on it.
     """
+    from imfcodec.fsutil import AtomicOutput
     from imfcodec.io import probe_video, read_frames
 
     tag = f"{name}-{size}px-{frames or 'all'}f"
@@ -235,10 +236,8 @@ def prepare_reference(name: str, src: Path, size: int, frames: int, cache: Path)
                     bool(meta.get("fps_assumed")))
     info = probe_video(src)
     arr = np.stack(list(read_frames(src, size, max_frames=frames or None)))
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{tag}.partial.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, npy)
+    with AtomicOutput(npy) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
     fps = Fraction(info.fps)
     meta = {**ident, "fps_num": fps.numerator, "fps_den": fps.denominator, "frames": int(len(arr)),
             "fps_assumed": bool(getattr(info, "fps_assumed", False)), "reader": "imfcodec.io.read_frames"}

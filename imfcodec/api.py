@@ -9,7 +9,6 @@ import io
 import itertools
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from .bitstream import (
 )
 from .codec import Decoder, Encoder, EncoderSettings, encode_frames
 from .errors import BitstreamError, InputError
+from .fsutil import AtomicOutput, scratch_file
 from .io import VideoWriter, probe_video, read_frames
 from .zoo import LoadedModel, check_stream_model, load_model, resolve_stream_model
 
@@ -88,26 +88,10 @@ class DecodeSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        os.close(fd)
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def atomic_output(path: str | os.PathLike) -> AtomicOutput:
+    """``with atomic_output(path) as tmp``: a temporary path next to ``path``, renamed into place
+    (with the usual file mode) only on success (``fsutil.AtomicOutput``)."""
+    return AtomicOutput(path)
 
 
 def default_output(input_path: str | os.PathLike, suffix: str) -> Path:
@@ -226,18 +210,7 @@ def _counting(frames: Iterator, progress: Progress | None) -> Iterator:
             progress(1)
 
 
-@contextlib.contextmanager
-def _scratch_file(beside: Path) -> Iterator[Path]:
-    """A temporary file next to ``beside``, always deleted at the end."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{beside.name}.", suffix=".spool", dir=beside.parent)
-    try:
-        os.close(fd)
-        yield Path(tmp)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+_scratch_file = scratch_file  # a temporary file next to the output, always deleted at the end
 
 
 @contextlib.contextmanager

@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import ModelMismatchError, WeightsError
+from .fsutil import AtomicOutput
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = "imf-small-v2"
@@ -60,15 +60,8 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike, *, fp16: bool 
     meta["format"] = WEIGHTS_FORMAT
     meta["config"] = json.dumps(model.config.to_dict(), sort_keys=True)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with AtomicOutput(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return weights_hash(load_weights(path))
 
 

@@ -1,4 +1,5 @@
-"""Training pipeline: data cache, losses, the (DDP-capable) loop, configs and export.
+"""Training pipeline: data cache, losses, the (DDP-capable) loop, checkpoints, validation, configs
+and export.
 
 ``python -m imfcodec.train --config small-cpu`` trains the shipped default model; the CLI's
 ``imfcodec train`` calls :func:`main`. Library use: ``train(load_config("tiny").replace(...))``.
@@ -22,8 +23,8 @@ def main(argv=None):
 
 
 def export_model(model, path, fp16=True, metadata=None):
-    """See :func:`imfcodec.train.trainer.export_model`."""
-    from imfcodec.train.trainer import export_model as _export
+    """See :func:`imfcodec.train.export.export_model`."""
+    from imfcodec.train.export import export_model as _export
 
     return _export(model, path, fp16=fp16, metadata=metadata)
 

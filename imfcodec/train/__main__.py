@@ -73,7 +73,7 @@ def overrides_from_args(args: SimpleNamespace) -> dict[str, Any]:
 
 def resolve(args: SimpleNamespace) -> tuple[TrainConfig, str | None]:
     """Config + resume path from parsed arguments (checkpoint config when resuming without --config)."""
-    from imfcodec.train.trainer import load_checkpoint
+    from imfcodec.train.checkpoint import load_checkpoint
 
     ov = overrides_from_args(args)
     resume = args.resume

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from imfcodec.errors import InputError
+from imfcodec.fsutil import AtomicOutput
 
 log = logging.getLogger("imfcodec.train")
 
@@ -129,15 +129,8 @@ def load_clip(path: Path, size: int, max_frames: int | None, cache_dir: str | os
             pass
         log.warning("ignoring unreadable cache file %s", file)
     arr = decode_clip(path, size, max_frames)
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.stem}.", suffix=".npy", dir=cache)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with AtomicOutput(file) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
     return arr
 
 

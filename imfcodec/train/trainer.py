@@ -14,31 +14,22 @@ uninterrupted one exactly, on the same hardware and thread count):
    token delta (see losses.py); Adam step with gradient clipping; EMA update;
 5. discriminator hinge step on (x_cur, x_hat) when a GAN or feature-matching weight is set.
 
-Data parallelism: gradients are averaged across ranks with one flat all-reduce per optimizer
-step (rather than torch's DistributedDataParallel wrapper, whose hooks assume one forward per
-backward and every parameter used -- neither holds with a GAN and per-term skipping). Same
-result, simpler; the cost is no overlap of communication with the backward pass.
-
-Checkpoints (``last.pt``) are full training states written with torch.save (pickle) and read
-with ``weights_only=False``: they are the user's own files, never downloaded ones. Shipped
-weights are exported as safetensors (``export_model``), which never run code on load.
+This module holds the loop and its state; the parts live beside it: ``checkpoint`` (``last.pt``
+IO and its load allowlist), ``distributed`` (ranks, gradient averaging, devices), ``optim`` (lr
+schedule, parameter groups, EMA), ``validate``, ``logs`` (the CSV files) and ``export``
+(calibration and safetensors). Their public names stay importable from here.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import importlib
 import json
 import logging
 import math
 import os
-import platform
 import random
-import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -47,9 +38,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from imfcodec.errors import InputError
+from imfcodec.train.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, init_from_weights, load_checkpoint
 from imfcodec.train.config import TrainConfig
 from imfcodec.train.data import (
     Clips,
@@ -60,35 +51,18 @@ from imfcodec.train.data import (
     make_valset,
     resize_batch,
     split_clips,
-    to_float,
 )
+from imfcodec.train.distributed import Dist, hardware_string, params_digest, resolve_device, sync_grads
+from imfcodec.train.export import calibrate_and_export, calibrate_tokens, export_model
+from imfcodec.train.logs import LOG_COLUMNS, VAL_COLUMNS, append_csv, truncate_logs
 from imfcodec.train.losses import GeneratorLoss, LossWeights, d_hinge_loss
+from imfcodec.train.optim import load_optimizer, lr_at, param_groups, update_ema
+from imfcodec.train.validate import validate_model, write_grid
 
 log = logging.getLogger("imfcodec.train")
 
-CHECKPOINT_FORMAT = "imfcodec-train/1"
-LOG_COLUMNS = ["step", "resolution", "loss", "l1", "perceptual", "ms_ssim", "gan_g", "feat_match",
-               "rate_bits", "d_loss", "d_real", "d_fake", "grad_norm", "lr", "sec_per_step",
-               "images_per_s", "hours"]
-VAL_COLUMNS = ["step", "resolution", "psnr", "ssim", "ms_ssim", "psnr_q", "ssim_q", "ms_ssim_q",
-               "base_psnr", "base_ssim", "base_ms_ssim", "frames"]
-
 
 # ---------------------------------------------------------------------------- small helpers
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Generator lr at ``step``: linear warm-up, then constant, then an optional cosine decay.
-
-    A pure function of the step, so a resumed run continues the same schedule, and a run that
-    has been going at constant lr can be annealed from where it stands."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_decay is None:
-        return cfg.lr
-    start, end, final = float(cfg.lr_decay[0]), float(cfg.lr_decay[1]), float(cfg.lr_decay[2])
-    t = min(max((step - start) / (end - start), 0.0), 1.0)
-    return cfg.lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def step_seed(*parts: int) -> int:
@@ -96,247 +70,8 @@ def step_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint with ``torch.load(weights_only=True)``: tensors and plain
-    containers only, plus the few numpy/torch types a checkpoint holds (the numpy RNG state),
-    allowlisted by name, so a hostile .pt file cannot run code."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_checkpoint_globals()):
-            ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle / zip errors of all kinds: one line, no traceback
-        m = re.search(r"GLOBAL (\S+)", str(e))
-        why = f"refers to code: {m.group(1)[:80]}" if m else type(e).__name__
-        raise InputError(f"{path} is not a loadable imfcodec training checkpoint ({why})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not an imfcodec training checkpoint")
-    return ckpt
-
-
-def _checkpoint_globals() -> list[Any]:
-    """The non-tensor types in a checkpoint: numpy's legacy RNG state (an ndarray) and the
-    torch version string of older checkpoints."""
-    from torch.torch_version import TorchVersion
-
-    multiarray = importlib.import_module(
-        "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray")
-    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), TorchVersion]
-
-
-def init_from_weights(model: torch.nn.Module, path: str | os.PathLike,
-                      log_to: logging.Logger | None = None) -> tuple[list[str], list[str]]:
-    """Warm start: copy every tensor of an imfcodec weights file whose name and shape match
-    ``model`` (safetensors, no code runs); the rest keeps its fresh initialisation. Lets a new
-    config (a new registered name) start from a shipped model's trained parts.
-    Returns (copied, skipped) parameter names."""
-    from safetensors.torch import load_file
-
-    from imfcodec.zoo import read_metadata
-
-    meta = read_metadata(path)
-    if "config" not in meta:
-        raise InputError(f"init_from {path}: not an imfcodec weights file")
-    src = load_file(str(path))
-    own = model.state_dict()
-    copied, skipped = [], []
-    with torch.no_grad():
-        for name, t in own.items():
-            s = src.get(name)
-            if s is not None and s.shape == t.shape:
-                t.copy_(s.to(t.dtype))
-                copied.append(name)
-            else:
-                skipped.append(name)
-    if not copied:
-        raise InputError(f"init_from {path}: no tensor matches the model's names and shapes")
-    if log_to is not None:
-        log_to.info("init_from %s: copied %d tensors, kept %d fresh (%s)", path, len(copied),
-                    len(skipped), ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))
-    return copied, skipped
-
-
-def params_digest(*modules: torch.nn.Module | None) -> str:
-    """sha256 of all parameters and buffers (to check that DDP replicas agree)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for m in modules:
-        if m is None:
-            continue
-        for k, v in sorted(m.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
-def hardware_string(device: torch.device, world: int = 1) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return f"{world}x {name}"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads" + (f", {world} processes" if world > 1 else "")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda requested but CUDA is not available")
-        if name == "cuda":
-            return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
 def _on_ci() -> bool:
     return any(os.environ.get(k) for k in ("CI", "GITHUB_ACTIONS", "BUILDKITE", "GITLAB_CI"))
-
-
-# ---------------------------------------------------------------------------- distributed
-
-
-class Dist:
-    """Rank/world info; no-ops when not launched by torchrun."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-        self.owns_group = False
-
-    def init(self, device: torch.device) -> None:
-        if self.enabled and not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            dist.init_process_group(backend=backend)
-            self.owns_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        if self.enabled:
-            for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, 0)
-
-    def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
-        """Average tensors across ranks in place, as one flat buffer."""
-        if not self.enabled or not tensors:
-            return
-        flat = torch.cat([t.reshape(-1).float() for t in tensors])
-        dist.all_reduce(flat)
-        flat /= self.world
-        i = 0
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[i:i + n].view_as(t))
-            i += n
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        if not self.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def sync_grads(d: Dist, params: list[torch.nn.Parameter]) -> None:
-    """Average gradients across ranks (missing gradients count as zero on every rank)."""
-    if not d.enabled:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    d.allreduce_mean_([p.grad for p in params])
-
-
-# ---------------------------------------------------------------------------- export
-
-
-@torch.no_grad()
-def calibrate_tokens(model: torch.nn.Module, clips: Clips, resolution: int, device: torch.device,
-                     batch: int = 16, max_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel std of E_T tokens over the frames of ``clips`` (the first ``max_frames`` of
-    each) and per-channel RMS of consecutive-frame token deltas (within clips), in token units.
-    Returns (token_std, delta_std, frames); the statistics are entropy.params.measure_prior's."""
-    from imfcodec.entropy.params import measure_prior
-
-    was = model.training
-    model.eval()
-    toks = []
-    for frames in clips.frames:
-        frames = frames[:max_frames] if max_frames else frames
-        ts = []
-        for i in range(0, len(frames), batch):
-            x = resize_batch(to_float(frames[i:i + batch]).to(device), resolution)
-            ts.append(model.encode_token(x).float().cpu())
-        toks.append(torch.cat(ts))
-    model.train(was)
-    token_std, delta_std = measure_prior(toks)
-    return token_std, delta_std, int(sum(len(t) for t in toks))
-
-
-def export_model(model: torch.nn.Module, path: str | os.PathLike, fp16: bool = True,
-                 metadata: dict[str, Any] | None = None) -> bytes:
-    """Write ``model`` as safetensors with its IMFConfig JSON (and ``metadata``) in the header.
-
-    Non-string metadata values are JSON-encoded. The model's measured delta prior (if any) is also
-    stored, as metadata ``delta_std`` (entropy.params.prior_metadata), unless already given.
-    Returns the weights hash a stream made with the reloaded file carries.
-    """
-    from imfcodec.entropy.params import prior_metadata
-    from imfcodec.zoo import save_weights
-
-    meta = {}
-    for k, v in (metadata or {}).items():
-        meta[str(k)] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-    meta = prior_metadata(model) | meta
-    return save_weights(model, path, fp16=fp16, metadata=meta)
-
-
-def calibrate_and_export(model: torch.nn.Module, clips: Clips, path: str | os.PathLike, *,
-                         resolution: int, device: torch.device, fp16: bool = True,
-                         metadata: dict[str, Any] | None = None,
-                         calib_frames: int | None = None) -> dict[str, Any]:
-    """Calibrate a *copy* of ``model`` (token_scale := token std, delta_std := delta RMS over
-    ``clips``) and export it. The training model is left untouched."""
-    from imfcodec.entropy.params import set_prior
-
-    m = copy.deepcopy(model).to(device).eval()
-    token_std, delta_std, n = calibrate_tokens(m, clips, resolution, device, max_frames=calib_frames)
-    m.token_scale.copy_(token_std.to(m.token_scale.device))
-    set_prior(m, delta_std)  # export_model writes it to the metadata
-    meta = dict(metadata or {})
-    meta["calibration_frames"] = n
-    meta["token_scale"] = [round(float(v), 7) for v in token_std.tolist()]
-    whash = export_model(m.cpu(), path, fp16=fp16, metadata=meta)
-    return {"path": str(path), "weights_hash": whash.hex(), "calibration_frames": n,
-            "token_scale": token_std, "delta_std": delta_std}
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -396,7 +131,8 @@ class Trainer:
         self.g_params = [p for p in list(self.model.parameters()) + list(self.rate_model.parameters())
                          if p.requires_grad]
         betas = tuple(cfg.betas)
-        self.opt_g = torch.optim.Adam(self._param_groups(), lr=cfg.lr, betas=betas)
+        self.opt_g = torch.optim.Adam(param_groups(self.model, self.g_params, cfg.lr_align_scalars), lr=cfg.lr,
+                                      betas=betas)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=betas) if self.disc else None
 
         # mixed precision (CUDA only)
@@ -490,7 +226,7 @@ class Trainer:
     def _restore(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
         self.rate_model.load_state_dict(ck["rate_model"])
-        self._load_optimizer(ck["opt_g"])
+        load_optimizer(self.opt_g, ck["opt_g"], self.model, self.g_params, self.cfg.lr_align_scalars)
         for group in self.opt_g.param_groups:  # a changed --lr applies on resume
             group["initial_lr"] = self.cfg.lr
         if self.disc is not None and ck.get("disc") is not None:
@@ -528,54 +264,6 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ one step
-    ALIGN_SCALARS = ("locality", "rel_bias")
-
-    def _is_align_scalar(self, name: str) -> bool:
-        return name.startswith("align.") and name.rsplit(".", 1)[-1] in self.ALIGN_SCALARS
-
-    def _split_params(self, split: bool) -> list[list[torch.nn.Parameter]]:
-        if not split:
-            return [self.g_params]
-        scalar_ids = {id(p) for n, p in self.model.named_parameters() if self._is_align_scalar(n)}
-        return [[p for p in self.g_params if id(p) not in scalar_ids],
-                [p for p in self.g_params if id(p) in scalar_ids]]
-
-    def _param_groups(self) -> list[dict[str, Any]]:
-        """One group, or two when ``lr_align_scalars`` != 1: the alignment's locality and window
-        bias are a handful of scalars that must move by O(1), and Adam moves any parameter by
-        about lr per step whatever its gradient, so at lr 2e-4 they would need ~10^4 steps."""
-        groups = self._split_params(float(self.cfg.lr_align_scalars) != 1.0)
-        return [{"params": ps, "lr_mult": self._lr_mult(i)} for i, ps in enumerate(groups)]
-
-    def _lr_mult(self, group_index: int) -> float:
-        """Group 0 holds every other parameter; group 1 (if any) the alignment scalars."""
-        return 1.0 if group_index == 0 else float(self.cfg.lr_align_scalars)
-
-    def _load_optimizer(self, state: dict[str, Any]) -> None:
-        """Load Adam's state, also across a change of ``lr_align_scalars`` (1 <-> 2 groups): the
-        per-parameter moments are re-keyed by each parameter's position in the new groups."""
-        saved_groups = state["param_groups"]
-        if len(saved_groups) == len(self.opt_g.param_groups):
-            self.opt_g.load_state_dict(state)
-            for i, g in enumerate(self.opt_g.param_groups):  # the multiplier follows the config
-                g["lr_mult"] = self._lr_mult(i)
-            return
-        old_params = [p for ps in self._split_params(len(saved_groups) == 2) for p in ps]
-        old_keys = [i for g in saved_groups for i in g["params"]]
-        if len(saved_groups) > 2 or len(old_keys) != len(old_params):
-            raise InputError("checkpoint optimizer does not match the model's parameters")
-        by_param = {id(p): state["state"].get(k) for p, k in zip(old_params, old_keys)}
-        cur = self.opt_g.state_dict()
-        new_state: dict[int, Any] = {}
-        idx = 0
-        for group in self.opt_g.param_groups:
-            for p in group["params"]:
-                if by_param.get(id(p)) is not None:
-                    new_state[idx] = by_param[id(p)]
-                idx += 1
-        cur["state"] = new_state
-        self.opt_g.load_state_dict(cur)
-
     def _autocast(self):
         if self.amp:
             return torch.autocast("cuda", dtype=self.amp_dtype)
@@ -700,7 +388,7 @@ class Trainer:
             logs["d_fake"] = float(sum(lg.mean() for lg, _ in fake_o).detach()) / len(fake_o)
 
         if self.ema is not None:
-            self._update_ema()
+            update_ema(self.ema, self.model, self.cfg.ema)
         self.step += 1
         return logs
 
@@ -718,75 +406,20 @@ class Trainer:
         logs["skipped"] = 1.0
         return logs
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.cfg.ema
-        for pe, p in zip(self.ema.parameters(), self.model.parameters()):
-            pe.lerp_(p.detach(), 1.0 - decay)
-        for be, b in zip(self.ema.buffers(), self.model.buffers()):
-            be.copy_(b)
-
     # ------------------------------------------------------------------ validation
     def eval_model(self) -> torch.nn.Module:
         return self.ema if self.ema is not None else self.model
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """PSNR/SSIM/MS-SSIM of the reconstruction (float tokens, and tokens quantized at
-        train_quality) and of the repeat-reference baseline, on the held-out clips, from
-        uint8-rounded frames; writes a PNG grid."""
-        from imfcodec import metrics
-
+        """Metrics of the eval model on the held-out clips (``validate.validate_model``); writes a
+        PNG grid to OUT/val/."""
         if self.valset is None:
             return {}
-        model = self.eval_model()
-        was = model.training
-        model.eval()
-        res = self.cfg.resolution
-        step_q = (model.token_scale.float() * self.qstep).unsqueeze(0)
-        u8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
-        acc: dict[str, list[np.ndarray]] = defaultdict(list)
-        grid_rows = []
-        for ci, (ref, cur) in enumerate(zip(self.valset.refs, self.valset.curs)):
-            x_ref = resize_batch(ref.to(self.device), res)
-            x_cur = resize_batch(cur.to(self.device), res)
-            with self._autocast():
-                t_ref = model.encode_token(x_ref).float()
-                t_cur = model.encode_token(x_cur).float()
-                x_hat = model.decode_frame(model.prepare_reference(x_ref, t_ref), t_cur).float()
-                tq_ref = torch.round(t_ref / step_q) * step_q
-                tq_cur = torch.round(t_cur / step_q) * step_q
-                x_hat_q = model.decode_frame(model.prepare_reference(x_ref, tq_ref), tq_cur).float()
-            gt = u8(x_cur)
-            base = np.repeat(u8(x_ref), len(gt), 0)
-            for key, pred in (("", u8(x_hat)), ("_q", u8(x_hat_q)), ("base_", base)):
-                pre, suf = (key, "") if key == "base_" else ("", key)
-                acc[f"{pre}psnr{suf}"].append(metrics.psnr(gt, pred, reduction="none"))
-                acc[f"{pre}ssim{suf}"].append(metrics.ssim(gt, pred, reduction="none"))
-                acc[f"{pre}ms_ssim{suf}"].append(metrics.ms_ssim(gt, pred, reduction="none"))
-            if ci < 4:
-                k = min(4, len(x_cur))
-                grid_rows.append((x_ref.expand(k, -1, -1, -1), x_cur[:k], x_hat_q[:k]))
-        model.train(was)
-        out = {k: float(np.concatenate(v).mean()) for k, v in acc.items()}
-        out["frames"] = int(sum(len(c) for c in self.valset.curs))
-        out["resolution"] = res
-        self._write_grid(grid_rows)
+        out, grid_rows = validate_model(self.eval_model(), self.valset, self.cfg.resolution, self.qstep,
+                                        self.device, self._autocast)
+        write_grid(grid_rows, self.out / "val" / f"step{self.step:07d}.png")
         return out
-
-    def _write_grid(self, rows) -> None:
-        from torchvision.utils import save_image
-
-        if not rows:
-            return
-        imgs = []
-        for ref, cur, rec in rows:  # each row block: reference / current / reconstruction
-            imgs += [ref.cpu(), cur.cpu(), rec.cpu()]
-        k = max(len(r) for r in imgs)
-        imgs = [torch.cat([r, r.new_ones(k - len(r), *r.shape[1:])]) if len(r) < k else r for r in imgs]
-        path = self.out / "val" / f"step{self.step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(torch.cat(imgs), str(path), nrow=k, padding=2)
 
     # ------------------------------------------------------------------ export
     def export(self, path: Path | None = None, fp16: bool = True) -> dict[str, Any] | None:
@@ -821,31 +454,6 @@ class Trainer:
         log.info("exported %s (step %d, weights %s)", res["path"], self.step, res["weights_hash"])
         return res
 
-    # ------------------------------------------------------------------ logging
-    def _csv(self, name: str, columns: list[str], row: dict[str, Any]) -> None:
-        path = self.out / name
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-    def _truncate_logs(self) -> None:
-        """On resume drop log rows past the checkpoint's step (written after the last save)."""
-        for name in ("log.csv", "val.csv"):
-            path = self.out / name
-            if not path.exists():
-                continue
-            with open(path, newline="") as f:
-                rows = list(csv.reader(f))
-            if not rows:
-                continue
-            keep = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= self.step]
-            if len(keep) != len(rows):
-                with open(path, "w", newline="") as f:
-                    csv.writer(f).writerows(keep)
-
     # ------------------------------------------------------------------ loop
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
@@ -857,7 +465,7 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            self._truncate_logs()
+            truncate_logs(self.out, self.step)
         hw = hardware_string(self.device, self.d.world)
         if hw not in self.hardware:
             self.hardware.append(hw)
@@ -894,7 +502,7 @@ class Trainer:
                     row["resolution"] = int(logs["resolution"])
                     row["images_per_s"] = cfg.batch_size / max(row["sec_per_step"], 1e-9)
                     row["hours"] = self.elapsed_s / 3600.0
-                    self._csv("log.csv", LOG_COLUMNS, row)
+                    append_csv(self.out / "log.csv", LOG_COLUMNS, row)
                     bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "l1", "rate_bits") if k in row}
                                     | {"s/it": f"{row['sec_per_step']:.2f}"}, refresh=False)
                     window.clear()
@@ -904,7 +512,7 @@ class Trainer:
                         last_val = self.validate()
                         if last_val:
                             last_val["step"] = step
-                            self._csv("val.csv", VAL_COLUMNS, last_val)
+                            append_csv(self.out / "val.csv", VAL_COLUMNS, last_val)
                             log.info("step %d val: psnr %.2f (q %.2f, repeat-ref %.2f) ssim %.3f ms-ssim %.3f",
                                      step, last_val["psnr"], last_val["psnr_q"], last_val["base_psnr"],
                                      last_val["ssim"], last_val["ms_ssim"])
@@ -995,3 +603,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
         return trainer.export(path, fp16=fp16)
     finally:
         trainer.close()
+
+
+# names this module held before it was split, still importable from here
+__all__ = [
+    "Trainer", "train", "export_checkpoint", "step_seed",
+    "CHECKPOINT_FORMAT", "atomic_torch_save", "load_checkpoint", "init_from_weights",
+    "Dist", "sync_grads", "params_digest", "hardware_string", "resolve_device",
+    "lr_at", "LOG_COLUMNS", "VAL_COLUMNS",
+    "calibrate_tokens", "export_model", "calibrate_and_export",
+]

@@ -1,0 +1,217 @@
+"""Video output: RGB frames to .mp4 / .mkv / .y4m or a folder of PNGs.
+
+Writing (``VideoWriter``) picks the format from the output name and is atomic: frames go to a
+hidden ``.NAME.*.partial`` sibling (``fsutil.AtomicOutput``) that is renamed into place by
+``close()`` and deleted if the ``with`` block raises.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from av.video.reformatter import Interpolation
+from PIL import Image
+
+from ..errors import InputError
+from ..fsutil import AtomicOutput
+from ._common import _MAX_FPS, PathLike, _check_size, _one_line
+
+_SWS_EXACT = Interpolation.AREA
+for _flag in ("ACCURATE_RND", "BITEXACT"):  # swscale flags (PyAV >= 14 exposes them)
+    _SWS_EXACT |= getattr(Interpolation, _flag, 0)
+
+_FILE_FORMATS = {
+    # suffix: (muxer, encoder, default pix_fmt, colour matrix)
+    ".mp4": ("mp4", "libx264", "yuv420p", "ITU709"),
+    ".mkv": ("matroska", "libx264", "yuv444p", "ITU709"),
+    ".y4m": ("yuv4mpegpipe", "rawvideo", "yuv444p", "ITU601"),
+}
+_PIX_FMTS = ("yuv420p", "yuv444p")
+X264_CRF = 10
+
+
+def _is_dir_target(p: Path, raw: str) -> bool:
+    return raw.endswith(("/", os.sep)) or p.is_dir() or p.suffix == ""
+
+
+class VideoWriter:
+    """Write RGB frames to a video file or a folder of PNGs, atomically.
+
+    Output by name: ``.mp4`` -> H.264 (libx264, CRF 10, yuv420p: plays in every browser/player;
+    yuv444p if a side is odd), ``.mkv`` -> H.264 High 4:4:4 (CRF 10, full chroma, for fidelity),
+    ``.y4m`` -> uncompressed 4:4:4 YUV4MPEG2 (only the 8-bit RGB->YUV rounding is lost, ~52 dB),
+    a path ending in '/', an existing directory or a name without suffix -> ``frame_000000.png``...
+    (bit-exact). ``pix_fmt`` ('yuv420p'/'yuv444p') overrides the default of the video formats.
+    ``crf`` (0..51, 0 = lossless YUV) overrides CRF 10 of mp4/mkv. Measured on 256x256 face frames
+    (dagan_driving): mp4 42-43 dB, mkv 44-46 dB, y4m 53 dB; 4:2:0 itself caps detailed colourful
+    content near 40 dB (the astronaut demo clip: mp4 39 dB, mkv 41.6 dB).
+    mp4/mkv are tagged BT.709 limited range; y4m (which has no tag) uses BT.601, readers' default.
+
+    Nothing appears at ``path`` until ``close()``; an exception in the ``with`` block removes the
+    temporary. ``protect`` names paths (e.g. the input video) that must never be replaced;
+    ``overwrite=False`` refuses any existing output.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        fps: float | Fraction,
+        width: int,
+        height: int,
+        *,
+        pix_fmt: str | None = None,
+        crf: int | None = None,
+        overwrite: bool = True,
+        protect: Iterable[PathLike] = (),
+    ) -> None:
+        raw = os.fspath(path)
+        self.path = Path(raw)
+        self.width = _check_size(width, "width")
+        self.height = _check_size(height, "height")
+        try:
+            fps = Fraction(fps).limit_denominator(100_000)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"fps must be a number, got {fps!r}") from e
+        if not 0 < fps <= _MAX_FPS:
+            raise InputError(f"fps must be in (0, {_MAX_FPS}], got {fps}")
+        self.fps = fps
+        self.frames_written = 0
+        self._closed = False
+        self._container: Any = None
+        self._stream: Any = None
+        self._out: AtomicOutput | None = None
+
+        target = self.path.resolve()
+        for other in protect:
+            if Path(other).resolve() == target:
+                raise InputError(f"refusing to overwrite the input {self.path}")
+        if self.path.exists() and not overwrite:
+            raise InputError(f"output exists: {self.path}")
+        parent = target.parent
+        if not parent.is_dir():
+            raise InputError(f"output folder does not exist: {parent}")
+
+        if _is_dir_target(self.path, raw):
+            self.kind = "png"
+            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+                raise InputError(f"output folder exists and is not empty: {self.path}")
+            self._out = AtomicOutput(self.path, directory=True)
+            return
+
+        suffix = self.path.suffix.lower()
+        if suffix not in _FILE_FORMATS:
+            known = ", ".join(_FILE_FORMATS)
+            raise InputError(f"unknown output type {suffix!r} for {self.path} (use {known} or a folder/)")
+        if self.path.is_dir():
+            raise InputError(f"output path is a directory: {self.path}")
+        muxer, encoder, default_pix, matrix = _FILE_FORMATS[suffix]
+        if pix_fmt is None:
+            pix_fmt = default_pix
+            if pix_fmt == "yuv420p" and (self.width % 2 or self.height % 2):
+                pix_fmt = "yuv444p"  # 4:2:0 needs even sides
+        if crf is not None and (isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51):
+            raise InputError(f"crf must be an integer in [0, 51], got {crf!r}")
+        if pix_fmt not in _PIX_FMTS:
+            raise InputError(f"pix_fmt must be one of {_PIX_FMTS}, got {pix_fmt!r}")
+        if pix_fmt == "yuv420p" and (self.width % 2 or self.height % 2):
+            raise InputError(f"yuv420p needs even sides, got {self.width}x{self.height}")
+        self.kind = suffix[1:]
+        self.pix_fmt = pix_fmt
+        self._matrix = matrix
+        self._out = AtomicOutput(self.path)
+        try:
+            options = {"movflags": "+faststart"} if muxer == "mp4" else {}
+            self._container = av.open(str(self._out.tmp), mode="w", format=muxer, options=options)
+            stream = self._container.add_stream(encoder, rate=self.fps)
+            stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
+            if encoder == "libx264":
+                stream.options = {"crf": str(X264_CRF if crf is None else crf), "preset": "medium"}
+                cc = stream.codec_context
+                cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
+            self._stream = stream
+        except Exception as e:
+            self._abort()
+            raise InputError(f"cannot create {self.path}: {_one_line(e)}") from e
+
+    # -- context manager
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+    def __del__(self) -> None:  # never leave a temporary behind, even if close() was forgotten
+        try:
+            if not self._closed:
+                self._abort()
+        except Exception:
+            pass
+
+    # -- writing
+    def write(self, rgb: np.ndarray) -> None:
+        """Append one uint8 ``height x width x 3`` RGB frame."""
+        if self._closed:
+            raise InputError(f"VideoWriter for {self.path} is closed")
+        expected = (self.height, self.width, 3)
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.shape != expected:
+            desc = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+            raise InputError(f"frame must be a uint8 array of shape {expected}, got {desc}")
+        rgb = np.ascontiguousarray(rgb)
+        if self.kind == "png":
+            assert self._out is not None
+            Image.fromarray(rgb, "RGB").save(self._out.tmp / f"frame_{self.frames_written:06d}.png", compress_level=6)
+        else:
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format=self.pix_fmt,
+                dst_colorspace=self._matrix,
+                dst_color_range="MPEG",
+                interpolation=_SWS_EXACT,
+                threads=1,
+            )
+            frame.pts = self.frames_written
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        self.frames_written += 1
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; returns the final path. Idempotent."""
+        if self._closed:
+            return self.path
+        try:
+            if self.frames_written == 0:
+                raise InputError(f"no frames were written to {self.path}")
+            if self._container is not None:
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+                self._container.close()
+                self._container = None
+            assert self._out is not None
+            self._out.commit()  # a PNG folder replaces only an empty folder (checked at open)
+            self._out = None
+        except BaseException:
+            self._abort()
+            raise
+        self._closed = True
+        return self.path
+
+    def _abort(self) -> None:
+        """Drop everything written so far (the temporary), leaving ``path`` untouched."""
+        self._closed = True
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:
+                pass
+            self._container = None
+        out, self._out = self._out, None
+        if out is not None:
+            out.discard()
