@@ -49,12 +49,12 @@ def measure(name: str, frames: int) -> dict:
     gflops = decode_gflops(model)
     with torch.inference_mode():
         timings = _timings(model, frames)
-    return timings | _refine_timing(model, frames) | {"model": name, "params": count_parameters(model),
+    return timings | _search_timing(model, frames) | {"model": name, "params": count_parameters(model),
                                                       "decode_gflops": gflops}
 
 
-def _refine_timing(model: torch.nn.Module, frames: int) -> dict:
-    """Encoder fps at the default settings (E_T + token refinement), through the real ``Encoder``."""
+def _search_timing(model: torch.nn.Module, frames: int) -> dict:
+    """Encoder fps at the default settings (E_T + token search), through the real ``Encoder``."""
     from fractions import Fraction
 
     from imfcodec.codec import Encoder, EncoderSettings
@@ -66,8 +66,8 @@ def _refine_timing(model: torch.nn.Module, frames: int) -> dict:
     enc = Encoder(model, model_name=model.config.name, weights_hash=weights_hash(model), fps=Fraction(25),
                   settings=EncoderSettings(key_codec="png"))
     enc.encode(key)  # the key frame: reference cache and its autograd copy, built once
-    return {"refine_steps": enc.settings.search_iters,
-            "encode_refine_fps": 1 / _time(lambda: enc.encode(cur), max(3, frames // 10))}
+    return {"search_iters": enc.settings.search_iters,
+            "encode_search_fps": 1 / _time(lambda: enc.encode(cur), max(3, frames // 10))}
 
 
 def _timings(model: torch.nn.Module, frames: int) -> dict:
@@ -104,11 +104,11 @@ def command(**params) -> int:
     rows = [measure(n, args.frames if n != "imf-paper" else 5) for n in args.configs.split(",")]
     lines = [f"Network speed, {args.threads} threads, torch {torch.__version__}, median of repeated calls, "
              f"batch 1 unless noted ({time.strftime('%Y-%m-%d')}).", "",
-             "| model | res | params | GFLOPs/decoded frame | encode fps (E_T) | encode fps (E_T + refine) | "
+             "| model | res | params | GFLOPs/decoded frame | encode fps (E_T) | encode fps (E_T + token search) | "
              "decode fps, chunk 1 | decode fps, chunk 5 | per key frame (ms) |", "|---|---|---|---|---|---|---|---|---|"]
     for d in rows:
         lines.append(f"| {d['model']} | {d['resolution']} | {d['params']:,} | {d['decode_gflops']:.2f} | "
-                     f"{d['encode_fps']:.1f} | {d['encode_refine_fps']:.2f} ({d['refine_steps']} steps) | "
+                     f"{d['encode_fps']:.1f} | {d['encode_search_fps']:.2f} ({d['search_iters']} steps) | "
                      f"{d['decode_fps_chunk1']:.1f} | {d['decode_fps_chunk5']:.1f} | "
                      f"{d['key_frame_ms']:.0f} |")
     text = "\n".join(lines) + "\n"
