@@ -104,6 +104,9 @@ PROG = "python -m benchmarks.rd"
 @click.option("--upscale", default=DEFAULT_UPSCALE, type=click.Choice(sorted(UPSCALE_FILTERS)),
               help=f"filter that brings scaled anchors back to the working size (default {DEFAULT_UPSCALE})")
 @click.option("--clips", default=None, help="comma-separated clip names (file stems) to keep")
+@click.option("--report-all", is_flag=True,
+              help="report every row of rd.csv for these clips and this config (e.g. imfcodec points of "
+                   "other --refine or --ladder runs), not only this run's plan")
 @click.option("--no-vmaf", is_flag=True, help="skip VMAF (the slowest metric)")
 @click.option("--vmaf-subsample", type=int, default=1, metavar="N",
               help="VMAF on every N-th frame only (like libvmaf --subsample; default 1 = all)")
@@ -386,7 +389,13 @@ def run(args: SimpleNamespace) -> int:
 
     import pandas as pd
 
-    rows = [r for r in read_rows(csv_path) if row_key(r) in planned]
+    def wanted(r: dict) -> bool:
+        if row_key(r) in planned:
+            return True
+        return bool(args.report_all and r.get("clip") in refs and r.get("config") == config
+                    and r.get("codec") in codecs and (r.get("codec") != "imfcodec" or r.get("model") == model_id))
+
+    rows = [r for r in read_rows(csv_path) if wanted(r)]
     if not rows:
         print("no results to report", file=sys.stderr)
         return 1

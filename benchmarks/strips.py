@@ -74,32 +74,33 @@ def nearest_hull_row(hull, clip: str, kbps: float):
 
 def make_strip(path: Path, source: np.ndarray, rows: Sequence[tuple[str, np.ndarray]], indexes: Sequence[int],
                title: str) -> Path:
-    """One PNG: the source and each labelled decoded clip at ``indexes``, with per-frame PSNR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One PNG: the source and each labelled decoded clip at ``indexes``, every frame at its own pixels
+    (no resampling, no palette), with per-frame PSNR under each; composed with Pillow."""
+    from PIL import Image, ImageDraw, ImageFont
 
     from imfcodec.metrics import psnr
 
     grid = [("source", source)] + list(rows)
-    fig, axes = plt.subplots(len(grid), len(indexes), figsize=(2.3 * len(indexes), 2.45 * len(grid)), dpi=100,
-                             squeeze=False)
+    h, w = source.shape[1:3]
+    font = ImageFont.load_default(size=13)
+    gap, band, foot, margin = 6, 32, 18, 6
+    width = margin * 2 + len(indexes) * w + (len(indexes) - 1) * gap
+    height = 22 + len(grid) * (band + h + foot)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((margin, 4), title, fill="black", font=font)
+    y = 22
     for r, (label, frames) in enumerate(grid):
+        draw.text((margin, y + 14), label, fill="black", font=font)
+        y += band
         for c, i in enumerate(indexes):
-            ax = axes[r][c]
-            ax.imshow(frames[i])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            caption = f"frame {i}" if r == 0 else f"{psnr(source[i], frames[i]):.2f} dB"
-            ax.set_xlabel(caption, fontsize=7)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=7)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+            x = margin + c * (w + gap)
+            canvas.paste(Image.fromarray(np.ascontiguousarray(frames[i])), (x, y))
+            caption = f"frame {i}" if r == 0 else f"frame {i}: {psnr(source[i], frames[i]):.2f} dB"
+            draw.text((x, y + h + 2), caption, fill="black", font=font)
+        y += h + foot
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    canvas.save(path, optimize=True)
     return path
 
 
@@ -129,10 +130,10 @@ def write_strips(df, out: Path, point: str | None = None) -> list[Path]:
             continue
         source = np.load(ref_path)[:n]
         idx = strip_indexes(n)
-        rows = [(f"imfcodec {point}\n{a['kbps']:.2f} kbit/s, {a['psnr']:.2f} dB", decode_row(out, a, n, size)),
-                (f"{h['member']} {h['point']} ({h['coded_size']})\n{h['kbps']:.2f} kbit/s, {h['psnr']:.2f} dB",
-                 decode_row(out, h, n, size))]
-        title = f"{clip}: imfcodec vs the conventional hull's point nearest in rate (whole-clip PSNR in labels)"
+        rows = [(f"imfcodec {point}: {a['kbps']:.2f} kbit/s, clip PSNR {a['psnr']:.2f} dB", decode_row(out, a, n, size)),
+                (f"{h['member']} {h['point']} (coded at {h['coded_size']}, upscaled): {h['kbps']:.2f} kbit/s, "
+                 f"clip PSNR {h['psnr']:.2f} dB", decode_row(out, h, n, size))]
+        title = f"{clip}: imfcodec and the conventional hull's point nearest in rate"
         written.append(make_strip(out / "strips" / f"{clip}.png", source, rows, idx, title))
     return written
 

@@ -189,6 +189,11 @@ def test_refine_points_are_separate_rows(tmp_path):
     assert set(rows) == {"q9-hevc21", "q9-hevc21-r2"}
     for r in rows.values():  # both are real streams on disk
         assert int(r["bytes"]) == (out / r["stream"]).stat().st_size
+    # a report names only its own plan's points, unless --report-all brings in the rows of other runs
+    assert "q9-hevc21-r2" in (out / "summary.md").read_text()
+    assert main(args + ["--refine", "0"]) == 0 and "q9-hevc21-r2" not in (out / "summary.md").read_text()
+    assert main(args + ["--refine", "0", "--report-all"]) == 0
+    assert "q9-hevc21-r2" in (out / "summary.md").read_text()
     assert main(args + ["--refine", "-1"]) == 2
 
 
