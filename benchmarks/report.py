@@ -348,6 +348,15 @@ def _style(name: str) -> dict:
                 marker="*" if name == "imfcodec" else "o", ms=8 if name == "imfcodec" else 4)
 
 
+def _plot_groups(name: str, rows) -> list[tuple[str, object]]:
+    """imfcodec's points in one line per token-search setting (``-rN`` point names), so that a plot
+    does not zig-zag between modes; every other curve as it is."""
+    if name != "imfcodec":
+        return [(name, rows)]
+    iters = rows["point"].str.extract(r"-r(\d+)$")[0].fillna("0")
+    return [(f"imfcodec --refine {k}", rows[iters == k]) for k in sorted(set(iters), key=int, reverse=True)]
+
+
 def plot_rd(df, metric: str, path: Path, title: str, rate: str = "kbps") -> Path:
     """Quality against rate (log x), mean over clips: per point for real curves, the mean of the
     per-clip hulls (over the rates all clips' hulls cover) for hulls; x265 shown at every scale."""
@@ -365,12 +374,15 @@ def plot_rd(df, metric: str, path: Path, title: str, rate: str = "kbps") -> Path
             continue
         if name.endswith("-hull"):
             x, y = mean_hull_curve(rows, metric, rate)
-        else:
-            g = rows.groupby("point")[[rate, metric]].mean()
+            if len(x):
+                ax.plot(x, y, label=name, **_style(name))
+            continue
+        for label, part in _plot_groups(name, rows):
+            g = part.groupby("point")[[rate, metric]].mean()
             g = g[np.isfinite(g[metric].astype(float)) & (g[rate] > 0)].sort_values(rate)
-            x, y = g[rate].to_numpy(), g[metric].to_numpy()
-        if len(x):
-            ax.plot(x, y, label=name, **_style(name))
+            if len(g):
+                style = _style(name) | ({"ls": "--", "marker": "^"} if label.endswith("--refine 0") else {})
+                ax.plot(g[rate].to_numpy(), g[metric].to_numpy(), label=label, **style)
     _log_rate_axis(ax)
     ax.set_xlabel(f"rate (kbit/s, {RATES[rate]}, log scale)")
     ax.set_ylabel(LABELS.get(metric, metric))
