@@ -3,7 +3,8 @@ videos, and the coverage-guided harness.
 
 Property tests mutate valid streams (bit flips, truncation, lying lengths, forged header fields, zero
 frames, wrong CRC, wrong model or weights hash, trailing garbage, re-CRC'd garbage payloads that reach the
-entropy and key-frame decoders) and check that decoding succeeds or raises an ``IMFError``.
+entropy and key-frame decoders) and check that decoding succeeds or raises an ``IMFError`` (and does
+not hang: ``helpers.no_hang``).
 ``IMF_FUZZ_EXAMPLES=N`` scales the number of examples (default: a CI-sized run); the coverage-guided
 harness for long runs is ``tests/fuzz/``.
 """
@@ -11,9 +12,7 @@ harness for long runs is ``tests/fuzz/``.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from helpers import (
-    MAX_SECONDS,
     N_FRAMES,
     decode_all,
     encode_header_raw,
@@ -31,6 +29,8 @@ from helpers import (
     header_of,
     join,
     leftovers,
+    no_hang,
+    run_no_hang,
     split,
     varints,
 )
@@ -251,16 +251,15 @@ def test_mutated_input_videos_encode_or_refuse(tiny, tmp_path_factory, data):
     src = folder / f"in.{ext}"
     src.write_bytes(bytes(d))
     out = folder / "out.imf"
-    t0 = time.perf_counter()
     try:
-        s = encode_video(src, out, model=tiny, max_frames=4, settings=EncoderSettings(key_codec="png"))
+        with no_hang("encoding a damaged input video"):
+            s = encode_video(src, out, model=tiny, max_frames=4, settings=EncoderSettings(key_codec="png"))
     except IMFError as e:
         assert "\n" not in str(e)
         assert not out.exists()
     else:
         assert 1 <= s.frames <= 4 and out.exists()
         assert decode_all(out.read_bytes(), tiny)[0] == "ok"
-    assert time.perf_counter() - t0 < MAX_SECONDS
     assert leftovers(folder) == []
 
 
@@ -279,8 +278,8 @@ def test_atheris_harness_runs(tmp_path):
     """The coverage-guided harness starts, seeds its corpus and runs (CI has no atheris: skipped there)."""
     pytest.importorskip("atheris")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"), "--corpus",
-                          str(tmp_path / "corpus"), "--artifacts", str(tmp_path / "art"), "-runs=40"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = run_no_hang([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"), "--corpus",
+                       str(tmp_path / "corpus"), "--artifacts", str(tmp_path / "art"), "-runs=40"],
+                      capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Done 40 runs" in out.stderr and not list((tmp_path / "art").iterdir())
