@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny seeded model and a short sample clip, made once per session."""
+"""Shared fixtures: a tiny seeded model, a short sample clip and the hostile-input streams, made once per
+session."""
 
 from __future__ import annotations
 
@@ -44,3 +45,54 @@ def tiny_stream(tmp_path_factory, sample_clip, tiny) -> Path:
     out = tmp_path_factory.mktemp("stream") / "s.imf"
     encode_video(sample_clip, out, model=tiny, settings=EncoderSettings(keyint=6, chunk=3))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one thread is fastest, and the only sane choice on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# (key codec, keyint, chunk, quality) of the hostile streams: their packets cover every layout (K, T of
+# 1..3 frames, several keys)
+HOSTILE_BASES = {
+    "hevc": dict(key_codec="hevc", keyint=4, chunk=2),
+    "png": dict(key_codec="png", keyint=3, chunk=3, quality=9),
+    "webp": dict(key_codec="webp", keyint=0, chunk=1, quality=3),
+    "av1": dict(key_codec="av1", keyint=5, chunk=3),
+}
+
+
+@pytest.fixture(scope="session")
+def hostile_clip(tmp_path_factory) -> Path:
+    from helpers import N_FRAMES
+    from imfcodec.io import make_sample
+
+    path = tmp_path_factory.mktemp("hostile") / "clip.mp4"
+    make_sample(path, frames=N_FRAMES, size=64, fps=25)
+    return path
+
+
+@pytest.fixture(scope="session")
+def streams(hostile_clip, tiny, tmp_path_factory) -> dict[str, bytes]:
+    """One valid stream per entry of HOSTILE_BASES, for the tests/test_hostile_*.py modules to damage."""
+    from imfcodec.api import encode_video
+    from imfcodec.codec import EncoderSettings
+
+    folder = tmp_path_factory.mktemp("streams")
+    out = {}
+    for name, kw in HOSTILE_BASES.items():
+        path = folder / f"{name}.imf"
+        encode_video(hostile_clip, path, model=tiny, settings=EncoderSettings(**kw))
+        out[name] = path.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="session")
+def hevc_stream(streams, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("hevc") / "s.imf"
+    path.write_bytes(streams["hevc"])
+    return path

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
 from click.testing import CliRunner
 
+from helpers import run_no_hang
 from imfcodec.cli import main
 
 TINY = "random:imf-tiny"
@@ -102,7 +102,7 @@ def test_models_lists_configs():
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "imfcodec.cli", "--help"], capture_output=True, text=True, timeout=60)
+    out = run_no_hang([sys.executable, "-m", "imfcodec.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "encode" in out.stdout
 
 

@@ -3,13 +3,13 @@ determinism across processes, and refusal of streams made with other weights."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
 
+from helpers import run_no_hang
 from imfcodec.api import decode_stream, encode_video, iter_decoded, stream_info
 from imfcodec.codec import DEFAULT_QUALITY, Encoder, EncoderSettings, to_tensor, to_uint8
 from imfcodec.entropy import dequantize, quantization_steps, quantize
@@ -154,8 +154,8 @@ def test_decode_is_deterministic_across_processes_and_thread_counts(tiny_stream,
     results = []
     for threads in (1, 2):
         out = tmp_path / f"dec{threads}.npz"
-        subprocess.run([sys.executable, "-c", DECODE_IN_SUBPROCESS, str(tiny_stream), str(out), str(threads)],
-                       check=True, timeout=120)
+        run_no_hang([sys.executable, "-c", DECODE_IN_SUBPROCESS, str(tiny_stream), str(out), str(threads)],
+                    check=True)
         results.append(np.load(out))
     frames_here, tokens_here = _decode_all(tiny_stream, None)
     for r in results:

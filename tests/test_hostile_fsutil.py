@@ -1,0 +1,68 @@
+"""Hostile conditions, atomic output (issue #5, theme 5): an interrupted (SIGINT, SIGTERM) or failed
+run leaves no output and no temporary behind, and never touches an existing output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY, cheap_clip, cli, long_stream, one_line_error
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _interrupt(args: list[str], folder: Path, sig: int) -> subprocess.CompletedProcess:
+    """Run the CLI, send ``sig`` once its temporary output exists, return the finished process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "imfcodec.cli", *args], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".partial") for p in folder.iterdir()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no temporary output appeared"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("command, sig", [("encode", signal.SIGINT), ("decode", signal.SIGINT),
+                                          ("decode", signal.SIGTERM)])
+def test_interrupted_run_leaves_nothing(command, sig, tmp_path, tiny):
+    work = tmp_path / "work"
+    work.mkdir()
+    if command == "encode":
+        src = cheap_clip(tmp_path / "long.mp4", 1000)
+        args = ["encode", str(src), "-o", "out.imf", "--model", TINY, "--key-codec", "png"]
+    else:
+        src = long_stream(tiny, tmp_path / "long.imf", 1500)
+        args = ["decode", str(src), "-o", "out.mp4"]
+    done = _interrupt(args, work, sig)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "interrupted: no output was written", done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_failed_runs_leave_nothing(tmp_path, tiny, hevc_stream):
+    bad = tmp_path / "bad.imf"
+    bad.write_bytes(hevc_stream.read_bytes()[:-20])  # decodes most frames, then fails
+    for out in ("o.mp4", "o.y4m", "pngs/"):
+        one_line_error(cli("decode", bad, "-o", tmp_path / out), "truncat")
+    existing = tmp_path / "keep.imf"
+    existing.write_bytes(b"old")
+    txt = tmp_path / "t.mp4"
+    txt.write_text("no video")
+    one_line_error(cli("encode", txt, "-o", existing, "--model", TINY))
+    assert existing.read_bytes() == b"old"  # a failed run never touches an existing output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.imf", "keep.imf", "t.mp4"]
