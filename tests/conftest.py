@@ -39,11 +39,12 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def tiny_stream(tmp_path_factory, sample_clip, tiny) -> Path:
+    """The sample clip coded by the tiny model (no token search: what it costs is not the point here)."""
     from imfcodec.api import encode_video
     from imfcodec.codec import EncoderSettings
 
     out = tmp_path_factory.mktemp("stream") / "s.imf"
-    encode_video(sample_clip, out, model=tiny, settings=EncoderSettings(keyint=6, chunk=3))
+    encode_video(sample_clip, out, model=tiny, settings=EncoderSettings(keyint=6, chunk=3, search_iters=0))
     return out
 
 
@@ -86,7 +87,7 @@ def streams(hostile_clip, tiny, tmp_path_factory) -> dict[str, bytes]:
     out = {}
     for name, kw in HOSTILE_BASES.items():
         path = folder / f"{name}.imf"
-        encode_video(hostile_clip, path, model=tiny, settings=EncoderSettings(**kw))
+        encode_video(hostile_clip, path, model=tiny, settings=EncoderSettings(search_iters=0, **kw))
         out[name] = path.read_bytes()
     return out
 

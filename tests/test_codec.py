@@ -84,7 +84,7 @@ def test_keyint_and_chunk_change_packets_not_frames(sample_clip, tiny, tmp_path)
     sizes = {}
     for chunk in (1, 7):
         p = tmp_path / f"k{chunk}.imf"
-        encode_video(sample_clip, p, model=tiny, settings=EncoderSettings(keyint=0, chunk=chunk))
+        encode_video(sample_clip, p, model=tiny, settings=EncoderSettings(keyint=0, chunk=chunk, search_iters=0))
         info = stream_info(p)
         assert info["frames"] == 14 and info["key_frames"] == [0]
         sizes[chunk] = info
@@ -95,16 +95,16 @@ def test_keyint_and_chunk_change_packets_not_frames(sample_clip, tiny, tmp_path)
 
 def test_refresh_below_inserts_key_frames(sample_clip, tiny, tmp_path):
     hi = tmp_path / "hi.imf"
-    encode_video(sample_clip, hi, model=tiny, settings=EncoderSettings(refresh_below=99.0))
+    encode_video(sample_clip, hi, model=tiny, settings=EncoderSettings(refresh_below=99.0, search_iters=0))
     assert stream_info(hi)["key_frames"] == list(range(14))  # an untrained model never reaches 99 dB
     lo = tmp_path / "lo.imf"
-    encode_video(sample_clip, lo, model=tiny, settings=EncoderSettings(refresh_below=1.0))
+    encode_video(sample_clip, lo, model=tiny, settings=EncoderSettings(refresh_below=1.0, search_iters=0))
     assert stream_info(lo)["key_frames"] == [0]
 
 
 def test_max_frames(sample_clip, tiny, tmp_path):
     p = tmp_path / "m.imf"
-    s = encode_video(sample_clip, p, model=tiny, max_frames=5)
+    s = encode_video(sample_clip, p, model=tiny, max_frames=5, settings=EncoderSettings(search_iters=0))
     assert s.frames == 5 and stream_info(p)["frames"] == 5
 
 
@@ -181,6 +181,6 @@ def test_shipped_default_model_round_trips(sample_clip, tmp_path):
     loaded = load_model(None)
     assert loaded.name == DEFAULT_MODEL and loaded.model.config.resolution == 256
     out = tmp_path / "default.imf"
-    encode_video(sample_clip, out, settings=EncoderSettings(chunk=2), max_frames=4)
+    encode_video(sample_clip, out, settings=EncoderSettings(chunk=2, search_iters=0), max_frames=4)
     frames, _ = _decode_all(out, None)
     assert len(frames) == 4 and frames[0].shape == (256, 256, 3)

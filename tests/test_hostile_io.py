@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def encode_cli(src: Path, tmp_path: Path, *extra):
     out = tmp_path / "out.imf"
-    return cli("encode", src, "-o", out, "--model", TINY, "--key-codec", "png", *extra), out
+    return cli("encode", src, "-o", out, "--model", TINY, "--key-codec", "png", "--refine", 0, *extra), out
 
 
 @pytest.mark.parametrize("case", ["text", "audio", "empty_file", "header_only_y4m", "no_frames_mp4"])
