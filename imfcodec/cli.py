@@ -24,7 +24,9 @@ _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # what main() returns in-process; run() ends by the signal itself
+
+_stopped_by: int | None = None  # the signal that interrupted this run (set by _interruptible's handler)
 
 
 class _Group(click.Group):
@@ -47,6 +49,9 @@ class _Group(click.Group):
             click.echo("interrupted: no output was written", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as e:  # a bug, not a user error: still one line, with a hint
+            if _stopped_by is not None:  # an interrupt that a library re-raised as another error
+                click.echo("interrupted: no output was written", err=True)
+                ctx.exit(EXIT_INTERRUPTED)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -147,15 +152,43 @@ def _ranges(frames: list[int], most: int = 20) -> str:
 
 
 def _interruptible() -> None:
-    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt), so `kill` also leaves no partial output."""
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt, remembering which signal it was, so that either
+    one unwinds through the atomic outputs (leaving no partial file) and :func:`run` can end by it."""
     import signal
     import threading
 
     def handler(signum, frame):
+        global _stopped_by
+        _stopped_by = signum
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+
+def run() -> None:
+    """The ``imfcodec`` program: :func:`main`, except that an interrupted run, once it has cleaned up and
+    said so, ends the way interrupted Unix programs do: killed by the signal that stopped it (a shell
+    reports 130 for Ctrl-C, 143 for SIGTERM, and a calling script's loop stops too). Ending explicitly
+    also makes the status independent of the interpreter's exit path, which CI once saw end a run that
+    had printed its message and returned 130 by SIGINT anyway."""
+    import signal
+
+    try:
+        main()
+    except SystemExit as e:
+        if e.code != EXIT_INTERRUPTED:
+            raise
+        sig = _stopped_by or signal.SIGINT  # before _interruptible(), Python's own handler raised it
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # not reached: the signal's default action ends the process
 
 
 @main.command()
@@ -266,4 +299,4 @@ def train(ctx):
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()
