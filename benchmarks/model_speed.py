@@ -89,7 +89,7 @@ def _timings(model: torch.nn.Module, frames: int) -> dict:
 def _all_configs() -> str:
     from imfcodec.models import list_models
 
-    return ",".join(list_models())
+    return ",".join(list_models("imf"))
 
 
 @click.command("model_speed", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])

@@ -259,7 +259,7 @@ def models(as_json):
     rows = []
     for name in list_models():
         m = create_model(name)
-        rows.append({"name": name, "resolution": m.config.resolution, "token_dim": m.config.token_dim,
+        rows.append({"name": name, "resolution": m.config.resolution, "token_dim": getattr(m.config, "token_dim", 0),
                      "params": count_parameters(m), "decode_gflops": decode_gflops(m),
                      "weights": "shipped" if shipped_weights_path(name) else "none",
                      "default": name == DEFAULT_MODEL})

@@ -59,6 +59,7 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike, *, fp16: bool 
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta["format"] = WEIGHTS_FORMAT
     meta["config"] = json.dumps(model.config.to_dict(), sort_keys=True)
+    meta["kind"] = getattr(model.config, "kind", "imf")
     path = Path(path)
     with AtomicOutput(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
@@ -83,17 +84,21 @@ def load_weights(path: str | os.PathLike) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     from .entropy.params import load_prior
-    from .models import IMF, IMFConfig
+    from .models import EnhancerConfig, IMFConfig, build_model
 
     meta = read_metadata(path)
     if meta.get("format") != WEIGHTS_FORMAT or "config" not in meta:
         raise WeightsError(f"{path} is safetensors but not imfcodec weights (no '{WEIGHTS_FORMAT}' config)")
+    kinds = {"imf": IMFConfig, "enhancer": EnhancerConfig}
+    kind = meta.get("kind", "imf")  # files from before the hybrid mode carry no kind: token models
+    if kind not in kinds:
+        raise WeightsError(f"{path}: unknown model kind {kind!r} in metadata")
     try:
-        config = IMFConfig.from_dict(json.loads(meta["config"]))
+        config = kinds[kind].from_dict(json.loads(meta["config"]))
     except Exception as e:
         raise WeightsError(f"{path}: bad model config in metadata ({e})") from None
     _check_shapes(path, config)
-    model = IMF(config)
+    model = build_model(config)
     state = load_file(str(path))
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
@@ -101,10 +106,11 @@ def load_weights(path: str | os.PathLike) -> torch.nn.Module:
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise WeightsError(f"{path}: weights do not match config '{config.name}' ({first[-1].strip()[:200]})") from None
-    try:
-        load_prior(model, meta)  # the measured delta prior, which picks the entropy tables
-    except ValueError as e:
-        raise WeightsError(f"{path}: {e}") from None
+    if kind == "imf":
+        try:
+            load_prior(model, meta)  # the measured delta prior, which picks the entropy tables
+        except ValueError as e:
+            raise WeightsError(f"{path}: {e}") from None
     return model.eval()
 
 
@@ -113,11 +119,11 @@ def _check_shapes(path: str | os.PathLike, config) -> None:
     for a huge model is refused before anything is allocated."""
     from safetensors import safe_open
 
-    from .models import IMF
+    from .models import build_model
 
     try:
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in IMF(config).state_dict().items()}
+            expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
     except Exception as e:
         raise WeightsError(f"{path}: cannot build model '{config.name}' from its config ({e})") from None
     with safe_open(str(path), framework="pt") as f:

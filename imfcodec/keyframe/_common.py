@@ -63,10 +63,14 @@ def check_size(rgb: np.ndarray, width: int, height: int, name: str) -> np.ndarra
     return rgb
 
 
-def rgb_to_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, width: int | None = None, height: int | None = None
+                 ) -> av.VideoFrame:
+    """RGB -> ``pix_fmt`` with the pinned conversion; a smaller ``width`` x ``height`` downscales with
+    swscale's area filter in the same call (the base layer's path)."""
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
     return frame.reformat(
-        format=pix_fmt, dst_colorspace=_COLORSPACE, dst_color_range=_RANGE, interpolation=_SWS, threads=1
+        width=width, height=height, format=pix_fmt, dst_colorspace=_COLORSPACE, dst_color_range=_RANGE,
+        interpolation=_SWS, threads=1
     )
 
 

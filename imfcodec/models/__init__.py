@@ -1,8 +1,10 @@
 """IMF neural model: configs/registry, the IMF module, its layers and the discriminator."""
 
 from imfcodec.models.discriminator import Discriminator
+from imfcodec.models.enhancer import Enhancer, EnhancerConfig, KeyState, upscale
 from imfcodec.models.imf import IMF, IMFConfig, RefState
 from imfcodec.models.registry import (
+    build_model,
     count_parameters,
     create_model,
     decode_gflops,
@@ -16,6 +18,11 @@ __all__ = [
     "IMFConfig",
     "RefState",
     "Discriminator",
+    "Enhancer",
+    "EnhancerConfig",
+    "KeyState",
+    "upscale",
+    "build_model",
     "count_parameters",
     "create_model",
     "decode_gflops",

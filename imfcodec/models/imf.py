@@ -138,6 +138,8 @@ class IMFConfig:
     # discriminator (training only)
     disc_widths: tuple[int, ...] = (64, 128, 256, 512)
 
+    kind = "imf"  # what zoo.load_weights builds from a file's metadata (not a field)
+
     def __post_init__(self) -> None:
         per_scale = ("imfd_widths", "m_dims", "align_modes", "tf_blocks", "df_widths")
         for key in per_scale:

@@ -14,13 +14,16 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from imfcodec.errors import InputError
+from imfcodec.models.enhancer import Enhancer, EnhancerConfig
 from imfcodec.models.imf import IMF, IMFConfig
 
-_REGISTRY: dict[str, Callable[[], IMFConfig]] = {}
+ModelConfig = IMFConfig | EnhancerConfig
+_REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[[], IMFConfig]], Callable[[], IMFConfig]]:
-    """Decorator: register a zero-argument function returning the IMFConfig for ``name``."""
+def register_model(name: str) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
+    """Decorator: register a zero-argument function returning the config (IMFConfig for a token
+    model, EnhancerConfig for a hybrid-mode enhancer) for ``name``."""
 
     def deco(fn: Callable[[], IMFConfig]) -> Callable[[], IMFConfig]:
         if name in _REGISTRY:
@@ -31,46 +34,59 @@ def register_model(name: str) -> Callable[[Callable[[], IMFConfig]], Callable[[]
     return deco
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def list_models(kind: str | None = None) -> list[str]:
+    """Registered names, sorted; ``kind`` "imf" (token models) or "enhancer" (hybrid mode) filters."""
+    return sorted(n for n, fn in _REGISTRY.items() if kind is None or getattr(fn(), "kind", "imf") == kind)
 
 
-def get_config(name: str) -> IMFConfig:
+def get_config(name: str) -> ModelConfig:
     if name not in _REGISTRY:
         raise InputError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     cfg = _REGISTRY[name]()
     return cfg if cfg.name == name else dataclasses.replace(cfg, name=name)
 
 
-def create_model(name: str, **overrides) -> IMF:
-    """Build an (untrained) IMF for a registered config, with optional field overrides."""
+def build_model(cfg: ModelConfig) -> IMF | Enhancer:
+    """The (untrained) module a config describes."""
+    return Enhancer(cfg) if isinstance(cfg, EnhancerConfig) else IMF(cfg)
+
+
+def create_model(name: str, **overrides) -> IMF | Enhancer:
+    """Build an (untrained) model for a registered config, with optional field overrides."""
     cfg = get_config(name)
     if overrides:
-        bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(IMFConfig)})
+        bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(type(cfg))})
         if bad:
             raise InputError(f"unknown config fields: {', '.join(bad)}")
         cfg = dataclasses.replace(cfg, **overrides)
-    return IMF(cfg)
+    return build_model(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def decode_gflops(model: IMF, resolution: int | None = None) -> float:
-    """GFLOPs (2 x multiply-adds) of one decode_frame call at batch 1; the reference is prepared
-    outside the count because the decoder does it once per key frame."""
+def decode_gflops(model: IMF | Enhancer, resolution: int | None = None) -> float:
+    """GFLOPs (2 x multiply-adds) of one frame's decode at batch 1 (decode_frame, or an enhancer's
+    enhance); the reference is prepared outside the count because the decoder does it once per key
+    frame."""
     r = resolution or model.config.resolution
     was_training = model.training
     model.eval()
     x = torch.rand(1, 3, r, r)
-    t = torch.zeros(1, model.config.token_dim)
-    with torch.no_grad():
-        ref = model.prepare_reference(x, t)
+    if isinstance(model, Enhancer):
+        with torch.no_grad():
+            ref = model.prepare_key(x, x)
+        run = lambda: model.enhance(ref, x)  # noqa: E731
+    else:
+        t = torch.zeros(1, model.config.token_dim)
+        with torch.no_grad():
+            ref = model.prepare_reference(x, t)
+        run = lambda: model.decode_frame(ref, t)  # noqa: E731
     counter = FlopCounterMode(display=False)
     # grad mode on: FlopCounterMode's module tracker asserts on some no_grad graphs
     with counter:
-        model.decode_frame(ref, t)
+        run()
     model.train(was_training)
     return counter.get_total_flops() / 1e9
 
@@ -188,3 +204,20 @@ def _imf_tiny() -> IMFConfig:
         pixel_skip=True,
         disc_widths=(16, 32, 64, 64),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# hybrid-mode enhancers (imfcodec.models.enhancer)
+
+
+@register_model("enh-small")
+def _enh_small() -> EnhancerConfig:
+    """The hybrid mode's enhancer at 256x256: about 0.5 GMAC per frame."""
+    return EnhancerConfig(name="enh-small", resolution=256)
+
+
+@register_model("enh-tiny")
+def _enh_tiny() -> EnhancerConfig:
+    """64x64 test enhancer."""
+    return EnhancerConfig(name="enh-tiny", resolution=64, widths=(8, 16), m_fine=8, m_coarse=8, window=5,
+                          pos_freqs=2, fuse_width=16, fuse_blocks=1)

@@ -1,0 +1,216 @@
+"""Base-layer video codecs of the hybrid mode: a low-delay conventional stream of the clip, usually
+at a reduced frame size, that the decoder upscales and the enhancer lifts with the key frame's detail.
+
+Why a codec of its own beside ``keyframe``: the base layer is a *video* stream (inter prediction across
+frames), coded and decoded one access unit per frame with no reordering and no lookahead, so a frame
+leaves the encoder as soon as it is read and leaves the decoder as soon as its packet arrives. Each
+IMF key frame also starts a new base-layer GOP (a forced intra picture carrying the parameter sets),
+so a decoder can start, or restart after damage, at any key packet with a fresh base decoder.
+
+Colour conversion is pinned as for the key frames (BT.601 limited range, swscale area filter with
+BITEXACT, one thread), and the downscale to the base size happens in the same swscale call that makes
+yuv420p. Decoding is bit-exact by the codecs' specifications, so the small RGB frame a decoder gets is
+the same on every machine; upscaling and enhancement happen in the model (``imfcodec.models.enhancer``).
+
+=======  =====================================================  =======  ===========================
+name     coding                                                 range    mapping (default)
+=======  =====================================================  =======  ===========================
+``hevc``  libx265 preset medium, tune zerolatency, CRF, yuv420p  0..51    CRF = 51 - quality (13: CRF 38)
+``av1``   libsvtav1 preset 8, low delay, CRF; libdav1d decodes   0..63    CRF = 63 - quality (13: CRF 50)
+=======  =====================================================  =======  ===========================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+import av
+import numpy as np
+
+from .errors import CorruptStreamError, InputError, UnsupportedStreamError
+from .keyframe._common import frame_to_rgb, rgb_to_frame
+
+MIN_BASE_SIDE = 16  # x265 and SVT-AV1 refuse smaller pictures (8 for SVT-AV1; 16 keeps one rule)
+
+
+@dataclass(frozen=True)
+class BaseCodec:
+    """One registered base-layer codec: how to open its encoder and decoder."""
+
+    name: str
+    encoder: str  # PyAV/FFmpeg encoder name
+    decoder: str  # PyAV/FFmpeg decoder name
+    quality_range: tuple[int, int]
+    default_quality: int
+    options: Callable[[int, int], dict[str, str]]  # (quality, threads) -> encoder options
+    description: str
+
+    def check_quality(self, quality: int) -> int:
+        lo, hi = self.quality_range
+        if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not lo <= quality <= hi:
+            raise InputError(f"{self.name} base-layer quality must be an integer in [{lo}, {hi}], got {quality!r}")
+        return int(quality)
+
+
+def _x265(quality: int, threads: int) -> dict[str, str]:
+    params = f"keyint=-1:scenecut=0:open-gop=0:repeat-headers=1:info=0:log-level=error:pools={threads}"
+    return {"crf": str(51 - quality), "preset": "medium", "tune": "zerolatency", "forced-idr": "1",
+            "x265-params": params}
+
+
+def _svtav1(quality: int, threads: int) -> dict[str, str]:
+    return {"crf": str(63 - quality), "preset": "8",
+            "svtav1-params": f"pred-struct=1:scd=0:keyint=-1:lp={threads}"}
+
+
+_REGISTRY: dict[str, BaseCodec] = {}
+
+
+def register_base_codec(codec: BaseCodec) -> BaseCodec:
+    if codec.name in _REGISTRY:
+        raise ValueError(f"base-layer codec {codec.name!r} is already registered")
+    _REGISTRY[codec.name] = codec
+    return codec
+
+
+register_base_codec(BaseCodec("hevc", "libx265", "hevc", (0, 51), 13, _x265,
+                              "libx265 preset medium, tune zerolatency (no B-frames, no lookahead), CRF"))
+register_base_codec(BaseCodec("av1", "libsvtav1", "libdav1d", (0, 63), 13, _svtav1,
+                              "libsvtav1 preset 8, pred-struct=1 (low delay), CRF"))
+
+
+def get_base_codec(name: str) -> BaseCodec:
+    """The codec registered as ``name``; UnsupportedStreamError (a stream may name it) otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise UnsupportedStreamError(
+            f"unknown base-layer codec {name!r} (known: {', '.join(list_base_codecs())})") from None
+
+
+def list_base_codecs() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def base_size(size: int, factor: int) -> int:
+    """Side of the base layer for a ``size`` frame coded at 1/``factor`` (even, for 4:2:0)."""
+    side = (size // factor) // 2 * 2
+    if factor < 1 or side < MIN_BASE_SIDE:
+        raise InputError(f"a base layer at 1/{factor} of {size} px would be {side} px; "
+                         f"the minimum is {MIN_BASE_SIDE}")
+    return side
+
+
+class BaseEncoder:
+    """Streaming base-layer encoder: ``encode(rgb, intra)`` -> the access unit of that frame.
+
+    Takes full-size RGB frames and downscales them itself; exactly one access unit per frame comes back
+    (the codecs are configured for zero latency; anything else is reported as an encoder failure).
+    """
+
+    def __init__(self, codec: str, width: int, height: int, fps: Fraction, quality: int, threads: int = 1):
+        self.codec = get_base_codec(codec)
+        self.quality = self.codec.check_quality(quality)
+        self.width, self.height = int(width), int(height)
+        if min(self.width, self.height) < MIN_BASE_SIDE or self.width % 2 or self.height % 2:
+            raise InputError(f"base layer {self.width}x{self.height}: sides must be even and >= {MIN_BASE_SIDE}")
+        if self.codec.encoder == "libsvtav1":
+            os.environ.setdefault("SVT_LOG", "1")  # errors only (SVT-AV1 logs to stderr itself)
+        fps = Fraction(fps)
+        ctx = av.CodecContext.create(self.codec.encoder, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = self.width, self.height, "yuv420p"
+        ctx.time_base = 1 / fps
+        ctx.framerate = fps
+        ctx.thread_count = max(1, int(threads))
+        ctx.options = self.codec.options(self.quality, max(1, int(threads)))
+        self._ctx = ctx
+        self._pts = 0
+
+    def encode(self, rgb: np.ndarray, intra: bool = False) -> bytes:
+        """One full-size uint8 RGB frame -> its access unit (``intra``: start a new GOP here)."""
+        frame = rgb_to_frame(np.ascontiguousarray(rgb), "yuv420p", self.width, self.height)
+        frame.pts = self._pts
+        if intra:
+            frame.pict_type = av.video.frame.PictureType.I
+        self._pts += 1
+        try:
+            packets = list(self._ctx.encode(frame))
+        except av.FFmpegError as e:
+            raise InputError(f"{self.codec.name} base-layer encoder failed: {e}") from e
+        if len(packets) != 1:
+            raise InputError(f"{self.codec.name} base-layer encoder returned {len(packets)} packets for one "
+                             "frame (it must run with zero latency)")
+        return bytes(packets[0])
+
+    def close(self) -> None:
+        try:
+            list(self._ctx.encode(None))
+        except av.FFmpegError:
+            pass
+
+
+class BaseDecoder:
+    """Streaming base-layer decoder: ``decode(access_unit)`` -> the small uint8 RGB frame.
+
+    ``restart()`` opens a fresh decoder (done at every key packet, where the encoder starts a GOP), so
+    a stream can be decoded from any key packet. Hostile bytes give CorruptStreamError, and a picture of
+    another size than the header's is refused (``max_pixels`` bounds what a forged SPS can allocate).
+    """
+
+    def __init__(self, codec: str, width: int, height: int):
+        self.codec = get_base_codec(codec)
+        self.width, self.height = int(width), int(height)
+        self._ctx: av.CodecContext | None = None
+
+    def restart(self) -> None:
+        ctx = av.CodecContext.create(self.codec.decoder, "r")
+        ctx.thread_count = 1
+        ctx.options = {"max_pixels": str(max(4 * self.width * self.height, 1 << 16))}
+        self._ctx = ctx
+
+    def decode(self, data: bytes) -> np.ndarray:
+        name = self.codec.name
+        if self._ctx is None:
+            self.restart()
+        if not data:
+            raise CorruptStreamError(f"{name} base layer: empty access unit")
+        try:
+            frames = list(self._ctx.decode(av.Packet(bytes(data))))
+            if len(frames) != 1:
+                raise CorruptStreamError(f"{name} base layer: an access unit decoded to {len(frames)} pictures")
+            frame = frames[0]
+            if getattr(frame, "is_corrupt", False):
+                raise CorruptStreamError(f"{name} base layer: the decoder flagged a picture as corrupt")
+            if (frame.width, frame.height) != (self.width, self.height):
+                raise CorruptStreamError(f"{name} base layer decodes to {frame.width}x{frame.height}, "
+                                         f"expected {self.width}x{self.height}")
+            return frame_to_rgb(frame)
+        except CorruptStreamError:
+            self._ctx = None  # never feed a decoder that saw damage; the next key packet restarts it
+            raise
+        except Exception as e:  # any decoder failure on hostile bytes is a damaged stream
+            self._ctx = None
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CorruptStreamError(f"{name} base layer is undecodable: {msg}") from e
+
+
+def code_clip(frames, codec: str, factor: int, quality: int, fps: Fraction = Fraction(25),
+              key_frames: set[int] | frozenset[int] = frozenset({0})) -> tuple[list[bytes], list[np.ndarray]]:
+    """Encode and decode a whole clip (uint8 RGB frames, full size): (access units, small decoded frames).
+    For the enhancer's training cache and for benchmarks."""
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    bw, bh = base_size(w, factor), base_size(h, factor)
+    enc, dec = BaseEncoder(codec, bw, bh, fps, quality), BaseDecoder(codec, bw, bh)
+    units, small = [], []
+    for i, rgb in enumerate(frames):
+        unit = enc.encode(rgb, intra=i in key_frames)
+        if i in key_frames:
+            dec.restart()
+        units.append(unit)
+        small.append(dec.decode(unit))
+    enc.close()
+    return units, small

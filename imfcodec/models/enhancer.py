@@ -1,0 +1,199 @@
+"""The hybrid mode's enhancer: lifts an upscaled low-resolution base frame with the key frame's detail,
+aligned by IMF's implicit alignment (cross-attention), as a residual over the upscaled base.
+
+Data flow (R = frame size; the base layer was coded at R/f and is upscaled to R by :func:`upscale`):
+
+* once per key frame, ``prepare_key(key, key_base)``: ``key`` is the decoded key frame (full quality),
+  ``key_base`` the upscaled *base-layer* frame of the same instant. Features of ``key_base`` are the
+  attention keys: they live in the same domain as the queries (upscaled, coded base frames), so the
+  match is between like and like. The values are the key frame's pixels and its detail
+  ``key - key_base``, as 4x4 (R/4, windowed attention) and 8x8 (R/8, full attention) patches;
+* per frame, ``enhance(state, base)``: features of the upscaled base frame query the key's keys; the
+  gathered patches (the key frame's detail moved to where the current frame needs it), the base
+  features and the base pixels go through a small residual conv net at R/4, whose output is a 4x4
+  pixel-shuffled residual added to the upscaled base frame.
+
+Design decisions:
+1. The alignment is IMF's :class:`~imfcodec.models.imf.Alignment` (single-head, sinusoidal positions,
+   learned locality; windowed at R/4, full at R/8), so the hybrid mode reuses the codec's concept of
+   implicit alignment instead of a flow warp.
+2. The residual head is zero-initialised: an untrained enhancer returns exactly the bicubic base, and
+   training can only start from there. The published lesson (hybrid-notes) is that a fusion that does
+   not align gains nothing; this one can only gain by aligning.
+3. No tokens: the base layer already tells the decoder where the face is; tokens would cost about
+   1.6 kbit/s and an IMF decode per frame (the speed target is 25 fps on 2 cores).
+4. Everything at R/4 and coarser except the bicubic upscale and the final pixel shuffle: about
+   0.5 GMAC per 256x256 frame for ``enh-small``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imfcodec.errors import InputError, WeightsError
+from imfcodec.models.imf import Alignment
+
+FINE = 4  # R/4: windowed attention over 4x4 patches
+COARSE = 8  # R/8: full attention over 8x8 patches
+
+
+@dataclass(frozen=True)
+class EnhancerConfig:
+    """Hyper-parameters of an enhancer (JSON-serialisable; the name is part of the bitstream)."""
+
+    name: str = "enh-custom"
+    resolution: int = 256
+    widths: tuple[int, int] = (16, 32)  # feature encoder at R/2, R/4
+    m_fine: int = 32  # attention dim at R/4
+    m_coarse: int = 48  # attention dim at R/8 (0: no coarse alignment)
+    window: int = 7
+    locality: float = 2.0
+    pos_freqs: int = 6
+    fuse_width: int = 48
+    fuse_blocks: int = 3
+
+    kind = "enhancer"  # what zoo.load_weights builds from a file's metadata (not a field)
+
+    def __post_init__(self) -> None:
+        if self.resolution % COARSE:
+            raise WeightsError(f"enhancer {self.name}: resolution must be a multiple of {COARSE}")
+        if self.window % 2 != 1:
+            raise WeightsError(f"enhancer {self.name}: window must be odd")
+        if len(self.widths) != 2 or min(self.widths) < 1 or self.m_fine < 1 or self.fuse_width < 1:
+            raise WeightsError(f"enhancer {self.name}: widths must be 2 positive ints, dims positive")
+        if self.fuse_blocks < 0 or self.m_coarse < 0:
+            raise WeightsError(f"enhancer {self.name}: fuse_blocks and m_coarse must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnhancerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise WeightsError(f"unknown enhancer config keys: {', '.join(unknown)}")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def upscale(base: Tensor, size: tuple[int, int]) -> Tensor:
+    """The decoder's upscale of base-layer frames ([B,3,h,w] in [0,1] -> [B,3,H,W]): bicubic (a = -0.75,
+    PyTorch's), clamped. The same function makes the "no enhancer" reference, so a comparison of the
+    two isolates what the enhancer adds."""
+    return F.interpolate(base, size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
+
+
+def _conv(i: int, o: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(i, o, 3, stride, 1)
+
+
+class _Res(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.a, self.b = _conv(ch, ch), _conv(ch, ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.b(F.leaky_relu(self.a(x), 0.2))
+
+
+class _Features(nn.Module):
+    """Shared by queries (base frames) and keys (the key's base frame): R -> R/4 (and R/8)."""
+
+    def __init__(self, cfg: EnhancerConfig) -> None:
+        super().__init__()
+        w1, w2 = cfg.widths
+        self.down1 = _conv(3, w1, 2)
+        self.down2 = _conv(w1, w2, 2)
+        self.res = _Res(w2)
+        self.m_fine = nn.Conv2d(w2, cfg.m_fine, 1)
+        self.coarse = None
+        if cfg.m_coarse:
+            self.coarse = nn.Sequential(_conv(w2, cfg.m_coarse, 2), nn.LeakyReLU(0.2),
+                                        nn.Conv2d(cfg.m_coarse, cfg.m_coarse, 1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        h = F.leaky_relu(self.down1(x * 2 - 1), 0.2)
+        h = F.leaky_relu(self.res(F.leaky_relu(self.down2(h), 0.2)), 0.2)
+        return h, self.m_fine(h), (self.coarse(h) if self.coarse is not None else None)
+
+
+@dataclass
+class KeyState:
+    """What the decoder caches per key frame: attention keys/values at each scale."""
+
+    fine: tuple[Tensor, Tensor, Tensor]
+    coarse: tuple[Tensor, Tensor, Tensor] | None
+    size: tuple[int, int]
+
+
+class Enhancer(nn.Module):
+    """See the module docstring."""
+
+    def __init__(self, config: EnhancerConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.features = _Features(cfg)
+        cells = cfg.resolution // FINE
+        self.align_fine = Alignment(cfg.m_fine, "window", cfg.window, cfg.locality, cfg.pos_freqs,
+                                    native_cells=cells)
+        self.align_coarse = (Alignment(cfg.m_coarse, "full", cfg.window, cfg.locality, cfg.pos_freqs,
+                                       native_cells=cfg.resolution // COARSE) if cfg.m_coarse else None)
+        patch = 3 * FINE * FINE
+        fuse_in = cfg.widths[1] + patch + 2 * patch + (patch if cfg.m_coarse else 0)
+        self.fuse_in = nn.Conv2d(fuse_in, cfg.fuse_width, 1)
+        self.fuse = nn.Sequential(*[_Res(cfg.fuse_width) for _ in range(cfg.fuse_blocks)])
+        self.head = _conv(cfg.fuse_width, patch)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def _check(self, x: Tensor, what: str) -> None:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise InputError(f"{what} must be [B,3,H,W], got {list(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % COARSE or w % COARSE or min(h, w) < 2 * COARSE:
+            raise InputError(f"{what} size {h}x{w} must be multiples of {COARSE} and >= {2 * COARSE}")
+
+    def prepare_key(self, key: Tensor, key_base: Tensor) -> KeyState:
+        """Key frame [1,3,H,W] and its upscaled base frame (same size), both in [0, 1]."""
+        self._check(key, "key frame")
+        if key_base.shape != key.shape:
+            raise InputError(f"key base {list(key_base.shape)} differs from key frame {list(key.shape)}")
+        _, m_fine, m_coarse = self.features(key_base)
+        detail = key - key_base
+        v_fine = torch.cat([F.pixel_unshuffle(key, FINE), F.pixel_unshuffle(detail, FINE)], 1)
+        fine = self.align_fine.prepare(m_fine, v_fine)
+        coarse = None
+        if self.align_coarse is not None:
+            coarse = self.align_coarse.prepare(m_coarse, F.pixel_unshuffle(detail, COARSE))
+        return KeyState(fine, coarse, (int(key.shape[-2]), int(key.shape[-1])))
+
+    def enhance(self, state: KeyState, base: Tensor) -> Tensor:
+        """Upscaled base frames [B,3,H,W] in [0, 1] -> enhanced frames, same shape. Training passes the
+        result through a straight-through clamp; at inference it is clamped to [0, 1]."""
+        self._check(base, "base frame")
+        if tuple(base.shape[-2:]) != state.size:
+            raise InputError(f"base frames are {tuple(base.shape[-2:])}, the key frame {state.size}")
+        h, m_fine, m_coarse = self.features(base)
+        parts = [h, F.pixel_unshuffle(base, FINE), self.align_fine.attend(m_fine, *state.fine)]
+        if self.align_coarse is not None:
+            parts.append(F.pixel_shuffle(self.align_coarse.attend(m_coarse, *state.coarse), COARSE // FINE))
+        x = self.fuse(F.leaky_relu(self.fuse_in(torch.cat(parts, 1)), 0.2))
+        out = base + F.pixel_shuffle(self.head(F.leaky_relu(x, 0.2)), FINE)
+        if self.training:
+            return out + (out.clamp(0, 1) - out).detach()
+        return out.clamp(0, 1)
+
+    def forward(self, key: Tensor, key_base: Tensor, base: Tensor) -> Tensor:
+        """Training convenience: one key per sample (batched keys, batched base frames)."""
+        return self.enhance(self.prepare_key(key, key_base), base)
