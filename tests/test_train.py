@@ -448,3 +448,42 @@ def test_command_line_options(capsys):
         assert main(bad) == 2, bad
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, err
+
+
+# ---------------------------------------------------------------------------- hybrid-mode enhancer
+
+
+def test_enhancer_training_caches_resumes_and_exports(videos, tmp_path):
+    from imfcodec.train import hybrid
+    from imfcodec.zoo import load_model
+
+    out, cache = tmp_path / "enh", tmp_path / "cache"
+    args = ["--data", str(videos), "--out", str(out), "--model", "enh-tiny", "--cache-dir", str(cache),
+            "--batch-size", "2", "--val-every", "2", "--ckpt-every", "1", "--threads", "1", "--max-frames", "8"]
+    assert hybrid.main([*args, "--steps", "2"]) == 0
+    coded = sorted(cache.rglob("*.npz"))
+    assert len(coded) == N_CLIPS  # every clip coded once, at every operating point
+    with np.load(coded[0]) as z:
+        assert {f"base_{f}_{q}" for f, q in hybrid.BASE_POINTS} <= set(z.files)
+        assert z["base_2_13"].shape[1:] == (32, 32, 3) and z["key_16"].shape == (64, 64, 3)
+    first = load_model(str(out / "model.safetensors"))
+    assert first.name == "enh-tiny"
+    # a second run resumes from last.pt (the cache is reused, the step counter goes on)
+    mtimes = [p.stat().st_mtime_ns for p in coded]
+    assert hybrid.main([*args, "--steps", "3"]) == 0
+    assert [p.stat().st_mtime_ns for p in coded] == mtimes
+    from imfcodec.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] == 3
+    history = json.loads(state["history"])
+    assert history[0]["step"] == 0 and history[0]["gain"] == 0.0  # zero-initialised: exactly the base
+    assert load_model(str(out / "model.safetensors")).weights_hash != first.weights_hash
+
+
+def test_enhancer_training_refuses_test_folder(videos, tmp_path, capsys):
+    from imfcodec.train import hybrid
+
+    assert hybrid.main(["--data", str(videos / "test"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "test" in err and "\n" not in err
