@@ -1,11 +1,17 @@
 """Regenerate the conformance streams and their expected decodes.
 
 Run only when the format changes on purpose (and bump the version):
-    python bitstreams/make_conformance.py
-Each stream is made by the reference encoder from the deterministic demo clip with the seeded
-``random:imf-tiny`` model (so the test needs no weights file). Expected values: a SHA-256 of the decoded
-token integers (must match exactly), SHA-256 of each decoded key frame (standard decoders are bit-exact),
-and a 16x16 thumbnail per frame (synthesised frames may differ by float rounding between machines).
+    python bitstreams/make_conformance.py [NAME ...]
+(names: regenerate only those streams and keep the others' files and expected values, so adding a stream
+cannot change the committed ones). Each stream is made by the reference encoder from the deterministic
+demo clip with the seeded ``random:imf-tiny`` model (so the test needs no weights file). Expected values: a
+SHA-256 of the decoded token integers (must match exactly), SHA-256 of each decoded key frame (standard
+decoders are bit-exact), and a 16x16 thumbnail per frame (synthesised frames may differ by float rounding
+between machines).
+
+Hybrid streams (format version 2) use ``random:enh-tiny``: instead of the tokens, a SHA-256 of the decoded
+base-layer pictures (bit-exact by the base codec's specification, like the key frames); the output frames
+(bicubic upscale, then the enhancer: float code, like token synthesis) are held to their thumbnails.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ STREAMS = {
     "tiny-webp-keyint4-chunk5": dict(keyint=4, chunk=5, key_codec="webp", quality=3),
     "tiny-png-refresh": dict(keyint=0, chunk=2, key_codec="png", refresh_below=12.0, quality=6),
 }
+HYBRID_MODEL = "random:enh-tiny"
+HYBRID_STREAMS = {
+    # 12 frames, key frames 0 and 6: a base-layer GOP restarts in the middle
+    "tiny-hybrid-hevc-half-keyint6": dict(base_codec="hevc", base_factor=2, base_quality=13, keyint=6,
+                                          key_codec="hevc", key_quality=21),
+}
 
 
 def thumbnail(frame: np.ndarray, n: int = 16) -> np.ndarray:
@@ -39,8 +51,10 @@ def thumbnail(frame: np.ndarray, n: int = 16) -> np.ndarray:
 
 def describe(path: Path) -> dict:
     """Decode ``path`` and summarise what a conforming decoder must produce."""
-    from imfcodec.api import iter_decoded
+    from imfcodec.api import iter_decoded, stream_header
 
+    if stream_header(path).hybrid:
+        return describe_hybrid(path)
     tokens, key_sha, thumbs, frames = [], {}, [], 0
     for dec, out in iter_decoded(path, model=MODEL):
         if not out:
@@ -61,22 +75,54 @@ def describe(path: Path) -> dict:
     }
 
 
-def main() -> int:
+def describe_hybrid(path: Path) -> dict:
+    """``describe`` for a stream with a base layer (format version 2)."""
+    from imfcodec.api import iter_decoded
+
+    base, key_sha, thumbs, frames = hashlib.sha256(), {}, [], 0
+    for dec, out in iter_decoded(path, model=HYBRID_MODEL):
+        for f in out:
+            base.update(dec.last_base.tobytes())
+            if frames in dec.report.key_frames:
+                key_sha[str(frames)] = hashlib.sha256(f.tobytes()).hexdigest()
+            thumbs.append(np.round(thumbnail(f), 3).tolist())
+            frames += 1
+    return {
+        "frames": frames,
+        "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "base_frames_sha256": base.hexdigest(),
+        "key_frames_sha256": key_sha,
+        "thumbnails": thumbs,
+        "frame_tolerance": 1.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
     from imfcodec.api import encode_video
     from imfcodec.codec import EncoderSettings
     from imfcodec.io import make_sample
 
+    argv = sys.argv[1:] if argv is None else argv
+    every = {**{n: (MODEL, kw) for n, kw in STREAMS.items()},
+             **{n: (HYBRID_MODEL, kw) for n, kw in HYBRID_STREAMS.items()}}
+    unknown = sorted(set(argv) - set(every))
+    if unknown:
+        print(f"unknown stream(s): {', '.join(unknown)} (known: {', '.join(every)})", file=sys.stderr)
+        return 2
     OUT.mkdir(exist_ok=True)
+    exp_path = OUT / "expected.json"
+    expected = json.loads(exp_path.read_text()) if (argv and exp_path.exists()) else {}
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "sample.mp4"
         make_sample(clip, frames=12, size=64, fps=25)
-        expected = {}
-        for name, kw in STREAMS.items():
+        for name, (model, kw) in every.items():
+            if argv and name not in argv:
+                continue
             path = OUT / f"{name}.imf"
-            encode_video(clip, path, model=MODEL, settings=EncoderSettings(**kw))
-            expected[name] = {"settings": kw, **describe(path)}
+            encode_video(clip, path, model=model, settings=EncoderSettings(**kw))
+            expected[name] = {"settings": kw, **({"model": model} if model != MODEL else {}), **describe(path)}
             print(f"{path.name}: {path.stat().st_size} bytes, {expected[name]['frames']} frames")
-    (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    exp_path.write_text(json.dumps(expected, indent=1) + "\n")
     return 0
 
 

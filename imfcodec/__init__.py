@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Encoder": ("codec", "Encoder"),
     "Decoder": ("codec", "Decoder"),
+    "HybridEncoder": ("hybrid", "HybridEncoder"),
+    "HybridDecoder": ("hybrid", "HybridDecoder"),
     "EncoderSettings": ("settings", "EncoderSettings"),
     "encode_video": ("api", "encode_video"),
     "decode_stream": ("api", "decode_stream"),

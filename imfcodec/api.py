@@ -19,6 +19,7 @@ from typing import BinaryIO, Union
 import numpy as np
 
 from .bitstream import (
+    BasePacket,
     Damage,
     EndPacket,
     KeyPacket,
@@ -53,6 +54,7 @@ class EncodeSummary:
     kbps: float
     key_frames: list[int] = field(default_factory=list)
     model: str = ""
+    base_bytes: int = 0  # hybrid mode: the base layer's access units
 
     @property
     def fps(self) -> float:
@@ -70,6 +72,7 @@ class EncodedStream:
     key_token_bytes: int  # key frames' raw integer tokens
     token_bytes: int  # entropy-coded tokens of the other frames
     key_frames: list[int] = field(default_factory=list)
+    base_bytes: int = 0  # hybrid mode: the base layer's access units (one per frame)
 
 
 @dataclass
@@ -142,13 +145,12 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     (its header says 0 frames), and at the end the output is the header with the real frame count
     followed by the spooled packets, copied in pieces. Nothing appears at the output path until the
     end; an error or Ctrl-C leaves neither the output nor a temporary behind. ``model`` as in
-    ``encode_video``.
+    ``encode_video``. Settings with a ``base_codec`` make a hybrid stream (``imfcodec.hybrid``).
     """
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    enc = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
-                  settings=settings)
+    loaded = _encoding_model(model, settings)
+    enc = _encoder(loaded, fps, settings)
     out = Path(output_path)
-    key_image_bytes = key_token_bytes = token_bytes = 0
+    key_image_bytes = key_token_bytes = token_bytes = base_bytes = 0
     with atomic_output(out) as tmp, _scratch_file(tmp) as spool_path:
         with open(spool_path, "wb") as spool:
             writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
@@ -163,6 +165,8 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
                 if isinstance(packet, KeyPacket):
                     key_image_bytes += len(packet.image)
                     key_token_bytes += len(packet.key_token)
+                elif isinstance(packet, BasePacket):
+                    base_bytes += len(packet.data)
                 else:
                     token_bytes += len(packet.data)
         with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
@@ -170,7 +174,35 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
             src.seek(header_len)
             shutil.copyfileobj(src, dst, _COPY_PIECE)
     return EncodedStream(str(out), enc.index, out.stat().st_size, key_image_bytes, key_token_bytes, token_bytes,
-                         list(enc.key_frames))
+                         list(enc.key_frames), base_bytes)
+
+
+def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) -> LoadedModel:
+    """The model an encode runs with: a token model, or in the hybrid mode the enhancer (``model`` if
+    given, else ``settings.enhancer``, else the shipped default enhancer)."""
+    from .hybrid import is_enhancer, load_enhancer
+
+    if isinstance(model, LoadedModel):
+        loaded = model
+    elif settings.hybrid:
+        return load_enhancer(model if model is not None else settings.enhancer)
+    else:
+        loaded = load_model(model)
+    if is_enhancer(loaded.model) and not settings.hybrid:
+        raise InputError(f"'{loaded.name}' is an enhancer: it encodes only in the hybrid mode "
+                         f"(--hybrid --enhancer {loaded.source})")
+    return loaded
+
+
+def _encoder(loaded: LoadedModel, fps: Fraction | int, settings: EncoderSettings):
+    """The streaming encoder for ``settings``: token ``Encoder`` or ``hybrid.HybridEncoder``."""
+    if settings.hybrid:
+        from .hybrid import HybridEncoder
+
+        return HybridEncoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
+                             settings=settings)
+    return Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
+                   settings=settings)
 
 
 def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
@@ -178,8 +210,9 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
                  max_frames: int | None = None, progress: Progress | None = None,
                  max_input_pixels: int = MAX_INPUT_PIXELS) -> EncodeSummary:
     """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
-    memory stays flat however long the input, and the output appears only at the end)."""
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    memory stays flat however long the input, and the output appears only at the end). In the hybrid
+    mode (settings with a ``base_codec``) ``model`` names the enhancer, default ``settings.enhancer``."""
+    loaded = _encoding_model(model, settings)
     check_input_size(input_path, max_input_pixels)
     info = probe_video(input_path)
     out = Path(output_path) if output_path is not None else default_output(input_path, ".imf")
@@ -199,8 +232,8 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
     key_bytes = s.key_image_bytes + s.key_token_bytes
     duration = s.frames / float(info.fps)
     return EncodeSummary(str(out), s.frames, seconds, s.bytes, key_bytes, s.token_bytes,
-                         s.bytes - key_bytes - s.token_bytes, s.bytes * 8 / duration / 1000.0,
-                         s.key_frames, loaded.name)
+                         s.bytes - key_bytes - s.token_bytes - s.base_bytes, s.bytes * 8 / duration / 1000.0,
+                         s.key_frames, loaded.name, s.base_bytes)
 
 
 def _counting(frames: Iterator, progress: Progress | None) -> Iterator:
@@ -234,13 +267,15 @@ def _open_source(source: Source) -> Iterator:
 
 
 def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limits: Limits | None = None,
-                 conceal: bool = False) -> Iterator:
+                 conceal: bool = False, enhance: bool = True) -> Iterator:
     """Yield (decoder, frames) as packets are decoded; ``source`` is a path, bytes or a binary file.
 
     Strict (default): raises ``BitstreamError`` at the first damaged byte (frames already yielded came
     from CRC-checked bytes). ``conceal=True``: only a damaged signature/header raises; damaged packets
     are skipped (``ResyncReader``), their frames concealed, and ``decoder.report`` says which
-    (``concealed``, ``damage``, ``truncated``). ``limits`` bound every size in the stream.
+    (``concealed``, ``damage``, ``truncated``). ``limits`` bound every size in the stream. A hybrid stream
+    (version 2, with a base layer) is decoded by ``hybrid.HybridDecoder``; ``enhance=False`` outputs its
+    upscaled base frames instead of the enhanced ones (InputError for a token stream).
     """
     limits = limits or Limits()
     with _open_source(source) as f:
@@ -251,7 +286,7 @@ def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limi
             loaded = model
         else:
             loaded = resolve_stream_model(h.model, h.weights_hash, model)
-        dec = Decoder(loaded.model, h)
+        dec = _decoder(loaded, h, enhance)
         if not conceal:
             for packet in reader:
                 yield dec, dec.decode(packet)
@@ -270,13 +305,25 @@ def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limi
         yield dec, []
 
 
+def _decoder(loaded: LoadedModel, header, enhance: bool = True):
+    """The streaming decoder for a stream: token ``Decoder`` or ``hybrid.HybridDecoder``."""
+    if header.hybrid:
+        from .hybrid import HybridDecoder
+
+        return HybridDecoder(loaded.model, header, enhance=enhance)
+    if not enhance:
+        raise InputError("--no-enhance applies to hybrid streams only; this stream codes tokens")
+    return Decoder(loaded.model, header)
+
+
 def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                   model: str | LoadedModel | None = None, progress: Progress | None = None,
-                  limits: Limits | None = None, conceal: bool = False) -> DecodeSummary:
+                  limits: Limits | None = None, conceal: bool = False, enhance: bool = True) -> DecodeSummary:
     """Decode an .imf stream to .mp4 / .y4m / a folder of PNGs (chosen by the output name).
 
     Atomic: the output appears only when the whole stream decoded (or, with ``conceal``, was
-    concealed); any error or Ctrl-C leaves nothing behind.
+    concealed); any error or Ctrl-C leaves nothing behind. ``enhance=False``: a hybrid stream's frames
+    without the enhancer (the bicubic upscale of its base layer; key frames unchanged).
     """
     out = Path(output_path) if output_path is not None else default_output(input_path, ".mp4")
     header = stream_header(input_path, limits)
@@ -285,7 +332,7 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
     dec = None
     writer = VideoWriter(out, fps, header.width, header.height, protect=[input_path])
     with writer:
-        for dec, frames in iter_decoded(input_path, model=model, limits=limits, conceal=conceal):
+        for dec, frames in iter_decoded(input_path, model=model, limits=limits, conceal=conceal, enhance=enhance):
             for frame in frames:
                 writer.write(frame)
             if progress and frames:
@@ -313,11 +360,15 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
         reader = StreamReader(f, limits or Limits())
         h = reader.header
         packets = []
-        key_bytes = token_bytes = frames = 0
+        key_bytes = token_bytes = base_bytes = frames = 0
         for rec, p in reader.records():
             if isinstance(p, KeyPacket):
                 key_bytes += len(p.image) + len(p.key_token)
                 packets.append({"type": "key", "frame": p.frame, "image_bytes": len(p.image),
+                                "packet_bytes": rec.total_len})
+            elif isinstance(p, BasePacket):
+                base_bytes += len(p.data)
+                packets.append({"type": "base", "frame": p.frame, "bytes": len(p.data),
                                 "packet_bytes": rec.total_len})
             elif isinstance(p, TokenPacket):
                 token_bytes += len(p.data)
@@ -331,13 +382,17 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
     def kbps(n: int) -> float:
         return n * 8 / duration / 1000.0 if duration else 0.0
 
+    overhead = size - key_bytes - token_bytes - base_bytes  # the framing: signature, header, records
     return {
+        "mode": "hybrid" if h.hybrid else "tokens", "version": reader.version,
         "model": h.model, "weights_hash": h.weights_hash.hex(), "width": h.width, "height": h.height,
         "fps": float(fps), "fps_rational": f"{h.fps_num}/{h.fps_den}", "frames": frames,
         "duration_s": duration, "bytes": size, "kbps": kbps(size),
-        "key_bytes": key_bytes, "token_bytes": token_bytes, "overhead_bytes": size - key_bytes - token_bytes,
-        "key_kbps": kbps(key_bytes), "token_kbps": kbps(token_bytes),
-        "overhead_kbps": kbps(size - key_bytes - token_bytes),
+        "key_bytes": key_bytes, "token_bytes": token_bytes, "base_bytes": base_bytes, "overhead_bytes": overhead,
+        "key_kbps": kbps(key_bytes), "token_kbps": kbps(token_bytes), "base_kbps": kbps(base_bytes),
+        "overhead_kbps": kbps(overhead),
+        "base_codec": h.base_codec or None, "base_width": h.base_width, "base_height": h.base_height,
+        "base_quality": h.base_quality,
         "key_codec": h.key_codec, "key_quality": h.key_quality, "quality": h.quality, "chunk": h.chunk,
         "token_dim": h.token_dim, "key_frames": [p["frame"] for p in packets if p["type"] == "key"],
         "packets": packets,

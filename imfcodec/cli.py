@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click
 
 from .errors import IMFError
-from .settings import EncoderSettings
+from .settings import DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, EncoderSettings
 
 _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
@@ -95,7 +95,20 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Encoder-side token search: N gradient steps per frame through the decoder "
                    "(0 = fastest, for live encoding on a CPU). Costs about N+1 decoder passes per frame.")
 @click.option("--frames", type=int, default=None, help="Encode at most N frames.")
-def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, search_iters, frames):
+@click.option("--hybrid", is_flag=True,
+              help="Hybrid mode: key frames plus a conventional low-resolution base layer, lifted by an enhancer "
+                   "(no tokens: --quality, --chunk and --refine do not apply).")
+@click.option("--base-codec", type=click.Choice(["hevc", "av1"]), default=None,
+              help=f"Hybrid: base-layer codec [default: {DEFAULT_BASE_CODEC}].")
+@click.option("--base-scale", type=click.Choice(["1", "1/2", "1/4"]), default=None,
+              help=f"Hybrid: base-layer frame size [default: 1/{_ENCODER.base_factor}].")
+@click.option("--base-quality", type=int, default=None,
+              help="Hybrid: base-layer quality (higher = better; default: the base codec's own, 13).")
+@click.option("--enhancer", default=None,
+              help=f"Hybrid: enhancer name with shipped weights, a .safetensors file, or random:NAME "
+                   f"[default: {DEFAULT_ENHANCER}].")
+def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, search_iters, frames,
+           hybrid, base_codec, base_scale, base_quality, enhancer):
     """Encode a video file into an .imf stream."""
     from .api import check_input_size, encode_video
     from .io import probe_video
@@ -105,6 +118,7 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
     settings = EncoderSettings(
         quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
         key_quality=key_quality, chunk=chunk, search_iters=search_iters,
+        **_hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer),
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")
@@ -113,10 +127,28 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
     total = min(total, frames) if (total and frames) else (frames or total)
     with _progress(total, "encode") as bar:
         s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar.update)
+    payload = f"base {s.base_bytes} B" if settings.hybrid else f"tokens {s.token_bytes} B"
     click.echo(
         f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
-        f"(key {s.key_bytes} B, tokens {s.token_bytes} B, overhead {s.overhead_bytes} B), "
-        f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps, model {s.model}")
+        f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), "
+        f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
+
+
+def _hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer) -> dict:
+    """The EncoderSettings fields of the hybrid options; they are refused without --hybrid."""
+    from .errors import InputError
+
+    given = [name for name, v in (("--base-codec", base_codec), ("--base-scale", base_scale),
+                                  ("--base-quality", base_quality), ("--enhancer", enhancer)) if v is not None]
+    if not hybrid:
+        if given:
+            raise InputError(f"{given[0]} needs --hybrid")
+        return {}
+    if model is not None:
+        raise InputError("--model names a token model; with --hybrid use --enhancer")
+    factor = {"1": 1, "1/2": 2, "1/4": 4}[base_scale] if base_scale else _ENCODER.base_factor
+    return dict(base_codec=base_codec or DEFAULT_BASE_CODEC, base_factor=factor, base_quality=base_quality,
+                enhancer=enhancer)
 
 
 def _limit_options(f):
@@ -198,8 +230,11 @@ def run() -> None:
 @click.option("--conceal", is_flag=True,
               help="Keep going past damaged packets: repeat the last good frame until the next key frame, and "
                    "report which frames were concealed (without it a damaged stream is refused).")
+@click.option("--no-enhance", is_flag=True,
+              help="Hybrid streams: output the bicubic upscale of the base layer instead of the enhanced frames "
+                   "(key frames unchanged), to see what the enhancer adds.")
 @_limit_options
-def decode(input, output, model, conceal, max_width, max_height, max_frames, max_packet):
+def decode(input, output, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance):
     """Decode an .imf stream (recognised by its magic, whatever the extension)."""
     from .api import decode_stream, stream_header
     from .errors import CorruptStreamError
@@ -209,7 +244,8 @@ def decode(input, output, model, conceal, max_width, max_height, max_frames, max
     header = stream_header(input, limits)
     try:
         with _progress(header.frames or None, "decode") as bar:
-            s = decode_stream(input, output, model=model, progress=bar.update, limits=limits, conceal=conceal)
+            s = decode_stream(input, output, model=model, progress=bar.update, limits=limits, conceal=conceal,
+                              enhance=not no_enhance)
     except CorruptStreamError as e:
         raise CorruptStreamError(f"{e}; nothing was written (--conceal decodes past damaged packets)") from e
     click.echo(f"{s.output}: {s.frames} frames, {len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
@@ -235,15 +271,25 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    click.echo(f"{input}: imfcodec stream, model {d['model']} (weights {d['weights_hash'][:16]})")
+    hybrid = d["mode"] == "hybrid"
+    click.echo(f"{input}: imfcodec stream (version {d['version']}, {d['mode']} mode), "
+               f"{'enhancer' if hybrid else 'model'} {d['model']} (weights {d['weights_hash'][:16]})")
     click.echo(f"  {d['width']}x{d['height']} @ {d['fps_rational']} fps, {d['frames']} frames, {d['duration_s']:.2f} s")
-    click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; tokens q{d['quality']}, "
-               f"chunk {d['chunk']}, dim {d['token_dim']}")
+    if hybrid:
+        click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; base layer: "
+                   f"{d['base_codec']} {d['base_width']}x{d['base_height']} q{d['base_quality']}")
+    else:
+        click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; tokens q{d['quality']}, "
+                   f"chunk {d['chunk']}, dim {d['token_dim']}")
     click.echo(f"  {d['bytes']} bytes = {d['kbps']:.2f} kbit/s: key {d['key_bytes']} B ({d['key_kbps']:.2f} kbit/s), "
-               f"tokens {d['token_bytes']} B ({d['token_kbps']:.2f} kbit/s), overhead {d['overhead_bytes']} B")
+               f"base {d['base_bytes']} B ({d['base_kbps']:.2f} kbit/s), "
+               f"tokens {d['token_bytes']} B ({d['token_kbps']:.2f} kbit/s), "
+               f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s)")
     for p in d["packets"]:
         if p["type"] == "key":
             click.echo(f"  frame {p['frame']:6d}  key     {p['packet_bytes']:7d} B")
+        elif p["type"] == "base":
+            click.echo(f"  frame {p['frame']:6d}  base    {p['packet_bytes']:7d} B")
         else:
             click.echo(f"  frame {p['frame']:6d}  tokens  {p['packet_bytes']:7d} B  ({p['count']} frames)")
 

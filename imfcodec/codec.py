@@ -167,85 +167,17 @@ class DecodeReport:
     truncated: bool = False  # concealment: the stream ended without its END packet
 
 
-class Decoder:
-    """Streaming decoder: ``decode(packet)`` returns the frames (uint8 RGB) that packet completes.
+class DecoderState:
+    """What every decoder keeps besides its model: the next frame, the report, and the concealment
+    bookkeeping (the token ``Decoder`` and ``hybrid.HybridDecoder`` share it)."""
 
-    ``decode`` is strict: any inconsistency raises ``CorruptStreamError`` (FORMAT.md §6).
-    ``decode_concealing`` is the error-resilient mode behind ``imfcodec decode --conceal``: it takes the
-    packets and ``Damage`` of a ``ResyncReader`` and never raises for damaged packet content. Frames it
-    cannot decode (a damaged or missing packet, and every token packet after it until the next key
-    frame, since their deltas chain from the lost tokens) repeat the last good frame, i.e. the last good
-    token synthesised against the current reference (mid-grey before the first key frame), and are
-    listed in ``report.concealed``.
-    """
-
-    #: bytes a token record takes at least (type, length, frame, count, 8 bytes of rANS, CRC): a
-    #: damaged stretch of N bytes can have held at most chunk * (N // MIN_TOKEN_RECORD + 1) frames
-    MIN_TOKEN_RECORD = 16
-
-    def __init__(self, model: torch.nn.Module, header: StreamHeader, *, batch: int = 8):
-        cfg = model.config
-        if header.token_dim != cfg.token_dim or header.width != cfg.resolution or header.height != cfg.resolution:
-            raise ModelMismatchError(
-                f"stream is {header.width}x{header.height} with {header.token_dim}-dim tokens; model "
-                f"'{cfg.name}' codes {cfg.resolution}x{cfg.resolution} with {cfg.token_dim}")
-        lo, hi = QUALITY_RANGE
-        if not lo <= header.quality <= hi:
-            raise UnsupportedStreamError(f"stream header: token quality {header.quality} is outside {lo}..{hi}")
-        self.model = model.eval()
+    def __init__(self, header: StreamHeader) -> None:
         self.header = header
-        self.steps = quantization_steps(model.token_scale, header.quality)
-        self.coder = TokenCoder.from_header(header.token_dim, header.scale_indexes)
-        self.key_codec = get_keyframe_codec(header.key_codec)
-        self.batch = max(1, batch)
-        self.ref: _Reference | None = None
-        self.prev_q: np.ndarray | None = None
         self.next_frame = 0
-        self.last_tokens: np.ndarray | None = None  # integer tokens of the last token packet (for tests/tools)
         self.report = DecodeReport()
-        # concealment state
         self.last_frame: np.ndarray | None = None
-        self.broken = False  # a packet was lost: token packets are concealed until the next key packet
+        self.broken = False  # a packet was lost: packets that depend on it are concealed until the next key
         self.damaged_bytes = 0  # bytes skipped since the last packet that was used
-
-    @torch.inference_mode()
-    def decode(self, packet: Packet) -> list[np.ndarray]:
-        if isinstance(packet, EndPacket):
-            if packet.frames != self.next_frame:
-                raise CorruptStreamError(f"END says {packet.frames} frames but {self.next_frame} were sent")
-            return []
-        if packet.frame != self.next_frame:
-            raise CorruptStreamError(f"packet starts at frame {packet.frame}, expected {self.next_frame}")
-        if isinstance(packet, KeyPacket):
-            image = self.key_codec.decode(packet.image, self.header.width, self.header.height)
-            q = unpack_key_token(packet.key_token, self.header.token_dim)
-            self.ref = _Reference(self.model, image, q, self.steps)
-            self.prev_q = q
-            self.last_tokens = q[None, :]
-            self.next_frame += 1
-            self.report.key_frames.append(packet.frame)
-            self.report.frames += 1
-            return [image]
-        if self.ref is None:
-            raise CorruptStreamError(f"token packet at frame {packet.frame} before any key frame")
-        qs = self.coder.decode_chunk(self.prev_q, packet.data, packet.count)
-        self.prev_q = qs[-1]
-        self.last_tokens = qs
-        frames = self.synthesize(qs)
-        self.next_frame += packet.count
-        self.report.frames += packet.count
-        return frames
-
-    def synthesize(self, qs: np.ndarray) -> list[np.ndarray]:
-        """Decode frames from integer tokens against the cached reference, a few at a time."""
-        out: list[np.ndarray] = []
-        for start in range(0, len(qs), self.batch):
-            t = dequantize(qs[start:start + self.batch], self.steps)
-            out.extend(to_uint8(self.model.decode_frame(self.ref.state, t)))
-        return out
-
-
-    # ------------------------------------------------------------------------------------ concealment
 
     def damage(self, nbytes: int, reason: str = "") -> None:
         """A ``ResyncReader`` skipped ``nbytes`` damaged bytes: whatever they held is lost."""
@@ -271,6 +203,83 @@ class Decoder:
             self.next_frame += n
             count -= n
             yield [self.last_frame] * n
+
+
+class Decoder(DecoderState):
+    """Streaming decoder: ``decode(packet)`` returns the frames (uint8 RGB) that packet completes.
+
+    ``decode`` is strict: any inconsistency raises ``CorruptStreamError`` (FORMAT.md §6).
+    ``decode_concealing`` is the error-resilient mode behind ``imfcodec decode --conceal``: it takes the
+    packets and ``Damage`` of a ``ResyncReader`` and never raises for damaged packet content. Frames it
+    cannot decode (a damaged or missing packet, and every token packet after it until the next key
+    frame, since their deltas chain from the lost tokens) repeat the last good frame, i.e. the last good
+    token synthesised against the current reference (mid-grey before the first key frame), and are
+    listed in ``report.concealed``.
+    """
+
+    #: bytes a token record takes at least (type, length, frame, count, 8 bytes of rANS, CRC): a
+    #: damaged stretch of N bytes can have held at most chunk * (N // MIN_TOKEN_RECORD + 1) frames
+    MIN_TOKEN_RECORD = 16
+
+    def __init__(self, model: torch.nn.Module, header: StreamHeader, *, batch: int = 8):
+        cfg = model.config
+        if header.hybrid or getattr(cfg, "kind", "imf") != "imf":
+            raise ModelMismatchError(f"this decoder takes token streams and token models, not "
+                                     f"{'a hybrid stream' if header.hybrid else f'the enhancer {cfg.name!r}'}")
+        if header.token_dim != cfg.token_dim or header.width != cfg.resolution or header.height != cfg.resolution:
+            raise ModelMismatchError(
+                f"stream is {header.width}x{header.height} with {header.token_dim}-dim tokens; model "
+                f"'{cfg.name}' codes {cfg.resolution}x{cfg.resolution} with {cfg.token_dim}")
+        lo, hi = QUALITY_RANGE
+        if not lo <= header.quality <= hi:
+            raise UnsupportedStreamError(f"stream header: token quality {header.quality} is outside {lo}..{hi}")
+        super().__init__(header)
+        self.model = model.eval()
+        self.steps = quantization_steps(model.token_scale, header.quality)
+        self.coder = TokenCoder.from_header(header.token_dim, header.scale_indexes)
+        self.key_codec = get_keyframe_codec(header.key_codec)
+        self.batch = max(1, batch)
+        self.ref: _Reference | None = None
+        self.prev_q: np.ndarray | None = None
+        self.last_tokens: np.ndarray | None = None  # integer tokens of the last token packet (for tests/tools)
+
+    @torch.inference_mode()
+    def decode(self, packet: Packet) -> list[np.ndarray]:
+        if isinstance(packet, EndPacket):
+            if packet.frames != self.next_frame:
+                raise CorruptStreamError(f"END says {packet.frames} frames but {self.next_frame} were sent")
+            return []
+        if packet.frame != self.next_frame:
+            raise CorruptStreamError(f"packet starts at frame {packet.frame}, expected {self.next_frame}")
+        if isinstance(packet, KeyPacket):
+            image = self.key_codec.decode(packet.image, self.header.width, self.header.height)
+            q = unpack_key_token(packet.key_token, self.header.token_dim)
+            self.ref = _Reference(self.model, image, q, self.steps)
+            self.prev_q = q
+            self.last_tokens = q[None, :]
+            self.next_frame += 1
+            self.report.key_frames.append(packet.frame)
+            self.report.frames += 1
+            return [image]
+        if not isinstance(packet, TokenPacket):
+            raise CorruptStreamError(f"{type(packet).__name__} at frame {packet.frame} in a token stream")
+        if self.ref is None:
+            raise CorruptStreamError(f"token packet at frame {packet.frame} before any key frame")
+        qs = self.coder.decode_chunk(self.prev_q, packet.data, packet.count)
+        self.prev_q = qs[-1]
+        self.last_tokens = qs
+        frames = self.synthesize(qs)
+        self.next_frame += packet.count
+        self.report.frames += packet.count
+        return frames
+
+    def synthesize(self, qs: np.ndarray) -> list[np.ndarray]:
+        """Decode frames from integer tokens against the cached reference, a few at a time."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(qs), self.batch):
+            t = dequantize(qs[start:start + self.batch], self.steps)
+            out.extend(to_uint8(self.model.decode_frame(self.ref.state, t)))
+        return out
 
     def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:
         """Concealment mode: yields batches of frames; never raises for damaged packet content."""

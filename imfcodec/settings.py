@@ -20,6 +20,11 @@ DEFAULT_KEY_CODEC = "hevc"
 # The encoder's own ceiling on --chunk (10 s of tokens per packet at 25 fps). Decoders accept up to the
 # format's bitstream.MAX_CHUNK (1024), so this is a choice of the encoder, not a limit of the wire.
 MAX_ENCODER_CHUNK = 250
+# hybrid mode (imfcodec.hybrid): a conventional base layer at 1/BASE_FACTOR of the frame size, lifted by an enhancer
+DEFAULT_BASE_CODEC = "hevc"  # what --hybrid uses without --base-codec
+DEFAULT_BASE_FACTOR = 2
+BASE_FACTORS = (1, 2, 4)
+DEFAULT_ENHANCER = "enh-small"
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,19 @@ class EncoderSettings:
     key_quality: int | None = None  # None: the key-frame codec's own default
     chunk: int = DEFAULT_CHUNK
     search_iters: int = DEFAULT_SEARCH_ITERS  # token search iterations per frame (CLI --refine); 0 = E_T's token
+    # hybrid mode: a base_codec ('hevc' or 'av1') selects it; quality, chunk and search_iters then have no effect
+    base_codec: str | None = None
+    base_factor: int = DEFAULT_BASE_FACTOR  # the base layer is coded at 1/base_factor of the frame size
+    base_quality: int | None = None  # None: the base codec's own default (13 for both: hevc CRF 38, av1 CRF 50)
+    enhancer: str | None = None  # None: DEFAULT_ENHANCER's shipped weights; else as --model (NAME, PATH, random:NAME)
+
+    @property
+    def hybrid(self) -> bool:
+        return self.base_codec is not None
 
     def validated(self) -> "EncoderSettings":
-        """These settings with ``key_quality`` resolved, or InputError naming the CLI option at fault."""
+        """These settings with ``key_quality`` (and ``base_quality``) resolved, or InputError naming the CLI
+        option at fault."""
         from .entropy.quant import QUALITY_RANGE
         from .keyframe import get_keyframe_codec
         from .token_search import SearchSettings
@@ -55,4 +70,31 @@ class EncoderSettings:
         klo, khi = codec.quality_range
         if not klo <= kq <= khi:
             raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")
-        return replace(self, key_quality=kq)
+        if not self.hybrid:
+            if (self.base_quality, self.enhancer, self.base_factor) != (None, None, DEFAULT_BASE_FACTOR):
+                raise InputError("--base-scale, --base-quality and --enhancer need --hybrid (a base_codec)")
+            return replace(self, key_quality=kq)
+        return replace(self, key_quality=kq, base_quality=self._validated_base())
+
+    def _validated_base(self) -> int:
+        """The hybrid fields checked; returns the resolved base quality."""
+        from .baselayer import get_base_codec, list_base_codecs
+        from .errors import UnsupportedStreamError
+
+        try:
+            codec = get_base_codec(self.base_codec)
+        except UnsupportedStreamError:
+            raise InputError(f"--base-codec must be one of {', '.join(list_base_codecs())}, "
+                             f"got {self.base_codec!r}") from None
+        if self.base_factor not in BASE_FACTORS:
+            raise InputError(f"--base-scale must be 1, 1/2 or 1/4 (base_factor {', '.join(map(str, BASE_FACTORS))}), "
+                             f"got base_factor {self.base_factor!r}")
+        if self.refresh_below is not None:
+            raise InputError("--refresh-below is not available in the hybrid mode (use --keyint)")
+        if self.enhancer is not None and (not isinstance(self.enhancer, str) or not self.enhancer.strip()):
+            raise InputError(f"--enhancer must name an enhancer (NAME, PATH or random:NAME), got {self.enhancer!r}")
+        bq = codec.default_quality if self.base_quality is None else self.base_quality
+        blo, bhi = codec.quality_range
+        if isinstance(bq, bool) or not isinstance(bq, int) or not blo <= bq <= bhi:
+            raise InputError(f"--base-quality for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
+        return bq

@@ -97,3 +97,25 @@ def hevc_stream(streams, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("hevc") / "s.imf"
     path.write_bytes(streams["hevc"])
     return path
+
+
+# hybrid mode (format version 2): the seeded untrained enhancer and one stream of the hostile clip, key frames
+# 0 and 4, so its records are H, K0, B0..B3, K4, B4..B7, E
+HYBRID = dict(base_codec="hevc", base_factor=2, keyint=4, key_codec="png")
+
+
+@pytest.fixture(scope="session")
+def enh_tiny():
+    from imfcodec.zoo import load_model
+
+    return load_model("random:enh-tiny")
+
+
+@pytest.fixture(scope="session")
+def hybrid_stream(hostile_clip, enh_tiny, tmp_path_factory) -> Path:
+    from imfcodec.api import encode_video
+    from imfcodec.codec import EncoderSettings
+
+    path = tmp_path_factory.mktemp("hybrid") / "h.imf"
+    encode_video(hostile_clip, path, model=enh_tiny, settings=EncoderSettings(**HYBRID))
+    return path

@@ -191,9 +191,11 @@ def split(data: bytes) -> list[list]:
     return recs
 
 
-def join(recs, *, lengths: dict[int, int] | None = None, crc_ok: bool = True) -> bytes:
-    """Records -> stream bytes; ``lengths`` forces a (lying) length field, CRCs made valid for it."""
-    out = bytearray(MAGIC + bytes((VERSION,)))
+def join(recs, *, lengths: dict[int, int] | None = None, crc_ok: bool = True, version: int = 1) -> bytes:
+    """Records -> stream bytes; ``lengths`` forces a (lying) length field, CRCs made valid for it.
+    ``version`` 2 for streams with a base layer (hybrid mode)."""
+    assert version <= VERSION
+    out = bytearray(MAGIC + bytes((version,)))
     for i, (t, payload) in enumerate(recs):
         n = (lengths or {}).get(i, len(payload))
         length = encode_varint(n)
@@ -207,21 +209,30 @@ def header_of(data: bytes):
 
 
 def with_header(data: bytes, **fields) -> bytes:
-    """Re-encode the header with forged fields (valid CRC): huge sizes, zero frames, other model..."""
+    """Re-encode the header with forged fields (valid CRC): huge sizes, zero frames, other model...
+    Keeps the stream's version (a version-2 header carries the base-layer fields)."""
     recs = split(data)
+    version = data[len(MAGIC)]
     h = replace(header_of(data), **fields)
-    recs[0][1] = encode_header_raw(h)
-    return join(recs)
+    recs[0][1] = encode_header_raw(h, version)
+    return join(recs, version=version)
 
 
-def encode_header_raw(h) -> bytes:
-    """encode_header without validation (forged values may be out of range)."""
+def encode_header_raw(h, version: int = 1) -> bytes:
+    """encode_header without validation (forged values may be out of range); ``version`` 2 appends the
+    base-layer fields (only the name when ``h.base_codec`` is empty)."""
     model, codec = h.model.encode("latin-1"), h.key_codec.encode("latin-1")
     v = encode_varint
-    return b"".join((bytes((len(model) & 255,)), model, bytes(h.weights_hash), v(h.width), v(h.height),
-                     v(h.fps_num), v(h.fps_den), v(h.frames), bytes((len(codec) & 255,)), codec,
-                     bytes((h.key_quality & 255, h.quality & 255)), v(h.chunk), v(h.token_dim),
-                     bytes(i & 255 for i in h.scale_indexes)))
+    raw = b"".join((bytes((len(model) & 255,)), model, bytes(h.weights_hash), v(h.width), v(h.height),
+                    v(h.fps_num), v(h.fps_den), v(h.frames), bytes((len(codec) & 255,)), codec,
+                    bytes((h.key_quality & 255, h.quality & 255)), v(h.chunk), v(h.token_dim),
+                    bytes(i & 255 for i in h.scale_indexes)))
+    if version >= 2:
+        base = h.base_codec.encode("latin-1")
+        raw += bytes((len(base) & 255,)) + base
+        if base:
+            raw += v(h.base_width) + v(h.base_height) + bytes((h.base_quality & 255,))
+    return raw
 
 
 def decode_all(data, tiny, *, conceal=False, limits=None):
@@ -254,9 +265,9 @@ def varints(payload: bytes, n: int) -> tuple[list, int]:
     return out, used
 
 
-def header_field(recs, field, value) -> bytes:
-    h = header_of(join(recs))
-    return encode_header_raw(replace(h, **{field: value}))
+def header_field(recs, field, value, version: int = 1) -> bytes:
+    h = header_of(join(recs, version=version))
+    return encode_header_raw(replace(h, **{field: value}), version)
 
 
 def damaged(data: bytes, record: int) -> bytes:

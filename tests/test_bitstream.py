@@ -79,7 +79,7 @@ def header_payload(h: StreamHeader, *, token_dim_field: int | None = None, extra
 
 
 def stream_with_header_payload(payload: bytes) -> bytes:
-    return MAGIC + bytes((VERSION,)) + record(b"H", payload)
+    return MAGIC + bytes((1,)) + record(b"H", payload)  # version 1: a header without base-layer fields
 
 
 def splice_packets(*records: bytes, header: StreamHeader | None = None) -> bytes:
@@ -98,7 +98,7 @@ def payload(p) -> bytes:
 def test_round_trip_all_packet_kinds():
     h = make_header()
     data = write_stream(h)
-    assert data.startswith(MAGIC) and data[8] == VERSION == 1
+    assert data.startswith(MAGIC) and data[8] == 1 and VERSION == 2  # token-only streams stay version 1
     header, packets = parse_all(data)
     assert header == h
     assert packets == PACKETS + [EndPacket(6)]
@@ -280,7 +280,7 @@ def test_bad_magic_and_text_mode_damage():
 
 def test_bad_version():
     data = bytearray(write_stream())
-    for v in (0, 2, 255):
+    for v in (0, 3, 255):
         data[8] = v
         with pytest.raises(UnsupportedStreamError, match=f"version {v} at byte 8"):
             parse_all(bytes(data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tracemalloc
 
 import numpy as np
@@ -14,7 +15,9 @@ from helpers import (
     N_FRAMES,
     cli,
     decode_all,
+    encode_header_raw,
     header_field,
+    header_of,
     join,
     leftovers,
     one_line_error,
@@ -143,3 +146,103 @@ def test_trailing_garbage(hevc_stream, tmp_path, tiny):
     one_line_error(cli("decode", p, "-o", tmp_path / "o.y4m"), "trailing bytes")
     outcome, n, report = decode_all(p.read_bytes(), tiny, conceal=True)
     assert (outcome, n, report.concealed) == ("ok", N_FRAMES, []) and "trailing" in report.damage[0]
+
+
+# ------------------------------------------------------------------------------------------ hybrid (version 2)
+# the hybrid fixture's records: H, K0, B0, B1, B2, B3, K4, B4, B5, B6, B7, E (conftest.py)
+
+def _v2(recs) -> bytes:
+    return join(recs, version=2)
+
+
+def _read(data: bytes):
+    from imfcodec.bitstream import read_stream
+
+    return read_stream(data)
+
+
+def test_hybrid_stream_rules(hybrid_stream, enh_tiny):
+    from imfcodec.bitstream import BasePacket, KeyPacket, TokenPacket, encode_packet
+    from imfcodec.errors import UnsupportedStreamError
+
+    data = hybrid_stream.read_bytes()
+    recs = split(data)
+    assert data[8] == 2 and bytes(t for t, _ in recs) == b"HKBBBBKBBBBE"
+    assert decode_all(data, enh_tiny)[:2] == ("ok", N_FRAMES)
+
+    def rec(packet):
+        r = encode_packet(packet)
+        return [r[0], r[2:-4] if r[1] < 0x80 else None]
+
+    k4, t1 = recs[6], rec(TokenPacket(1, 1, b"\x01\x02"))
+    unknown_frames = header_field(recs, "frames", 0, version=2)
+    cases = {
+        "B before K": (recs[:1] + recs[2:], "base packet before any key packet"),
+        "B of another frame after K": (recs[:2] + recs[3:], "starts at frame 1, expected frame 0"),
+        "T in hybrid": (recs[:3] + [t1] + recs[3:], "token packet in a stream with a base layer"),
+        "missing B": (recs[:4] + recs[5:], "starts at frame 3, expected frame 2"),
+        "missing last B": (recs[:10] + recs[11:], "says 8 frames but the packets hold 7"),
+        "duplicate K": (recs[:7] + [k4] + recs[7:], "expected the base packet of frame 4 after its key packet"),
+        "K without its B": ([[TYPE_HEADER, unknown_frames]] + recs[1:7] + [[0x45, encode_varint(4)]],
+                            "the key packet of frame 4 has no base packet"),
+        "K with a token": (recs[:1] + [rec(KeyPacket(0, b"\x00\x00", b"I"))] + recs[2:], "key token is 2 bytes"),
+        "empty B": (recs[:2] + [rec(BasePacket(0, b""))] + recs[3:], "empty base-layer access unit"),
+    }
+    for name, (bad, needle) in cases.items():
+        with pytest.raises(CorruptStreamError, match=needle):
+            _read(_v2(bad))
+        outcome, msg, _ = decode_all(_v2(bad), enh_tiny)
+        assert outcome == "refused" and needle in msg, (name, msg)
+
+    # the header: token fields fixed with a base layer, token_dim 0 only with one, base size within the Limits
+    for fields, needle in ((dict(token_dim=1, scale_indexes=(3,)), "token_dim must be 0"),
+                           (dict(chunk=2), "chunk must be 0 and 1"), (dict(base_width=0), "base_width 0"),
+                           (dict(base_codec="", base_width=0, base_height=0, base_quality=0),
+                            "token_dim 0 is allowed only in a stream with a base layer")):
+        with pytest.raises(CorruptStreamError, match=needle):
+            _read(with_header(data, **fields))
+    for fields, needle in ((dict(base_width=5000), "base_width 5000 is outside 1..4096 (reader Limits)"),
+                           (dict(base_height=2**40), "base_height")):
+        with pytest.raises(UnsupportedStreamError, match=re.escape(needle)):
+            _read(with_header(data, **fields))
+        outcome, msg, _ = decode_all(with_header(data, **fields), enh_tiny)
+        assert outcome == "refused" and needle in msg
+    from imfcodec.bitstream import Limits
+
+    # legal for the container, refused by the codec layer: a base larger than the frame, an unknown base codec
+    for fields, needle in ((dict(base_width=5000), "5000x32 base layer"), (dict(base_codec="mpeg2"), "mpeg2"),
+                           (dict(base_quality=200), "base quality 200")):
+        outcome, msg, _ = decode_all(with_header(data, **fields), enh_tiny, limits=Limits(max_width=5000))
+        assert outcome == "refused" and needle in msg, msg
+
+
+def test_hybrid_version_and_record_types(hybrid_stream, hevc_stream, tiny):
+    from imfcodec.bitstream import BasePacket, encode_packet
+
+    b = encode_packet(BasePacket(1, b"AU"))
+    v1 = split(hevc_stream.read_bytes())
+    with pytest.raises(CorruptStreamError, match="unknown packet type 0x42"):  # B does not exist in version 1
+        _read(join(v1[:2]) + b + join(v1[2:])[9:])
+    # version 2 without a base layer is a token stream, read and decoded exactly like its version-1 self
+    v2 = [[v1[0][0], encode_header_raw(header_of(join(v1)), 2)]] + v1[1:]
+    assert _read(join(v2, version=2)) == _read(join(v1))
+    assert decode_all(join(v2, version=2), tiny)[:2] == ("ok", N_FRAMES)
+    with pytest.raises(CorruptStreamError, match="base packet in a stream without a base layer"):
+        _read(join(v2[:2], version=2) + b + join(v2[2:])[9:])
+    # a hybrid header is not readable as version 1 (its base fields are 'unexpected bytes') and vice versa
+    data = bytearray(hybrid_stream.read_bytes())
+    data[8] = 1
+    with pytest.raises(CorruptStreamError):
+        _read(bytes(data))
+
+
+def test_hybrid_truncations_and_crc_failures(hybrid_stream, enh_tiny):
+    data = hybrid_stream.read_bytes()
+    for cut in range(9, len(data), 7):
+        with pytest.raises(CorruptStreamError):
+            _read(data[:cut])
+    recs = split(data)
+    for i in range(len(recs)):
+        bad = join(recs[:i], version=2) + join(recs[i:i + 1], crc_ok=False)[9:] + join(recs[i + 1:])[9:]
+        outcome, msg, _ = decode_all(bad, enh_tiny)
+        assert outcome == "refused" and "CRC mismatch" in msg, msg

@@ -1,4 +1,4 @@
-"""The .imf container: magic, version, a CRC-checked header, then key / token / END packets.
+"""The .imf container: magic, version, a CRC-checked header, then key / token (or base) / END packets.
 
 Pure Python (no torch, no numpy). ``bitstreams/FORMAT.md`` is the normative byte layout; the payload of
 token packets is owned by ``imfcodec.entropy``.
@@ -12,6 +12,8 @@ from .format import (
     MAX_NAME,
     MAX_TOKEN_DIM,
     VERSION,
+    VERSIONS,
+    BasePacket,
     EndPacket,
     KeyPacket,
     Limits,
@@ -22,14 +24,15 @@ from .format import (
     decode_varint,
     encode_packet,
     encode_varint,
+    header_version,
     packet_overhead,
 )
 from .reader import Damage, ResyncReader, StreamReader, is_imf_stream, iter_packet_records, read_stream
 from .writer import StreamWriter, stream_start
 
 __all__ = [
-    "Damage", "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "EndPacket", "KeyPacket", "Limits", "Packet",
-    "PacketRecord", "ResyncReader", "StreamHeader", "StreamReader", "StreamWriter", "TokenPacket", "decode_varint",
-    "encode_packet", "encode_varint", "is_imf_stream", "iter_packet_records", "packet_overhead", "read_stream",
-    "stream_start",
+    "BasePacket", "Damage", "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "VERSIONS", "EndPacket",
+    "KeyPacket", "Limits", "Packet", "PacketRecord", "ResyncReader", "StreamHeader", "StreamReader", "StreamWriter",
+    "TokenPacket", "decode_varint", "encode_packet", "encode_varint", "header_version", "is_imf_stream",
+    "iter_packet_records", "packet_overhead", "read_stream", "stream_start",
 ]

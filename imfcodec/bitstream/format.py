@@ -14,14 +14,18 @@ from ..errors import BitstreamError
 
 MAGIC = b"\x8bIMF\r\n\x1a\n"
 """PNG-style signature: a high-bit byte, CR LF, ^Z and LF, so 7-bit and text-mode transfers are caught."""
-VERSION = 1
+VERSION = 2
+"""The newest format version. A writer uses the lowest version that can carry its header
+(``header_version``): token-only streams are version 1, streams with a base layer version 2."""
+VERSIONS = (1, 2)  # what this reader accepts
 
 # Record types (one ASCII byte each).
 TYPE_HEADER = 0x48  # 'H'
 TYPE_KEY = 0x4B  # 'K'
 TYPE_TOKENS = 0x54  # 'T'
+TYPE_BASE = 0x42  # 'B' (version 2: one base-layer access unit)
 TYPE_END = 0x45  # 'E'
-TYPE_NAMES = {TYPE_HEADER: "header", TYPE_KEY: "key", TYPE_TOKENS: "token", TYPE_END: "END"}
+TYPE_NAMES = {TYPE_HEADER: "header", TYPE_KEY: "key", TYPE_TOKENS: "token", TYPE_BASE: "base", TYPE_END: "END"}
 
 CRC_SIZE = 4
 VARINT_MAX_BYTES = 10  # enough for any value < 2**64
@@ -61,6 +65,16 @@ class StreamHeader:
     chunk: int
     token_dim: int
     scale_indexes: tuple[int, ...]
+    # version 2: the base layer of the hybrid mode ("" = none; then the three numbers are 0 and not stored)
+    base_codec: str = ""
+    base_width: int = 0
+    base_height: int = 0
+    base_quality: int = 0
+
+    @property
+    def hybrid(self) -> bool:
+        """True for a stream with a base layer (hybrid mode: key images + base packets, no tokens)."""
+        return bool(self.base_codec)
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,15 @@ class EndPacket:
     frames: int
 
 
-Packet = Union[KeyPacket, TokenPacket, EndPacket]
+@dataclass(frozen=True)
+class BasePacket:
+    """Version 2: one base-layer access unit, the coded low-resolution picture of frame ``frame``."""
+
+    frame: int
+    data: bytes
+
+
+Packet = Union[KeyPacket, TokenPacket, BasePacket, EndPacket]
 
 
 @dataclass(frozen=True)
@@ -96,7 +118,7 @@ class PacketRecord:
     """Where one record sits in the file, for tools that report per-packet sizes."""
 
     offset: int  # byte offset of the type byte from the start of the stream
-    type: str  # 'H', 'K', 'T' or 'E'
+    type: str  # 'H', 'K', 'T', 'B' or 'E'
     payload_len: int
     total_len: int  # type + length varint + payload + CRC
 
@@ -163,8 +185,17 @@ def is_valid_name(raw: bytes) -> bool:
     return 1 <= len(raw) <= MAX_NAME and all(0x20 <= b <= 0x7E for b in raw)
 
 
+def _uint(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def header_version(h: StreamHeader) -> int:
+    """The version a writer gives a stream with this header: 1 unless it has a base layer."""
+    return 2 if h.base_codec else 1
+
+
 def header_problem(h: StreamHeader, limits: Limits) -> str | None:
-    """The first reason ``h`` is not a valid v1 header under ``limits``, or None.
+    """The first reason ``h`` is not a valid header (of ``header_version(h)``) under ``limits``, or None.
 
     Shared by writer and reader so the writer can never produce a stream the reader rejects.
     """
@@ -193,6 +224,15 @@ def header_problem(h: StreamHeader, limits: Limits) -> str | None:
             return f"{name} {v!r} is outside 0..{MAX_U8}"
     if not uint(h.chunk) or not 1 <= h.chunk <= MAX_CHUNK:
         return f"chunk size {h.chunk!r} is outside 1..{MAX_CHUNK}"
+    if not isinstance(h.base_codec, str) or (h.base_codec and (
+            not h.base_codec.isascii() or not is_valid_name(h.base_codec.encode("ascii")))):
+        return f"base_codec must be empty or 1..{MAX_NAME} printable ASCII characters, got {h.base_codec!r}"
+    if h.base_codec:
+        return _base_problem(h, limits)
+    if (h.base_width, h.base_height, h.base_quality) != (0, 0, 0):
+        return "base_width, base_height and base_quality must be 0 without a base layer"
+    if h.token_dim == 0:
+        return "token_dim 0 is allowed only in a stream with a base layer"
     if not uint(h.token_dim) or not 1 <= h.token_dim <= MAX_TOKEN_DIM:
         return f"token_dim {h.token_dim!r} is outside 1..{MAX_TOKEN_DIM}"
     idx = h.scale_indexes
@@ -204,16 +244,38 @@ def header_problem(h: StreamHeader, limits: Limits) -> str | None:
     return None
 
 
+def _base_problem(h: StreamHeader, limits: Limits) -> str | None:
+    """Rules of a header with a base layer: no tokens, and a base picture size within ``limits``."""
+    uint = _uint
+    if h.token_dim != 0 or tuple(h.scale_indexes) != ():
+        return f"token_dim must be 0 (no scale indexes) in a stream with a base layer, got {h.token_dim!r}"
+    if h.quality != 0 or h.chunk != 1:
+        return f"token quality and chunk must be 0 and 1 in a stream with a base layer, got {h.quality!r}, {h.chunk!r}"
+    for name, hi in (("base_width", limits.max_width), ("base_height", limits.max_height)):
+        v = getattr(h, name)
+        if not uint(v) or not 1 <= v <= hi:
+            return f"{name} {v!r} is outside 1..{hi}"
+    if not uint(h.base_quality) or h.base_quality > MAX_U8:
+        return f"base_quality {h.base_quality!r} is outside 0..{MAX_U8}"
+    return None
+
+
 def encode_header(h: StreamHeader) -> bytes:
-    """Header payload (the caller has validated ``h``)."""
+    """Header payload (the caller has validated ``h``); the base-layer fields only in version 2."""
     model, codec = h.model.encode("ascii"), h.key_codec.encode("ascii")
     v = encode_varint
-    return b"".join((
+    fields = [
         bytes((len(model),)), model, bytes(h.weights_hash),
         v(h.width), v(h.height), v(h.fps_num), v(h.fps_den), v(h.frames),
         bytes((len(codec),)), codec, bytes((h.key_quality, h.quality)),
         v(h.chunk), v(h.token_dim), bytes(h.scale_indexes),
-    ))
+    ]
+    if header_version(h) >= 2:
+        base = h.base_codec.encode("ascii")
+        fields += [bytes((len(base),)), base]
+        if base:
+            fields += [v(h.base_width), v(h.base_height), bytes((h.base_quality,))]
+    return b"".join(fields)
 
 
 def encode_payload(packet: Packet) -> tuple[int, bytes]:
@@ -223,6 +285,8 @@ def encode_payload(packet: Packet) -> tuple[int, bytes]:
         return TYPE_KEY, encode_varint(packet.frame) + encode_varint(len(kt)) + kt + bytes(packet.image)
     if isinstance(packet, TokenPacket):
         return TYPE_TOKENS, encode_varint(packet.frame) + encode_varint(packet.count) + bytes(packet.data)
+    if isinstance(packet, BasePacket):
+        return TYPE_BASE, encode_varint(packet.frame) + bytes(packet.data)
     if isinstance(packet, EndPacket):
         return TYPE_END, encode_varint(packet.frames)
     raise TypeError(f"not a packet: {type(packet).__name__}")
@@ -235,10 +299,11 @@ def encode_packet(packet: Packet) -> bytes:
 
 
 def packet_overhead(packet: Packet) -> int:
-    """Container bytes of ``packet`` beyond the coded data (key image + key token, or token data)."""
+    """Container bytes of ``packet`` beyond the coded data (key image + key token, token data, or the
+    base-layer access unit)."""
     size = len(encode_packet(packet))
     if isinstance(packet, KeyPacket):
         return size - len(packet.image) - len(packet.key_token)
-    if isinstance(packet, TokenPacket):
+    if isinstance(packet, (TokenPacket, BasePacket)):
         return size - len(packet.data)
     return size

@@ -18,13 +18,15 @@ from .format import (
     CRC_SIZE,
     MAGIC,
     MAX_TOKEN_DIM,
+    TYPE_BASE,
     TYPE_END,
     TYPE_HEADER,
     TYPE_KEY,
     TYPE_NAMES,
     TYPE_TOKENS,
-    VERSION,
+    VERSIONS,
     WEIGHTS_HASH_SIZE,
+    BasePacket,
     EndPacket,
     KeyPacket,
     Limits,
@@ -141,14 +143,16 @@ class StreamReader:
         version = self._src.read_byte()
         if version is None:
             raise CorruptStreamError(f"truncated: stream ends at byte {len(MAGIC)} before the version byte")
-        if version != VERSION:
+        if version not in VERSIONS:
             raise UnsupportedStreamError(f"stream version {version} at byte {len(MAGIC)} is not supported "
-                                         f"(this reader handles version {VERSION})")
+                                         f"(this reader handles versions {', '.join(map(str, VERSIONS))})")
+        self.version: int = version
         rec, payload = self._read_record(first=True)
         self.header_record: PacketRecord = rec
         self.header: StreamHeader = self._parse_header(payload, rec.offset + rec.total_len - len(payload) - CRC_SIZE)
         self.end: EndPacket | None = None
         self._next_frame = 0
+        self._key_pending = False  # hybrid: a key packet was read, its frame's base packet must follow
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -192,7 +196,8 @@ class StreamReader:
             raise CorruptStreamError(f"truncated: stream ends at byte {offset} without an END packet")
         if first and t != TYPE_HEADER:
             raise CorruptStreamError(f"expected the header record at byte {offset}, found type 0x{t:02x}")
-        if not first and t not in (TYPE_KEY, TYPE_TOKENS, TYPE_END):
+        known = (TYPE_KEY, TYPE_TOKENS, TYPE_END) + ((TYPE_BASE,) if self.version >= 2 else ())
+        if not first and t not in known:
             kind = "a second header record" if t == TYPE_HEADER else f"unknown packet type 0x{t:02x}"
             raise CorruptStreamError(f"{kind} at byte {offset}")
         name = TYPE_NAMES[t]
@@ -251,12 +256,22 @@ class StreamReader:
         key_codec = name("key codec name")
         key_quality, quality = c.u8("key quality"), c.u8("token quality")
         chunk, token_dim = c.varint("chunk size"), c.varint("token_dim")
-        if not 1 <= token_dim <= MAX_TOKEN_DIM:
-            raise CorruptStreamError(f"{where}: token_dim {token_dim} is outside 1..{MAX_TOKEN_DIM}")
+        lowest = 0 if self.version >= 2 else 1  # 0 (no tokens) only with a base layer, checked below
+        if not lowest <= token_dim <= MAX_TOKEN_DIM:
+            raise CorruptStreamError(f"{where}: token_dim {token_dim} is outside {lowest}..{MAX_TOKEN_DIM}")
         scale_indexes = tuple(c.take(token_dim, "scale indexes"))
+        base: tuple = ()
+        if self.version >= 2:
+            n = c.u8("base codec length")
+            raw = c.take(n, "base codec name")
+            if n and not is_valid_name(raw):
+                raise CorruptStreamError(f"{where}: base codec name is not 0..64 printable ASCII bytes")
+            base = (raw.decode("ascii"),)
+            if n:
+                base += (c.varint("base width"), c.varint("base height"), c.u8("base quality"))
         c.done()
         h = StreamHeader(model, weights_hash, width, height, fps_num, fps_den, frames, key_codec, key_quality,
-                         quality, chunk, token_dim, scale_indexes)
+                         quality, chunk, token_dim, scale_indexes, *base)
         problem = header_problem(h, _NO_LIMITS)
         if problem:  # outside what the format allows (e.g. width 0, chunk > MAX_CHUNK)
             raise CorruptStreamError(f"{where}: {problem}")
@@ -273,6 +288,8 @@ class StreamReader:
         where = f"{TYPE_NAMES[t]} packet at byte {rec.offset}"
         c = _Cursor(payload, rec.offset + rec.total_len - rec.payload_len - CRC_SIZE, where)
         if t == TYPE_END:
+            if self._key_pending:
+                raise CorruptStreamError(f"{where}: the key packet of frame {self._next_frame} has no base packet")
             frames = c.varint("frame count")
             c.done()
             if frames != self._next_frame:
@@ -280,18 +297,20 @@ class StreamReader:
             if h.frames and frames != h.frames:
                 raise CorruptStreamError(f"{where}: says {frames} frames but the header says {h.frames}")
             return EndPacket(frames)
+        _check_packet_type(t, h, where)
+        if self._key_pending and t != TYPE_BASE:
+            raise CorruptStreamError(f"{where}: expected the base packet of frame {self._next_frame} after its "
+                                     f"key packet, found a {TYPE_NAMES[t]} packet")
         frame = c.varint("frame index")
         if frame != self._next_frame:
             raise CorruptStreamError(f"{where}: starts at frame {frame}, expected frame {self._next_frame}")
         if t == TYPE_KEY:
-            n = c.varint("key token length")
-            if n != 2 * h.token_dim:
-                raise CorruptStreamError(f"{where}: key token is {n} bytes, expected {2 * h.token_dim}")
-            key_token = c.take(n, "key token")
-            image = c.rest()
-            if not image:
-                raise CorruptStreamError(f"{where}: empty key-frame image")
-            packet: Packet = KeyPacket(frame, key_token, image)
+            packet: Packet = _key_packet(c, h, frame)
+            count = 1
+        elif t == TYPE_BASE:
+            if frame == 0 and not self._key_pending:
+                raise CorruptStreamError(f"{where}: base packet before any key packet")
+            packet = _base_packet(c, frame)
             count = 1
         else:
             if self._next_frame == 0:
@@ -306,8 +325,38 @@ class StreamReader:
         if h.frames and frame + count > h.frames:
             raise CorruptStreamError(f"{where}: frame {frame + count - 1} is beyond the header's "
                                      f"{h.frames} frames")
+        if h.hybrid and t == TYPE_KEY:  # a key packet shares its frame with the base packet that follows
+            self._key_pending = True
+            return packet
+        self._key_pending = False
         self._next_frame = frame + count
         return packet
+
+
+def _check_packet_type(t: int, h: StreamHeader, where: str) -> None:
+    """Token packets only without a base layer, base packets only with one (FORMAT.md §4)."""
+    if t == TYPE_TOKENS and h.hybrid:
+        raise CorruptStreamError(f"{where}: token packet in a stream with a base layer")
+    if t == TYPE_BASE and not h.hybrid:
+        raise CorruptStreamError(f"{where}: base packet in a stream without a base layer")
+
+
+def _key_packet(c: _Cursor, h: StreamHeader, frame: int) -> KeyPacket:
+    n = c.varint("key token length")
+    if n != 2 * h.token_dim:
+        raise CorruptStreamError(f"{c.where}: key token is {n} bytes, expected {2 * h.token_dim}")
+    key_token = c.take(n, "key token")
+    image = c.rest()
+    if not image:
+        raise CorruptStreamError(f"{c.where}: empty key-frame image")
+    return KeyPacket(frame, key_token, image)
+
+
+def _base_packet(c: _Cursor, frame: int) -> BasePacket:
+    data = c.rest()
+    if not data:
+        raise CorruptStreamError(f"{c.where}: empty base-layer access unit")
+    return BasePacket(frame, data)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -369,7 +418,7 @@ class Damage:
     reason: str
 
 
-_CANDIDATE = re.compile(b"[KTE]")  # the type bytes a packet record can start with
+_CANDIDATE = re.compile(b"[KTBE]")  # the type bytes a packet record can start with
 _SCAN_WINDOW = 1 << 16
 
 
@@ -378,7 +427,7 @@ class ResyncReader:
 
     The signature, version and header are read and validated exactly as by ``StreamReader`` (a damaged
     header raises: nothing can be decoded without it). Iteration then yields ``(PacketRecord, Packet)``
-    for every record that passes its CRC and the field checks of FORMAT.md §3.2-3.4, and a ``Damage`` for
+    for every record that passes its CRC and the field checks of FORMAT.md §3.2-3.5, and a ``Damage`` for
     each stretch of bytes that did not: after a bad record it scans forward, byte by byte, for the next
     position where a complete record parses with a valid CRC, and resumes there. It stops after the first
     intact END (``.end``; bytes after it are counted in ``.trailing``) or at the end of the file.
@@ -463,22 +512,20 @@ class ResyncReader:
         return None
 
     def _parse(self, rec: PacketRecord, payload: bytes) -> Packet:
-        """Field checks of one packet record (FORMAT.md §3.2-3.4), without the sequence rules of §4."""
+        """Field checks of one packet record (FORMAT.md §3.2-3.5) and which types the header allows, without
+        the sequence rules of §4."""
         h, t = self.header, ord(rec.type)
         c = _Cursor(payload, rec.offset + rec.total_len - rec.payload_len - CRC_SIZE,
                     f"{TYPE_NAMES[t]} packet at byte {rec.offset}")
+        _check_packet_type(t, h, c.where)
         frame = c.varint("frame index")
         if t == TYPE_END:
             c.done()
             count, packet = 0, EndPacket(frame)
         elif t == TYPE_KEY:
-            n = c.varint("key token length")
-            if n != 2 * h.token_dim:
-                raise CorruptStreamError(f"{c.where}: key token is {n} bytes, expected {2 * h.token_dim}")
-            key_token, image = c.take(n, "key token"), c.rest()
-            if not image:
-                raise CorruptStreamError(f"{c.where}: empty key-frame image")
-            count, packet = 1, KeyPacket(frame, key_token, image)
+            count, packet = 1, _key_packet(c, h, frame)
+        elif t == TYPE_BASE:
+            count, packet = 1, _base_packet(c, frame)
         else:
             count = c.varint("frame count")
             if not 1 <= count <= h.chunk:

@@ -8,7 +8,7 @@ from ..errors import InputError
 from .format import (
     MAGIC,
     TYPE_HEADER,
-    VERSION,
+    BasePacket,
     EndPacket,
     KeyPacket,
     Limits,
@@ -19,6 +19,7 @@ from .format import (
     encode_payload,
     frame_record,
     header_problem,
+    header_version,
 )
 
 
@@ -30,19 +31,21 @@ def stream_start(header: StreamHeader, limits: Limits = Limits()) -> bytes:
     """Signature, version and header record: the bytes every stream starts with.
 
     Public so that a writer that learns the frame count only at the end can put a new start in front
-    of packets it spooled; InputError for a header a conforming reader would refuse.
+    of packets it spooled; InputError for a header a conforming reader would refuse. The version byte is
+    the lowest that carries the header (``format.header_version``): 1 without a base layer, else 2.
     """
     problem = header_problem(header, limits)
     if problem:
         raise InputError(f"invalid stream header: {problem}")
-    return MAGIC + bytes((VERSION,)) + frame_record(TYPE_HEADER, encode_header(header))
+    return MAGIC + bytes((header_version(header),)) + frame_record(TYPE_HEADER, encode_header(header))
 
 
 class StreamWriter:
     """Writes magic, version and header on construction, then one record per ``write``.
 
     The writer enforces the same rules as ``StreamReader`` (contiguous frame indices starting with a key
-    frame, counts within the chunk size, key-token length) so an encoder bug surfaces at encode time as an
+    frame, counts within the chunk size, key-token length; with a base layer, one base packet per frame,
+    each key packet followed by its frame's base packet) so an encoder bug surfaces at encode time as an
     ``InputError`` instead of as an undecodable file. It never closes ``fileobj``: the caller owns it.
     """
 
@@ -54,15 +57,20 @@ class StreamWriter:
         self.next_frame = 0
         self.bytes_written = 0
         self.closed = False
+        self._key_pending = False  # base layer: a key packet was written, its frame's base packet is due
         self._write(start)
 
     def write(self, packet: Packet) -> int:
-        """Append a key or token packet; returns the bytes written (the whole record)."""
+        """Append a key, token or base packet; returns the bytes written (the whole record)."""
         if isinstance(packet, EndPacket):
             raise InputError("use close(end) to write the END packet")
         self._check(packet)
         n = self._record(packet)
-        self.next_frame += 1 if isinstance(packet, KeyPacket) else packet.count
+        if self.header.hybrid and isinstance(packet, KeyPacket):
+            self._key_pending = True  # the key shares its frame with the base packet that follows
+        else:
+            self._key_pending = False
+            self.next_frame += packet.count if isinstance(packet, TokenPacket) else 1
         return n
 
     def close(self, end: EndPacket) -> int:
@@ -71,6 +79,8 @@ class StreamWriter:
             raise InputError("stream writer is already closed")
         if not isinstance(end, EndPacket):
             raise InputError(f"close() needs an EndPacket, got {type(end).__name__}")
+        if self._key_pending:
+            raise InputError(f"the key packet of frame {self.next_frame} has no base packet")
         if end.frames != self.next_frame:
             raise InputError(f"END says {end.frames!r} frames but {self.next_frame} were written")
         if self.header.frames and end.frames != self.header.frames:
@@ -88,11 +98,23 @@ class StreamWriter:
         if self.closed:
             raise InputError("cannot write after close()")
         h = self.header
-        if not isinstance(p, (KeyPacket, TokenPacket)):
+        if not isinstance(p, (KeyPacket, TokenPacket, BasePacket)):
             raise InputError(f"not a packet: {type(p).__name__}")
+        if isinstance(p, TokenPacket) and h.hybrid:
+            raise InputError("token packets are not allowed in a stream with a base layer")
+        if isinstance(p, BasePacket) and not h.hybrid:
+            raise InputError("base packets need a header with a base layer")
+        if self._key_pending and not isinstance(p, BasePacket):
+            raise InputError(f"the key packet of frame {self.next_frame} must be followed by its base packet")
         if not _uint(p.frame) or p.frame != self.next_frame:
             raise InputError(f"packet starts at frame {p.frame!r}, expected {self.next_frame}")
-        if isinstance(p, KeyPacket):
+        if isinstance(p, BasePacket):
+            if self.next_frame == 0 and not self._key_pending:
+                raise InputError("the first packet must be a key packet")
+            if not p.data:
+                raise InputError(f"base packet at frame {p.frame} is empty")
+            last = p.frame
+        elif isinstance(p, KeyPacket):
             if len(p.key_token) != 2 * h.token_dim:
                 raise InputError(f"key token is {len(p.key_token)} bytes, expected {2 * h.token_dim}")
             if not p.image:

@@ -1,0 +1,237 @@
+"""The hybrid mode's encoder and decoder: key images plus a conventional low-resolution base layer,
+lifted to full size by the enhancer (``imfcodec.models.enhancer``). Format: version 2 of FORMAT.md.
+
+Stream: at every key frame a key packet (the key image, no token) followed by that frame's base packet;
+every other frame a base packet alone (one access unit of the base layer, ``imfcodec.baselayer``).
+
+* Encoder: key frames follow the token encoder's policy (the first frame, then every ``keyint``); a key
+  image is coded with the key-frame codec and decoded back (closed loop: ``key_image`` is what the
+  decoder will show), and the base encoder starts a new GOP (an intra picture) at the same frame. The
+  encoder never runs the enhancer: it needs only its name, hash and resolution.
+* Decoder: a key packet decodes the key image and restarts the base decoder; a base packet decodes the
+  small picture and upscales it (``upscale``, bicubic). At a key frame the output is the key image, and
+  the enhancer caches ``prepare_key(key, upscaled base)``; at the other frames the output is
+  ``enhance(state, upscaled base)``, or with ``enhance=False`` the upscaled base itself (key frames are
+  still the key image, so the two outputs differ exactly by what the enhancer adds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from .baselayer import MIN_BASE_SIDE, BaseDecoder, BaseEncoder, base_size, get_base_codec
+from .bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, TokenPacket
+from .codec import DecoderState, to_tensor, to_uint8
+from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
+from .keyframe import get_keyframe_codec
+from .models.enhancer import upscale
+from .settings import DEFAULT_ENHANCER, EncoderSettings
+
+Packet = KeyPacket | BasePacket | TokenPacket | EndPacket
+
+
+def is_enhancer(model: torch.nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "kind", "imf") == "enhancer"
+
+
+def load_enhancer(spec: str | None = None):
+    """Resolve ``--enhancer`` as ``zoo.load_model`` resolves ``--model`` (a config name with shipped
+    weights, a .safetensors path, or ``random:NAME[:SEED]``); None is the shipped ``enh-small``.
+    Refuses token models with a one-line error."""
+    from .models import list_models
+    from .zoo import RANDOM_PREFIX, load_model, shipped_weights_path
+
+    name = DEFAULT_ENHANCER if spec is None else spec
+    enhancers = list_models("enhancer")
+    config = name[len(RANDOM_PREFIX):].partition(":")[0] if name.startswith(RANDOM_PREFIX) else name
+    if config in list_models("imf"):
+        raise InputError(f"'{config}' is a token model, not an enhancer (enhancers: {', '.join(enhancers)})")
+    if name in enhancers and shipped_weights_path(name) is None:
+        raise WeightsError(f"no trained weights are shipped for the enhancer '{name}' yet "
+                           f"(imfcodec/weights/{name}.safetensors): pass --enhancer PATH.safetensors, or "
+                           f"--enhancer {RANDOM_PREFIX}{name} for an untrained one")
+    loaded = load_model(name)
+    if not is_enhancer(loaded.model):
+        raise InputError(f"{loaded.source} holds the token model '{loaded.name}', not an enhancer "
+                         f"(enhancers: {', '.join(enhancers)})")
+    return loaded
+
+
+class HybridEncoder:
+    """Streaming hybrid encoder: ``encode(frame)`` returns that frame's packets ([K,] B).
+
+    Frames must already be at the enhancer's resolution (see ``imfcodec.io.read_frames``).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, model_name: str, weights_hash: bytes, fps: Fraction,
+                 settings: EncoderSettings, frames: int = 0):
+        self.settings = s = settings.validated()
+        if not s.hybrid:
+            raise InputError("HybridEncoder needs settings with a base_codec (the hybrid mode)")
+        if not is_enhancer(model):
+            raise InputError(f"the hybrid mode needs an enhancer, not the token model '{model_name}'")
+        self.size = int(model.config.resolution)
+        side = base_size(self.size, s.base_factor)
+        fps = Fraction(fps)
+        self.key_codec = get_keyframe_codec(s.key_codec)
+        self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality)
+        self.header = StreamHeader(
+            model=model_name, weights_hash=weights_hash, width=self.size, height=self.size,
+            fps_num=fps.numerator, fps_den=fps.denominator, frames=frames,
+            key_codec=s.key_codec, key_quality=int(s.key_quality), quality=0, chunk=1, token_dim=0,
+            scale_indexes=(), base_codec=s.base_codec, base_width=side, base_height=side,
+            base_quality=int(s.base_quality))
+        self.index = 0
+        self.last_key = -1
+        self.key_frames: list[int] = []
+        self.key_image: np.ndarray | None = None  # the decoded last key image (closed loop)
+
+    def encode(self, rgb: np.ndarray) -> list[Packet]:
+        if rgb.shape != (self.size, self.size, 3) or rgb.dtype != np.uint8:
+            raise InputError(f"frame must be uint8 {self.size}x{self.size}x3, got {rgb.dtype} {rgb.shape}")
+        i, s = self.index, self.settings
+        self.index += 1
+        key = self.last_key < 0 or (s.keyint > 0 and i - self.last_key >= s.keyint)
+        out: list[Packet] = []
+        if key:
+            image = self.key_codec.encode(rgb, int(s.key_quality))
+            self.key_image = self.key_codec.decode(image, self.size, self.size)
+            self.last_key = i
+            self.key_frames.append(i)
+            out.append(KeyPacket(frame=i, key_token=b"", image=image))
+        out.append(BasePacket(frame=i, data=self.base.encode(rgb, intra=key)))
+        return out
+
+    def flush(self) -> list[Packet]:
+        """The END packet (the base encoder has nothing buffered: it runs with zero latency)."""
+        self.base.close()
+        return [EndPacket(frames=self.index)]
+
+
+class HybridDecoder(DecoderState):
+    """Streaming hybrid decoder: ``decode(packet)`` returns the frames (uint8 RGB) that packet completes
+    (a key packet none, a base packet one).
+
+    ``decode`` is strict (any inconsistency raises ``CorruptStreamError``); ``decode_concealing`` is the
+    ``--conceal`` mode: a damaged or missing base or key packet repeats the last good frame until the next
+    key packet, where base decoding restarts (the base layer predicts each picture from the previous one).
+    """
+
+    #: bytes a base record takes at least (type, length, frame, one byte of data, CRC): a damaged stretch
+    #: of N bytes can have held at most N // MIN_BASE_RECORD + 1 frames
+    MIN_BASE_RECORD = 8
+
+    def __init__(self, model: torch.nn.Module, header: StreamHeader, *, enhance: bool = True):
+        cfg = model.config
+        if not header.hybrid:
+            raise ModelMismatchError("HybridDecoder takes streams with a base layer; this one has tokens")
+        if not is_enhancer(model):
+            raise ModelMismatchError(f"a hybrid stream needs an enhancer, not the token model '{cfg.name}'")
+        if header.width != cfg.resolution or header.height != cfg.resolution:
+            raise ModelMismatchError(f"stream is {header.width}x{header.height}; enhancer '{cfg.name}' works at "
+                                     f"{cfg.resolution}x{cfg.resolution}")
+        self.key_codec = get_keyframe_codec(header.key_codec)
+        codec = get_base_codec(header.base_codec)
+        lo, hi = codec.quality_range
+        if not lo <= header.base_quality <= hi:
+            raise UnsupportedStreamError(f"stream header: {codec.name} base quality {header.base_quality} is "
+                                         f"outside {lo}..{hi}")
+        bw, bh = header.base_width, header.base_height
+        if (bw % 2 or bh % 2 or min(bw, bh) < MIN_BASE_SIDE or bw > header.width or bh > header.height):
+            raise UnsupportedStreamError(f"stream header: a {bw}x{bh} base layer for {header.width}x{header.height}"
+                                         f" frames (sides must be even, >= {MIN_BASE_SIDE} and at most the frame's)")
+        super().__init__(header)
+        self.model = model.eval()
+        self.enhance = bool(enhance)
+        self.base = BaseDecoder(codec.name, bw, bh)
+        self.state = None  # the enhancer's KeyState of the current key frame
+        self.key_image: np.ndarray | None = None  # decoded key image waiting for its frame's base packet
+        self.started = False  # a key packet has been decoded
+        self.last_base: np.ndarray | None = None  # the last decoded base-layer picture (small; for tests/tools)
+
+    @torch.inference_mode()
+    def decode(self, packet: Packet) -> list[np.ndarray]:
+        h = self.header
+        if isinstance(packet, EndPacket):
+            if self.key_image is not None:
+                raise CorruptStreamError(f"the key packet of frame {self.next_frame} has no base packet")
+            if packet.frames != self.next_frame:
+                raise CorruptStreamError(f"END says {packet.frames} frames but {self.next_frame} were sent")
+            return []
+        if isinstance(packet, TokenPacket):
+            raise CorruptStreamError(f"token packet at frame {packet.frame} in a stream with a base layer")
+        if packet.frame != self.next_frame:
+            raise CorruptStreamError(f"packet starts at frame {packet.frame}, expected {self.next_frame}")
+        if isinstance(packet, KeyPacket):
+            if self.key_image is not None:
+                raise CorruptStreamError(f"a second key packet for frame {packet.frame}")
+            if packet.key_token:
+                raise CorruptStreamError(f"key packet at frame {packet.frame} carries a token in a hybrid stream")
+            self.key_image = self.key_codec.decode(packet.image, h.width, h.height)
+            self.base.restart()
+            self.started = True
+            return []
+        if not self.started:
+            raise CorruptStreamError(f"base packet at frame {packet.frame} before any key packet")
+        small = self.base.decode(packet.data)
+        self.last_base = small
+        up = upscale(to_tensor(small), (h.height, h.width))
+        if self.key_image is not None:
+            frame, self.key_image = self.key_image, None
+            self.state = self.model.prepare_key(to_tensor(frame), up) if self.enhance else None
+            self.report.key_frames.append(packet.frame)
+        elif self.enhance:
+            frame = to_uint8(self.model.enhance(self.state, up))[0]
+        else:
+            frame = to_uint8(up)[0]
+        self.next_frame += 1
+        self.report.frames += 1
+        return [frame]
+
+    def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:
+        """Concealment mode: yields batches of frames; never raises for damaged packet content."""
+        target = packet.frames if isinstance(packet, EndPacket) else packet.frame
+        if target < self.next_frame:  # stale or replayed (CRC-valid but out of place): skip it
+            self._note(f"ignored a packet for frame {target}: out of order after frame {self.next_frame - 1}")
+            return
+        gap = target - self.next_frame
+        if gap:
+            plausible = self.damaged_bytes // self.MIN_BASE_RECORD + 1
+            if gap > plausible:  # more frames than the skipped bytes could have held: not believable
+                self._note(f"ignored a packet for frame {target}: {gap} frames after frame {self.next_frame}, "
+                           f"more than {self.damaged_bytes} damaged bytes can hold")
+                return
+            self.broken, self.key_image = True, None
+            yield from self.conceal(gap)
+        self.damaged_bytes = 0
+        if isinstance(packet, EndPacket):
+            self.key_image = None  # (a key whose base packet was lost was concealed by the gap above)
+            return
+        if isinstance(packet, TokenPacket):  # not reached through ResyncReader, which refuses them here
+            self._note(f"ignored a token packet for frame {target} in a stream with a base layer")
+            return
+        if isinstance(packet, KeyPacket):
+            self.key_image = None  # a repeated key packet replaces the one before
+            try:
+                self.decode(packet)
+                self.broken = False
+            except CorruptStreamError as e:
+                self.damage(0, str(e))
+            return
+        if self.broken or not self.started:
+            self.key_image = None
+            yield from self.conceal(1)
+            return
+        try:
+            frames = self.decode(packet)
+        except CorruptStreamError as e:
+            self.damage(0, str(e))
+            self.key_image = None
+            yield from self.conceal(1)
+            return
+        self.last_frame = frames[-1]
+        yield frames

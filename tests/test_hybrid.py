@@ -1,0 +1,265 @@
+"""The hybrid mode end to end (issue 15): format version 2 round trips, the encoder and decoder
+(imfcodec.hybrid), --no-enhance, concealment, settings, API and CLI. Hostile streams: test_hostile_bitstream.py."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import N_FRAMES, cli, damaged, decode_all, one_line_error, split
+from imfcodec.api import encode_frames_to_file, iter_decoded, stream_info
+from imfcodec.baselayer import BaseDecoder
+from imfcodec.bitstream import (
+    BasePacket,
+    EndPacket,
+    KeyPacket,
+    StreamHeader,
+    StreamWriter,
+    TokenPacket,
+    VERSIONS,
+    packet_overhead,
+    read_stream,
+)
+from imfcodec.codec import EncoderSettings, to_tensor, to_uint8
+from imfcodec.errors import InputError, ModelMismatchError
+from imfcodec.keyframe import get_keyframe_codec
+from imfcodec.models import upscale
+from imfcodec.zoo import shipped_weights_path
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ENH = "random:enh-tiny"
+
+
+def hybrid_header(**kw) -> StreamHeader:
+    base = dict(model="enh-tiny", weights_hash=bytes(16), width=64, height=64, fps_num=25, fps_den=1, frames=0,
+                key_codec="png", key_quality=0, quality=0, chunk=1, token_dim=0, scale_indexes=(),
+                base_codec="hevc", base_width=32, base_height=32, base_quality=13)
+    base.update(kw)
+    return StreamHeader(**base)
+
+
+def frames_of(data, model, **kw) -> list[np.ndarray]:
+    return [f for _dec, out in iter_decoded(data, model=model, **kw) for f in out]
+
+
+# ------------------------------------------------------------------------------------------ format
+
+def test_version_2_round_trip_and_writer_rules():
+    h = hybrid_header()
+    packets = [KeyPacket(0, b"", b"IMG"), BasePacket(0, b"AU0"), BasePacket(1, b"AU1"),
+               KeyPacket(2, b"", b"IMG2"), BasePacket(2, b"AU2")]
+    buf = io.BytesIO()
+    w = StreamWriter(buf, h)
+    for p in packets:
+        w.write(p)
+    w.close(EndPacket(3))
+    data = buf.getvalue()
+    assert data[8] == 2 and VERSIONS == (1, 2)
+    header, got = read_stream(data)
+    assert header == h and header.hybrid and got == packets + [EndPacket(3)]
+    assert packet_overhead(BasePacket(5, b"x" * 10)) == 7  # type, length, frame, CRC
+
+    def refused(seq, needle, end=None):
+        w = StreamWriter(io.BytesIO(), h)
+        with pytest.raises(InputError, match=needle):
+            for p in seq:
+                w.write(p)
+            w.close(end)
+
+    refused([BasePacket(0, b"A")], "first packet must be a key packet")
+    refused([KeyPacket(0, b"", b"I"), KeyPacket(0, b"", b"I")], "followed by its base packet")
+    refused([KeyPacket(0, b"", b"I"), BasePacket(0, b"A"), TokenPacket(1, 1, b"d")], "token packets are not allowed")
+    refused([KeyPacket(0, b"", b"I")], "has no base packet", EndPacket(0))
+    refused([KeyPacket(0, b"", b"I"), BasePacket(0, b"")], "empty")
+    refused([KeyPacket(0, b"xx", b"I")], "key token is 2 bytes, expected 0")
+    for bad, needle in ((dict(token_dim=2, scale_indexes=(1, 1)), "token_dim must be 0"), (dict(quality=3), "quality"),
+                        (dict(base_width=0), "base_width 0"), (dict(base_height=5000), "base_height 5000"),
+                        (dict(base_codec="\x01"), "base_codec")):
+        with pytest.raises(InputError, match=needle):
+            StreamWriter(io.BytesIO(), hybrid_header(**bad))
+    with pytest.raises(InputError, match="token_dim 0 is allowed only"):
+        StreamWriter(io.BytesIO(), hybrid_header(base_codec="", base_width=0, base_height=0, base_quality=0))
+    token = hybrid_header(base_codec="", base_width=0, base_height=0, base_quality=0, token_dim=1,
+                          scale_indexes=(3,), quality=6)
+    w = StreamWriter(io.BytesIO(), token)  # a token stream: version 1, no base packets
+    w.write(KeyPacket(0, b"\x00\x00", b"I"))
+    with pytest.raises(InputError, match="need a header with a base layer"):
+        w.write(BasePacket(1, b"A"))
+
+
+# ------------------------------------------------------------------------------------------ CLI round trip
+
+def test_cli_round_trip_encode_decode_info(tmp_path):
+    clip = tmp_path / "s.mp4"
+    assert cli("sample", clip, "--frames", 10, "--size", 64).exit_code == 0
+    out = tmp_path / "s.imf"
+    r = cli("encode", clip, "-o", out, "--hybrid", "--enhancer", ENH, "--keyint", 5, "--base-quality", 20)
+    assert r.exit_code == 0, r.output
+    assert "base " in r.stdout and "enhancer enh-tiny" in r.stdout
+    r = cli("info", out, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert (d["mode"], d["version"], d["model"], d["frames"]) == ("hybrid", 2, "enh-tiny", 10)
+    assert (d["base_codec"], d["base_width"], d["base_height"], d["base_quality"]) == ("hevc", 32, 32, 20)
+    assert d["key_frames"] == [0, 5] and d["token_bytes"] == 0 and d["base_bytes"] > 0
+    assert d["key_bytes"] + d["base_bytes"] + d["token_bytes"] + d["overhead_bytes"] == d["bytes"] == out.stat().st_size
+    assert d["kbps"] == pytest.approx(d["key_kbps"] + d["base_kbps"] + d["token_kbps"] + d["overhead_kbps"])
+    assert [p["type"] for p in d["packets"]][:3] == ["key", "base", "base"] and len(d["packets"]) == 12
+    r = cli("info", out)
+    assert r.exit_code == 0 and "hybrid mode" in r.stdout and "hevc 32x32 q20" in r.stdout and "framing" in r.stdout
+    for extra in ((), ("--no-enhance",)):
+        dec = tmp_path / f"d{len(extra)}.y4m"
+        r = cli("decode", out, "-o", dec, *extra)
+        assert r.exit_code == 0, r.output
+        from imfcodec.io import probe_video
+
+        assert probe_video(dec).frames == 10
+    # token streams show the same split (no base bytes), and refuse --no-enhance
+    tok = tmp_path / "t.imf"
+    assert cli("encode", clip, "-o", tok, "--model", "random:imf-tiny", "--refine", 0, "--frames", 3).exit_code == 0
+    d = json.loads(cli("info", tok, "--json").stdout)
+    assert (d["mode"], d["version"], d["base_bytes"], d["base_codec"]) == ("tokens", 1, 0, None)
+    one_line_error(cli("decode", tok, "-o", tmp_path / "x.y4m", "--no-enhance"), "hybrid streams only")
+
+
+def test_cli_option_errors(tmp_path, sample_clip):
+    out = tmp_path / "o.imf"
+    one_line_error(cli("encode", sample_clip, "-o", out, "--base-codec", "av1"), "--base-codec needs --hybrid")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--model", "random:imf-tiny"), "--enhancer")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", "random:imf-tiny"), "token model")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--model", ENH), "--hybrid")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--base-quality", 99),
+                   "--base-quality for hevc must be in 0..51")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--refresh-below", 20),
+                   "--refresh-below")
+    if shipped_weights_path("enh-small") is None:  # the default enhancer: its weights are not shipped yet
+        one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid"), "--enhancer random:enh-small")
+    assert not out.exists()
+
+
+def test_settings_validation():
+    s = EncoderSettings(base_codec="av1").validated()
+    assert (s.base_quality, s.base_factor, s.hybrid) == (13, 2, True)
+    assert not EncoderSettings().validated().hybrid
+    for bad, needle in ((dict(base_codec="vp9"), "--base-codec"),
+                        (dict(base_codec="hevc", base_factor=3), "--base-scale"),
+                        (dict(base_codec="hevc", base_quality=52), "0..51"),
+                        (dict(base_codec="hevc", refresh_below=20.0), "--refresh-below"),
+                        (dict(base_quality=20), "need --hybrid"), (dict(enhancer="enh-tiny"), "need --hybrid"),
+                        (dict(base_codec="hevc", enhancer=""), "--enhancer")):
+        with pytest.raises(InputError, match=needle):
+            EncoderSettings(**bad).validated()
+
+
+# ------------------------------------------------------------------------------------------ decoder
+
+def _independent_base(data: bytes) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
+    """Upscaled base frames and key images of a stream, decoded with BaseDecoder + upscale directly."""
+    h, packets = read_stream(data)
+    dec = BaseDecoder(h.base_codec, h.base_width, h.base_height)
+    key = get_keyframe_codec(h.key_codec)
+    ups, keys = [], {}
+    for p in packets:
+        if isinstance(p, KeyPacket):
+            keys[p.frame] = key.decode(p.image, h.width, h.height)
+            dec.restart()
+        elif isinstance(p, BasePacket):
+            small = torch.from_numpy(dec.decode(p.data)).permute(2, 0, 1)[None].float() / 255
+            ups.append(to_uint8(upscale(small, (h.height, h.width)))[0])
+    return ups, keys
+
+
+def test_no_enhance_is_the_bicubic_upscale_of_the_base(hybrid_stream, enh_tiny):
+    data = hybrid_stream.read_bytes()
+    plain = frames_of(data, enh_tiny, enhance=False)
+    ups, keys = _independent_base(data)
+    assert len(plain) == len(ups) == N_FRAMES and sorted(keys) == [0, 4]
+    for i, f in enumerate(plain):
+        assert np.array_equal(f, keys[i] if i in keys else ups[i]), i  # key frames stay the key image
+    # and the upscaled base follows the source: the base layer carries the motion
+    assert np.abs(ups[3].astype(int) - plain[0].astype(int)).mean() > 0
+
+
+def test_untrained_enhancer_gives_exactly_the_no_enhance_output(hybrid_stream, enh_tiny):
+    data = hybrid_stream.read_bytes()
+    enhanced, plain = frames_of(data, enh_tiny), frames_of(data, enh_tiny, enhance=False)
+    assert len(enhanced) == N_FRAMES and all(np.array_equal(a, b) for a, b in zip(enhanced, plain))
+    # a trained (non-zero) head changes the non-key frames, never the key frames
+    from dataclasses import replace
+
+    model = enh_tiny.model
+    saved = [t.clone() for t in (model.head.weight, model.head.bias)]
+    try:
+        with torch.no_grad():
+            model.head.bias.fill_(0.1)
+        lifted = frames_of(data, replace(enh_tiny, model=model))
+    finally:
+        with torch.no_grad():
+            model.head.weight.copy_(saved[0])
+            model.head.bias.copy_(saved[1])
+    assert np.array_equal(lifted[0], plain[0]) and np.array_equal(lifted[4], plain[4])
+    assert not np.array_equal(lifted[1], plain[1])
+
+
+def test_hybrid_stream_needs_an_enhancer(hybrid_stream, tiny, enh_tiny, hevc_stream, tmp_path):
+    with pytest.raises(ModelMismatchError):
+        frames_of(hybrid_stream.read_bytes(), "random:imf-tiny")
+    with pytest.raises(ModelMismatchError):
+        frames_of(hevc_stream.read_bytes(), ENH)
+    from imfcodec.hybrid import HybridDecoder
+
+    header, _ = read_stream(hybrid_stream.read_bytes())
+    with pytest.raises(ModelMismatchError):
+        HybridDecoder(tiny.model, header)
+    one_line_error(cli("decode", hybrid_stream, "-o", tmp_path / "o.y4m", "--model", "random:imf-tiny"), "enh-tiny")
+
+
+def test_concealment_of_a_damaged_base_packet(hybrid_stream, enh_tiny, tmp_path):
+    data = hybrid_stream.read_bytes()
+    clean = frames_of(data, enh_tiny)
+    recs = split(data)  # H, K0, B0, B1, B2, B3, K4, B4, B5, B6, B7, E
+    assert [chr(t) for t, _ in recs] == list("HKBBBBKBBBBE")
+    bad = damaged(data, 3)  # B1: its CRC fails
+    assert decode_all(bad, enh_tiny)[0] == "refused"
+    outcome, n, report = decode_all(bad, enh_tiny, conceal=True)
+    assert (outcome, n, report.concealed) == ("ok", N_FRAMES, [1, 2, 3])  # until the next key packet
+    got = frames_of(bad, enh_tiny, conceal=True)
+    assert all(np.array_equal(got[i], clean[0]) for i in (1, 2, 3))  # the last good frame, repeated
+    assert all(np.array_equal(got[i], clean[i]) for i in range(4, N_FRAMES))  # base decoding restarted at K4
+    # a damaged key packet: its frame and the rest of its GOP are concealed
+    outcome, n, report = decode_all(damaged(data, 6), enh_tiny, conceal=True)
+    assert (outcome, n, report.concealed) == ("ok", N_FRAMES, [4, 5, 6, 7])
+    # undecodable bytes behind a valid CRC: the base decoder's error, concealed the same way
+    recs[4][1] = recs[4][1][:1] + bytes(len(recs[4][1]) - 1)  # B2's access unit zeroed
+    from helpers import join
+
+    outcome, n, report = decode_all(join(recs, version=2), enh_tiny, conceal=True)
+    assert (outcome, n, report.concealed) == ("ok", N_FRAMES, [2, 3]) and "base layer" in report.damage[0]
+    p = tmp_path / "bad.imf"
+    p.write_bytes(bad)
+    r = cli("decode", p, "-o", tmp_path / "o.y4m", "--conceal")
+    assert r.exit_code == 0 and "3 frame(s) concealed: 1-3" in r.stderr, r.output
+
+
+def test_api_encode_frames_to_file(tmp_path, enh_tiny):
+    from helpers import gradient
+
+    frames = [np.roll(gradient(64, 64), 3 * i, axis=1) for i in range(5)]
+    s = encode_frames_to_file(iter(frames), tmp_path / "a.imf", fps=25, model=enh_tiny,
+                              settings=EncoderSettings(base_codec="av1", base_factor=4, keyint=3, key_codec="webp"))
+    d = stream_info(tmp_path / "a.imf")
+    assert (s.frames, s.key_frames, s.token_bytes, s.key_token_bytes) == (5, [0, 3], 0, 0)
+    assert s.base_bytes == d["base_bytes"] and s.key_image_bytes == d["key_bytes"] and s.bytes == d["bytes"]
+    assert (d["base_codec"], d["base_width"], d["base_height"]) == ("av1", 16, 16)
+    out = frames_of(tmp_path / "a.imf", enh_tiny)
+    assert len(out) == 5 and all(f.shape == (64, 64, 3) for f in out)
+    # the settings' enhancer is used when no model is passed
+    s = encode_frames_to_file(frames[:2], tmp_path / "b.imf", fps=25,
+                              settings=EncoderSettings(base_codec="hevc", enhancer=ENH))
+    assert stream_info(tmp_path / "b.imf")["model"] == "enh-tiny"
+    assert to_tensor(frames[0]).shape == (1, 3, 64, 64)
