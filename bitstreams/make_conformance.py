@@ -37,9 +37,9 @@ STREAMS = {
 }
 HYBRID_MODEL = "random:enh-tiny"
 HYBRID_STREAMS = {
-    # 12 frames, key frames 0 and 6: a base-layer GOP restarts in the middle
+    # 12 frames, key frames 0 and 6: a base-layer GOP restarts in the middle; 3 frames per base packet
     "tiny-hybrid-hevc-half-keyint6": dict(base_codec="hevc", base_factor=2, base_quality=13, keyint=6,
-                                          key_codec="hevc", key_quality=21),
+                                          key_codec="hevc", key_quality=21, chunk=3),
 }
 
 
@@ -81,8 +81,10 @@ def describe_hybrid(path: Path) -> dict:
 
     base, key_sha, thumbs, frames = hashlib.sha256(), {}, [], 0
     for dec, out in iter_decoded(path, model=HYBRID_MODEL):
+        if out:
+            for small in dec.last_bases:
+                base.update(small.tobytes())
         for f in out:
-            base.update(dec.last_base.tobytes())
             if frames in dec.report.key_frames:
                 key_sha[str(frames)] = hashlib.sha256(f.tobytes()).hexdigest()
             thumbs.append(np.round(thumbnail(f), 3).tolist())

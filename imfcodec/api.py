@@ -72,7 +72,7 @@ class EncodedStream:
     key_token_bytes: int  # key frames' raw integer tokens
     token_bytes: int  # entropy-coded tokens of the other frames
     key_frames: list[int] = field(default_factory=list)
-    base_bytes: int = 0  # hybrid mode: the base layer's access units (one per frame)
+    base_bytes: int = 0  # hybrid mode: the base layer's access units (compact form, one per frame)
 
 
 @dataclass
@@ -368,7 +368,7 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
                                 "packet_bytes": rec.total_len})
             elif isinstance(p, BasePacket):
                 base_bytes += len(p.data)
-                packets.append({"type": "base", "frame": p.frame, "bytes": len(p.data),
+                packets.append({"type": "base", "frame": p.frame, "count": p.count, "bytes": len(p.data),
                                 "packet_bytes": rec.total_len})
             elif isinstance(p, TokenPacket):
                 token_bytes += len(p.data)

@@ -90,14 +90,14 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--key-quality", type=int, default=_ENCODER.key_quality,
               help="Key-frame quality (higher = better; default: the key-frame codec's own).")
 @click.option("--chunk", type=int, default=_ENCODER.chunk, show_default=True,
-              help="Frames per token packet (latency vs overhead).")
+              help="Frames per token packet, or per base packet in the hybrid mode (latency vs overhead).")
 @click.option("--refine", "search_iters", type=int, default=_ENCODER.search_iters, show_default=True,
               help="Encoder-side token search: N gradient steps per frame through the decoder "
                    "(0 = fastest, for live encoding on a CPU). Costs about N+1 decoder passes per frame.")
 @click.option("--frames", type=int, default=None, help="Encode at most N frames.")
 @click.option("--hybrid", is_flag=True,
               help="Hybrid mode: key frames plus a conventional low-resolution base layer, lifted by an enhancer "
-                   "(no tokens: --quality, --chunk and --refine do not apply).")
+                   "(no tokens: --quality and --refine do not apply).")
 @click.option("--base-codec", type=click.Choice(["hevc", "av1"]), default=None,
               help=f"Hybrid: base-layer codec [default: {DEFAULT_BASE_CODEC}].")
 @click.option("--base-scale", type=click.Choice(["1", "1/2", "1/4"]), default=None,

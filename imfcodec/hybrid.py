@@ -1,8 +1,9 @@
 """The hybrid mode's encoder and decoder: key images plus a conventional low-resolution base layer,
 lifted to full size by the enhancer (``imfcodec.models.enhancer``). Format: version 2 of FORMAT.md.
 
-Stream: at every key frame a key packet (the key image, no token) followed by that frame's base packet;
-every other frame a base packet alone (one access unit of the base layer, ``imfcodec.baselayer``).
+Stream: at every key frame a key packet (the key image, no token) followed by the base packet that starts
+at that frame; base packets carry the access units of up to ``chunk`` consecutive frames
+(``imfcodec.baselayer``), so the framing costs about one byte per frame plus a record per packet.
 
 * Encoder: key frames follow the token encoder's policy (the first frame, then every ``keyint``); a key
   image is coded with the key-frame codec and decoded back (closed loop: ``key_image`` is what the
@@ -82,13 +83,22 @@ class HybridEncoder:
         self.header = StreamHeader(
             model=model_name, weights_hash=weights_hash, width=self.size, height=self.size,
             fps_num=fps.numerator, fps_den=fps.denominator, frames=frames,
-            key_codec=s.key_codec, key_quality=int(s.key_quality), quality=0, chunk=1, token_dim=0,
+            key_codec=s.key_codec, key_quality=int(s.key_quality), quality=0, chunk=s.chunk, token_dim=0,
             scale_indexes=(), base_codec=s.base_codec, base_width=side, base_height=side,
             base_quality=int(s.base_quality))
         self.index = 0
         self.last_key = -1
         self.key_frames: list[int] = []
         self.key_image: np.ndarray | None = None  # the decoded last key image (closed loop)
+        self.pending: list[bytes] = []  # access units of frames not yet in a packet
+        self.pending_first = 0
+
+    def _flush_units(self) -> list[Packet]:
+        if not self.pending:
+            return []
+        packet = BasePacket(frame=self.pending_first, units=tuple(self.pending))
+        self.pending = []
+        return [packet]
 
     def encode(self, rgb: np.ndarray) -> list[Packet]:
         if rgb.shape != (self.size, self.size, 3) or rgb.dtype != np.uint8:
@@ -97,33 +107,39 @@ class HybridEncoder:
         self.index += 1
         key = self.last_key < 0 or (s.keyint > 0 and i - self.last_key >= s.keyint)
         out: list[Packet] = []
-        if key:
+        if key:  # a base packet never spans a key frame: the key packet precedes the one starting there
+            out += self._flush_units()
             image = self.key_codec.encode(rgb, int(s.key_quality))
             self.key_image = self.key_codec.decode(image, self.size, self.size)
             self.last_key = i
             self.key_frames.append(i)
             out.append(KeyPacket(frame=i, key_token=b"", image=image))
-        out.append(BasePacket(frame=i, data=self.base.encode(rgb, intra=key)))
+        if not self.pending:
+            self.pending_first = i
+        self.pending.append(self.base.encode(rgb, intra=key))
+        if len(self.pending) >= s.chunk:
+            out += self._flush_units()
         return out
 
     def flush(self) -> list[Packet]:
-        """The END packet (the base encoder has nothing buffered: it runs with zero latency)."""
+        """The pending base packet and the END packet (the base encoder itself runs with zero latency)."""
         self.base.close()
-        return [EndPacket(frames=self.index)]
+        return self._flush_units() + [EndPacket(frames=self.index)]
 
 
 class HybridDecoder(DecoderState):
     """Streaming hybrid decoder: ``decode(packet)`` returns the frames (uint8 RGB) that packet completes
-    (a key packet none, a base packet one).
+    (a key packet none, a base packet its ``count``; the enhancer runs on them as one batch).
 
     ``decode`` is strict (any inconsistency raises ``CorruptStreamError``); ``decode_concealing`` is the
     ``--conceal`` mode: a damaged or missing base or key packet repeats the last good frame until the next
     key packet, where base decoding restarts (the base layer predicts each picture from the previous one).
     """
 
-    #: bytes a base record takes at least (type, length, frame, one byte of data, CRC): a damaged stretch
-    #: of N bytes can have held at most N // MIN_BASE_RECORD + 1 frames
-    MIN_BASE_RECORD = 8
+    #: bytes a base record takes at least (type, length, frame, count, a unit's size and one byte, CRC): a
+    #: damaged stretch of N bytes can have held at most chunk * (N // MIN_BASE_RECORD + 1) frames
+    MIN_BASE_RECORD = 10
+    BATCH = 8  # frames per enhancer call
 
     def __init__(self, model: torch.nn.Module, header: StreamHeader, *, enhance: bool = True):
         cfg = model.config
@@ -151,7 +167,7 @@ class HybridDecoder(DecoderState):
         self.state = None  # the enhancer's KeyState of the current key frame
         self.key_image: np.ndarray | None = None  # decoded key image waiting for its frame's base packet
         self.started = False  # a key packet has been decoded
-        self.last_base: np.ndarray | None = None  # the last decoded base-layer picture (small; for tests/tools)
+        self.last_bases: list[np.ndarray] = []  # the last base packet's decoded pictures (small; tests/tools)
 
     @torch.inference_mode()
     def decode(self, packet: Packet) -> list[np.ndarray]:
@@ -177,20 +193,23 @@ class HybridDecoder(DecoderState):
             return []
         if not self.started:
             raise CorruptStreamError(f"base packet at frame {packet.frame} before any key packet")
-        small = self.base.decode(packet.data)
-        self.last_base = small
-        up = upscale(to_tensor(small), (h.height, h.width))
-        if self.key_image is not None:
+        smalls = [self.base.decode(unit) for unit in packet.units]
+        self.last_bases = smalls
+        up = upscale(torch.cat([to_tensor(x) for x in smalls]), (h.height, h.width))
+        frames: list[np.ndarray] = []
+        start = 0
+        if self.key_image is not None:  # the packet starts at a key frame
             frame, self.key_image = self.key_image, None
-            self.state = self.model.prepare_key(to_tensor(frame), up) if self.enhance else None
+            self.state = self.model.prepare_key(to_tensor(frame), up[:1]) if self.enhance else None
             self.report.key_frames.append(packet.frame)
-        elif self.enhance:
-            frame = to_uint8(self.model.enhance(self.state, up))[0]
-        else:
-            frame = to_uint8(up)[0]
-        self.next_frame += 1
-        self.report.frames += 1
-        return [frame]
+            frames.append(frame)
+            start = 1
+        for i in range(start, len(smalls), self.BATCH):  # bounded batches: memory stays flat for any chunk
+            rest = up[i:i + self.BATCH]
+            frames += to_uint8(self.model.enhance(self.state, rest) if self.enhance else rest)
+        self.next_frame += len(frames)
+        self.report.frames += len(frames)
+        return frames
 
     def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:
         """Concealment mode: yields batches of frames; never raises for damaged packet content."""
@@ -199,8 +218,9 @@ class HybridDecoder(DecoderState):
             self._note(f"ignored a packet for frame {target}: out of order after frame {self.next_frame - 1}")
             return
         gap = target - self.next_frame
+        count = packet.count if isinstance(packet, BasePacket) else 0
         if gap:
-            plausible = self.damaged_bytes // self.MIN_BASE_RECORD + 1
+            plausible = self.header.chunk * (self.damaged_bytes // self.MIN_BASE_RECORD + 1)
             if gap > plausible:  # more frames than the skipped bytes could have held: not believable
                 self._note(f"ignored a packet for frame {target}: {gap} frames after frame {self.next_frame}, "
                            f"more than {self.damaged_bytes} damaged bytes can hold")
@@ -224,14 +244,14 @@ class HybridDecoder(DecoderState):
             return
         if self.broken or not self.started:
             self.key_image = None
-            yield from self.conceal(1)
+            yield from self.conceal(count)
             return
         try:
             frames = self.decode(packet)
         except CorruptStreamError as e:
             self.damage(0, str(e))
             self.key_image = None
-            yield from self.conceal(1)
+            yield from self.conceal(count)
             return
         self.last_frame = frames[-1]
         yield frames

@@ -38,7 +38,8 @@ class EncoderSettings:
     key_quality: int | None = None  # None: the key-frame codec's own default
     chunk: int = DEFAULT_CHUNK
     search_iters: int = DEFAULT_SEARCH_ITERS  # token search iterations per frame (CLI --refine); 0 = E_T's token
-    # hybrid mode: a base_codec ('hevc' or 'av1') selects it; quality, chunk and search_iters then have no effect
+    # hybrid mode: a base_codec ('hevc' or 'av1') selects it; quality and search_iters then have no effect,
+    # chunk is the frames per base packet
     base_codec: str | None = None
     base_factor: int = DEFAULT_BASE_FACTOR  # the base layer is coded at 1/base_factor of the frame size
     base_quality: int | None = None  # None: the base codec's own default (13 for both: hevc CRF 38, av1 CRF 50)

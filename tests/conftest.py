@@ -100,8 +100,8 @@ def hevc_stream(streams, tmp_path_factory) -> Path:
 
 
 # hybrid mode (format version 2): the seeded untrained enhancer and one stream of the hostile clip, key frames
-# 0 and 4, so its records are H, K0, B0..B3, K4, B4..B7, E
-HYBRID = dict(base_codec="hevc", base_factor=2, keyint=4, key_codec="png")
+# 0 and 4 and one frame per base packet, so its records are H, K0, B0..B3, K4, B4..B7, E
+HYBRID = dict(base_codec="hevc", base_factor=2, keyint=4, key_codec="png", chunk=1)
 
 
 @pytest.fixture(scope="session")

@@ -186,7 +186,8 @@ def test_hybrid_stream_rules(hybrid_stream, enh_tiny):
         "K without its B": ([[TYPE_HEADER, unknown_frames]] + recs[1:7] + [[0x45, encode_varint(4)]],
                             "the key packet of frame 4 has no base packet"),
         "K with a token": (recs[:1] + [rec(KeyPacket(0, b"\x00\x00", b"I"))] + recs[2:], "key token is 2 bytes"),
-        "empty B": (recs[:2] + [rec(BasePacket(0, b""))] + recs[3:], "empty base-layer access unit"),
+        "empty B": (recs[:2] + [rec(BasePacket(0, (b"",)))] + recs[3:], "empty base-layer access unit"),
+        "B over chunk": (recs[:2] + [rec(BasePacket(0, (b"A", b"B")))] + recs[3:], "frame count 2 is outside 1..1"),
     }
     for name, (bad, needle) in cases.items():
         with pytest.raises(CorruptStreamError, match=needle):
@@ -196,7 +197,7 @@ def test_hybrid_stream_rules(hybrid_stream, enh_tiny):
 
     # the header: token fields fixed with a base layer, token_dim 0 only with one, base size within the Limits
     for fields, needle in ((dict(token_dim=1, scale_indexes=(3,)), "token_dim must be 0"),
-                           (dict(chunk=2), "chunk must be 0 and 1"), (dict(base_width=0), "base_width 0"),
+                           (dict(quality=3), "token quality must be 0"), (dict(base_width=0), "base_width 0"),
                            (dict(base_codec="", base_width=0, base_height=0, base_quality=0),
                             "token_dim 0 is allowed only in a stream with a base layer")):
         with pytest.raises(CorruptStreamError, match=needle):
@@ -219,7 +220,7 @@ def test_hybrid_stream_rules(hybrid_stream, enh_tiny):
 def test_hybrid_version_and_record_types(hybrid_stream, hevc_stream, tiny):
     from imfcodec.bitstream import BasePacket, encode_packet
 
-    b = encode_packet(BasePacket(1, b"AU"))
+    b = encode_packet(BasePacket(1, (b"AU",)))
     v1 = split(hevc_stream.read_bytes())
     with pytest.raises(CorruptStreamError, match="unknown packet type 0x42"):  # B does not exist in version 1
         _read(join(v1[:2]) + b + join(v1[2:])[9:])

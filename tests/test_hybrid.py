@@ -50,19 +50,21 @@ def frames_of(data, model, **kw) -> list[np.ndarray]:
 # ------------------------------------------------------------------------------------------ format
 
 def test_version_2_round_trip_and_writer_rules():
-    h = hybrid_header()
-    packets = [KeyPacket(0, b"", b"IMG"), BasePacket(0, b"AU0"), BasePacket(1, b"AU1"),
-               KeyPacket(2, b"", b"IMG2"), BasePacket(2, b"AU2")]
+    h = hybrid_header(chunk=2)
+    packets = [KeyPacket(0, b"", b"IMG"), BasePacket(0, (b"AU0", b"AU1")), KeyPacket(2, b"", b"IMG2"),
+               BasePacket(2, (b"AU2",)), BasePacket(3, (b"AU3", b"A4"))]
     buf = io.BytesIO()
     w = StreamWriter(buf, h)
     for p in packets:
         w.write(p)
-    w.close(EndPacket(3))
+    w.close(EndPacket(5))
     data = buf.getvalue()
     assert data[8] == 2 and VERSIONS == (1, 2)
     header, got = read_stream(data)
-    assert header == h and header.hybrid and got == packets + [EndPacket(3)]
-    assert packet_overhead(BasePacket(5, b"x" * 10)) == 7  # type, length, frame, CRC
+    assert header == h and header.hybrid and got == packets + [EndPacket(5)]
+    # type, length, frame, count, CRC, and one size byte per unit
+    assert packet_overhead(BasePacket(5, (b"x" * 10,))) == 9
+    assert packet_overhead(BasePacket(5, (b"x" * 10,) * 5)) == 13
 
     def refused(seq, needle, end=None):
         w = StreamWriter(io.BytesIO(), h)
@@ -71,11 +73,13 @@ def test_version_2_round_trip_and_writer_rules():
                 w.write(p)
             w.close(end)
 
-    refused([BasePacket(0, b"A")], "first packet must be a key packet")
+    refused([BasePacket(0, (b"A",))], "first packet must be a key packet")
+    refused([KeyPacket(0, b"", b"I"), BasePacket(0, (b"A", b"B", b"C"))], "holds 3 units, not 1..2")
     refused([KeyPacket(0, b"", b"I"), KeyPacket(0, b"", b"I")], "followed by its base packet")
-    refused([KeyPacket(0, b"", b"I"), BasePacket(0, b"A"), TokenPacket(1, 1, b"d")], "token packets are not allowed")
+    refused([KeyPacket(0, b"", b"I"), BasePacket(0, (b"A",)), TokenPacket(1, 1, b"d")],
+            "token packets are not allowed")
     refused([KeyPacket(0, b"", b"I")], "has no base packet", EndPacket(0))
-    refused([KeyPacket(0, b"", b"I"), BasePacket(0, b"")], "empty")
+    refused([KeyPacket(0, b"", b"I"), BasePacket(0, (b"A", b""))], "empty")
     refused([KeyPacket(0, b"xx", b"I")], "key token is 2 bytes, expected 0")
     for bad, needle in ((dict(token_dim=2, scale_indexes=(1, 1)), "token_dim must be 0"), (dict(quality=3), "quality"),
                         (dict(base_width=0), "base_width 0"), (dict(base_height=5000), "base_height 5000"),
@@ -89,7 +93,7 @@ def test_version_2_round_trip_and_writer_rules():
     w = StreamWriter(io.BytesIO(), token)  # a token stream: version 1, no base packets
     w.write(KeyPacket(0, b"\x00\x00", b"I"))
     with pytest.raises(InputError, match="need a header with a base layer"):
-        w.write(BasePacket(1, b"A"))
+        w.write(BasePacket(1, (b"A",)))
 
 
 # ------------------------------------------------------------------------------------------ CLI round trip
@@ -109,7 +113,8 @@ def test_cli_round_trip_encode_decode_info(tmp_path):
     assert d["key_frames"] == [0, 5] and d["token_bytes"] == 0 and d["base_bytes"] > 0
     assert d["key_bytes"] + d["base_bytes"] + d["token_bytes"] + d["overhead_bytes"] == d["bytes"] == out.stat().st_size
     assert d["kbps"] == pytest.approx(d["key_kbps"] + d["base_kbps"] + d["token_kbps"] + d["overhead_kbps"])
-    assert [p["type"] for p in d["packets"]][:3] == ["key", "base", "base"] and len(d["packets"]) == 12
+    assert [p["type"] for p in d["packets"]] == ["key", "base", "key", "base"]  # chunk 5: one base packet per GOP
+    assert [p["count"] for p in d["packets"] if p["type"] == "base"] == [5, 5]
     r = cli("info", out)
     assert r.exit_code == 0 and "hybrid mode" in r.stdout and "hevc 32x32 q20" in r.stdout and "framing" in r.stdout
     for extra in ((), ("--no-enhance",)):
@@ -169,8 +174,9 @@ def _independent_base(data: bytes) -> tuple[list[np.ndarray], dict[int, np.ndarr
             keys[p.frame] = key.decode(p.image, h.width, h.height)
             dec.restart()
         elif isinstance(p, BasePacket):
-            small = torch.from_numpy(dec.decode(p.data)).permute(2, 0, 1)[None].float() / 255
-            ups.append(to_uint8(upscale(small, (h.height, h.width)))[0])
+            for unit in p.units:
+                small = torch.from_numpy(dec.decode(unit)).permute(2, 0, 1)[None].float() / 255
+                ups.append(to_uint8(upscale(small, (h.height, h.width)))[0])
     return ups, keys
 
 
@@ -235,7 +241,7 @@ def test_concealment_of_a_damaged_base_packet(hybrid_stream, enh_tiny, tmp_path)
     outcome, n, report = decode_all(damaged(data, 6), enh_tiny, conceal=True)
     assert (outcome, n, report.concealed) == ("ok", N_FRAMES, [4, 5, 6, 7])
     # undecodable bytes behind a valid CRC: the base decoder's error, concealed the same way
-    recs[4][1] = recs[4][1][:1] + bytes(len(recs[4][1]) - 1)  # B2's access unit zeroed
+    recs[4][1] = recs[4][1][:3] + bytes(len(recs[4][1]) - 3)  # B2's access unit zeroed (frame, count, size kept)
     from helpers import join
 
     outcome, n, report = decode_all(join(recs, version=2), enh_tiny, conceal=True)

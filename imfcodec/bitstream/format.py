@@ -104,10 +104,20 @@ class EndPacket:
 
 @dataclass(frozen=True)
 class BasePacket:
-    """Version 2: one base-layer access unit, the coded low-resolution picture of frame ``frame``."""
+    """Version 2: base-layer access units (the coded low-resolution pictures, in the codec's compact form,
+    see ``imfcodec.baselayer``) of ``len(units)`` consecutive frames starting at ``frame``."""
 
     frame: int
-    data: bytes
+    units: tuple[bytes, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.units)
+
+    @property
+    def data(self) -> bytes:
+        """The coded pictures' bytes together (for rate accounting; the record also stores their sizes)."""
+        return b"".join(self.units)
 
 
 Packet = Union[KeyPacket, TokenPacket, BasePacket, EndPacket]
@@ -249,8 +259,8 @@ def _base_problem(h: StreamHeader, limits: Limits) -> str | None:
     uint = _uint
     if h.token_dim != 0 or tuple(h.scale_indexes) != ():
         return f"token_dim must be 0 (no scale indexes) in a stream with a base layer, got {h.token_dim!r}"
-    if h.quality != 0 or h.chunk != 1:
-        return f"token quality and chunk must be 0 and 1 in a stream with a base layer, got {h.quality!r}, {h.chunk!r}"
+    if h.quality != 0:
+        return f"token quality must be 0 in a stream with a base layer, got {h.quality!r}"
     for name, hi in (("base_width", limits.max_width), ("base_height", limits.max_height)):
         v = getattr(h, name)
         if not uint(v) or not 1 <= v <= hi:
@@ -286,7 +296,9 @@ def encode_payload(packet: Packet) -> tuple[int, bytes]:
     if isinstance(packet, TokenPacket):
         return TYPE_TOKENS, encode_varint(packet.frame) + encode_varint(packet.count) + bytes(packet.data)
     if isinstance(packet, BasePacket):
-        return TYPE_BASE, encode_varint(packet.frame) + bytes(packet.data)
+        units = [bytes(u) for u in packet.units]
+        return TYPE_BASE, b"".join([encode_varint(packet.frame), encode_varint(len(units)),
+                                    *(encode_varint(len(u)) + u for u in units)])
     if isinstance(packet, EndPacket):
         return TYPE_END, encode_varint(packet.frames)
     raise TypeError(f"not a packet: {type(packet).__name__}")

@@ -310,8 +310,8 @@ class StreamReader:
         elif t == TYPE_BASE:
             if frame == 0 and not self._key_pending:
                 raise CorruptStreamError(f"{where}: base packet before any key packet")
-            packet = _base_packet(c, frame)
-            count = 1
+            packet = _base_packet(c, h, frame)
+            count = packet.count
         else:
             if self._next_frame == 0:
                 raise CorruptStreamError(f"{where}: token packet before any key packet")
@@ -352,11 +352,18 @@ def _key_packet(c: _Cursor, h: StreamHeader, frame: int) -> KeyPacket:
     return KeyPacket(frame, key_token, image)
 
 
-def _base_packet(c: _Cursor, frame: int) -> BasePacket:
-    data = c.rest()
-    if not data:
-        raise CorruptStreamError(f"{c.where}: empty base-layer access unit")
-    return BasePacket(frame, data)
+def _base_packet(c: _Cursor, h: StreamHeader, frame: int) -> BasePacket:
+    count = c.varint("frame count")
+    if not 1 <= count <= h.chunk:
+        raise CorruptStreamError(f"{c.where}: frame count {count} is outside 1..{h.chunk} (chunk size)")
+    units = []
+    for i in range(count):
+        n = c.varint("access unit size")
+        if n == 0:
+            raise CorruptStreamError(f"{c.where}: empty base-layer access unit (frame {frame + i})")
+        units.append(c.take(n, "access unit"))
+    c.done()
+    return BasePacket(frame, tuple(units))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -525,7 +532,8 @@ class ResyncReader:
         elif t == TYPE_KEY:
             count, packet = 1, _key_packet(c, h, frame)
         elif t == TYPE_BASE:
-            count, packet = 1, _base_packet(c, frame)
+            packet = _base_packet(c, h, frame)
+            count = packet.count
         else:
             count = c.varint("frame count")
             if not 1 <= count <= h.chunk:

@@ -70,7 +70,7 @@ class StreamWriter:
             self._key_pending = True  # the key shares its frame with the base packet that follows
         else:
             self._key_pending = False
-            self.next_frame += packet.count if isinstance(packet, TokenPacket) else 1
+            self.next_frame += packet.count if isinstance(packet, (TokenPacket, BasePacket)) else 1
         return n
 
     def close(self, end: EndPacket) -> int:
@@ -111,9 +111,11 @@ class StreamWriter:
         if isinstance(p, BasePacket):
             if self.next_frame == 0 and not self._key_pending:
                 raise InputError("the first packet must be a key packet")
-            if not p.data:
-                raise InputError(f"base packet at frame {p.frame} is empty")
-            last = p.frame
+            if not isinstance(p.units, tuple) or not 1 <= len(p.units) <= h.chunk:
+                raise InputError(f"base packet at frame {p.frame} holds {len(p.units)!r} units, not 1..{h.chunk}")
+            if not all(isinstance(u, (bytes, bytearray)) and u for u in p.units):
+                raise InputError(f"base packet at frame {p.frame} has an empty access unit")
+            last = p.frame + p.count - 1
         elif isinstance(p, KeyPacket):
             if len(p.key_token) != 2 * h.token_dim:
                 raise InputError(f"key token is {len(p.key_token)} bytes, expected {2 * h.token_dim}")
