@@ -1,13 +1,17 @@
 """Rate-distortion benchmark: imfcodec against x264, x265, SVT-AV1, VP9 and "repeat the key frame".
 
     python -m benchmarks.rd --videos DIR --out DIR [--frames N] [--size 256] [--keyint N]
-                            [--model SPEC] [--codecs imfcodec,x264,x265,svtav1,vp9,repeat]
+                            [--model SPEC] [--enhancer SPEC]
+                            [--codecs imfcodec,hybrid,hybrid-bicubic,x264,x265,svtav1,vp9,repeat]
                             [--jobs N] [--threads N] [--quick] [--ladder CODEC=V,V,...] [--refine N]
                             [--scales 1,1/2,1/4] [--upscale bicubic|lanczos|bilinear]
 
 Every conventional anchor runs at each frame-size scale of ``--scales`` (downscaled with area
 filtering, coded, decoded, upscaled back; see ``benchmarks.anchors``), and the report compares
 imfcodec with each anchor's convex hull over scales and with the hull of all anchors together.
+``hybrid`` is imfcodec's hybrid mode (``--hybrid``: x265 base layer at 1/2 or 1/4 of the frame size plus
+key frames, lifted by the enhancer) at the points of ``HYBRID_POINTS``; ``hybrid-bicubic`` decodes the same
+streams without the enhancer (bicubic upscale of the base layer), which isolates what the enhancer adds.
 
 Every codec sees the same input: each clip is decoded, centre-cropped and resized once
 (``imfcodec.io.read_frames``) and cached losslessly as ``OUT/cache/CLIP-SIZEpx-Nf.npy``; that array is
@@ -46,7 +50,8 @@ from .anchors import ANCHORS, DEFAULT_UPSCALE, UPSCALE_FILTERS, coded_size, pars
 from .quality import METRICS, PerceptualSpec, perceptual_status, vmaf_status
 from .runners import Job, JobResult, Point, run_job
 
-CODECS = ("imfcodec", "x264", "x265", "svtav1", "vp9", "repeat")
+CODECS = ("imfcodec", "hybrid", "hybrid-bicubic", "x264", "x265", "svtav1", "vp9", "repeat")
+HYBRID_CODECS = ("hybrid", "hybrid-bicubic")
 DEFAULT_FRAMES = 250  # JVET GFVC VoxCeleb sequences are 250 frames
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".y4m", ".264", ".h264",
                   ".265", ".h265", ".hevc", ".ivf", ".obu", ".flv", ".ts"}
@@ -55,10 +60,12 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4
 IMF_TOKEN_QUALITIES = (6, 9, 9, 12)  # index 1 = the encoder defaults (q9, hevc21)
 KEY_OFFSETS = (-5, 0, 5, 10)
 QUICK_INDEXES = (0, 2)  # --quick: the lowest point and the middle of each ladder
+# the hybrid mode's operating points: (base frame-size factor, x265 base quality = 51 - CRF, key quality)
+HYBRID_POINTS = ((2, 5, 16), (2, 9, 16), (2, 13, 16), (2, 17, 16), (4, 13, 16), (4, 19, 16))
 
 COLUMNS = [
     "clip", "codec", "point", "param", "key_quality", "config", "model", "size", "fps", "frames",
-    "duration_s", "kbps", "container_kbps", "key_kbps", "token_kbps", "bytes", "container_bytes",
+    "duration_s", "kbps", "container_kbps", "key_kbps", "token_kbps", "base_kbps", "bytes", "container_bytes",
     "key_frames", "scale", "coded_size", "upscale", "startup_bytes", "steady_kbps", "psnr", "psnr_y", "ssim",
     "ms_ssim", "ms_ssim_scales", "vmaf", "lpips", "dists",
     "enc_fps", "dec_fps", "threads", "peak_rss_mb", "base_rss_mb", "gflops_per_frame", "encoder",
@@ -88,6 +95,9 @@ PROG = "python -m benchmarks.rd"
               help="square frame size (default: the imfcodec model's resolution, else 256)")
 @click.option("--keyint", type=int, default=0, help="key-frame interval for every codec (0 = one per clip)")
 @click.option("--model", default=None, help="imfcodec model: config name, .safetensors, or random:NAME")
+@click.option("--enhancer", default=None,
+              help="hybrid mode's enhancer: config name with shipped weights, .safetensors, or random:NAME "
+                   "(default: the shipped enh-small)")
 @click.option("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
 @click.option("--anchor", default="x265", help="BD-rate anchor codec (default x265)")
 @click.option("--key-codec", default="hevc", help="imfcodec's key-frame codec (also used by 'repeat')")
@@ -187,6 +197,15 @@ def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec:
             pairs = list(zip(IMF_TOKEN_QUALITIES, keys))
         suffix = f"-r{refine}" if refine else ""
         return [Point(f"q{q}-{key_codec}{kq}{suffix}", q, kq, refine) for q, kq in pick(pairs)]
+    if codec in HYBRID_CODECS:
+        triples = []
+        for v in ladder or [":".join(map(str, t)) for t in HYBRID_POINTS]:
+            parts = v.split(":")
+            if len(parts) != 3 or not all(p.isdigit() for p in parts) or parts[0] not in ("1", "2", "4"):
+                raise BenchError(f"hybrid ladder entries are FACTOR:BASE_QUALITY:KEY_QUALITY with FACTOR 1, 2 "
+                                 f"or 4, got {v!r}")
+            triples.append(tuple(int(p) for p in parts))
+        return [Point(f"x{f}-b{q}-{key_codec}{kq}", q, kq, scale=Fraction(1, f)) for f, q, kq in pick(triples)]
     raise BenchError(f"unknown codec {codec!r} (known: {','.join(CODECS)})")
 
 
@@ -281,11 +300,17 @@ def row_key(row: dict) -> tuple:
 # ------------------------------------------------------------------------------------ main
 
 
-def _model_identity(spec: str | None) -> tuple[int, str]:
-    """(resolution, 'name@hash') of the imfcodec model, loaded once in the parent."""
+def _model_identity(spec: str | None, enhancer: bool = False) -> tuple[int, str]:
+    """(resolution, 'name@hash') of the imfcodec model (or the hybrid mode's enhancer), loaded once in
+    the parent."""
     from imfcodec.zoo import load_model
 
-    loaded = load_model(spec)
+    if enhancer:
+        from imfcodec.hybrid import load_enhancer
+
+        loaded = load_enhancer(spec)
+    else:
+        loaded = load_model(spec)
     return int(loaded.model.config.resolution), f"{loaded.name}@{loaded.weights_hash.hex()[:16]}"
 
 
@@ -308,15 +333,21 @@ def run(args: SimpleNamespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     clips = find_clips(args.videos, _split(args.clips) if args.clips else None)
 
-    model_id = ""
+    model_id = enhancer_id = ""
     size = args.size
-    if "imfcodec" in codecs:
-        resolution, model_id = _model_identity(args.model)
+    for wanted_codecs, is_enh in ((("imfcodec",), False), (HYBRID_CODECS, True)):
+        if not set(wanted_codecs) & set(codecs):
+            continue
+        resolution, ident = _model_identity(args.enhancer if is_enh else args.model, is_enh)
+        if is_enh:
+            enhancer_id = ident
+        else:
+            model_id = ident
         if size is None:
             size = resolution
         elif size != resolution:
-            raise BenchError(f"--size {size} but the imfcodec model codes {resolution}x{resolution}; "
-                             f"drop --size or pick a model of that resolution")
+            raise BenchError(f"--size {size} but the {'enhancer' if is_enh else 'imfcodec model'} codes "
+                             f"{resolution}x{resolution}; drop --size or pick a model of that resolution")
     size = size or 256
     config = f"{size}px-{args.frames or 'all'}f-keyint{args.keyint}"
     perceptual = PerceptualSpec(vmaf=not args.no_vmaf, vmaf_subsample=max(1, args.vmaf_subsample),
@@ -348,7 +379,7 @@ def run(args: SimpleNamespace) -> int:
     skipped = 0
     for name, (npy, fps, _n, _assumed) in refs.items():
         for codec in codecs:
-            mid = model_id if codec == "imfcodec" else ""
+            mid = model_id if codec == "imfcodec" else enhancer_id if codec in HYBRID_CODECS else ""
             todo = []
             for pt in points[codec]:
                 key = (name, codec, pt.name, config, mid)
@@ -360,7 +391,8 @@ def run(args: SimpleNamespace) -> int:
             if todo:
                 jobs.append(Job(clip=name, codec=codec, points=todo, ref_path=str(npy), fps_num=fps.numerator,
                                 fps_den=fps.denominator, stream_dir=str(out / "streams" / name), config=config,
-                                size=size, keyint=args.keyint, threads=args.threads, model=args.model,
+                                size=size, keyint=args.keyint, threads=args.threads,
+                                model=args.enhancer if codec in HYBRID_CODECS else args.model,
                                 model_id=mid, key_codec=args.key_codec, perceptual=perceptual))
     total = sum(len(j.points) for j in jobs)
     print(f"{total} point(s) to run in {len(jobs)} job(s); {skipped} already in {csv_path}", flush=True)
@@ -393,7 +425,8 @@ def run(args: SimpleNamespace) -> int:
         if row_key(r) in planned:
             return True
         return bool(args.report_all and r.get("clip") in refs and r.get("config") == config
-                    and r.get("codec") in codecs and (r.get("codec") != "imfcodec" or r.get("model") == model_id))
+                    and r.get("codec") in codecs and (r.get("codec") != "imfcodec" or r.get("model") == model_id)
+                    and (r.get("codec") not in HYBRID_CODECS or r.get("model") == enhancer_id))
 
     rows = [r for r in read_rows(csv_path) if wanted(r)]
     if not rows:
@@ -425,6 +458,7 @@ def run(args: SimpleNamespace) -> int:
         "size": f"{size}x{size} RGB, centre-cropped and resized once by imfcodec.io.read_frames",
         "key frames": "one per clip" if args.keyint == 0 else f"every {args.keyint} frames",
         "imfcodec model": model_id or "(not run)",
+        "hybrid enhancer": enhancer_id or "(not run)",
         "key-frame codec": args.key_codec,
         "anchors": "; ".join(ANCHORS[c].description for c in codecs if c in ANCHORS) or "(none)",
         "anchor frame sizes": (", ".join(f"{scale_label(s)} ({coded_size(size, size, s)[0]}px)" for s in anchor_scales)

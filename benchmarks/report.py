@@ -32,9 +32,11 @@ from .quality import HIGHER_IS_BETTER, LABELS
 from .speed import geometric_mean, ratio
 
 MIN_POINTS = 4
-ORDER = ("imfcodec", "x265", "x264", "svtav1", "vp9", "repeat")
-COLORS = {"imfcodec": "tab:red", "x265": "tab:blue", "x264": "tab:cyan", "svtav1": "tab:green",
-          "vp9": "tab:orange", "repeat": "tab:gray", CONVENTIONAL_HULL: "black"}
+ORDER = ("imfcodec", "hybrid", "hybrid-bicubic", "x265", "x264", "svtav1", "vp9", "repeat")
+IMFCODEC_ENVELOPE = "imfcodec-envelope"  # every imfcodec mode together (token and hybrid points)
+COLORS = {"imfcodec": "tab:red", "hybrid": "tab:purple", "hybrid-bicubic": "tab:pink", "x265": "tab:blue",
+          "x264": "tab:cyan", "svtav1": "tab:green", "vp9": "tab:orange", "repeat": "tab:gray",
+          CONVENTIONAL_HULL: "black", IMFCODEC_ENVELOPE: "darkred"}
 RATES = {"kbps": "whole file", "steady_kbps": "steady state"}
 
 
@@ -131,6 +133,9 @@ def build_curves(df, metric: str, rate: str = "kbps") -> dict[str, object]:
     anchors = [c for c in codecs if c in ANCHORS]
     if "imfcodec" in codecs:
         out["imfcodec"] = df[df["codec"] == "imfcodec"]
+    modes = [c for c in ("imfcodec", "hybrid") if c in codecs]
+    if "hybrid" in modes:  # the envelope a user of imfcodec gets by picking the best mode at each rate
+        out[IMFCODEC_ENVELOPE] = hull_rows(df, modes, metric, IMFCODEC_ENVELOPE, rate, hib)
     if anchors:
         out[CONVENTIONAL_HULL] = hull_rows(df, anchors, metric, CONVENTIONAL_HULL, rate, hib)
     for codec in anchors:
@@ -193,7 +198,7 @@ def versus_hull(df, curves: dict[str, object], metric: str = "psnr", rate: str =
     import pandas as pd
 
     imf = with_series(df)
-    imf = imf[(imf["codec"] == "imfcodec") & np.isfinite(imf[rate].astype(float))]
+    imf = imf[imf["codec"].isin(["imfcodec", "hybrid"]) & np.isfinite(imf[rate].astype(float))]
     rows = []
     for _, r in imf.sort_values(["clip", rate]).iterrows():
         row = {"clip": r["clip"], "point": r["point"], "rate": float(r[rate]), "quality": float(r[metric])}
@@ -340,6 +345,8 @@ def _style(name: str) -> dict:
     codec = name.split(" ")[0].removesuffix("-hull")
     if name == CONVENTIONAL_HULL:
         return dict(color="black", lw=2.2, ls="-", marker="")
+    if name == IMFCODEC_ENVELOPE:
+        return dict(color=COLORS[name], lw=2.2, ls="-", marker="")
     if name.endswith("-hull"):
         return dict(color=COLORS.get(codec), lw=1.6, ls="-.", marker="")
     if " " in name:  # an anchor at a smaller scale
@@ -351,6 +358,9 @@ def _style(name: str) -> dict:
 def _plot_groups(name: str, rows) -> list[tuple[str, object]]:
     """imfcodec's points in one line per token-search setting (``-rN`` point names), so that a plot
     does not zig-zag between modes; every other curve as it is."""
+    if name in ("hybrid", "hybrid-bicubic"):  # one line per base-layer size
+        return [(f"{name} {scale_label(scale_of(s))}", rows[rows["scale"] == s])
+                for s in sorted(set(rows["scale"]), reverse=True)]
     if name != "imfcodec":
         return [(name, rows)]
     iters = rows["point"].str.extract(r"-r(\d+)$")[0].fillna("0")
@@ -372,7 +382,7 @@ def plot_rd(df, metric: str, path: Path, title: str, rate: str = "kbps") -> Path
             continue  # other anchors' smaller scales: inside their hulls, and too many lines
         if rows.empty:
             continue
-        if name.endswith("-hull"):
+        if name.endswith("-hull") or name == IMFCODEC_ENVELOPE:
             x, y = mean_hull_curve(rows, metric, rate)
             if len(x):
                 ax.plot(x, y, label=name, **_style(name))

@@ -34,6 +34,12 @@ from .quality import PerceptualSpec
 from .speed import Stopwatch, decode_gflops, fps, set_threads
 
 
+#: the hybrid mode, decoded with its enhancer and, from the same streams, without it (bicubic upscale of
+#: the base layer): the difference is what the enhancer adds
+HYBRID_CODECS = ("hybrid", "hybrid-bicubic")
+MODEL_CODECS = ("imfcodec",) + HYBRID_CODECS  # rows carry the model (token model or enhancer) identity
+
+
 @dataclass(frozen=True)
 class Point:
     """One rate point: ``param`` is the codec's knob (CRF, token quality, key quality)."""
@@ -121,6 +127,8 @@ def _run(job: Job) -> JobResult:
             coded = _anchor_points(job, frames, fps_, tmp, errors)
         elif job.codec == "imfcodec":
             coded, extra = _imfcodec_points(job, frames, fps_, tmp, errors)
+        elif job.codec in HYBRID_CODECS:
+            coded, extra = _hybrid_points(job, frames, fps_, tmp, errors)
         elif job.codec == "repeat":
             coded = _repeat_points(job, frames, tmp, errors)
         else:
@@ -140,12 +148,13 @@ def _run(job: Job) -> JobResult:
             row = {
                 "clip": job.clip, "codec": job.codec, "point": point.name, "param": point.param,
                 "key_quality": point.key_quality if point.key_quality is not None else "",
-                "config": job.config, "model": job.model_id if job.codec == "imfcodec" else "",
+                "config": job.config, "model": job.model_id if job.codec in MODEL_CODECS else "",
                 "size": job.size, "fps": float(fps_), "frames": n, "duration_s": duration,
                 "kbps": _kbps(rec["bytes"], duration),
                 "container_kbps": _kbps(rec["container_bytes"], duration),
                 "key_kbps": _kbps(rec["key_bytes"], duration) if rec.get("key_bytes") is not None else math.nan,
                 "token_kbps": _kbps(rec["token_bytes"], duration) if rec.get("token_bytes") is not None else math.nan,
+                "base_kbps": _kbps(rec["base_bytes"], duration) if rec.get("base_bytes") is not None else math.nan,
                 "bytes": rec["bytes"], "container_bytes": rec["container_bytes"], "key_frames": rec["key_frames"],
                 "scale": float(point.scale), "coded_size": rec.get("coded_size", f"{job.size}x{job.size}"),
                 "upscale": point.upscale if point.scale != 1 else "",
@@ -264,3 +273,63 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
                             "encoder": f"imfcodec {loaded.name}", "decoder": f"imfcodec {loaded.name}",
                             "stream": _rel(path, job)}, dec_path))
     return out, ({"model": loaded.model} if out else {})
+
+
+def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, errors: list[str]):
+    """The hybrid mode at ``point.scale`` (1/factor), base quality ``point.param``, key quality
+    ``point.key_quality``; ``hybrid-bicubic`` decodes the same streams without the enhancer."""
+    import torch  # noqa: F401 - part of the codec's footprint
+
+    from imfcodec.api import encode_frames_to_file, iter_decoded
+    from imfcodec.baselayer import base_size
+    from imfcodec.bitstream import iter_packet_records, read_stream
+    from imfcodec.codec import EncoderSettings
+    from imfcodec.hybrid import load_enhancer
+
+    set_threads(job.threads)
+    loaded = load_enhancer(job.model)
+    enhance = job.codec == "hybrid"
+    out = []
+    for point in job.points:
+        path = Path(job.stream_dir) / f"{job.codec}_{point.name}.imf"
+        try:
+            settings = EncoderSettings(base_codec="hevc", base_factor=int(1 / point.scale),
+                                       base_quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
+                                       key_quality=point.key_quality)
+            enc_sw, dec_sw = Stopwatch(), Stopwatch()
+            with enc_sw:
+                coded = encode_frames_to_file(frames, path, model=loaded, fps=fps_, settings=settings)
+            decoded = np.empty_like(frames)
+            count = 0
+            with dec_sw:
+                for _dec, chunk in iter_decoded(path, model=loaded, enhance=enhance):
+                    for fr in chunk:
+                        if count >= len(frames):
+                            raise RuntimeError("decoder returned more frames than were encoded")
+                        decoded[count] = fr
+                        count += 1
+            if count != len(frames):
+                raise RuntimeError(f"decoded {count} frames, encoded {len(frames)}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
+            continue
+        # start-up = signature, header, the first key packet and the first base access unit (the base
+        # layer's intra picture) with its share of the first base packet's framing
+        records = list(iter_packet_records(path))
+        first_key = next(r for r in records if r.type == "K")
+        _h, packets = read_stream(path.read_bytes())
+        first_base = next(p for p in packets if hasattr(p, "units"))
+        base_rec = next(r for r in records if r.type == "B")
+        unit_share = len(first_base.units[0]) + 1 + (base_rec.total_len - len(first_base.data) - first_base.count)
+        side = base_size(frames.shape[1], settings.base_factor)
+        dec_path = tmp / f"{point.name}.npy"
+        np.save(dec_path, decoded)
+        name = f"imfcodec {loaded.name}" + ("" if enhance else " (bicubic, no enhancer)")
+        out.append((point, {"bytes": coded.bytes, "container_bytes": coded.bytes,
+                            "key_bytes": coded.key_image_bytes, "base_bytes": coded.base_bytes,
+                            "token_bytes": 0, "startup_bytes": first_key.offset + first_key.total_len + unit_share,
+                            "key_frames": len(coded.key_frames), "coded_size": f"{side}x{side}",
+                            "enc_seconds": enc_sw.seconds, "dec_seconds": dec_sw.seconds,
+                            "encoder": f"imfcodec --hybrid (x265 base, {job.key_codec} key)", "decoder": name,
+                            "stream": _rel(path, job)}, dec_path))
+    return out, ({"model": loaded.model} if out and enhance else {})
