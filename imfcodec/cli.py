@@ -107,14 +107,21 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--enhancer", default=None,
               help=f"Hybrid: enhancer name with shipped weights, a .safetensors file, or random:NAME "
                    f"[default: {DEFAULT_ENHANCER}].")
+@click.option("--kbps", type=float, default=None,
+              help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
+                   "that gave the best quality within this rate on training clips; options given explicitly win.")
 def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, search_iters, frames,
-           hybrid, base_codec, base_scale, base_quality, enhancer):
+           hybrid, base_codec, base_scale, base_quality, enhancer, kbps):
     """Encode a video file into an .imf stream."""
     from .api import check_input_size, encode_video
     from .io import probe_video
 
     _interruptible()
 
+    if kbps is not None:
+        hybrid = True
+        base_scale, base_quality, key_quality = _rate_control(
+            input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings(
         quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
         key_quality=key_quality, chunk=chunk, search_iters=search_iters,
@@ -132,6 +139,35 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
         f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
         f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), "
         f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
+
+
+def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
+    """--kbps: (base_scale, base_quality, key_quality) from the enhancer's operating-point table, where the
+    user did not give them; says on stderr which point it chose and the rate it expects."""
+    from .api import check_input_size
+    from .errors import InputError
+    from .hybrid import load_enhancer
+    from .io import probe_video
+    from .ratecontrol import choose, load_table
+
+    if (base_codec or DEFAULT_BASE_CODEC) != "hevc" or key_codec != "hevc":
+        raise InputError("--kbps uses a table measured with hevc base layers and key frames: "
+                         "drop --base-codec / --key-codec, or give the operating point yourself")
+    check_input_size(input)
+    info = probe_video(input)
+    n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
+    duration = n / float(info.fps) if n else None
+    point, expected, fits = choose(load_table(load_enhancer(enhancer).name), kbps, duration)
+    scale = base_scale or {1: "1", 2: "1/2", 4: "1/4"}[point.base_factor]
+    bq = point.base_quality if base_quality is None else base_quality
+    kq = point.key_quality if key_quality is None else key_quality
+    span = f"{duration:.1f} s" if duration else "an assumed 10 s"
+    click.echo(f"rate control: {kbps:g} kbit/s -> base {scale} q{bq}, key q{kq}: about {expected:.1f} kbit/s "
+               f"over {span} on training clips", err=True)
+    if not fits:
+        click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
+                   err=True)
+    return scale, bq, kq
 
 
 def _hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer) -> dict:

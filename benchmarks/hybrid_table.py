@@ -1,0 +1,139 @@
+"""Measure the hybrid mode's operating points on held-out TRAINING clips: the table behind ``--kbps``.
+
+    python -m benchmarks.hybrid_table [--enhancer SPEC] [--data DIR] [--frames 200] [--stride 4]
+                                      [--out imfcodec/weights/enh-small-points.json]
+
+For every (base factor, base quality, key quality) of the grid and every held-out clip of the trainer's
+split (``imfcodec.train.data.split_clips``: never a clip the enhancer trained on, never the test set), the
+clip is encoded for real (``api.encode_frames_to_file``) and its bytes split into start-up (signature,
+header, key packet, the first base access unit with its share of the packet's framing) and the rest. The
+decoded frames are scored with and without the enhancer: the bicubic base on every frame, the enhancer on
+every ``--stride``-th frame after the key frame (each enhanced frame depends only on the key frame and its
+own base picture, so a subset is an unbiased sample of what the decoder outputs). The means over clips
+go into the JSON table that ``imfcodec.ratecontrol`` reads.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import click
+import numpy as np
+
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+
+GRID_FACTORS = {2: (1, 5, 9, 13, 17, 21, 25), 4: (9, 13, 19, 25, 31)}
+GRID_KEYS = (6, 11, 16, 21)
+QUICK_FACTORS, QUICK_KEYS = {2: (9,), 4: (13,)}, (16,)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def measure_point(frames: np.ndarray, loaded, factor: int, bq: int, kq: int, stride: int, tmp: Path) -> dict:
+    """One clip at one operating point: rates from the real file, PSNR with and without the enhancer."""
+    import torch
+
+    from imfcodec.api import encode_frames_to_file, iter_decoded
+    from imfcodec.bitstream import iter_packet_records, read_stream
+    from imfcodec.codec import EncoderSettings, to_tensor, to_uint8
+    from imfcodec.models import upscale
+
+    settings = EncoderSettings(base_codec="hevc", base_factor=factor, base_quality=bq, key_codec="hevc",
+                               key_quality=kq)
+    path = tmp / "p.imf"
+    coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings)
+    records = list(iter_packet_records(path))
+    first_key = next(r for r in records if r.type == "K")
+    base_rec = next(r for r in records if r.type == "B")
+    _h, packets = read_stream(path.read_bytes())
+    first = next(p for p in packets if hasattr(p, "units"))
+    startup = first_key.offset + first_key.total_len + len(first.units[0]) + 1 + (
+        base_rec.total_len - len(first.data) - first.count)
+    n = len(frames)
+    smalls, key_image = [], None
+    bicubic = []
+    for dec, out in iter_decoded(path, model=loaded, enhance=False):
+        if out:
+            smalls += dec.last_bases
+            bicubic += out
+    key_image = bicubic[0]
+    size = frames.shape[1]
+    model = loaded.model
+    with torch.inference_mode():
+        state = model.prepare_key(to_tensor(key_image), upscale(to_tensor(smalls[0]), (size, size)))
+        idx = list(range(1, n, stride))
+        enhanced = []
+        for i in range(0, len(idx), 8):
+            ups = upscale(torch.cat([to_tensor(smalls[j]) for j in idx[i:i + 8]]), (size, size))
+            enhanced += to_uint8(model.enhance(state, ups))
+    return {"bytes": coded.bytes, "startup_bytes": startup,
+            "steady_kbps": (coded.bytes - startup) * 8 / ((n - 1) / 25) / 1000,
+            "psnr_bicubic": float(np.mean([_psnr(a, b) for a, b in zip(bicubic[1:], frames[1:])])),
+            "psnr_bicubic_sub": float(np.mean([_psnr(bicubic[j], frames[j]) for j in idx])),
+            "psnr_sub": float(np.mean([_psnr(e, frames[j]) for e, j in zip(enhanced, idx)]))}
+
+
+@click.command("hybrid_table", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
+@click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-small)")
+@click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True)
+@click.option("--frames", type=int, default=200, show_default=True)
+@click.option("--stride", type=int, default=4, show_default=True, help="enhance every N-th frame")
+@click.option("--val-clips", type=int, default=5, show_default=True, help="the trainer's held-out clips")
+@click.option("--cache-dir", default="runs/frame-cache", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="JSON table (default: imfcodec/weights/ENHANCER-points.json)")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--quick", is_flag=True, help="two points only (a smoke test)")
+def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick):
+    import torch
+
+    from imfcodec.hybrid import load_enhancer
+    from imfcodec.ratecontrol import DEFAULT_DURATION_S, OperatingPoint, save_table, table_path
+    from imfcodec.train.data import find_videos, load_clips, split_clips
+
+    torch.set_num_threads(threads)
+    loaded = load_enhancer(enhancer)
+    size = loaded.model.config.resolution
+    _train, held_out = split_clips(find_videos(list(data)), val_clips)
+    clips = load_clips(held_out, size, frames, None if cache_dir == "none" else cache_dir)
+    rows = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for factor, qualities in (QUICK_FACTORS if quick else GRID_FACTORS).items():
+            for bq in qualities:
+                for kq in (QUICK_KEYS if quick else GRID_KEYS):
+                    per = [measure_point(f, loaded, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
+                    mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+                    # the enhancer's gain measured on the subset, applied to the all-frame bicubic mean
+                    psnr = mean["psnr_bicubic"] + mean["psnr_sub"] - mean["psnr_bicubic_sub"]
+                    rows.append(OperatingPoint(factor, bq, kq, round(mean["steady_kbps"], 3),
+                                               round(mean["startup_bytes"], 1), round(psnr, 3),
+                                               round(mean["psnr_bicubic"], 3)))
+                    p = rows[-1]
+                    print(f"x{factor} b{bq} k{kq}: {p.kbps(DEFAULT_DURATION_S):6.2f} kbit/s at 10 s "
+                          f"(steady {p.steady_kbps:.2f}, start-up {p.startup_bytes:.0f} B)  {p.psnr:.2f} dB "
+                          f"(bicubic {p.psnr_bicubic:.2f}, {p.psnr - p.psnr_bicubic:+.2f})  "
+                          f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+    path = out or table_path(loaded.name)
+    info = {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
+            "clips": clips.names, "frames": frames, "fps": 25, "stride": stride,
+            "measured_by": "python -m benchmarks.hybrid_table"}
+    save_table(rows, path, info)
+    print(f"wrote {path} ({len(rows)} points)")
+    return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "python -m benchmarks.hybrid_table")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
