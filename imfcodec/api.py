@@ -1,6 +1,12 @@
 """File-level operations behind the CLI: encode a video file (or frames already in memory), decode a
-stream file, describe a stream. Outputs are written atomically (temporary sibling, renamed at the end) so a failed or
-interrupted run never leaves a half-written file."""
+stream file, describe a stream.
+
+Outputs that are regular files or folders are written atomically (temporary sibling, renamed at the end),
+so a failed or interrupted run never leaves a half-written file. ``-`` (standard output), a FIFO, a
+device or a socket is written in place as the work goes (``fsutil.in_place``); ``-`` as an input is
+standard input. torch is imported only by the functions that need a model, so ``stream_info`` (``imfcodec
+info``) starts fast.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 from .bitstream import (
     Damage,
@@ -29,13 +33,19 @@ from .bitstream import (
     TokenPacket,
     stream_start,
 )
-from .codec import Decoder, Encoder, EncoderSettings, encode_frames
-from .errors import BitstreamError, InputError
-from .fsutil import AtomicOutput, scratch_file
-from .io import VideoWriter, probe_video, read_frames
-from .zoo import LoadedModel, check_stream_model, load_model, resolve_stream_model
+from .errors import BitstreamError, IMFError, InputError
+from .fsutil import STDIO, AtomicOutput, InPlaceOutput, check_output_folder, in_place, open_output, scratch_file, \
+    stdin_reader, write_error
+from .settings import EncoderSettings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .io import VideoSource
+    from .zoo import LoadedModel
 
 Progress = Callable[[int], None]
+Started = Callable[[Union[int, None]], None]
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 
@@ -95,7 +105,10 @@ def atomic_output(path: str | os.PathLike) -> AtomicOutput:
 
 
 def default_output(input_path: str | os.PathLike, suffix: str) -> Path:
-    """``clip.mp4`` -> ``clip.imf`` (or ``clip.decoded.mp4``): never the input itself."""
+    """``clip.mp4`` -> ``clip.imf`` (or ``clip.decoded.mp4``): never the input itself. Standard input
+    (``-``) -> standard output (``-``)."""
+    if os.fspath(input_path) == STDIO:
+        return Path(STDIO)
     p = Path(input_path)
     out = p.with_suffix(suffix)
     if out.resolve() == p.resolve():
@@ -143,62 +156,103 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     followed by the spooled packets, copied in pieces. Nothing appears at the output path until the
     end; an error or Ctrl-C leaves neither the output nor a temporary behind. ``model`` as in
     ``encode_video``.
+
+    An in-place output (``-`` for standard output, a FIFO, a device, a socket: ``fsutil.in_place``) gets
+    the stream as it is made instead, each packet flushed when it is complete, with a header that says
+    0 frames (unknown, FORMAT.md §3.1); its END packet carries the count.
     """
+    from .codec import Encoder, encode_frames
+    from .zoo import LoadedModel, load_model
+
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     enc = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
                   settings=settings)
     out = Path(output_path)
-    key_image_bytes = key_token_bytes = token_bytes = 0
-    with atomic_output(out) as tmp, _scratch_file(tmp) as spool_path:
-        with open(spool_path, "wb") as spool:
-            writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
-            header_len = writer.bytes_written
-            for packet in encode_frames(_counting(frames, progress), enc):
-                if isinstance(packet, EndPacket):
-                    if enc.index == 0:
-                        raise InputError("no frames to encode")
-                    writer.close(packet)
-                    break
-                writer.write(packet)
-                if isinstance(packet, KeyPacket):
-                    key_image_bytes += len(packet.image)
-                    key_token_bytes += len(packet.key_token)
-                else:
-                    token_bytes += len(packet.data)
-        with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
-            dst.write(stream_start(replace(enc.header, frames=enc.index)))
-            src.seek(header_len)
-            shutil.copyfileobj(src, dst, _COPY_PIECE)
-    return EncodedStream(str(out), enc.index, out.stat().st_size, key_image_bytes, key_token_bytes, token_bytes,
-                         list(enc.key_frames))
+    sizes = [0, 0, 0]  # key image, key token, token bytes
+
+    def write_packets(writer: StreamWriter, flush: Callable[[], None] | None = None) -> None:
+        for packet in encode_frames(_counting(frames, progress), enc):
+            if isinstance(packet, EndPacket):
+                if enc.index == 0:
+                    raise InputError("no frames to encode")
+                writer.close(packet)
+                break
+            writer.write(packet)
+            if flush is not None:
+                flush()
+            if isinstance(packet, KeyPacket):
+                sizes[0] += len(packet.image)
+                sizes[1] += len(packet.key_token)
+            else:
+                sizes[2] += len(packet.data)
+
+    target = open_output(out)
+    if isinstance(target, InPlaceOutput):
+        with target as f:
+            try:
+                writer = StreamWriter(f, enc.header)  # frames = 0: unknown
+                target.flush()
+                write_packets(writer, target.flush)
+                size = writer.bytes_written
+            except OSError as e:
+                raise write_error(target.name, e) from e
+        name = target.name
+    else:
+        try:
+            with target as tmp, _scratch_file(tmp) as spool_path:
+                with open(spool_path, "wb") as spool:
+                    writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
+                    header_len = writer.bytes_written
+                    write_packets(writer)
+                with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
+                    dst.write(stream_start(replace(enc.header, frames=enc.index)))
+                    src.seek(header_len)
+                    shutil.copyfileobj(src, dst, _COPY_PIECE)
+        except OSError as e:
+            if isinstance(e, IMFError):
+                raise
+            raise write_error(out, e) from e
+        size, name = out.stat().st_size, str(out)
+    return EncodedStream(name, enc.index, size, sizes[0], sizes[1], sizes[2], list(enc.key_frames))
 
 
 def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                  model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
                  max_frames: int | None = None, progress: Progress | None = None,
-                 max_input_pixels: int = MAX_INPUT_PIXELS) -> EncodeSummary:
+                 max_input_pixels: int = MAX_INPUT_PIXELS, started: Started | None = None) -> EncodeSummary:
     """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
-    memory stays flat however long the input, and the output appears only at the end)."""
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    check_input_size(input_path, max_input_pixels)
-    info = probe_video(input_path)
+    memory stays flat however long the input, and a file output appears only at the end).
+
+    ``input_path`` ``-`` reads standard input (read once, as it arrives); ``output_path`` ``-`` (the
+    default for ``-``) writes standard output. ``started(n)`` is called once the input is open, with
+    the number of frames to expect (None when unknown, as for a pipe)."""
+    from .io import open_video
+    from .zoo import LoadedModel, load_model
+
     out = Path(output_path) if output_path is not None else default_output(input_path, ".imf")
-    if out.exists() and out.resolve() == Path(input_path).resolve():
-        raise InputError("output would overwrite the input")
-    if out.is_dir():
-        raise InputError(f"output path is a directory: {out}")
+    if not in_place(out):
+        if os.fspath(input_path) != STDIO and out.exists() and out.resolve() == Path(input_path).resolve():
+            raise InputError("output would overwrite the input")
+        if out.is_dir():
+            raise InputError(f"output path is a directory: {out}")
+        check_output_folder(out)
     settings = settings.validated()  # bad settings are reported before any frame is decoded
-    frames = read_frames(input_path, int(loaded.model.config.resolution), max_frames=max_frames)
-    t0 = time.perf_counter()
-    first = next(frames, None)
-    if first is None:
-        raise InputError(f"{input_path}: no frames could be decoded")
-    s = encode_frames_to_file(itertools.chain([first], frames), out, model=loaded, fps=info.fps,
-                              settings=settings, progress=progress)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
+        raise InputError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
+    source = open_video(input_path, max_input_pixels)
+    with source:
+        info = source.info
+        if started is not None:
+            total = info.frames
+            started(min(total, max_frames) if (total and max_frames) else (max_frames or total))
+        frames = source.frames(int(loaded.model.config.resolution), max_frames=max_frames)
+        t0 = time.perf_counter()
+        s = encode_frames_to_file(frames, out, model=loaded, fps=info.fps, settings=settings, progress=progress)
     seconds = time.perf_counter() - t0
     key_bytes = s.key_image_bytes + s.key_token_bytes
     duration = s.frames / float(info.fps)
-    return EncodeSummary(str(out), s.frames, seconds, s.bytes, key_bytes, s.token_bytes,
+    return EncodeSummary(s.path, s.frames, seconds, s.bytes, key_bytes, s.token_bytes,
                          s.bytes - key_bytes - s.token_bytes, s.bytes * 8 / duration / 1000.0,
                          s.key_frames, loaded.name)
 
@@ -215,9 +269,12 @@ _scratch_file = scratch_file  # a temporary file next to the output, always dele
 
 @contextlib.contextmanager
 def _open_source(source: Source) -> Iterator:
-    """A binary file object for a path, bytes or an open binary file (not closed if it was given)."""
+    """A binary file object for a path (``-``: standard input), bytes or an open binary file (not closed
+    if it was given)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)) and os.fspath(source) == STDIO:
+        yield stdin_reader()
     elif isinstance(source, (str, os.PathLike)):
         try:
             f = open(source, "rb")
@@ -233,67 +290,109 @@ def _open_source(source: Source) -> Iterator:
         yield source
 
 
+def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits, conceal: bool):
+    """(reader, decoder) for the stream in ``f``: its header read and checked, the model found."""
+    from .codec import Decoder
+    from .zoo import LoadedModel, check_stream_model, resolve_stream_model
+
+    reader = (ResyncReader if conceal else StreamReader)(f, limits)
+    h = reader.header
+    if isinstance(model, LoadedModel):
+        check_stream_model(model, h.model, h.weights_hash)
+        loaded = model
+    else:
+        loaded = resolve_stream_model(h.model, h.weights_hash, model)
+    return reader, Decoder(loaded.model, h)
+
+
+def _decoding(reader, dec, conceal: bool) -> Iterator:
+    if not conceal:
+        for packet in reader:
+            yield dec, dec.decode(packet)
+        return
+    for item in reader:
+        if isinstance(item, Damage):
+            dec.damage(item.length, f"{item.length} damaged bytes at byte {item.offset}: {item.reason}")
+            yield dec, []
+            continue
+        for frames in dec.decode_concealing(item[1]):
+            yield dec, frames
+    if reader.end is None:
+        dec.report.truncated = True
+    elif reader.trailing:
+        dec.damage(0, f"{reader.trailing} trailing bytes after the END packet")
+    yield dec, []
+
+
 def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limits: Limits | None = None,
                  conceal: bool = False) -> Iterator:
-    """Yield (decoder, frames) as packets are decoded; ``source`` is a path, bytes or a binary file.
+    """Yield (decoder, frames) as packets are decoded; ``source`` is a path (``-``: standard input),
+    bytes or a binary file, read as it arrives.
 
     Strict (default): raises ``BitstreamError`` at the first damaged byte (frames already yielded came
     from CRC-checked bytes). ``conceal=True``: only a damaged signature/header raises; damaged packets
-    are skipped (``ResyncReader``), their frames concealed, and ``decoder.report`` says which
-    (``concealed``, ``damage``, ``truncated``). ``limits`` bound every size in the stream.
+    are skipped (``ResyncReader``, which needs a seekable input), their frames concealed, and
+    ``decoder.report`` says which (``concealed``, ``damage``, ``truncated``). ``limits`` bound every
+    size in the stream.
     """
-    limits = limits or Limits()
     with _open_source(source) as f:
-        reader = (ResyncReader if conceal else StreamReader)(f, limits)
-        h = reader.header
-        if isinstance(model, LoadedModel):
-            check_stream_model(model, h.model, h.weights_hash)
-            loaded = model
-        else:
-            loaded = resolve_stream_model(h.model, h.weights_hash, model)
-        dec = Decoder(loaded.model, h)
-        if not conceal:
-            for packet in reader:
-                yield dec, dec.decode(packet)
-            return
-        for item in reader:
-            if isinstance(item, Damage):
-                dec.damage(item.length, f"{item.length} damaged bytes at byte {item.offset}: {item.reason}")
-                yield dec, []
-                continue
-            for frames in dec.decode_concealing(item[1]):
-                yield dec, frames
-        if reader.end is None:
-            dec.report.truncated = True
-        elif reader.trailing:
-            dec.damage(0, f"{reader.trailing} trailing bytes after the END packet")
-        yield dec, []
+        reader, dec = _start_decoding(f, model, limits or Limits(), conceal)
+        yield from _decoding(reader, dec, conceal)
 
 
 def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                   model: str | LoadedModel | None = None, progress: Progress | None = None,
-                  limits: Limits | None = None, conceal: bool = False) -> DecodeSummary:
-    """Decode an .imf stream to .mp4 / .y4m / a folder of PNGs (chosen by the output name).
+                  limits: Limits | None = None, conceal: bool = False, started: Started | None = None,
+                  format: str | None = None) -> DecodeSummary:
+    """Decode an .imf stream to .mp4 / .mkv / .y4m / a folder of PNGs (chosen by the output name, or
+    ``format``: ``io.FORMATS``).
 
-    Atomic: the output appears only when the whole stream decoded (or, with ``conceal``, was
-    concealed); any error or Ctrl-C leaves nothing behind.
+    Atomic for a file or folder: the output appears only when the whole stream decoded (or, with
+    ``conceal``, was concealed); any error or Ctrl-C leaves nothing behind. ``-`` (standard output, the
+    default for input ``-``, standard input), a FIFO or a device gets each frame as it is decoded (y4m
+    unless ``format`` or its name says otherwise). ``started(n)`` is called once the header is read,
+    with its frame count (None when the header does not know it).
+
+    With ``conceal``, frames concealed before the first decodable frame are held back until one
+    arrives; a stream with no decodable frame at all (its only key frame damaged) raises InputError and
+    writes nothing, rather than a clip of grey frames.
     """
+    from .io import VideoWriter
+
     out = Path(output_path) if output_path is not None else default_output(input_path, ".mp4")
-    header = stream_header(input_path, limits)
-    fps = Fraction(header.fps_num, header.fps_den)
+    if not in_place(out):
+        check_output_folder(out)
+    name = "stdin" if os.fspath(input_path) == STDIO else os.fspath(input_path)
     t0 = time.perf_counter()
-    dec = None
-    writer = VideoWriter(out, fps, header.width, header.height, protect=[input_path])
-    with writer:
-        for dec, frames in iter_decoded(input_path, model=model, limits=limits, conceal=conceal):
-            for frame in frames:
-                writer.write(frame)
-            if progress and frames:
-                progress(len(frames))
-        if dec is None or dec.report.frames == 0:
-            raise InputError(f"{input_path}: the stream holds no decodable frames; nothing was written")
+    with _open_source(input_path) as f:
+        reader, dec = _start_decoding(f, model, limits or Limits(), conceal)
+        header = reader.header
+        if started is not None:
+            started(header.frames or None)
+        writer = VideoWriter(out, Fraction(header.fps_num, header.fps_den), header.width, header.height,
+                             protect=[input_path], format=format)
+        with writer:
+            held, held_frame, good, seen = 0, None, False, 0
+            for dec, frames in _decoding(reader, dec, conceal):
+                if not frames:
+                    continue
+                concealed = len(dec.report.concealed) - seen  # a batch is all concealed or all decoded
+                seen += concealed
+                if concealed and not good:  # nothing decodable yet: hold back (one shared grey frame)
+                    held, held_frame = held + len(frames), frames[0]
+                    continue
+                for frame in itertools.chain(itertools.repeat(held_frame, held), frames):
+                    writer.write(frame)
+                if progress:
+                    progress(held + len(frames))
+                held, good = 0, True
+            if dec.report.frames == 0:
+                raise InputError(f"{name}: the stream holds no decodable frames; nothing was written")
+            if not good:
+                raise InputError(f"{name}: none of its {dec.report.frames} frames could be decoded (a damaged "
+                                 f"key frame and no intact key frame after it); nothing was written")
     report = dec.report
-    return DecodeSummary(str(out), report.frames, time.perf_counter() - t0,
+    return DecodeSummary(writer.name, report.frames, time.perf_counter() - t0,
                          list(report.key_frames), list(report.concealed), list(report.damage),
                          report.damage_count, report.truncated)
 
@@ -305,16 +404,16 @@ def stream_header(input_path: str | os.PathLike, limits: Limits | None = None):
 
 
 def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> dict:
-    """Header fields and per-packet sizes of a stream, from its bytes (no model needed)."""
+    """Header fields and per-packet sizes of a stream, from its bytes (no model needed); ``-`` reads
+    standard input."""
     with _open_source(input_path) as f:
-        start = f.tell()
-        size = f.seek(0, os.SEEK_END) - start
-        f.seek(start)
         reader = StreamReader(f, limits or Limits())
         h = reader.header
+        size = reader.header_record.offset + reader.header_record.total_len
         packets = []
         key_bytes = token_bytes = frames = 0
         for rec, p in reader.records():
+            size = rec.offset + rec.total_len  # the reader refuses bytes after END: this is the stream's size
             if isinstance(p, KeyPacket):
                 key_bytes += len(p.image) + len(p.key_token)
                 packets.append({"type": "key", "frame": p.frame, "image_bytes": len(p.image),
