@@ -237,10 +237,18 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
             raise InputError(f"output path is a directory: {out}")
         check_output_folder(out)
     settings = settings.validated()  # bad settings are reported before any frame is decoded
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
         raise InputError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
-    source = open_video(input_path, max_input_pixels)
+    if os.fspath(input_path) == STDIO:  # the model first: ready when the first frame arrives
+        loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        source = open_video(input_path, max_input_pixels)
+    else:  # the input first: a bad file is reported before torch is even imported
+        source = open_video(input_path, max_input_pixels)
+        try:
+            loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        except BaseException:
+            source.close()
+            raise
     with source:
         info = source.info
         if started is not None:
@@ -292,10 +300,12 @@ def _open_source(source: Source) -> Iterator:
 
 def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits, conceal: bool):
     """(reader, decoder) for the stream in ``f``: its header read and checked, the model found."""
+    if not _seekable(f):  # a live stream (a pipe): load torch while its first bytes are on their way
+        from . import codec  # noqa: F401
+    reader = (ResyncReader if conceal else StreamReader)(f, limits)  # a file that is no stream: said at once
     from .codec import Decoder
     from .zoo import LoadedModel, check_stream_model, resolve_stream_model
 
-    reader = (ResyncReader if conceal else StreamReader)(f, limits)
     h = reader.header
     if isinstance(model, LoadedModel):
         check_stream_model(model, h.model, h.weights_hash)
@@ -303,6 +313,13 @@ def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits
     else:
         loaded = resolve_stream_model(h.model, h.weights_hash, model)
     return reader, Decoder(loaded.model, h)
+
+
+def _seekable(f) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _decoding(reader, dec, conceal: bool) -> Iterator:

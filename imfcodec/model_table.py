@@ -48,7 +48,7 @@ def measure() -> dict:
     for name in list_models():
         m = create_model(name)
         rows.append({"name": name, "resolution": m.config.resolution, "token_dim": m.config.token_dim,
-                     "params": count_parameters(m), "decode_gflops": round(decode_gflops(m), 6)})
+                     "params": count_parameters(m), "decode_gflops": decode_gflops(m)})
     return {"key": source_key(), "models": rows, "default": DEFAULT_MODEL, "key_codecs": list_keyframe_codecs()}
 
 

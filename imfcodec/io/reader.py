@@ -89,8 +89,9 @@ def _open_input(path: PathLike) -> tuple[Any, Any]:
         except InputError:
             raise
         except Exception as e:
-            raise InputError(f"not a readable video on stdin ({_one_line(e)}; a pipe needs a container "
-                             f"that can be read without seeking: nut, matroska, mpegts, y4m)") from e
+            why = getattr(e, "strerror", None) or _one_line(e)  # PyAV's errors: no errno number, no '0'
+            raise InputError(f"not a readable video on stdin ({why}; a pipe needs a container that can be "
+                             f"read without seeking: nut, matroska, mpegts, y4m)") from e
         p: Any = "stdin"
     else:
         p = Path(path)
