@@ -159,11 +159,13 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
 
     An in-place output (``-`` for standard output, a FIFO, a device, a socket: ``fsutil.in_place``) gets
     the stream as it is made instead, each packet flushed when it is complete, with a header that says
-    0 frames (unknown, FORMAT.md §3.1); its END packet carries the count.
+    0 frames (unknown, FORMAT.md §3.1); its END packet carries the count. An output folder that does
+    not exist is refused (InputError), as by ``encode_video`` and ``decode_stream``.
     """
     from .codec import Encoder, encode_frames
     from .zoo import LoadedModel, load_model
 
+    check_output_folder(output_path)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     enc = Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
                   settings=settings)
