@@ -6,6 +6,15 @@ entropy-coded with CompressAI; the decoder re-synthesises frames by implicit ali
 
 from __future__ import annotations
 
+import os as _os
+
+# Spinning OpenMP workers make torch several times slower when another process shares the cores (the
+# Python API was measured 7x slower than the CLI on a shared 2-core machine); passive waiting costs
+# nothing measurable on an idle one. OpenMP reads this once, when torch loads it, so it is set here,
+# before anything imports torch, for every entry point: `import imfcodec`, the CLI, the trainer, the
+# benchmarks. A user's own setting wins; a program that imported torch before imfcodec keeps torch's.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 _LAZY = {

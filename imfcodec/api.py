@@ -1,6 +1,12 @@
 """File-level operations behind the CLI: encode a video file (or frames already in memory), decode a
-stream file, describe a stream. Outputs are written atomically (temporary sibling, renamed at the end) so a failed or
-interrupted run never leaves a half-written file."""
+stream file, describe a stream.
+
+Outputs that are regular files or folders are written atomically (temporary sibling, renamed at the end),
+so a failed or interrupted run never leaves a half-written file. ``-`` (standard output), a FIFO, a
+device or a socket is written in place as the work goes (``fsutil.in_place``); ``-`` as an input is
+standard input. torch is imported only by the functions that need a model, so ``stream_info`` (``imfcodec
+info``) starts fast.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 from .bitstream import (
     BasePacket,
@@ -30,13 +34,19 @@ from .bitstream import (
     TokenPacket,
     stream_start,
 )
-from .codec import Decoder, Encoder, EncoderSettings, encode_frames
-from .errors import BitstreamError, InputError
-from .fsutil import AtomicOutput, scratch_file
-from .io import VideoWriter, probe_video, read_frames
-from .zoo import LoadedModel, check_stream_model, load_model, resolve_stream_model
+from .errors import BitstreamError, IMFError, InputError
+from .fsutil import STDIO, AtomicOutput, InPlaceOutput, check_output_folder, in_place, open_output, scratch_file, \
+    stdin_reader, write_error
+from .settings import EncoderSettings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .io import VideoSource
+    from .zoo import LoadedModel
 
 Progress = Callable[[int], None]
+Started = Callable[[Union[int, None]], None]
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 
@@ -98,7 +108,10 @@ def atomic_output(path: str | os.PathLike) -> AtomicOutput:
 
 
 def default_output(input_path: str | os.PathLike, suffix: str) -> Path:
-    """``clip.mp4`` -> ``clip.imf`` (or ``clip.decoded.mp4``): never the input itself."""
+    """``clip.mp4`` -> ``clip.imf`` (or ``clip.decoded.mp4``): never the input itself. Standard input
+    (``-``) -> standard output (``-``)."""
+    if os.fspath(input_path) == STDIO:
+        return Path(STDIO)
     p = Path(input_path)
     out = p.with_suffix(suffix)
     if out.resolve() == p.resolve():
@@ -146,41 +159,73 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     followed by the spooled packets, copied in pieces. Nothing appears at the output path until the
     end; an error or Ctrl-C leaves neither the output nor a temporary behind. ``model`` as in
     ``encode_video``. Settings with a ``base_codec`` make a hybrid stream (``imfcodec.hybrid``).
+
+    An in-place output (``-`` for standard output, a FIFO, a device, a socket: ``fsutil.in_place``) gets
+    the stream as it is made instead, each packet flushed when it is complete, with a header that says
+    0 frames (unknown, FORMAT.md §3.1); its END packet carries the count. An output folder that does
+    not exist is refused (InputError), as by ``encode_video`` and ``decode_stream``.
     """
+    from .codec import encode_frames
+
+    check_output_folder(output_path)
     loaded = _encoding_model(model, settings)
     enc = _encoder(loaded, fps, settings)
     out = Path(output_path)
-    key_image_bytes = key_token_bytes = token_bytes = base_bytes = 0
-    with atomic_output(out) as tmp, _scratch_file(tmp) as spool_path:
-        with open(spool_path, "wb") as spool:
-            writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
-            header_len = writer.bytes_written
-            for packet in encode_frames(_counting(frames, progress), enc):
-                if isinstance(packet, EndPacket):
-                    if enc.index == 0:
-                        raise InputError("no frames to encode")
-                    writer.close(packet)
-                    break
-                writer.write(packet)
-                if isinstance(packet, KeyPacket):
-                    key_image_bytes += len(packet.image)
-                    key_token_bytes += len(packet.key_token)
-                elif isinstance(packet, BasePacket):
-                    base_bytes += len(packet.data)
-                else:
-                    token_bytes += len(packet.data)
-        with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
-            dst.write(stream_start(replace(enc.header, frames=enc.index)))
-            src.seek(header_len)
-            shutil.copyfileobj(src, dst, _COPY_PIECE)
-    return EncodedStream(str(out), enc.index, out.stat().st_size, key_image_bytes, key_token_bytes, token_bytes,
-                         list(enc.key_frames), base_bytes)
+    sizes = [0, 0, 0, 0]  # key image, key token, token, base-layer bytes
+
+    def write_packets(writer: StreamWriter, flush: Callable[[], None] | None = None) -> None:
+        for packet in encode_frames(_counting(frames, progress), enc):
+            if isinstance(packet, EndPacket):
+                if enc.index == 0:
+                    raise InputError("no frames to encode")
+                writer.close(packet)
+                break
+            writer.write(packet)
+            if flush is not None:
+                flush()
+            if isinstance(packet, KeyPacket):
+                sizes[0] += len(packet.image)
+                sizes[1] += len(packet.key_token)
+            elif isinstance(packet, BasePacket):
+                sizes[3] += len(packet.data)
+            else:
+                sizes[2] += len(packet.data)
+
+    target = open_output(out)
+    if isinstance(target, InPlaceOutput):
+        with target as f:
+            try:
+                writer = StreamWriter(f, enc.header)  # frames = 0: unknown
+                target.flush()
+                write_packets(writer, target.flush)
+                size = writer.bytes_written
+            except OSError as e:
+                raise write_error(target.name, e) from e
+        name = target.name
+    else:
+        try:
+            with target as tmp, _scratch_file(tmp) as spool_path:
+                with open(spool_path, "wb") as spool:
+                    writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
+                    header_len = writer.bytes_written
+                    write_packets(writer)
+                with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
+                    dst.write(stream_start(replace(enc.header, frames=enc.index)))
+                    src.seek(header_len)
+                    shutil.copyfileobj(src, dst, _COPY_PIECE)
+        except OSError as e:
+            if isinstance(e, IMFError):
+                raise
+            raise write_error(out, e) from e
+        size, name = out.stat().st_size, str(out)
+    return EncodedStream(name, enc.index, size, sizes[0], sizes[1], sizes[2], list(enc.key_frames), sizes[3])
 
 
 def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) -> LoadedModel:
     """The model an encode runs with: a token model, or in the hybrid mode the enhancer (``model`` if
     given, else ``settings.enhancer``, else the shipped default enhancer)."""
     from .hybrid import is_enhancer, load_enhancer
+    from .zoo import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):
         loaded = model
@@ -196,6 +241,8 @@ def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) 
 
 def _encoder(loaded: LoadedModel, fps: Fraction | int, settings: EncoderSettings):
     """The streaming encoder for ``settings``: token ``Encoder`` or ``hybrid.HybridEncoder``."""
+    from .codec import Encoder
+
     if settings.hybrid:
         from .hybrid import HybridEncoder
 
@@ -208,30 +255,48 @@ def _encoder(loaded: LoadedModel, fps: Fraction | int, settings: EncoderSettings
 def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                  model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
                  max_frames: int | None = None, progress: Progress | None = None,
-                 max_input_pixels: int = MAX_INPUT_PIXELS) -> EncodeSummary:
+                 max_input_pixels: int = MAX_INPUT_PIXELS, started: Started | None = None) -> EncodeSummary:
     """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
-    memory stays flat however long the input, and the output appears only at the end). In the hybrid
-    mode (settings with a ``base_codec``) ``model`` names the enhancer, default ``settings.enhancer``."""
-    loaded = _encoding_model(model, settings)
-    check_input_size(input_path, max_input_pixels)
-    info = probe_video(input_path)
+    memory stays flat however long the input, and a file output appears only at the end). In the hybrid
+    mode (settings with a ``base_codec``) ``model`` names the enhancer, default ``settings.enhancer``.
+
+    ``input_path`` ``-`` reads standard input (read once, as it arrives); ``output_path`` ``-`` (the
+    default for ``-``) writes standard output. ``started(n)`` is called once the input is open, with
+    the number of frames to expect (None when unknown, as for a pipe)."""
+    from .io import open_video
+
     out = Path(output_path) if output_path is not None else default_output(input_path, ".imf")
-    if out.exists() and out.resolve() == Path(input_path).resolve():
-        raise InputError("output would overwrite the input")
-    if out.is_dir():
-        raise InputError(f"output path is a directory: {out}")
+    if not in_place(out):
+        if os.fspath(input_path) != STDIO and out.exists() and out.resolve() == Path(input_path).resolve():
+            raise InputError("output would overwrite the input")
+        if out.is_dir():
+            raise InputError(f"output path is a directory: {out}")
+        check_output_folder(out)
     settings = settings.validated()  # bad settings are reported before any frame is decoded
-    frames = read_frames(input_path, int(loaded.model.config.resolution), max_frames=max_frames)
-    t0 = time.perf_counter()
-    first = next(frames, None)
-    if first is None:
-        raise InputError(f"{input_path}: no frames could be decoded")
-    s = encode_frames_to_file(itertools.chain([first], frames), out, model=loaded, fps=info.fps,
-                              settings=settings, progress=progress)
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
+        raise InputError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
+    if os.fspath(input_path) == STDIO:  # the model first: ready when the first frame arrives
+        loaded = _encoding_model(model, settings)
+        source = open_video(input_path, max_input_pixels)
+    else:  # the input first: a bad file is reported before torch is even imported
+        source = open_video(input_path, max_input_pixels)
+        try:
+            loaded = _encoding_model(model, settings)
+        except BaseException:
+            source.close()
+            raise
+    with source:
+        info = source.info
+        if started is not None:
+            total = info.frames
+            started(min(total, max_frames) if (total and max_frames) else (max_frames or total))
+        frames = source.frames(int(loaded.model.config.resolution), max_frames=max_frames)
+        t0 = time.perf_counter()
+        s = encode_frames_to_file(frames, out, model=loaded, fps=info.fps, settings=settings, progress=progress)
     seconds = time.perf_counter() - t0
     key_bytes = s.key_image_bytes + s.key_token_bytes
     duration = s.frames / float(info.fps)
-    return EncodeSummary(str(out), s.frames, seconds, s.bytes, key_bytes, s.token_bytes,
+    return EncodeSummary(s.path, s.frames, seconds, s.bytes, key_bytes, s.token_bytes,
                          s.bytes - key_bytes - s.token_bytes - s.base_bytes, s.bytes * 8 / duration / 1000.0,
                          s.key_frames, loaded.name, s.base_bytes)
 
@@ -248,9 +313,12 @@ _scratch_file = scratch_file  # a temporary file next to the output, always dele
 
 @contextlib.contextmanager
 def _open_source(source: Source) -> Iterator:
-    """A binary file object for a path, bytes or an open binary file (not closed if it was given)."""
+    """A binary file object for a path (``-``: standard input), bytes or an open binary file (not closed
+    if it was given)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)) and os.fspath(source) == STDIO:
+        yield stdin_reader()
     elif isinstance(source, (str, os.PathLike)):
         try:
             f = open(source, "rb")
@@ -266,43 +334,66 @@ def _open_source(source: Source) -> Iterator:
         yield source
 
 
+def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits, conceal: bool,
+                    enhance: bool = True):
+    """(reader, decoder) for the stream in ``f``: its header read and checked, the model (token model or
+    enhancer) found."""
+    if not _seekable(f):  # a live stream (a pipe): load torch while its first bytes are on their way
+        from . import codec  # noqa: F401
+    reader = (ResyncReader if conceal else StreamReader)(f, limits)  # a file that is no stream: said at once
+    from .zoo import LoadedModel, check_stream_model, resolve_stream_model
+
+    h = reader.header
+    if isinstance(model, LoadedModel):
+        check_stream_model(model, h.model, h.weights_hash)
+        loaded = model
+    else:
+        loaded = resolve_stream_model(h.model, h.weights_hash, model)
+    return reader, _decoder(loaded, h, enhance)
+
+
+def _seekable(f) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _decoding(reader, dec, conceal: bool) -> Iterator:
+    if not conceal:
+        for packet in reader:
+            yield dec, dec.decode(packet)
+        return
+    for item in reader:
+        if isinstance(item, Damage):
+            dec.damage(item.length, f"{item.length} damaged bytes at byte {item.offset}: {item.reason}")
+            yield dec, []
+            continue
+        for frames in dec.decode_concealing(item[1]):
+            yield dec, frames
+    if reader.end is None:
+        dec.report.truncated = True
+    elif reader.trailing:
+        dec.damage(0, f"{reader.trailing} trailing bytes after the END packet")
+    yield dec, []
+
+
 def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limits: Limits | None = None,
                  conceal: bool = False, enhance: bool = True) -> Iterator:
-    """Yield (decoder, frames) as packets are decoded; ``source`` is a path, bytes or a binary file.
+    """Yield (decoder, frames) as packets are decoded; ``source`` is a path (``-``: standard input),
+    bytes or a binary file, read as it arrives.
 
     Strict (default): raises ``BitstreamError`` at the first damaged byte (frames already yielded came
     from CRC-checked bytes). ``conceal=True``: only a damaged signature/header raises; damaged packets
-    are skipped (``ResyncReader``), their frames concealed, and ``decoder.report`` says which
-    (``concealed``, ``damage``, ``truncated``). ``limits`` bound every size in the stream. A hybrid stream
-    (version 2, with a base layer) is decoded by ``hybrid.HybridDecoder``; ``enhance=False`` outputs its
-    upscaled base frames instead of the enhanced ones (InputError for a token stream).
+    are skipped (``ResyncReader``, which needs a seekable input), their frames concealed, and
+    ``decoder.report`` says which (``concealed``, ``damage``, ``truncated``). ``limits`` bound every
+    size in the stream. A hybrid stream (version 2, with a base layer) is decoded by
+    ``hybrid.HybridDecoder``; ``enhance=False`` outputs its upscaled base frames instead of the enhanced
+    ones (InputError for a token stream).
     """
-    limits = limits or Limits()
     with _open_source(source) as f:
-        reader = (ResyncReader if conceal else StreamReader)(f, limits)
-        h = reader.header
-        if isinstance(model, LoadedModel):
-            check_stream_model(model, h.model, h.weights_hash)
-            loaded = model
-        else:
-            loaded = resolve_stream_model(h.model, h.weights_hash, model)
-        dec = _decoder(loaded, h, enhance)
-        if not conceal:
-            for packet in reader:
-                yield dec, dec.decode(packet)
-            return
-        for item in reader:
-            if isinstance(item, Damage):
-                dec.damage(item.length, f"{item.length} damaged bytes at byte {item.offset}: {item.reason}")
-                yield dec, []
-                continue
-            for frames in dec.decode_concealing(item[1]):
-                yield dec, frames
-        if reader.end is None:
-            dec.report.truncated = True
-        elif reader.trailing:
-            dec.damage(0, f"{reader.trailing} trailing bytes after the END packet")
-        yield dec, []
+        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance)
+        yield from _decoding(reader, dec, conceal)
 
 
 def _decoder(loaded: LoadedModel, header, enhance: bool = True):
@@ -313,34 +404,65 @@ def _decoder(loaded: LoadedModel, header, enhance: bool = True):
         return HybridDecoder(loaded.model, header, enhance=enhance)
     if not enhance:
         raise InputError("--no-enhance applies to hybrid streams only; this stream codes tokens")
+    from .codec import Decoder
+
     return Decoder(loaded.model, header)
 
 
 def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                   model: str | LoadedModel | None = None, progress: Progress | None = None,
-                  limits: Limits | None = None, conceal: bool = False, enhance: bool = True) -> DecodeSummary:
-    """Decode an .imf stream to .mp4 / .y4m / a folder of PNGs (chosen by the output name).
+                  limits: Limits | None = None, conceal: bool = False, started: Started | None = None,
+                  format: str | None = None, enhance: bool = True) -> DecodeSummary:
+    """Decode an .imf stream to .mp4 / .mkv / .y4m / a folder of PNGs (chosen by the output name, or
+    ``format``: ``io.FORMATS``).
 
-    Atomic: the output appears only when the whole stream decoded (or, with ``conceal``, was
-    concealed); any error or Ctrl-C leaves nothing behind. ``enhance=False``: a hybrid stream's frames
-    without the enhancer (the bicubic upscale of its base layer; key frames unchanged).
+    Atomic for a file or folder: the output appears only when the whole stream decoded (or, with
+    ``conceal``, was concealed); any error or Ctrl-C leaves nothing behind. ``-`` (standard output, the
+    default for input ``-``, standard input), a FIFO or a device gets each frame as it is decoded (y4m
+    unless ``format`` or its name says otherwise). ``started(n)`` is called once the header is read,
+    with its frame count (None when the header does not know it). ``enhance=False``: a hybrid stream's
+    frames without the enhancer (the bicubic upscale of its base layer; key frames unchanged).
+
+    With ``conceal``, frames concealed before the first decodable frame are held back until one
+    arrives; a stream with no decodable frame at all (its only key frame damaged) raises InputError and
+    writes nothing, rather than a clip of grey frames.
     """
+    from .io import VideoWriter
+
     out = Path(output_path) if output_path is not None else default_output(input_path, ".mp4")
-    header = stream_header(input_path, limits)
-    fps = Fraction(header.fps_num, header.fps_den)
+    if not in_place(out):
+        check_output_folder(out)
+    name = "stdin" if os.fspath(input_path) == STDIO else os.fspath(input_path)
     t0 = time.perf_counter()
-    dec = None
-    writer = VideoWriter(out, fps, header.width, header.height, protect=[input_path])
-    with writer:
-        for dec, frames in iter_decoded(input_path, model=model, limits=limits, conceal=conceal, enhance=enhance):
-            for frame in frames:
-                writer.write(frame)
-            if progress and frames:
-                progress(len(frames))
-        if dec is None or dec.report.frames == 0:
-            raise InputError(f"{input_path}: the stream holds no decodable frames; nothing was written")
+    with _open_source(input_path) as f:
+        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance)
+        header = reader.header
+        if started is not None:
+            started(header.frames or None)
+        writer = VideoWriter(out, Fraction(header.fps_num, header.fps_den), header.width, header.height,
+                             protect=[input_path], format=format)
+        with writer:
+            held, held_frame, good, seen = 0, None, False, 0
+            for dec, frames in _decoding(reader, dec, conceal):
+                if not frames:
+                    continue
+                concealed = len(dec.report.concealed) - seen  # a batch is all concealed or all decoded
+                seen += concealed
+                if concealed and not good:  # nothing decodable yet: hold back (one shared grey frame)
+                    held, held_frame = held + len(frames), frames[0]
+                    continue
+                for frame in itertools.chain(itertools.repeat(held_frame, held), frames):
+                    writer.write(frame)
+                if progress:
+                    progress(held + len(frames))
+                held, good = 0, True
+            if dec.report.frames == 0:
+                raise InputError(f"{name}: the stream holds no decodable frames; nothing was written")
+            if not good:
+                raise InputError(f"{name}: none of its {dec.report.frames} frames could be decoded (a damaged "
+                                 f"key frame and no intact key frame after it); nothing was written")
     report = dec.report
-    return DecodeSummary(str(out), report.frames, time.perf_counter() - t0,
+    return DecodeSummary(writer.name, report.frames, time.perf_counter() - t0,
                          list(report.key_frames), list(report.concealed), list(report.damage),
                          report.damage_count, report.truncated)
 
@@ -352,16 +474,16 @@ def stream_header(input_path: str | os.PathLike, limits: Limits | None = None):
 
 
 def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> dict:
-    """Header fields and per-packet sizes of a stream, from its bytes (no model needed)."""
+    """Header fields and per-packet sizes of a stream, from its bytes (no model needed); ``-`` reads
+    standard input."""
     with _open_source(input_path) as f:
-        start = f.tell()
-        size = f.seek(0, os.SEEK_END) - start
-        f.seek(start)
         reader = StreamReader(f, limits or Limits())
         h = reader.header
+        size = reader.header_record.offset + reader.header_record.total_len
         packets = []
         key_bytes = token_bytes = base_bytes = frames = 0
         for rec, p in reader.records():
+            size = rec.offset + rec.total_len  # the reader refuses bytes after END: this is the stream's size
             if isinstance(p, KeyPacket):
                 key_bytes += len(p.image) + len(p.key_token)
                 packets.append({"type": "key", "frame": p.frame, "image_bytes": len(p.image),

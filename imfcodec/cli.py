@@ -1,19 +1,20 @@
 """Command line: parse, call the API, print. No codec logic lives here.
 
-Every user error ends with a one-line ``error: ...`` on stderr and a non-zero exit;
-``imfcodec --debug ...`` shows the traceback instead.
+Every user error ends with a one-line ``error: ...`` on stderr and a non-zero exit (usage errors 2,
+other errors 1, bugs 3); ``imfcodec --debug ...`` shows the traceback instead. ``-`` is standard input
+as an input and standard output as an output; then the summary line goes to stderr.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
+import time
 
-# Spinning OpenMP workers make torch ~100x slower when another process shares the cores (measured on
-# the 2-core build machine); passive waiting costs nothing measurable on an idle machine. Must be set
-# before torch is imported; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY=PASSIVE is set by the package (imfcodec/__init__.py), which Python imports first.
+# Nothing here imports torch at start-up: each command imports what it needs.
 
 import click
 
@@ -27,10 +28,40 @@ EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130  # what main() returns in-process; run() ends by the signal itself
 
 _stopped_by: int | None = None  # the signal that interrupted this run (set by _interruptible's handler)
+_in_place: str | None = None  # the output being written in place (stdout, a FIFO...), for messages
+
+# OS errors a user's environment causes (a full or read-only disk, permissions, a vanished folder): one
+# line and status 1 wherever they surface, rather than an "internal error"
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG,
+                       errno.EIO, errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
+                       errno.EMFILE, errno.ENFILE, errno.ENXIO, errno.EPIPE, errno.ECONNRESET, errno.EBUSY,
+                       errno.ETXTBSY, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _interrupted_message() -> str:
+    if _in_place:
+        return f"interrupted: {_in_place} got what was written before"
+    return "interrupted: no output was written"
 
 
 class _Group(click.Group):
     """Turns exceptions into one-line messages unless --debug was given."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's ``main``, with usage errors (an unknown command or option) on one line:
+        ``error: ...`` and status 2, as the benchmarks and the trainer do (``cliutil.call``)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            message = " ".join(line.strip() for line in e.format_message().splitlines() if line.strip())
+            click.echo(f"error: {message}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -41,28 +72,121 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"error: {e}", err=True)
+            if getattr(e, "errno", None) == errno.EPIPE:
+                _quiet_stdout()
             ctx.exit(EXIT_ERROR)
         except BrokenPipeError:  # `imfcodec info s.imf | head`: the reader left; not an error of ours
-            sys.stderr.close()
+            _quiet_stdout()
             ctx.exit(0)
         except KeyboardInterrupt:
-            click.echo("interrupted: no output was written", err=True)
+            click.echo(_interrupted_message(), err=True)
             ctx.exit(EXIT_INTERRUPTED)
-        except Exception as e:  # a bug, not a user error: still one line, with a hint
+        except Exception as e:
             if _stopped_by is not None:  # an interrupt that a library re-raised as another error
-                click.echo("interrupted: no output was written", err=True)
+                click.echo(_interrupted_message(), err=True)
                 ctx.exit(EXIT_INTERRUPTED)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            click.echo(f"internal error: {type(e).__name__}: {msg} (rerun with --debug for details)", err=True)
+            if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:  # not a bug: the system said no
+                where = f": {e.filename}" if e.filename else ""
+                click.echo(f"error: {e.strerror or _first_line(e)}{where}", err=True)
+                ctx.exit(EXIT_ERROR)
+            # a bug, not a user error: still one line, with a hint
+            click.echo(f"internal error: {type(e).__name__}: {_first_line(e)} (rerun with --debug for details)",
+                       err=True)
             ctx.exit(EXIT_INTERNAL)
 
 
-def _progress(total: int | None, desc: str, unit: str = "frame"):
-    from tqdm import tqdm
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False)
+
+def _quiet_stdout() -> None:
+    """The reader of stdout left: send what is still buffered nowhere, so the interpreter's exit does
+    not complain about the pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+PROGRESS_SECONDS = 10.0  # how often a progress line is printed when stderr is not a terminal
+
+
+class _Progress:
+    """Frames done, on stderr: a tqdm bar on a terminal; otherwise (a log file, a pipe, CI) a plain
+    line every ``PROGRESS_SECONDS``, so a long encode is never silent. ``start(total)`` is the API's
+    ``started`` callback, the instance its ``progress`` callback."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.total: int | None = None
+        self.done = 0
+        self.t0 = time.monotonic()
+        self.last = self.t0
+        self.bar = None
+        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+    def start(self, total: int | None) -> None:
+        self.total = total
+        self.t0 = self.last = time.monotonic()
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="frame", file=sys.stderr, leave=False)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if not self.tty and now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            elapsed = now - self.t0
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            of = f"/{self.total}" if self.total else ""
+            left = ""
+            if self.total and rate > 0 and self.total > self.done:
+                left = f", about {_duration((self.total - self.done) / rate)} left"
+            click.echo(f"{self.desc}: {self.done}{of} frames, {rate:.2f} frames/s, "
+                       f"{_duration(elapsed)} elapsed{left}", err=True)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"
+
+
+def _summary(to_stdout: bool, text: str) -> None:
+    """The one-line result: on stdout, unless the output itself goes there."""
+    click.echo(text, err=to_stdout)
+
+
+def _note_output(output: str | None, default_in_place: bool) -> str | None:
+    """Remember (for the interrupt message) whether the output is written in place; returns its name."""
+    from .fsutil import in_place
+
+    global _in_place
+    if output is None:
+        _in_place = "stdout" if default_in_place else None
+    else:
+        kind = in_place(output)
+        _in_place = ("stdout" if kind == "stdout" else output) if kind else None
+    return _in_place
 
 
 @click.group(cls=_Group)
@@ -77,7 +201,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output stream (default: INPUT with .imf).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output stream (default: INPUT with .imf; stdout when INPUT is -). - is stdout; a FIFO, "
+                   "a device or a socket is written in place.")
 @click.option("--model", "model", default=None,
               help="Config name with shipped weights, a .safetensors file, or random:NAME for an untrained model.")
 @click.option("--quality", type=int, default=_ENCODER.quality, show_default=True,
@@ -112,9 +238,8 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
 def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, search_iters, frames,
            hybrid, base_codec, base_scale, base_quality, enhancer, kbps):
-    """Encode a video file into an .imf stream."""
-    from .api import check_input_size, encode_video
-    from .io import probe_video
+    """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
+    from .api import encode_video
 
     _interruptible()
 
@@ -129,22 +254,20 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")
-    check_input_size(input)  # before probe_video decodes a frame
-    total = probe_video(input).frames
-    total = min(total, frames) if (total and frames) else (frames or total)
-    with _progress(total, "encode") as bar:
-        s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar.update)
+    streamed = _note_output(output, input == "-")
+    with _Progress("encode") as bar:
+        s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar,
+                         started=bar.start)
     payload = f"base {s.base_bytes} B" if settings.hybrid else f"tokens {s.token_bytes} B"
-    click.echo(
-        f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
-        f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), "
-        f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
+    _summary(streamed == "stdout",
+             f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
+             f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), {len(s.key_frames)} key frame(s), "
+             f"{s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
 
 
 def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
     """--kbps: (base_scale, base_quality, key_quality) from the enhancer's operating-point table, where the
     user did not give them; says on stderr which point it chose and the rate it expects."""
-    from .api import check_input_size
     from .errors import InputError
     from .hybrid import load_enhancer
     from .io import probe_video
@@ -153,10 +276,11 @@ def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_qu
     if (base_codec or DEFAULT_BASE_CODEC) != "hevc" or key_codec != "hevc":
         raise InputError("--kbps uses a table measured with hevc base layers and key frames: "
                          "drop --base-codec / --key-codec, or give the operating point yourself")
-    check_input_size(input)
-    info = probe_video(input)
-    n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
-    duration = n / float(info.fps) if n else None
+    duration = None  # a pipe is read once, by the encoder: its duration is not known up front
+    if input != "-":
+        info = probe_video(input)
+        n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
+        duration = n / float(info.fps) if n else None
     point, expected, fits = choose(load_table(load_enhancer(enhancer).name), kbps, duration)
     scale = base_scale or {1: "1", 2: "1/2", 4: "1/4"}[point.base_factor]
     bq = point.base_quality if base_quality is None else base_quality
@@ -207,14 +331,20 @@ def _limits(max_width, max_height, max_frames, max_packet):
     return Limits(max_width=max_width, max_height=max_height, max_frames=max_frames, max_packet=max_packet)
 
 
-def _ranges(frames: list[int], most: int = 20) -> str:
-    """[3, 4, 5, 9] -> '3-5, 9' (the first ``most`` ranges, then how many more)."""
+def _spans(frames: list[int]) -> list[list[int]]:
+    """[3, 4, 5, 9] -> [[3, 5], [9, 9]]"""
     spans: list[list[int]] = []
     for i in frames:
         if spans and i == spans[-1][1] + 1:
             spans[-1][1] = i
         else:
             spans.append([i, i])
+    return spans
+
+
+def _ranges(frames: list[int], most: int = 20) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9' (the first ``most`` ranges, then how many more)."""
+    spans = _spans(frames)
     text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans[:most])
     return text + (f", ... ({len(spans) - most} more ranges)" if len(spans) > most else "")
 
@@ -261,32 +391,40 @@ def run() -> None:
 
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(), help="Output .mp4, .y4m or DIR/ of PNGs (default: INPUT with .mp4).")
+@click.option("-o", "--output", type=click.Path(),
+              help="Output .mp4, .mkv, .y4m or DIR/ of PNGs (default: INPUT with .mp4; stdout when INPUT is -). "
+                   "- is stdout (y4m unless --format); a FIFO or a device is written in place.")
+@click.option("--format", "fmt", type=click.Choice(["y4m", "mkv", "mp4", "png"]), default=None,
+              help="Output format, whatever the output's name (png: a folder of frames).")
 @click.option("--model", "model", default=None, help="Weights the stream was made with (default: found by its hash).")
 @click.option("--conceal", is_flag=True,
               help="Keep going past damaged packets: repeat the last good frame until the next key frame, and "
-                   "report which frames were concealed (without it a damaged stream is refused).")
+                   "report which frames were concealed (without it a damaged stream is refused). Needs a file, "
+                   "not a pipe.")
 @click.option("--no-enhance", is_flag=True,
               help="Hybrid streams: output the bicubic upscale of the base layer instead of the enhanced frames "
                    "(key frames unchanged), to see what the enhancer adds.")
 @_limit_options
-def decode(input, output, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance):
-    """Decode an .imf stream (recognised by its magic, whatever the extension)."""
-    from .api import decode_stream, stream_header
+def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance):
+    """Decode an .imf stream (a file, or - for stdin; recognised by its magic, whatever the extension)."""
+    from .api import decode_stream
     from .errors import CorruptStreamError
 
     _interruptible()
     limits = _limits(max_width, max_height, max_frames, max_packet)
-    header = stream_header(input, limits)
+    streamed = _note_output(output, input == "-")
     try:
-        with _progress(header.frames or None, "decode") as bar:
-            s = decode_stream(input, output, model=model, progress=bar.update, limits=limits, conceal=conceal,
-                              enhance=not no_enhance)
+        with _Progress("decode") as bar:
+            s = decode_stream(input, output, model=model, progress=bar, started=bar.start, limits=limits,
+                              conceal=conceal, format=fmt, enhance=not no_enhance)
     except CorruptStreamError as e:
-        raise CorruptStreamError(f"{e}; nothing was written (--conceal decodes past damaged packets)") from e
-    click.echo(f"{s.output}: {s.frames} frames, {len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
+        written = (f"the frames before it went to {streamed}" if streamed else "nothing was written")
+        raise CorruptStreamError(f"{e}; {written} (--conceal decodes past damaged packets)") from e
+    _summary(streamed == "stdout", f"{s.output}: {s.frames} frames, {len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
     if s.concealed or s.damage_count or s.truncated:
         click.echo(f"warning: {len(s.concealed)} frame(s) concealed: {_ranges(s.concealed) or 'none'}", err=True)
+        for line in _concealment(s.concealed, s.key_frames)[:5]:
+            click.echo(f"  {line}", err=True)
         for why in s.damage[:10]:
             click.echo(f"  skipped: {why}", err=True)
         if s.damage_count > 10:
@@ -295,12 +433,31 @@ def decode(input, output, model, conceal, max_width, max_height, max_frames, max
             click.echo(f"  the stream is truncated (no END packet): it ends after frame {s.frames - 1}", err=True)
 
 
+def _concealment(concealed: list[int], key_frames: list[int]) -> list[str]:
+    """What each concealed range means for a viewer: a concealed range ends at a key frame that decoded
+    (the stream is usable again from there) or at the end of the stream."""
+    keys = set(key_frames)
+    lines = []
+    for first, last in _spans(concealed):
+        span = f"frames {first}-{last}" if last > first else f"frame {first}"
+        again = last + 1 in keys
+        if first == 0:
+            lines.append(f"{span}: grey, no frame before {'them' if last > first else 'it'} could be decoded; "
+                         + (f"the stream is usable from the key frame at {last + 1}" if again
+                            else "the stream is unusable until a key frame that never came"))
+        else:
+            lines.append(f"{span}: repeat frame {first - 1}; "
+                         + (f"the stream is usable again from the key frame at {last + 1}" if again
+                            else "the stream is unusable to its end (no later key frame decoded)"))
+    return lines
+
+
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_limit_options
 def info(input, as_json, max_width, max_height, max_frames, max_packet):
-    """Show a stream's header and per-packet sizes."""
+    """Show a stream's header and per-packet sizes (- reads stdin)."""
     from .api import stream_info
 
     d = stream_info(input, _limits(max_width, max_height, max_frames, max_packet))
@@ -308,7 +465,7 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
         click.echo(json.dumps(d, indent=2))
         return
     hybrid = d["mode"] == "hybrid"
-    click.echo(f"{input}: imfcodec stream (version {d['version']}, {d['mode']} mode), "
+    click.echo(f"{'stdin' if input == '-' else input}: imfcodec stream (version {d['version']}, {d['mode']} mode), "
                f"{'enhancer' if hybrid else 'model'} {d['model']} (weights {d['weights_hash'][:16]})")
     click.echo(f"  {d['width']}x{d['height']} @ {d['fps_rational']} fps, {d['frames']} frames, {d['duration_s']:.2f} s")
     if hybrid:
@@ -334,26 +491,18 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models(as_json):
     """List model configs (parameters, GFLOPs per decoded frame) and key-frame codecs."""
-    from .keyframe import list_keyframe_codecs
-    from .models import count_parameters, create_model, decode_gflops, list_models
-    from .zoo import DEFAULT_MODEL, shipped_weights_path
+    from .model_table import rows as model_rows
 
-    rows = []
-    for name in list_models():
-        m = create_model(name)
-        rows.append({"name": name, "resolution": m.config.resolution, "token_dim": getattr(m.config, "token_dim", 0),
-                     "params": count_parameters(m), "decode_gflops": decode_gflops(m),
-                     "weights": "shipped" if shipped_weights_path(name) else "none",
-                     "default": name == DEFAULT_MODEL})
+    rows, key_codecs = model_rows()  # measured once and shipped (imfcodec/model_table.py): no torch here
     if as_json:
-        click.echo(json.dumps({"models": rows, "key_codecs": list_keyframe_codecs()}, indent=2))
+        click.echo(json.dumps({"models": rows, "key_codecs": key_codecs}, indent=2))
         return
     click.echo(f"{'model':<14}{'res':>6}{'dim':>5}{'params':>12}{'GFLOPs/frame':>14}  weights")
     for r in rows:
         mark = " (default)" if r["default"] else ""
         click.echo(f"{r['name']:<14}{r['resolution']:>6}{r['token_dim']:>5}{r['params']:>12,}"
                    f"{r['decode_gflops']:>14.2f}  {r['weights']}{mark}")
-    click.echo(f"key-frame codecs: {', '.join(list_keyframe_codecs())}")
+    click.echo(f"key-frame codecs: {', '.join(key_codecs)}")
 
 
 @main.command()

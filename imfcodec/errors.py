@@ -30,3 +30,13 @@ class ModelMismatchError(BitstreamError):
 
 class WeightsError(IMFError):
     """A weights file that is not safetensors, or whose config does not match."""
+
+
+class OutputError(IMFError, OSError):
+    """The output cannot be written: a read-only or full file system, no permission, a folder another
+    process filled meanwhile, a reader that went away. Also an ``OSError`` (``.errno`` is set when the
+    system gave one), so code that caught the plain ``OSError`` still does."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

@@ -324,7 +324,7 @@ def test_bad_scales_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("error: --scales") for line in err)
 
 
-@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input"])
+@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input", "pipe"])
 def test_entry_points_help_and_usage_errors(name, capsys):
     """Each benchmark is a click command run by ``main(argv) -> int``: --help names the module, and a usage
     error is one line with status 2."""

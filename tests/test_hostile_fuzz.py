@@ -11,10 +11,14 @@ harness for long runs is ``tests/fuzz/``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -34,7 +38,7 @@ from helpers import (
     split,
     varints,
 )
-from imfcodec.api import encode_video
+from imfcodec.api import encode_video, iter_decoded
 from imfcodec.bitstream import MAGIC, VERSION, encode_varint
 from imfcodec.codec import EncoderSettings
 from imfcodec.errors import IMFError
@@ -271,6 +275,93 @@ def _small_videos_cached(factory) -> dict[str, bytes]:
     if not _VIDEOS:
         _VIDEOS.update(_small_videos(factory.mktemp("base")))
     return _VIDEOS
+
+
+# ------------------------------------------------------------------------------------------ stdin (issue 13)
+
+
+@contextlib.contextmanager
+def _stdin_pipe(data: bytes):
+    """``sys.stdin`` reading a real pipe that a thread fills with ``data`` (the reader may stop early)."""
+    rfd, wfd = os.pipe()
+
+    def feed():
+        with contextlib.suppress(BrokenPipeError), os.fdopen(wfd, "wb") as f:
+            f.write(data)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(rfd, "rb")))
+    try:
+        with mock.patch.object(sys, "stdin", stdin):
+            yield
+    finally:
+        stdin.close()  # a feeder still writing gets EPIPE
+        t.join(timeout=60)
+
+
+def _decode_stdin(tiny) -> tuple[str, object]:
+    n = 0
+    try:
+        with no_hang("decoding a damaged stream from a pipe"):
+            for _, frames in iter_decoded("-", model=tiny):
+                n += len(frames)
+    except IMFError as e:
+        assert str(e) and "\n" not in str(e), str(e)
+        return "refused", str(e)
+    return "ok", n
+
+
+@settings(max_examples=(EXAMPLES or 240) // 2, deadline=None, derandomize=EXAMPLES is None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_streams_from_stdin_match_the_file_path(streams, tiny, data):
+    """`imfcodec decode -`: a stream read from a pipe (no size known, no seeking, pieces as they come) is
+    decoded or refused exactly when the same bytes in a file are, with the same frames."""
+    name, how, blob = data.draw(mutated(streams))
+    outcome, detail, _ = decode_all(blob, tiny)
+    with _stdin_pipe(blob):
+        piped, piped_detail = _decode_stdin(tiny)
+    event(f"stdin {piped}")
+    assert piped == outcome, (how, detail, piped_detail)
+    if outcome == "ok":
+        assert piped_detail == detail, how
+
+
+@settings(max_examples=(EXAMPLES or 240) // 8, deadline=None, derandomize=EXAMPLES is None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_input_videos_from_stdin_encode_or_refuse(tiny, tmp_path_factory, data):
+    """`imfcodec encode -`: damaged videos (mp4, matroska, y4m) arriving through a pipe encode or are refused
+    with one-line InputError; nothing is left at the output on refusal."""
+    folder = tmp_path_factory.mktemp("vid")
+    videos = _small_videos_cached(tmp_path_factory)
+    ext = data.draw(st.sampled_from(sorted(videos)))  # an mp4 may need seeking: then it is refused
+    d = bytearray(videos[ext])
+    kind = data.draw(st.sampled_from(["flip", "truncate", "header", "intact"]))
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 16))):
+            d[data.draw(st.integers(0, len(d) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        d = d[:data.draw(st.integers(0, len(d) - 1))]
+    elif kind == "header":
+        for _ in range(data.draw(st.integers(1, 8))):
+            d[data.draw(st.integers(0, min(len(d), 200) - 1))] = data.draw(st.integers(0, 255))
+    out = folder / "out.imf"
+    try:
+        with _stdin_pipe(bytes(d)), no_hang("encoding a damaged video from a pipe"):
+            s = encode_video("-", out, model=tiny, max_frames=4, settings=EncoderSettings(key_codec="png", search_iters=0))
+    except IMFError as e:
+        assert kind != "intact", str(e)
+        assert "\n" not in str(e)
+        assert not out.exists()
+    else:
+        assert 1 <= s.frames <= 4 and out.exists()
+        assert decode_all(out.read_bytes(), tiny)[0] == "ok"
+        if kind == "intact":
+            assert s.frames == 3
+    assert leftovers(folder) == []
 
 
 # ------------------------------------------------------------------------------------------ atheris harness

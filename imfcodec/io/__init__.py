@@ -1,8 +1,9 @@
 """Video input/output: probing, streaming RGB frames, writers, and a built-in demo clip.
 
-``reader`` (``probe_video``, ``read_frames``: any PyAV-decodable input normalised to the model's
-square RGB frames), ``writer`` (``VideoWriter``: .mp4 / .mkv / .y4m / PNG folder, atomically) and
-``sample`` (the demo clip) are separate modules; import their names from here.
+``reader`` (``open_video``, ``probe_video``, ``read_frames``: any PyAV-decodable input, ``-`` for
+standard input, normalised to the model's square RGB frames), ``writer`` (``VideoWriter``: .mp4 /
+.mkv / .y4m / PNG folder, atomically; in place for stdout, FIFOs and devices) and ``sample`` (the demo
+clip) are separate modules; import their names from here.
 """
 
 from __future__ import annotations
@@ -15,21 +16,26 @@ from .reader import (
     RAW_STREAM_FORMATS,
     RESAMPLE,
     VideoInfo,
+    VideoSource,
     frame_to_rgb,
+    open_video,
     prepare_frame,
     probe_video,
     read_frames,
 )
 from .sample import make_sample, sample_frames
-from .writer import X264_CRF, VideoWriter
+from .writer import FORMATS, X264_CRF, VideoWriter
 
 __all__ = [
     "VideoInfo",
+    "VideoSource",
+    "open_video",
     "probe_video",
     "read_frames",
     "prepare_frame",
     "frame_to_rgb",
     "VideoWriter",
+    "FORMATS",
     "sample_frames",
     "make_sample",
     "RAW_STREAM_FORMATS",

@@ -15,11 +15,16 @@ square, ``size x size``. Input quirks handled, in order:
   in display geometry and the resize stretches it back to square pixels;
 * raw elementary streams (``.264``/``.h265``...) carry no frame rate: 25 fps is assumed and
   ``VideoInfo.fps_assumed`` says so. Interlaced material is not deinterlaced.
+
+``-`` is standard input: any container FFmpeg can demux without seeking (matroska, mpegts, nut, y4m,
+raw elementary streams; not an mp4 whose index is at its end). ``open_video`` opens an input once and
+keeps its first frame, so a pipe is read only once (``probe_video`` + ``read_frames`` open it twice).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -32,6 +37,7 @@ from av.video.reformatter import Interpolation
 from PIL import Image
 
 from ..errors import InputError
+from ..fsutil import STDIO, stdin_reader
 from ._common import _MAX_FPS, PathLike, _check_size, _one_line
 
 DEFAULT_FPS = Fraction(25)
@@ -70,17 +76,33 @@ class VideoInfo:
     coded_height: int = 0
 
 
+def _name(path: PathLike) -> str:
+    return "stdin" if os.fspath(path) == STDIO else os.fspath(path)
+
+
 def _open_input(path: PathLike) -> tuple[Any, Any]:
-    """Open ``path`` and return (container, first video stream), or InputError (one line)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"input video not found: {p}")
-    if p.is_dir():
-        raise InputError(f"input video is a directory, not a file: {p}")
-    try:
-        container = av.open(str(p), mode="r", metadata_errors="replace")
-    except Exception as e:  # InvalidDataError, PermissionError, ...
-        raise InputError(f"not a readable video file: {p} ({_one_line(e)})") from e
+    """Open ``path`` (``-``: standard input) and return (container, first video stream), or
+    InputError (one line)."""
+    if os.fspath(path) == STDIO:
+        try:
+            container = av.open(stdin_reader(), mode="r", metadata_errors="replace")
+        except InputError:
+            raise
+        except Exception as e:
+            why = getattr(e, "strerror", None) or _one_line(e)  # PyAV's errors: no errno number, no '0'
+            raise InputError(f"not a readable video on stdin ({why}; a pipe needs a container that can be "
+                             f"read without seeking: nut, matroska, mpegts, y4m)") from e
+        p: Any = "stdin"
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"input video not found: {p}")
+        if p.is_dir():
+            raise InputError(f"input video is a directory, not a file: {p}")
+        try:
+            container = av.open(str(p), mode="r", metadata_errors="replace")
+        except Exception as e:  # InvalidDataError, PermissionError, ...
+            raise InputError(f"not a readable video file: {p} ({_one_line(e)})") from e
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
@@ -139,38 +161,109 @@ def probe_video(path: PathLike) -> VideoInfo:
     Raises InputError for a missing file, a non-media file, no video stream (audio-only), no
     decodable frame.
     """
-    container, stream = _open_input(path)
-    try:
-        fps, assumed = _frame_rate(stream, container)
-        frames, duration = _frame_count(stream, container, fps)
-        first = None
+    with open_video(path) as source:
+        return source.info
+
+
+class VideoSource:
+    """One open input video (``open_video``): ``info`` (from the container and its first frame, which
+    is kept) and ``frames()``, which decodes the rest. The input is read once, so ``-`` (a pipe) works.
+
+    ``max_pixels`` refuses a declared picture size above it before any frame is decoded. Close it, or
+    use it as a context manager; ``frames()`` closes it when it ends.
+    """
+
+    def __init__(self, path: PathLike, max_pixels: int | None = None) -> None:
+        self.path = path
+        self.name = _name(path)
+        container, stream = _open_input(path)
+        self._container = container
         try:
-            for first in container.decode(stream):
-                break
-        except Exception as e:
-            raise InputError(f"cannot decode the video stream of {path}: {_one_line(e)}") from e
-        if first is None:
-            raise InputError(f"video stream of {path} has no frames")
-        rotation = _rotation(first)
-        w, h = first.width, first.height
-        dw, dh = (h, w) if rotation in (90, 270) else (w, h)
-        return VideoInfo(
-            width=dw,
-            height=dh,
-            fps=fps,
-            frames=frames,
-            codec=stream.codec_context.name,
-            fps_assumed=assumed,
-            rotation=rotation,
-            pixel_aspect=_pixel_aspect(stream),
-            pix_fmt=first.format.name,
-            container=container.format.name,
-            duration=duration,
-            coded_width=w,
-            coded_height=h,
-        )
-    finally:
-        container.close()
+            cc = stream.codec_context
+            w, h = int(getattr(cc, "width", 0) or 0), int(getattr(cc, "height", 0) or 0)
+            if max_pixels is not None and w * h > max_pixels:
+                raise InputError(f"{self.name}: {w}x{h} frames are too large to encode "
+                                 f"(the limit is {max_pixels:,} pixels)")
+            fps, assumed = _frame_rate(stream, container)
+            frames, duration = _frame_count(stream, container, fps)
+            self._par = _pixel_aspect(stream)
+            stream.thread_type = "AUTO"  # frame threads: same pixels, faster
+            self._decoded = container.decode(stream)
+            try:
+                self._first = next(self._decoded, None)
+            except Exception as e:
+                raise InputError(f"cannot decode the video stream of {self.name}: {_one_line(e)}") from e
+            if self._first is None:
+                raise InputError(f"video stream of {self.name} has no frames")
+            first = self._first
+            rotation = _rotation(first)
+            fw, fh = first.width, first.height
+            dw, dh = (fh, fw) if rotation in (90, 270) else (fw, fh)
+            self.info = VideoInfo(
+                width=dw,
+                height=dh,
+                fps=fps,
+                frames=frames,
+                codec=cc.name,
+                fps_assumed=assumed,
+                rotation=rotation,
+                pixel_aspect=self._par,
+                pix_fmt=first.format.name,
+                container=container.format.name,
+                duration=duration,
+                coded_width=fw,
+                coded_height=fh,
+            )
+        except BaseException:
+            container.close()
+            raise
+
+    def frames(self, size: int, max_frames: int | None = None) -> Iterator[np.ndarray]:
+        """The frames, the first one included, as uint8 ``size x size x 3`` RGB (``prepare_frame``);
+        InputError if decoding breaks. Can be iterated once."""
+        size = _check_size(size)
+        _check_max_frames(max_frames)
+        n = 0
+        try:
+            if max_frames == 0:
+                return
+            frame, self._first = self._first, None
+            if frame is None:
+                raise InputError(f"the frames of {self.name} were already read")
+            while True:
+                yield prepare_frame(frame_to_rgb(frame), size, self._par)
+                n += 1
+                if max_frames is not None and n >= max_frames:
+                    return
+                try:
+                    frame = next(self._decoded)
+                except StopIteration:
+                    break
+                except Exception as e:
+                    raise InputError(f"decoding {self.name} failed after {n} frames: {_one_line(e)}") from e
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._first = None
+        self._container.close()
+
+    def __enter__(self) -> "VideoSource":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_video(path: PathLike, max_pixels: int | None = None) -> VideoSource:
+    """Open a video (``-``: standard input) once: its ``VideoInfo`` and its frames (``VideoSource``)."""
+    return VideoSource(path, max_pixels)
+
+
+def _check_max_frames(max_frames: Any) -> None:
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
+                                   or max_frames < 0):
+        raise InputError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -230,8 +323,7 @@ def read_frames(path: PathLike, size: int, max_frames: int | None = None) -> Ite
     frame at a time. InputError if the stream has no frames or breaks while decoding.
     """
     size = _check_size(size)
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 0):
-        raise InputError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
+    _check_max_frames(max_frames)
     container, stream = _open_input(path)
     par = _pixel_aspect(stream)
     stream.thread_type = "AUTO"  # frame threads: same pixels, faster

@@ -1,8 +1,9 @@
 """Video output: RGB frames to .mp4 / .mkv / .y4m or a folder of PNGs.
 
-Writing (``VideoWriter``) picks the format from the output name and is atomic: frames go to a
-hidden ``.NAME.*.partial`` sibling (``fsutil.AtomicOutput``) that is renamed into place by
-``close()`` and deleted if the ``with`` block raises.
+Writing (``VideoWriter``) picks the format from the output name (or ``format=``) and is atomic for
+regular files and folders: frames go to a hidden ``.NAME.*.partial`` sibling (``fsutil.AtomicOutput``)
+that is renamed into place by ``close()`` and deleted if the ``with`` block raises. ``-`` (standard
+output), a FIFO, a device or a socket is written in place, frame by frame (``fsutil.InPlaceOutput``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 from av.video.reformatter import Interpolation
 from PIL import Image
 
-from ..errors import InputError
-from ..fsutil import AtomicOutput
+from ..errors import IMFError, InputError
+from ..fsutil import AtomicOutput, InPlaceOutput, in_place, write_error
 from ._common import _MAX_FPS, PathLike, _check_size, _one_line
 
 _SWS_EXACT = Interpolation.AREA
@@ -34,6 +35,11 @@ _FILE_FORMATS = {
 }
 _PIX_FMTS = ("yuv420p", "yuv444p")
 X264_CRF = 10
+#: ``format=`` names: the video formats by their suffix, and ``png`` for a folder of PNG frames
+FORMATS = tuple(s[1:] for s in _FILE_FORMATS) + ("png",)
+STREAM_FORMAT = "y4m"  # what an in-place output (stdout, a FIFO, a device) gets when its name says nothing
+# mp4 on an output that cannot seek: fragmented (a moov up front, a fragment per key frame)
+_MP4_STREAMING = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 
 
 def _is_dir_target(p: Path, raw: str) -> bool:
@@ -59,7 +65,12 @@ class VideoWriter:
 
     Nothing appears at ``path`` until ``close()``; an exception in the ``with`` block removes the
     temporary. ``protect`` names paths (e.g. the input video) that must never be replaced;
-    ``overwrite=False`` refuses any existing output.
+    ``overwrite=False`` refuses any existing output. ``format`` ('mp4', 'mkv', 'y4m', 'png') overrides
+    the choice by name.
+
+    In place, frame by frame: ``-`` (standard output), a FIFO, a device, a socket (``fsutil.in_place``);
+    y4m unless ``format`` or a known suffix says otherwise, mp4 fragmented; PNG folders cannot go there.
+    ``in_place`` is the kind of such an output (None for an atomic one).
     """
 
     def __init__(
@@ -74,9 +85,11 @@ class VideoWriter:
         overwrite: bool = True,
         protect: Iterable[PathLike] = (),
         reproducible: bool = False,
+        format: str | None = None,
     ) -> None:
         raw = os.fspath(path)
         self.path = Path(raw)
+        self.in_place = in_place(raw)
         self.width = _check_size(width, "width")
         self.height = _check_size(height, "height")
         try:
@@ -90,31 +103,43 @@ class VideoWriter:
         self._closed = False
         self._container: Any = None
         self._stream: Any = None
-        self._out: AtomicOutput | None = None
-
-        target = self.path.resolve()
-        for other in protect:
-            if Path(other).resolve() == target:
-                raise InputError(f"refusing to overwrite the input {self.path}")
-        if self.path.exists() and not overwrite:
-            raise InputError(f"output exists: {self.path}")
-        parent = target.parent
-        if not parent.is_dir():
-            raise InputError(f"output folder does not exist: {parent}")
-
-        if _is_dir_target(self.path, raw):
-            self.kind = "png"
-            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-                raise InputError(f"output folder exists and is not empty: {self.path}")
-            self._out = AtomicOutput(self.path, directory=True)
-            return
-
+        self._out: AtomicOutput | InPlaceOutput | None = None
+        if format is not None and format not in FORMATS:
+            raise InputError(f"unknown output format {format!r} (use {', '.join(FORMATS)})")
         suffix = self.path.suffix.lower()
-        if suffix not in _FILE_FORMATS:
-            known = ", ".join(_FILE_FORMATS)
-            raise InputError(f"unknown output type {suffix!r} for {self.path} (use {known} or a folder/)")
-        if self.path.is_dir():
-            raise InputError(f"output path is a directory: {self.path}")
+        if self.in_place:
+            self.name = "stdout" if self.in_place == "stdout" else raw
+            if format is None:
+                format = suffix[1:] if suffix in _FILE_FORMATS else STREAM_FORMAT
+            if format == "png":
+                raise InputError(f"PNG frames need a folder, not {self.name} (use --format y4m, mkv or mp4)")
+            suffix = "." + format
+        else:
+            self.name = raw
+            target = self.path.resolve()
+            for other in protect:
+                if os.fspath(other) != "-" and Path(other).resolve() == target:
+                    raise InputError(f"refusing to overwrite the input {self.path}")
+            if self.path.exists() and not overwrite:
+                raise InputError(f"output exists: {self.path}")
+            parent = target.parent
+            if not parent.is_dir():
+                raise InputError(f"output folder does not exist: {parent}")
+
+            if format == "png" or (format is None and _is_dir_target(self.path, raw)):
+                self.kind = "png"
+                if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+                    raise InputError(f"output folder exists and is not empty: {self.path}")
+                self._out = AtomicOutput(self.path, directory=True)
+                return
+
+            if format is not None:
+                suffix = "." + format
+            if suffix not in _FILE_FORMATS:
+                known = ", ".join(_FILE_FORMATS)
+                raise InputError(f"unknown output type {suffix!r} for {self.path} (use {known} or a folder/)")
+            if self.path.is_dir():
+                raise InputError(f"output path is a directory: {self.path}")
         muxer, encoder, default_pix, matrix = _FILE_FORMATS[suffix]
         if pix_fmt is None:
             pix_fmt = default_pix
@@ -129,10 +154,16 @@ class VideoWriter:
         self.kind = suffix[1:]
         self.pix_fmt = pix_fmt
         self._matrix = matrix
-        self._out = AtomicOutput(self.path)
-        try:
+        if self.in_place:
+            self._out = InPlaceOutput(raw)
+            target: Any = self._out.file
+            options = dict(_MP4_STREAMING) if muxer == "mp4" else {}
+        else:
+            self._out = AtomicOutput(self.path)
+            target = str(self._out.tmp)
             options = {"movflags": "+faststart"} if muxer == "mp4" else {}
-            self._container = av.open(str(self._out.tmp), mode="w", format=muxer, options=options)
+        try:
+            self._container = av.open(target, mode="w", format=muxer, options=options)
             stream = self._container.add_stream(encoder, rate=self.fps)
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
             if encoder == "libx264":
@@ -174,20 +205,28 @@ class VideoWriter:
             desc = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
             raise InputError(f"frame must be a uint8 array of shape {expected}, got {desc}")
         rgb = np.ascontiguousarray(rgb)
-        if self.kind == "png":
-            assert self._out is not None
-            Image.fromarray(rgb, "RGB").save(self._out.tmp / f"frame_{self.frames_written:06d}.png", compress_level=6)
-        else:
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format=self.pix_fmt,
-                dst_colorspace=self._matrix,
-                dst_color_range="MPEG",
-                interpolation=_SWS_EXACT,
-                threads=1,
-            )
-            frame.pts = self.frames_written
-            for packet in self._stream.encode(frame):
-                self._container.mux(packet)
+        try:
+            if self.kind == "png":
+                assert isinstance(self._out, AtomicOutput)
+                Image.fromarray(rgb, "RGB").save(self._out.tmp / f"frame_{self.frames_written:06d}.png",
+                                                 compress_level=6)
+            else:
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                    format=self.pix_fmt,
+                    dst_colorspace=self._matrix,
+                    dst_color_range="MPEG",
+                    interpolation=_SWS_EXACT,
+                    threads=1,
+                )
+                frame.pts = self.frames_written
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+                if isinstance(self._out, InPlaceOutput):
+                    self._out.flush()  # each frame reaches the reader as soon as it is made
+        except OSError as e:
+            if isinstance(e, IMFError):
+                raise
+            raise write_error(self.name, e) from e
         self.frames_written += 1
 
     def close(self) -> Path:
@@ -205,14 +244,17 @@ class VideoWriter:
             assert self._out is not None
             self._out.commit()  # a PNG folder replaces only an empty folder (checked at open)
             self._out = None
-        except BaseException:
+        except BaseException as e:
             self._abort()
+            if isinstance(e, OSError) and not isinstance(e, IMFError):
+                raise write_error(self.name, e) from e
             raise
         self._closed = True
         return self.path
 
     def _abort(self) -> None:
-        """Drop everything written so far (the temporary), leaving ``path`` untouched."""
+        """Drop everything written so far (the temporary), leaving ``path`` untouched; an in-place
+        output is only closed (what it got stays with its reader)."""
         self._closed = True
         if self._container is not None:
             try:
