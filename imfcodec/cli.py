@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click
 
 from .errors import IMFError
-from .settings import EncoderSettings
+from .settings import DEFAULT_PRESET, PRESETS, EncoderSettings
 
 _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
@@ -91,20 +91,24 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Key-frame quality (higher = better; default: the key-frame codec's own).")
 @click.option("--chunk", type=int, default=_ENCODER.chunk, show_default=True,
               help="Frames per token packet (latency vs overhead).")
-@click.option("--refine", "search_iters", type=int, default=_ENCODER.search_iters, show_default=True,
-              help="Encoder-side token search: N gradient steps per frame through the decoder "
-                   "(0 = fastest, for live encoding on a CPU). Costs about N+1 decoder passes per frame.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Encoder effort, same format: " + "; ".join(f"{k}: {p.describe()}" for k, p in PRESETS.items())
+                   + " (shipped model, 256x256, 2 CPU cores).")
+@click.option("--refine", "search_iters", type=int, default=None,
+              help="Expert: token search steps per frame, overriding the preset's (0 = E_T's token; 1 runs 2 "
+                   "steps, since the first never changes the token).")
 @click.option("--frames", type=int, default=None, help="Encode at most N frames.")
-def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, search_iters, frames):
+def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, preset, search_iters,
+           frames):
     """Encode a video file into an .imf stream."""
     from .api import check_input_size, encode_video
     from .io import probe_video
 
     _interruptible()
 
-    settings = EncoderSettings(
-        quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
-        key_quality=key_quality, chunk=chunk, search_iters=search_iters,
+    settings = EncoderSettings.from_preset(
+        preset, quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
+        key_quality=key_quality, chunk=chunk, **({} if search_iters is None else {"search_iters": search_iters}),
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")
