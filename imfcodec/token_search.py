@@ -130,7 +130,7 @@ def search_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor,
         seen: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for i in range(iters + 1):
             last = i == iters
-            token = torch.round(u.detach())
+            token = torch.round(u.detach()) + 0.0  # + 0.0: -0.0 becomes 0.0, one token, one key
             key = token.numpy().tobytes()
             hit = seen.get(key)
             if hit is None or (not last and hit[1] is None):
