@@ -104,6 +104,7 @@ COARSE_PIXEL_FACTOR = 8
 # the portable reference and the fallback: ``IMFCODEC_KERNELS=reference`` selects it for a whole process.
 KERNELS = ("fast", "reference")
 WINDOW_TILE = 4  # fast window attention: query tiles of 4x4 cells (their 10x10 key regions, window 7)
+FULL_BLOCK = 1 << 19  # fast full attention: logits per block of query rows (2 MB of float32)
 
 
 def default_kernels() -> str:
@@ -562,8 +563,13 @@ class Alignment(nn.Module):
         q = self._full_query((m_c + self._pos(h, w, m_c)) * (1.0 / math.sqrt(d)), m_c)  # [B, N, d+3]
         bk, n = k.shape[0], h * w
         q = q.reshape(bk, (b // bk) * n, -1)  # frames sharing one reference: one tall matmul
-        attn = torch.matmul(q, k[:, 0].transpose(1, 2)).softmax(-1)
-        out = torch.matmul(attn, v[:, 0])  # [Bk, G*N, Cv]
+        kt, v = k[:, 0].transpose(1, 2), v[:, 0]
+        rows = max(64, FULL_BLOCK // kt.shape[-1])
+        if q.shape[1] <= rows:
+            out = torch.matmul(torch.matmul(q, kt).softmax(-1), v)  # [Bk, G*N, Cv]
+        else:  # rows are independent: blocks whose logits stay in cache (3x faster for 5 frames at R/8)
+            out = torch.cat([torch.matmul(torch.matmul(q[:, i:i + rows], kt).softmax(-1), v)
+                             for i in range(0, q.shape[1], rows)], 1)
         return out.view(b, h, w, -1).permute(0, 3, 1, 2)
 
     def _window_tile(self, h: int, w: int) -> int:
