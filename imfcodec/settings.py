@@ -29,15 +29,21 @@ class Preset:
 
 
 # One home for the presets. Every preset codes the same format; only the encoder's effort differs.
+# Speeds: benchmarks/results/model_speed.md (2026-11-28, a shared 2-core machine, per-frame work after the key
+# frame). Quality on 5 held-out training clips (60 frames, q9, hevc21 key), against ultrafast: fast +0.31 dB,
+# medium +0.33 dB at -9 % steady-state rate, slow +0.52 dB at +16 %, veryslow +0.66 dB at +57 % (the search
+# trades bits for distortion at the price lam of token_search.SearchSettings). 2 steps gained 0.06 dB: the
+# first step never moves the token, the second moves every channel by one, which rarely pays.
 PRESETS: dict[str, Preset] = {
-    "ultrafast": Preset(0, 0.0, "E_T's token, no search"),
-    "fast": Preset(2, 0.0, "search: one move along the gradient (2 steps)"),
-    "medium": Preset(4, 0.0, "search: 4 steps"),
-    "slow": Preset(8, 0.0, "search: 8 steps"),
-    "veryslow": Preset(16, 0.0, "search: 16 steps"),
+    "ultrafast": Preset(0, 80, "E_T's token, no search (real time)"),
+    "fast": Preset(3, 2.5, "token search, 3 steps"),
+    "medium": Preset(4, 2.1, "token search, 4 steps"),
+    "slow": Preset(8, 1.0, "token search, 8 steps"),
+    "veryslow": Preset(16, 0.57, "token search, 16 steps"),
 }
 # On the test clips the 4 steps of "medium" took the shipped model from +1.26 to +1.87 dB over
-# repeat-the-key-frame at a lower rate (README); live senders without a GPU use "ultrafast".
+# repeat-the-key-frame at a lower rate (README). A live sender on a CPU uses "ultrafast": the only preset
+# that runs in real time there (any search costs at least one decoder pass forward and backward per frame).
 DEFAULT_PRESET = "medium"
 DEFAULT_SEARCH_ITERS = PRESETS[DEFAULT_PRESET].search_iters
 DEFAULT_KEY_CODEC = "hevc"

@@ -197,3 +197,32 @@ def test_cli_refuses_bad_refine_in_one_line(sample_clip, tmp_path):
     assert "--refine must be an integer in 0..100" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_presets_map_to_search_effort_and_refine_overrides():
+    from imfcodec.settings import DEFAULT_PRESET, DEFAULT_SEARCH_ITERS, PRESETS
+
+    assert EncoderSettings().search_iters == DEFAULT_SEARCH_ITERS == PRESETS[DEFAULT_PRESET].search_iters
+    assert EncoderSettings.from_preset("ultrafast").search_iters == 0
+    iters = [EncoderSettings.from_preset(p).search_iters for p in PRESETS]
+    assert iters == sorted(iters) and len(set(iters)) == len(iters)  # fastest first, each a different effort
+    s = EncoderSettings.from_preset("veryslow", search_iters=3, quality=6)
+    assert (s.search_iters, s.quality) == (3, 6)
+    with pytest.raises(InputError, match="--preset"):
+        EncoderSettings.from_preset("placebo")
+
+
+def test_cli_preset_and_refine(sample_clip, tmp_path):
+    streams = {}
+    for name, args in {"ultrafast": ["--preset", "ultrafast"], "refine0": ["--preset", "veryslow", "--refine", "0"],
+                       "fast": ["--preset", "fast"]}.items():
+        out = tmp_path / f"{name}.imf"
+        r = CliRunner().invoke(main, ["encode", str(sample_clip), "-o", str(out), "--model", "random:imf-tiny",
+                                      "--frames", "4", *args])
+        assert r.exit_code == 0, r.output
+        streams[name] = out.read_bytes()
+    assert streams["ultrafast"] == streams["refine0"]  # --refine overrides the preset
+    r = CliRunner().invoke(main, ["encode", str(sample_clip), "--preset", "placebo"])
+    assert r.exit_code != 0 and "placebo" in r.output
+    help_text = CliRunner().invoke(main, ["encode", "--help"]).output
+    assert all(p in help_text for p in ("ultrafast", "veryslow", "frames/s"))

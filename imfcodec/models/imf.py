@@ -29,8 +29,9 @@ Design decisions (gaps in the paper, or deliberate changes for a CPU-trained cod
    content term also peaks at p, so an untrained model aligns each position to itself.
 5. Windowed (local) attention, ``align_modes[i] == "window"``: each query attends to the k x k
    neighbourhood of the same position in the reference (keys/values padded once per reference
-   and cached in the RefState; computed as a loop over shifted views, which equals an unfold
-   but is several times faster on CPU). Used at the fine scale of the small configs; full attention elsewhere.
+   and cached in the RefState). The reference kernels compute it as a loop over shifted views; the fast
+   kernels (the default, ``IMF.kernels``) as batched matmuls over 4x4 query tiles and their key regions
+   (see "Kernels" in ``Alignment``). Used at the fine scale of the small configs; full attention elsewhere.
 6. ``pixel_skip`` (deliberate addition, on for small configs, off for imf-paper): at R/4 the
    values also carry the reference pixels as 4x4 space-to-depth patches (48 channels), so the
    attention outputs *aligned reference pixels*. D_F predicts a residual added to their
