@@ -19,7 +19,7 @@ import time
 import click
 
 from .errors import IMFError
-from .settings import DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, EncoderSettings
+from .settings import DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_PRESET, PRESETS, EncoderSettings
 
 _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
@@ -217,9 +217,12 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Key-frame quality (higher = better; default: the key-frame codec's own).")
 @click.option("--chunk", type=int, default=_ENCODER.chunk, show_default=True,
               help="Frames per token packet, or per base packet in the hybrid mode (latency vs overhead).")
-@click.option("--refine", "search_iters", type=int, default=_ENCODER.search_iters, show_default=True,
-              help="Encoder-side token search: N gradient steps per frame through the decoder "
-                   "(0 = fastest, for live encoding on a CPU). Costs about N+1 decoder passes per frame.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Encoder effort, same format: " + "; ".join(f"{k}: {p.describe()}" for k, p in PRESETS.items())
+                   + " (shipped model, 256x256, 2 CPU cores).")
+@click.option("--refine", "search_iters", type=int, default=None,
+              help="Expert: token search steps per frame, overriding the preset's (0 = E_T's token; 1 runs 2 "
+                   "steps, since the first never changes the token).")
 @click.option("--frames", type=int, default=None, help="Encode at most N frames.")
 @click.option("--hybrid", is_flag=True,
               help="Hybrid mode: key frames plus a conventional low-resolution base layer, lifted by an enhancer "
@@ -236,8 +239,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--kbps", type=float, default=None,
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
-def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, search_iters, frames,
-           hybrid, base_codec, base_scale, base_quality, enhancer, kbps):
+def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, preset, search_iters,
+           frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
 
@@ -247,9 +250,9 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
         hybrid = True
         base_scale, base_quality, key_quality = _rate_control(
             input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
-    settings = EncoderSettings(
-        quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
-        key_quality=key_quality, chunk=chunk, search_iters=search_iters,
+    settings = EncoderSettings.from_preset(
+        preset, quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
+        key_quality=key_quality, chunk=chunk, **({} if search_iters is None else {"search_iters": search_iters}),
         **_hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer),
     ).validated()
     if frames is not None and frames < 1:

@@ -12,10 +12,40 @@ from .errors import InputError
 
 DEFAULT_QUALITY = 9  # the quality the shipped model was trained for (noise of 0.35 token std)
 DEFAULT_CHUNK = 5
-# encoder-side token search iterations (imfcodec.token_search): on the test clips 4 took the shipped model
-# from +1.26 to +1.87 dB over repeat-the-key-frame at a lower rate, for 60-80x slower encoding on CPU
-# (benchmarks/results/model_speed.md); live senders without a GPU use 0
-DEFAULT_SEARCH_ITERS = 4
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named encoder effort (``--preset``, like x265's): how hard the encoder searches for each frame's
+    token (``imfcodec.token_search``). ``fps``: measured encoding speed of the shipped model at 256x256
+    on 2 CPU cores (``python -m benchmarks.model_speed``, encoder section), shown in ``--help``."""
+
+    search_iters: int  # token search: Adam steps through the decoder per frame (--refine)
+    fps: float
+    what: str
+
+    def describe(self) -> str:
+        return f"{self.what}, about {self.fps:g} frames/s"
+
+
+# One home for the presets. Every preset codes the same format; only the encoder's effort differs.
+# Speeds: benchmarks/results/model_speed.md (2026-11-28, a shared 2-core machine, per-frame work after the key
+# frame). Quality on 5 held-out training clips (60 frames, q9, hevc21 key), against ultrafast: fast +0.31 dB,
+# medium +0.33 dB at -9 % steady-state rate, slow +0.52 dB at +16 %, veryslow +0.66 dB at +57 % (the search
+# trades bits for distortion at the price lam of token_search.SearchSettings). 2 steps gained 0.06 dB: the
+# first step never moves the token, the second moves every channel by one, which rarely pays.
+PRESETS: dict[str, Preset] = {
+    "ultrafast": Preset(0, 80, "E_T's token, no search (real time)"),
+    "fast": Preset(3, 2.5, "token search, 3 steps"),
+    "medium": Preset(4, 2.1, "token search, 4 steps"),
+    "slow": Preset(8, 1.0, "token search, 8 steps"),
+    "veryslow": Preset(16, 0.57, "token search, 16 steps"),
+}
+# On the test clips the 4 steps of "medium" took the shipped model from +1.26 to +1.87 dB over
+# repeat-the-key-frame at a lower rate (README). A live sender on a CPU uses "ultrafast": the only preset
+# that runs in real time there (any search costs at least one decoder pass forward and backward per frame).
+DEFAULT_PRESET = "medium"
+DEFAULT_SEARCH_ITERS = PRESETS[DEFAULT_PRESET].search_iters
 DEFAULT_KEY_CODEC = "hevc"
 # The encoder's own ceiling on --chunk (10 s of tokens per packet at 25 fps). Decoders accept up to the
 # format's bitstream.MAX_CHUNK (1024), so this is a choice of the encoder, not a limit of the wire.
@@ -48,6 +78,14 @@ class EncoderSettings:
     @property
     def hybrid(self) -> bool:
         return self.base_codec is not None
+
+    @classmethod
+    def from_preset(cls, preset: str = DEFAULT_PRESET, **fields) -> "EncoderSettings":
+        """The settings of a named preset (``PRESETS``); ``fields`` set or override any field, e.g.
+        ``search_iters`` (the CLI's ``--refine``, the expert knob)."""
+        if preset not in PRESETS:
+            raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        return cls(**{"search_iters": PRESETS[preset].search_iters, **fields})
 
     def validated(self) -> "EncoderSettings":
         """These settings with ``key_quality`` (and ``base_quality``) resolved, or InputError naming the CLI

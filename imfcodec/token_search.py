@@ -82,6 +82,14 @@ def search_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor,
     """Search from integer tokens ``q_init`` [B, C] for ``frames`` [B, 3, H, W] (consecutive frames, coded
     as deltas after ``prev_q`` [C]). Returns int32 [B, C]; never worse in J than ``q_init`` per frame
     (for B = 1 exactly; for B > 1 the rate term of a frame uses its neighbours' current tokens).
+
+    ``settings.iters`` Adam steps on the straight-through objective, then a last evaluation; the best
+    integer token seen wins. Every evaluation happens at an integer token (the rounded iterate), so
+    they are cached by that token: an iterate that rounds to a token seen before costs nothing, and
+    gives the optimiser exactly the value and gradient it would have recomputed. The first step
+    never leaves E_T's token (Adam's first step moves each value by at most ``lr`` < 0.5), so the
+    second iteration is always such a repeat; ``iters`` = 1 would only pay for it and return E_T's
+    token, so it runs 2 steps (one move). The last evaluation builds no autograd graph.
     """
     s = settings.validated()
     q0 = np.asarray(q_init)
@@ -89,29 +97,50 @@ def search_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor,
         return q0.astype(np.int32)
     from .entropy.rate import gaussian_delta_bits
 
-    with torch.inference_mode(False), torch.enable_grad(), frozen(model):
+    iters = max(2, s.iters)
+    with torch.inference_mode(False), frozen(model):
         # everything autograd touches is made here: tensors from an inference_mode caller cannot be saved
         step = torch.tensor(np.asarray(steps, dtype=np.float32))
         prev = torch.tensor(np.asarray(prev_q, dtype=np.float32))[None]
         scales = scales.detach().clone()
         x = frames.detach().clone()
+
+        def objective(token: torch.Tensor) -> torch.Tensor:
+            y = model.decode_frame(state, token * step)
+            mse = (y - x).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+            j = 10.0 * torch.log10(mse)
+            if s.lam > 0:
+                j = j + s.lam * gaussian_delta_bits(torch.diff(torch.cat([prev, token]), dim=0), scales).sum(1)
+            return j
+
+        def evaluate(token: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if not grad:
+                with torch.no_grad():
+                    return objective(token), None
+            token = token.clone().requires_grad_(True)
+            with torch.enable_grad():
+                j = objective(token)
+                (g,) = torch.autograd.grad(j.sum(), token)
+            return j.detach(), g
+
         u = torch.from_numpy(q0.astype(np.float32)).requires_grad_(True)
         opt = torch.optim.Adam([u], lr=s.lr)
         best_j = torch.full((len(q0),), float("inf"))
         best_q = torch.from_numpy(q0.astype(np.float32))
-        for i in range(s.iters + 1):
-            uq = u + (torch.round(u) - u).detach()  # straight-through rounding
-            y = model.decode_frame(state, uq * step)
-            mse = (y - x).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-            j = 10.0 * torch.log10(mse)
-            if s.lam > 0:
-                j = j + s.lam * gaussian_delta_bits(torch.diff(torch.cat([prev, uq]), dim=0), scales).sum(1)
-            better = j.detach() < best_j
-            best_j = torch.where(better, j.detach(), best_j)
-            best_q[better] = torch.round(u.detach())[better]
-            if i == s.iters:
+        seen: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for i in range(iters + 1):
+            last = i == iters
+            token = torch.round(u.detach()) + 0.0  # + 0.0: -0.0 becomes 0.0, one token, one key
+            key = token.numpy().tobytes()
+            hit = seen.get(key)
+            if hit is None or (not last and hit[1] is None):
+                hit = seen[key] = evaluate(token, grad=not last)
+            j, g = hit
+            better = j < best_j
+            best_j = torch.where(better, j, best_j)
+            best_q[better] = token[better]
+            if last:
                 break
-            opt.zero_grad(set_to_none=True)
-            j.sum().backward()
+            u.grad = g.clone()
             opt.step()
     return np.clip(best_q.numpy(), -Q_MAX, Q_MAX).astype(np.int32)

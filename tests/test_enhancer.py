@@ -105,3 +105,18 @@ def test_base_layer_rejects_damage_and_bad_settings():
     with pytest.raises(InputError):
         BaseEncoder("hevc", 32, 32, 25, 99)
     assert list_base_codecs() == ["av1", "hevc"]
+
+
+def test_fast_kernels_match_the_reference():
+    torch.manual_seed(1)
+    model = create_model("enh-tiny").eval()
+    for p in model.parameters():  # a non-zero head, so that the alignment shows in the output
+        torch.nn.init.normal_(p, std=0.1)
+    key, base = torch.rand(1, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        outs = {}
+        for kernels in ("reference", "fast"):
+            model.kernels = kernels
+            state = model.prepare_key(key, base[:1])
+            outs[kernels] = model.enhance(state, base)
+    assert (outs["fast"] - outs["reference"]).abs().max().item() < 1e-4

@@ -294,3 +294,141 @@ def test_token_encoder_fixed_input_is_resolution_independent() -> None:
         assert (model.encode_token(x) - model.encode_token(shifted)).abs().max() > 1e-3
     with pytest.raises(IMFError):
         create_model("imf-tiny", et_input=2, et_widths=(8, 16, 24))
+
+
+# ------------------------------------------------------------------- fast kernels against the reference
+# IMF.kernels = "fast" (the default) must compute what the reference ops compute, to float rounding: the
+# decoder's frames may differ by at most 1 level of 255 from the reference (the conformance tolerance);
+# these tests hold it to 1e-4 (0.03 levels) so a real divergence shows long before it reaches a pixel.
+
+FAST_ATOL = 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def awake_model(name: str, **overrides) -> IMF:
+    """An untrained model whose zero-initialised parts (offsets, D_F head) are random, so every path of
+    the decoder matters to its output."""
+    torch.manual_seed(1)
+    model = create_model(name, **overrides).eval()
+    with torch.no_grad():
+        for p in model.frame_decoder.head.parameters():
+            p.normal_(0, 0.05)
+        for al in model.align:
+            if al.offset is not None:
+                al.offset.weight.normal_(0, 0.3)
+                al.offset.bias.normal_(0, 0.3)
+            if al.mode == "window":
+                al.rel_bias.add_(torch.randn_like(al.rel_bias))
+    return model
+
+
+def _both_kernels(model: IMF, fn):
+    out = {}
+    for kernels in ("reference", "fast"):
+        model.kernels = kernels
+        out[kernels] = fn()
+    model.kernels = "fast"
+    return out["reference"], out["fast"]
+
+
+AWAKE = [dict(), dict(align_offsets=True, coarse_pixels=True)]  # imf-tiny, and with imf-small-v2's additions
+
+
+@pytest.mark.parametrize("overrides", AWAKE, ids=["tiny", "tiny-v2"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fast_kernels_match_reference(overrides: dict, batch: int) -> None:
+    model = awake_model("imf-tiny", **overrides)
+    x_ref = smooth_image(1, 64, 21)
+    with torch.inference_mode():
+        ref = model.prepare_reference(x_ref, model.encode_token(x_ref))
+        t = model.encode_token(smooth_image(batch, 64, 22)) + torch.randn(batch, model.config.token_dim)
+        y_ref, y_fast = _both_kernels(model, lambda: model.decode_frame(ref, t))
+        again = model.decode_frame(ref, t)  # the fast window kernel's cached key regions
+    assert y_fast.shape == y_ref.shape and y_fast.is_contiguous()
+    assert (y_ref - x_ref).abs().max() > 0.05  # the model does something other than copying the key frame
+    torch.testing.assert_close(y_fast, y_ref, atol=FAST_ATOL, rtol=0)
+    assert torch.equal(again, y_fast)
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_fast_kernels_match_reference_with_gradients(size: int) -> None:
+    """Training runs the fast kernels too: batched references, gradients to weights and tokens."""
+    model = awake_model("imf-tiny", align_offsets=True, coarse_pixels=True)
+    x_ref, x_cur = smooth_image(2, size, 23), smooth_image(2, size, 24)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        t_ref, t_cur = model.encode_token(x_ref), model.encode_token(x_cur).detach().requires_grad_(True)
+        y = model.decode_frame(model.prepare_reference(x_ref, t_ref), t_cur)
+        (y - x_cur).pow(2).mean().backward()
+        return y.detach(), t_cur.grad, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (y0, g0, p0), (y1, g1, p1) = _both_kernels(model, run)
+    torch.testing.assert_close(y1, y0, atol=FAST_ATOL, rtol=0)
+    torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-3)
+    assert p1.keys() == p0.keys()
+    for name in p0:
+        torch.testing.assert_close(p1[name], p0[name], atol=1e-6, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (6, 10), (5, 7)])
+@pytest.mark.parametrize("offsets", [False, True])
+def test_fast_window_attention_any_grid(hw: tuple[int, int], offsets: bool) -> None:
+    """Tiles of 4, 2 or 1 cells, whatever divides the grid; padding, offsets and a token batch."""
+    h, w = hw
+    torch.manual_seed(2)
+    al = Alignment(6, "window", 5, 2.0, 2, offsets=offsets, native_cells=8).eval()
+    with torch.no_grad():
+        al.rel_bias.add_(torch.randn_like(al.rel_bias))
+        if offsets:
+            al.offset.weight.normal_(0, 0.5)
+            al.offset.bias.normal_(0, 0.5)
+        k, v, mask = al.prepare(torch.randn(1, 6, h, w), torch.randn(1, 5, h, w))
+        m_c = torch.randn(3, 6, h, w)
+        cache: dict = {}
+        fast = al.attend(m_c, k, v, mask, fast=True, cache=cache)
+        torch.testing.assert_close(fast, al.attend(m_c, k, v, mask), atol=1e-5, rtol=0)
+        assert cache and torch.equal(al.attend(m_c, k, v, mask, fast=True, cache=cache), fast)
+
+
+def test_fast_full_attention_batched_reference() -> None:
+    torch.manual_seed(3)
+    al = Alignment(6, "full", 5, 2.0, 2, offsets=True, native_cells=8).eval()
+    with torch.no_grad():
+        al.offset.weight.normal_(0, 0.5)
+        for b_ref in (1, 2):
+            k, v, mask = al.prepare(torch.randn(b_ref, 6, 8, 8), torch.randn(b_ref, 5, 8, 8))
+            m_c = torch.randn(2, 6, 8, 8)
+            torch.testing.assert_close(al.attend(m_c, k, v, mask, fast=True), al.attend(m_c, k, v, mask),
+                                       atol=1e-5, rtol=0)
+
+
+def test_kernels_are_selectable(monkeypatch) -> None:
+    from imfcodec.models.imf import default_kernels
+
+    monkeypatch.setenv("IMFCODEC_KERNELS", "reference")
+    assert default_kernels() == "reference" and create_model("imf-tiny").kernels == "reference"
+    monkeypatch.setenv("IMFCODEC_KERNELS", "fastest")
+    with pytest.raises(InputError, match="IMFCODEC_KERNELS"):
+        default_kernels()
+    monkeypatch.delenv("IMFCODEC_KERNELS")
+    model = create_model("imf-tiny")
+    assert model.kernels == "fast"
+    model.kernels = "quick"
+    x = smooth_image(1, 64)
+    with torch.no_grad(), pytest.raises(InputError, match="kernels"):
+        model.decode_frame(model.prepare_reference(x, model.encode_token(x)), model.encode_token(x))
+
+
+def test_denormals_are_flushed_in_every_thread_of_a_fresh_process() -> None:
+    """Importing the API sets flush-to-zero before torch starts its worker threads, which copy the flag
+    once (imfcodec.models.imf.flush_denormals): a denormal times one is zero in every thread."""
+    import subprocess
+    import sys
+
+    code = ("import imfcodec.api, torch; torch.set_num_threads(2); "
+            "x = torch.full((1 << 20,), 1e-40); print(int((x * 1.0).count_nonzero()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
+    assert "subnormal" not in out.stderr  # numpy's finfo warning under flush-to-zero is avoided

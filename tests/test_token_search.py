@@ -88,6 +88,101 @@ def test_refined_stream_decodes_with_plain_decoder_and_is_better(sample_clip, ti
     assert p4 > p0  # and the decoder's output from the file is closer to the source
 
 
+def _search_before(model, state, frames, q_init, prev_q, steps, scales, settings):
+    """The token search as it was before evaluations were cached (every iteration a forward and backward
+    pass through the decoder, the last one too): the reference the cached search must equal."""
+    s = settings
+    q0 = np.asarray(q_init)
+    with torch.inference_mode(False), torch.enable_grad():
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        step = torch.tensor(np.asarray(steps, dtype=np.float32))
+        prev = torch.tensor(np.asarray(prev_q, dtype=np.float32))[None]
+        x = frames.detach().clone()
+        u = torch.from_numpy(q0.astype(np.float32)).requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=s.lr)
+        best_j = torch.full((len(q0),), float("inf"))
+        best_q = torch.from_numpy(q0.astype(np.float32))
+        for i in range(s.iters + 1):
+            uq = u + (torch.round(u) - u).detach()
+            y = model.decode_frame(state, uq * step)
+            mse = (y - x).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+            j = 10.0 * torch.log10(mse)
+            j = j + s.lam * gaussian_delta_bits(torch.diff(torch.cat([prev, uq]), dim=0), scales).sum(1)
+            better = j.detach() < best_j
+            best_j = torch.where(better, j.detach(), best_j)
+            best_q[better] = torch.round(u.detach())[better]
+            if i == s.iters:
+                break
+            opt.zero_grad(set_to_none=True)
+            j.sum().backward()
+            opt.step()
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+    return best_q.numpy().astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def awake(tiny):
+    """The tiny model with its zero-initialised D_F head made random, so that tokens matter."""
+    import copy
+
+    model = copy.deepcopy(tiny.model).eval()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.frame_decoder.head.parameters():
+            p.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("iters", [2, 3, 4, 7])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cached_search_returns_the_same_tokens_as_before(setup, awake, iters, batch):
+    _, frames, steps, scales, _, _ = setup
+    model = awake
+    with torch.inference_mode():
+        qk = quantize(model.encode_token(to_tensor(frames[0])), steps)[0]
+        state = grad_state(model.prepare_reference(to_tensor(frames[0]), dequantize(qk[None], steps)))
+    s = SearchSettings(iters=iters)
+    prev, moved = qk, 0
+    for i in range(1, 9, batch):
+        x = torch.cat([to_tensor(f) for f in frames[i:i + batch]])
+        with torch.inference_mode():
+            q0 = quantize(model.encode_token(x), steps)
+        q = search_tokens(model, state, x, q0, prev, steps, scales, s)
+        np.testing.assert_array_equal(q, _search_before(model, state, x, q0, prev, steps, scales, s))
+        moved += int((q != q0).any())
+        prev = q[-1]
+    assert moved or iters < 4  # with 4 steps or more the search changes tokens: the comparison means something
+
+
+def test_search_evaluates_each_token_once_and_one_step_is_two(setup, awake, monkeypatch):
+    _, frames, steps, scales, qk, state = setup
+    model = awake
+    x = to_tensor(frames[3])
+    with torch.inference_mode():
+        q0 = quantize(model.encode_token(x), steps)
+    seen, grads = [], []
+    decode = model.decode_frame
+
+    def counting(ref, t):
+        seen.append(t.detach().numpy().tobytes())
+        grads.append(torch.is_grad_enabled())
+        return decode(ref, t)
+
+    monkeypatch.setattr(model, "decode_frame", counting)
+    q4 = search_tokens(model, state, x, q0, qk, steps, scales, SearchSettings(iters=4))
+    assert len(seen) == len(set(seen)) <= 4  # 5 iterations, the second always a repeat of the first
+    assert grads[:-1] == [True] * (len(grads) - 1) and grads[-1] is False  # no graph for the last one
+    seen.clear()
+    grads.clear()
+    q1 = search_tokens(model, state, x, q0, qk, steps, scales, SearchSettings(iters=1))
+    assert len(seen) == 2  # E_T's token and one move
+    np.testing.assert_array_equal(q1, search_tokens(model, state, x, q0, qk, steps, scales, SearchSettings(2)))
+    assert q4.shape == q1.shape == q0.shape
+
+
 @pytest.mark.parametrize("bad", [-1, 101, True])
 def test_bad_refine_settings_refused(bad):
     with pytest.raises(InputError, match="--refine"):
@@ -102,3 +197,32 @@ def test_cli_refuses_bad_refine_in_one_line(sample_clip, tmp_path):
     assert "--refine must be an integer in 0..100" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_presets_map_to_search_effort_and_refine_overrides():
+    from imfcodec.settings import DEFAULT_PRESET, DEFAULT_SEARCH_ITERS, PRESETS
+
+    assert EncoderSettings().search_iters == DEFAULT_SEARCH_ITERS == PRESETS[DEFAULT_PRESET].search_iters
+    assert EncoderSettings.from_preset("ultrafast").search_iters == 0
+    iters = [EncoderSettings.from_preset(p).search_iters for p in PRESETS]
+    assert iters == sorted(iters) and len(set(iters)) == len(iters)  # fastest first, each a different effort
+    s = EncoderSettings.from_preset("veryslow", search_iters=3, quality=6)
+    assert (s.search_iters, s.quality) == (3, 6)
+    with pytest.raises(InputError, match="--preset"):
+        EncoderSettings.from_preset("placebo")
+
+
+def test_cli_preset_and_refine(sample_clip, tmp_path):
+    streams = {}
+    for name, args in {"ultrafast": ["--preset", "ultrafast"], "refine0": ["--preset", "veryslow", "--refine", "0"],
+                       "fast": ["--preset", "fast"]}.items():
+        out = tmp_path / f"{name}.imf"
+        r = CliRunner().invoke(main, ["encode", str(sample_clip), "-o", str(out), "--model", "random:imf-tiny",
+                                      "--frames", "4", *args])
+        assert r.exit_code == 0, r.output
+        streams[name] = out.read_bytes()
+    assert streams["ultrafast"] == streams["refine0"]  # --refine overrides the preset
+    r = CliRunner().invoke(main, ["encode", str(sample_clip), "--preset", "placebo"])
+    assert r.exit_code != 0 and "placebo" in r.output
+    help_text = CliRunner().invoke(main, ["encode", "--help"]).output
+    assert all(p in help_text for p in ("ultrafast", "veryslow", "frames/s"))

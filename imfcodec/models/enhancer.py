@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imfcodec.errors import InputError, WeightsError
-from imfcodec.models.imf import Alignment
+from imfcodec.models.imf import Alignment, default_kernels
 
 FINE = 4  # R/4: windowed attention over 4x4 patches
 COARSE = 8  # R/8: full attention over 8x8 patches
@@ -135,6 +135,7 @@ class KeyState:
     fine: tuple[Tensor, Tensor, Tensor]
     coarse: tuple[Tensor, Tensor, Tensor] | None
     size: tuple[int, int]
+    cache: dict = dataclasses.field(default_factory=dict)  # what the fast window kernel derives per key frame
 
 
 class Enhancer(nn.Module):
@@ -143,6 +144,7 @@ class Enhancer(nn.Module):
     def __init__(self, config: EnhancerConfig) -> None:
         super().__init__()
         self.config = cfg = config
+        self.kernels = default_kernels()  # "fast" or "reference", as IMF's decoder (models.imf.KERNELS)
         self.features = _Features(cfg)
         cells = cfg.resolution // FINE
         self.align_fine = Alignment(cfg.m_fine, "window", cfg.window, cfg.locality, cfg.pos_freqs,
@@ -184,10 +186,13 @@ class Enhancer(nn.Module):
         self._check(base, "base frame")
         if tuple(base.shape[-2:]) != state.size:
             raise InputError(f"base frames are {tuple(base.shape[-2:])}, the key frame {state.size}")
+        fast = self.kernels == "fast"
         h, m_fine, m_coarse = self.features(base)
-        parts = [h, F.pixel_unshuffle(base, FINE), self.align_fine.attend(m_fine, *state.fine)]
+        parts = [h, F.pixel_unshuffle(base, FINE),
+                 self.align_fine.attend(m_fine, *state.fine, fast=fast, cache=state.cache)]
         if self.align_coarse is not None:
-            parts.append(F.pixel_shuffle(self.align_coarse.attend(m_coarse, *state.coarse), COARSE // FINE))
+            coarse = self.align_coarse.attend(m_coarse, *state.coarse, fast=fast)
+            parts.append(F.pixel_shuffle(coarse, COARSE // FINE))
         x = self.fuse(F.leaky_relu(self.fuse_in(torch.cat(parts, 1)), 0.2))
         out = base + F.pixel_shuffle(self.head(F.leaky_relu(x, 0.2)), FINE)
         if self.training:

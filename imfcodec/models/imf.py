@@ -29,8 +29,9 @@ Design decisions (gaps in the paper, or deliberate changes for a CPU-trained cod
    content term also peaks at p, so an untrained model aligns each position to itself.
 5. Windowed (local) attention, ``align_modes[i] == "window"``: each query attends to the k x k
    neighbourhood of the same position in the reference (keys/values padded once per reference
-   and cached in the RefState; computed as a loop over shifted views, which equals an unfold
-   but is several times faster on CPU). Used at the fine scale of the small configs; full attention elsewhere.
+   and cached in the RefState). The reference kernels compute it as a loop over shifted views; the fast
+   kernels (the default, ``IMF.kernels``) as batched matmuls over 4x4 query tiles and their key regions
+   (see "Kernels" in ``Alignment``). Used at the fine scale of the small configs; full attention elsewhere.
 6. ``pixel_skip`` (deliberate addition, on for small configs, off for imf-paper): at R/4 the
    values also carry the reference pixels as 4x4 space-to-depth patches (48 channels), so the
    attention outputs *aligned reference pixels*. D_F predicts a residual added to their
@@ -71,6 +72,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +97,44 @@ FINEST_FACTOR = 4  # the finest alignment scale is R/4
 COARSEST_FACTOR = 32
 COARSE_PIXEL_SCALE = 2  # index of R/8, where ``coarse_pixels`` gathers 8x8 reference patches
 COARSE_PIXEL_FACTOR = 8
+
+# Decoder kernels (``IMF.kernels``): "fast" (the default) or "reference". Same model, same weights, same
+# maths; the fast kernels only reorder the work (see "Kernels" below) and agree with the reference to float
+# rounding, far inside the 1-level tolerance of decoded frames (tests/test_models.py checks both ways,
+# gradients included). "reference" is the plain eager code the model was written and trained with, kept as
+# the portable reference and the fallback: ``IMFCODEC_KERNELS=reference`` selects it for a whole process.
+KERNELS = ("fast", "reference")
+WINDOW_TILE = 4  # fast window attention: query tiles of 4x4 cells (their 10x10 key regions, window 7)
+FULL_BLOCK = 1 << 19  # fast full attention: logits per block of query rows (2 MB of float32)
+
+
+def default_kernels() -> str:
+    name = os.environ.get("IMFCODEC_KERNELS", "fast").strip().lower() or "fast"
+    if name not in KERNELS:
+        raise InputError(f"IMFCODEC_KERNELS must be one of {', '.join(KERNELS)}, got {name!r}")
+    return name
+
+
+def flush_denormals() -> bool:
+    """Flush denormal floats to zero (FTZ/DAZ) for this process; returns whether the CPU supports it.
+
+    Called once when this module is imported, i.e. before any entry point (CLI, ``imfcodec.api``,
+    ``codec.Encoder``/``Decoder``, training, the benchmarks) has run a tensor op, because the flag is per
+    thread: torch's intra-op worker threads copy it from the main thread when they are created, at the
+    first parallel op, and never look at it again. Attention probabilities far from the query underflow
+    to denormals (1.2 % of them at R/8 with the shipped weights), which costs some CPUs several times the
+    time of a normal multiply (issue 12 measured 1.3-1.4x on ``decode_frame`` at 1 thread); the AMD Zen 5
+    build machine has no such penalty and shows no difference. Values below 1.2e-38 change no decoded
+    pixel (tests/test_conformance.py, token streams byte-identical).
+    """
+    import numpy as np
+
+    for t in (np.float16, np.float32, np.float64):  # numpy caches these; made under DAZ, they would warn
+        np.finfo(t)
+    return bool(torch.set_flush_denormal(True))
+
+
+FLUSH_DENORMALS = flush_denormals()
 
 
 @dataclass(frozen=True)
@@ -228,6 +268,50 @@ def _sincos_2d(h: int, w: int, freqs: int, device: torch.device, dtype: torch.dt
     return torch.cat([px.sin(), px.cos(), py.sin(), py.cos()], dim=1)
 
 
+@dataclass(frozen=True)
+class _WindowConsts:
+    key_valid: Tensor  # [1, nT, S*S] bool: the key is inside the frame (not padding)
+    rel_index: Tensor  # [Tq, S*S] long: index into rel_bias of the (query, key) offset
+    in_window: Tensor  # [Tq, S*S] bool: the key is in the query's window
+    query_pos: Tensor  # [Tq, 2] (x, y) of each query in its tile's key region
+    key_pos: Tensor    # [S*S, 2] (x, y) of each key in the region
+
+
+_WINDOW_CACHE: dict[tuple, _WindowConsts] = {}
+
+
+def _window_consts(h: int, w: int, t: int, window: int, device: torch.device, dtype: torch.dtype) -> _WindowConsts:
+    """Index tables of the fast window kernel (tiles of t x t queries, regions of S = t + 2r keys)."""
+    key = (h, w, t, window, str(device), dtype)
+    c = _WINDOW_CACHE.get(key)
+    if c is None:
+        if len(_WINDOW_CACHE) > 64:
+            _WINDOW_CACHE.clear()
+        r = window // 2
+        s = t + 2 * r
+        with torch.inference_mode(False), torch.no_grad():
+            ones = F.pad(torch.ones(1, 1, h, w, device=device, dtype=dtype), (r, r, r, r))
+            valid = ones.unfold(2, s, t).unfold(3, s, t).reshape(1, (h // t) * (w // t), s * s) > 0.5
+            qy, qx = (g.reshape(-1) + r for g in torch.meshgrid(torch.arange(t, device=device),
+                                                                torch.arange(t, device=device), indexing="ij"))
+            ky, kx = (g.reshape(-1) for g in torch.meshgrid(torch.arange(s, device=device),
+                                                            torch.arange(s, device=device), indexing="ij"))
+            dy = ky.view(1, -1) - qy.view(-1, 1) + r
+            dx = kx.view(1, -1) - qx.view(-1, 1) + r
+            inside = (dy >= 0) & (dy < window) & (dx >= 0) & (dx < window)
+            index = dy.clamp(0, window - 1) * window + dx.clamp(0, window - 1)  # rel_bias order: (dy, dx)
+            c = _WindowConsts(valid, index, inside, torch.stack([qx, qy], 1).to(dtype),
+                              torch.stack([kx, ky], 1).to(dtype))
+        _WINDOW_CACHE[key] = c
+    return c
+
+
+def _tiles(x: Tensor, t: int) -> Tensor:
+    """[B, C, h, w] -> [B, (h/t)(w/t), t*t, C]: non-overlapping t x t tiles, row-major within a tile."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // t, t, w // t, t).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // t) * (w // t), t * t, c)
+
+
 def cell_coords(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """[h*w, 2] centred (x, y) coordinates in cells of this grid."""
     ys = torch.arange(h, device=device, dtype=dtype) - (h - 1) / 2
@@ -324,18 +408,21 @@ class LatentTokenDecoder(nn.Module):
             self.convs.append(stage)
             self.sides.append(StyledConv(width, mdim, 1, sd, activate=False))
 
-    def forward(self, token: Tensor, size: tuple[int, int]) -> list[Tensor]:
+    def forward(self, token: Tensor, size: tuple[int, int], fast: bool = False) -> list[Tensor]:
+        """``fast``: the fast kernels (modulated convolutions as batched channels-last convolutions)."""
         style = self.mapping(token)
         h0, w0 = size[0] // COARSEST_FACTOR, size[1] // COARSEST_FACTOR
         const = self.const
         if const.shape[-2:] != (h0, w0):
             const = F.interpolate(const, size=(h0, w0), mode="bilinear", align_corners=False)
         h = const.expand(token.shape[0], -1, -1, -1)
+        if fast:
+            h = h.contiguous(memory_format=torch.channels_last)
         out = []
         for stage, side in zip(self.convs, self.sides):
             for conv in stage:
-                h = conv(h, style)
-            out.append(side(h, style))
+                h = conv(h, style, fast)
+            out.append(side(h, style, fast))
         return out
 
 
@@ -419,15 +506,18 @@ class Alignment(nn.Module):
     def _offsets(self) -> list[tuple[int, int]]:
         return [(dy, dx) for dy in range(self.window) for dx in range(self.window)]
 
-    def attend(self, m_c: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    def attend(self, m_c: Tensor, k: Tensor, v: Tensor, mask: Tensor, *, fast: bool = False,
+               cache: dict | None = None) -> Tensor:
+        """Aligned values [B, Cv, h, w] for current motion features ``m_c`` against a prepared reference.
+        ``fast`` selects the fast kernels (see "Kernels" below; the reference ops otherwise); ``cache`` is a
+        per-reference dict where the fast window kernel keeps what it derives from constant keys/values."""
+        if fast:
+            return self._attend_full_fast(m_c, k, v) if self.mode == "full" else \
+                self._attend_window_fast(m_c, k, v, cache)
         b, d, h, w = m_c.shape
         q = (m_c + self._pos(h, w, m_c)) * (1.0 / math.sqrt(d))
         if self.mode == "full":
-            a = F.softplus(self.locality)
-            c = self._coords(m_c)
-            q = q.flatten(2).transpose(1, 2)
-            extra = torch.cat([c * torch.sqrt(2 * a), torch.ones_like(c[:, :, :1])], dim=2)
-            q = torch.cat([q, extra], dim=2).unsqueeze(1)
+            q = self._full_query(q, m_c).unsqueeze(1)
             if k.shape[0] != b:
                 k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [B, 1, N, Cv]
@@ -450,6 +540,94 @@ class Alignment(nn.Module):
         for i, (dy, dx) in enumerate(offs[1:], start=1):
             out = out + attn[:, i:i + 1] * v[:, :, dy:dy + h, dx:dx + w]
         return out
+
+    def _full_query(self, q: Tensor, m_c: Tensor) -> Tensor:
+        """Full mode: [B, N, d + 3] queries, the locality prior as 3 extra channels (decision 4)."""
+        a = F.softplus(self.locality)
+        c = self._coords(m_c)
+        extra = torch.cat([c * torch.sqrt(2 * a), torch.ones_like(c[:, :, :1])], dim=2)
+        return torch.cat([q.flatten(2).transpose(1, 2), extra], dim=2)
+
+    # ---- Kernels: the fast path. Same maths as ``attend``'s reference ops, organised for big matmuls.
+    # Full attention: SDPA picks its slow "math" path here (the value width differs from the query width),
+    # which is bmm + softmax + bmm plus checks; doing that directly is the same arithmetic, and a batch of
+    # frames against one reference becomes one tall matmul instead of B copies of the keys. The output is
+    # returned as a channels-last view of the [B, N, Cv] result, no transpose copy.
+    # Window attention: instead of ~200 small strided element-wise ops over 49 shifted views, the query
+    # grid is cut into WINDOW_TILE^2 tiles; every query of a tile sees the same (T+2r)^2 key region, so
+    # one batched matmul per tile gives all its logits, neighbours outside a query's window get -inf (as
+    # padding does in the reference), then softmax and one batched matmul with the region's values. That
+    # computes (T+2r)^2 / window^2 = 2x the needed products, as dense GEMMs. Key/value regions depend only
+    # on the reference and are cut once per key frame (``cache``). The offset terms of decision 11,
+    # ``a (2 o_c.(o + o_n) - 2 o.o_n - |o_n|^2)`` with o = p' - p, are split into query-key products
+    # (extra channels of q and k) and a per-key bias, dropping ``-2a o_c.p``, which is the same for every
+    # key of a query and cancels in the softmax.
+
+    def _attend_full_fast(self, m_c: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        b, d, h, w = m_c.shape
+        q = self._full_query((m_c + self._pos(h, w, m_c)) * (1.0 / math.sqrt(d)), m_c)  # [B, N, d+3]
+        bk, n = k.shape[0], h * w
+        q = q.reshape(bk, (b // bk) * n, -1)  # frames sharing one reference: one tall matmul
+        kt, v = k[:, 0].transpose(1, 2), v[:, 0]
+        rows = max(64, FULL_BLOCK // kt.shape[-1])
+        if q.shape[1] <= rows:
+            out = torch.matmul(torch.matmul(q, kt).softmax(-1), v)  # [Bk, G*N, Cv]
+        else:  # rows are independent: blocks whose logits stay in cache (3x faster for 5 frames at R/8)
+            out = torch.cat([torch.matmul(torch.matmul(q[:, i:i + rows], kt).softmax(-1), v)
+                             for i in range(0, q.shape[1], rows)], 1)
+        return out.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def _window_tile(self, h: int, w: int) -> int:
+        return next(t for t in (WINDOW_TILE, 2, 1) if h % t == 0 and w % t == 0)
+
+    def _window_regions(self, k: Tensor, v: Tensor, h: int, w: int, t: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Per reference: keys [Bk, nT, Ck, S*S] and values [Bk, nT, S*S, Cv] of each tile's key region
+        (S = t + 2r), and the per-key logit bias [Bk, nT, 1, 1, S*S] (-inf on padding)."""
+        r = self.window // 2
+        s = t + 2 * r
+        consts = _window_consts(h, w, t, self.window, k.device, k.dtype)
+        bk = k.shape[0]
+        kr = k.unfold(2, s, t).unfold(3, s, t)  # [Bk, Ck, nty, ntx, S, S] views
+        vr = v.unfold(2, s, t).unfold(3, s, t)
+        n_t = kr.shape[2] * kr.shape[3]
+        kr = kr.permute(0, 2, 3, 1, 4, 5).reshape(bk, n_t, k.shape[1], s * s)
+        vr = vr.permute(0, 2, 3, 4, 5, 1).reshape(bk, n_t, s * s, v.shape[1])
+        bias = torch.zeros(bk, n_t, s * s, device=k.device, dtype=k.dtype)
+        if self.offset is not None:
+            d = self.m_dim
+            o_n = kr[:, :, d:d + 2]  # [Bk, nT, 2, S*S]: each key's own offset
+            kp = consts.key_pos.t().expand(bk, n_t, 2, s * s)
+            bias = -self.offset_gain * (2 * (kp * o_n).sum(2) + (o_n * o_n).sum(2))
+            kr = torch.cat([kr, kp], 2)
+        bias = bias.masked_fill(~consts.key_valid, float("-inf"))
+        return kr, vr, bias.view(bk, n_t, 1, 1, s * s)
+
+    def _attend_window_fast(self, m_c: Tensor, k: Tensor, v: Tensor, cache: dict | None) -> Tensor:
+        b, d, h, w = m_c.shape
+        t = self._window_tile(h, w)
+        constant = not (k.requires_grad or v.requires_grad or self.offset_gain.requires_grad)
+        key = ("window", t, h, w)
+        regions = cache.get(key) if cache is not None and constant else None
+        if regions is None:
+            regions = self._window_regions(k, v, h, w, t)
+            if cache is not None and constant:
+                cache[key] = regions
+        kr, vr, kbias = regions
+        consts = _window_consts(h, w, t, self.window, m_c.device, m_c.dtype)
+        bk, n_t, g, tq = kr.shape[0], kr.shape[1], b // kr.shape[0], t * t
+        q = _tiles((m_c + self._pos(h, w, m_c)) * (1.0 / math.sqrt(d)), t)  # [B, nT, Tq, d]
+        if self.offset is not None:
+            o_c = _tiles(self._offset(m_c), t)  # [B, nT, Tq, 2]
+            gain2 = 2 * self.offset_gain
+            q = torch.cat([q, gain2 * (o_c + consts.query_pos), gain2 * o_c], 3)
+        q = q.view(bk, g, n_t, tq, -1).transpose(1, 2).reshape(bk, n_t, g * tq, -1)
+        rel = self.rel_bias[consts.rel_index].masked_fill(~consts.in_window, float("-inf"))  # [Tq, S*S]
+        logits = torch.matmul(q, kr).view(bk, n_t, g, tq, -1)
+        attn = (logits + kbias + rel).softmax(-1).view(bk, n_t, g * tq, -1)
+        out = torch.matmul(attn, vr)  # [Bk, nT, G*Tq, Cv]
+        cv = out.shape[-1]
+        out = out.view(bk, h // t, w // t, g, t, t, cv).permute(0, 3, 1, 4, 2, 5, 6)
+        return out.reshape(b, h, w, cv).permute(0, 3, 1, 2)  # channels-last [B, Cv, h, w]
 
     def _offset_logits(self, m_c: Tensor, o_r: Tensor, offs: list[tuple[int, int]]) -> Tensor:
         """Window mode: the offset-dependent part of ``-a |o + o_r(p+o) - o_c(p)|^2`` (the
@@ -535,7 +713,18 @@ class FrameDecoder(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def forward(self, aligned: list[Tensor], base: Tensor | None,
-                coarse: Tensor | None = None) -> Tensor:
+                coarse: Tensor | None = None, channels_last: bool = False) -> Tensor:
+        """``channels_last`` (the fast kernels): run the convolutions on NHWC tensors, which oneDNN
+        computes without reordering every activation to and from its blocked layout (same maths)."""
+        if channels_last:
+            cl = torch.channels_last
+            aligned = [a.contiguous(memory_format=cl) for a in aligned]
+            base = None if base is None else base.contiguous(memory_format=cl)
+            coarse = None if coarse is None else coarse.contiguous(memory_format=cl)
+            return self._forward(aligned, base, coarse).contiguous()
+        return self._forward(aligned, base, coarse)
+
+    def _forward(self, aligned: list[Tensor], base: Tensor | None, coarse: Tensor | None) -> Tensor:
         h = self.proj(self.feat_blocks[0](aligned[0]))
         for i in range(1, NUM_SCALES):
             h = self.ups[i - 1](h)
@@ -562,6 +751,8 @@ class RefState:
     values: list[Tensor]
     masks: list[Tensor]
     size: tuple[int, int] = field(default=(0, 0))
+    # what the fast kernels derive from constant keys/values, per scale (IMF.decode_frame fills it)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -594,6 +785,7 @@ class IMF(nn.Module):
             for c, n in zip(feat_ch, cfg.tf_blocks)
         )
         self.frame_decoder = FrameDecoder(cfg, feat_ch)
+        self.kernels = default_kernels()  # "fast" or "reference": see KERNELS
         self.register_buffer("token_scale", torch.ones(cfg.token_dim))
         # The entropy prior: per-channel std of frame-to-frame token deltas, in token units, measured at
         # export and filled from the weights' metadata (entropy.params.load_prior); zeros = never measured.
@@ -648,11 +840,15 @@ class IMF(nn.Module):
         b = t_cur.shape[0]
         if ref.batch_size not in (1, b):
             raise InputError(f"reference batch {ref.batch_size} does not match token batch {b}")
-        motion = self.token_decoder(t_cur, ref.size)
+        if self.kernels not in KERNELS:
+            raise InputError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+        fast = self.kernels == "fast"
+        motion = self.token_decoder(t_cur, ref.size, fast)
         aligned = []
         base = coarse = None
         for i in range(NUM_SCALES):
-            out = self.align[i].attend(motion[i], ref.keys[i], ref.values[i], ref.masks[i])
+            out = self.align[i].attend(motion[i], ref.keys[i], ref.values[i], ref.masks[i], fast=fast,
+                                       cache=ref.cache.setdefault(i, {}) if fast else None)
             if i == NUM_SCALES - 1 and self.config.pixel_skip:
                 c = out.shape[1] - 3 * FINEST_FACTOR**2
                 base = F.pixel_shuffle(out[:, c:], FINEST_FACTOR)
@@ -662,7 +858,7 @@ class IMF(nn.Module):
                 coarse = F.pixel_shuffle(out[:, c:], COARSE_PIXEL_FACTOR)
                 out = out[:, :c]
             aligned.append(self.refine[i](out))
-        return self.frame_decoder(aligned, base, coarse)
+        return self.frame_decoder(aligned, base, coarse, channels_last=fast)
 
     def forward(
         self,
