@@ -421,13 +421,14 @@ def test_kernels_are_selectable(monkeypatch) -> None:
 
 
 def test_denormals_are_flushed_in_every_thread_of_a_fresh_process() -> None:
-    """Importing the API sets flush-to-zero before torch starts its worker threads, which copy the flag
-    once (imfcodec.models.imf.flush_denormals): a denormal times one is zero in every thread."""
+    """Loading a model (which imports imfcodec.models.imf, whatever the entry point: CLI, API, trainer)
+    sets flush-to-zero before torch starts its worker threads, which copy the flag once
+    (imfcodec.models.imf.flush_denormals): a denormal times one is zero in every thread."""
     import subprocess
     import sys
 
-    code = ("import imfcodec.api, torch; torch.set_num_threads(2); "
-            "x = torch.full((1 << 20,), 1e-40); print(int((x * 1.0).count_nonzero()))")
+    code = ("import imfcodec, torch; from imfcodec.zoo import load_model; load_model('random:imf-tiny'); "
+            "torch.set_num_threads(2); x = torch.full((1 << 20,), 1e-40); print(int((x * 1.0).count_nonzero()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
