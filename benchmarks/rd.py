@@ -282,6 +282,17 @@ def append_rows(path: Path, rows: Sequence[dict]) -> None:
     if not rows:
         return
     new = not path.is_file() or path.stat().st_size == 0
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:  # an older run's columns: rewrite its rows under today's header first
+            from imfcodec.fsutil import AtomicOutput
+
+            old = read_rows(path)
+            with AtomicOutput(path) as tmp, open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", restval="")
+                w.writeheader()
+                w.writerows(old)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", restval="")
         if new:

@@ -222,6 +222,20 @@ def test_hybrid_rows_with_and_without_the_enhancer(tmp_path):
     assert main([*args[:-1], "--ladder", "hybrid=3:20:16"]) == 2  # factor 3 is not a base-layer size
 
 
+def test_rows_append_under_the_current_columns(tmp_path):
+    """A results file written before a column existed is rewritten under today's header, never misaligned."""
+    from benchmarks.rd import COLUMNS, append_rows, read_rows
+
+    path = tmp_path / "rd.csv"
+    old = [c for c in COLUMNS if c != "base_kbps"]
+    path.write_text(",".join(old) + "\n" + ",".join("x265" if c == "codec" else "1.5" if c == "kbps" else ""
+                                                     for c in old) + "\n")
+    append_rows(path, [{"codec": "hybrid", "kbps": 7.0, "base_kbps": 5.0}])
+    rows = read_rows(path)
+    assert list(rows[0]) == COLUMNS
+    assert [(r["codec"], r["kbps"], r["base_kbps"]) for r in rows] == [("x265", "1.5", ""), ("hybrid", "7", "5")]
+
+
 def test_scaled_encode_decode_returns_working_size(tmp_path):
     """scale 1/2: the encoder sees half-size frames, the caller gets full-size frames back, and the
     small stream costs fewer bytes than the full-size one at the same CRF."""
