@@ -190,6 +190,56 @@ def _decode_all(model, header, packets) -> int:
     return sum(len(dec.decode(p)) for p in packets)
 
 
+def hybrid_table(threads: int, n_frames: int, rounds: int) -> list[str]:
+    """Whole-stream decoding of the hybrid mode with the shipped enhancer (base layer at 1/2, x265 base
+    quality 9, hevc key quality 16) at chunk 1 and 5, with and without the enhancer, beside x265 decoding
+    the same frames at full size, timed in turns."""
+    import numpy as np
+
+    from benchmarks.anchors import ANCHORS, decode_file, encode_decode
+    from imfcodec.codec import EncoderSettings, encode_frames
+    from imfcodec.hybrid import HybridDecoder, HybridEncoder, load_enhancer
+    from imfcodec.io.sample import sample_frames
+
+    loaded = load_enhancer(None)
+    model = loaded.model.eval()
+    size = model.config.resolution
+    frames = list(sample_frames(n_frames, size))
+    streams = {}
+    for chunk in (1, 5):
+        enc = HybridEncoder(model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=Fraction(25),
+                            settings=EncoderSettings(base_codec="hevc", base_factor=2, base_quality=9,
+                                                     key_quality=16, chunk=chunk))
+        streams[chunk] = (enc.header, list(encode_frames(frames, enc)))
+    with tempfile.TemporaryDirectory() as tmp:
+        mp4 = Path(tmp) / "x265.mp4"
+        encode_decode(ANCHORS["x265"], 51, np.stack(frames), Fraction(25), threads=threads, mp4_path=mp4)
+        mp4_bytes = mp4.read_bytes()
+
+    def run(chunk: int, enhance: bool):
+        def go():
+            header, packets = streams[chunk]
+            dec = HybridDecoder(model, header, enhance=enhance)
+            assert sum(len(dec.decode(p)) for p in packets) == n_frames
+        return go
+
+    fns = {("x265", 0): lambda: decode_file(io.BytesIO(mp4_bytes), n_frames, size, size, threads=threads)}
+    for chunk in (1, 5):
+        for enhance in (True, False):
+            fns[(enhance, chunk)] = run(chunk, enhance)
+    fps = {k: n_frames / s for k, s in in_turns(fns, rounds).items()}
+    x265_fps = fps[("x265", 0)]
+    lines = [f"Hybrid mode, whole-stream decoding of the demo clip ({n_frames} frames, {size}x{size}, one key frame "
+             f"at hevc quality 16, x265 base layer at 128x128 quality 9), {threads} threads, median of {rounds} "
+             f"rounds in turns, enhancer {loaded.name}@{loaded.weights_hash.hex()[:16]} (fast kernels):", "",
+             "| decoder | chunk 1 fps | chunk 5 fps | chunk 1 / x265 | chunk 5 / x265 |", "|---|---|---|---|---|"]
+    for enhance, label in ((True, "imfcodec --hybrid"), (False, "imfcodec --hybrid, decode --no-enhance")):
+        f1, f5 = fps[(enhance, 1)], fps[(enhance, 5)]
+        lines.append(f"| {label} | {f1:.1f} | {f5:.1f} | {f1 / x265_fps:.3f} | {f5 / x265_fps:.3f} |")
+    lines.append(f"| x265 (libx265 CRF 51 at 256x256, hevc decoder) | {x265_fps:.0f} | | | |")
+    return lines
+
+
 def shipped_tables(threads: int, n_frames: int, rounds: int) -> list[str]:
     import numpy as np
 
@@ -324,6 +374,7 @@ def preset_table(threads: int, n_frames: int, rounds: int) -> list[str]:
 @click.option("--configs", default=_all_configs, help="configs of the per-config table ('' for none)")
 @click.option("--shipped/--no-shipped", default=True, help="the shipped-model decoding sections (needs its weights)")
 @click.option("--presets/--no-presets", default=True, help="the encoder-per-preset section")
+@click.option("--hybrid/--no-hybrid", default=True, help="the hybrid mode's decoding section (needs enh-small)")
 @click.option("--clip-frames", type=int, default=50, help="frames of the demo clip decoded per round")
 @click.option("--encode-frames", type=int, default=10, help="frames encoded per preset and round")
 @click.option("--rounds", type=int, default=5, help="rounds of the in-turns timings")
@@ -339,6 +390,8 @@ def command(**params) -> int:
                   "", *config_table(names, args.frames), ""]
     if args.shipped:
         lines += [*shipped_tables(args.threads, args.clip_frames, args.rounds), ""]
+    if args.hybrid:
+        lines += [*hybrid_table(args.threads, args.clip_frames, args.rounds), ""]
     if args.presets:
         lines += [*preset_table(args.threads, args.encode_frames, max(1, args.rounds // 2)), ""]
     text = "\n".join(lines)
