@@ -177,22 +177,22 @@ def test_second_run_skips_finished_rows(bench, capsys):
 
 @pytest.mark.slow
 def test_jobs_run_in_fresh_spawned_workers(tmp_path):
-    """A real run (the other tests keep the jobs in this process): each (clip, codec) job in a spawned
-    interpreter of its own, so its memory baseline is a bare interpreter's, not this process's."""
+    """A real run (the other tests keep the jobs in this process): a (clip, codec) job in a spawned
+    interpreter of its own, so its memory baseline is a bare interpreter's, not this process's. imfcodec's
+    job: the one that loads torch and a model in the worker."""
     from benchmarks.memory import peak_rss_mb
     from benchmarks.rd import main
 
     out = tmp_path / "w"
     assert main(["--videos", str(CLIP), "--out", str(out), "--frames", "2", "--model", "random:imf-tiny",
-                 "--codecs", "imfcodec,x265", "--quick", "--scales", "1", "--refine", "0", "--no-vmaf",
-                 "--jobs", "2"]) == 0
+                 "--codecs", "imfcodec", "--quick", "--refine", "0", "--no-vmaf"]) == 0
     rows = list(csv.DictReader(open(out / "rd.csv", newline="")))
-    assert sorted(r["codec"] for r in rows) == ["imfcodec"] * 2 + ["x265"] * 2
+    assert [r["codec"] for r in rows] == ["imfcodec"] * 2
     here = peak_rss_mb()  # this process has torch and the test session's models loaded
     for r in rows:
-        assert (out / r["stream"]).stat().st_size == int(r["container_bytes"])
+        assert (out / r["stream"]).stat().st_size == int(r["bytes"]) > 0
         assert here > float(r["base_rss_mb"]) > 0 and float(r["peak_rss_mb"]) >= float(r["base_rss_mb"])
-    assert float(next(r for r in rows if r["codec"] == "imfcodec")["gflops_per_frame"]) > 0
+        assert float(r["gflops_per_frame"]) > 0 and math.isfinite(float(r["psnr"]))
 
 
 def test_bd_rate_envelope_and_overlap():
