@@ -42,14 +42,18 @@ def _interrupt(args: list[str], folder: Path, sig: int) -> subprocess.CompletedP
 def test_interrupted_run_leaves_nothing(command, sig, tmp_path, tiny):
     work = tmp_path / "work"
     work.mkdir()
+    # Each run would last 20-40 s on a free core, so that a parent slowed by a loaded machine (seen with two
+    # xdist workers) still signals it mid-run; it is signalled as soon as its temporary exists, so the
+    # length costs nothing.
     if command == "encode":
         # no token search: its first optimizer step imports torch._dynamo and sympy (2 s), which the
-        # CLI handles (see test_interrupt_inside_a_library_error) but which is not this test's point
+        # CLI handles (see test_interrupt_inside_a_library_error) but which is not this test's point.
+        # --refresh-below 99: the untrained model never reaches 99 dB, so every frame is a key frame the
+        # encoder decodes back (about 80 frames/s instead of 900: 3,000 frames of a clip cheap to make)
         src = cheap_clip(tmp_path / "long.mp4", 3000)
-        args = ["encode", str(src), "-o", "out.imf", "--model", TINY, "--key-codec", "png", "--refine", "0"]
+        args = ["encode", str(src), "-o", "out.imf", "--model", TINY, "--key-codec", "png", "--refine", "0",
+                "--refresh-below", "99"]
     else:
-        # long enough (about 20 s of decoding) that a parent starved by a loaded machine still sees the
-        # temporary before the run ends; it is interrupted at once, so the length costs nothing
         src = long_stream(tiny, tmp_path / "long.imf", 15000)
         args = ["decode", str(src), "-o", "out.mp4"]
     done = _interrupt(args, work, sig)
