@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, cheap_clip, cli, long_stream, one_line_error
+from helpers import HANG_SECONDS, TINY, Hang, cheap_clip, cli, communicate_no_hang, long_stream, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,14 +25,17 @@ def _interrupt(args: list[str], folder: Path, sig: int) -> subprocess.CompletedP
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "imfcodec.cli", *args], cwd=folder, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_SECONDS
     while not any(p.name.endswith(".partial") for p in folder.iterdir()):
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no temporary output appeared"
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate()
+            raise Hang(f"hang: no temporary output after {HANG_SECONDS} s")
         time.sleep(0.05)
     time.sleep(0.3)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    out, err = communicate_no_hang(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
