@@ -56,10 +56,6 @@ def jobs_in_this_process():
         yield
 
 
-# the tests of the shared run: slow, and on one xdist worker (``--dist loadgroup``) so that it runs once
-shared_run = pytest.mark.xdist_group("benchmarks-rd")
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     from benchmarks.rd import main
@@ -72,7 +68,6 @@ def bench(tmp_path_factory):
 
 
 @pytest.mark.slow
-@shared_run
 def test_every_codec_has_rows_from_real_bytes(bench):
     out, status, rows = bench
     assert status == 0
@@ -107,7 +102,6 @@ def test_every_codec_has_rows_from_real_bytes(bench):
 
 
 @pytest.mark.slow
-@shared_run
 def test_anchor_rows_at_every_scale_are_coded_small(bench):
     """Scaled anchor rows name their scale and coded size, and their MP4 really is that small."""
     import av
@@ -126,7 +120,6 @@ def test_anchor_rows_at_every_scale_are_coded_small(bench):
 
 
 @pytest.mark.slow
-@shared_run
 def test_rates_grow_along_each_ladder(bench):
     _, _, rows = bench
     for codec in ("x264", "x265", "svtav1", "vp9", "repeat"):
@@ -139,7 +132,6 @@ def test_rates_grow_along_each_ladder(bench):
 
 
 @pytest.mark.slow
-@shared_run
 def test_summary_and_plots(bench):
     out, _, _ = bench
     text = (out / "summary.md").read_text()
@@ -162,7 +154,6 @@ def test_summary_and_plots(bench):
 
 
 @pytest.mark.slow
-@shared_run
 def test_second_run_skips_finished_rows(bench, capsys):
     from benchmarks.rd import main
 
@@ -221,7 +212,6 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@shared_run
 def test_gain_table_against_repeat_and_x265(bench, capsys):
     """benchmarks.gain pairs each imfcodec point with the repeat row of the same key frame."""
     from benchmarks.gain import main

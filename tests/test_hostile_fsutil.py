@@ -45,9 +45,9 @@ def _interrupt(args: list[str], folder: Path, sig: int) -> subprocess.CompletedP
 def test_interrupted_run_leaves_nothing(command, sig, tmp_path, tiny):
     work = tmp_path / "work"
     work.mkdir()
-    # Each run would last 20-40 s on a free core, so that a parent slowed by a loaded machine (seen with two
-    # xdist workers) still signals it mid-run; it is signalled as soon as its temporary exists, so the
-    # length costs nothing.
+    # Each run would last 20-40 s on a free core, so that a parent slowed by a loaded machine still signals
+    # it mid-run (runs of 2-3 s were missed under load); it is signalled as soon as its temporary exists,
+    # so the length costs nothing.
     if command == "encode":
         # no token search: its first optimizer step imports torch._dynamo and sympy (2 s), which the
         # CLI handles (see test_interrupt_inside_a_library_error) but which is not this test's point.
