@@ -1,15 +1,20 @@
 """End-to-end check of the rate-distortion benchmark on a few frames of one shared clip.
 
 One run of ``benchmarks.rd`` (6 frames at 64x64, the seeded tiny model, 2 rate points per codec)
-is shared by the tests below; the second run must skip every finished row.
+is shared by the tests below; the second run must skip every finished row. A real run gives each
+(clip, codec) job a fresh spawned interpreter, for its peak-memory columns; that costs a torch import per
+job, so these runs keep the jobs in this process and one test checks the spawned workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import math
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,8 +29,31 @@ pytestmark = pytest.mark.skipif(not CLIP.is_file(), reason=f"shared clip not fou
 
 
 def _args(out: Path) -> list[str]:
+    # --refine 0: imfcodec's token search is not the point here (test_refine_points_are_separate_rows)
     return ["--videos", str(CLIP), "--out", str(out), "--frames", "6", "--model", "random:imf-tiny",
-            "--quick", "--jobs", "2"]
+            "--quick", "--jobs", "2", "--refine", "0"]
+
+
+@contextlib.contextmanager
+def _jobs_in_this_process():
+    """benchmarks.rd's jobs run one after another in this process instead of in spawned workers."""
+    import benchmarks.memory
+    import torch
+
+    threads = torch.get_num_threads()  # a job pins torch's threads to its --threads
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(benchmarks.memory, "job_executor", lambda jobs: ThreadPoolExecutor(max_workers=1))
+        mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # a job sets it if unset
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def jobs_in_this_process():
+    with _jobs_in_this_process():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +61,13 @@ def bench(tmp_path_factory):
     from benchmarks.rd import main
 
     out = tmp_path_factory.mktemp("rd")
-    status = main(_args(out))
+    with _jobs_in_this_process():
+        status = main(_args(out))
     rows = list(csv.DictReader(open(out / "rd.csv", newline="")))
     return out, status, rows
 
 
+@pytest.mark.slow
 def test_every_codec_has_rows_from_real_bytes(bench):
     out, status, rows = bench
     assert status == 0
@@ -71,6 +101,7 @@ def test_every_codec_has_rows_from_real_bytes(bench):
         assert float(r["steady_kbps"]) == 0
 
 
+@pytest.mark.slow
 def test_anchor_rows_at_every_scale_are_coded_small(bench):
     """Scaled anchor rows name their scale and coded size, and their MP4 really is that small."""
     import av
@@ -88,6 +119,7 @@ def test_anchor_rows_at_every_scale_are_coded_small(bench):
                     assert (st.codec_context.width, st.codec_context.height) == (width, width)
 
 
+@pytest.mark.slow
 def test_rates_grow_along_each_ladder(bench):
     _, _, rows = bench
     for codec in ("x264", "x265", "svtav1", "vp9", "repeat"):
@@ -99,6 +131,7 @@ def test_rates_grow_along_each_ladder(bench):
         assert kbps[better[0]] <= kbps[better[1]], (codec, params, kbps)
 
 
+@pytest.mark.slow
 def test_summary_and_plots(bench):
     out, _, _ = bench
     text = (out / "summary.md").read_text()
@@ -120,6 +153,7 @@ def test_summary_and_plots(bench):
     assert strip.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(strips/liveportrait_d12.png)" in text
 
 
+@pytest.mark.slow
 def test_second_run_skips_finished_rows(bench, capsys):
     from benchmarks.rd import main
 
@@ -130,6 +164,26 @@ def test_second_run_skips_finished_rows(bench, capsys):
     assert "0 point(s) to run" in printed and f"{len(rows)} already in" in printed
     again = list(csv.DictReader(open(out / "rd.csv", newline="")))
     assert len(again) == len(rows)
+
+
+@pytest.mark.slow
+def test_jobs_run_in_fresh_spawned_workers(tmp_path):
+    """A real run (the other tests keep the jobs in this process): a (clip, codec) job in a spawned
+    interpreter of its own, so its memory baseline is a bare interpreter's, not this process's. imfcodec's
+    job: the one that loads torch and a model in the worker."""
+    from benchmarks.memory import peak_rss_mb
+    from benchmarks.rd import main
+
+    out = tmp_path / "w"
+    assert main(["--videos", str(CLIP), "--out", str(out), "--frames", "2", "--model", "random:imf-tiny",
+                 "--codecs", "imfcodec", "--quick", "--refine", "0", "--no-vmaf"]) == 0
+    rows = list(csv.DictReader(open(out / "rd.csv", newline="")))
+    assert [r["codec"] for r in rows] == ["imfcodec"] * 2
+    here = peak_rss_mb()  # this process has torch and the test session's models loaded
+    for r in rows:
+        assert (out / r["stream"]).stat().st_size == int(r["bytes"]) > 0
+        assert here > float(r["base_rss_mb"]) > 0 and float(r["peak_rss_mb"]) >= float(r["base_rss_mb"])
+        assert float(r["gflops_per_frame"]) > 0 and math.isfinite(float(r["psnr"]))
 
 
 def test_bd_rate_envelope_and_overlap():
@@ -157,6 +211,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
 
 
+@pytest.mark.slow
 def test_gain_table_against_repeat_and_x265(bench, capsys):
     """benchmarks.gain pairs each imfcodec point with the repeat row of the same key frame."""
     from benchmarks.gain import main
@@ -177,7 +232,8 @@ def test_gain_table_against_repeat_and_x265(bench, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
-def test_refine_points_are_separate_rows(tmp_path):
+@pytest.mark.slow
+def test_refine_points_are_separate_rows(tmp_path, jobs_in_this_process):
     """--refine N runs imfcodec's points with encoder-side refinement, as rows named ...-rN."""
     from benchmarks.rd import main
 

@@ -94,6 +94,7 @@ def test_user_errors_are_one_line(tmp_path):
     _one_line_error(run("encode", txt, "--model", tmp_path / "nope.safetensors"))
 
 
+@pytest.mark.slow
 def test_models_lists_configs():
     r = run("models", "--json")
     assert r.exit_code == 0

@@ -149,6 +149,7 @@ DECODE_IN_SUBPROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_decode_is_deterministic_across_processes_and_thread_counts(tiny_stream, tmp_path):
     """Token integers must be bit-exact on every machine; frames may differ by float rounding only."""
     results = []

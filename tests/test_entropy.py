@@ -257,6 +257,7 @@ DECODE_ELSEWHERE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_decode_in_other_processes_is_identical():
     rng = np.random.default_rng(4)
     idx = [0, 3, 10, 17, 25, 33, 40, 63] * 4

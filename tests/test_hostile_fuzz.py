@@ -192,6 +192,7 @@ def _category(msg: str) -> str:
     return " ".join(w for w in msg.split()[:7] if not any(c.isdigit() for c in w))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_mutated_streams_decode_or_refuse(streams, tiny, data):

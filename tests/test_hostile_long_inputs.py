@@ -12,6 +12,7 @@ from imfcodec.codec import EncoderSettings
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow
 def test_memory_is_flat_in_the_number_of_frames(tmp_path, tiny):
     """Smoke test (the real measurement is benchmarks/long_input.py): Python-heap peak of encode and
     decode at 1,000 frames is within 10% (+64 KiB) of 200 frames."""
