@@ -21,7 +21,7 @@ import pytest
 
 SHARED_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "talking-heads" / "test"
 CLIP = SHARED_TEST / "liveportrait_d12.mp4"
-CODECS = ("imfcodec", "x264", "x265", "svtav1", "vp9", "repeat")
+CODECS = ("imfcodec", "hybrid", "hybrid-bicubic", "x264", "x265", "svtav1", "vp9", "repeat")
 ANCHOR_CODECS = ("x264", "x265", "svtav1", "vp9")
 SCALES = {"1": 64, "0.5": 32, "0.25": 16}  # the default --scales at 64x64 -> coded width
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(not CLIP.is_file(), reason=f"shared clip not fou
 def _args(out: Path) -> list[str]:
     # --refine 0: imfcodec's token search is not the point here (test_refine_points_are_separate_rows)
     return ["--videos", str(CLIP), "--out", str(out), "--frames", "6", "--model", "random:imf-tiny",
-            "--quick", "--jobs", "2", "--refine", "0"]
+            "--enhancer", "random:enh-tiny", "--quick", "--jobs", "2", "--refine", "0"]
 
 
 @contextlib.contextmanager
@@ -86,7 +86,7 @@ def test_every_codec_has_rows_from_real_bytes(bench):
             stream = out / r["stream"]
             assert stream.is_file()
             duration = int(r["frames"]) / float(r["fps"])
-            if codec in ("imfcodec", "repeat"):
+            if codec in ("imfcodec", "repeat", "hybrid", "hybrid-bicubic"):
                 assert stream.stat().st_size == int(r["bytes"])
             else:  # anchors: elementary stream <= MP4 file, container kbps = the MP4 file
                 assert stream.stat().st_size == int(r["container_bytes"]) > int(r["bytes"])
