@@ -44,21 +44,16 @@ def measure_point(frames: np.ndarray, loaded, factor: int, bq: int, kq: int, str
     import torch
 
     from imfcodec.api import encode_frames_to_file, iter_decoded
-    from imfcodec.bitstream import iter_packet_records, read_stream
     from imfcodec.codec import EncoderSettings, to_tensor, to_uint8
+
+    from .runners import hybrid_startup_bytes
     from imfcodec.models import upscale
 
     settings = EncoderSettings(base_codec="hevc", base_factor=factor, base_quality=bq, key_codec="hevc",
                                key_quality=kq)
     path = tmp / "p.imf"
     coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings)
-    records = list(iter_packet_records(path))
-    first_key = next(r for r in records if r.type == "K")
-    base_rec = next(r for r in records if r.type == "B")
-    _h, packets = read_stream(path.read_bytes())
-    first = next(p for p in packets if hasattr(p, "units"))
-    startup = first_key.offset + first_key.total_len + len(first.units[0]) + 1 + (
-        base_rec.total_len - len(first.data) - first.count)
+    startup = hybrid_startup_bytes(path)
     n = len(frames)
     smalls, key_image = [], None
     bicubic = []
@@ -134,7 +129,13 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
 
 
 def main(argv=None) -> int:
-    return call(command, argv, "python -m benchmarks.hybrid_table")
+    from imfcodec.errors import IMFError
+
+    try:
+        return call(command, argv, "python -m benchmarks.hybrid_table")
+    except IMFError as e:  # a bad enhancer, a test folder, an unreadable clip: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

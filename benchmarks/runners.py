@@ -229,10 +229,45 @@ def _repeat_points(job: Job, frames: np.ndarray, tmp: Path, errors: list[str]):
     return out
 
 
+def _code_and_decode(frames: np.ndarray, path: Path, loaded, fps_: Fraction, settings, enhance: bool = True):
+    """Encode ``frames`` to ``path`` and decode the file back: (EncodedStream, decoded frames, encode and
+    decode stopwatches). The decoded frames must be exactly as many as the encoded ones."""
+    from imfcodec.api import encode_frames_to_file, iter_decoded
+
+    enc_sw, dec_sw = Stopwatch(), Stopwatch()
+    with enc_sw:
+        coded = encode_frames_to_file(frames, path, model=loaded, fps=fps_, settings=settings)
+    decoded = np.empty_like(frames)
+    count = 0
+    with dec_sw:
+        for _dec, chunk in iter_decoded(path, model=loaded, enhance=enhance):
+            for fr in chunk:
+                if count >= len(frames):
+                    raise RuntimeError("decoder returned more frames than were encoded")
+                decoded[count] = fr
+                count += 1
+    if count != len(frames):
+        raise RuntimeError(f"decoded {count} frames, encoded {len(frames)}")
+    return coded, decoded, enc_sw, dec_sw
+
+
+def hybrid_startup_bytes(path: Path) -> int:
+    """A hybrid stream's start-up: signature, header, the first key packet, and the first base access unit
+    (the base layer's intra picture) with its size byte and the first base packet's record framing."""
+    from imfcodec.bitstream import iter_packet_records, read_stream
+
+    records = list(iter_packet_records(path))
+    first_key = next(r for r in records if r.type == "K")
+    base_rec = next(r for r in records if r.type == "B")
+    _h, packets = read_stream(path.read_bytes())
+    first = next(p for p in packets if hasattr(p, "units"))
+    framing = base_rec.total_len - len(first.data) - first.count  # record bytes beyond units and size bytes
+    return first_key.offset + first_key.total_len + len(first.units[0]) + 1 + framing
+
+
 def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, errors: list[str]):
     import torch  # noqa: F401 - part of the codec's footprint
 
-    from imfcodec.api import encode_frames_to_file, iter_decoded
     from imfcodec.bitstream import iter_packet_records
     from imfcodec.codec import EncoderSettings
     from imfcodec.zoo import load_model
@@ -245,20 +280,7 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
         try:
             settings = EncoderSettings(quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
                                        key_quality=point.key_quality, search_iters=point.refine)
-            enc_sw, dec_sw = Stopwatch(), Stopwatch()
-            with enc_sw:
-                coded = encode_frames_to_file(frames, path, model=loaded, fps=fps_, settings=settings)
-            decoded = np.empty_like(frames)
-            count = 0
-            with dec_sw:
-                for _dec, chunk in iter_decoded(path, model=loaded):
-                    for fr in chunk:
-                        if count >= len(frames):
-                            raise RuntimeError("decoder returned more frames than were encoded")
-                        decoded[count] = fr
-                        count += 1
-            if count != len(frames):
-                raise RuntimeError(f"decoded {count} frames, encoded {len(frames)}")
+            coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
             continue
@@ -280,9 +302,7 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
     ``point.key_quality``; ``hybrid-bicubic`` decodes the same streams without the enhancer."""
     import torch  # noqa: F401 - part of the codec's footprint
 
-    from imfcodec.api import encode_frames_to_file, iter_decoded
     from imfcodec.baselayer import base_size
-    from imfcodec.bitstream import iter_packet_records, read_stream
     from imfcodec.codec import EncoderSettings
     from imfcodec.hybrid import load_enhancer
 
@@ -296,38 +316,17 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
             settings = EncoderSettings(base_codec="hevc", base_factor=int(1 / point.scale),
                                        base_quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
                                        key_quality=point.key_quality)
-            enc_sw, dec_sw = Stopwatch(), Stopwatch()
-            with enc_sw:
-                coded = encode_frames_to_file(frames, path, model=loaded, fps=fps_, settings=settings)
-            decoded = np.empty_like(frames)
-            count = 0
-            with dec_sw:
-                for _dec, chunk in iter_decoded(path, model=loaded, enhance=enhance):
-                    for fr in chunk:
-                        if count >= len(frames):
-                            raise RuntimeError("decoder returned more frames than were encoded")
-                        decoded[count] = fr
-                        count += 1
-            if count != len(frames):
-                raise RuntimeError(f"decoded {count} frames, encoded {len(frames)}")
+            coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings, enhance)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
             continue
-        # start-up = signature, header, the first key packet and the first base access unit (the base
-        # layer's intra picture) with its share of the first base packet's framing
-        records = list(iter_packet_records(path))
-        first_key = next(r for r in records if r.type == "K")
-        _h, packets = read_stream(path.read_bytes())
-        first_base = next(p for p in packets if hasattr(p, "units"))
-        base_rec = next(r for r in records if r.type == "B")
-        unit_share = len(first_base.units[0]) + 1 + (base_rec.total_len - len(first_base.data) - first_base.count)
         side = base_size(frames.shape[1], settings.base_factor)
         dec_path = tmp / f"{point.name}.npy"
         np.save(dec_path, decoded)
         name = f"imfcodec {loaded.name}" + ("" if enhance else " (bicubic, no enhancer)")
         out.append((point, {"bytes": coded.bytes, "container_bytes": coded.bytes,
                             "key_bytes": coded.key_image_bytes, "base_bytes": coded.base_bytes,
-                            "token_bytes": 0, "startup_bytes": first_key.offset + first_key.total_len + unit_share,
+                            "token_bytes": 0, "startup_bytes": hybrid_startup_bytes(path),
                             "key_frames": len(coded.key_frames), "coded_size": f"{side}x{side}",
                             "enc_seconds": enc_sw.seconds, "dec_seconds": dec_sw.seconds,
                             "encoder": f"imfcodec --hybrid (x265 base, {job.key_codec} key)", "decoder": name,

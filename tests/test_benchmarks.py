@@ -420,3 +420,26 @@ def test_without_the_bench_extra_is_a_one_line_error(tmp_path, capsys, monkeypat
     for line in err:
         assert line.startswith("error: ") and "bjontegaard" in line and "pip install -e '.[bench]'" in line
     assert not (tmp_path / "o").exists()  # refused before doing anything
+
+
+def test_hybrid_table_measures_points_on_training_clips(tmp_path):
+    """benchmarks.hybrid_table: real encodes of held-out training clips, the --kbps table written."""
+    import json
+
+    from benchmarks.hybrid_table import main
+    from imfcodec.io import make_sample
+
+    data = tmp_path / "train"
+    data.mkdir()
+    for i in range(2):
+        make_sample(data / f"c{i}.mp4", frames=8 + i, size=64)
+    out = tmp_path / "t.json"
+    assert main(["--enhancer", "random:enh-tiny", "--data", str(data), "--frames", "8", "--quick",
+                 "--val-clips", "1", "--cache-dir", "none", "--out", str(out), "--threads", "1"]) == 0
+    table = json.loads(out.read_text())
+    assert len(table["points"]) == 2 and len(table["clips"]) == 1
+    for p in table["points"]:
+        assert p["steady_kbps"] > 0 and p["startup_bytes"] > 0
+        assert p["psnr"] == pytest.approx(p["psnr_bicubic"])  # an untrained enhancer is the bicubic base
+    (tmp_path / "test").mkdir()
+    assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1  # the test set is refused

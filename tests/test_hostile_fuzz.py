@@ -233,6 +233,20 @@ def _small_videos(folder: Path) -> dict[str, bytes]:
     return {k: p.read_bytes() for k, p in out.items()}
 
 
+def _mutated(data, d: bytearray, kind: str) -> bytearray:
+    """A video file's bytes damaged the way ``kind`` says: bit flips, a truncation, overwritten header
+    bytes, or ``intact``."""
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 16))):
+            d[data.draw(st.integers(0, len(d) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        d = d[:data.draw(st.integers(0, len(d) - 1))]
+    elif kind == "header":
+        for _ in range(data.draw(st.integers(1, 8))):
+            d[data.draw(st.integers(0, min(len(d), 200) - 1))] = data.draw(st.integers(0, 255))
+    return d
+
+
 @settings(max_examples=(EXAMPLES or 240) // 4, deadline=None, derandomize=EXAMPLES is None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
@@ -243,16 +257,7 @@ def test_mutated_input_videos_encode_or_refuse(tiny, tmp_path_factory, data):
     ext = data.draw(st.sampled_from(sorted(videos)))
     d = bytearray(videos[ext])
     kind = data.draw(st.sampled_from(["flip", "truncate", "header", "garbage"]))
-    if kind == "flip":
-        for _ in range(data.draw(st.integers(1, 16))):
-            d[data.draw(st.integers(0, len(d) - 1))] ^= 1 << data.draw(st.integers(0, 7))
-    elif kind == "truncate":
-        d = d[:data.draw(st.integers(0, len(d) - 1))]
-    elif kind == "header":
-        for _ in range(data.draw(st.integers(1, 8))):
-            d[data.draw(st.integers(0, min(len(d), 200) - 1))] = data.draw(st.integers(0, 255))
-    else:
-        d = bytearray(data.draw(st.binary(max_size=300)))
+    d = _mutated(data, d, kind) if kind != "garbage" else bytearray(data.draw(st.binary(max_size=300)))
     src = folder / f"in.{ext}"
     src.write_bytes(bytes(d))
     out = folder / "out.imf"
@@ -341,14 +346,7 @@ def test_mutated_input_videos_from_stdin_encode_or_refuse(tiny, tmp_path_factory
     ext = data.draw(st.sampled_from(sorted(videos)))  # an mp4 may need seeking: then it is refused
     d = bytearray(videos[ext])
     kind = data.draw(st.sampled_from(["flip", "truncate", "header", "intact"]))
-    if kind == "flip":
-        for _ in range(data.draw(st.integers(1, 16))):
-            d[data.draw(st.integers(0, len(d) - 1))] ^= 1 << data.draw(st.integers(0, 7))
-    elif kind == "truncate":
-        d = d[:data.draw(st.integers(0, len(d) - 1))]
-    elif kind == "header":
-        for _ in range(data.draw(st.integers(1, 8))):
-            d[data.draw(st.integers(0, min(len(d), 200) - 1))] = data.draw(st.integers(0, 255))
+    d = _mutated(data, d, kind)
     out = folder / "out.imf"
     try:
         with _stdin_pipe(bytes(d)), no_hang("encoding a damaged video from a pipe"):
