@@ -50,16 +50,17 @@ def thumbnail(frame: np.ndarray, n: int = 16) -> np.ndarray:
 
 
 def describe(path: Path) -> dict:
-    """Decode ``path`` and summarise what a conforming decoder must produce."""
+    """Decode ``path`` and summarise what a conforming decoder must produce: the exact integers it decodes
+    (tokens, or a hybrid stream's base-layer pictures), the key frames, and thumbnails of every frame."""
     from imfcodec.api import iter_decoded, stream_header
 
-    if stream_header(path).hybrid:
-        return describe_hybrid(path)
-    tokens, key_sha, thumbs, frames = [], {}, [], 0
-    for dec, out in iter_decoded(path, model=MODEL):
+    hybrid = stream_header(path).hybrid
+    exact, key_sha, thumbs, frames = hashlib.sha256(), {}, [], 0
+    for dec, out in iter_decoded(path, model=HYBRID_MODEL if hybrid else MODEL):
         if not out:
             continue
-        tokens.append(dec.last_tokens.astype("<i4"))
+        for part in (dec.last_bases if hybrid else [dec.last_tokens.astype("<i4")]):
+            exact.update(part.tobytes())
         for f in out:
             if frames in dec.report.key_frames:
                 key_sha[str(frames)] = hashlib.sha256(f.tobytes()).hexdigest()
@@ -68,31 +69,7 @@ def describe(path: Path) -> dict:
     return {
         "frames": frames,
         "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "tokens_sha256": hashlib.sha256(np.concatenate(tokens).tobytes()).hexdigest(),
-        "key_frames_sha256": key_sha,
-        "thumbnails": thumbs,
-        "frame_tolerance": 1.0,
-    }
-
-
-def describe_hybrid(path: Path) -> dict:
-    """``describe`` for a stream with a base layer (format version 2)."""
-    from imfcodec.api import iter_decoded
-
-    base, key_sha, thumbs, frames = hashlib.sha256(), {}, [], 0
-    for dec, out in iter_decoded(path, model=HYBRID_MODEL):
-        if out:
-            for small in dec.last_bases:
-                base.update(small.tobytes())
-        for f in out:
-            if frames in dec.report.key_frames:
-                key_sha[str(frames)] = hashlib.sha256(f.tobytes()).hexdigest()
-            thumbs.append(np.round(thumbnail(f), 3).tolist())
-            frames += 1
-    return {
-        "frames": frames,
-        "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "base_frames_sha256": base.hexdigest(),
+        "base_frames_sha256" if hybrid else "tokens_sha256": exact.hexdigest(),
         "key_frames_sha256": key_sha,
         "thumbnails": thumbs,
         "frame_tolerance": 1.0,
