@@ -90,6 +90,7 @@ from imfcodec.models.layers import (
     StyledConv,
     UpConvResBlock,
     conv3x3,
+    randn,
 )
 
 NUM_SCALES = 4
@@ -394,7 +395,7 @@ class LatentTokenDecoder(nn.Module):
         self.mapping = nn.Sequential(*mapping)
         sd = dim
         r0 = cfg.resolution // COARSEST_FACTOR
-        self.const = nn.Parameter(torch.randn(1, cfg.imfd_widths[0], r0, r0))
+        self.const = nn.Parameter(randn(1, cfg.imfd_widths[0], r0, r0))
         self.convs = nn.ModuleList()
         self.sides = nn.ModuleList()
         prev = cfg.imfd_widths[0]
@@ -448,7 +449,9 @@ class Alignment(nn.Module):
             self.locality = nn.Parameter(torch.tensor(inv_softplus(locality)))
         else:
             r = window // 2
-            d = torch.arange(-r, r + 1, dtype=torch.float32)
+            # on the CPU even when the model is built on the meta device (a few floats): torch's meta
+            # kernels for arange and arithmetic import torch._dynamo and sympy (layers.randn)
+            d = torch.arange(-r, r + 1, dtype=torch.float32, device="cpu")
             dist2 = (d.view(-1, 1) ** 2 + d.view(1, -1) ** 2).reshape(-1)  # offset order: (dy, dx)
             self.rel_bias = nn.Parameter(-locality * dist2)
             # the offset terms' gain: fixed (the learned rel_bias carries the distance penalty)

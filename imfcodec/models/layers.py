@@ -18,6 +18,18 @@ from torch import Tensor, nn
 LRELU_GAIN = math.sqrt(2.0)
 
 
+def randn(*shape: int, divisor: float = 1.0) -> Tensor:
+    """``torch.randn(*shape) / divisor`` (the same values), except on the meta device, where the
+    weights loader builds a model to check shapes (``zoo._check_shapes``): there it stays uninitialised,
+    because torch's meta kernels for ``normal_`` and scalar arithmetic import torch._dynamo and sympy
+    (about 120 MB of a decoder's memory)."""
+    t = torch.empty(*shape)
+    if t.is_meta:
+        return t
+    t.normal_()
+    return t if divisor == 1.0 else t.div_(divisor)
+
+
 def lrelu(x: Tensor, gain: float = LRELU_GAIN) -> Tensor:
     """Leaky ReLU (slope 0.2) rescaled so activations keep unit variance (StyleGAN convention)."""
     return F.leaky_relu(x, 0.2) * gain
@@ -37,7 +49,7 @@ class EqualLinear(nn.Module):
         activation: bool = False,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        self.weight = nn.Parameter(randn(out_dim, in_dim, divisor=lr_mul))
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
         self.scale = lr_mul / math.sqrt(in_dim)
         self.lr_mul = lr_mul
@@ -62,7 +74,7 @@ class EqualConv2d(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.weight = nn.Parameter(randn(out_ch, in_ch, kernel, kernel))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
         self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
         self.stride = stride
@@ -119,7 +131,7 @@ class ModulatedConv2d(nn.Module):
     ) -> None:
         super().__init__()
         self.in_ch, self.out_ch, self.kernel = in_ch, out_ch, kernel
-        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel, kernel))
+        self.weight = nn.Parameter(randn(1, out_ch, in_ch, kernel, kernel))
         self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
         self.demodulate = demodulate

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from imfcodec.errors import InputError
 from imfcodec.models.enhancer import Enhancer, EnhancerConfig
@@ -69,7 +68,12 @@ def count_parameters(model: nn.Module) -> int:
 def decode_gflops(model: IMF | Enhancer, resolution: int | None = None) -> float:
     """GFLOPs (2 x multiply-adds) of one frame's decode at batch 1 (decode_frame, or an enhancer's
     enhance); the reference is prepared outside the count because the decoder does it once per key
-    frame."""
+    frame.
+
+    FlopCounterMode is imported here, not with the registry: it imports triton (about 100 MB) where
+    installed, which the codec never needs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     r = resolution or model.config.resolution
     was_training = model.training
     model.eval()
