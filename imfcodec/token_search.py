@@ -50,6 +50,32 @@ class SearchSettings:
         return self
 
 
+class Adam:
+    """Adam on one tensor, as ``torch.optim.Adam(params, lr)`` updates it with its defaults (the same
+    operations as torch's single-tensor path, so the same floats on a CPU). Written out because
+    constructing any torch optimizer imports torch._dynamo (about 120 MB of an encoder's memory; see
+    ``tests/test_token_search.py``, which holds the two to the same result)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.steps = 0
+        self.exp_avg = torch.zeros_like(param)
+        self.exp_avg_sq = torch.zeros_like(param)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update from ``param.grad``."""
+        b1, b2 = self.betas
+        g = self.param.grad
+        self.steps += 1
+        self.exp_avg.lerp_(g, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
+        step_size = self.lr / (1 - b1 ** float(self.steps))
+        denom = (self.exp_avg_sq.sqrt() / (1 - b2 ** float(self.steps)) ** 0.5).add_(self.eps)
+        self.param.addcdiv_(self.exp_avg, denom, value=-step_size)
+
+
 def grad_state(state: RefState) -> RefState:
     """A copy of a reference cache that autograd can use (caches built under inference_mode cannot)."""
     with torch.inference_mode(False):
@@ -124,7 +150,7 @@ def search_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor,
             return j.detach(), g
 
         u = torch.from_numpy(q0.astype(np.float32)).requires_grad_(True)
-        opt = torch.optim.Adam([u], lr=s.lr)
+        opt = Adam(u, lr=s.lr)
         best_j = torch.full((len(q0),), float("inf"))
         best_q = torch.from_numpy(q0.astype(np.float32))
         seen: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}

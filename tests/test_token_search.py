@@ -16,7 +16,7 @@ from imfcodec.entropy.rate import gaussian_delta_bits
 from imfcodec.errors import InputError
 from imfcodec.io import read_frames
 from imfcodec.metrics import psnr
-from imfcodec.token_search import SearchSettings, grad_state, search_tokens, table_scales
+from imfcodec.token_search import Adam, SearchSettings, grad_state, search_tokens, table_scales
 
 
 def _objective(model, state, x, q, prev, steps, scales, lam):
@@ -121,6 +121,21 @@ def _search_before(model, state, frames, q_init, prev_q, steps, scales, settings
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
     return best_q.numpy().astype(np.int32)
+
+
+def test_written_out_adam_updates_exactly_as_torch_optim_adam():
+    """token_search.Adam replaces torch.optim.Adam (whose constructor imports torch._dynamo): the same
+    floats, step for step, gradients of every sign and size."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 32, generator=gen) * 5
+    ours, theirs = start.clone(), start.clone().requires_grad_(True)
+    opt_ours, opt_theirs = Adam(ours, lr=0.3), torch.optim.Adam([theirs], lr=0.3)
+    for i in range(25):
+        g = torch.randn(3, 32, generator=gen) * 10.0 ** (i % 5 - 2)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+        assert torch.equal(ours, theirs.detach()), i
 
 
 @pytest.fixture(scope="module")
