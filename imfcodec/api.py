@@ -150,7 +150,7 @@ def check_input_size(path: str | os.PathLike, max_pixels: int = MAX_INPUT_PIXELS
 
 def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.PathLike, *, fps: Fraction | int,
                           model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
-                          progress: Progress | None = None) -> EncodedStream:
+                          progress: Progress | None = None, device: str | None = None) -> EncodedStream:
     """Encode RGB frames (uint8 HxWx3 at the model's resolution: a list, an array or any iterator)
     into an .imf file; the one way the API and the benchmarks write streams.
 
@@ -163,12 +163,14 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     An in-place output (``-`` for standard output, a FIFO, a device, a socket: ``fsutil.in_place``) gets
     the stream as it is made instead, each packet flushed when it is complete, with a header that says
     0 frames (unknown, FORMAT.md §3.1); its END packet carries the count. An output folder that does
-    not exist is refused (InputError), as by ``encode_video`` and ``decode_stream``.
+    not exist is refused (InputError), as by ``encode_video`` and ``decode_stream``. ``device`` as in
+    ``encode_video``.
     """
     from .codec import encode_frames
 
     check_output_folder(output_path)
-    loaded = _encoding_model(model, settings)
+    device = _device(device)
+    loaded = _on_device(_encoding_model(model, settings), device)
     enc = _encoder(loaded, fps, settings)
     out = Path(output_path)
     sizes = [0, 0, 0, 0]  # key image, key token, token, base-layer bytes
@@ -239,6 +241,23 @@ def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) 
     return loaded
 
 
+def _device(device: str | None) -> str | None:
+    """``device`` checked and resolved (``auto`` quietly falls back to the CPU; ``cuda`` without a GPU is
+    refused), before any model is loaded; None stays None: the model stays where it is."""
+    if device is None:
+        return None
+    from .devices import resolve_device
+
+    return resolve_device(device)
+
+
+def _on_device(loaded: LoadedModel, device: str | None) -> LoadedModel:
+    """The model moved to ``device`` (in place: a ``LoadedModel`` the caller passed moves too)."""
+    if device is not None:
+        loaded.model.to(device)
+    return loaded
+
+
 def _encoder(loaded: LoadedModel, fps: Fraction | int, settings: EncoderSettings):
     """The streaming encoder for ``settings``: token ``Encoder`` or ``hybrid.HybridEncoder``."""
     from .codec import Encoder
@@ -255,14 +274,20 @@ def _encoder(loaded: LoadedModel, fps: Fraction | int, settings: EncoderSettings
 def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                  model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
                  max_frames: int | None = None, progress: Progress | None = None,
-                 max_input_pixels: int = MAX_INPUT_PIXELS, started: Started | None = None) -> EncodeSummary:
+                 max_input_pixels: int = MAX_INPUT_PIXELS, started: Started | None = None,
+                 device: str | None = None) -> EncodeSummary:
     """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
     memory stays flat however long the input, and a file output appears only at the end). In the hybrid
     mode (settings with a ``base_codec``) ``model`` names the enhancer, default ``settings.enhancer``.
 
     ``input_path`` ``-`` reads standard input (read once, as it arrives); ``output_path`` ``-`` (the
     default for ``-``) writes standard output. ``started(n)`` is called once the input is open, with
-    the number of frames to expect (None when unknown, as for a pipe)."""
+    the number of frames to expect (None when unknown, as for a pipe).
+
+    ``device`` (``devices``: ``cpu``, ``cuda``, ``cuda:N``, ``auto``) is where E_T and the token search
+    run (the hybrid encoder runs no network); the model is moved there. None: a model named here is
+    loaded on the CPU, a ``LoadedModel`` stays where it is. The stream does not depend on it beyond the
+    encoder's choice of tokens: it decodes on any device."""
     from .io import open_video
 
     out = Path(output_path) if output_path is not None else default_output(input_path, ".imf")
@@ -273,6 +298,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
             raise InputError(f"output path is a directory: {out}")
         check_output_folder(out)
     settings = settings.validated()  # bad settings are reported before any frame is decoded
+    device = _device(device)
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
         raise InputError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
     if os.fspath(input_path) == STDIO:  # the model first: ready when the first frame arrives
@@ -292,7 +318,8 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
             started(min(total, max_frames) if (total and max_frames) else (max_frames or total))
         frames = source.frames(int(loaded.model.config.resolution), max_frames=max_frames)
         t0 = time.perf_counter()
-        s = encode_frames_to_file(frames, out, model=loaded, fps=info.fps, settings=settings, progress=progress)
+        s = encode_frames_to_file(frames, out, model=loaded, fps=info.fps, settings=settings, progress=progress,
+                                  device=device)
     seconds = time.perf_counter() - t0
     key_bytes = s.key_image_bytes + s.key_token_bytes
     duration = s.frames / float(info.fps)
@@ -335,7 +362,7 @@ def _open_source(source: Source) -> Iterator:
 
 
 def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits, conceal: bool,
-                    enhance: bool = True):
+                    enhance: bool = True, device: str | None = None):
     """(reader, decoder) for the stream in ``f``: its header read and checked, the model (token model or
     enhancer) found."""
     if not _seekable(f):  # a live stream (a pipe): load torch while its first bytes are on their way
@@ -349,7 +376,7 @@ def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits
         loaded = model
     else:
         loaded = resolve_stream_model(h.model, h.weights_hash, model)
-    return reader, _decoder(loaded, h, enhance)
+    return reader, _decoder(_on_device(loaded, _device(device)), h, enhance)
 
 
 def _seekable(f) -> bool:
@@ -379,7 +406,7 @@ def _decoding(reader, dec, conceal: bool) -> Iterator:
 
 
 def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limits: Limits | None = None,
-                 conceal: bool = False, enhance: bool = True) -> Iterator:
+                 conceal: bool = False, enhance: bool = True, device: str | None = None) -> Iterator:
     """Yield (decoder, frames) as packets are decoded; ``source`` is a path (``-``: standard input),
     bytes or a binary file, read as it arrives.
 
@@ -389,10 +416,11 @@ def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limi
     ``decoder.report`` says which (``concealed``, ``damage``, ``truncated``). ``limits`` bound every
     size in the stream. A hybrid stream (version 2, with a base layer) is decoded by
     ``hybrid.HybridDecoder``; ``enhance=False`` outputs its upscaled base frames instead of the enhanced
-    ones (InputError for a token stream).
+    ones (InputError for a token stream). ``device``: where the decoder's networks run, as in
+    ``decode_stream``.
     """
     with _open_source(source) as f:
-        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance)
+        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device)
         yield from _decoding(reader, dec, conceal)
 
 
@@ -412,7 +440,7 @@ def _decoder(loaded: LoadedModel, header, enhance: bool = True):
 def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                   model: str | LoadedModel | None = None, progress: Progress | None = None,
                   limits: Limits | None = None, conceal: bool = False, started: Started | None = None,
-                  format: str | None = None, enhance: bool = True) -> DecodeSummary:
+                  format: str | None = None, enhance: bool = True, device: str | None = None) -> DecodeSummary:
     """Decode an .imf stream to .mp4 / .mkv / .y4m / a folder of PNGs (chosen by the output name, or
     ``format``: ``io.FORMATS``).
 
@@ -426,6 +454,10 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
     With ``conceal``, frames concealed before the first decodable frame are held back until one
     arrives; a stream with no decodable frame at all (its only key frame damaged) raises InputError and
     writes nothing, rather than a clip of grey frames.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``): where the networks synthesise frames (None: a
+    model named here runs on the CPU, a ``LoadedModel`` where it is). The tokens, hence the stream's
+    meaning, are the same on every device; frames differ by float rounding only.
     """
     from .io import VideoWriter
 
@@ -433,9 +465,13 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
     if not in_place(out):
         check_output_folder(out)
     name = "stdin" if os.fspath(input_path) == STDIO else os.fspath(input_path)
+    if device is not None:
+        from .devices import check_device
+
+        check_device(device)  # a misspelt device is refused before the input is read
     t0 = time.perf_counter()
     with _open_source(input_path) as f:
-        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance)
+        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device)
         header = reader.header
         if started is not None:
             started(header.frames or None)

@@ -18,6 +18,7 @@ import time
 
 import click
 
+from .devices import DEFAULT_DEVICE, DEVICE_HELP
 from .errors import IMFError
 from .settings import DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_PRESET, PRESETS, EncoderSettings
 
@@ -239,12 +240,15 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--kbps", type=float, default=None,
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True,
+              help=f"Where E_T and the token search run: {DEVICE_HELP}. The stream decodes on any device.")
 def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, preset, search_iters,
-           frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps):
+           frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps, device):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
 
     _interruptible()
+    device = _device(device)
 
     if kbps is not None:
         hybrid = True
@@ -260,12 +264,25 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
     streamed = _note_output(output, input == "-")
     with _Progress("encode") as bar:
         s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar,
-                         started=bar.start)
+                         started=bar.start, device=device)
     payload = f"base {s.base_bytes} B" if settings.hybrid else f"tokens {s.token_bytes} B"
     _summary(streamed == "stdout",
              f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
              f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), {len(s.key_frames)} key frame(s), "
              f"{s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
+
+
+def _device(name: str) -> str:
+    """--device resolved before any input is read: ``cuda`` without a GPU is refused in one line,
+    ``auto`` without one says so in one line and runs on the CPU (``devices.resolve_device``)."""
+    from .devices import check_device, resolve_device
+    from .errors import InputError
+
+    try:
+        check_device(name)
+    except InputError:
+        raise click.BadParameter(f"{name!r} is not one of {DEVICE_HELP}", param_hint="--device") from None
+    return resolve_device(name, note=lambda message: click.echo(message, err=True))
 
 
 def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
@@ -407,19 +424,22 @@ def run() -> None:
 @click.option("--no-enhance", is_flag=True,
               help="Hybrid streams: output the bicubic upscale of the base layer instead of the enhanced frames "
                    "(key frames unchanged), to see what the enhancer adds.")
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True,
+              help=f"Where the decoder's networks run: {DEVICE_HELP}. Entropy decoding is the same on all.")
 @_limit_options
-def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance):
+def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance, device):
     """Decode an .imf stream (a file, or - for stdin; recognised by its magic, whatever the extension)."""
     from .api import decode_stream
     from .errors import CorruptStreamError
 
     _interruptible()
+    device = _device(device)
     limits = _limits(max_width, max_height, max_frames, max_packet)
     streamed = _note_output(output, input == "-")
     try:
         with _Progress("decode") as bar:
             s = decode_stream(input, output, model=model, progress=bar, started=bar.start, limits=limits,
-                              conceal=conceal, format=fmt, enhance=not no_enhance)
+                              conceal=conceal, format=fmt, enhance=not no_enhance, device=device)
     except CorruptStreamError as e:
         written = (f"the frames before it went to {streamed}" if streamed else "nothing was written")
         raise CorruptStreamError(f"{e}; {written} (--conceal decodes past damaged packets)") from e

@@ -26,6 +26,7 @@ from .entropy import (
     scale_indexes,
     unpack_key_token,
 )
+from .devices import model_device
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError
 from .keyframe import get_keyframe_codec
 from .metrics import psnr
@@ -42,9 +43,12 @@ from .token_search import SearchSettings, grad_state, search_tokens, table_scale
 Packet = KeyPacket | TokenPacket | EndPacket
 
 
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 -> float 1x3xHxW in [0, 1]."""
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+def to_tensor(rgb: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 HxWx3 -> float 1x3xHxW in [0, 1] (on ``device``: the bytes travel, not the floats)."""
+    t = torch.from_numpy(np.array(rgb, dtype=np.uint8))
+    if device is not None:
+        t = t.to(device)
+    return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
 def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
@@ -59,8 +63,9 @@ class _Reference:
     def __init__(self, model: torch.nn.Module, image: np.ndarray, q: np.ndarray, steps: np.ndarray):
         self.image = image
         self.q = q
-        t = dequantize(q[None, :], steps)
-        self.state = model.prepare_reference(to_tensor(image), t)
+        device = model_device(model)
+        t = dequantize(q[None, :], steps).to(device)
+        self.state = model.prepare_reference(to_tensor(image, device), t)
         self._grad_state: RefState | None = None
 
     @property
@@ -80,6 +85,7 @@ class Encoder:
     def __init__(self, model: torch.nn.Module, *, model_name: str, weights_hash: bytes, fps: Fraction,
                  settings: EncoderSettings = EncoderSettings(), frames: int = 0):
         self.model = model.eval()
+        self.device = model_device(model)  # where the networks run; entropy coding stays on the CPU
         self.settings = settings.validated()
         self.size = int(model.config.resolution)
         self.steps = quantization_steps(model.token_scale, self.settings.quality)
@@ -113,14 +119,15 @@ class Encoder:
         self.index += 1
         if self.ref is None or (s.keyint > 0 and i - self.last_key >= s.keyint):
             return self._key(i, rgb)
-        x = to_tensor(rgb)
-        q = quantize(self.model.encode_token(x), self.steps)[0]
+        x = to_tensor(rgb, self.device)
+        q = quantize(self.model.encode_token(x), self.steps)[0]  # float64 on the CPU: device-independent
         if s.search_iters:
             prev = self.pending[-1] if self.pending else self.prev_q
             q = search_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
                               self.table_scales, self.search_settings)[0]
         if s.refresh_below is not None:
-            recon = to_uint8(self.model.decode_frame(self.ref.state, dequantize(q[None, :], self.steps)))[0]
+            t = dequantize(q[None, :], self.steps).to(self.device)
+            recon = to_uint8(self.model.decode_frame(self.ref.state, t))[0]
             if psnr(recon, rgb) < s.refresh_below:
                 return self._key(i, rgb)
         if not self.pending:
@@ -146,7 +153,7 @@ class Encoder:
         out = self._flush_tokens()
         image_bytes = self.key_codec.encode(rgb, int(self.settings.key_quality))
         decoded = self.key_codec.decode(image_bytes, self.size, self.size)  # closed loop
-        q = quantize(self.model.encode_token(to_tensor(decoded)), self.steps)[0]
+        q = quantize(self.model.encode_token(to_tensor(decoded, self.device)), self.steps)[0]
         self.ref = _Reference(self.model, decoded, q, self.steps)
         self.prev_q = q
         self.last_key = i
@@ -235,6 +242,7 @@ class Decoder(DecoderState):
             raise UnsupportedStreamError(f"stream header: token quality {header.quality} is outside {lo}..{hi}")
         super().__init__(header)
         self.model = model.eval()
+        self.device = model_device(model)
         self.steps = quantization_steps(model.token_scale, header.quality)
         self.coder = TokenCoder.from_header(header.token_dim, header.scale_indexes)
         self.key_codec = get_keyframe_codec(header.key_codec)
@@ -277,7 +285,7 @@ class Decoder(DecoderState):
         """Decode frames from integer tokens against the cached reference, a few at a time."""
         out: list[np.ndarray] = []
         for start in range(0, len(qs), self.batch):
-            t = dequantize(qs[start:start + self.batch], self.steps)
+            t = dequantize(qs[start:start + self.batch], self.steps).to(self.device)
             out.extend(to_uint8(self.model.decode_frame(self.ref.state, t)))
         return out
 

@@ -27,6 +27,7 @@ import torch
 from .baselayer import MIN_BASE_SIDE, BaseDecoder, BaseEncoder, base_size, get_base_codec
 from .bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, TokenPacket
 from .codec import DecoderState, to_tensor, to_uint8
+from .devices import model_device
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
 from .keyframe import get_keyframe_codec
 from .models.enhancer import upscale
@@ -162,6 +163,7 @@ class HybridDecoder(DecoderState):
                                          f" frames (sides must be even, >= {MIN_BASE_SIDE} and at most the frame's)")
         super().__init__(header)
         self.model = model.eval()
+        self.device = model_device(model)  # where the enhancer runs (--device); the base layer is CPU code
         self.enhance = bool(enhance)
         self.base = BaseDecoder(codec.name, bw, bh)
         self.state = None  # the enhancer's KeyState of the current key frame
@@ -195,12 +197,12 @@ class HybridDecoder(DecoderState):
             raise CorruptStreamError(f"base packet at frame {packet.frame} before any key packet")
         smalls = [self.base.decode(unit) for unit in packet.units]
         self.last_bases = smalls
-        up = upscale(torch.cat([to_tensor(x) for x in smalls]), (h.height, h.width))
+        up = upscale(torch.cat([to_tensor(x, self.device) for x in smalls]), (h.height, h.width))
         frames: list[np.ndarray] = []
         start = 0
         if self.key_image is not None:  # the packet starts at a key frame
             frame, self.key_image = self.key_image, None
-            self.state = self.model.prepare_key(to_tensor(frame), up[:1]) if self.enhance else None
+            self.state = self.model.prepare_key(to_tensor(frame, self.device), up[:1]) if self.enhance else None
             self.report.key_frames.append(packet.frame)
             frames.append(frame)
             start = 1

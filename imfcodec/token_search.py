@@ -126,9 +126,11 @@ def search_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor,
     iters = max(2, s.iters)
     with torch.inference_mode(False), frozen(model):
         # everything autograd touches is made here: tensors from an inference_mode caller cannot be saved
-        step = torch.tensor(np.asarray(steps, dtype=np.float32))
-        prev = torch.tensor(np.asarray(prev_q, dtype=np.float32))[None]
-        scales = scales.detach().clone()
+        # on the frames' device (--device); the chosen integers come back to the CPU for the coder
+        dev = frames.device
+        step = torch.tensor(np.asarray(steps, dtype=np.float32), device=dev)
+        prev = torch.tensor(np.asarray(prev_q, dtype=np.float32), device=dev)[None]
+        scales = scales.detach().to(dev, copy=True)
         x = frames.detach().clone()
 
         def objective(token: torch.Tensor) -> torch.Tensor:
@@ -149,15 +151,15 @@ def search_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor,
                 (g,) = torch.autograd.grad(j.sum(), token)
             return j.detach(), g
 
-        u = torch.from_numpy(q0.astype(np.float32)).requires_grad_(True)
+        u = torch.from_numpy(q0.astype(np.float32)).to(dev).requires_grad_(True)
         opt = Adam(u, lr=s.lr)
-        best_j = torch.full((len(q0),), float("inf"))
-        best_q = torch.from_numpy(q0.astype(np.float32))
+        best_j = torch.full((len(q0),), float("inf"), device=dev)
+        best_q = torch.from_numpy(q0.astype(np.float32)).to(dev)
         seen: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for i in range(iters + 1):
             last = i == iters
             token = torch.round(u.detach()) + 0.0  # + 0.0: -0.0 becomes 0.0, one token, one key
-            key = token.numpy().tobytes()
+            key = token.cpu().numpy().tobytes()
             hit = seen.get(key)
             if hit is None or (not last and hit[1] is None):
                 hit = seen[key] = evaluate(token, grad=not last)
@@ -169,4 +171,4 @@ def search_tokens(model: torch.nn.Module, state: RefState, frames: torch.Tensor,
                 break
             u.grad = g.clone()
             opt.step()
-    return np.clip(best_q.numpy(), -Q_MAX, Q_MAX).astype(np.int32)
+    return np.clip(best_q.cpu().numpy(), -Q_MAX, Q_MAX).astype(np.int32)
