@@ -499,6 +499,36 @@ def test_light_commands_do_not_import_torch(tiny_stream):
     assert '"imf-tiny"' in r.stdout and "imfcodec stream" in r.stdout
 
 
+HEAVY_MODULES = ("triton", "torch._dynamo", "torch.utils.flop_counter", "sympy")
+
+
+@pytest.mark.slow
+def test_codec_path_never_imports_compiler_modules(tmp_path, sample_clip):
+    """encode (with the token search), decode and info, token and hybrid mode, from weights files (so the
+    loader's meta-device shape check runs): none imports triton, torch._dynamo, torch.utils.flop_counter
+    or sympy, which took 230 MB of a decoder's 880 MB (issue 12, item 4; README, Memory)."""
+    from imfcodec.zoo import load_model, save_weights
+
+    tok, enh = tmp_path / "tok.safetensors", tmp_path / "enh.safetensors"
+    save_weights(load_model(TINY).model, tok)
+    save_weights(load_model("random:enh-tiny").model, enh)
+    runs = [["encode", str(sample_clip), "-o", "t.imf", "--model", str(tok), "--refine", "2", "--frames", "6"],
+            ["decode", "t.imf", "-o", "t.y4m", "--model", str(tok)], ["info", "t.imf"],
+            ["encode", str(sample_clip), "-o", "h.imf", "--hybrid", "--enhancer", str(enh), "--frames", "6"],
+            ["decode", "h.imf", "-o", "h.y4m", "--model", str(enh), "--device", "auto"]]
+    code = (
+        "import json, sys\n"
+        "from imfcodec.cli import main\n"
+        f"for args in {runs!r}:\n"
+        "    assert main(args, standalone_mode=False) in (0, None), args\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)), file=sys.stderr)\n"
+    )
+    r = run_no_hang([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stderr.strip().splitlines()[-1]) == []
+    assert (tmp_path / "t.y4m").stat().st_size and (tmp_path / "h.y4m").stat().st_size
+
+
 @pytest.mark.parametrize("user, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_omp_wait_policy_for_every_entry_point(user, expected):
     """`import imfcodec` sets OMP_WAIT_POLICY=PASSIVE before torch is loaded; the user's own value wins."""
