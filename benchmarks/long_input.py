@@ -1,7 +1,7 @@
 """Long inputs: peak memory of encoding and decoding 1,000 vs 10,000 frames (issue #5, item 7).
 
 ```
-python -m benchmarks.long_input [--frames 1000 10000] [--keyint 250] [--key-codec hevc]
+python -m benchmarks.long_input [--frames 1000 10000] [--keyint 250] [--key-codec hevc] [--refine N]
                                 [--output mp4] [--model random:imf-tiny] [--json OUT.json]
 ```
 
@@ -69,8 +69,9 @@ def make_clip(path: Path, frames: int, size: int = 64) -> Path:
 
 
 def child(argv: list[str]) -> None:
-    """``--child encode|decode SRC DST MODEL KEYINT KEYCODEC THREADS``: one measurement, JSON on stdout."""
-    what, src, dst, model, keyint, key_codec, threads = argv
+    """``--child encode|decode SRC DST MODEL KEYINT KEYCODEC THREADS REFINE``: one measurement, JSON on
+    stdout (REFINE -1: the encoder's default token search)."""
+    what, src, dst, model, keyint, key_codec, threads, refine = argv
     import torch
 
     torch.set_num_threads(int(threads))
@@ -82,7 +83,9 @@ def child(argv: list[str]) -> None:
     base = vm_hwm_mb()
     t0 = time.perf_counter()
     if what == "encode":
-        s = encode_video(src, dst, model=loaded, settings=EncoderSettings(keyint=int(keyint), key_codec=key_codec))
+        search = {} if int(refine) < 0 else {"search_iters": int(refine)}
+        s = encode_video(src, dst, model=loaded,
+                         settings=EncoderSettings(keyint=int(keyint), key_codec=key_codec, **search))
         frames = s.frames
     else:
         frames = decode_stream(src, dst, model=loaded).frames
@@ -95,7 +98,7 @@ def measure(what: str, src: Path, dst: Path, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     cmd = [sys.executable, "-m", "benchmarks.long_input", "--child", what, str(src), str(dst), args.model,
-           str(args.keyint), args.key_codec, str(args.threads)]
+           str(args.keyint), args.key_codec, str(args.threads), str(-1 if args.refine is None else args.refine)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode:
         raise SystemExit(f"{what} child failed:\n{out.stderr}")
@@ -106,6 +109,8 @@ def measure(what: str, src: Path, dst: Path, args) -> dict:
 @click.option("--frames", cls=GreedyOption, type=int, default=(1000, 10000), metavar="FRAMES [FRAMES ...]")
 @click.option("--keyint", type=int, default=250, help="key frame every N frames (0 = one)")
 @click.option("--key-codec", default="hevc")
+@click.option("--refine", type=click.IntRange(min=0), default=None,
+              help="token search steps (default: the encoder's default preset; 0 for a long run of a real model)")
 @click.option("--model", default="random:imf-tiny")
 @click.option("--output", type=click.Choice(["mp4", "y4m"]), default="mp4", help="decoder output format")
 @click.option("--threads", type=int, default=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib
+import json
 import math
 import os
 import sys
@@ -394,7 +395,7 @@ def test_bad_scales_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("error: --scales") for line in err)
 
 
-@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input", "pipe"])
+@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input", "pipe", "memory"])
 def test_entry_points_help_and_usage_errors(name, capsys):
     """Each benchmark is a click command run by ``main(argv) -> int``: --help names the module, and a usage
     error is one line with status 2."""
@@ -404,6 +405,23 @@ def test_entry_points_help_and_usage_errors(name, capsys):
     assert main(["--no-such-option"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
+
+
+@pytest.mark.slow
+def test_memory_measures_the_command_line_in_fresh_processes(tiny_stream, tmp_path, capsys):
+    """benchmarks.memory: decode and info of a stream, peak RSS and imports per run, none of the compiler
+    stack (the same property tests/test_unix.py holds the codec to)."""
+    from benchmarks.memory import main
+
+    out = tmp_path / "m.json"
+    assert main([str(tiny_stream), "--repeat", "1", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["command"] for r in rows] == ["decode", "info"]
+    decode, info = rows
+    assert decode["peak_mb"] > info["peak_mb"] > 0 and decode["torch_modules"] > 0 == info["torch_modules"]
+    assert decode["heavy"] == [] == info["heavy"]
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["checkout", "stream", "command"] and len(table) == 3
 
 
 def test_without_the_bench_extra_is_a_one_line_error(tmp_path, capsys, monkeypatch):
