@@ -65,6 +65,7 @@ class EncodeSummary:
     key_frames: list[int] = field(default_factory=list)
     model: str = ""
     base_bytes: int = 0  # hybrid mode: the base layer's access units
+    scene_cuts: list[int] = field(default_factory=list)  # the key frames put at scene cuts (settings.scenecut)
 
     @property
     def fps(self) -> float:
@@ -83,6 +84,7 @@ class EncodedStream:
     token_bytes: int  # entropy-coded tokens of the other frames
     key_frames: list[int] = field(default_factory=list)
     base_bytes: int = 0  # hybrid mode: the base layer's access units (compact form, one per frame)
+    scene_cuts: list[int] = field(default_factory=list)  # the key frames put at scene cuts (settings.scenecut)
 
 
 @dataclass
@@ -218,7 +220,8 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
                 raise
             raise write_error(out, e) from e
         size, name = out.stat().st_size, str(out)
-    return EncodedStream(name, enc.index, size, sizes[0], sizes[1], sizes[2], list(enc.key_frames), sizes[3])
+    return EncodedStream(name, enc.index, size, sizes[0], sizes[1], sizes[2], list(enc.key_frames), sizes[3],
+                         list(enc.scene_cuts))
 
 
 def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) -> LoadedModel:
@@ -298,7 +301,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
     duration = s.frames / float(info.fps)
     return EncodeSummary(s.path, s.frames, seconds, s.bytes, key_bytes, s.token_bytes,
                          s.bytes - key_bytes - s.token_bytes - s.base_bytes, s.bytes * 8 / duration / 1000.0,
-                         s.key_frames, loaded.name, s.base_bytes)
+                         s.key_frames, loaded.name, s.base_bytes, s.scene_cuts)
 
 
 def _counting(frames: Iterator, progress: Progress | None) -> Iterator:

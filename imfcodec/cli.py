@@ -17,6 +17,7 @@ import time
 # Nothing here imports torch at start-up: each command imports what it needs.
 
 import click
+from click.core import ParameterSource
 
 from .errors import IMFError
 from .settings import DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_PRESET, PRESETS, EncoderSettings
@@ -210,6 +211,11 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Token quality (higher = finer quantization).")
 @click.option("--keyint", type=int, default=_ENCODER.keyint, show_default=True,
               help="Key frame every N frames (0 = one key frame).")
+@click.option("--scenecut", type=float, default=_ENCODER.scenecut, show_default=True,
+              help="Scene-cut threshold: a key frame where a frame's luma thumbnail differs from the previous "
+                   "frame's by this percent of the range on average (uncut training clips stay below 6.5; "
+                   "0 = off).")
+@click.option("--no-scenecut", is_flag=True, help="No key frames at scene cuts (same as --scenecut 0).")
 @click.option("--refresh-below", type=float, default=_ENCODER.refresh_below,
               help="Insert a key frame when the decoded frame's PSNR drops below this many dB.")
 @click.option("--key-codec", default=_ENCODER.key_codec, show_default=True, help="Key-frame codec (see `imfcodec models`).")
@@ -239,19 +245,23 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--kbps", type=float, default=None,
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
-def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, preset, search_iters,
-           frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps):
+def encode(input, output, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality, chunk,
+           preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
 
     _interruptible()
 
+    if no_scenecut:
+        if click.get_current_context().get_parameter_source("scenecut") is not ParameterSource.DEFAULT:
+            raise click.UsageError("--no-scenecut and --scenecut N contradict each other (--scenecut 0 is off)")
+        scenecut = 0.0
     if kbps is not None:
         hybrid = True
         base_scale, base_quality, key_quality = _rate_control(
             input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings.from_preset(
-        preset, quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
+        preset, quality=quality, keyint=keyint, scenecut=scenecut, refresh_below=refresh_below, key_codec=key_codec,
         key_quality=key_quality, chunk=chunk, **({} if search_iters is None else {"search_iters": search_iters}),
         **_hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer),
     ).validated()
@@ -264,7 +274,8 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
     payload = f"base {s.base_bytes} B" if settings.hybrid else f"tokens {s.token_bytes} B"
     _summary(streamed == "stdout",
              f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
-             f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), {len(s.key_frames)} key frame(s), "
+             f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), {len(s.key_frames)} key frame(s)"
+             f"{f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
              f"{s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
 
 

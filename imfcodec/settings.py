@@ -12,6 +12,10 @@ from .errors import InputError
 
 DEFAULT_QUALITY = 9  # the quality the shipped model was trained for (noise of 0.35 token std)
 DEFAULT_CHUNK = 5
+# scene cuts (imfcodec.scenecut): a key frame where the luma thumbnail's mean absolute difference from the
+# previous frame reaches this percent of the 8-bit range; 0 = off. Chosen on the training clips: uncut clips
+# score at most 6.5, cuts between clips of different sources at least 13.4 (python -m benchmarks.scenecut)
+DEFAULT_SCENECUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class EncoderSettings:
     quality: int = DEFAULT_QUALITY
     keyint: int = 0
     refresh_below: float | None = None
+    scenecut: float = DEFAULT_SCENECUT  # scene-cut threshold (imfcodec.scenecut): a key frame at a cut; 0 = off
     key_codec: str = DEFAULT_KEY_CODEC
     key_quality: int | None = None  # None: the key-frame codec's own default
     chunk: int = DEFAULT_CHUNK
@@ -102,6 +107,9 @@ class EncoderSettings:
         if not 1 <= self.chunk <= MAX_ENCODER_CHUNK:
             raise InputError(f"--chunk must be in 1..{MAX_ENCODER_CHUNK}, got {self.chunk}")
         SearchSettings(self.search_iters).validated()
+        if isinstance(self.scenecut, bool) or not isinstance(self.scenecut, (int, float)) \
+                or not 0 <= self.scenecut <= 100:
+            raise InputError(f"--scenecut must be a threshold in 0..100 (0 = off), got {self.scenecut!r}")
         if self.refresh_below is not None and not (0 < self.refresh_below < 100):
             raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
         codec = get_keyframe_codec(self.key_codec)

@@ -302,3 +302,13 @@ def long_stream(tiny, path: Path, frames: int) -> Path:
 def cheap_clip(path: Path, frames: int) -> Path:
     base = gradient(64, 64)
     return fast_video(path, (np.roll(base, i % 64, axis=1) for i in range(frames)), "libx264", "yuv420p")
+
+
+def two_scene_frames(before: int = 6, after: int = 6, size: int = 64) -> list[np.ndarray]:
+    """A clip with one cut: ``before`` frames of the demo portrait, then ``after`` frames of a sliding
+    colour gradient (another scene entirely); the cut is at frame ``before``."""
+    from imfcodec.io.sample import sample_frames
+
+    first = list(sample_frames(before, size))
+    second = [np.roll(gradient(size, size, 5), 2 * i, axis=1) for i in range(after)]
+    return first + second

@@ -271,6 +271,26 @@ def test_api_encode_frames_to_file(tmp_path, enh_tiny):
     assert to_tensor(frames[0]).shape == (1, 3, 64, 64)
 
 
+def test_scene_cut_starts_a_key_frame_and_a_base_gop(tmp_path, enh_tiny):
+    """A cut gets a key packet and a new base-layer GOP (the base packet restarts there), as a keyint
+    key frame does; with the detector off the stream has one key frame."""
+    from helpers import two_scene_frames
+    from imfcodec.metrics import psnr
+
+    src = two_scene_frames(6, 6)
+    kw = dict(base_codec="hevc", base_factor=2, key_codec="hevc", chunk=5)
+    r = encode_frames_to_file(src, tmp_path / "on.imf", fps=25, model=enh_tiny, settings=EncoderSettings(**kw))
+    d = stream_info(tmp_path / "on.imf")
+    assert (r.key_frames, r.scene_cuts, d["key_frames"]) == ([0, 6], [6], [0, 6])
+    assert [(p["type"], p["frame"]) for p in d["packets"]] == [("key", 0), ("base", 0), ("base", 5),
+                                                               ("key", 6), ("base", 6), ("base", 11)]
+    off = encode_frames_to_file(src, tmp_path / "off.imf", fps=25, model=enh_tiny,
+                                settings=EncoderSettings(scenecut=0, **kw))
+    assert (off.key_frames, off.scene_cuts) == ([0], [])
+    on_frames, off_frames = frames_of(tmp_path / "on.imf", enh_tiny), frames_of(tmp_path / "off.imf", enh_tiny)
+    assert psnr(on_frames[6], src[6]) > psnr(off_frames[6], src[6]) + 3  # the key image against a P picture
+
+
 # ------------------------------------------------------------------------------------------ rate control
 
 def _table(tmp_path):
