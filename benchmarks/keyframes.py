@@ -2,6 +2,7 @@
 
     python -m benchmarks.keyframes [--data DIR] [--frames 750] [--threshold 10] [--no-stats]
                                    [--encode CLIP_A CLIP_B] [--encode-frames 60] [--refine 0] [--hybrid]
+                                   [--model NAME|PATH] [--enhancer NAME|PATH]
                                    [--refresh 14,16,18] [--refresh-frames 100] [--refresh-every 1]
 
 Never point it at the test set: the threshold and the --refresh-below example are chosen here.
@@ -98,34 +99,41 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(psnr(a, b))
 
 
-def encode_cut(a: Path, b: Path, frames: int, threshold: float, search_iters: int, hybrid: bool) -> None:
-    """A synthetic cut clip (A then B) coded with the detector on and off."""
+def encode_cut(a: Path, b: Path, frames: int, threshold: float, search_iters: int, model, enhancer) -> None:
+    """A synthetic cut clip (A then B) coded with the detector on and off, by the token model ``model`` and,
+    if given, the hybrid mode's ``enhancer`` (both ``zoo.LoadedModel``; frames at their resolution)."""
     from imfcodec.api import encode_frames_to_file, iter_decoded
     from imfcodec.codec import EncoderSettings
 
-    first, second = read(a, frames), read(b, frames)
+    size = int(model.model.config.resolution)
+    first, second = read(a, frames, size), read(b, frames, size)
     src, cut = first + second, len(first)
     seconds = len(src) / 25
     print(f"cut clip: {a.name} ({len(first)} frames) then {b.name} ({len(second)}), cut at frame {cut}, 25 fps")
-    modes = [("token", dict(search_iters=search_iters))]
-    if hybrid:
-        modes.append(("hybrid", dict(base_codec="hevc")))
+    modes = [("token", model, dict(search_iters=search_iters))]
+    if enhancer is not None:
+        if int(enhancer.model.config.resolution) != size:
+            raise click.ClickException(f"the enhancer codes {enhancer.model.config.resolution} px, the model {size}")
+        modes.append(("hybrid", enhancer, dict(base_codec="hevc")))
     with tempfile.TemporaryDirectory() as tmp:
-        for mode, kw in modes:
+        for mode, loaded, kw in modes:
             for label, sc in ((f"--scenecut {threshold:g}", threshold), ("--no-scenecut", 0.0)):
                 path = Path(tmp) / "c.imf"
                 t0 = time.perf_counter()
-                r = encode_frames_to_file(src, path, fps=Fraction(25), settings=EncoderSettings(scenecut=sc, **kw))
+                r = encode_frames_to_file(src, path, fps=Fraction(25), model=loaded,
+                                          settings=EncoderSettings(scenecut=sc, **kw))
                 enc_s = time.perf_counter() - t0
-                out = [f for _dec, o in iter_decoded(path) for f in o]
+                out = [f for _dec, o in iter_decoded(path, model=loaded) for f in o]
                 p = [_psnr(d, s) for d, s in zip(out, src)]
                 print(f"  {mode:6s} {label:14s}: key frames {r.key_frames}, {r.bytes * 8 / seconds / 1000:.2f} kbit/s, "
                       f"PSNR before the cut {np.mean(p[:cut]):.2f} dB, after {np.mean(p[cut:]):.2f} dB "
                       f"(first 5 after: {np.mean(p[cut:cut + 5]):.2f}), encode {enc_s:.0f} s", flush=True)
 
 
-def refresh_counts(paths: list[Path], frames: int, values: list[float], threshold: float, search_iters: int) -> None:
-    """Key frames that --refresh-below makes on normal clips, and the PSNR a plain encode decodes to."""
+def refresh_counts(paths: list[Path], frames: int, values: list[float], threshold: float, search_iters: int,
+                   model) -> None:
+    """Key frames that --refresh-below makes on normal clips, and the PSNR a plain encode decodes to, with
+    the token model ``model`` (a ``zoo.LoadedModel``)."""
     from imfcodec.api import encode_frames_to_file, iter_decoded
     from imfcodec.codec import EncoderSettings
 
@@ -136,13 +144,14 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "r.imf"
         for p in paths:
-            src = read(p, frames)
+            src = read(p, frames, int(model.model.config.resolution))
             total += len(src)
-            encode_frames_to_file(src, path, fps=Fraction(25),
+            encode_frames_to_file(src, path, fps=Fraction(25), model=model,
                                   settings=EncoderSettings(scenecut=threshold, search_iters=search_iters))
-            per_frame += [_psnr(d, s) for d, s in zip([f for _dec, o in iter_decoded(path) for f in o][1:], src[1:])]
+            decoded = [f for _dec, o in iter_decoded(path, model=model) for f in o]
+            per_frame += [_psnr(d, s) for d, s in zip(decoded[1:], src[1:])]
             for v in values:
-                r = encode_frames_to_file(src, path, fps=Fraction(25), settings=EncoderSettings(
+                r = encode_frames_to_file(src, path, fps=Fraction(25), model=model, settings=EncoderSettings(
                     scenecut=threshold, search_iters=search_iters, refresh_below=v))
                 keys[v] += len(r.key_frames) - 1
                 clips_with[v] += len(r.key_frames) > 1
@@ -169,6 +178,8 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
 @click.option("--refine", "search_iters", type=click.IntRange(min=0), default=0, show_default=True,
               help="token search steps for the encodes")
 @click.option("--hybrid", is_flag=True, help="--encode also in the hybrid mode")
+@click.option("--model", default=None, help="token model for the encodes [default: the shipped one]")
+@click.option("--enhancer", default=None, help="enhancer for --hybrid [default: the shipped one]")
 @click.option("--refresh", default=None, help="comma-separated --refresh-below values to count key frames for")
 @click.option("--refresh-frames", type=click.IntRange(min=2), default=100, show_default=True)
 @click.option("--refresh-every", type=click.IntRange(min=1), default=1, show_default=True,
@@ -176,8 +187,8 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
 @click.option("--stats/--no-stats", default=True, show_default=True,
               help="the detector's statistics over every clip (false cuts, synthetic cuts)")
 @click.option("--threads", type=int, default=2, show_default=True)
-def command(data, frames, threshold, stats, encode, encode_frames, search_iters, hybrid, refresh, refresh_frames,
-            refresh_every, threads):
+def command(data, frames, threshold, stats, encode, encode_frames, search_iters, hybrid, model, enhancer, refresh,
+            refresh_frames, refresh_every, threads):
     import torch
 
     from imfcodec.settings import DEFAULT_SCENECUT
@@ -198,10 +209,16 @@ def command(data, frames, threshold, stats, encode, encode_frames, search_iters,
             raise click.BadParameter(f"not a clip in {data}: {missing[0]}", param_hint="--encode")
     if stats:
         detector_stats(paths, frames, threshold)
-    if encode:
-        encode_cut(data / encode[0], data / encode[1], encode_frames, threshold, search_iters, hybrid)
-    if values:
-        refresh_counts(paths[::refresh_every], refresh_frames, values, threshold, search_iters)
+    if encode or values:
+        from imfcodec.hybrid import load_enhancer
+        from imfcodec.zoo import load_model
+
+        loaded = load_model(model)
+        if encode:
+            enh = load_enhancer(enhancer) if hybrid else None
+            encode_cut(data / encode[0], data / encode[1], encode_frames, threshold, search_iters, loaded, enh)
+        if values:
+            refresh_counts(paths[::refresh_every], refresh_frames, values, threshold, search_iters, loaded)
     return 0
 
 

@@ -394,7 +394,7 @@ def test_bad_scales_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("error: --scales") for line in err)
 
 
-@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input", "pipe"])
+@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input", "pipe", "keyframes"])
 def test_entry_points_help_and_usage_errors(name, capsys):
     """Each benchmark is a click command run by ``main(argv) -> int``: --help names the module, and a usage
     error is one line with status 2."""
@@ -443,3 +443,29 @@ def test_hybrid_table_measures_points_on_training_clips(tmp_path):
         assert p["psnr"] == pytest.approx(p["psnr_bicubic"])  # an untrained enhancer is the bicubic base
     (tmp_path / "test").mkdir()
     assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1  # the test set is refused
+
+
+def test_keyframes_counts_false_cuts_detects_cuts_and_codes_one(tmp_path, capsys):
+    """benchmarks.keyframes on two tiny clips of different scenes: no false cut inside either, both
+    synthetic cuts found, the cut clip coded with a key frame at the cut only with the detector on, and
+    --refresh-below counted; a folder named test is refused."""
+    from benchmarks.keyframes import main
+    from helpers import cheap_clip
+    from imfcodec.io import make_sample
+
+    data = tmp_path / "train"
+    data.mkdir()
+    make_sample(data / "a_portrait.mp4", frames=8, size=64)
+    cheap_clip(data / "b_gradient.mp4", 8)
+    assert main(["--data", str(data), "--frames", "8", "--encode", "a_portrait.mp4", "b_gradient.mp4",
+                 "--encode-frames", "6", "--model", "random:imf-tiny", "--refresh", "1,99", "--refresh-frames", "4",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "false cuts at 10: 0 frames in 0 of 2 clips" in out, out
+    assert "synthetic cuts, all: 2, detected at 10: 2 (100.0 %)" in out, out
+    assert "--scenecut 10 : key frames [0, 6]," in out and "--no-scenecut : key frames [0]," in out, out
+    assert "--refresh-below 1: 0 extra key frames in 8 frames" in out, out
+    assert "--refresh-below 99: 6 extra key frames in 8 frames" in out, out  # an untrained model: every frame
+    (tmp_path / "test").mkdir()
+    assert main(["--data", str(tmp_path / "test")]) == 1
+    assert "test set" in capsys.readouterr().err
