@@ -217,7 +217,8 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "0 = off).")
 @click.option("--no-scenecut", is_flag=True, help="No key frames at scene cuts (same as --scenecut 0).")
 @click.option("--refresh-below", type=float, default=_ENCODER.refresh_below,
-              help="Insert a key frame when the decoded frame's PSNR drops below this many dB.")
+              help="Insert a key frame when the decoded frame's PSNR drops below this many dB (token mode; 16 "
+                   "keeps key frames rare with the shipped model).")
 @click.option("--key-codec", default=_ENCODER.key_codec, show_default=True, help="Key-frame codec (see `imfcodec models`).")
 @click.option("--key-quality", type=int, default=_ENCODER.key_quality,
               help="Key-frame quality (higher = better; default: the key-frame codec's own).")
