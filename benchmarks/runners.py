@@ -278,8 +278,9 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
     for point in job.points:
         path = Path(job.stream_dir) / f"imfcodec_{point.name}.imf"
         try:
+            # scenecut=0: the anchors run without scene-cut key frames (anchors.py), so imfcodec does too
             settings = EncoderSettings(quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
-                                       key_quality=point.key_quality, search_iters=point.refine)
+                                       key_quality=point.key_quality, search_iters=point.refine, scenecut=0)
             coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
@@ -315,7 +316,7 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
         try:
             settings = EncoderSettings(base_codec="hevc", base_factor=int(1 / point.scale),
                                        base_quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
-                                       key_quality=point.key_quality)
+                                       key_quality=point.key_quality, scenecut=0)  # as the anchors (above)
             coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings, enhance)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
