@@ -75,7 +75,10 @@ class _Reference:
 class Encoder:
     """Streaming encoder: ``encode(frame)`` returns the packets that frame completes.
 
-    Frames must already be at the model resolution (see ``imfcodec.io.read_frames``).
+    Frames must already be at the model resolution (see ``imfcodec.io.read_frames``). Key frames: the
+    first, every ``keyint``-th after the last key frame, a scene cut (``settings.scenecut``,
+    ``imfcodec.scenecut``: listed in ``scene_cuts``), and with ``refresh_below`` a frame whose
+    reconstruction falls below that PSNR.
     """
 
     def __init__(self, model: torch.nn.Module, *, model_name: str, weights_hash: bytes, fps: Fraction,
