@@ -19,7 +19,7 @@ import time
 import click
 
 from .errors import IMFError
-from .settings import DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_PRESET, PRESETS, EncoderSettings
+from .settings import BASE_CODECS, DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_PRESET, PRESETS, EncoderSettings
 
 _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
@@ -227,7 +227,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--hybrid", is_flag=True,
               help="Hybrid mode: key frames plus a conventional low-resolution base layer, lifted by an enhancer "
                    "(no tokens: --quality and --refine do not apply).")
-@click.option("--base-codec", type=click.Choice(["hevc", "av1"]), default=None,
+@click.option("--base-codec", type=click.Choice(BASE_CODECS), default=None,
               help=f"Hybrid: base-layer codec [default: {DEFAULT_BASE_CODEC}].")
 @click.option("--base-scale", type=click.Choice(["1", "1/2", "1/4"]), default=None,
               help=f"Hybrid: base-layer frame size [default: 1/{_ENCODER.base_factor}].")

@@ -151,7 +151,7 @@ def test_settings_validation():
     s = EncoderSettings(base_codec="av1").validated()
     assert (s.base_quality, s.base_factor, s.hybrid) == (13, 2, True)
     assert not EncoderSettings().validated().hybrid
-    for bad, needle in ((dict(base_codec="vp9"), "--base-codec"),
+    for bad, needle in ((dict(base_codec="mpeg2"), "--base-codec"),
                         (dict(base_codec="hevc", base_factor=3), "--base-scale"),
                         (dict(base_codec="hevc", base_quality=52), "0..51"),
                         (dict(base_codec="hevc", refresh_below=20.0), "--refresh-below"),
@@ -250,6 +250,21 @@ def test_concealment_of_a_damaged_base_packet(hybrid_stream, enh_tiny, tmp_path)
     p.write_bytes(bad)
     r = cli("decode", p, "-o", tmp_path / "o.y4m", "--conceal")
     assert r.exit_code == 0 and "3 frame(s) concealed: 1-3" in r.stderr, r.output
+
+
+def test_cli_round_trip_with_a_vp9_base(tmp_path):
+    clip = tmp_path / "s.mp4"
+    assert cli("sample", clip, "--frames", 6, "--size", 64).exit_code == 0
+    out = tmp_path / "s.imf"
+    r = cli("encode", clip, "-o", out, "--hybrid", "--base-codec", "vp9", "--enhancer", ENH, "--keyint", 4)
+    assert r.exit_code == 0, r.output
+    d = stream_info(out)
+    assert (d["base_codec"], d["base_width"], d["key_frames"]) == ("vp9", 32, [0, 4])
+    dec = tmp_path / "d.y4m"
+    assert cli("decode", out, "-o", dec).exit_code == 0
+    from imfcodec.io import probe_video
+
+    assert probe_video(dec).frames == 6
 
 
 def test_api_encode_frames_to_file(tmp_path, enh_tiny):
