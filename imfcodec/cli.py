@@ -248,7 +248,7 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
 
     if kbps is not None:
         hybrid = True
-        base_scale, base_quality, key_quality = _rate_control(
+        base_codec, base_scale, base_quality, key_quality = _rate_control(
             input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings.from_preset(
         preset, quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
@@ -269,32 +269,33 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
 
 
 def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
-    """--kbps: (base_scale, base_quality, key_quality) from the enhancer's operating-point table, where the
-    user did not give them; says on stderr which point it chose and the rate it expects."""
+    """--kbps: (base_codec, base_scale, base_quality, key_quality) from the enhancer's operating-point table,
+    where the user did not give them; says on stderr which point it chose and the rate it expects."""
     from .errors import InputError
     from .hybrid import load_enhancer
     from .io import probe_video
     from .ratecontrol import choose, load_table
 
-    if (base_codec or DEFAULT_BASE_CODEC) != "hevc" or key_codec != "hevc":
-        raise InputError("--kbps uses a table measured with hevc base layers and key frames: "
-                         "drop --base-codec / --key-codec, or give the operating point yourself")
+    if key_codec != "hevc":
+        raise InputError("--kbps uses a table measured with hevc key frames: "
+                         "drop --key-codec, or give the operating point yourself")
     duration = None  # a pipe is read once, by the encoder: its duration is not known up front
     if input != "-":
         info = probe_video(input)
         n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
         duration = n / float(info.fps) if n else None
-    point, expected, fits = choose(load_table(load_enhancer(enhancer).name), kbps, duration)
+    point, expected, fits = choose(load_table(load_enhancer(enhancer).name), kbps, duration, base_codec)
     scale = base_scale or {1: "1", 2: "1/2", 4: "1/4"}[point.base_factor]
     bq = point.base_quality if base_quality is None else base_quality
     kq = point.key_quality if key_quality is None else key_quality
     span = f"{duration:.1f} s" if duration else "an assumed 10 s"
-    click.echo(f"rate control: {kbps:g} kbit/s -> base {scale} q{bq}, key q{kq}: about {expected:.1f} kbit/s "
+    click.echo(f"rate control: {kbps:g} kbit/s -> base {point.base_codec} {scale} q{bq}, key q{kq}: "
+               f"about {expected:.1f} kbit/s "
                f"over {span} on training clips", err=True)
     if not fits:
         click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
                    err=True)
-    return scale, bq, kq
+    return point.base_codec, scale, bq, kq
 
 
 def _hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer) -> dict:

@@ -440,8 +440,10 @@ def test_hybrid_table_measures_points_on_training_clips(tmp_path):
                  "--val-clips", "1", "--cache-dir", "none", "--out", str(out), "--threads", "1"]) == 0
     table = json.loads(out.read_text())
     assert len(table["points"]) == 2 and len(table["clips"]) == 1
+    assert {p["base_codec"] for p in table["points"]} == {"hevc", "vp9"}
     for p in table["points"]:
         assert p["steady_kbps"] > 0 and p["startup_bytes"] > 0
         assert p["psnr"] == pytest.approx(p["psnr_bicubic"])  # an untrained enhancer is the bicubic base
     (tmp_path / "test").mkdir()
     assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1  # the test set is refused
+    assert main(["--data", str(data), "--out", str(out), "--base-codecs", "mpeg2"]) == 1

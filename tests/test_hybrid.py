@@ -292,7 +292,7 @@ def _table(tmp_path):
     from imfcodec.ratecontrol import OperatingPoint, save_table
 
     points = [OperatingPoint(4, 13, 11, 3.0, 2000.0, 24.0, 23.5), OperatingPoint(2, 9, 16, 4.0, 3000.0, 26.0, 25.0),
-              OperatingPoint(2, 17, 21, 8.0, 5000.0, 29.0, 28.0)]
+              OperatingPoint(2, 17, 21, 8.0, 5000.0, 29.0, 28.0), OperatingPoint(2, 4, 16, 4.5, 3000.0, 27.0, 26.0, "vp9")]
     path = tmp_path / "enh-tiny-points.json"
     save_table(points, path, {"enhancer": "enh-tiny@test"})
     return points, path
@@ -304,8 +304,11 @@ def test_rate_control_picks_the_best_point_within_the_rate(tmp_path):
     points, path = _table(tmp_path)
     import imfcodec.ratecontrol as rc
 
-    assert [p.kbps(10) for p in points] == [pytest.approx(4.6), pytest.approx(6.4), pytest.approx(12.0)]
-    assert choose(points, 7.0, 10.0)[0] == points[1]
+    assert [p.kbps(10) for p in points[:3]] == [pytest.approx(4.6), pytest.approx(6.4), pytest.approx(12.0)]
+    assert choose(points, 7.0, 10.0)[0] == points[3]  # the vp9 point: better quality within the rate
+    assert choose(points, 7.0, 10.0, "hevc")[0] == points[1]
+    with pytest.raises(InputError, match="no av1 base-layer points"):
+        choose(points, 7.0, 10.0, "av1")
     assert choose(points, 20.0, 10.0)[0] == points[2]
     assert choose(points, 7.0, 2.0)[0] == points[0]  # a short clip pays its key frame over 2 s
     point, expected, fits = choose(points, 1.0, 10.0)
@@ -328,14 +331,19 @@ def test_cli_kbps_uses_the_table_and_explicit_options_win(tmp_path, monkeypatch)
     # 8 frames = 0.32 s: start-up bytes dominate (53, 79 and 133 kbit/s expected)
     r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 200)
     assert r.exit_code == 0, r.output
-    assert "base 1/2 q17, key q21: about 133.0 kbit/s over 0.3 s" in r.stderr and "warning" not in r.stderr
+    assert "base hevc 1/2 q17, key q21: about 133.0 kbit/s over 0.3 s" in r.stderr and "warning" not in r.stderr
     h = json.loads(cli("info", out, "--json").stdout)
     assert (h["mode"], h["base_width"], h["base_quality"]) == ("hybrid", 32, 17)
     r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 100, "--base-quality", 3)
-    assert r.exit_code == 0 and "base 1/2 q3, key q16" in r.stderr  # the 79 kbit/s point, its base quality overridden
+    assert r.exit_code == 0 and "base vp9 1/2 q3, key q16" in r.stderr  # the 79 kbit/s point, base quality overridden
     assert json.loads(cli("info", out, "--json").stdout)["base_quality"] == 3
     r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20)
-    assert r.exit_code == 0 and "base 1/4 q13, key q11" in r.stderr and "warning: no measured operating point" in r.stderr
-    one_line_error(cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "--base-codec", "av1"), "--kbps")
+    assert r.exit_code == 0 and "base hevc 1/4 q13, key q11" in r.stderr and "warning: no measured operating point" in r.stderr
+    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 100, "--base-codec", "hevc")
+    assert r.exit_code == 0 and "base hevc 1/2 q9, key q16" in r.stderr  # only the hevc points
+    assert json.loads(cli("info", out, "--json").stdout)["base_codec"] == "hevc"
+    one_line_error(cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "--base-codec", "av1"),
+                   "no av1 base-layer points")
+    one_line_error(cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "--key-codec", "webp"), "--kbps")
     one_line_error(cli("encode", clip, "-o", out, "--enhancer", "random:enh-small", "--kbps", 20),
                    "operating-point table")
