@@ -193,7 +193,7 @@ def split(data: bytes) -> list[list]:
 
 def join(recs, *, lengths: dict[int, int] | None = None, crc_ok: bool = True, version: int = 1) -> bytes:
     """Records -> stream bytes; ``lengths`` forces a (lying) length field, CRCs made valid for it.
-    ``version`` 2 for streams with a base layer (hybrid mode)."""
+    ``version`` 2 for streams with a base layer (hybrid mode), 3 for streams with timing records."""
     assert version <= VERSION
     out = bytearray(MAGIC + bytes((version,)))
     for i, (t, payload) in enumerate(recs):
@@ -220,7 +220,7 @@ def with_header(data: bytes, **fields) -> bytes:
 
 def encode_header_raw(h, version: int = 1) -> bytes:
     """encode_header without validation (forged values may be out of range); ``version`` 2 appends the
-    base-layer fields (only the name when ``h.base_codec`` is empty)."""
+    base-layer fields (only the name when ``h.base_codec`` is empty), 3 the time base after them."""
     model, codec = h.model.encode("latin-1"), h.key_codec.encode("latin-1")
     v = encode_varint
     raw = b"".join((bytes((len(model) & 255,)), model, bytes(h.weights_hash), v(h.width), v(h.height),
@@ -232,6 +232,8 @@ def encode_header_raw(h, version: int = 1) -> bytes:
         raw += bytes((len(base) & 255,)) + base
         if base:
             raw += v(h.base_width) + v(h.base_height) + bytes((h.base_quality & 255,))
+    if version >= 3:
+        raw += v(h.time_num) + v(h.time_den)
     return raw
 
 
