@@ -64,6 +64,45 @@ def write_video(path: Path, frames, codec: str, pix_fmt: str, *, fmt: str | None
     return path
 
 
+def timed_clip(path: Path, pts, time_base: Fraction, last: int, *, rate=25, fmt: str | None = None) -> Path:
+    """A 64x64 libx264 clip whose frames are at ``pts`` (ticks of ``time_base``), each shown until the next
+    and the last for ``last`` ticks (packet durations set, no B-frames: the container states the real
+    duration). A moving bar, so every frame differs."""
+    durations = {p: q - p for p, q in zip(pts, list(pts[1:]) + [pts[-1] + last])}
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        s.options = {"bf": "0", "preset": "ultrafast"}
+        s.time_base = s.codec_context.time_base = time_base
+
+        def mux(packets):
+            for packet in packets:
+                packet.duration = durations[packet.pts]
+                c.mux(packet)
+
+        for i, p in enumerate(pts):
+            rgb = gradient(64, 64)
+            rgb[:, (3 * i) % 64] = 255
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            f.pts, f.time_base = p, time_base
+            mux(s.encode(f))
+        mux(s.encode())
+    return path
+
+
+def video_times(path: Path) -> tuple[list[Fraction], Fraction, float]:
+    """(each frame's presentation time in seconds from the first frame's, the end of the last frame, the
+    container's duration in seconds) of a video file, as PyAV reads it."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = [(f.pts, f.duration) for f in c.decode(s)]
+        tb, duration = s.time_base, (c.duration or 0) / 1e6
+    start = frames[0][0]
+    times = [(p - start) * tb for p, _ in frames]
+    return times, times[-1] + frames[-1][1] * tb, duration
+
+
 # ------------------------------------------------------------------------------------------ hang guards
 # Tests never assert how fast something is (timings live in benchmarks/). They only refuse to hang:
 # an operation still running after HANG_SECONDS is a hang, whatever the machine's load.
