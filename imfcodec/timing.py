@@ -12,7 +12,7 @@ Pure Python (no torch, no numpy, no PyAV): ``imfcodec info`` uses it.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from .bitstream.format import MAX_DURATION, MAX_FPS_TERM, MAX_TIME, StreamHeader, TimingPacket
@@ -58,8 +58,6 @@ class Timing:
 
     def header(self, h: StreamHeader) -> StreamHeader:
         """``h`` with this time base and the average rate: a version 3 header."""
-        from dataclasses import replace
-
         rate = self.average_rate()
         return replace(h, fps_num=rate.numerator, fps_den=rate.denominator,
                        time_num=self.time_base.numerator, time_den=self.time_base.denominator)
@@ -71,7 +69,7 @@ class TimingRecorder:
     still counts as constant).
 
     Timestamps that cannot be trusted or kept give the constant rate, as before: none (raw elementary
-    streams, y4m on a pipe without them), any frame without one, or any that does not increase.
+    streams), any frame without one, or any that does not increase.
     """
 
     def __init__(self, time_base: Fraction | None, fps: Fraction) -> None:
@@ -102,11 +100,12 @@ class TimingRecorder:
         if not self._usable or not self._pts:
             return None
         pts, tb = self._pts, self.time_base
-        step = 1 / (self.fps * tb)  # ticks per frame at the nominal rate
+        step = 1 / (self.fps * tb)  # ticks per frame at the nominal rate, N / D
+        n, d = step.numerator, step.denominator
         last = self._last_duration
         p0 = pts[0]
-        constant = all(abs(p - p0 - i * step) < 1 for i, p in enumerate(pts))
-        if constant and (last is None or abs(pts[-1] - p0 + last - len(pts) * step) < 1):
+        constant = all(abs((p - p0) * d - i * n) < d for i, p in enumerate(pts))  # within a tick, in integers
+        if constant and (last is None or abs((pts[-1] - p0 + last) * d - len(pts) * n) < d):
             return None  # (a last frame of unknown duration is taken to last as long as the rate says)
         if last is None:  # the container did not say: the frame before it, else the nominal rate
             last = pts[-1] - pts[-2] if len(pts) > 1 else max(1, round(step))

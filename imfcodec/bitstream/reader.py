@@ -319,15 +319,16 @@ class StreamReader:
             if self._key_pending:
                 raise CorruptStreamError(f"{where}: expected the base packet of frame {self._next_frame} after "
                                          f"its key packet, found a timing record")
-            timing = _timing_packet(c, self._time_end)
-            if timing.frame != self._timed:
-                raise CorruptStreamError(f"{where}: times frames from {timing.frame}, expected frame {self._timed}")
-            end = timing.frame + timing.count
-            if end > lim.max_frames:
+            frame, count = _timing_head(c)
+            if frame != self._timed:
+                raise CorruptStreamError(f"{where}: times frames from {frame}, expected frame {self._timed}")
+            end = frame + count
+            if end > lim.max_frames:  # checked before the durations are read: a forged count costs nothing
                 raise UnsupportedStreamError(f"{where}: frame {end - 1} is beyond the limit of "
                                              f"{lim.max_frames} frames (Limits.max_frames)")
             if h.frames and end > h.frames:
                 raise CorruptStreamError(f"{where}: times frame {end - 1}, beyond the header's {h.frames} frames")
+            timing = _timing_durations(c, frame, count, self._time_end)
             self._timed = end
             self._time_end += sum(timing.durations)
             return timing
@@ -389,15 +390,25 @@ def _key_packet(c: _Cursor, h: StreamHeader, frame: int) -> KeyPacket:
     return KeyPacket(frame, key_token, image)
 
 
-def _timing_packet(c: _Cursor, start: int = 0) -> TimingPacket:
-    """The fields of a timing record (FORMAT.md §3.6): durations 1..MAX_DURATION ticks, ending before
-    MAX_TIME when the frames before it end at ``start`` ticks."""
+def _timing_head(c: _Cursor) -> tuple[int, int]:
+    """(frame, count) of a timing record (FORMAT.md §3.6), the count within what its payload can hold."""
     frame = c.varint("frame index")
     count = c.varint("frame count")
     left = len(c.data) - c.i
     if not 1 <= count <= left:  # each duration takes at least one byte: a lying count stops here
         raise CorruptStreamError(f"{c.where}: frame count {count} is outside 1..{left} (one byte or more per "
                                  f"duration in the {left} bytes left)")
+    return frame, count
+
+
+def _timing_packet(c: _Cursor, start: int = 0) -> TimingPacket:
+    """A whole timing record (FORMAT.md §3.6), without the stream's sequence rules."""
+    return _timing_durations(c, *_timing_head(c), start)
+
+
+def _timing_durations(c: _Cursor, frame: int, count: int, start: int) -> TimingPacket:
+    """The ``count`` durations after a timing record's head: each 1..MAX_DURATION ticks, ending before
+    MAX_TIME when the frames before them end at ``start`` ticks."""
     durations = []
     end = start
     for i in range(count):
