@@ -266,6 +266,10 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
              f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
              f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), {len(s.key_frames)} key frame(s), "
              f"{s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
+    if s.timing == "lost":
+        click.echo(f"warning: the input's frames are not at a constant rate, but a stream written to "
+                   f"{streamed or 'a pipe'} is started before that is known: it plays them at the input's "
+                   f"nominal rate (encode to a file to keep their times)", err=True)
 
 
 def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
@@ -424,7 +428,11 @@ def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames
     except CorruptStreamError as e:
         written = (f"the frames before it went to {streamed}" if streamed else "nothing was written")
         raise CorruptStreamError(f"{e}; {written} (--conceal decodes past damaged packets)") from e
-    _summary(streamed == "stdout", f"{s.output}: {s.frames} frames, {len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
+    _summary(streamed == "stdout", f"{s.output}: {s.frames} frames, {s.duration_s:.2f} s, "
+                                   f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
+    if s.timing == "averaged":
+        click.echo("note: the stream times each frame, which y4m and PNG frames cannot say: its frames are at "
+                   "its average rate (same duration); decode to .mkv or .mp4 to keep their times", err=True)
     if s.concealed or s.damage_count or s.truncated:
         click.echo(f"warning: {len(s.concealed)} frame(s) concealed: {_ranges(s.concealed) or 'none'}", err=True)
         for line in _concealment(s.concealed, s.key_frames)[:5]:
@@ -471,7 +479,11 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
     hybrid = d["mode"] == "hybrid"
     click.echo(f"{'stdin' if input == '-' else input}: imfcodec stream (version {d['version']}, {d['mode']} mode), "
                f"{'enhancer' if hybrid else 'model'} {d['model']} (weights {d['weights_hash'][:16]})")
-    click.echo(f"  {d['width']}x{d['height']} @ {d['fps_rational']} fps, {d['frames']} frames, {d['duration_s']:.2f} s")
+    if d["timing"] == "constant":
+        timing = f"constant rate {d['fps_rational']} fps"
+    else:
+        timing = f"per-frame timing (time base {d['time_base']} s, {d['fps_rational']} fps on average)"
+    click.echo(f"  {d['width']}x{d['height']}, {d['frames']} frames, {d['duration_s']:.2f} s, {timing}")
     if hybrid:
         click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; base layer: "
                    f"{d['base_codec']} {d['base_width']}x{d['base_height']} q{d['base_quality']}")
@@ -481,12 +493,15 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
     click.echo(f"  {d['bytes']} bytes = {d['kbps']:.2f} kbit/s: key {d['key_bytes']} B ({d['key_kbps']:.2f} kbit/s), "
                f"base {d['base_bytes']} B ({d['base_kbps']:.2f} kbit/s), "
                f"tokens {d['token_bytes']} B ({d['token_kbps']:.2f} kbit/s), "
-               f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s)")
+               + (f"timing {d['timing_bytes']} B, " if d["timing_bytes"] else "")
+               + f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s)")
     for p in d["packets"]:
         if p["type"] == "key":
             click.echo(f"  frame {p['frame']:6d}  key     {p['packet_bytes']:7d} B")
         elif p["type"] == "base":
             click.echo(f"  frame {p['frame']:6d}  base    {p['packet_bytes']:7d} B")
+        elif p["type"] == "timing":
+            click.echo(f"  frame {p['frame']:6d}  timing  {p['packet_bytes']:7d} B  ({p['count']} frames)")
         else:
             click.echo(f"  frame {p['frame']:6d}  tokens  {p['packet_bytes']:7d} B  ({p['count']} frames)")
 

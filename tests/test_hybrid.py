@@ -59,7 +59,7 @@ def test_version_2_round_trip_and_writer_rules():
         w.write(p)
     w.close(EndPacket(5))
     data = buf.getvalue()
-    assert data[8] == 2 and VERSIONS == (1, 2)
+    assert data[8] == 2 and VERSIONS == (1, 2, 3)
     header, got = read_stream(data)
     assert header == h and header.hybrid and got == packets + [EndPacket(5)]
     # type, length, frame, count, CRC, and one size byte per unit
@@ -347,3 +347,23 @@ def test_cli_kbps_uses_the_table_and_explicit_options_win(tmp_path, monkeypatch)
     one_line_error(cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "--key-codec", "webp"), "--kbps")
     one_line_error(cli("encode", clip, "-o", out, "--enhancer", "random:enh-small", "--kbps", 20),
                    "operating-point table")
+
+
+def test_variable_frame_rate_in_the_hybrid_mode(tmp_path, enh_tiny):
+    """Timing is the same for both modes: a version 3 stream with a base layer, each frame at its time."""
+    from fractions import Fraction
+
+    from helpers import timed_clip, video_times
+    from imfcodec.api import decode_stream, encode_video
+
+    src = timed_clip(tmp_path / "vfr.mkv", [0, 40, 60, 200, 210, 400, 440], Fraction(1, 1000), 60)
+    stream = tmp_path / "h.imf"
+    encode_video(src, stream, model=enh_tiny, settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=3))
+    h, packets = read_stream(stream.read_bytes())
+    assert stream.read_bytes()[8] == 3 and h.hybrid and h.timed
+    assert "".join(type(p).__name__[0] for p in packets) == "TKBBBE"  # the timing record first
+    info = stream_info(stream)
+    assert info["duration_s"] == 0.5 and info["mode"] == "hybrid" and info["timing"] == "per-frame"
+    out = tmp_path / "d.mkv"
+    assert decode_stream(stream, out, model=enh_tiny).timing == "per-frame"
+    assert video_times(out)[:2] == video_times(src)[:2]
