@@ -57,6 +57,8 @@ DEFAULT_KEY_CODEC = "hevc"
 MAX_ENCODER_CHUNK = 250
 # hybrid mode (imfcodec.hybrid): a conventional base layer at 1/BASE_FACTOR of the frame size, lifted by an enhancer
 DEFAULT_BASE_CODEC = "hevc"  # what --hybrid uses without --base-codec
+# the CLI's choices without importing the codecs (imfcodec.baselayer's registry; a test keeps them equal)
+BASE_CODECS = ("av1", "hevc", "vp9")
 DEFAULT_BASE_FACTOR = 2
 BASE_FACTORS = (1, 2, 4)
 DEFAULT_ENHANCER = "enh-small"
@@ -74,7 +76,7 @@ class EncoderSettings:
     key_quality: int | None = None  # None: the key-frame codec's own default
     chunk: int = DEFAULT_CHUNK
     search_iters: int = DEFAULT_SEARCH_ITERS  # token search iterations per frame (CLI --refine); 0 = E_T's token
-    # hybrid mode: a base_codec ('hevc' or 'av1') selects it; quality and search_iters then have no effect,
+    # hybrid mode: a base_codec ('hevc', 'av1' or 'vp9') selects it; quality and search_iters then have no effect,
     # chunk is the frames per base packet
     base_codec: str | None = None
     base_factor: int = DEFAULT_BASE_FACTOR  # the base layer is coded at 1/base_factor of the frame size

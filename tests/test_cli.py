@@ -45,8 +45,10 @@ def test_readme_demo_flow(tmp_path):
         assert key in d
     assert d["frames"] == 8 and d["width"] == 64 and d["model"] == "imf-tiny"
     assert d["kbps"] == pytest.approx((tmp_path / "s.imf").stat().st_size * 8 / (8 / 25) / 1000)
+    assert (d["duration_s"], d["timing"], d["time_base"], d["timing_bytes"]) == (0.32, "constant", None, 0)
     r = run("info", tmp_path / "s.imf")
     assert r.exit_code == 0 and "kbit/s" in r.output
+    assert "64x64, 8 frames, 0.32 s, constant rate 25/1 fps" in r.output
 
 
 def test_default_outputs_and_any_extension(tiny_stream, sample_clip, tmp_path):
