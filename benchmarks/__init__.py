@@ -3,7 +3,8 @@
 Run from a source checkout (the benchmarks are not part of the installed package), with the ``bench``
 extra installed (``pip install -e '.[bench]'``: pandas, matplotlib, bjontegaard, vmaf-torch).
 Entry point: ``python -m benchmarks.rd --help`` (``benchmarks.rd.main(argv)``); also ``benchmarks.gain``,
-``benchmarks.strips``, ``benchmarks.model_speed``, ``benchmarks.long_input`` and ``benchmarks.pipe``. Each is a click command
+``benchmarks.strips``, ``benchmarks.model_speed``, ``benchmarks.long_input``, ``benchmarks.pipe``,
+``benchmarks.hybrid_table`` and ``benchmarks.keyframes``. Each is a click command
 with a ``main(argv=None) -> int`` function (``imfcodec.cliutil.call``).
 
 Modules:

@@ -2,8 +2,8 @@
 
 Every anchor is configured for *low delay*, so it plays by the same rules as imfcodec: no B-frames
 or other frame reordering, no alternate-reference / lookahead-delayed frames where the encoder has a
-switch for it, no scene-cut key frames, and the same key-frame interval as imfcodec (``keyint=0``:
-one key frame for the whole clip).
+switch for it, no scene-cut key frames (imfcodec's are switched off for the benchmark too:
+``runners``), and the same key-frame interval as imfcodec (``keyint=0``: one key frame for the whole clip).
 
 Rates come from real bytes:
 

@@ -3,7 +3,7 @@
     python -m benchmarks.hybrid_table [--enhancer SPEC] [--data DIR] [--frames 200] [--stride 4]
                                       [--out imfcodec/weights/enh-small-points.json]
 
-For every (base factor, base quality, key quality) of the grid and every held-out clip of the trainer's
+For every (base codec, base factor, base quality, key quality) of the grid and every held-out clip of the trainer's
 split (``imfcodec.train.data.split_clips``: never a clip the enhancer trained on, never the test set), the
 clip is encoded for real (``api.encode_frames_to_file``) and its bytes split into start-up (signature,
 header, key packet, the first base access unit with its share of the packet's framing) and the rest. The
@@ -27,11 +27,12 @@ import numpy as np
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 
-# the base layer at 1/2 dominates 1/4 at every rate on the training clips' bicubic table (x2 b5 5.4 kbit/s
-# 23.5 dB against x4 b9 5.0 kbit/s 22.8 dB), so 1/4 keeps two points; above 25 kbit/s nothing competes here
-GRID_FACTORS = {2: (1, 5, 9, 13, 17, 21), 4: (9, 13)}
+# x265: the base layer at 1/2 dominates 1/4 at every rate on the training clips' bicubic table (x2 b5 5.4
+# kbit/s 23.5 dB against x4 b9 5.0 kbit/s 22.8 dB), so 1/4 keeps two points; above 25 kbit/s nothing competes.
+# VP9 (CRF = 63 - quality) cannot go below about 7 kbit/s at 1/2 (CRF 63), so its low rates come from 1/4.
+GRID = {"hevc": {2: (1, 5, 9, 13, 17, 21), 4: (9, 13)}, "vp9": {2: (0, 4, 8, 12, 16, 24), 4: (0, 4, 8, 12, 16)}}
 GRID_KEYS = (6, 11, 16, 21)
-QUICK_FACTORS, QUICK_KEYS = {2: (9,), 4: (13,)}, (16,)
+QUICK_GRID, QUICK_KEYS = {"hevc": {2: (9,)}, "vp9": {4: (8,)}}, (16,)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -39,7 +40,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 100.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-def measure_point(frames: np.ndarray, loaded, factor: int, bq: int, kq: int, stride: int, tmp: Path) -> dict:
+def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, kq: int, stride: int,
+                  tmp: Path) -> dict:
     """One clip at one operating point: rates from the real file, PSNR with and without the enhancer."""
     import torch
 
@@ -49,7 +51,7 @@ def measure_point(frames: np.ndarray, loaded, factor: int, bq: int, kq: int, str
     from .runners import hybrid_startup_bytes
     from imfcodec.models import upscale
 
-    settings = EncoderSettings(base_codec="hevc", base_factor=factor, base_quality=bq, key_codec="hevc",
+    settings = EncoderSettings(base_codec=codec, base_factor=factor, base_quality=bq, key_codec="hevc",
                                key_quality=kq)
     path = tmp / "p.imf"
     coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings)
@@ -89,13 +91,19 @@ def measure_point(frames: np.ndarray, loaded, factor: int, bq: int, kq: int, str
               help="JSON table (default: imfcodec/weights/ENHANCER-points.json)")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--quick", is_flag=True, help="two points only (a smoke test)")
-def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick):
+@click.option("--base-codecs", default=",".join(GRID), show_default=True, help="base-layer codecs of the grid")
+def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick, base_codecs):
     import torch
 
     from imfcodec.hybrid import load_enhancer
     from imfcodec.ratecontrol import DEFAULT_DURATION_S, OperatingPoint, save_table, table_path
     from imfcodec.train.data import find_videos, load_clips, split_clips
 
+    from imfcodec.errors import InputError
+
+    codecs = [c.strip() for c in base_codecs.split(",") if c.strip()]
+    if not codecs or any(c not in GRID for c in codecs):
+        raise InputError(f"--base-codecs: one or more of {', '.join(GRID)}, got {base_codecs!r}")
     torch.set_num_threads(threads)
     loaded = load_enhancer(enhancer)
     size = loaded.model.config.resolution
@@ -104,18 +112,19 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for factor, qualities in (QUICK_FACTORS if quick else GRID_FACTORS).items():
-            for bq in qualities:
+        grid = [(c, f, q) for c, factors in (QUICK_GRID if quick else GRID).items() if c in codecs
+                for f, qualities in factors.items() for q in qualities]
+        for codec, factor, bq in grid:
                 for kq in (QUICK_KEYS if quick else GRID_KEYS):
-                    per = [measure_point(f, loaded, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
+                    per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
                     mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
                     # the enhancer's gain measured on the subset, applied to the all-frame bicubic mean
                     psnr = mean["psnr_bicubic"] + mean["psnr_sub"] - mean["psnr_bicubic_sub"]
                     rows.append(OperatingPoint(factor, bq, kq, round(mean["steady_kbps"], 3),
                                                round(mean["startup_bytes"], 1), round(psnr, 3),
-                                               round(mean["psnr_bicubic"], 3)))
+                                               round(mean["psnr_bicubic"], 3), codec))
                     p = rows[-1]
-                    print(f"x{factor} b{bq} k{kq}: {p.kbps(DEFAULT_DURATION_S):6.2f} kbit/s at 10 s "
+                    print(f"{codec} x{factor} b{bq} k{kq}: {p.kbps(DEFAULT_DURATION_S):6.2f} kbit/s at 10 s "
                           f"(steady {p.steady_kbps:.2f}, start-up {p.startup_bytes:.0f} B)  {p.psnr:.2f} dB "
                           f"(bicubic {p.psnr_bicubic:.2f}, {p.psnr - p.psnr_bicubic:+.2f})  "
                           f"[{time.perf_counter() - t0:.0f} s]", flush=True)

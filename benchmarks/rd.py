@@ -44,6 +44,7 @@ import click  # noqa: E402
 import numpy as np  # noqa: E402
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call  # noqa: E402
+from imfcodec.settings import BASE_CODECS  # noqa: E402
 
 from . import require_bench_extra  # noqa: E402
 from .anchors import ANCHORS, DEFAULT_UPSCALE, UPSCALE_FILTERS, coded_size, parse_scale, scale_label
@@ -60,7 +61,8 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4
 IMF_TOKEN_QUALITIES = (6, 9, 9, 12)  # index 1 = the encoder defaults (q9, hevc21)
 KEY_OFFSETS = (-5, 0, 5, 10)
 QUICK_INDEXES = (0, 2)  # --quick: the lowest point and the middle of each ladder
-# the hybrid mode's operating points: (base frame-size factor, x265 base quality = 51 - CRF, key quality)
+# the hybrid mode's operating points: (base frame-size factor, x265 base quality = 51 - CRF, key quality);
+# a ladder entry may name another base codec first (vp9:4:8:11)
 HYBRID_POINTS = ((2, 5, 16), (2, 9, 16), (2, 13, 16), (2, 17, 16), (4, 13, 16), (4, 19, 16))
 
 COLUMNS = [
@@ -198,14 +200,17 @@ def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec:
         suffix = f"-r{refine}" if refine else ""
         return [Point(f"q{q}-{key_codec}{kq}{suffix}", q, kq, refine) for q, kq in pick(pairs)]
     if codec in HYBRID_CODECS:
-        triples = []
+        points = []
         for v in ladder or [":".join(map(str, t)) for t in HYBRID_POINTS]:
             parts = v.split(":")
+            base = parts.pop(0) if parts and parts[0] in BASE_CODECS else "hevc"
             if len(parts) != 3 or not all(p.isdigit() for p in parts) or parts[0] not in ("1", "2", "4"):
-                raise BenchError(f"hybrid ladder entries are FACTOR:BASE_QUALITY:KEY_QUALITY with FACTOR 1, 2 "
-                                 f"or 4, got {v!r}")
-            triples.append(tuple(int(p) for p in parts))
-        return [Point(f"x{f}-b{q}-{key_codec}{kq}", q, kq, scale=Fraction(1, f)) for f, q, kq in pick(triples)]
+                raise BenchError(f"hybrid ladder entries are [BASE_CODEC:]FACTOR:BASE_QUALITY:KEY_QUALITY with "
+                                 f"FACTOR 1, 2 or 4 and BASE_CODEC one of {', '.join(BASE_CODECS)}, got {v!r}")
+            f, q, kq = (int(p) for p in parts)
+            prefix = "" if base == "hevc" else f"{base}-"  # hevc points keep the names of earlier runs
+            points.append(Point(f"{prefix}x{f}-b{q}-{key_codec}{kq}", q, kq, scale=Fraction(1, f), base_codec=base))
+        return pick(points)
     raise BenchError(f"unknown codec {codec!r} (known: {','.join(CODECS)})")
 
 

@@ -50,6 +50,7 @@ class Point:
     refine: int = 0  # imfcodec only: encoder-side token refinement iterations
     scale: Fraction = Fraction(1)  # anchors only: coded frame size / working size
     upscale: str = DEFAULT_UPSCALE  # anchors only: filter back to the working size when scale < 1
+    base_codec: str = "hevc"  # hybrid only: the base layer's codec
 
 
 @dataclass
@@ -278,8 +279,9 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
     for point in job.points:
         path = Path(job.stream_dir) / f"imfcodec_{point.name}.imf"
         try:
+            # scenecut=0: the anchors run without scene-cut key frames (anchors.py), so imfcodec does too
             settings = EncoderSettings(quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
-                                       key_quality=point.key_quality, search_iters=point.refine)
+                                       key_quality=point.key_quality, search_iters=point.refine, scenecut=0)
             coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
@@ -313,9 +315,9 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
     for point in job.points:
         path = Path(job.stream_dir) / f"{job.codec}_{point.name}.imf"
         try:
-            settings = EncoderSettings(base_codec="hevc", base_factor=int(1 / point.scale),
+            settings = EncoderSettings(base_codec=point.base_codec, base_factor=int(1 / point.scale),
                                        base_quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
-                                       key_quality=point.key_quality)
+                                       key_quality=point.key_quality, scenecut=0)  # as the anchors (above)
             coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings, enhance)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
@@ -329,6 +331,7 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
                             "token_bytes": 0, "startup_bytes": hybrid_startup_bytes(path),
                             "key_frames": len(coded.key_frames), "coded_size": f"{side}x{side}",
                             "enc_seconds": enc_sw.seconds, "dec_seconds": dec_sw.seconds,
-                            "encoder": f"imfcodec --hybrid (x265 base, {job.key_codec} key)", "decoder": name,
+                            "encoder": f"imfcodec --hybrid ({settings.base_codec} base, {job.key_codec} key)",
+                            "decoder": name,
                             "stream": _rel(path, job)}, dec_path))
     return out, ({"model": loaded.model} if out and enhance else {})

@@ -12,6 +12,10 @@ between machines).
 Hybrid streams (format version 2) use ``random:enh-tiny``: instead of the tokens, a SHA-256 of the decoded
 base-layer pictures (bit-exact by the base codec's specification, like the key frames); the output frames
 (bicubic upscale, then the enhancer: float code, like token synthesis) are held to their thumbnails.
+
+Timed streams (format version 3) are coded from the demo clip's frames written at irregular times
+(``TIMES``, ``timed_clip``): their expected values add the time base and every frame's duration, which a
+decoder must reproduce exactly.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ STREAMS = {
     "tiny-png-refresh": dict(keyint=0, chunk=2, key_codec="png", refresh_below=12.0, quality=6),
 }
 HYBRID_MODEL = "random:enh-tiny"
+TIMED_STREAMS = {
+    # the token mode with per-frame timing: one timing record after the header, then K0, T1-3, ..., T10-11
+    "tiny-png-vfr-chunk3": dict(keyint=0, chunk=3, key_codec="png", quality=6),
+}
+#: the timed clip's frame times in ms, and its last frame's duration: gaps of 40 (25 fps), 20, 100, a frame
+#: of 1001/30 ms rounded, and a last frame held for 600 ms; 1.5 s in all
+TIMES = ([0, 40, 80, 100, 200, 233, 267, 300, 340, 500, 540, 900], 600)
 HYBRID_STREAMS = {
     # 12 frames, key frames 0 and 6: a base-layer GOP restarts in the middle; 3 frames per base packet
     "tiny-hybrid-hevc-half-keyint6": dict(base_codec="hevc", base_factor=2, base_quality=13, keyint=6,
@@ -49,12 +60,29 @@ def thumbnail(frame: np.ndarray, n: int = 16) -> np.ndarray:
     return frame.reshape(n, h // n, n, w // n, 3).astype(np.float64).mean(axis=(1, 3))
 
 
+def timed_clip(path: Path, frames: int = 12, size: int = 64) -> Path:
+    """The demo clip's first frames at the irregular ``TIMES`` (mkv, millisecond time base), reproducibly."""
+    from fractions import Fraction
+
+    from imfcodec.io import VideoWriter, sample_frames
+
+    pts, last = TIMES
+    durations = [b - a for a, b in zip(pts, pts[1:])] + [last]
+    with VideoWriter(path, 25, size, size, reproducible=True, time_base=Fraction(1, 1000)) as w:
+        for rgb, p, d in zip(sample_frames(frames, size, 25), pts, durations):
+            w.write(rgb, p, d)
+    return path
+
+
 def describe(path: Path) -> dict:
     """Decode ``path`` and summarise what a conforming decoder must produce: the exact integers it decodes
-    (tokens, or a hybrid stream's base-layer pictures), the key frames, and thumbnails of every frame."""
+    (tokens, or a hybrid stream's base-layer pictures), the key frames, thumbnails of every frame, and (version
+    3) the time base and every frame's duration."""
     from imfcodec.api import iter_decoded, stream_header
+    from imfcodec.bitstream import TimingPacket, read_stream
 
-    hybrid = stream_header(path).hybrid
+    header = stream_header(path)
+    hybrid = header.hybrid
     exact, key_sha, thumbs, frames = hashlib.sha256(), {}, [], 0
     for dec, out in iter_decoded(path, model=HYBRID_MODEL if hybrid else MODEL):
         if not out:
@@ -66,8 +94,13 @@ def describe(path: Path) -> dict:
                 key_sha[str(frames)] = hashlib.sha256(f.tobytes()).hexdigest()
             thumbs.append(np.round(thumbnail(f), 3).tolist())
             frames += 1
+    timing = {}
+    if header.timed:
+        durations = [d for p in read_stream(path)[1] if isinstance(p, TimingPacket) for d in p.durations]
+        timing = {"time_base": f"{header.time_num}/{header.time_den}", "durations": durations}
     return {
         "frames": frames,
+        **timing,
         "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "base_frames_sha256" if hybrid else "tokens_sha256": exact.hexdigest(),
         "key_frames_sha256": key_sha,
@@ -83,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     every = {**{n: (MODEL, kw) for n, kw in STREAMS.items()},
-             **{n: (HYBRID_MODEL, kw) for n, kw in HYBRID_STREAMS.items()}}
+             **{n: (HYBRID_MODEL, kw) for n, kw in HYBRID_STREAMS.items()},
+             **{n: (MODEL, kw) for n, kw in TIMED_STREAMS.items()}}
     unknown = sorted(set(argv) - set(every))
     if unknown:
         print(f"unknown stream(s): {', '.join(unknown)} (known: {', '.join(every)})", file=sys.stderr)
@@ -94,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "sample.mp4"
         make_sample(clip, frames=12, size=64, fps=25)
+        timed = timed_clip(Path(tmp) / "timed.mkv")
         for name, (model, kw) in every.items():
             if argv and name not in argv:
                 continue
             path = OUT / f"{name}.imf"
-            encode_video(clip, path, model=model, settings=EncoderSettings(**kw))
+            encode_video(timed if name in TIMED_STREAMS else clip, path, model=model, settings=EncoderSettings(**kw))
             expected[name] = {"settings": kw, **({"model": model} if model != MODEL else {}), **describe(path)}
             print(f"{path.name}: {path.stat().st_size} bytes, {expected[name]['frames']} frames")
     exp_path.write_text(json.dumps(expected, indent=1) + "\n")

@@ -31,13 +31,16 @@ from .bitstream import (
     ResyncReader,
     StreamReader,
     StreamWriter,
+    TimingPacket,
     TokenPacket,
+    encode_packet,
     stream_start,
 )
 from .errors import BitstreamError, IMFError, InputError
 from .fsutil import STDIO, AtomicOutput, InPlaceOutput, check_output_folder, in_place, open_output, scratch_file, \
     stdin_reader, write_error
 from .settings import EncoderSettings
+from .timing import Clock, Timing, TimingRecorder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,6 +68,9 @@ class EncodeSummary:
     key_frames: list[int] = field(default_factory=list)
     model: str = ""
     base_bytes: int = 0  # hybrid mode: the base layer's access units
+    duration_s: float = 0.0  # how long the frames play (their timestamps, or frames / fps)
+    timing: str = "constant"  # "constant", "per-frame" (a timing record), or "lost" (see EncodedStream)
+    scene_cuts: list[int] = field(default_factory=list)  # the key frames put at scene cuts (settings.scenecut)
 
     @property
     def fps(self) -> float:
@@ -83,6 +89,9 @@ class EncodedStream:
     token_bytes: int  # entropy-coded tokens of the other frames
     key_frames: list[int] = field(default_factory=list)
     base_bytes: int = 0  # hybrid mode: the base layer's access units (compact form, one per frame)
+    timing: Timing | None = None  # the per-frame timing the stream carries (None: the constant rate)
+    timing_lost: bool = False  # the source's timing was not constant, but an in-place output cannot keep it
+    scene_cuts: list[int] = field(default_factory=list)  # the key frames put at scene cuts (settings.scenecut)
 
 
 @dataclass
@@ -95,6 +104,8 @@ class DecodeSummary:
     damage: list[str] = field(default_factory=list)  # first reasons bytes were skipped (concealment)
     damage_count: int = 0
     truncated: bool = False  # concealment: the stream ended without its END packet
+    duration_s: float = 0.0  # how long the decoded frames play
+    timing: str = "constant"  # "constant", "per-frame" (kept in the output) or "averaged" (y4m, PNGs)
 
     @property
     def fps(self) -> float:
@@ -150,7 +161,8 @@ def check_input_size(path: str | os.PathLike, max_pixels: int = MAX_INPUT_PIXELS
 
 def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.PathLike, *, fps: Fraction | int,
                           model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
-                          progress: Progress | None = None, device: str | None = None) -> EncodedStream:
+                          progress: Progress | None = None, timing: TimingRecorder | None = None,
+                          device: str | None = None) -> EncodedStream:
     """Encode RGB frames (uint8 HxWx3 at the model's resolution: a list, an array or any iterator)
     into an .imf file; the one way the API and the benchmarks write streams.
 
@@ -165,6 +177,12 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     0 frames (unknown, FORMAT.md §3.1); its END packet carries the count. An output folder that does
     not exist is refused (InputError), as by ``encode_video`` and ``decode_stream``. ``device`` as in
     ``encode_video``.
+
+    ``timing`` records the frames' timestamps as they are read (``io.VideoSource.timing``); when they are
+    not the constant rate ``fps``, a file output gets them as timing records after its header (format
+    version 3, ``bitstreams/FORMAT.md``), with the average rate in the header. An in-place output's header
+    is written before any frame is seen, so it keeps the constant rate ``fps`` (``timing_lost`` says when
+    that dropped a variable timing). Without ``timing`` the frames are at ``fps``.
     """
     from .codec import encode_frames
 
@@ -194,6 +212,8 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
                 sizes[2] += len(packet.data)
 
     target = open_output(out)
+    kept: Timing | None = None
+    lost = False
     if isinstance(target, InPlaceOutput):
         with target as f:
             try:
@@ -204,6 +224,7 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
             except OSError as e:
                 raise write_error(target.name, e) from e
         name = target.name
+        lost = _source_timing(timing, enc.index) is not None
     else:
         try:
             with target as tmp, _scratch_file(tmp) as spool_path:
@@ -211,8 +232,15 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
                     writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
                     header_len = writer.bytes_written
                     write_packets(writer)
+                header = replace(enc.header, frames=enc.index)
+                kept = _source_timing(timing, enc.index)
                 with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
-                    dst.write(stream_start(replace(enc.header, frames=enc.index)))
+                    if kept is None:
+                        dst.write(stream_start(header))
+                    else:  # the frames' times first, so a streaming decoder has each before its frame
+                        dst.write(stream_start(kept.header(header)))
+                        for record in kept.packets():
+                            dst.write(encode_packet(record))
                     src.seek(header_len)
                     shutil.copyfileobj(src, dst, _COPY_PIECE)
         except OSError as e:
@@ -220,7 +248,16 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
                 raise
             raise write_error(out, e) from e
         size, name = out.stat().st_size, str(out)
-    return EncodedStream(name, enc.index, size, sizes[0], sizes[1], sizes[2], list(enc.key_frames), sizes[3])
+    return EncodedStream(name, enc.index, size, sizes[0], sizes[1], sizes[2], list(enc.key_frames), sizes[3],
+                         kept, lost, list(enc.scene_cuts))
+
+
+def _source_timing(timing: TimingRecorder | None, frames: int) -> Timing | None:
+    """The per-frame timing of the ``frames`` frames encoded, or None when they are at the constant rate
+    (or were not all timed: frames given without a ``VideoSource``)."""
+    if timing is None or timing.frames != frames:
+        return None
+    return timing.finish()
 
 
 def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) -> LoadedModel:
@@ -319,13 +356,15 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
         frames = source.frames(int(loaded.model.config.resolution), max_frames=max_frames)
         t0 = time.perf_counter()
         s = encode_frames_to_file(frames, out, model=loaded, fps=info.fps, settings=settings, progress=progress,
-                                  device=device)
+                                  timing=source.timing, device=device)
     seconds = time.perf_counter() - t0
     key_bytes = s.key_image_bytes + s.key_token_bytes
-    duration = s.frames / float(info.fps)
+    duration = s.timing.seconds if s.timing is not None else s.frames / float(info.fps)
     return EncodeSummary(s.path, s.frames, seconds, s.bytes, key_bytes, s.token_bytes,
                          s.bytes - key_bytes - s.token_bytes - s.base_bytes, s.bytes * 8 / duration / 1000.0,
-                         s.key_frames, loaded.name, s.base_bytes)
+                         s.key_frames, loaded.name, s.base_bytes, duration,
+                         "per-frame" if s.timing is not None else "lost" if s.timing_lost else "constant",
+                         s.scene_cuts)
 
 
 def _counting(frames: Iterator, progress: Progress | None) -> Iterator:
@@ -386,15 +425,24 @@ def _seekable(f) -> bool:
         return False
 
 
-def _decoding(reader, dec, conceal: bool) -> Iterator:
+def _decoding(reader, dec, conceal: bool, clock: Clock | None = None) -> Iterator:
+    """(decoder, frames) per packet; timing records go to ``clock`` (the decoders see pictures only)."""
     if not conceal:
         for packet in reader:
+            if isinstance(packet, TimingPacket):
+                if clock is not None:
+                    clock.add(packet)
+                continue
             yield dec, dec.decode(packet)
         return
     for item in reader:
         if isinstance(item, Damage):
             dec.damage(item.length, f"{item.length} damaged bytes at byte {item.offset}: {item.reason}")
             yield dec, []
+            continue
+        if isinstance(item[1], TimingPacket):
+            if clock is not None:
+                clock.add(item[1])
             continue
         for frames in dec.decode_concealing(item[1]):
             yield dec, frames
@@ -458,6 +506,10 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
     ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``): where the networks synthesise frames (None: a
     model named here runs on the CPU, a ``LoadedModel`` where it is). The tokens, hence the stream's
     meaning, are the same on every device; frames differ by float rounding only.
+
+    Timing: the frames follow the header's rate, or, in a stream with timing records (version 3), each
+    frame keeps its own time and duration in an mp4 or mkv; y4m (one rate) and PNGs (none) get the frames
+    only, at the stream's average rate, so they last as long (``DecodeSummary.timing`` "averaged").
     """
     from .io import VideoWriter
 
@@ -475,11 +527,12 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
         header = reader.header
         if started is not None:
             started(header.frames or None)
-        writer = VideoWriter(out, Fraction(header.fps_num, header.fps_den), header.width, header.height,
-                             protect=[input_path], format=format)
+        clock = Clock(header)
+        writer = VideoWriter(out, clock.fps, header.width, header.height, protect=[input_path], format=format,
+                             time_base=clock.time_base if clock.timed else None)
         with writer:
             held, held_frame, good, seen = 0, None, False, 0
-            for dec, frames in _decoding(reader, dec, conceal):
+            for dec, frames in _decoding(reader, dec, conceal, clock):
                 if not frames:
                     continue
                 concealed = len(dec.report.concealed) - seen  # a batch is all concealed or all decoded
@@ -488,7 +541,7 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
                     held, held_frame = held + len(frames), frames[0]
                     continue
                 for frame in itertools.chain(itertools.repeat(held_frame, held), frames):
-                    writer.write(frame)
+                    writer.write(frame, *clock.next())
                 if progress:
                     progress(held + len(frames))
                 held, good = 0, True
@@ -498,9 +551,11 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
                 raise InputError(f"{name}: none of its {dec.report.frames} frames could be decoded (a damaged "
                                  f"key frame and no intact key frame after it); nothing was written")
     report = dec.report
+    timing = "constant" if not clock.timed else "per-frame" if writer.keeps_timing else "averaged"
+    duration = float(clock.end * clock.time_base) if clock.timed else report.frames / float(clock.fps)
     return DecodeSummary(writer.name, report.frames, time.perf_counter() - t0,
                          list(report.key_frames), list(report.concealed), list(report.damage),
-                         report.damage_count, report.truncated)
+                         report.damage_count, report.truncated, duration, timing)
 
 
 def stream_header(input_path: str | os.PathLike, limits: Limits | None = None):
@@ -517,7 +572,7 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
         h = reader.header
         size = reader.header_record.offset + reader.header_record.total_len
         packets = []
-        key_bytes = token_bytes = base_bytes = frames = 0
+        key_bytes = token_bytes = base_bytes = timing_bytes = frames = ticks = 0
         for rec, p in reader.records():
             size = rec.offset + rec.total_len  # the reader refuses bytes after END: this is the stream's size
             if isinstance(p, KeyPacket):
@@ -532,20 +587,29 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
                 token_bytes += len(p.data)
                 packets.append({"type": "tokens", "frame": p.frame, "count": p.count, "bytes": len(p.data),
                                 "packet_bytes": rec.total_len})
+            elif isinstance(p, TimingPacket):
+                timing_bytes += rec.total_len
+                ticks += sum(p.durations)
+                packets.append({"type": "timing", "frame": p.frame, "count": p.count, "packet_bytes": rec.total_len})
             elif isinstance(p, EndPacket):
                 frames = p.frames
     fps = Fraction(h.fps_num, h.fps_den)
-    duration = frames / float(fps) if frames else 0.0
+    if h.timed:
+        duration = float(ticks * Fraction(h.time_num, h.time_den))
+    else:
+        duration = frames / float(fps) if frames else 0.0
 
     def kbps(n: int) -> float:
         return n * 8 / duration / 1000.0 if duration else 0.0
 
-    overhead = size - key_bytes - token_bytes - base_bytes  # the framing: signature, header, records
+    overhead = size - key_bytes - token_bytes - base_bytes - timing_bytes  # signature, header, records' framing
     return {
         "mode": "hybrid" if h.hybrid else "tokens", "version": reader.version,
         "model": h.model, "weights_hash": h.weights_hash.hex(), "width": h.width, "height": h.height,
         "fps": float(fps), "fps_rational": f"{h.fps_num}/{h.fps_den}", "frames": frames,
-        "duration_s": duration, "bytes": size, "kbps": kbps(size),
+        "duration_s": duration, "timing": "per-frame" if h.timed else "constant",
+        "time_base": f"{h.time_num}/{h.time_den}" if h.timed else None, "timing_bytes": timing_bytes,
+        "bytes": size, "kbps": kbps(size),
         "key_bytes": key_bytes, "token_bytes": token_bytes, "base_bytes": base_bytes, "overhead_bytes": overhead,
         "key_kbps": kbps(key_bytes), "token_kbps": kbps(token_bytes), "base_kbps": kbps(base_bytes),
         "overhead_kbps": kbps(overhead),

@@ -17,10 +17,11 @@ import time
 # Nothing here imports torch at start-up: each command imports what it needs.
 
 import click
+from click.core import ParameterSource
 
 from .devices import DEFAULT_DEVICE, DEVICE_HELP
 from .errors import IMFError
-from .settings import DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_PRESET, PRESETS, EncoderSettings
+from .settings import BASE_CODECS, DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_PRESET, PRESETS, EncoderSettings
 
 _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
@@ -211,8 +212,14 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Token quality (higher = finer quantization).")
 @click.option("--keyint", type=int, default=_ENCODER.keyint, show_default=True,
               help="Key frame every N frames (0 = one key frame).")
+@click.option("--scenecut", type=float, default=_ENCODER.scenecut, show_default=True,
+              help="Scene-cut threshold: a key frame where a frame's luma thumbnail differs from the previous "
+                   "frame's by this percent of the range on average (uncut training clips stay below 6.5; "
+                   "0 = off).")
+@click.option("--no-scenecut", is_flag=True, help="No key frames at scene cuts (same as --scenecut 0).")
 @click.option("--refresh-below", type=float, default=_ENCODER.refresh_below,
-              help="Insert a key frame when the decoded frame's PSNR drops below this many dB.")
+              help="Insert a key frame when the decoded frame's PSNR drops below this many dB (token mode; 16 "
+                   "keeps key frames rare with the shipped model).")
 @click.option("--key-codec", default=_ENCODER.key_codec, show_default=True, help="Key-frame codec (see `imfcodec models`).")
 @click.option("--key-quality", type=int, default=_ENCODER.key_quality,
               help="Key-frame quality (higher = better; default: the key-frame codec's own).")
@@ -228,7 +235,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--hybrid", is_flag=True,
               help="Hybrid mode: key frames plus a conventional low-resolution base layer, lifted by an enhancer "
                    "(no tokens: --quality and --refine do not apply).")
-@click.option("--base-codec", type=click.Choice(["hevc", "av1"]), default=None,
+@click.option("--base-codec", type=click.Choice(BASE_CODECS), default=None,
               help=f"Hybrid: base-layer codec [default: {DEFAULT_BASE_CODEC}].")
 @click.option("--base-scale", type=click.Choice(["1", "1/2", "1/4"]), default=None,
               help=f"Hybrid: base-layer frame size [default: 1/{_ENCODER.base_factor}].")
@@ -242,20 +249,24 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True,
               help=f"Where E_T and the token search run: {DEVICE_HELP}. The stream decodes on any device.")
-def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_quality, chunk, preset, search_iters,
-           frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps, device):
+def encode(input, output, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality, chunk,
+           preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps, device):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
 
     _interruptible()
     device = _device(device)
 
+    if no_scenecut:
+        if click.get_current_context().get_parameter_source("scenecut") is not ParameterSource.DEFAULT:
+            raise click.UsageError("--no-scenecut and --scenecut N contradict each other (--scenecut 0 is off)")
+        scenecut = 0.0
     if kbps is not None:
         hybrid = True
-        base_scale, base_quality, key_quality = _rate_control(
+        base_codec, base_scale, base_quality, key_quality = _rate_control(
             input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings.from_preset(
-        preset, quality=quality, keyint=keyint, refresh_below=refresh_below, key_codec=key_codec,
+        preset, quality=quality, keyint=keyint, scenecut=scenecut, refresh_below=refresh_below, key_codec=key_codec,
         key_quality=key_quality, chunk=chunk, **({} if search_iters is None else {"search_iters": search_iters}),
         **_hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer),
     ).validated()
@@ -268,8 +279,13 @@ def encode(input, output, model, quality, keyint, refresh_below, key_codec, key_
     payload = f"base {s.base_bytes} B" if settings.hybrid else f"tokens {s.token_bytes} B"
     _summary(streamed == "stdout",
              f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
-             f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), {len(s.key_frames)} key frame(s), "
+             f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), {len(s.key_frames)} key frame(s)"
+             f"{f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
              f"{s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
+    if s.timing == "lost":
+        click.echo(f"warning: the input's frames are not at a constant rate, but a stream written to "
+                   f"{streamed or 'a pipe'} is started before that is known: it plays them at the input's "
+                   f"nominal rate (encode to a file to keep their times)", err=True)
 
 
 def _device(name: str) -> str:
@@ -286,32 +302,33 @@ def _device(name: str) -> str:
 
 
 def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
-    """--kbps: (base_scale, base_quality, key_quality) from the enhancer's operating-point table, where the
-    user did not give them; says on stderr which point it chose and the rate it expects."""
+    """--kbps: (base_codec, base_scale, base_quality, key_quality) from the enhancer's operating-point table,
+    where the user did not give them; says on stderr which point it chose and the rate it expects."""
     from .errors import InputError
     from .hybrid import load_enhancer
     from .io import probe_video
     from .ratecontrol import choose, load_table
 
-    if (base_codec or DEFAULT_BASE_CODEC) != "hevc" or key_codec != "hevc":
-        raise InputError("--kbps uses a table measured with hevc base layers and key frames: "
-                         "drop --base-codec / --key-codec, or give the operating point yourself")
+    if key_codec != "hevc":
+        raise InputError("--kbps uses a table measured with hevc key frames: "
+                         "drop --key-codec, or give the operating point yourself")
     duration = None  # a pipe is read once, by the encoder: its duration is not known up front
     if input != "-":
         info = probe_video(input)
         n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
         duration = n / float(info.fps) if n else None
-    point, expected, fits = choose(load_table(load_enhancer(enhancer).name), kbps, duration)
+    point, expected, fits = choose(load_table(load_enhancer(enhancer).name), kbps, duration, base_codec)
     scale = base_scale or {1: "1", 2: "1/2", 4: "1/4"}[point.base_factor]
     bq = point.base_quality if base_quality is None else base_quality
     kq = point.key_quality if key_quality is None else key_quality
     span = f"{duration:.1f} s" if duration else "an assumed 10 s"
-    click.echo(f"rate control: {kbps:g} kbit/s -> base {scale} q{bq}, key q{kq}: about {expected:.1f} kbit/s "
+    click.echo(f"rate control: {kbps:g} kbit/s -> base {point.base_codec} {scale} q{bq}, key q{kq}: "
+               f"about {expected:.1f} kbit/s "
                f"over {span} on training clips", err=True)
     if not fits:
         click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
                    err=True)
-    return scale, bq, kq
+    return point.base_codec, scale, bq, kq
 
 
 def _hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer) -> dict:
@@ -443,7 +460,11 @@ def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames
     except CorruptStreamError as e:
         written = (f"the frames before it went to {streamed}" if streamed else "nothing was written")
         raise CorruptStreamError(f"{e}; {written} (--conceal decodes past damaged packets)") from e
-    _summary(streamed == "stdout", f"{s.output}: {s.frames} frames, {len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
+    _summary(streamed == "stdout", f"{s.output}: {s.frames} frames, {s.duration_s:.2f} s, "
+                                   f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
+    if s.timing == "averaged":
+        click.echo("note: the stream times each frame, which y4m and PNG frames cannot say: its frames are at "
+                   "its average rate (same duration); decode to .mkv or .mp4 to keep their times", err=True)
     if s.concealed or s.damage_count or s.truncated:
         click.echo(f"warning: {len(s.concealed)} frame(s) concealed: {_ranges(s.concealed) or 'none'}", err=True)
         for line in _concealment(s.concealed, s.key_frames)[:5]:
@@ -490,7 +511,11 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
     hybrid = d["mode"] == "hybrid"
     click.echo(f"{'stdin' if input == '-' else input}: imfcodec stream (version {d['version']}, {d['mode']} mode), "
                f"{'enhancer' if hybrid else 'model'} {d['model']} (weights {d['weights_hash'][:16]})")
-    click.echo(f"  {d['width']}x{d['height']} @ {d['fps_rational']} fps, {d['frames']} frames, {d['duration_s']:.2f} s")
+    if d["timing"] == "constant":
+        timing = f"constant rate {d['fps_rational']} fps"
+    else:
+        timing = f"per-frame timing (time base {d['time_base']} s, {d['fps_rational']} fps on average)"
+    click.echo(f"  {d['width']}x{d['height']}, {d['frames']} frames, {d['duration_s']:.2f} s, {timing}")
     if hybrid:
         click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; base layer: "
                    f"{d['base_codec']} {d['base_width']}x{d['base_height']} q{d['base_quality']}")
@@ -500,12 +525,15 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
     click.echo(f"  {d['bytes']} bytes = {d['kbps']:.2f} kbit/s: key {d['key_bytes']} B ({d['key_kbps']:.2f} kbit/s), "
                f"base {d['base_bytes']} B ({d['base_kbps']:.2f} kbit/s), "
                f"tokens {d['token_bytes']} B ({d['token_kbps']:.2f} kbit/s), "
-               f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s)")
+               + (f"timing {d['timing_bytes']} B, " if d["timing_bytes"] else "")
+               + f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s)")
     for p in d["packets"]:
         if p["type"] == "key":
             click.echo(f"  frame {p['frame']:6d}  key     {p['packet_bytes']:7d} B")
         elif p["type"] == "base":
             click.echo(f"  frame {p['frame']:6d}  base    {p['packet_bytes']:7d} B")
+        elif p["type"] == "timing":
+            click.echo(f"  frame {p['frame']:6d}  timing  {p['packet_bytes']:7d} B  ({p['count']} frames)")
         else:
             click.echo(f"  frame {p['frame']:6d}  tokens  {p['packet_bytes']:7d} B  ({p['count']} frames)")
 

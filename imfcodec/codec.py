@@ -31,6 +31,7 @@ from .errors import CorruptStreamError, InputError, ModelMismatchError, Unsuppor
 from .keyframe import get_keyframe_codec
 from .metrics import psnr
 from .models.imf import RefState
+from .scenecut import SceneCutDetector
 from .settings import (  # noqa: F401 - re-exported: callers import the settings with the codec
     DEFAULT_CHUNK,
     DEFAULT_KEY_CODEC,
@@ -79,7 +80,10 @@ class _Reference:
 class Encoder:
     """Streaming encoder: ``encode(frame)`` returns the packets that frame completes.
 
-    Frames must already be at the model resolution (see ``imfcodec.io.read_frames``).
+    Frames must already be at the model resolution (see ``imfcodec.io.read_frames``). Key frames: the
+    first, every ``keyint``-th after the last key frame, a scene cut (``settings.scenecut``,
+    ``imfcodec.scenecut``: listed in ``scene_cuts``), and with ``refresh_below`` a frame whose
+    reconstruction falls below that PSNR.
     """
 
     def __init__(self, model: torch.nn.Module, *, model_name: str, weights_hash: bytes, fps: Fraction,
@@ -109,6 +113,8 @@ class Encoder:
         self.pending: list[np.ndarray] = []
         self.pending_first = 0
         self.key_frames: list[int] = []
+        self.scene_cut = SceneCutDetector(self.settings.scenecut)
+        self.scene_cuts: list[int] = []  # the key frames the scene-cut detector asked for
 
     @torch.inference_mode()
     def encode(self, rgb: np.ndarray) -> list[Packet]:
@@ -117,7 +123,11 @@ class Encoder:
             raise InputError(f"frame must be uint8 {self.size}x{self.size}x3, got {rgb.dtype} {rgb.shape}")
         i, s = self.index, self.settings
         self.index += 1
+        cut = self.scene_cut(rgb)  # sees every frame: it compares each with the one before
         if self.ref is None or (s.keyint > 0 and i - self.last_key >= s.keyint):
+            return self._key(i, rgb)
+        if cut:
+            self.scene_cuts.append(i)
             return self._key(i, rgb)
         x = to_tensor(rgb, self.device)
         q = quantize(self.model.encode_token(x), self.steps)[0]  # float64 on the CPU: device-independent

@@ -5,10 +5,11 @@ Stream: at every key frame a key packet (the key image, no token) followed by th
 at that frame; base packets carry the access units of up to ``chunk`` consecutive frames
 (``imfcodec.baselayer``), so the framing costs about one byte per frame plus a record per packet.
 
-* Encoder: key frames follow the token encoder's policy (the first frame, then every ``keyint``); a key
-  image is coded with the key-frame codec and decoded back (closed loop: ``key_image`` is what the
-  decoder will show), and the base encoder starts a new GOP (an intra picture) at the same frame. The
-  encoder never runs the enhancer: it needs only its name, hash and resolution.
+* Encoder: key frames follow the token encoder's policy (the first frame, every ``keyint``, and a scene
+  cut: ``imfcodec.scenecut``); a key image is coded with the key-frame codec and decoded back (closed
+  loop: ``key_image`` is what the decoder will show), and the base encoder starts a new GOP (an intra
+  picture) at the same frame. The encoder never runs the enhancer: it needs only its name, hash and
+  resolution.
 * Decoder: a key packet decodes the key image and restarts the base decoder; a base packet decodes the
   small picture and upscales it (``upscale``, bicubic). At a key frame the output is the key image, and
   the enhancer caches ``prepare_key(key, upscaled base)``; at the other frames the output is
@@ -31,6 +32,7 @@ from .devices import model_device
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
 from .keyframe import get_keyframe_codec
 from .models.enhancer import upscale
+from .scenecut import SceneCutDetector
 from .settings import DEFAULT_ENHANCER, EncoderSettings
 
 Packet = KeyPacket | BasePacket | TokenPacket | EndPacket
@@ -90,6 +92,8 @@ class HybridEncoder:
         self.index = 0
         self.last_key = -1
         self.key_frames: list[int] = []
+        self.scene_cut = SceneCutDetector(s.scenecut)
+        self.scene_cuts: list[int] = []  # the key frames the scene-cut detector asked for
         self.key_image: np.ndarray | None = None  # the decoded last key image (closed loop)
         self.pending: list[bytes] = []  # access units of frames not yet in a packet
         self.pending_first = 0
@@ -106,7 +110,11 @@ class HybridEncoder:
             raise InputError(f"frame must be uint8 {self.size}x{self.size}x3, got {rgb.dtype} {rgb.shape}")
         i, s = self.index, self.settings
         self.index += 1
+        cut = self.scene_cut(rgb)
         key = self.last_key < 0 or (s.keyint > 0 and i - self.last_key >= s.keyint)
+        if cut and not key:
+            key = True
+            self.scene_cuts.append(i)
         out: list[Packet] = []
         if key:  # a base packet never spans a key frame: the key packet precedes the one starting there
             out += self._flush_units()

@@ -1,5 +1,5 @@
-"""Rate control of the hybrid mode: ``imfcodec encode --kbps R`` picks the operating point (base-layer size
-and quality, key-frame quality) that gave the best quality within R on training clips.
+"""Rate control of the hybrid mode: ``imfcodec encode --kbps R`` picks the operating point (base-layer codec,
+size and quality, key-frame quality) that gave the best quality within R on training clips.
 
 Why a table and not a loop: the base layer's rate at a given quality depends on the clip, but the *order*
 of the operating points by quality per bit does much less, and a table measured once on held-out training
@@ -33,6 +33,7 @@ class OperatingPoint:
     startup_bytes: float  # signature, header, the key packet and the first base access unit
     psnr: float  # enhanced, dB
     psnr_bicubic: float  # the same streams without the enhancer, dB
+    base_codec: str = "hevc"  # tables measured before VP9 bases existed name none: x265
 
     def kbps(self, duration_s: float) -> float:
         """Expected whole-file rate for a clip of ``duration_s`` seconds with one key frame."""
@@ -63,10 +64,16 @@ def save_table(points: list[OperatingPoint], path: Path, info: dict) -> None:
         Path(tmp).write_text(json.dumps({**info, "points": [asdict(p) for p in points]}, indent=1) + "\n")
 
 
-def choose(points: list[OperatingPoint], kbps: float, duration_s: float | None = None
-           ) -> tuple[OperatingPoint, float, bool]:
+def choose(points: list[OperatingPoint], kbps: float, duration_s: float | None = None,
+           base_codec: str | None = None) -> tuple[OperatingPoint, float, bool]:
     """(point, its expected rate, whether it fits): the best-quality point whose expected rate is within
-    ``kbps``; when none fits, the lowest-rate point (``fits`` False, for the caller to say so)."""
+    ``kbps`` (among ``base_codec``'s points when given); when none fits, the lowest-rate point (``fits``
+    False, for the caller to say so)."""
+    if base_codec is not None:
+        points = [p for p in points if p.base_codec == base_codec]
+        if not points:
+            raise InputError(f"the operating-point table has no {base_codec} base-layer points: drop --base-codec, "
+                             f"or give --base-scale and --base-quality yourself")
     if not points:
         raise InputError("the operating-point table is empty")
     if not kbps > 0:

@@ -64,6 +64,45 @@ def write_video(path: Path, frames, codec: str, pix_fmt: str, *, fmt: str | None
     return path
 
 
+def timed_clip(path: Path, pts, time_base: Fraction, last: int, *, rate=25, fmt: str | None = None) -> Path:
+    """A 64x64 libx264 clip whose frames are at ``pts`` (ticks of ``time_base``), each shown until the next
+    and the last for ``last`` ticks (packet durations set, no B-frames: the container states the real
+    duration). A moving bar, so every frame differs."""
+    durations = {p: q - p for p, q in zip(pts, list(pts[1:]) + [pts[-1] + last])}
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        s.options = {"bf": "0", "preset": "ultrafast"}
+        s.time_base = s.codec_context.time_base = time_base
+
+        def mux(packets):
+            for packet in packets:
+                packet.duration = durations[packet.pts]
+                c.mux(packet)
+
+        for i, p in enumerate(pts):
+            rgb = gradient(64, 64)
+            rgb[:, (3 * i) % 64] = 255
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            f.pts, f.time_base = p, time_base
+            mux(s.encode(f))
+        mux(s.encode())
+    return path
+
+
+def video_times(path: Path) -> tuple[list[Fraction], Fraction, float]:
+    """(each frame's presentation time in seconds from the first frame's, the end of the last frame, the
+    container's duration in seconds) of a video file, as PyAV reads it."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = [(f.pts, f.duration) for f in c.decode(s)]
+        tb, duration = s.time_base, (c.duration or 0) / 1e6
+    start = frames[0][0]
+    times = [(p - start) * tb for p, _ in frames]
+    return times, times[-1] + frames[-1][1] * tb, duration
+
+
 # ------------------------------------------------------------------------------------------ hang guards
 # Tests never assert how fast something is (timings live in benchmarks/). They only refuse to hang:
 # an operation still running after HANG_SECONDS is a hang, whatever the machine's load.
@@ -193,7 +232,7 @@ def split(data: bytes) -> list[list]:
 
 def join(recs, *, lengths: dict[int, int] | None = None, crc_ok: bool = True, version: int = 1) -> bytes:
     """Records -> stream bytes; ``lengths`` forces a (lying) length field, CRCs made valid for it.
-    ``version`` 2 for streams with a base layer (hybrid mode)."""
+    ``version`` 2 for streams with a base layer (hybrid mode), 3 for streams with timing records."""
     assert version <= VERSION
     out = bytearray(MAGIC + bytes((version,)))
     for i, (t, payload) in enumerate(recs):
@@ -220,7 +259,7 @@ def with_header(data: bytes, **fields) -> bytes:
 
 def encode_header_raw(h, version: int = 1) -> bytes:
     """encode_header without validation (forged values may be out of range); ``version`` 2 appends the
-    base-layer fields (only the name when ``h.base_codec`` is empty)."""
+    base-layer fields (only the name when ``h.base_codec`` is empty), 3 the time base after them."""
     model, codec = h.model.encode("latin-1"), h.key_codec.encode("latin-1")
     v = encode_varint
     raw = b"".join((bytes((len(model) & 255,)), model, bytes(h.weights_hash), v(h.width), v(h.height),
@@ -232,6 +271,8 @@ def encode_header_raw(h, version: int = 1) -> bytes:
         raw += bytes((len(base) & 255,)) + base
         if base:
             raw += v(h.base_width) + v(h.base_height) + bytes((h.base_quality & 255,))
+    if version >= 3:
+        raw += v(h.time_num) + v(h.time_den)
     return raw
 
 
@@ -302,3 +343,13 @@ def long_stream(tiny, path: Path, frames: int) -> Path:
 def cheap_clip(path: Path, frames: int) -> Path:
     base = gradient(64, 64)
     return fast_video(path, (np.roll(base, i % 64, axis=1) for i in range(frames)), "libx264", "yuv420p")
+
+
+def two_scene_frames(before: int = 6, after: int = 6, size: int = 64) -> list[np.ndarray]:
+    """A clip with one cut: ``before`` frames of the demo portrait, then ``after`` frames of a sliding
+    colour gradient (another scene entirely); the cut is at frame ``before``."""
+    from imfcodec.io.sample import sample_frames
+
+    first = list(sample_frames(before, size))
+    second = [np.roll(gradient(size, size, 5), 2 * i, axis=1) for i in range(after)]
+    return first + second

@@ -262,21 +262,23 @@ def test_hybrid_rows_with_and_without_the_enhancer(tmp_path):
 
     out = tmp_path / "h"
     args = ["--videos", str(CLIP), "--out", str(out), "--frames", "6", "--enhancer", "random:enh-tiny",
-            "--codecs", "hybrid,hybrid-bicubic,x265", "--ladder", "hybrid=2:20:16,4:13:16",
-            "--ladder", "hybrid-bicubic=2:20:16,4:13:16", "--ladder", "x265=51,41", "--scales", "1,1/2", "--no-vmaf"]
+            "--codecs", "hybrid,hybrid-bicubic,x265", "--ladder", "hybrid=2:20:16,vp9:4:13:16",
+            "--ladder", "hybrid-bicubic=2:20:16,vp9:4:13:16", "--ladder", "x265=51,41", "--scales", "1,1/2", "--no-vmaf"]
     assert main(args) == 0
     rows = list(csv.DictReader(open(out / "rd.csv", newline="")))
     hyb = {(r["codec"], r["point"]): r for r in rows if r["codec"].startswith("hybrid")}
-    assert set(hyb) == {(c, p) for c in ("hybrid", "hybrid-bicubic") for p in ("x2-b20-hevc16", "x4-b13-hevc16")}
+    assert set(hyb) == {(c, p) for c in ("hybrid", "hybrid-bicubic") for p in ("x2-b20-hevc16", "vp9-x4-b13-hevc16")}
     for (codec, point), r in hyb.items():
         assert int(r["bytes"]) == (out / r["stream"]).stat().st_size
         assert float(r["base_kbps"]) > 0 and float(r["key_kbps"]) > 0 and r["model"].startswith("enh-tiny@")
         assert r["coded_size"] == ("32x32" if point.startswith("x2") else "16x16")
+        assert ("vp9 base" if point.startswith("vp9") else "hevc base") in r["encoder"]
         twin = hyb[("hybrid-bicubic" if codec == "hybrid" else "hybrid", point)]
         assert r["bytes"] == twin["bytes"] and float(r["psnr"]) == pytest.approx(float(twin["psnr"]))
     summary = (out / "summary.md").read_text()
     assert "imfcodec-envelope" in summary and "hybrid-bicubic" in summary
     assert main([*args[:-1], "--ladder", "hybrid=3:20:16"]) == 2  # factor 3 is not a base-layer size
+    assert main([*args[:-1], "--ladder", "hybrid=mpeg2:2:20:16"]) == 2  # not a base-layer codec
 
 
 def test_rows_append_under_the_current_columns(tmp_path):
@@ -395,7 +397,8 @@ def test_bad_scales_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("error: --scales") for line in err)
 
 
-@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input", "pipe", "memory"])
+@pytest.mark.parametrize("name", ["rd", "gain", "strips", "model_speed", "long_input", "pipe", "keyframes",
+                                  "memory"])
 def test_entry_points_help_and_usage_errors(name, capsys):
     """Each benchmark is a click command run by ``main(argv) -> int``: --help names the module, and a usage
     error is one line with status 2."""
@@ -456,8 +459,36 @@ def test_hybrid_table_measures_points_on_training_clips(tmp_path):
                  "--val-clips", "1", "--cache-dir", "none", "--out", str(out), "--threads", "1"]) == 0
     table = json.loads(out.read_text())
     assert len(table["points"]) == 2 and len(table["clips"]) == 1
+    assert {p["base_codec"] for p in table["points"]} == {"hevc", "vp9"}
     for p in table["points"]:
         assert p["steady_kbps"] > 0 and p["startup_bytes"] > 0
         assert p["psnr"] == pytest.approx(p["psnr_bicubic"])  # an untrained enhancer is the bicubic base
     (tmp_path / "test").mkdir()
     assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1  # the test set is refused
+    assert main(["--data", str(data), "--out", str(out), "--base-codecs", "mpeg2"]) == 1
+
+
+def test_keyframes_counts_false_cuts_detects_cuts_and_codes_one(tmp_path, capsys):
+    """benchmarks.keyframes on two tiny clips of different scenes: no false cut inside either, both
+    synthetic cuts found, the cut clip coded with a key frame at the cut only with the detector on, and
+    --refresh-below counted; a folder named test is refused."""
+    from benchmarks.keyframes import main
+    from helpers import cheap_clip
+    from imfcodec.io import make_sample
+
+    data = tmp_path / "train"
+    data.mkdir()
+    make_sample(data / "a_portrait.mp4", frames=8, size=64)
+    cheap_clip(data / "b_gradient.mp4", 8)
+    assert main(["--data", str(data), "--frames", "8", "--encode", "a_portrait.mp4", "b_gradient.mp4",
+                 "--encode-frames", "6", "--model", "random:imf-tiny", "--refresh", "1,99", "--refresh-frames", "4",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "false cuts at 10: 0 frames in 0 of 2 clips" in out, out
+    assert "synthetic cuts, all: 2, detected at 10: 2 (100.0 %)" in out, out
+    assert "--scenecut 10 : key frames [0, 6]," in out and "--no-scenecut : key frames [0]," in out, out
+    assert "--refresh-below 1: 0 extra key frames in 8 frames" in out, out
+    assert "--refresh-below 99: 6 extra key frames in 8 frames" in out, out  # an untrained model: every frame
+    (tmp_path / "test").mkdir()
+    assert main(["--data", str(tmp_path / "test")]) == 1
+    assert "test set" in capsys.readouterr().err

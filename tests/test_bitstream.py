@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import zlib
 
 import pytest
@@ -20,6 +21,7 @@ from imfcodec.bitstream import (
     StreamHeader,
     StreamReader,
     StreamWriter,
+    TimingPacket,
     TokenPacket,
     decode_varint,
     encode_packet,
@@ -93,12 +95,147 @@ def payload(p) -> bytes:
     return rec[2:-4]
 
 
+# ------------------------------------------------------------------------------------------ timing (version 3)
+
+TIMED = dict(time_num=1, time_den=1000)
+DURATIONS = (40, 80, 33, 250, 40, 41)
+
+
+def write_timed(packets=None, header: StreamHeader | None = None, end: int = 6) -> bytes:
+    """A version 3 stream: the timing record first, then PACKETS (or ``packets``)."""
+    if packets is None:
+        packets = [TimingPacket(0, DURATIONS)] + PACKETS
+    return write_stream(header or make_header(**TIMED), packets, end)
+
+
+def test_timing_round_trip_and_version_rule():
+    data = write_timed()
+    assert data[8] == 3
+    h, packets = parse_all(data)
+    assert h.timed and (h.time_num, h.time_den) == (1, 1000)
+    assert packets[0] == TimingPacket(0, DURATIONS) and packets[1:-1] == PACKETS
+    # without a time base nothing changes: the same packets make the same version 1 bytes as before
+    assert write_stream()[8] == 1 and not parse_all(write_stream())[0].timed
+    # records may also come piecewise, each before the frames it times
+    split_up = [TimingPacket(0, DURATIONS[:1]), key(0), TimingPacket(1, DURATIONS[1:5]), *PACKETS[1:3],
+                TimingPacket(5, DURATIONS[5:]), PACKETS[3]]
+    assert parse_all(write_timed(split_up))[1][:-1] == split_up
+    # with a base layer too: version 3 carries the version 2 fields
+    hybrid = make_header(**TIMED, token_dim=0, scale_indexes=(), quality=0, base_codec="hevc", base_width=32,
+                         base_height=32, base_quality=13, frames=2)
+    from imfcodec.bitstream import BasePacket
+
+    recs = [TimingPacket(0, (1, 2)), KeyPacket(0, b"", b"I"), BasePacket(0, (b"A",)), BasePacket(1, (b"B",))]
+    data = write_stream(hybrid, recs, 2)
+    assert data[8] == 3 and parse_all(data) == (hybrid, recs + [EndPacket(2)])
+
+
+def test_timing_record_overhead():
+    """One byte of frame index and count, then a varint per frame (1 byte below 128 ticks, 2 below 16384)."""
+    assert len(encode_packet(TimingPacket(0, (40,) * 100))) == 1 + 1 + 1 + 1 + 100 + 4
+    assert len(encode_packet(TimingPacket(0, (1001,) * 100))) == 1 + 2 + 1 + 1 + 200 + 4
+
+
+def test_timing_reader_rules():
+    """The reader rules of FORMAT.md §3.5 and §4 for timing records, each failing on purpose."""
+    h = make_header(**TIMED)
+    hdr = header_payload(h)
+
+    def stream(*records: bytes) -> bytes:
+        return MAGIC + bytes((3,)) + record(b"H", hdr) + b"".join(records)
+
+    def timing(frame: int, *values: int, count: int | None = None) -> bytes:
+        body = encode_varint(frame) + encode_varint(len(values) if count is None else count)
+        return record(b"D", body + b"".join(map(encode_varint, values)))
+
+    rest = [encode_packet(p) for p in PACKETS]
+    end = record(b"E", encode_varint(6))
+    good = timing(0, *DURATIONS)
+    assert len(parse_all(stream(good, *rest, end))[1]) == 6
+    cases = {
+        "duration 0": (stream(timing(0, 40, 0, 1, 1, 1, 1), *rest, end), "duration 0 of frame 1 is outside"),
+        "duration above 32 bits": (stream(timing(0, 2**32, 1, 1, 1, 1, 1), *rest, end), "duration 4294967296"),
+        "count 0": (stream(timing(0, count=0), *rest, end), "frame count 0 is outside"),
+        "lying count": (stream(timing(0, 1, 2, count=2**40), *rest, end), "frame count 1099511627776 is outside"),
+        "count short of its values": (stream(timing(0, 1, 2, 3, count=2), *rest, end), "1 unexpected bytes"),
+        "not from frame 0": (stream(timing(1, *DURATIONS[1:]), *rest, end), "times frames from 1, expected frame 0"),
+        "overlap": (stream(timing(0, 1, 1), timing(1, 1, 1, 1, 1, 1), *rest, end), "from 1, expected frame 2"),
+        "a frame before its time": (stream(timing(0, 1), *rest, end), "frame 1 has no timing"),
+        "no timing at all": (stream(*rest, end), "frame 0 has no timing"),
+        "after the frames": (stream(*rest, timing(0, *DURATIONS), end), "frame 0 has no timing"),
+        "more timed than sent": (stream(timing(0, *DURATIONS, 5), *rest, end), "beyond the header's 6 frames"),
+        "beyond the header": (stream(timing(0, *DURATIONS), timing(6, 9), *rest, end), "beyond the header's 6"),
+        "varint overlong": (stream(record(b"D", b"\x00\x01\x80\x00"), *rest, end), "non-minimal"),
+    }
+    for name, (data, needle) in cases.items():
+        with pytest.raises(CorruptStreamError, match=re.escape(needle)):
+            parse_all(data)
+    # END compares the timed frames with the stream's when the header does not know the count
+    h0 = make_header(**TIMED, frames=0)
+    data = MAGIC + bytes((3,)) + record(b"H", header_payload(h0)) + timing(0, *DURATIONS, 7) + b"".join(rest) + end
+    with pytest.raises(CorruptStreamError, match="timing records cover 7 frames but the stream holds 6"):
+        parse_all(data)
+    # reader Limits: a timing record past max_frames is unsupported, not corrupt
+    data = MAGIC + bytes((3,)) + record(b"H", header_payload(h0)) + good + b"".join(rest) + end
+    with pytest.raises(UnsupportedStreamError, match="Limits.max_frames"):
+        parse_all(data, Limits(max_frames=5))
+    # a timing record is a record type of version 3 only
+    v1 = MAGIC + bytes((1,)) + record(b"H", header_payload(make_header())) + good + b"".join(rest) + end
+    with pytest.raises(CorruptStreamError, match="unknown packet type 0x44"):
+        parse_all(v1)
+    # a version 3 header needs a time base; its terms are 32-bit like the frame rate's
+    from imfcodec.bitstream.format import encode_header
+
+    for tb, needle in (((0, 1000), "time base 0/1000"), ((1, 0), "time base 1/0"),
+                       ((2**32, 1), "time_num 4294967296 is outside")):
+        raw = encode_header(make_header()) + bytes((0,)) + encode_varint(tb[0]) + encode_varint(tb[1])
+        with pytest.raises(CorruptStreamError, match=re.escape(needle)):
+            parse_all(MAGIC + bytes((3,)) + record(b"H", raw) + b"".join(rest) + end)
+
+
+def test_timing_end_time_is_bounded():
+    """Presentation times stay within int64 (what containers hold), whatever the frame count allows."""
+    from imfcodec.bitstream.format import MAX_TIME
+    from imfcodec.bitstream.reader import _Cursor, _timing_packet
+
+    body = encode_varint(0) + encode_varint(2) + encode_varint(2**32 - 1) * 2
+    assert _timing_packet(_Cursor(body, 0, "t"), MAX_TIME - 2**33 + 2).count == 2  # ends at MAX_TIME
+    with pytest.raises(CorruptStreamError, match="frame 1 ends at tick"):
+        _timing_packet(_Cursor(body, 0, "t"), MAX_TIME - 2**33 + 3)
+
+
+def test_timing_writer_enforces_reader_rules():
+    h = make_header(**TIMED)
+    cases = [
+        ([key(0)], "frame 0 has no timing"),
+        ([TimingPacket(1, (1,))], "starts at frame 1, expected 0"),
+        ([TimingPacket(0, ())], "times no frames"),
+        ([TimingPacket(0, (0,))], "durations must be integers in 1..4294967295"),
+        ([TimingPacket(0, (1,) * 7)], "beyond the stream's"),
+    ]
+    for packets, needle in cases:
+        w = StreamWriter(io.BytesIO(), h)
+        with pytest.raises(InputError, match=re.escape(needle)):
+            for p in packets:
+                w.write(p)
+    with pytest.raises(InputError, match="need a header with a time base"):
+        StreamWriter(io.BytesIO(), make_header()).write(TimingPacket(0, (1,)))
+    w = StreamWriter(io.BytesIO(), h)
+    w.write(TimingPacket(0, DURATIONS[:5]))
+    for p in PACKETS[:3]:
+        w.write(p)
+    with pytest.raises(InputError, match="cover 5 frames but 5 were written|frame 5 has no timing"):
+        w.write(PACKETS[3])
+    with pytest.raises(InputError, match="time_den 0 is outside"):
+        StreamWriter(io.BytesIO(), make_header(time_num=1, time_den=0))
+
+
 # ------------------------------------------------------------------------------------------ round trips
 
 def test_round_trip_all_packet_kinds():
     h = make_header()
     data = write_stream(h)
-    assert data.startswith(MAGIC) and data[8] == 1 and VERSION == 2  # token-only streams stay version 1
+    assert data.startswith(MAGIC) and data[8] == 1 and VERSION == 3  # token-only streams stay version 1
     header, packets = parse_all(data)
     assert header == h
     assert packets == PACKETS + [EndPacket(6)]
@@ -280,7 +417,7 @@ def test_bad_magic_and_text_mode_damage():
 
 def test_bad_version():
     data = bytearray(write_stream())
-    for v in (0, 3, 255):
+    for v in (0, 4, 255):
         data[8] = v
         with pytest.raises(UnsupportedStreamError, match=f"version {v} at byte 8"):
             parse_all(bytes(data))

@@ -45,8 +45,10 @@ def test_readme_demo_flow(tmp_path):
         assert key in d
     assert d["frames"] == 8 and d["width"] == 64 and d["model"] == "imf-tiny"
     assert d["kbps"] == pytest.approx((tmp_path / "s.imf").stat().st_size * 8 / (8 / 25) / 1000)
+    assert (d["duration_s"], d["timing"], d["time_base"], d["timing_bytes"]) == (0.32, "constant", None, 0)
     r = run("info", tmp_path / "s.imf")
     assert r.exit_code == 0 and "kbit/s" in r.output
+    assert "64x64, 8 frames, 0.32 s, constant rate 25/1 fps" in r.output
 
 
 def test_default_outputs_and_any_extension(tiny_stream, sample_clip, tmp_path):
@@ -95,6 +97,25 @@ def test_user_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_scenecut_switch(tmp_path):
+    """Scene cuts get a key frame by default; --no-scenecut and --scenecut 0 turn it off; both at once is a
+    usage error."""
+    from helpers import fast_video, two_scene_frames
+
+    clip = fast_video(tmp_path / "cut.mp4", two_scene_frames(6, 6), "libx264", "yuv444p")
+    common = ("--model", TINY, "--refine", 0)
+    r = run("encode", clip, "-o", tmp_path / "on.imf", *common)
+    assert r.exit_code == 0 and "2 key frame(s) (1 at scene cuts)" in r.output, r.output
+    for off in (("--no-scenecut",), ("--scenecut", 0)):
+        r = run("encode", clip, "-o", tmp_path / "off.imf", *common, *off)
+        assert r.exit_code == 0 and "1 key frame(s)," in r.output, r.output
+    r = run("encode", clip, "-o", tmp_path / "x.imf", *common, "--no-scenecut", "--scenecut", 10)
+    assert r.exit_code == 2 and "--no-scenecut and --scenecut N contradict" in r.stderr
+    _one_line_error(r)
+    _one_line_error(run("encode", clip, "-o", tmp_path / "x.imf", *common, "--scenecut", -5))
+    assert "--scenecut" in run("encode", "--help").output
+
+
 def test_models_lists_configs():
     r = run("models", "--json")
     assert r.exit_code == 0

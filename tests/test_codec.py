@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from helpers import run_no_hang
+from helpers import run_no_hang, two_scene_frames
 from imfcodec.api import decode_stream, encode_video, iter_decoded, stream_info
 from imfcodec.codec import DEFAULT_QUALITY, Encoder, EncoderSettings, to_tensor, to_uint8
 from imfcodec.entropy import dequantize, quantization_steps, quantize
@@ -102,6 +102,47 @@ def test_refresh_below_inserts_key_frames(sample_clip, tiny, tmp_path):
     assert stream_info(lo)["key_frames"] == [0]
 
 
+def test_scene_cut_gets_a_key_frame_and_the_new_scene(tiny, tmp_path):
+    """A two-scene clip: by default the encoder puts a key frame at the cut, and the frames after it show
+    the new scene; without the detector every decoded frame is drawn from the first scene's key frame."""
+    from imfcodec.api import encode_frames_to_file
+    from imfcodec.metrics import psnr
+
+    src = two_scene_frames(6, 6)
+    after = {}
+    for name, settings in (("on", EncoderSettings(search_iters=0)),
+                           ("off", EncoderSettings(search_iters=0, scenecut=0))):
+        path = tmp_path / f"{name}.imf"
+        r = encode_frames_to_file(src, path, model=tiny, fps=25, settings=settings)
+        assert stream_info(path)["key_frames"] == r.key_frames
+        frames, _ = _decode_all(path, tiny)
+        after[name] = (r.key_frames, r.scene_cuts, np.mean([psnr(d, s) for d, s in zip(frames[6:], src[6:])]))
+    assert after["on"][:2] == ([0, 6], [6]) and after["off"][:2] == ([0], [])
+    assert after["off"][2] < 12 and after["on"][2] > after["off"][2] + 10, after  # measured: 25.1 vs 9.5 dB
+
+
+def test_no_scene_cut_no_extra_key_frame(sample_clip, tiny, tmp_path):
+    """A clip without cuts codes to the same bytes with the detector on (the default) and off; a cut with
+    keyint still counts keyint from the cut."""
+    from imfcodec.api import encode_frames_to_file
+
+    for name, sc in (("on", EncoderSettings().scenecut), ("off", 0)):
+        s = encode_video(sample_clip, tmp_path / f"{name}.imf", model=tiny,
+                         settings=EncoderSettings(search_iters=0, scenecut=sc))
+        assert s.key_frames == [0] and s.scene_cuts == []
+    assert (tmp_path / "on.imf").read_bytes() == (tmp_path / "off.imf").read_bytes()
+    r = encode_frames_to_file(two_scene_frames(5, 9), tmp_path / "k.imf", model=tiny, fps=25,
+                              settings=EncoderSettings(search_iters=0, keyint=4))
+    assert (r.key_frames, r.scene_cuts) == ([0, 4, 5, 9, 13], [5])
+
+
+def test_scenecut_setting_is_checked():
+    for bad in (-1, 101, float("nan"), True, "10"):
+        with pytest.raises(InputError, match="--scenecut must be a threshold in 0..100"):
+            EncoderSettings(scenecut=bad).validated()
+    assert EncoderSettings(scenecut=0).validated().scenecut == 0
+
+
 def test_max_frames(sample_clip, tiny, tmp_path):
     p = tmp_path / "m.imf"
     s = encode_video(sample_clip, p, model=tiny, max_frames=5, settings=EncoderSettings(search_iters=0))
@@ -185,3 +226,83 @@ def test_shipped_default_model_round_trips(sample_clip, tmp_path):
     encode_video(sample_clip, out, settings=EncoderSettings(chunk=2, search_iters=0), max_frames=4)
     frames, _ = _decode_all(out, None)
     assert len(frames) == 4 and frames[0].shape == (256, 256, 3)
+
+
+# ------------------------------------------------------------------------------------------ timing (issue 13, item 3)
+
+
+def _round_trip_times(src, tmp_path, tiny, suffixes=(".mkv", ".mp4", ".y4m")):
+    """Encode ``src`` to a file, decode it to each suffix: (stream info, {suffix: (summary, times)})."""
+    from helpers import video_times
+
+    stream = tmp_path / "s.imf"
+    encode_video(src, stream, model=tiny, settings=EncoderSettings(search_iters=0, key_codec="png"))
+    out = {}
+    for suffix in suffixes:
+        path = tmp_path / f"d{suffix}"
+        out[suffix] = decode_stream(stream, path, model=tiny), video_times(path)
+    return stream_info(stream), out
+
+
+def test_variable_frame_rate_survives_encode_and_decode(tmp_path, tiny):
+    """The issue's clip: a variable-frame-rate mkv of 40 frames over 5.0 s, which became 24 fps and 1.67 s
+    (the matroska demuxer's guessed rate). Now each frame keeps its time, and the whole its 5.0 s."""
+    from fractions import Fraction
+
+    from helpers import timed_clip, video_times
+
+    gaps = [40, 80, 125, 200, 40, 40, 125, 80]
+    pts = [sum(gaps[j % 8] for j in range(i)) for i in range(40)]
+    src = timed_clip(tmp_path / "vfr.mkv", pts, Fraction(1, 1000), 5000 - pts[-1])
+    src_times, src_end, _ = video_times(src)
+    assert src_end == 5
+    info, out = _round_trip_times(src, tmp_path, tiny)
+    assert (info["version"], info["timing"], info["frames"], info["fps_rational"]) == (3, "per-frame", 40, "8/1")
+    assert info["duration_s"] == 5.0 and info["time_base"] == "1/1000"
+    for suffix in (".mkv", ".mp4"):
+        summary, (times, end, duration) = out[suffix]
+        assert summary.timing == "per-frame" and summary.duration_s == 5.0
+        assert times == src_times and end == src_end and abs(duration - 5.0) < 0.002, suffix
+    summary, (times, end, duration) = out[".y4m"]  # one rate only: the average, so it lasts as long
+    assert summary.timing == "averaged" and times == [Fraction(i, 8) for i in range(40)] and end == 5
+
+
+@pytest.mark.slow
+def test_constant_rates_keep_their_duration_and_bytes(tmp_path, tiny):
+    """30000/1001 fps (4.27 s at 128 frames) stays a version 1 stream at exactly that rate, and decodes to
+    the same times; so does a constant rate in a millisecond time base (mkv)."""
+    from fractions import Fraction
+
+    from helpers import timed_clip
+
+    for name, pts, tb, last in (("ntsc.mp4", [1001 * i for i in range(128)], Fraction(1, 30000), 1001),
+                                ("ntsc.mkv", [round(i * 1001 / 30) for i in range(128)], Fraction(1, 1000), 33)):
+        folder = tmp_path / name
+        folder.mkdir()
+        src = timed_clip(folder / name, pts, tb, last, rate=Fraction(30000, 1001))
+        info, out = _round_trip_times(src, folder, tiny, (".mp4",))
+        assert (info["version"], info["timing"], info["fps_rational"]) == (1, "constant", "30000/1001")
+        summary, (times, end, duration) = out[".mp4"]
+        assert summary.timing == "constant" and summary.duration_s == pytest.approx(128 * 1001 / 30000)
+        assert [round(float(t), 3) for t in times] == [round(i * 1001 / 30000, 3) for i in range(128)]
+        assert abs(end - Fraction(128 * 1001, 30000)) < Fraction(1001, 30000), name  # within a frame
+
+
+@pytest.mark.slow
+def test_a_container_duration_that_is_not_frames_over_fps_is_kept(tmp_path, tiny):
+    """100 frames at 25 fps whose last is shown for a second (4.96 s, not 100 / 25 = 4.0 s); and a 30 fps
+    clip with dropped frames (fewer frames than its duration holds)."""
+    from fractions import Fraction
+
+    from helpers import timed_clip
+
+    src = timed_clip(tmp_path / "held.mp4", [512 * i for i in range(100)], Fraction(1, 12800), 12800)
+    info, out = _round_trip_times(src, tmp_path, tiny, (".mp4",))
+    assert info["version"] == 3 and info["duration_s"] == pytest.approx(4.96)
+    _summary, (times, end, duration) = out[".mp4"]
+    assert end == Fraction(496, 100) and times[-1] == Fraction(396, 100)
+    kept = [i for i in range(135) if i % 10 not in (3, 7)]  # 108 of 135 frames at 30 fps: 4.50 s
+    src = timed_clip(tmp_path / "dropped.mp4", [512 * i for i in kept], Fraction(1, 15360), 512, rate=30)
+    info, out = _round_trip_times(src, tmp_path, tiny, (".mp4",))
+    _summary, (times, end, duration) = out[".mp4"]
+    assert info["frames"] == 108 and times == [Fraction(i, 30) for i in kept] and end == Fraction(135, 30)

@@ -31,7 +31,9 @@ def test_conformance_stream_decodes_as_recorded(name):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == exp["file_sha256"], "stream file changed"
     got = _maker().describe(path)
     assert got["frames"] == exp["frames"]
-    assert path.read_bytes()[8] == (2 if "base_codec" in exp["settings"] else 1)  # token streams stay version 1
+    version = 3 if "durations" in exp else 2 if "base_codec" in exp["settings"] else 1
+    assert path.read_bytes()[8] == version  # token streams stay version 1, constant-rate ones 1 or 2
+    assert (got.get("time_base"), got.get("durations")) == (exp.get("time_base"), exp.get("durations"))
     if "base_codec" in exp["settings"]:  # hybrid (version 2): base pictures instead of tokens
         assert got["base_frames_sha256"] == exp["base_frames_sha256"], "decoded base-layer pictures drifted"
     else:
@@ -56,3 +58,22 @@ def test_reference_encoder_still_writes_the_same_bytes(tmp_path):
     name = "tiny-hybrid-hevc-half-keyint6"  # the hybrid encoder too (format version 2)
     encode_video(clip, out, model=EXPECTED[name]["model"], settings=EncoderSettings(**EXPECTED[name]["settings"]))
     assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes()
+    name = "tiny-png-vfr-chunk3"  # and per-frame timing (format version 3), from the clip at irregular times
+    timed = _maker().timed_clip(tmp_path / "timed.mkv")
+    encode_video(timed, out, model="random:imf-tiny", settings=EncoderSettings(**EXPECTED[name]["settings"]))
+    assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes()
+
+
+def test_timed_stream_decodes_to_its_times(tmp_path):
+    """The decoder puts each frame of the version 3 stream at the clip's time, the last one held to 1.5 s."""
+    from fractions import Fraction
+
+    from helpers import video_times
+    from imfcodec.api import decode_stream
+
+    pts, last = _maker().TIMES
+    out = tmp_path / "d.mkv"
+    s = decode_stream(ROOT / "conformance" / "tiny-png-vfr-chunk3.imf", out, model="random:imf-tiny")
+    assert s.timing == "per-frame" and s.duration_s == 1.5
+    times, end, duration = video_times(out)
+    assert times == [Fraction(p, 1000) for p in pts] and end == Fraction(pts[-1] + last, 1000) and duration == 1.5

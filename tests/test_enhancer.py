@@ -75,7 +75,7 @@ def test_enhancer_refuses_bad_shapes():
         model.enhance(state, torch.rand(1, 3, 32, 32))
 
 
-@pytest.mark.parametrize("codec", ["hevc", "av1"])
+@pytest.mark.parametrize("codec", ["hevc", "av1", "vp9"])
 def test_base_layer_one_unit_per_frame_and_restart_at_key(codec):
     frames = moving(12)
     units, small = code_clip(frames, codec, 2, 20, key_frames={0, 6})
@@ -104,7 +104,10 @@ def test_base_layer_rejects_damage_and_bad_settings():
         base_size(64, 8)  # 8 px is below the minimum
     with pytest.raises(InputError):
         BaseEncoder("hevc", 32, 32, 25, 99)
-    assert list_base_codecs() == ["av1", "hevc"]
+    assert list_base_codecs() == ["av1", "hevc", "vp9"]
+    from imfcodec.settings import BASE_CODECS
+
+    assert BASE_CODECS == tuple(list_base_codecs())  # the CLI's choices
 
 
 def test_fast_kernels_match_the_reference():

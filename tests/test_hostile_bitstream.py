@@ -247,3 +247,59 @@ def test_hybrid_truncations_and_crc_failures(hybrid_stream, enh_tiny):
         bad = join(recs[:i], version=2) + join(recs[i:i + 1], crc_ok=False)[9:] + join(recs[i + 1:])[9:]
         outcome, msg, _ = decode_all(bad, enh_tiny)
         assert outcome == "refused" and "CRC mismatch" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------ timing (version 3)
+# the hevc fixture made into a version 3 stream: a time base in the header and a timing record after it
+
+def _timed(data: bytes, durations, *, at: int = 1, time_base=(1, 1000)) -> bytes:
+    """``data`` (a version 1 stream) as version 3: its header with ``time_base``, a timing record of
+    ``durations`` (raw varints, so forged values pass) inserted before record ``at``."""
+    from dataclasses import replace
+
+    recs = split(data)
+    h = replace(header_of(data), time_num=time_base[0], time_den=time_base[1])
+    recs[0][1] = encode_header_raw(h, 3)
+    body = encode_varint(0) + encode_varint(len(durations)) + b"".join(map(encode_varint, durations))
+    recs.insert(at, [ord("D"), body])
+    return join(recs, version=3)
+
+
+def test_timing_records_decode_and_hostile_ones_are_refused(hevc_stream, tiny, tmp_path):
+    data = hevc_stream.read_bytes()
+    good = _timed(data, [40, 80, 33, 250, 40, 41, 1000, 7])
+    assert decode_all(good, tiny)[:2] == ("ok", N_FRAMES)
+    info = stream_info(good)
+    assert info["version"] == 3 and info["timing"] == "per-frame" and info["duration_s"] == pytest.approx(1.491)
+    cases = {
+        "duration 0 (timestamps must increase)": (_timed(data, [40, 0] + [1] * 6), "duration 0 of frame 1"),
+        "duration above 32 bits": (_timed(data, [2**32] + [1] * 7), "duration 4294967296 of frame 0"),
+        "fewer durations than frames": (_timed(data, [40] * 7), "frame 7 has no timing"),
+        "more durations than frames": (_timed(data, [40] * 9), "beyond the header's 8 frames"),
+        "timing after its frame": (_timed(data, [40] * 8, at=2), "frame 0 has no timing"),
+        "a time base of 0": (_timed(data, [40] * 8, time_base=(1, 0)), "time base 1/0"),
+        "a time base beyond 32 bits": (_timed(data, [40] * 8, time_base=(2**32, 1)), "time_num 4294967296"),
+    }
+    for name, (bad, needle) in cases.items():
+        outcome, msg, _ = decode_all(bad, tiny)
+        assert outcome == "refused" and needle in msg, (name, msg)
+        path = tmp_path / "bad.imf"
+        path.write_bytes(bad)
+        one_line_error(cli("decode", path, "-o", tmp_path / "o.mkv"), needle)
+        one_line_error(cli("info", path), needle)
+        assert not (tmp_path / "o.mkv").exists()
+    # a lying count: refused from the payload size, never looped over
+    recs = split(good)
+    recs[1][1] = encode_varint(0) + encode_varint(2**60) + recs[1][1][2:]
+    outcome, msg, _ = decode_all(join(recs, version=3), tiny)
+    assert outcome == "refused" and "frame count 1152921504606846976 is outside" in msg
+    # a version 1 or 2 stream has no timing records: a 'D' there is an unknown record type
+    v1 = split(data)
+    v1.insert(1, [ord("D"), encode_varint(0) + encode_varint(1) + encode_varint(40)])
+    outcome, msg, _ = decode_all(join(v1), tiny)
+    assert outcome == "refused" and "unknown packet type 0x44" in msg
+    # damage in a timing record is a CRC error like any other, and concealment carries on past it
+    bad = join(split(good)[:1], version=3) + join(split(good)[1:2], crc_ok=False)[9:] + join(split(good)[2:])[9:]
+    assert decode_all(bad, tiny)[1].startswith("CRC mismatch in the timing record")
+    outcome, n, report = decode_all(bad, tiny, conceal=True)
+    assert outcome == "ok" and n == N_FRAMES and report.concealed == []

@@ -59,7 +59,7 @@ def test_version_2_round_trip_and_writer_rules():
         w.write(p)
     w.close(EndPacket(5))
     data = buf.getvalue()
-    assert data[8] == 2 and VERSIONS == (1, 2)
+    assert data[8] == 2 and VERSIONS == (1, 2, 3)
     header, got = read_stream(data)
     assert header == h and header.hybrid and got == packets + [EndPacket(5)]
     # type, length, frame, count, CRC, and one size byte per unit
@@ -151,7 +151,7 @@ def test_settings_validation():
     s = EncoderSettings(base_codec="av1").validated()
     assert (s.base_quality, s.base_factor, s.hybrid) == (13, 2, True)
     assert not EncoderSettings().validated().hybrid
-    for bad, needle in ((dict(base_codec="vp9"), "--base-codec"),
+    for bad, needle in ((dict(base_codec="mpeg2"), "--base-codec"),
                         (dict(base_codec="hevc", base_factor=3), "--base-scale"),
                         (dict(base_codec="hevc", base_quality=52), "0..51"),
                         (dict(base_codec="hevc", refresh_below=20.0), "--refresh-below"),
@@ -252,6 +252,21 @@ def test_concealment_of_a_damaged_base_packet(hybrid_stream, enh_tiny, tmp_path)
     assert r.exit_code == 0 and "3 frame(s) concealed: 1-3" in r.stderr, r.output
 
 
+def test_cli_round_trip_with_a_vp9_base(tmp_path):
+    clip = tmp_path / "s.mp4"
+    assert cli("sample", clip, "--frames", 6, "--size", 64).exit_code == 0
+    out = tmp_path / "s.imf"
+    r = cli("encode", clip, "-o", out, "--hybrid", "--base-codec", "vp9", "--enhancer", ENH, "--keyint", 4)
+    assert r.exit_code == 0, r.output
+    d = stream_info(out)
+    assert (d["base_codec"], d["base_width"], d["key_frames"]) == ("vp9", 32, [0, 4])
+    dec = tmp_path / "d.y4m"
+    assert cli("decode", out, "-o", dec).exit_code == 0
+    from imfcodec.io import probe_video
+
+    assert probe_video(dec).frames == 6
+
+
 def test_api_encode_frames_to_file(tmp_path, enh_tiny):
     from helpers import gradient
 
@@ -271,13 +286,33 @@ def test_api_encode_frames_to_file(tmp_path, enh_tiny):
     assert to_tensor(frames[0]).shape == (1, 3, 64, 64)
 
 
+def test_scene_cut_starts_a_key_frame_and_a_base_gop(tmp_path, enh_tiny):
+    """A cut gets a key packet and a new base-layer GOP (the base packet restarts there), as a keyint
+    key frame does; with the detector off the stream has one key frame."""
+    from helpers import two_scene_frames
+    from imfcodec.metrics import psnr
+
+    src = two_scene_frames(6, 6)
+    kw = dict(base_codec="hevc", base_factor=2, key_codec="hevc", chunk=5)
+    r = encode_frames_to_file(src, tmp_path / "on.imf", fps=25, model=enh_tiny, settings=EncoderSettings(**kw))
+    d = stream_info(tmp_path / "on.imf")
+    assert (r.key_frames, r.scene_cuts, d["key_frames"]) == ([0, 6], [6], [0, 6])
+    assert [(p["type"], p["frame"]) for p in d["packets"]] == [("key", 0), ("base", 0), ("base", 5),
+                                                               ("key", 6), ("base", 6), ("base", 11)]
+    off = encode_frames_to_file(src, tmp_path / "off.imf", fps=25, model=enh_tiny,
+                                settings=EncoderSettings(scenecut=0, **kw))
+    assert (off.key_frames, off.scene_cuts) == ([0], [])
+    on_frames, off_frames = frames_of(tmp_path / "on.imf", enh_tiny), frames_of(tmp_path / "off.imf", enh_tiny)
+    assert psnr(on_frames[6], src[6]) > psnr(off_frames[6], src[6]) + 3  # the key image against a P picture
+
+
 # ------------------------------------------------------------------------------------------ rate control
 
 def _table(tmp_path):
     from imfcodec.ratecontrol import OperatingPoint, save_table
 
     points = [OperatingPoint(4, 13, 11, 3.0, 2000.0, 24.0, 23.5), OperatingPoint(2, 9, 16, 4.0, 3000.0, 26.0, 25.0),
-              OperatingPoint(2, 17, 21, 8.0, 5000.0, 29.0, 28.0)]
+              OperatingPoint(2, 17, 21, 8.0, 5000.0, 29.0, 28.0), OperatingPoint(2, 4, 16, 4.5, 3000.0, 27.0, 26.0, "vp9")]
     path = tmp_path / "enh-tiny-points.json"
     save_table(points, path, {"enhancer": "enh-tiny@test"})
     return points, path
@@ -289,8 +324,11 @@ def test_rate_control_picks_the_best_point_within_the_rate(tmp_path):
     points, path = _table(tmp_path)
     import imfcodec.ratecontrol as rc
 
-    assert [p.kbps(10) for p in points] == [pytest.approx(4.6), pytest.approx(6.4), pytest.approx(12.0)]
-    assert choose(points, 7.0, 10.0)[0] == points[1]
+    assert [p.kbps(10) for p in points[:3]] == [pytest.approx(4.6), pytest.approx(6.4), pytest.approx(12.0)]
+    assert choose(points, 7.0, 10.0)[0] == points[3]  # the vp9 point: better quality within the rate
+    assert choose(points, 7.0, 10.0, "hevc")[0] == points[1]
+    with pytest.raises(InputError, match="no av1 base-layer points"):
+        choose(points, 7.0, 10.0, "av1")
     assert choose(points, 20.0, 10.0)[0] == points[2]
     assert choose(points, 7.0, 2.0)[0] == points[0]  # a short clip pays its key frame over 2 s
     point, expected, fits = choose(points, 1.0, 10.0)
@@ -313,14 +351,39 @@ def test_cli_kbps_uses_the_table_and_explicit_options_win(tmp_path, monkeypatch)
     # 8 frames = 0.32 s: start-up bytes dominate (53, 79 and 133 kbit/s expected)
     r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 200)
     assert r.exit_code == 0, r.output
-    assert "base 1/2 q17, key q21: about 133.0 kbit/s over 0.3 s" in r.stderr and "warning" not in r.stderr
+    assert "base hevc 1/2 q17, key q21: about 133.0 kbit/s over 0.3 s" in r.stderr and "warning" not in r.stderr
     h = json.loads(cli("info", out, "--json").stdout)
     assert (h["mode"], h["base_width"], h["base_quality"]) == ("hybrid", 32, 17)
     r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 100, "--base-quality", 3)
-    assert r.exit_code == 0 and "base 1/2 q3, key q16" in r.stderr  # the 79 kbit/s point, its base quality overridden
+    assert r.exit_code == 0 and "base vp9 1/2 q3, key q16" in r.stderr  # the 79 kbit/s point, base quality overridden
     assert json.loads(cli("info", out, "--json").stdout)["base_quality"] == 3
     r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20)
-    assert r.exit_code == 0 and "base 1/4 q13, key q11" in r.stderr and "warning: no measured operating point" in r.stderr
-    one_line_error(cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "--base-codec", "av1"), "--kbps")
+    assert r.exit_code == 0 and "base hevc 1/4 q13, key q11" in r.stderr and "warning: no measured operating point" in r.stderr
+    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 100, "--base-codec", "hevc")
+    assert r.exit_code == 0 and "base hevc 1/2 q9, key q16" in r.stderr  # only the hevc points
+    assert json.loads(cli("info", out, "--json").stdout)["base_codec"] == "hevc"
+    one_line_error(cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "--base-codec", "av1"),
+                   "no av1 base-layer points")
+    one_line_error(cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "--key-codec", "webp"), "--kbps")
     one_line_error(cli("encode", clip, "-o", out, "--enhancer", "random:enh-small", "--kbps", 20),
                    "operating-point table")
+
+
+def test_variable_frame_rate_in_the_hybrid_mode(tmp_path, enh_tiny):
+    """Timing is the same for both modes: a version 3 stream with a base layer, each frame at its time."""
+    from fractions import Fraction
+
+    from helpers import timed_clip, video_times
+    from imfcodec.api import decode_stream, encode_video
+
+    src = timed_clip(tmp_path / "vfr.mkv", [0, 40, 60, 200, 210, 400, 440], Fraction(1, 1000), 60)
+    stream = tmp_path / "h.imf"
+    encode_video(src, stream, model=enh_tiny, settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=3))
+    h, packets = read_stream(stream.read_bytes())
+    assert stream.read_bytes()[8] == 3 and h.hybrid and h.timed
+    assert "".join(type(p).__name__[0] for p in packets) == "TKBBBE"  # the timing record first
+    info = stream_info(stream)
+    assert info["duration_s"] == 0.5 and info["mode"] == "hybrid" and info["timing"] == "per-frame"
+    out = tmp_path / "d.mkv"
+    assert decode_stream(stream, out, model=enh_tiny).timing == "per-frame"
+    assert video_times(out)[:2] == video_times(src)[:2]

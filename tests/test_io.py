@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from helpers import write_video
+from helpers import timed_clip, video_times, write_video
 from imfcodec.errors import InputError
 from imfcodec.io import VideoWriter, make_sample, prepare_frame, probe_video, read_frames, sample_frames
 
@@ -248,6 +248,51 @@ def test_video_writers_round_trip(tmp_path: Path, suffix: str, min_psnr: float) 
     for a, b in zip(frames, back):
         assert psnr(a, b) > min_psnr
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".y4m", "/"])
+def test_writer_keeps_per_frame_times_where_the_format_can(tmp_path: Path, suffix: str) -> None:
+    """mp4 and mkv place each frame at its time for its duration (the file lasts as long as its source);
+    y4m and PNGs cannot, and play the frames at ``fps``."""
+    ms = Fraction(1, 1000)
+    durations = [40, 80, 33, 250, 40, 557]
+    path = tmp_path / f"out{suffix}" if suffix != "/" else str(tmp_path / "png") + "/"
+    with VideoWriter(path, Fraction(6), 64, 64, time_base=ms) as w:
+        pts = 0
+        for i, d in enumerate(durations):
+            w.write(gradient(64, 64, i), pts, d)
+            pts += d
+    assert w.keeps_timing == (suffix in (".mp4", ".mkv"))
+    if suffix == "/":
+        return
+    times, end, duration = video_times(Path(path))
+    if w.keeps_timing:
+        assert times == [Fraction(sum(durations[:i]), 1000) for i in range(6)] and end == 1
+        assert duration == pytest.approx(1.0, abs=0.002)
+    else:
+        assert times == [Fraction(i, 6) for i in range(6)] and end == 1 and duration == 1
+    with pytest.raises(InputError, match="needs each frame's pts and duration"):
+        with VideoWriter(tmp_path / "x.mkv", 25, 64, 64, time_base=ms) as w:
+            w.write(gradient(64, 64))
+
+
+def test_source_records_the_timestamps_it_hands_out(tmp_path: Path) -> None:
+    from imfcodec.io import open_video
+
+    ms = Fraction(1, 1000)
+    src = timed_clip(tmp_path / "vfr.mkv", [0, 40, 60, 200, 210], ms, 300)
+    with open_video(src) as v:
+        assert len(list(v.frames(32))) == 5
+        t = v.timing.finish()
+    assert t.time_base == ms and list(t.durations) == [40, 20, 140, 10, 300]
+    with open_video(src) as v:  # --frames: only the frames read, the last one for its own duration
+        assert len(list(v.frames(32, max_frames=3))) == 3
+        assert list(v.timing.finish().durations) == [40, 20, 140]
+    cfr = timed_clip(tmp_path / "ntsc.mp4", [1001 * i for i in range(10)], Fraction(1, 30000), 1001,
+                     rate=Fraction(30000, 1001))
+    with open_video(cfr) as v:
+        assert v.info.fps == Fraction(30000, 1001) and len(list(v.frames(32))) == 10
+        assert v.timing.finish() is None  # a constant rate: nothing to keep
 
 
 def test_writer_atomic_on_exception(tmp_path: Path) -> None:

@@ -464,8 +464,9 @@ def test_enhancer_training_caches_resumes_and_exports(videos, tmp_path):
     coded = sorted(cache.rglob("*.npz"))
     assert len(coded) == N_CLIPS  # every clip coded once, at every operating point
     with np.load(coded[0]) as z:
-        assert {f"base_{f}_{q}" for f, q in hybrid.BASE_POINTS} <= set(z.files)
-        assert z["base_2_13"].shape[1:] == (32, 32, 3) and z["key_16"].shape == (64, 64, 3)
+        assert {hybrid.point_key(p) for p in hybrid.BASE_POINTS} <= set(z.files)
+        assert z["base_hevc_2_13"].shape[1:] == (32, 32, 3) and z["base_vp9_4_8"].shape[1:] == (16, 16, 3)
+        assert z["key_16"].shape == (64, 64, 3)
     first = load_model(str(out / "model.safetensors"))
     assert first.name == "enh-tiny"
     # a second run resumes from last.pt (the cache is reused, the step counter goes on)
@@ -478,6 +479,8 @@ def test_enhancer_training_caches_resumes_and_exports(videos, tmp_path):
     assert state["step"] == 3
     history = json.loads(state["history"])
     assert history[0]["step"] == 0 and history[0]["gain"] == 0.0  # zero-initialised: exactly the base
+    per_clip = [k for k in history[0] if k.startswith("clip/")]
+    assert per_clip and all(history[0][k] == 0.0 for k in per_clip)  # the validation clips, one gain each
     assert load_model(str(out / "model.safetensors")).weights_hash != first.weights_hash
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -237,6 +238,30 @@ def test_stdin_and_stdout_in_process(tmp_path, tiny):
     one_line_error(cli_input(b"", "encode", "-", "--model", TINY), "stdin")
     one_line_error(cli_input(b"not a stream", "decode", "-"), "not an imfcodec stream")
     one_line_error(cli_input(stream, "decode", "-", "-o", "-", "--format", "png"), "PNG frames need a folder")
+
+
+def test_timing_through_pipes(tmp_path, tiny):
+    """A stream written to stdout starts before the input's timing is known: it keeps the constant rate and
+    says so. A timed stream read from stdin keeps its times in an mkv on stdout; y4m gets the average rate."""
+    from helpers import timed_clip, video_times
+
+    ms = Fraction(1, 1000)
+    src = timed_clip(tmp_path / "vfr.mkv", [0, 40, 60, 200, 210, 400], ms, 100)
+    r = cli_input(src.read_bytes(), "encode", "-", "-o", "-", "--model", TINY, "--refine", 0)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout_bytes[8] == 1 and "warning: the input's frames are not at a constant rate" in r.stderr
+    stream = tmp_path / "s.imf"
+    r = cli("encode", src, "-o", stream, "--model", TINY, "--refine", 0)
+    assert r.exit_code == 0 and stream.read_bytes()[8] == 3 and "warning" not in r.output
+    r = cli_input(stream.read_bytes(), "info", "-")
+    assert r.exit_code == 0 and "6 frames, 0.50 s, per-frame timing (time base 1/1000 s, 12/1 fps on average)" in r.stdout
+    r = cli_input(stream.read_bytes(), "decode", "-", "--format", "mkv")
+    assert r.exit_code == 0, r.stderr
+    (tmp_path / "d.mkv").write_bytes(r.stdout_bytes)
+    assert video_times(tmp_path / "d.mkv")[:2] == video_times(src)[:2]
+    r = cli_input(stream.read_bytes(), "decode", "-", "-o", "-")
+    assert r.exit_code == 0 and r.stdout_bytes.startswith(b"YUV4MPEG2 W64 H64 F12:1")
+    assert "note: the stream times each frame, which y4m" in r.stderr and _frames_in_video(r.stdout_bytes) == 6
 
 
 def cli_input(data: bytes, *args):

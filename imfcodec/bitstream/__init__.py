@@ -1,4 +1,5 @@
-"""The .imf container: magic, version, a CRC-checked header, then key / token (or base) / END packets.
+"""The .imf container: magic, version, a CRC-checked header, then key / token (or base) / END packets
+(version 3: and timing records).
 
 Pure Python (no torch, no numpy). ``bitstreams/FORMAT.md`` is the normative byte layout; the payload of
 token packets is owned by ``imfcodec.entropy``.
@@ -20,6 +21,7 @@ from .format import (
     Packet,
     PacketRecord,
     StreamHeader,
+    TimingPacket,
     TokenPacket,
     decode_varint,
     encode_packet,
@@ -33,6 +35,6 @@ from .writer import StreamWriter, stream_start
 __all__ = [
     "BasePacket", "Damage", "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "VERSIONS", "EndPacket",
     "KeyPacket", "Limits", "Packet", "PacketRecord", "ResyncReader", "StreamHeader", "StreamReader", "StreamWriter",
-    "TokenPacket", "decode_varint", "encode_packet", "encode_varint", "header_version", "is_imf_stream",
+    "TimingPacket", "TokenPacket", "decode_varint", "encode_packet", "encode_varint", "header_version", "is_imf_stream",
     "iter_packet_records", "packet_overhead", "read_stream", "stream_start",
 ]

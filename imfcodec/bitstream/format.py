@@ -14,18 +14,21 @@ from ..errors import BitstreamError
 
 MAGIC = b"\x8bIMF\r\n\x1a\n"
 """PNG-style signature: a high-bit byte, CR LF, ^Z and LF, so 7-bit and text-mode transfers are caught."""
-VERSION = 2
+VERSION = 3
 """The newest format version. A writer uses the lowest version that can carry its header
-(``header_version``): token-only streams are version 1, streams with a base layer version 2."""
-VERSIONS = (1, 2)  # what this reader accepts
+(``header_version``): token-only streams are version 1, streams with a base layer version 2, streams with
+per-frame timing (a time base in the header, timing records) version 3."""
+VERSIONS = (1, 2, 3)  # what this reader accepts
 
 # Record types (one ASCII byte each).
 TYPE_HEADER = 0x48  # 'H'
 TYPE_KEY = 0x4B  # 'K'
 TYPE_TOKENS = 0x54  # 'T'
 TYPE_BASE = 0x42  # 'B' (version 2: one base-layer access unit)
+TYPE_TIMING = 0x44  # 'D' (version 3: how long each frame is shown)
 TYPE_END = 0x45  # 'E'
-TYPE_NAMES = {TYPE_HEADER: "header", TYPE_KEY: "key", TYPE_TOKENS: "token", TYPE_BASE: "base", TYPE_END: "END"}
+TYPE_NAMES = {TYPE_HEADER: "header", TYPE_KEY: "key", TYPE_TOKENS: "token", TYPE_BASE: "base",
+              TYPE_TIMING: "timing", TYPE_END: "END"}
 
 CRC_SIZE = 4
 VARINT_MAX_BYTES = 10  # enough for any value < 2**64
@@ -34,7 +37,9 @@ WEIGHTS_HASH_SIZE = 16
 # Wire limits: defined here only; the entropy coder and the codec import them.
 MAX_TOKEN_DIM = 256  # channels per token (header token_dim)
 MAX_CHUNK = 1024  # frames per token packet (header chunk)
-MAX_FPS_TERM = 2**32 - 1  # numerator and denominator of the frame rate
+MAX_FPS_TERM = 2**32 - 1  # numerator and denominator of the frame rate (and of the time base)
+MAX_DURATION = 2**32 - 1  # ticks one frame may be shown (timing records)
+MAX_TIME = 2**63 - 1  # a frame's end time in ticks: what every container's int64 timestamps hold
 MAX_U8 = 255
 
 
@@ -70,11 +75,20 @@ class StreamHeader:
     base_width: int = 0
     base_height: int = 0
     base_quality: int = 0
+    # version 3: the unit of the timing records' durations, time_num/time_den seconds (0/0: no timing
+    # records, every frame lasts fps_den/fps_num seconds)
+    time_num: int = 0
+    time_den: int = 0
 
     @property
     def hybrid(self) -> bool:
         """True for a stream with a base layer (hybrid mode: key images + base packets, no tokens)."""
         return bool(self.base_codec)
+
+    @property
+    def timed(self) -> bool:
+        """True for a stream with per-frame timing (version 3: timing records give every frame's duration)."""
+        return bool(self.time_num)
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,20 @@ class BasePacket:
         return b"".join(self.units)
 
 
-Packet = Union[KeyPacket, TokenPacket, BasePacket, EndPacket]
+@dataclass(frozen=True)
+class TimingPacket:
+    """Version 3: how long each of ``len(durations)`` consecutive frames starting at ``frame`` is shown, in
+    ticks of the header's time base (each >= 1, so presentation times strictly increase)."""
+
+    frame: int
+    durations: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.durations)
+
+
+Packet = Union[KeyPacket, TokenPacket, BasePacket, TimingPacket, EndPacket]
 
 
 @dataclass(frozen=True)
@@ -128,7 +155,7 @@ class PacketRecord:
     """Where one record sits in the file, for tools that report per-packet sizes."""
 
     offset: int  # byte offset of the type byte from the start of the stream
-    type: str  # 'H', 'K', 'T', 'B' or 'E'
+    type: str  # 'H', 'K', 'T', 'B', 'D' or 'E'
     payload_len: int
     total_len: int  # type + length varint + payload + CRC
 
@@ -200,8 +227,9 @@ def _uint(v: object) -> bool:
 
 
 def header_version(h: StreamHeader) -> int:
-    """The version a writer gives a stream with this header: 1 unless it has a base layer."""
-    return 2 if h.base_codec else 1
+    """The version a writer gives a stream with this header: 3 with per-frame timing, else 2 with a base
+    layer, else 1 (so a stream that needs nothing new stays readable by older decoders)."""
+    return 3 if h.time_num or h.time_den else 2 if h.base_codec else 1
 
 
 def header_problem(h: StreamHeader, limits: Limits) -> str | None:
@@ -226,6 +254,11 @@ def header_problem(h: StreamHeader, limits: Limits) -> str | None:
         v = getattr(h, name)
         if not uint(v) or not 1 <= v <= MAX_FPS_TERM:
             return f"{name} {v!r} is outside 1..{MAX_FPS_TERM}"
+    if (h.time_num, h.time_den) != (0, 0):
+        for name in ("time_num", "time_den"):
+            v = getattr(h, name)
+            if not uint(v) or not 1 <= v <= MAX_FPS_TERM:
+                return f"{name} {v!r} is outside 1..{MAX_FPS_TERM}"
     if not uint(h.frames) or h.frames > limits.max_frames:
         return f"frame count {h.frames!r} is outside 0..{limits.max_frames}"
     for name in ("key_quality", "quality"):
@@ -285,6 +318,8 @@ def encode_header(h: StreamHeader) -> bytes:
         fields += [bytes((len(base),)), base]
         if base:
             fields += [v(h.base_width), v(h.base_height), bytes((h.base_quality,))]
+    if header_version(h) >= 3:
+        fields += [v(h.time_num), v(h.time_den)]
     return b"".join(fields)
 
 
@@ -299,6 +334,9 @@ def encode_payload(packet: Packet) -> tuple[int, bytes]:
         units = [bytes(u) for u in packet.units]
         return TYPE_BASE, b"".join([encode_varint(packet.frame), encode_varint(len(units)),
                                     *(encode_varint(len(u)) + u for u in units)])
+    if isinstance(packet, TimingPacket):
+        return TYPE_TIMING, b"".join([encode_varint(packet.frame), encode_varint(len(packet.durations)),
+                                      *map(encode_varint, packet.durations)])
     if isinstance(packet, EndPacket):
         return TYPE_END, encode_varint(packet.frames)
     raise TypeError(f"not a packet: {type(packet).__name__}")

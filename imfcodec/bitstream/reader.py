@@ -17,12 +17,15 @@ from ..errors import BitstreamError, CorruptStreamError, InputError, Unsupported
 from .format import (
     CRC_SIZE,
     MAGIC,
+    MAX_DURATION,
+    MAX_TIME,
     MAX_TOKEN_DIM,
     TYPE_BASE,
     TYPE_END,
     TYPE_HEADER,
     TYPE_KEY,
     TYPE_NAMES,
+    TYPE_TIMING,
     TYPE_TOKENS,
     VERSIONS,
     WEIGHTS_HASH_SIZE,
@@ -33,6 +36,7 @@ from .format import (
     Packet,
     PacketRecord,
     StreamHeader,
+    TimingPacket,
     TokenPacket,
     decode_varint,
     header_problem,
@@ -153,6 +157,8 @@ class StreamReader:
         self.end: EndPacket | None = None
         self._next_frame = 0
         self._key_pending = False  # hybrid: a key packet was read, its frame's base packet must follow
+        self._timed = 0  # version 3: frames the timing records have covered so far
+        self._time_end = 0  # version 3: their end time in ticks (the sum of their durations)
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -196,7 +202,8 @@ class StreamReader:
             raise CorruptStreamError(f"truncated: stream ends at byte {offset} without an END packet")
         if first and t != TYPE_HEADER:
             raise CorruptStreamError(f"expected the header record at byte {offset}, found type 0x{t:02x}")
-        known = (TYPE_KEY, TYPE_TOKENS, TYPE_END) + ((TYPE_BASE,) if self.version >= 2 else ())
+        known = ((TYPE_KEY, TYPE_TOKENS, TYPE_END) + ((TYPE_BASE,) if self.version >= 2 else ())
+                 + ((TYPE_TIMING,) if self.version >= 3 else ()))
         if not first and t not in known:
             kind = "a second header record" if t == TYPE_HEADER else f"unknown packet type 0x{t:02x}"
             raise CorruptStreamError(f"{kind} at byte {offset}")
@@ -269,6 +276,14 @@ class StreamReader:
             base = (raw.decode("ascii"),)
             if n:
                 base += (c.varint("base width"), c.varint("base height"), c.u8("base quality"))
+            else:
+                base += (0, 0, 0)
+        if self.version >= 3:
+            time_base = (c.varint("time base numerator"), c.varint("time base denominator"))
+            if 0 in time_base:
+                raise CorruptStreamError(f"{where}: time base {time_base[0]}/{time_base[1]} (a version 3 "
+                                         f"stream times its frames: both terms must be at least 1)")
+            base += time_base
         c.done()
         h = StreamHeader(model, weights_hash, width, height, fps_num, fps_den, frames, key_codec, key_quality,
                          quality, chunk, token_dim, scale_indexes, *base)
@@ -296,7 +311,27 @@ class StreamReader:
                 raise CorruptStreamError(f"{where}: says {frames} frames but the packets hold {self._next_frame}")
             if h.frames and frames != h.frames:
                 raise CorruptStreamError(f"{where}: says {frames} frames but the header says {h.frames}")
+            if h.timed and self._timed != frames:
+                raise CorruptStreamError(f"{where}: the timing records cover {self._timed} frames but the stream "
+                                         f"holds {frames}")
             return EndPacket(frames)
+        if t == TYPE_TIMING:
+            if self._key_pending:
+                raise CorruptStreamError(f"{where}: expected the base packet of frame {self._next_frame} after "
+                                         f"its key packet, found a timing record")
+            frame, count = _timing_head(c)
+            if frame != self._timed:
+                raise CorruptStreamError(f"{where}: times frames from {frame}, expected frame {self._timed}")
+            end = frame + count
+            if end > lim.max_frames:  # checked before the durations are read: a forged count costs nothing
+                raise UnsupportedStreamError(f"{where}: frame {end - 1} is beyond the limit of "
+                                             f"{lim.max_frames} frames (Limits.max_frames)")
+            if h.frames and end > h.frames:
+                raise CorruptStreamError(f"{where}: times frame {end - 1}, beyond the header's {h.frames} frames")
+            timing = _timing_durations(c, frame, count, self._time_end)
+            self._timed = end
+            self._time_end += sum(timing.durations)
+            return timing
         _check_packet_type(t, h, where)
         if self._key_pending and t != TYPE_BASE:
             raise CorruptStreamError(f"{where}: expected the base packet of frame {self._next_frame} after its "
@@ -325,6 +360,9 @@ class StreamReader:
         if h.frames and frame + count > h.frames:
             raise CorruptStreamError(f"{where}: frame {frame + count - 1} is beyond the header's "
                                      f"{h.frames} frames")
+        if h.timed and frame + count > self._timed:  # a frame's time comes before the frame
+            raise CorruptStreamError(f"{where}: frame {max(frame, self._timed)} has no timing (its timing record "
+                                     f"must come before it)")
         if h.hybrid and t == TYPE_KEY:  # a key packet shares its frame with the base packet that follows
             self._key_pending = True
             return packet
@@ -350,6 +388,40 @@ def _key_packet(c: _Cursor, h: StreamHeader, frame: int) -> KeyPacket:
     if not image:
         raise CorruptStreamError(f"{c.where}: empty key-frame image")
     return KeyPacket(frame, key_token, image)
+
+
+def _timing_head(c: _Cursor) -> tuple[int, int]:
+    """(frame, count) of a timing record (FORMAT.md §3.6), the count within what its payload can hold."""
+    frame = c.varint("frame index")
+    count = c.varint("frame count")
+    left = len(c.data) - c.i
+    if not 1 <= count <= left:  # each duration takes at least one byte: a lying count stops here
+        raise CorruptStreamError(f"{c.where}: frame count {count} is outside 1..{left} (one byte or more per "
+                                 f"duration in the {left} bytes left)")
+    return frame, count
+
+
+def _timing_packet(c: _Cursor, start: int = 0) -> TimingPacket:
+    """A whole timing record (FORMAT.md §3.6), without the stream's sequence rules."""
+    return _timing_durations(c, *_timing_head(c), start)
+
+
+def _timing_durations(c: _Cursor, frame: int, count: int, start: int) -> TimingPacket:
+    """The ``count`` durations after a timing record's head: each 1..MAX_DURATION ticks, ending before
+    MAX_TIME when the frames before them end at ``start`` ticks."""
+    durations = []
+    end = start
+    for i in range(count):
+        d = c.varint("duration")
+        if not 1 <= d <= MAX_DURATION:
+            raise CorruptStreamError(f"{c.where}: duration {d} of frame {frame + i} is outside 1..{MAX_DURATION} "
+                                     f"ticks (presentation times must increase)")
+        end += d
+        if end > MAX_TIME:
+            raise CorruptStreamError(f"{c.where}: frame {frame + i} ends at tick {end}, beyond {MAX_TIME}")
+        durations.append(d)
+    c.done()
+    return TimingPacket(frame, tuple(durations))
 
 
 def _base_packet(c: _Cursor, h: StreamHeader, frame: int) -> BasePacket:
@@ -425,7 +497,7 @@ class Damage:
     reason: str
 
 
-_CANDIDATE = re.compile(b"[KTBE]")  # the type bytes a packet record can start with
+_CANDIDATE = re.compile(b"[KTBDE]")  # the type bytes a packet record can start with
 _SCAN_WINDOW = 1 << 16
 
 
@@ -434,7 +506,7 @@ class ResyncReader:
 
     The signature, version and header are read and validated exactly as by ``StreamReader`` (a damaged
     header raises: nothing can be decoded without it). Iteration then yields ``(PacketRecord, Packet)``
-    for every record that passes its CRC and the field checks of FORMAT.md §3.2-3.5, and a ``Damage`` for
+    for every record that passes its CRC and the field checks of FORMAT.md §3.2-3.6, and a ``Damage`` for
     each stretch of bytes that did not: after a bad record it scans forward, byte by byte, for the next
     position where a complete record parses with a valid CRC, and resumes there. It stops after the first
     intact END (``.end``; bytes after it are counted in ``.trailing``) or at the end of the file.
@@ -519,12 +591,19 @@ class ResyncReader:
         return None
 
     def _parse(self, rec: PacketRecord, payload: bytes) -> Packet:
-        """Field checks of one packet record (FORMAT.md §3.2-3.5) and which types the header allows, without
+        """Field checks of one packet record (FORMAT.md §3.2-3.6) and which types the header allows, without
         the sequence rules of §4."""
         h, t = self.header, ord(rec.type)
         c = _Cursor(payload, rec.offset + rec.total_len - rec.payload_len - CRC_SIZE,
                     f"{TYPE_NAMES[t]} packet at byte {rec.offset}")
         _check_packet_type(t, h, c.where)
+        if t == TYPE_TIMING:
+            timing = _timing_packet(c)
+            limit = min(self._r.limits.max_frames, h.frames or self._r.limits.max_frames)
+            if timing.frame + timing.count > limit:
+                raise CorruptStreamError(f"{c.where}: frame {timing.frame + timing.count - 1} is beyond the limit "
+                                         f"of {limit} frames")
+            return timing
         frame = c.varint("frame index")
         if t == TYPE_END:
             c.done()

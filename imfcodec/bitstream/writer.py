@@ -7,6 +7,8 @@ from typing import BinaryIO
 from ..errors import InputError
 from .format import (
     MAGIC,
+    MAX_DURATION,
+    MAX_TIME,
     TYPE_HEADER,
     BasePacket,
     EndPacket,
@@ -14,6 +16,7 @@ from .format import (
     Limits,
     Packet,
     StreamHeader,
+    TimingPacket,
     TokenPacket,
     encode_header,
     encode_payload,
@@ -45,7 +48,8 @@ class StreamWriter:
 
     The writer enforces the same rules as ``StreamReader`` (contiguous frame indices starting with a key
     frame, counts within the chunk size, key-token length; with a base layer, one base packet per frame,
-    each key packet followed by its frame's base packet) so an encoder bug surfaces at encode time as an
+    each key packet followed by its frame's base packet; with timing, every frame timed before it is sent) so
+    an encoder bug surfaces at encode time as an
     ``InputError`` instead of as an undecodable file. It never closes ``fileobj``: the caller owns it.
     """
 
@@ -58,12 +62,20 @@ class StreamWriter:
         self.bytes_written = 0
         self.closed = False
         self._key_pending = False  # base layer: a key packet was written, its frame's base packet is due
+        self.timed_frames = 0  # version 3: frames the timing records written so far cover
+        self._time_end = 0
         self._write(start)
 
     def write(self, packet: Packet) -> int:
-        """Append a key, token or base packet; returns the bytes written (the whole record)."""
+        """Append a key, token, base or timing packet; returns the bytes written (the whole record)."""
         if isinstance(packet, EndPacket):
             raise InputError("use close(end) to write the END packet")
+        if isinstance(packet, TimingPacket):
+            self._check_timing(packet)
+            n = self._record(packet)
+            self.timed_frames += packet.count
+            self._time_end += sum(packet.durations)
+            return n
         self._check(packet)
         n = self._record(packet)
         if self.header.hybrid and isinstance(packet, KeyPacket):
@@ -83,6 +95,8 @@ class StreamWriter:
             raise InputError(f"the key packet of frame {self.next_frame} has no base packet")
         if end.frames != self.next_frame:
             raise InputError(f"END says {end.frames!r} frames but {self.next_frame} were written")
+        if self.header.timed and self.timed_frames != end.frames:
+            raise InputError(f"the timing records cover {self.timed_frames} frames but {end.frames} were written")
         if self.header.frames and end.frames != self.header.frames:
             raise InputError(f"END says {end.frames} frames but the header says {self.header.frames}")
         n = self._record(end)
@@ -130,6 +144,26 @@ class StreamWriter:
             last = p.frame + p.count - 1
         if last >= self.limits.max_frames:
             raise InputError(f"frame {last} exceeds the limit of {self.limits.max_frames} frames")
+        if h.timed and last >= self.timed_frames:
+            raise InputError(f"frame {last} has no timing: write its timing record first")
+
+    def _check_timing(self, p: TimingPacket) -> None:
+        if self.closed:
+            raise InputError("cannot write after close()")
+        if not self.header.timed:
+            raise InputError("timing records need a header with a time base")
+        if self._key_pending:
+            raise InputError(f"the key packet of frame {self.next_frame} must be followed by its base packet")
+        if not _uint(p.frame) or p.frame != self.timed_frames:
+            raise InputError(f"timing record starts at frame {p.frame!r}, expected {self.timed_frames}")
+        if not isinstance(p.durations, tuple) or not p.durations:
+            raise InputError(f"timing record at frame {p.frame} times no frames")
+        if not all(_uint(d) and 1 <= d <= MAX_DURATION for d in p.durations):
+            raise InputError(f"timing record at frame {p.frame}: durations must be integers in 1..{MAX_DURATION}")
+        if self._time_end + sum(p.durations) > MAX_TIME:
+            raise InputError(f"timing record at frame {p.frame} ends beyond tick {MAX_TIME}")
+        if p.frame + p.count > self.limits.max_frames or (self.header.frames and p.frame + p.count > self.header.frames):
+            raise InputError(f"timing record at frame {p.frame} times frames beyond the stream's")
 
     def _record(self, p: Packet) -> int:
         type_byte, payload = encode_payload(p)

@@ -15,6 +15,10 @@ square, ``size x size``. Input quirks handled, in order:
   in display geometry and the resize stretches it back to square pixels;
 * raw elementary streams (``.264``/``.h265``...) carry no frame rate: 25 fps is assumed and
   ``VideoInfo.fps_assumed`` says so. Interlaced material is not deinterlaced.
+* timing: the rate is the container's average rate, but what counts is each frame's timestamp:
+  ``VideoSource.timing`` records them as the frames are read, and the encoder keeps them in the stream
+  when they are not that constant rate (variable frame rate, dropped frames, a long last frame;
+  ``imfcodec.timing``). Raw elementary streams have no timestamps of their own.
 
 ``-`` is standard input: any container FFmpeg can demux without seeking (matroska, mpegts, nut, y4m,
 raw elementary streams; not an mp4 whose index is at its end). ``open_video`` opens an input once and
@@ -38,6 +42,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..fsutil import STDIO, stdin_reader
+from ..timing import TimingRecorder
 from ._common import _MAX_FPS, PathLike, _check_size, _one_line
 
 DEFAULT_FPS = Fraction(25)
@@ -168,6 +173,7 @@ def probe_video(path: PathLike) -> VideoInfo:
 class VideoSource:
     """One open input video (``open_video``): ``info`` (from the container and its first frame, which
     is kept) and ``frames()``, which decodes the rest. The input is read once, so ``-`` (a pipe) works.
+    ``timing`` records the timestamps of the frames ``frames()`` has handed out (``TimingRecorder``).
 
     ``max_pixels`` refuses a declared picture size above it before any frame is decoded. Close it, or
     use it as a context manager; ``frames()`` closes it when it ends.
@@ -187,6 +193,8 @@ class VideoSource:
             fps, assumed = _frame_rate(stream, container)
             frames, duration = _frame_count(stream, container, fps)
             self._par = _pixel_aspect(stream)
+            trusted = not assumed and container.format.name not in RAW_STREAM_FORMATS
+            self.timing = TimingRecorder(stream.time_base if trusted else None, fps)
             stream.thread_type = "AUTO"  # frame threads: same pixels, faster
             self._decoded = container.decode(stream)
             try:
@@ -231,6 +239,7 @@ class VideoSource:
             if frame is None:
                 raise InputError(f"the frames of {self.name} were already read")
             while True:
+                self.timing.add(frame.pts, frame.duration)
                 yield prepare_frame(frame_to_rgb(frame), size, self._par)
                 n += 1
                 if max_frames is not None and n >= max_frames:

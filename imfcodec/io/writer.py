@@ -71,6 +71,13 @@ class VideoWriter:
     In place, frame by frame: ``-`` (standard output), a FIFO, a device, a socket (``fsutil.in_place``);
     y4m unless ``format`` or a known suffix says otherwise, mp4 fragmented; PNG folders cannot go there.
     ``in_place`` is the kind of such an output (None for an atomic one).
+
+    Timing: frames follow each other at ``fps``, unless ``time_base`` is given: then ``write(rgb, pts,
+    duration)`` places each frame at ``pts`` for ``duration`` ticks of it (a variable frame rate; the
+    last frame's duration makes the file last as long as its source). mp4 and mkv keep these times (mp4
+    without B-frames then, whose reordered decode times would cut the file's duration short); y4m can only
+    say one rate and a PNG folder none, so they ignore them (``keeps_timing`` is False): their frames play
+    at ``fps``, which a caller sets to the average rate so the whole lasts as long.
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class VideoWriter:
         protect: Iterable[PathLike] = (),
         reproducible: bool = False,
         format: str | None = None,
+        time_base: Fraction | None = None,
     ) -> None:
         raw = os.fspath(path)
         self.path = Path(raw)
@@ -99,6 +107,8 @@ class VideoWriter:
         if not 0 < fps <= _MAX_FPS:
             raise InputError(f"fps must be in (0, {_MAX_FPS}], got {fps}")
         self.fps = fps
+        self.time_base = Fraction(time_base) if time_base else None
+        self._durations: dict[int, int] = {}  # pts -> duration of frames in the encoder (variable timing)
         self.frames_written = 0
         self._closed = False
         self._container: Any = None
@@ -128,6 +138,7 @@ class VideoWriter:
 
             if format == "png" or (format is None and _is_dir_target(self.path, raw)):
                 self.kind = "png"
+                self.time_base = None
                 if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
                     raise InputError(f"output folder exists and is not empty: {self.path}")
                 self._out = AtomicOutput(self.path, directory=True)
@@ -152,6 +163,8 @@ class VideoWriter:
         if pix_fmt == "yuv420p" and (self.width % 2 or self.height % 2):
             raise InputError(f"yuv420p needs even sides, got {self.width}x{self.height}")
         self.kind = suffix[1:]
+        if self.kind == "y4m":
+            self.time_base = None
         self.pix_fmt = pix_fmt
         self._matrix = matrix
         if self.in_place:
@@ -170,9 +183,14 @@ class VideoWriter:
                 options = {"crf": str(X264_CRF if crf is None else crf), "preset": "medium"}
                 if reproducible:
                     options.update({"threads": "1", "x264-params": "asm=0"})
+                if self.time_base is not None and muxer == "mp4":
+                    options["bf"] = "0"
                 stream.options = options
                 cc = stream.codec_context
                 cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
+            if self.time_base is not None:
+                stream.codec_context.time_base = self.time_base
+                stream.time_base = self.time_base
             self._stream = stream
         except Exception as e:
             self._abort()
@@ -195,9 +213,15 @@ class VideoWriter:
         except Exception:
             pass
 
+    @property
+    def keeps_timing(self) -> bool:
+        """True when the output keeps per-frame times (``time_base`` given, mp4 or mkv)."""
+        return self.time_base is not None
+
     # -- writing
-    def write(self, rgb: np.ndarray) -> None:
-        """Append one uint8 ``height x width x 3`` RGB frame."""
+    def write(self, rgb: np.ndarray, pts: int | None = None, duration: int | None = None) -> None:
+        """Append one uint8 ``height x width x 3`` RGB frame; with a ``time_base``, at ``pts`` for
+        ``duration`` ticks of it (both ignored by an output that cannot keep them)."""
         if self._closed:
             raise InputError(f"VideoWriter for {self.path} is closed")
         expected = (self.height, self.width, 3)
@@ -218,9 +242,14 @@ class VideoWriter:
                     interpolation=_SWS_EXACT,
                     threads=1,
                 )
-                frame.pts = self.frames_written
-                for packet in self._stream.encode(frame):
-                    self._container.mux(packet)
+                if self.time_base is not None:
+                    if pts is None or duration is None:
+                        raise InputError("a VideoWriter with a time_base needs each frame's pts and duration")
+                    frame.pts, frame.time_base = pts, self.time_base
+                    self._durations[pts] = duration
+                else:
+                    frame.pts = self.frames_written
+                self._mux(self._stream.encode(frame))
                 if isinstance(self._out, InPlaceOutput):
                     self._out.flush()  # each frame reaches the reader as soon as it is made
         except OSError as e:
@@ -237,8 +266,7 @@ class VideoWriter:
             if self.frames_written == 0:
                 raise InputError(f"no frames were written to {self.path}")
             if self._container is not None:
-                for packet in self._stream.encode(None):
-                    self._container.mux(packet)
+                self._mux(self._stream.encode(None))
                 self._container.close()
                 self._container = None
             assert self._out is not None
@@ -251,6 +279,14 @@ class VideoWriter:
             raise
         self._closed = True
         return self.path
+
+    def _mux(self, packets: Any) -> None:
+        """Mux coded packets; with per-frame times, each with its frame's duration (so the last frame lasts
+        as long as in the source and mkv/mp4 state the right duration)."""
+        for packet in packets:
+            if self.time_base is not None and packet.pts is not None:
+                packet.duration = self._durations.pop(packet.pts, 0)
+            self._container.mux(packet)
 
     def _abort(self) -> None:
         """Drop everything written so far (the temporary), leaving ``path`` untouched; an in-place

@@ -2,7 +2,7 @@
 
 Why a loop of its own beside the token model's trainer: the enhancer's inputs are *coded* base-layer
 frames, so the expensive part of its data is made once, not per step. Every training clip is coded
-once per base-layer operating point (frame-size factor and quality) and its first frame once per
+once per base-layer operating point (codec, frame-size factor and quality) and its first frame once per
 key-frame quality; the decoded results live in an ``.npz`` cache next to the frame cache. A step then
 only samples (clip, operating point, key quality, frame), upscales, and runs the enhancer.
 
@@ -37,12 +37,15 @@ from imfcodec.metrics import ms_ssim_torch
 
 log = logging.getLogger("imfcodec.train.hybrid")
 
-CACHE_VERSION = "enh-cache/1"
-#: base-layer operating points trained on: (frame-size factor, x265 quality = 51 - CRF)
-BASE_POINTS: tuple[tuple[int, int], ...] = ((2, 5), (2, 9), (2, 13), (2, 17), (4, 13), (4, 19))
-#: key-frame qualities trained on (hevc key codec, CRF = 51 - quality)
-KEY_QUALITIES: tuple[int, ...] = (11, 16, 21)
-BASE_CODEC = "hevc"
+CACHE_VERSION = "enh-cache/2"
+#: base-layer operating points trained on: (codec, frame-size factor, codec quality). The x265 points span
+#: 3.5-18 kbit/s on the held-out clips; the VP9 ones (CRF = 63 - quality) the same range from VP9's side,
+#: since an enhancer that has only seen one codec's artefacts lifts another's less.
+BASE_POINTS: tuple[tuple[str, int, int], ...] = (
+    ("hevc", 2, 5), ("hevc", 2, 9), ("hevc", 2, 13), ("hevc", 2, 17), ("hevc", 4, 13), ("hevc", 4, 19),
+    ("vp9", 2, 0), ("vp9", 2, 6), ("vp9", 2, 12), ("vp9", 4, 0), ("vp9", 4, 8), ("vp9", 4, 16))
+#: key-frame qualities trained on (hevc key codec, CRF = 51 - quality); 6 is the cheap key of short clips
+KEY_QUALITIES: tuple[int, ...] = (6, 11, 16, 21)
 KEY_CODEC = "hevc"
 
 
@@ -53,11 +56,17 @@ class CodedClip:
     name: str
     frames: np.ndarray  # [T,R,R,3] uint8 (the source at the model resolution)
     keys: dict[int, np.ndarray]  # key quality -> decoded first frame [R,R,3]
-    bases: dict[tuple[int, int], np.ndarray]  # (factor, quality) -> decoded base frames [T,s,s,3]
+    bases: dict[tuple[str, int, int], np.ndarray]  # (codec, factor, quality) -> decoded base frames [T,s,s,3]
+
+
+def point_key(point: tuple[str, int, int]) -> str:
+    """The cache's array name of a base-layer operating point."""
+    codec, factor, quality = point
+    return f"base_{codec}_{factor}_{quality}"
 
 
 def _cache_name(name: str, frames: np.ndarray) -> str:
-    h = hashlib.sha1(f"{CACHE_VERSION}|{BASE_CODEC}|{KEY_CODEC}|{BASE_POINTS}|{KEY_QUALITIES}|{frames.shape}".encode())
+    h = hashlib.sha1(f"{CACHE_VERSION}|{KEY_CODEC}|{BASE_POINTS}|{KEY_QUALITIES}|{frames.shape}".encode())
     h.update(frames[:: max(1, len(frames) // 8)].tobytes())
     return f"{name[:40]}-{h.hexdigest()[:16]}.npz"
 
@@ -72,16 +81,16 @@ def code_clip(name: str, frames: np.ndarray, cache_dir: Path | None) -> CodedCli
         try:
             with np.load(file) as z:
                 keys = {q: z[f"key_{q}"] for q in KEY_QUALITIES}
-                bases = {(f, q): z[f"base_{f}_{q}"] for f, q in BASE_POINTS}
+                bases = {p: z[point_key(p)] for p in BASE_POINTS}
             return CodedClip(name, frames, keys, bases)
         except (OSError, KeyError, ValueError):
             log.warning("ignoring unreadable cache file %s", file)
     size = frames.shape[1]
     codec = get_keyframe_codec(KEY_CODEC)
     keys = {q: codec.decode(codec.encode(frames[0], q), size, size) for q in KEY_QUALITIES}
-    bases = {(f, q): np.stack(code_base(frames, BASE_CODEC, f, q, Fraction(25))[1]) for f, q in BASE_POINTS}
+    bases = {(c, f, q): np.stack(code_base(frames, c, f, q, Fraction(25))[1]) for c, f, q in BASE_POINTS}
     if file is not None:
-        arrays = {f"key_{q}": a for q, a in keys.items()} | {f"base_{f}_{q}": a for (f, q), a in bases.items()}
+        arrays = {f"key_{q}": a for q, a in keys.items()} | {point_key(p): a for p, a in bases.items()}
         with AtomicOutput(file) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     return CodedClip(name, frames, keys, bases)
@@ -139,19 +148,21 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
     was = model.training
     model.eval()
     per_point: dict[str, list[tuple[float, float]]] = {}
+    by_clip: dict[str, list[tuple[float, float]]] = {}
     for c in clips:
         size = c.frames.shape[1]
         idx = np.linspace(1, len(c.frames) - 1, per_clip).round().astype(int)
         target = _t(c.frames[idx])
-        for f, q in BASE_POINTS:
-            small = c.bases[(f, q)]
+        for point in BASE_POINTS:
+            small = c.bases[point]
             state = model.prepare_key(_t(c.keys[key_quality])[None], upscale(_t(small[0])[None], (size, size)))
             base = upscale(_t(small[idx]), (size, size))
             out = model.enhance(state, base)
             for o, b, t in zip(out, base, target):
                 p_enh = -10 * math.log10(max(F.mse_loss(o.mul(255).round() / 255, t).item(), 1e-10))
                 p_base = -10 * math.log10(max(F.mse_loss(b.mul(255).round() / 255, t).item(), 1e-10))
-                per_point.setdefault(f"x{f}-q{q}", []).append((p_enh, p_base))
+                per_point.setdefault(point_key(point), []).append((p_enh, p_base))
+                by_clip.setdefault(c.name, []).append((p_enh, p_base))
     model.train(was)
     result = {}
     for k, v in per_point.items():
@@ -160,6 +171,10 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
     allv = np.array([x for v in per_point.values() for x in v])
     result["psnr_enh"], result["psnr_base"] = float(allv[:, 0].mean()), float(allv[:, 1].mean())
     result["gain"] = result["psnr_enh"] - result["psnr_base"]
+    # per clip too: a mean over few clips hides that near-still clips gain several dB and moving ones little
+    for name, v in by_clip.items():
+        a = np.array(v)
+        result[f"clip/{name}"] = float(a[:, 0].mean() - a[:, 1].mean())
     return result
 
 
@@ -167,6 +182,10 @@ def _lr(step: int, steps: int, lr: float, warmup: int = 200) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup)))))
+
+
+def _per_clip(v: dict[str, float]) -> str:
+    return " ".join(f"{k[5:].rsplit('/', 1)[-1][:12]} {x:+.2f}" for k, x in v.items() if k.startswith("clip/"))
 
 
 def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: int = 20000, batch: int = 8,
@@ -202,7 +221,7 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "steps": steps, "batch": batch,
                                                  "lr": lr, "w_ms_ssim": w_ms_ssim, "ema": ema,
                                                  "base_points": BASE_POINTS, "key_qualities": KEY_QUALITIES,
-                                                 "base_codec": BASE_CODEC, "key_codec": KEY_CODEC}, indent=1))
+                                                 "key_codec": KEY_CODEC}, indent=1))
     train_paths, val_paths = split_clips(find_videos(data), val_clips)
     cache = Path(cache_dir) if cache_dir != "none" else None
     coded = {}
@@ -254,8 +273,8 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
         if step % val_every == 0:
             v = validate(ema_model, coded["val"])
             history.append({"step": step, **v})
-            log.info("step %d: val enhancer %.2f dB, bicubic base %.2f dB (gain %+.2f)", step, v["psnr_enh"],
-                     v["psnr_base"], v["gain"])
+            log.info("step %d: val enhancer %.2f dB, bicubic base %.2f dB (gain %+.2f; per clip %s)", step,
+                     v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v))
         if step % ckpt_every == 0:
             save()
     save()
@@ -264,8 +283,8 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
     save()
     meta = {"steps": str(step), "hours": f"{elapsed / 3600:.2f}", "val": json.dumps(v)}
     save_weights(ema_model, out / "model.safetensors", metadata=meta)
-    log.info("done at step %d: val enhancer %.2f dB, base %.2f dB (gain %+.2f); exported %s", step,
-             v["psnr_enh"], v["psnr_base"], v["gain"], out / "model.safetensors")
+    log.info("done at step %d: val enhancer %.2f dB, base %.2f dB (gain %+.2f; per clip %s); exported %s", step,
+             v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v), out / "model.safetensors")
     return v
 
 
