@@ -240,7 +240,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--base-scale", type=click.Choice(["1", "1/2", "1/4"]), default=None,
               help=f"Hybrid: base-layer frame size [default: 1/{_ENCODER.base_factor}].")
 @click.option("--base-quality", type=int, default=None,
-              help="Hybrid: base-layer quality (higher = better; default: the base codec's own, 13).")
+              help="Hybrid: base-layer quality (higher = better; default: the base codec's own: vp9 8, hevc 13, av1 13).")
 @click.option("--enhancer", default=None,
               help=f"Hybrid: enhancer name with shipped weights, a .safetensors file, or random:NAME "
                    f"[default: {DEFAULT_ENHANCER}].")

@@ -56,7 +56,10 @@ DEFAULT_KEY_CODEC = "hevc"
 # format's bitstream.MAX_CHUNK (1024), so this is a choice of the encoder, not a limit of the wire.
 MAX_ENCODER_CHUNK = 250
 # hybrid mode (imfcodec.hybrid): a conventional base layer at 1/BASE_FACTOR of the frame size, lifted by an enhancer
-DEFAULT_BASE_CODEC = "hevc"  # what --hybrid uses without --base-codec
+# what --hybrid uses without --base-codec: VP9 gave the best enhanced quality at every rate from 6 kbit/s up on
+# the held-out training clips (benchmarks/hybrid_table.py: +0.1 to +1.1 dB over the best x265-base point at the
+# same rate for a 10 s clip); x265 reaches lower rates (its 1/4 points), which --kbps picks when they fit
+DEFAULT_BASE_CODEC = "vp9"
 # the CLI's choices without importing the codecs (imfcodec.baselayer's registry; a test keeps them equal)
 BASE_CODECS = ("av1", "hevc", "vp9")
 DEFAULT_BASE_FACTOR = 2
@@ -80,7 +83,7 @@ class EncoderSettings:
     # chunk is the frames per base packet
     base_codec: str | None = None
     base_factor: int = DEFAULT_BASE_FACTOR  # the base layer is coded at 1/base_factor of the frame size
-    base_quality: int | None = None  # None: the base codec's own default (13 for both: hevc CRF 38, av1 CRF 50)
+    base_quality: int | None = None  # None: the base codec's own default (vp9 8: CRF 55; hevc 13: CRF 38; av1 13: CRF 50)
     enhancer: str | None = None  # None: DEFAULT_ENHANCER's shipped weights; else as --model (NAME, PATH, random:NAME)
 
     @property

@@ -109,14 +109,14 @@ def test_cli_round_trip_encode_decode_info(tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert (d["mode"], d["version"], d["model"], d["frames"]) == ("hybrid", 2, "enh-tiny", 10)
-    assert (d["base_codec"], d["base_width"], d["base_height"], d["base_quality"]) == ("hevc", 32, 32, 20)
+    assert (d["base_codec"], d["base_width"], d["base_height"], d["base_quality"]) == ("vp9", 32, 32, 20)  # the default base codec
     assert d["key_frames"] == [0, 5] and d["token_bytes"] == 0 and d["base_bytes"] > 0
     assert d["key_bytes"] + d["base_bytes"] + d["token_bytes"] + d["overhead_bytes"] == d["bytes"] == out.stat().st_size
     assert d["kbps"] == pytest.approx(d["key_kbps"] + d["base_kbps"] + d["token_kbps"] + d["overhead_kbps"])
     assert [p["type"] for p in d["packets"]] == ["key", "base", "key", "base"]  # chunk 5: one base packet per GOP
     assert [p["count"] for p in d["packets"] if p["type"] == "base"] == [5, 5]
     r = cli("info", out)
-    assert r.exit_code == 0 and "hybrid mode" in r.stdout and "hevc 32x32 q20" in r.stdout and "framing" in r.stdout
+    assert r.exit_code == 0 and "hybrid mode" in r.stdout and "vp9 32x32 q20" in r.stdout and "framing" in r.stdout
     for extra in ((), ("--no-enhance",)):
         dec = tmp_path / f"d{len(extra)}.y4m"
         r = cli("decode", out, "-o", dec, *extra)
@@ -139,7 +139,7 @@ def test_cli_option_errors(tmp_path, sample_clip):
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", "random:imf-tiny"), "token model")
     one_line_error(cli("encode", sample_clip, "-o", out, "--model", ENH), "--hybrid")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--base-quality", 99),
-                   "--base-quality for hevc must be in 0..51")
+                   "--base-quality for vp9 must be in 0..63")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--refresh-below", 20),
                    "--refresh-below")
     if shipped_weights_path("enh-small") is None:  # the default enhancer: its weights are not shipped yet
