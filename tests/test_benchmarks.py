@@ -492,3 +492,27 @@ def test_keyframes_counts_false_cuts_detects_cuts_and_codes_one(tmp_path, capsys
     (tmp_path / "test").mkdir()
     assert main(["--data", str(tmp_path / "test")]) == 1
     assert "test set" in capsys.readouterr().err
+
+
+def test_key_value_ablation_and_residual_keys(tmp_path):
+    """benchmarks.key_value: an untrained enhancer gains exactly nothing with any key (its head is zero), and the
+    residual key frame decodes back close to the source; the test folder is refused."""
+    from benchmarks.key_value import main
+    from imfcodec.io import make_sample
+
+    data = tmp_path / "train"
+    data.mkdir()
+    for i in range(3):
+        make_sample(data / f"c{i}.mp4", frames=6 + i, size=64)
+    out = tmp_path / "k.md"
+    assert main(["--enhancer", "random:enh-tiny", "--data", str(data), "--frames", "6", "--val-clips", "1",
+                 "--stride", "1", "--cache-dir", "none", "--out", str(out), "--threads", "1"]) == 0
+    text = out.read_text()
+    gains = [line for line in text.splitlines() if line.startswith("| key q") or line.startswith("| no key detail")]
+    assert len(gains) == 5 and all(line.endswith("| +0.00 |") for line in gains), gains
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| vp9 1/2 q8 |")]
+    assert len(rows) == 5
+    for _base, _kq, direct_bytes, direct_psnr, res_bytes, res_psnr in rows:
+        assert int(direct_bytes) > 0 and int(res_bytes) > 0 and float(res_psnr) > 20 and float(direct_psnr) > 20
+    (tmp_path / "test").mkdir()
+    assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1

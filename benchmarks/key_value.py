@@ -1,0 +1,178 @@
+"""What the hybrid mode's key frame is worth, on held-out TRAINING clips (never the test set).
+
+    python -m benchmarks.key_value [--enhancer SPEC] [--data DIR] [--frames 200] [--out FILE.md]
+
+Two measurements behind the hybrid mode's rate split (benchmarks/results/*hybrid-vp9*/NOTES.md):
+
+1. **Ablation.** The enhancer's gain over the bicubic base with the key image at each trained key quality,
+   with the lossless source frame, and with *no detail*: the key image replaced by the upscaled base picture of
+   the key frame itself (what the decoder would have without a key image). The difference is what the key
+   frame's detail buys, per held-out clip (the trainer's split and its base-layer cache,
+   ``imfcodec.train.hybrid``).
+2. **A residual key frame.** The key image coded as it is today (HEVC key codec) against the same codec coding
+   ``(source - upscaled base intra picture) / 2 + 128``, which a decoder would add back to the base picture it
+   has anyway: bytes and key PSNR per key quality, per base codec, over the first frames of the held-out clips
+   and every ``--stride``-th training clip. A cheaper key of the same quality is what a format change
+   would buy.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+
+RESIDUAL_BASES = (("vp9", 2, 8), ("vp9", 4, 8), ("hevc", 2, 9))
+RESIDUAL_KEYS = (3, 6, 11, 16, 21)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def upscaled(small: np.ndarray, size: int) -> np.ndarray:
+    """The decoder's bicubic upscale of one small uint8 picture, as uint8 [size,size,3]."""
+    import torch
+
+    from imfcodec.models import upscale
+    from imfcodec.train.hybrid import _t
+
+    with torch.inference_mode():
+        up = upscale(_t(small)[None], (size, size))[0]
+    return up.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+def ablation(model, coded, size: int) -> list[dict]:
+    """Per clip and key variant: mean enhanced and bicubic PSNR over 6 frames x every base point."""
+    import torch
+
+    from imfcodec.models import upscale
+    from imfcodec.train.hybrid import BASE_POINTS, KEY_QUALITIES, _t
+
+    rows = []
+    with torch.inference_mode():
+        for c in coded:
+            idx = np.linspace(1, len(c.frames) - 1, 6).round().astype(int)
+            variants = {f"key q{q}": c.keys[q] for q in KEY_QUALITIES} | {"lossless key": c.frames[0]}
+            acc: dict[str, list[tuple[float, float]]] = {}
+            for point in BASE_POINTS:
+                small = c.bases[point]
+                key_base = upscale(_t(small[0])[None], (size, size))
+                base = upscale(_t(small[idx]), (size, size))
+                bic = [_psnr(upscaled(small[i], size), c.frames[i]) for i in idx]
+                keys = {name: _t(k)[None] for name, k in variants.items()} | {"no key detail": key_base}
+                for name, key in keys.items():
+                    out = model.enhance(model.prepare_key(key, key_base), base)
+                    enh = [_psnr(o.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), c.frames[i])
+                           for o, i in zip(out, idx)]
+                    acc.setdefault(name, []).append((float(np.mean(enh)), float(np.mean(bic))))
+            for name, v in acc.items():
+                a = np.array(v)
+                rows.append({"clip": c.name, "key": name, "enh": float(a[:, 0].mean()), "bicubic": float(a[:, 1].mean())})
+    return rows
+
+
+def residual_keys(frames0: list[np.ndarray], size: int) -> list[dict]:
+    """Per base point and key quality: mean bytes and PSNR of the key coded directly and as a residual."""
+    from imfcodec.baselayer import code_clip
+    from imfcodec.keyframe import get_keyframe_codec
+
+    codec = get_keyframe_codec("hevc")
+    rows = []
+    for base_codec, factor, quality in RESIDUAL_BASES:
+        acc: dict[int, list[tuple[int, float, int, float]]] = {}
+        for f0 in frames0:
+            up = upscaled(code_clip(f0[None], base_codec, factor, quality)[1][0], size).astype(np.float64)
+            for kq in RESIDUAL_KEYS:
+                direct = codec.encode(f0, kq)
+                res = np.clip((f0.astype(np.float64) - up) / 2 + 128, 0, 255).round().astype(np.uint8)
+                coded = codec.encode(res, kq)
+                rec = np.clip(up + (codec.decode(coded, size, size).astype(np.float64) - 128) * 2, 0, 255).round()
+                acc.setdefault(kq, []).append((len(direct), _psnr(codec.decode(direct, size, size), f0),
+                                               len(coded), _psnr(rec, f0)))
+        for kq, v in acc.items():
+            a = np.array(v, dtype=np.float64)
+            rows.append({"base": f"{base_codec} 1/{factor} q{quality}", "key_quality": kq,
+                         "direct_bytes": a[:, 0].mean(), "direct_psnr": a[:, 1].mean(),
+                         "residual_bytes": a[:, 2].mean(), "residual_psnr": a[:, 3].mean()})
+    return rows
+
+
+def markdown(abl: list[dict], res: list[dict], info: dict) -> str:
+    lines = ["# What the key frame is worth (held-out training clips)", "",
+             f"enhancer {info['enhancer']}; clips: {', '.join(info['clips'])}; residual keys over the first "
+             f"frames of {info['residual_clips']} training clips", "",
+             "## The enhancer's gain over bicubic per key variant (dB; mean over the trainer's base points)", ""]
+    clips = list(dict.fromkeys(r["clip"] for r in abl))
+    keys = list(dict.fromkeys(r["key"] for r in abl))
+    lines += ["| key | " + " | ".join(Path(c).stem for c in clips) + " | mean |",
+              "|---|" + "---|" * (len(clips) + 1)]
+    for k in keys:
+        g = [next(r["enh"] - r["bicubic"] for r in abl if r["clip"] == c and r["key"] == k) for c in clips]
+        lines.append(f"| {k} | " + " | ".join(f"{x:+.2f}" for x in g) + f" | {np.mean(g):+.2f} |")
+    lines += ["", "## Key image coded directly or as a residual over the upscaled base intra picture (hevc key codec)",
+              "", "| base | key quality | direct bytes | direct PSNR | residual bytes | residual PSNR |",
+              "|---|---|---|---|---|---|"]
+    for r in res:
+        lines.append(f"| {r['base']} | {r['key_quality']} | {r['direct_bytes']:.0f} | {r['direct_psnr']:.2f} | "
+                     f"{r['residual_bytes']:.0f} | {r['residual_psnr']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+@click.command("key_value", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
+@click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-small)")
+@click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True)
+@click.option("--frames", type=int, default=200, show_default=True)
+@click.option("--val-clips", type=int, default=5, show_default=True, help="the trainer's held-out clips")
+@click.option("--stride", type=int, default=8, show_default=True,
+              help="residual keys: also every N-th training clip's first frame")
+@click.option("--cache-dir", default="runs/frame-cache", show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the tables here (.md)")
+def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
+    import torch
+
+    from imfcodec.hybrid import load_enhancer
+    from imfcodec.train.data import find_videos, load_clips, split_clips
+    from imfcodec.train.hybrid import code_clip
+
+    torch.set_num_threads(threads)
+    loaded = load_enhancer(enhancer)
+    model = loaded.model.eval()
+    size = model.config.resolution
+    train, held_out = split_clips(find_videos(list(data)), val_clips)
+    cache = None if cache_dir == "none" else Path(cache_dir)
+    clips = load_clips(held_out, size, frames, cache)
+    coded = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
+    abl = ablation(model, coded, size)
+    extra = load_clips(train[::max(1, stride)], size, 2, cache)  # the first frame is all it needs (2: the loader's minimum)
+    res = residual_keys([f[0] for f in clips.frames] + [f[0] for f in extra.frames], size)
+    text = markdown(abl, res, {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
+                               "clips": clips.names, "residual_clips": len(clips) + len(extra)})
+    print(text, end="")
+    if out is not None:
+        from imfcodec.fsutil import AtomicOutput
+
+        with AtomicOutput(out) as tmp:
+            Path(tmp).write_text(text)
+    return 0
+
+
+def main(argv=None) -> int:
+    from imfcodec.errors import IMFError
+
+    try:
+        return call(command, argv, "python -m benchmarks.key_value")
+    except IMFError as e:  # a bad enhancer, a test folder, an unreadable clip: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
