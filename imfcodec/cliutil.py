@@ -29,9 +29,12 @@ def call(command: click.Command, argv: Sequence[str] | None, prog_name: str) -> 
     """Run ``command`` on ``argv`` (default ``sys.argv[1:]``) and return its exit status.
 
     The command's callback returns the status (None counts as 0); ``--help`` returns 0; a click error
-    prints ``error: MESSAGE`` on one line and returns its exit code (2 for usage errors). Any other
-    exception, KeyboardInterrupt included, reaches the caller unchanged.
+    prints ``error: MESSAGE`` on one line and returns its exit code (2 for usage errors); the project's own
+    errors (``IMFError``: a bad input, a refused test folder, an unreadable clip) print one line and return 1.
+    Any other exception, KeyboardInterrupt included, reaches the caller unchanged.
     """
+    from .errors import IMFError
+
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         with command.make_context(prog_name, args) as ctx:
@@ -42,6 +45,9 @@ def call(command: click.Command, argv: Sequence[str] | None, prog_name: str) -> 
         message = " ".join(line.strip() for line in e.format_message().splitlines() if line.strip())
         print(f"error: {message}", file=sys.stderr)
         return e.exit_code
+    except IMFError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return int(status or 0)
 
 

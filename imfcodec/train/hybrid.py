@@ -308,17 +308,11 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
 @click.option("--fresh", is_flag=True, help="ignore OUT/last.pt")
 def main_command(data, out, model_name, steps, batch_size, lr, w_ms_ssim, max_minutes, val_every, ckpt_every,
                  threads, max_frames, cache_dir, init_from, fresh):
-    from imfcodec.errors import IMFError
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        train(list(data), out, model_name=model_name, steps=steps, batch=batch_size, lr=lr, w_ms_ssim=w_ms_ssim,
-              max_minutes=max_minutes, val_every=val_every, ckpt_every=ckpt_every, threads=threads,
-              max_frames=max_frames, cache_dir=cache_dir, resume=not fresh, init_from=init_from)
-    except IMFError as e:
-        click.echo(f"error: {e}", err=True)
-        return 1
-    return 0
+    train(list(data), out, model_name=model_name, steps=steps, batch=batch_size, lr=lr, w_ms_ssim=w_ms_ssim,
+          max_minutes=max_minutes, val_every=val_every, ckpt_every=ckpt_every, threads=threads,
+          max_frames=max_frames, cache_dir=cache_dir, resume=not fresh, init_from=init_from)
+    return 0  # an IMFError becomes one line and status 1 in cliutil.call
 
 
 def main(argv=None) -> int:
