@@ -13,9 +13,18 @@
    (``IMF.kernels``), beside x265 decoding the same frames (CRF 51, the anchors' low-delay settings,
    FFmpeg's hevc decoder, MP4 bytes -> RGB in memory) with the same number of threads. All of them are
    timed in turns, round after round, and the medians are reported, so ratios hold on a busy machine.
-   Then per-stage times of ``decode_frame`` (IMF_D, IMF_A per scale, transformer stacks, D_F) and the
-   largest difference between the two kernels' frames.
-3. Encoder speed per preset (``imfcodec.settings.PRESETS``) on the same frames, in turns.
+   Then the stages of the same whole-stream decodes (see below), in turns, and the largest difference
+   between the two kernels' frames.
+3. The hybrid mode (shipped enhancer): whole-stream decoding beside x265, then its encoder's and decoder's stages.
+4. Encoder speed per preset (``imfcodec.settings.PRESETS``) on the same frames, in turns with x265 encoding and
+   decoding them, and the encoder's stages per preset.
+
+Stages are the codec's own ``imfcodec.stages`` regions in the real ``codec.Encoder``/``Decoder`` and
+``hybrid.HybridEncoder``/``HybridDecoder`` (plus, for ``decode_frame``, forward hooks on IMF_D, the transformer
+stacks and D_F and the alignments' ``attend``), timed as self time: they add up to the run's total less
+'unaccounted' (the benchmark's own loop). FLOPs per stage come from the same regions with torch's FLOP counter
+as the clock; GFLOP/s is read against the fp32 matmul peak measured at the start of the run, so a stage's
+share of the peak says how far it is from what this CPU does on dense GEMMs.
 """
 
 from __future__ import annotations
@@ -26,8 +35,7 @@ import tempfile
 import statistics
 import sys
 import time
-from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,7 +49,6 @@ from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call  # noqa: E402
 
 PROG = "python -m benchmarks.model_speed"
 SHIPPED = "imf-small-v2"
-STAGES = ("IMF_D", "IMF_A R/32", "IMF_A R/16", "IMF_A R/8", "IMF_A R/4", "transformers", "D_F", "rest")
 
 
 def _time(fn, repeats: int) -> float:
@@ -137,34 +144,63 @@ def config_table(names: list[str], frames: int) -> list[str]:
 # ------------------------------------------------------------------------------------------- shipped model
 
 
-@contextmanager
-def stage_timer(model, acc: dict[str, float]):
-    """Adds the seconds spent in each stage of ``model.decode_frame`` to ``acc`` while active (forward
-    hooks on IMF_D, the transformer stacks and D_F; the alignments' ``attend`` wrapped per instance)."""
+# ------------------------------------------------------------------------------------------- stages
+
+IO = "I/O"  # stream parsing (decode) or packet writing (encode), bytes in memory
+SETUP = "decoder setup"  # Decoder construction: entropy tables, key-frame codec
+DECODE_FRAME = "decode_frame"  # the codec's region around IMF.decode_frame; the hooks below split it
+UNACCOUNTED = "unaccounted"
+TOKEN_ENCODE_STAGES = ("scene cut", "key-frame encode", "key token (E_T)", "reference features", "E_T",
+                       "token search", "entropy coding", IO)
+HYBRID_ENCODE_STAGES = ("scene cut", "key-frame encode", "base-layer encode", IO)
+HYBRID_DECODE_STAGES = (IO, SETUP, "key-frame decode", "base-layer decode", "upscale", "enhancer key preparation",
+                        "enhancer", "output conversion")
+
+
+def decode_stages(model) -> tuple[str, ...]:
+    """The stages of a token-mode decode, in pipeline order (the attention's per scale, named by mode)."""
     from imfcodec.models.imf import NUM_SCALES
 
-    starts: dict[str, float] = {}
+    attention = tuple(f"IMF_A R/{32 >> i} {model.config.align_modes[i]}" for i in range(NUM_SCALES))
+    return (IO, SETUP, "key-frame decode", "reference features", "token entropy decoding", "IMF_D (token -> motion)",
+            *attention, "transformers", "D_F (synthesis)", DECODE_FRAME, "output conversion")
+
+
+@contextmanager
+def model_stages(model):
+    """Splits the codec's ``decode_frame`` region into the model's stages while a ``StageClock`` is active:
+    forward hooks on IMF_D, the transformer stacks and D_F, the alignments' ``attend`` wrapped per instance.
+    A hook opens its stage only directly inside ``decode_frame`` (IMF_D also runs in ``prepare_reference``,
+    which stays "reference features"); nothing is registered outside this block."""
+    from imfcodec import stages
+
+    names = decode_stages(model)
+    attention = names[6:6 + len(model.align)]
+    opened: list[bool] = []
+
+    def enter(name: str) -> None:
+        clock = stages.active()
+        ok = clock is not None and clock.current == DECODE_FRAME
+        opened.append(ok)
+        if ok:
+            clock.push(name)
+
+    def leave() -> None:
+        if opened.pop():
+            stages.active().pop()
+
     handles = []
-
-    def hook(stage: str):
-        def pre(*_):
-            starts[stage] = time.perf_counter()
-
-        def post(*_):
-            acc[stage] += time.perf_counter() - starts[stage]
-        return pre, post
-
-    for stage, module in [("IMF_D", model.token_decoder), ("D_F", model.frame_decoder),
-                          *(("transformers", m) for m in model.refine)]:
-        pre, post = hook(stage)
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    names = [f"IMF_A R/{32 >> i}" for i in range(NUM_SCALES)]
-    for stage, al in zip(names, model.align):
-        def timed(*args, _attend=al.attend, _stage=stage, **kwargs):
-            t0 = time.perf_counter()
-            out = _attend(*args, **kwargs)
-            acc[_stage] += time.perf_counter() - t0
-            return out
+    for name, module in [("IMF_D (token -> motion)", model.token_decoder), ("D_F (synthesis)", model.frame_decoder),
+                         *(("transformers", m) for m in model.refine)]:
+        handles += [module.register_forward_pre_hook(lambda *_, _n=name: enter(_n)),
+                    module.register_forward_hook(lambda *_: leave())]
+    for name, al in zip(attention, model.align):
+        def timed(*args, _attend=al.attend, _name=name, **kwargs):
+            enter(_name)
+            try:
+                return _attend(*args, **kwargs)
+            finally:
+                leave()
         al.attend = timed
     try:
         yield
@@ -173,6 +209,159 @@ def stage_timer(model, acc: dict[str, float]):
             h.remove()
         for al in model.align:
             del al.attend
+
+
+def staged_decode(model, data: bytes, now=time.perf_counter) -> tuple[dict[str, float], float, int]:
+    """Decodes a whole stream (bytes in memory -> RGB frames, ``codec.Decoder`` or ``hybrid.HybridDecoder``)
+    under a ``StageClock``; returns each stage's total, the whole run's and the frame count (``now`` is the
+    clock: wall seconds, or a FLOP counter's total)."""
+    from imfcodec.bitstream import StreamReader
+    from imfcodec.codec import Decoder
+    from imfcodec.hybrid import HybridDecoder, is_enhancer
+    from imfcodec.stages import StageClock, stage
+
+    clock = StageClock(now)
+    frames = 0
+    hooks = nullcontext() if is_enhancer(model) else model_stages(model)
+    t0 = now()
+    with clock, hooks:
+        with stage(IO):
+            reader = StreamReader(io.BytesIO(data))
+            packets = iter(reader)
+        with stage(SETUP):
+            dec = (HybridDecoder if is_enhancer(model) else Decoder)(model, reader.header)
+        while True:
+            with stage(IO):
+                packet = next(packets, None)
+            if packet is None:
+                break
+            frames += len(dec.decode(packet))
+    return dict(clock.totals), now() - t0, frames
+
+
+def staged_encode(enc, frames, now=time.perf_counter) -> tuple[dict[str, float], float, float, bytes]:
+    """Encodes ``frames`` with ``enc`` (``codec.Encoder`` or ``hybrid.HybridEncoder``) into a stream in memory
+    under a ``StageClock``; returns each stage's total, the whole run's, the run's after the first (key)
+    frame, and the stream."""
+    from imfcodec.bitstream import StreamWriter
+    from imfcodec.stages import StageClock, stage
+
+    clock = StageClock(now)
+    t0 = now()
+    with clock:
+        with stage(IO):
+            buf = io.BytesIO()
+            writer = StreamWriter(buf, enc.header)
+        for i, f in enumerate(frames):
+            if i == 1:
+                t1 = now()
+            packets = enc.encode(f)
+            with stage(IO):
+                for p in packets:
+                    writer.write(p)
+        packets = enc.flush()
+        with stage(IO):
+            for p in packets[:-1]:
+                writer.write(p)
+            writer.close(packets[-1])
+    end = now()
+    return dict(clock.totals), end - t0, end - t1, buf.getvalue()
+
+
+def count_flops(model: torch.nn.Module, run) -> dict[str, float]:
+    """FLOPs per stage of ``run(now)`` (one of the staged functions), from torch's FLOP counter read as the
+    stage clock; "total" is the whole run's. The weights are frozen meanwhile (the codec never takes their
+    gradients): the counter's module tracker fails on a weight that needs one inside inference mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    counter = FlopCounterMode(display=False)
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with counter:
+            totals, total, *_ = run(counter.get_total_flops)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return {**totals, "total": total}
+
+
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 7) -> dict[str, float]:
+    """GFLOP/s of the best of ``repeats`` fp32 ``n x n`` matrix products at ``threads`` threads, through
+    ``torch.mm`` (MKL's sgemm) and through a 1x1 convolution on channels-last tensors (oneDNN's GEMM, which
+    runs the model's convolutions): the practical peak against which each stage's GFLOP/s is read is the
+    better of the two (on the AMD build machine oneDNN's is more than twice MKL's)."""
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(n, n, generator=gen), torch.rand(n, n, generator=gen)
+    conv = torch.nn.Conv2d(n, n, 1, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, n, n // 64, 64, generator=gen).contiguous(memory_format=torch.channels_last)
+    out = {}
+    with torch.inference_mode():
+        for name, fn in (("torch.mm", lambda: torch.mm(a, b)), ("1x1 conv", lambda: conv(x))):
+            fn()
+            out[name] = 2 * n**3 / min(_timed(fn) for _ in range(repeats)) / 1e9
+    out["peak"] = max(out.values())
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the vector extensions that set its matmul peak (``/proc/cpuinfo``), or the
+    platform's word for it."""
+    import platform
+
+    name, isa = platform.processor() or platform.machine(), []
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return name
+    for line in info:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            name = value.strip()
+        elif key.strip() == "flags":
+            isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in value.split()]
+            break
+    return f"{name} ({', '.join(isa)})" if isa else name
+
+
+def median_stages(runs: list[tuple], names) -> dict[str, float]:
+    """Per stage the median over runs of its seconds; 'unaccounted' = the median total less their sum."""
+    med = {s: statistics.median(r[0].get(s, 0.0) for r in runs) for s in names}
+    med["total"] = statistics.median(r[1] for r in runs)
+    med[UNACCOUNTED] = med["total"] - sum(med[s] for s in names)
+    return med
+
+
+def stage_table(names, columns: dict[str, dict[str, float]], frames: dict[str, int],
+                flops: dict[str, float] | None = None, flop_frames: int = 1, rate_cols: tuple[str, ...] = (),
+                peak: float | None = None) -> list[str]:
+    """Markdown rows: ms per frame of each stage per column; with ``flops`` (counted over ``flop_frames``
+    frames) GFLOP per frame, and for each of ``rate_cols`` GFLOP/s and the fraction of ``peak``."""
+    head = ["stage", *(f"{c} (ms/frame)" for c in columns)]
+    if flops:
+        head.append("GFLOP/frame")
+        for c in rate_cols:
+            head += [f"GFLOP/s, {c}", f"% of peak, {c}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in (*names, UNACCOUNTED, "total"):
+        row = [s, *(f"{columns[c][s] * 1000 / frames[c]:.2f}" for c in columns)]
+        if flops:
+            f = flops.get(s, 0.0) if s != UNACCOUNTED else flops["total"] - sum(flops.get(n, 0.0) for n in names)
+            row.append(f"{f / flop_frames / 1e9:.3f}" if f else "")
+            for c in rate_cols:
+                sec = columns[c][s] / frames[c]
+                rate = f / flop_frames / sec / 1e9 if f and sec > 0 else None
+                row += ["", ""] if rate is None else [f"{rate:.1f}", f"{100 * rate / peak:.0f}" if peak else ""]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def _encode_packets(loaded, frames, chunk: int) -> tuple:
@@ -190,7 +379,7 @@ def _decode_all(model, header, packets) -> int:
     return sum(len(dec.decode(p)) for p in packets)
 
 
-def hybrid_table(threads: int, n_frames: int, rounds: int) -> list[str]:
+def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[str]:
     """Whole-stream decoding of the hybrid mode with the shipped enhancer (base layer at 1/2, x265 base
     quality 9, hevc key quality 16) at chunk 1 and 5, with and without the enhancer, beside x265 decoding
     the same frames at full size, timed in turns."""
@@ -237,10 +426,34 @@ def hybrid_table(threads: int, n_frames: int, rounds: int) -> list[str]:
         f1, f5 = fps[(enhance, 1)], fps[(enhance, 5)]
         lines.append(f"| {label} | {f1:.1f} | {f5:.1f} | {f1 / x265_fps:.3f} | {f5 / x265_fps:.3f} |")
     lines.append(f"| x265 (libx265 CRF 51 at 256x256, hevc decoder) | {x265_fps:.0f} | | | |")
+
+    # stages: encoding (in turns with the decodes) and decoding at chunk 1 and 5 with the enhancer
+    data = {c: _stream_bytes(*streams[c]) for c in (1, 5)}
+    runs: dict = {"encode": [], 1: [], 5: []}
+
+    def encode():
+        enc = HybridEncoder(model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=Fraction(25),
+                            settings=EncoderSettings(base_codec="hevc", base_factor=2, base_quality=9,
+                                                     key_quality=16, chunk=5))
+        totals, total, *_ = staged_encode(enc, frames)
+        runs["encode"].append((totals, total))
+
+    def decode(chunk: int):
+        return lambda: runs[chunk].append(staged_decode(model, data[chunk]))
+
+    in_turns({"encode": encode, 1: decode(1), 5: decode(5)}, rounds)
+    flops = count_flops(model, lambda now: staged_decode(model, data[5], now))
+    names = (*HYBRID_ENCODE_STAGES[:-1], *HYBRID_DECODE_STAGES)
+    cols = {label: median_stages(runs[k][1:], names)
+            for label, k in (("encode", "encode"), ("decode, chunk 1", 1), ("decode, chunk 5", 5))}
+    lines += ["", f"Stages of the hybrid mode, the same {n_frames} frames (`HybridEncoder` at chunk 5 into a stream "
+              f"in memory, `HybridDecoder` from it), ms per frame, median of {rounds} rounds in turns; GFLOP/s and "
+              f"% of the matmul peak ({peak:.0f} GFLOP/s) at chunk 5:", "",
+              *stage_table(names, cols, {c: n_frames for c in cols}, flops, n_frames, ("decode, chunk 5",), peak)]
     return lines
 
 
-def shipped_tables(threads: int, n_frames: int, rounds: int) -> list[str]:
+def shipped_tables(threads: int, n_frames: int, rounds: int, peak: float) -> list[str]:
     import numpy as np
 
     from benchmarks.anchors import ANCHORS, decode_file, encode_decode
@@ -285,51 +498,63 @@ def shipped_tables(threads: int, n_frames: int, rounds: int) -> list[str]:
     lines += ["", f"fast / reference kernels: {fps[('fast', 1)] / fps[('reference', 1)]:.2f}x at chunk 1, "
               f"{fps[('fast', 5)] / fps[('reference', 5)]:.2f}x at chunk 5.", ""]
 
-    # per-stage times of decode_frame, in turns: per round, the seconds of each stage over 10 frames
+    # per-stage times of whole-stream decoding, in turns, and the FLOPs of each stage (counted once per kernels)
+    data = {c: _stream_bytes(*streams[c]) for c in (1, 5)}
+    variants = [(k, c) for c in (1, 5) for k in ("reference", "fast")]
+    runs: dict = {v: [] for v in variants}
+
+    def staged(kernels: str, chunk: int):
+        def run():
+            model.kernels = kernels
+            runs[(kernels, chunk)].append(staged_decode(model, data[chunk]))
+        return run
+
+    in_turns({v: staged(*v) for v in variants}, rounds)
+    flops = {}
+    for kernels in ("reference", "fast"):
+        model.kernels = kernels
+        flops[kernels] = count_flops(model, lambda now: staged_decode(model, data[5], now))
     with torch.inference_mode():
         t_all = model.encode_token(torch.cat([to_tensor(f) for f in frames]))
         ref = model.prepare_reference(to_tensor(frames[0]), t_all[:1])
-        keys = [(k, c) for c in (1, 5) for k in ("reference", "fast")]
-        rounds_of: dict = {key: [] for key in keys}
-
-        def staged(kernels: str, chunk: int):
-            def run():
-                model.kernels = kernels
-                acc: dict[str, float] = defaultdict(float)
-                t0 = time.perf_counter()
-                with stage_timer(model, acc):
-                    for i in range(1, 11, chunk):
-                        model.decode_frame(ref, t_all[i:i + chunk])
-                acc["total"] = time.perf_counter() - t0
-                rounds_of[(kernels, chunk)].append(acc)
-            return run
-
-        in_turns({key: staged(*key) for key in keys}, rounds)
         model.kernels = "reference"
         y_ref = model.decode_frame(ref, t_all[1:])
         model.kernels = "fast"
         y_fast = model.decode_frame(ref, t_all[1:])
     diff = float((y_ref - y_fast).abs().max()) * 255
     u8 = int(((y_ref * 255).round() != (y_fast * 255).round()).sum())
-    per = {}
-    for key, accs in rounds_of.items():
-        accs = accs[1:]  # the warm-up round
-        med = {s: statistics.median(a[s] for a in accs) * 100 for s in (*STAGES[:-1], "total")}  # ms/frame
-        med["rest"] = med["total"] - sum(med[s] for s in STAGES[:-1])
-        per[key] = med
-    order = [("reference", 1), ("fast", 1), ("reference", 5), ("fast", 5)]
-    lines += [f"Stages of `decode_frame`, ms per frame (median of {rounds} rounds of 10 frames, in turns; "
-              "'rest' = the median total less the stages' medians):", "",
-              "| stage | reference, chunk 1 | fast, chunk 1 | reference, chunk 5 | fast, chunk 5 |",
-              "|---|---|---|---|---|"]
-    for s in (*STAGES, "total"):
-        lines.append(f"| {s} | " + " | ".join(f"{per[k][s]:.1f}" for k in order) + " |")
-    lines += ["", f"Fast vs reference kernels on these {len(t_all) - 1} frames: largest difference "
+    names = decode_stages(model)
+    cols = {f"{k}, chunk {c}": median_stages(runs[(k, c)][1:], names) for k, c in variants}  # less the warm-up
+    lines += [f"Stages of whole-stream decoding (`codec.Decoder`, the same streams, {n_frames} frames: key-frame stages "
+              f"are spread over them), ms per frame, median of {rounds} rounds in turns; GFLOP/frame counted with the "
+              f"fast kernels (the reference kernels: {flops['reference']['total'] / n_frames / 1e9:.3f} in all); "
+              f"GFLOP/s and % of the matmul peak ({peak:.0f} GFLOP/s) with the fast kernels. 'unaccounted' = the "
+              "median total less the stages' medians:", "",
+              *stage_table(names, cols, {c: n_frames for c in cols}, flops["fast"], n_frames,
+                           ("fast, chunk 1", "fast, chunk 5"), peak),
+              "", f"Fast vs reference kernels on these {len(t_all) - 1} frames: largest difference "
               f"{diff:.4f} levels of 255 before rounding; {u8} of {y_ref.numel():,} 8-bit values differ (by 1)."]
     return lines
 
 
-def preset_table(threads: int, n_frames: int, rounds: int) -> list[str]:
+def _stream_bytes(header, packets) -> bytes:
+    """The stream as a file in memory (the decoders' stage runs parse it, as a decode from a file does)."""
+    from imfcodec.bitstream import StreamWriter
+
+    buf = io.BytesIO()
+    writer = StreamWriter(buf, header)
+    for p in packets[:-1]:
+        writer.write(p)
+    writer.close(packets[-1])
+    return buf.getvalue()
+
+
+def preset_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[str]:
+    """Encoder speed and stages per preset on the demo clip, with x265 encoding and decoding the same frames
+    in the same turns."""
+    import numpy as np
+
+    from benchmarks.anchors import ANCHORS, decode_file, encode_decode
     from imfcodec.codec import Encoder, EncoderSettings
     from imfcodec.io.sample import sample_frames
     from imfcodec.settings import DEFAULT_PRESET, PRESETS
@@ -337,34 +562,60 @@ def preset_table(threads: int, n_frames: int, rounds: int) -> list[str]:
 
     loaded = load_model(SHIPPED)
     model = loaded.model
-    frames = list(sample_frames(n_frames + 1, model.config.resolution))
+    size = model.config.resolution
+    frames = list(sample_frames(n_frames + 1, size))
+
+    def encoder(preset: str) -> Encoder:
+        return Encoder(model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=Fraction(25),
+                       settings=EncoderSettings.from_preset(preset, key_codec="png"))
 
     def run(preset: str, kernels: str):
         def go():
             model.kernels = kernels
-            enc = Encoder(model, model_name=loaded.name, weights_hash=loaded.weights_hash,
-                          fps=Fraction(25), settings=EncoderSettings.from_preset(preset, key_codec="png"))
-            enc.encode(frames[0])  # the key frame is not timed: only the per-frame work
-            t0 = time.perf_counter()
-            for f in frames[1:]:
-                enc.encode(f)
-            enc.flush()
-            samples[(preset, kernels)].append(time.perf_counter() - t0)
+            runs[(preset, kernels)].append(staged_encode(encoder(preset), frames))
         return go
 
+    def x265():
+        r = encode_decode(ANCHORS["x265"], 51, np.stack(frames), Fraction(25), threads=threads, mp4_path=mp4)
+        t0 = time.perf_counter()
+        decode_file(io.BytesIO(mp4.read_bytes()), len(frames), size, size, threads=threads)
+        runs["x265"].append((r.enc_seconds, time.perf_counter() - t0))
+
     variants = [(p, "fast") for p in PRESETS] + [(DEFAULT_PRESET, "reference")]
-    samples: dict = {v: [] for v in variants}
-    for _ in range(rounds):
-        for v in variants:
-            run(*v)()
+    runs: dict = {v: [] for v in [*variants, "x265"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        mp4 = Path(tmp) / "x265.mp4"
+        in_turns({**{v: run(*v) for v in variants}, "x265": x265}, rounds)
     model.kernels = "fast"
-    lines = [f"Encoder per preset, shipped model, demo clip, {n_frames} frames after the key frame (not timed), "
-             f"{threads} threads, median of {rounds} rounds in turns:", "",
-             "| preset | token search | decoder kernels | encode fps |", "|---|---|---|---|"]
+    flops = {p: count_flops(model, lambda now, _p=p: staged_encode(encoder(_p), frames, now)) for p in PRESETS}
+    n_all = len(frames)
+    x265_enc = n_all / statistics.median(r[0] for r in runs["x265"][1:])
+    x265_dec = n_all / statistics.median(r[1] for r in runs["x265"][1:])
+    lines = [f"Encoder per preset, shipped model, demo clip: {n_frames} frames after a png key frame, {threads} "
+             f"threads, median of {rounds} rounds in turns with x265 (CRF 51, the anchors' low-delay settings, RGB in "
+             f"memory -> MP4 -> RGB, all {n_all} frames); fps excludes the key frame, the stage table below "
+             "includes it:", "",
+             "| preset | token search | decoder kernels | encode fps | / x265 encoder |", "|---|---|---|---|---|"]
     for (p, kernels) in variants:
         mark = " (default)" if p == DEFAULT_PRESET else ""
-        lines.append(f"| {p}{mark} | {PRESETS[p].what} | {kernels} | "
-                     f"{n_frames / statistics.median(samples[(p, kernels)]):.2f} |")
+        fps = n_frames / statistics.median(r[2] for r in runs[(p, kernels)][1:])
+        lines.append(f"| {p}{mark} | {PRESETS[p].what} | {kernels} | {fps:.2f} | {fps / x265_enc:.4f} |")
+    lines += [f"| x265 encoder (libx265 CRF 51, preset medium) | | | {x265_enc:.0f} | 1 |",
+              f"| x265 decoder (FFmpeg hevc), the same frames | | | {x265_dec:.0f} | |", ""]
+    cols = {p: median_stages(runs[(p, "fast")][1:], TOKEN_ENCODE_STAGES) for p in PRESETS}
+    lines += [f"Encoder stages per preset (fast kernels), ms per frame over all {n_all} frames (key frame "
+              f"included), median of {rounds} rounds; GFLOP/frame per preset and GFLOP/s against the matmul "
+              f"peak ({peak:.0f} GFLOP/s):", "",
+              *stage_table(TOKEN_ENCODE_STAGES, cols, {p: n_all for p in cols}), "",
+              "| preset | " + " | ".join(f"{s} GFLOP/frame, GFLOP/s (% of peak)" for s in ("E_T", "token search"))
+              + " | all stages GFLOP/frame, GFLOP/s (% of peak) |", "|---|---|---|---|"]
+    for p in PRESETS:
+        cells = []
+        for s in ("E_T", "token search", "total"):
+            f, sec = flops[p].get(s, 0.0), cols[p][s]
+            cells.append(f"{f / n_all / 1e9:.3f}, {f / sec / 1e9:.1f} ({100 * f / sec / 1e9 / peak:.0f} %)"
+                         if f and sec > 0 else "")
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -381,19 +632,29 @@ def preset_table(threads: int, n_frames: int, rounds: int) -> list[str]:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="also write the tables to this markdown file")
 def command(**params) -> int:
+    import imfcodec.models.imf  # noqa: F401 - flush-to-zero before the first tensor operation starts the threads
+
     args = SimpleNamespace(**params)
     torch.set_num_threads(args.threads)
-    lines = [f"Speed, {args.threads} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.", ""]
+    mm = matmul_peak(args.threads)
+    peak = mm["peak"]
+    lines = [f"Speed, {args.threads} threads, {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+             f"{time.strftime('%Y-%m-%d')}; load average {os.getloadavg()[0]:.1f} at the start. fp32 matmul peak "
+             f"of this run (best of 2048x2048 products): {peak:.1f} GFLOP/s ({mm['torch.mm']:.1f} through `torch.mm`, "
+             f"{mm['1x1 conv']:.1f} through a channels-last 1x1 convolution).", ""]
     names = [n for n in args.configs.split(",") if n]
     if names:
         lines += ["Per config (seeded random weights, fast kernels), median of repeated calls, batch 1 unless noted:",
                   "", *config_table(names, args.frames), ""]
     if args.shipped:
-        lines += [*shipped_tables(args.threads, args.clip_frames, args.rounds), ""]
+        lines += [*shipped_tables(args.threads, args.clip_frames, args.rounds, peak), ""]
     if args.hybrid:
-        lines += [*hybrid_table(args.threads, args.clip_frames, args.rounds), ""]
+        lines += [*hybrid_table(args.threads, args.clip_frames, args.rounds, peak), ""]
     if args.presets:
-        lines += [*preset_table(args.threads, args.encode_frames, max(1, args.rounds // 2)), ""]
+        lines += [*preset_table(args.threads, args.encode_frames, max(2, args.rounds // 2), peak), ""]
+    end = matmul_peak(args.threads)
+    lines.append(f"At the end: load average {os.getloadavg()[0]:.1f}, matmul peak {end['peak']:.1f} GFLOP/s "
+                 f"({end['torch.mm']:.1f} through `torch.mm`, {end['1x1 conv']:.1f} through the 1x1 convolution).")
     text = "\n".join(lines)
     print(text)
     if args.out:

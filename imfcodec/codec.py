@@ -32,6 +32,7 @@ from .keyframe import get_keyframe_codec
 from .metrics import psnr
 from .models.imf import RefState
 from .scenecut import SceneCutDetector
+from .stages import stage
 from .settings import (  # noqa: F401 - re-exported: callers import the settings with the codec
     DEFAULT_CHUNK,
     DEFAULT_KEY_CODEC,
@@ -66,7 +67,8 @@ class _Reference:
         self.q = q
         device = model_device(model)
         t = dequantize(q[None, :], steps).to(device)
-        self.state = model.prepare_reference(to_tensor(image, device), t)
+        with stage("reference features"):
+            self.state = model.prepare_reference(to_tensor(image, device), t)
         self._grad_state: RefState | None = None
 
     @property
@@ -123,22 +125,27 @@ class Encoder:
             raise InputError(f"frame must be uint8 {self.size}x{self.size}x3, got {rgb.dtype} {rgb.shape}")
         i, s = self.index, self.settings
         self.index += 1
-        cut = self.scene_cut(rgb)  # sees every frame: it compares each with the one before
+        with stage("scene cut"):
+            cut = self.scene_cut(rgb)  # sees every frame: it compares each with the one before
         if self.ref is None or (s.keyint > 0 and i - self.last_key >= s.keyint):
             return self._key(i, rgb)
         if cut:
             self.scene_cuts.append(i)
             return self._key(i, rgb)
-        x = to_tensor(rgb, self.device)
-        q = quantize(self.model.encode_token(x), self.steps)[0]  # float64 on the CPU: device-independent
+        with stage("E_T"):
+            x = to_tensor(rgb, self.device)
+            q = quantize(self.model.encode_token(x), self.steps)[0]  # float64 on the CPU: device-independent
         if s.search_iters:
             prev = self.pending[-1] if self.pending else self.prev_q
-            q = search_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
-                              self.table_scales, self.search_settings)[0]
+            with stage("token search"):
+                q = search_tokens(self.model, self.ref.grad_state, x, q[None], prev, self.steps,
+                                  self.table_scales, self.search_settings)[0]
         if s.refresh_below is not None:
-            t = dequantize(q[None, :], self.steps).to(self.device)
-            recon = to_uint8(self.model.decode_frame(self.ref.state, t))[0]
-            if psnr(recon, rgb) < s.refresh_below:
+            with stage("refresh check"):
+                t = dequantize(q[None, :], self.steps).to(self.device)
+                recon = to_uint8(self.model.decode_frame(self.ref.state, t))[0]
+                low = psnr(recon, rgb) < s.refresh_below
+            if low:
                 return self._key(i, rgb)
         if not self.pending:
             self.pending_first = i
@@ -153,7 +160,8 @@ class Encoder:
         if not self.pending:
             return []
         qs = np.stack(self.pending).astype(np.int32)
-        data = self.coder.encode_chunk(self.prev_q, qs)
+        with stage("entropy coding"):
+            data = self.coder.encode_chunk(self.prev_q, qs)
         packet = TokenPacket(frame=self.pending_first, count=len(self.pending), data=data)
         self.prev_q = qs[-1]
         self.pending = []
@@ -161,9 +169,11 @@ class Encoder:
 
     def _key(self, i: int, rgb: np.ndarray) -> list[Packet]:
         out = self._flush_tokens()
-        image_bytes = self.key_codec.encode(rgb, int(self.settings.key_quality))
-        decoded = self.key_codec.decode(image_bytes, self.size, self.size)  # closed loop
-        q = quantize(self.model.encode_token(to_tensor(decoded, self.device)), self.steps)[0]
+        with stage("key-frame encode"):
+            image_bytes = self.key_codec.encode(rgb, int(self.settings.key_quality))
+            decoded = self.key_codec.decode(image_bytes, self.size, self.size)  # closed loop
+        with stage("key token (E_T)"):
+            q = quantize(self.model.encode_token(to_tensor(decoded, self.device)), self.steps)[0]
         self.ref = _Reference(self.model, decoded, q, self.steps)
         self.prev_q = q
         self.last_key = i
@@ -270,7 +280,8 @@ class Decoder(DecoderState):
         if packet.frame != self.next_frame:
             raise CorruptStreamError(f"packet starts at frame {packet.frame}, expected {self.next_frame}")
         if isinstance(packet, KeyPacket):
-            image = self.key_codec.decode(packet.image, self.header.width, self.header.height)
+            with stage("key-frame decode"):
+                image = self.key_codec.decode(packet.image, self.header.width, self.header.height)
             q = unpack_key_token(packet.key_token, self.header.token_dim)
             self.ref = _Reference(self.model, image, q, self.steps)
             self.prev_q = q
@@ -283,7 +294,8 @@ class Decoder(DecoderState):
             raise CorruptStreamError(f"{type(packet).__name__} at frame {packet.frame} in a token stream")
         if self.ref is None:
             raise CorruptStreamError(f"token packet at frame {packet.frame} before any key frame")
-        qs = self.coder.decode_chunk(self.prev_q, packet.data, packet.count)
+        with stage("token entropy decoding"):
+            qs = self.coder.decode_chunk(self.prev_q, packet.data, packet.count)
         self.prev_q = qs[-1]
         self.last_tokens = qs
         frames = self.synthesize(qs)
@@ -295,8 +307,12 @@ class Decoder(DecoderState):
         """Decode frames from integer tokens against the cached reference, a few at a time."""
         out: list[np.ndarray] = []
         for start in range(0, len(qs), self.batch):
-            t = dequantize(qs[start:start + self.batch], self.steps).to(self.device)
-            out.extend(to_uint8(self.model.decode_frame(self.ref.state, t)))
+            with stage("token entropy decoding"):
+                t = dequantize(qs[start:start + self.batch], self.steps).to(self.device)
+            with stage("decode_frame"):
+                y = self.model.decode_frame(self.ref.state, t)
+            with stage("output conversion"):
+                out.extend(to_uint8(y))
         return out
 
     def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:

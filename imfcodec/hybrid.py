@@ -32,6 +32,7 @@ from .devices import model_device
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
 from .keyframe import get_keyframe_codec
 from .models.enhancer import upscale
+from .stages import stage
 from .scenecut import SceneCutDetector
 from .settings import DEFAULT_ENHANCER, EncoderSettings
 
@@ -110,7 +111,8 @@ class HybridEncoder:
             raise InputError(f"frame must be uint8 {self.size}x{self.size}x3, got {rgb.dtype} {rgb.shape}")
         i, s = self.index, self.settings
         self.index += 1
-        cut = self.scene_cut(rgb)
+        with stage("scene cut"):
+            cut = self.scene_cut(rgb)
         key = self.last_key < 0 or (s.keyint > 0 and i - self.last_key >= s.keyint)
         if cut and not key:
             key = True
@@ -118,21 +120,24 @@ class HybridEncoder:
         out: list[Packet] = []
         if key:  # a base packet never spans a key frame: the key packet precedes the one starting there
             out += self._flush_units()
-            image = self.key_codec.encode(rgb, int(s.key_quality))
-            self.key_image = self.key_codec.decode(image, self.size, self.size)
+            with stage("key-frame encode"):
+                image = self.key_codec.encode(rgb, int(s.key_quality))
+                self.key_image = self.key_codec.decode(image, self.size, self.size)
             self.last_key = i
             self.key_frames.append(i)
             out.append(KeyPacket(frame=i, key_token=b"", image=image))
         if not self.pending:
             self.pending_first = i
-        self.pending.append(self.base.encode(rgb, intra=key))
+        with stage("base-layer encode"):
+            self.pending.append(self.base.encode(rgb, intra=key))
         if len(self.pending) >= s.chunk:
             out += self._flush_units()
         return out
 
     def flush(self) -> list[Packet]:
         """The pending base packet and the END packet (the base encoder itself runs with zero latency)."""
-        self.base.close()
+        with stage("base-layer encode"):
+            self.base.close()
         return self._flush_units() + [EndPacket(frames=self.index)]
 
 
@@ -197,26 +202,34 @@ class HybridDecoder(DecoderState):
                 raise CorruptStreamError(f"a second key packet for frame {packet.frame}")
             if packet.key_token:
                 raise CorruptStreamError(f"key packet at frame {packet.frame} carries a token in a hybrid stream")
-            self.key_image = self.key_codec.decode(packet.image, h.width, h.height)
+            with stage("key-frame decode"):
+                self.key_image = self.key_codec.decode(packet.image, h.width, h.height)
             self.base.restart()
             self.started = True
             return []
         if not self.started:
             raise CorruptStreamError(f"base packet at frame {packet.frame} before any key packet")
-        smalls = [self.base.decode(unit) for unit in packet.units]
+        with stage("base-layer decode"):
+            smalls = [self.base.decode(unit) for unit in packet.units]
         self.last_bases = smalls
-        up = upscale(torch.cat([to_tensor(x, self.device) for x in smalls]), (h.height, h.width))
+        with stage("upscale"):
+            up = upscale(torch.cat([to_tensor(x, self.device) for x in smalls]), (h.height, h.width))
         frames: list[np.ndarray] = []
         start = 0
         if self.key_image is not None:  # the packet starts at a key frame
             frame, self.key_image = self.key_image, None
-            self.state = self.model.prepare_key(to_tensor(frame, self.device), up[:1]) if self.enhance else None
+            with stage("enhancer key preparation"):
+                self.state = self.model.prepare_key(to_tensor(frame, self.device), up[:1]) if self.enhance else None
             self.report.key_frames.append(packet.frame)
             frames.append(frame)
             start = 1
         for i in range(start, len(smalls), self.BATCH):  # bounded batches: memory stays flat for any chunk
             rest = up[i:i + self.BATCH]
-            frames += to_uint8(self.model.enhance(self.state, rest) if self.enhance else rest)
+            if self.enhance:
+                with stage("enhancer"):
+                    rest = self.model.enhance(self.state, rest)
+            with stage("output conversion"):
+                frames += to_uint8(rest)
         self.next_frame += len(frames)
         self.report.frames += len(frames)
         return frames

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -516,3 +517,81 @@ def test_key_value_ablation_and_residual_keys(tmp_path):
         assert int(direct_bytes) > 0 and int(res_bytes) > 0 and float(res_psnr) > 20 and float(direct_psnr) > 20
     (tmp_path / "test").mkdir()
     assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1
+
+
+def _check_stages(totals: dict, total: float, names, *, tolerance: float = 0.1) -> None:
+    """Every stage ran and took time, and the stages (self times, never counted twice) account for the
+    measured total to within ``tolerance`` of it."""
+    missing = [s for s in names if totals.get(s, 0.0) <= 0]
+    assert not missing, f"stages with no time: {missing}"
+    assert set(totals) <= set(names), f"stages the table does not list: {set(totals) - set(names)}"
+    covered = sum(totals.values())
+    assert total > 0 and covered <= total * (1 + 1e-9) and covered >= total * (1 - tolerance), (covered, total)
+
+
+def test_model_speed_stages_add_up_to_the_total(tiny):
+    """benchmarks.model_speed's stage runs on the real codec.Encoder/Decoder: every stage of the table is
+    timed, and their sum is the whole encode or decode, less little (the loop itself). FLOPs per stage come
+    from the same regions."""
+    from benchmarks.model_speed import (TOKEN_ENCODE_STAGES, count_flops, decode_stages, median_stages,
+                                        stage_table, staged_decode, staged_encode)
+    from imfcodec.codec import Encoder, EncoderSettings
+    from imfcodec.io.sample import sample_frames
+
+    model = tiny.model
+    frames = list(sample_frames(4, 64))
+    enc = Encoder(model, model_name=tiny.name, weights_hash=tiny.weights_hash, fps=Fraction(25),
+                  settings=EncoderSettings(key_codec="png", chunk=2, search_iters=1))
+    totals, total, after_key, data = staged_encode(enc, frames)
+    _check_stages(totals, total, TOKEN_ENCODE_STAGES)
+    assert 0 < after_key < total
+    names = decode_stages(model)
+    assert names.count("transformers") == 1 and sum(s.startswith("IMF_A R/") for s in names) == 4
+    for kernels in ("reference", "fast"):
+        model.kernels = kernels
+        totals, total, n = staged_decode(model, data)
+        assert n == len(frames)
+        _check_stages(totals, total, names)
+    model.kernels = "fast"
+    flops = count_flops(model, lambda now: staged_decode(model, data, now))
+    assert flops["D_F (synthesis)"] > 0 and flops["IMF_A R/4 window"] > 0 and flops["I/O"] == 0
+    assert sum(flops.get(s, 0) for s in names) == flops["total"]  # every multiply-add is inside a stage
+    runs = [staged_decode(model, data) for _ in range(2)]
+    table = stage_table(names, {"fast": median_stages(runs, names)}, {"fast": len(frames)}, flops, len(frames),
+                        ("fast",), peak=100.0)
+    assert [row.split(" | ")[0].strip("| ") for row in table[2:]] == [*names, "unaccounted", "total"]
+
+
+def test_model_speed_hybrid_stages_add_up_to_the_total():
+    """The same for the hybrid mode's HybridEncoder/HybridDecoder (untrained enh-tiny)."""
+    from benchmarks.model_speed import HYBRID_DECODE_STAGES, HYBRID_ENCODE_STAGES, staged_decode, staged_encode
+    from imfcodec.codec import EncoderSettings
+    from imfcodec.hybrid import HybridEncoder, load_enhancer
+    from imfcodec.io.sample import sample_frames
+
+    loaded = load_enhancer("random:enh-tiny")
+    frames = list(sample_frames(3, 64))
+    enc = HybridEncoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=Fraction(25),
+                        settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=2))
+    totals, total, _, data = staged_encode(enc, frames)
+    _check_stages(totals, total, HYBRID_ENCODE_STAGES)
+    totals, total, n = staged_decode(loaded.model, data)
+    assert n == len(frames)
+    _check_stages(totals, total, HYBRID_DECODE_STAGES)
+
+
+def test_stages_are_no_ops_when_off_and_count_self_time():
+    """Outside a StageClock a stage is one shared no-op context, so the codec's regions change nothing;
+    inside, a nested stage pauses the one around it."""
+    from imfcodec.stages import StageClock, active, stage
+
+    assert stage("a") is stage("b") and active() is None
+    ticks = iter(range(100))
+    with StageClock(lambda: next(ticks)) as clock:
+        with stage("outer"):  # ticks 0-1, 2-3, 4-5: 3
+            with stage("inner"):  # ticks 1-2 and 3-4: 2
+                pass
+            with stage("inner"):
+                pass
+    assert active() is None
+    assert clock.totals == {"outer": 3, "inner": 2} and clock.calls == {"outer": 1, "inner": 2}
