@@ -45,6 +45,12 @@ from .token_search import SearchSettings, grad_state, search_tokens, table_scale
 Packet = KeyPacket | TokenPacket | EndPacket
 
 
+def check_frame(rgb: np.ndarray, size: int) -> None:
+    """What both encoders take: one uint8 RGB frame at the model's size (InputError otherwise)."""
+    if rgb.shape != (size, size, 3) or rgb.dtype != np.uint8:
+        raise InputError(f"frame must be uint8 {size}x{size}x3, got {rgb.dtype} {rgb.shape}")
+
+
 def to_tensor(rgb: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
     """uint8 HxWx3 -> float 1x3xHxW in [0, 1] (on ``device``: the bytes travel, not the floats)."""
     t = torch.from_numpy(np.array(rgb, dtype=np.uint8))
@@ -121,8 +127,7 @@ class Encoder:
     @torch.inference_mode()
     def encode(self, rgb: np.ndarray) -> list[Packet]:
         """Encode one frame; returns zero or more finished packets."""
-        if rgb.shape != (self.size, self.size, 3) or rgb.dtype != np.uint8:
-            raise InputError(f"frame must be uint8 {self.size}x{self.size}x3, got {rgb.dtype} {rgb.shape}")
+        check_frame(rgb, self.size)
         i, s = self.index, self.settings
         self.index += 1
         with stage("scene cut"):

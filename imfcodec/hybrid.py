@@ -27,7 +27,7 @@ import torch
 
 from .baselayer import MIN_BASE_SIDE, BaseDecoder, BaseEncoder, base_size, get_base_codec
 from .bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, TokenPacket
-from .codec import DecoderState, to_tensor, to_uint8
+from .codec import DecoderState, check_frame, to_tensor, to_uint8
 from .devices import model_device
 from .errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
 from .keyframe import get_keyframe_codec
@@ -107,8 +107,7 @@ class HybridEncoder:
         return [packet]
 
     def encode(self, rgb: np.ndarray) -> list[Packet]:
-        if rgb.shape != (self.size, self.size, 3) or rgb.dtype != np.uint8:
-            raise InputError(f"frame must be uint8 {self.size}x{self.size}x3, got {rgb.dtype} {rgb.shape}")
+        check_frame(rgb, self.size)
         i, s = self.index, self.settings
         self.index += 1
         with stage("scene cut"):
