@@ -7,7 +7,7 @@ reproduces the encoder's reference state exactly up to float rounding in the net
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -236,6 +236,47 @@ class DecoderState:
             count -= n
             yield [self.last_frame] * n
 
+    #: bytes a packet record takes at least: a damaged stretch of N bytes can have held at most
+    #: chunk * (N // MIN_RECORD + 1) frames (each decoder sets its own)
+    MIN_RECORD = 1
+
+    def _lost(self) -> None:
+        """A packet was lost: what depends on it is concealed until the next key packet."""
+        self.broken = True
+
+    def _catch_up(self, target: int) -> Generator[list[np.ndarray], None, bool]:
+        """Concealment, before a packet for frame ``target``: False for a stale or implausible packet (noted;
+        the caller ignores it); otherwise the frames lost since the last packet are concealed, and True."""
+        if target < self.next_frame:  # a stale or replayed packet (CRC-valid but out of place): skip it
+            self._note(f"ignored a packet for frame {target}: out of order after frame {self.next_frame - 1}")
+            return False
+        gap = target - self.next_frame
+        if gap:
+            plausible = self.header.chunk * (self.damaged_bytes // self.MIN_RECORD + 1)
+            if gap > plausible:  # more frames than the skipped bytes could have held: not believable
+                self._note(f"ignored a packet for frame {target}: {gap} frames after frame {self.next_frame}, "
+                           f"more than {self.damaged_bytes} damaged bytes can hold")
+                return False
+            self._lost()
+            yield from self.conceal(gap)
+        self.damaged_bytes = 0
+        return True
+
+    def _decode_or_conceal(self, packet: Packet, count: int) -> Iterator[list[np.ndarray]]:
+        """Concealment: ``packet``'s frames, or, when its content is damaged, ``count`` concealed frames."""
+        try:
+            frames = self.decode(packet)
+        except CorruptStreamError as e:
+            self.damage(0, str(e))
+            self._lost()
+            yield from self.conceal(count)
+            return
+        if isinstance(packet, KeyPacket):
+            self.broken = False
+        if frames:
+            self.last_frame = frames[-1]
+            yield frames
+
 
 class Decoder(DecoderState):
     """Streaming decoder: ``decode(packet)`` returns the frames (uint8 RGB) that packet completes.
@@ -249,9 +290,8 @@ class Decoder(DecoderState):
     listed in ``report.concealed``.
     """
 
-    #: bytes a token record takes at least (type, length, frame, count, 8 bytes of rANS, CRC): a
-    #: damaged stretch of N bytes can have held at most chunk * (N // MIN_TOKEN_RECORD + 1) frames
-    MIN_TOKEN_RECORD = 16
+    #: bytes a token record takes at least (type, length, frame, count, 8 bytes of rANS, CRC)
+    MIN_RECORD = 16
 
     def __init__(self, model: torch.nn.Module, header: StreamHeader, *, batch: int = 8):
         cfg = model.config
@@ -322,41 +362,17 @@ class Decoder(DecoderState):
 
     def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:
         """Concealment mode: yields batches of frames; never raises for damaged packet content."""
-        h = self.header
         if isinstance(packet, EndPacket):
             target, count = packet.frames, 0
         else:
             target = packet.frame
             count = 1 if isinstance(packet, KeyPacket) else packet.count
-        if target < self.next_frame:  # a stale or replayed packet (CRC-valid but out of place): skip it
-            self._note(f"ignored a packet for frame {target}: out of order after frame {self.next_frame - 1}")
-            return
-        gap = target - self.next_frame
-        if gap:
-            plausible = h.chunk * (self.damaged_bytes // self.MIN_TOKEN_RECORD + 1)
-            if gap > plausible:  # more frames than the skipped bytes could have held: not believable
-                self._note(f"ignored a packet for frame {target}: {gap} frames after frame {self.next_frame}, "
-                           f"more than {self.damaged_bytes} damaged bytes can hold")
-                return
-            self.broken = True
-            yield from self.conceal(gap)
-        self.damaged_bytes = 0
-        if isinstance(packet, EndPacket):
+        if not (yield from self._catch_up(target)) or isinstance(packet, EndPacket):
             return
         if isinstance(packet, TokenPacket) and (self.broken or self.ref is None):
             yield from self.conceal(count)
             return
-        try:
-            frames = self.decode(packet)
-        except CorruptStreamError as e:
-            self.damage(0, str(e))
-            yield from self.conceal(count)
-            return
-        if isinstance(packet, KeyPacket):
-            self.broken = False
-        if frames:
-            self.last_frame = frames[-1]
-        yield frames
+        yield from self._decode_or_conceal(packet, count)
 
 
 def encode_frames(frames: Iterable[np.ndarray], encoder: Encoder) -> Iterator[Packet]:

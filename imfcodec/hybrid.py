@@ -149,9 +149,8 @@ class HybridDecoder(DecoderState):
     key packet, where base decoding restarts (the base layer predicts each picture from the previous one).
     """
 
-    #: bytes a base record takes at least (type, length, frame, count, a unit's size and one byte, CRC): a
-    #: damaged stretch of N bytes can have held at most chunk * (N // MIN_BASE_RECORD + 1) frames
-    MIN_BASE_RECORD = 10
+    #: bytes a base record takes at least (type, length, frame, count, a unit's size and one byte, CRC)
+    MIN_RECORD = 10
     BATCH = 8  # frames per enhancer call
 
     def __init__(self, model: torch.nn.Module, header: StreamHeader, *, enhance: bool = True):
@@ -233,23 +232,16 @@ class HybridDecoder(DecoderState):
         self.report.frames += len(frames)
         return frames
 
+    def _lost(self) -> None:
+        super()._lost()
+        self.key_image = None  # a key image whose base packet is lost has nothing to start
+
     def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:
         """Concealment mode: yields batches of frames; never raises for damaged packet content."""
         target = packet.frames if isinstance(packet, EndPacket) else packet.frame
-        if target < self.next_frame:  # stale or replayed (CRC-valid but out of place): skip it
-            self._note(f"ignored a packet for frame {target}: out of order after frame {self.next_frame - 1}")
-            return
-        gap = target - self.next_frame
         count = packet.count if isinstance(packet, BasePacket) else 0
-        if gap:
-            plausible = self.header.chunk * (self.damaged_bytes // self.MIN_BASE_RECORD + 1)
-            if gap > plausible:  # more frames than the skipped bytes could have held: not believable
-                self._note(f"ignored a packet for frame {target}: {gap} frames after frame {self.next_frame}, "
-                           f"more than {self.damaged_bytes} damaged bytes can hold")
-                return
-            self.broken, self.key_image = True, None
-            yield from self.conceal(gap)
-        self.damaged_bytes = 0
+        if not (yield from self._catch_up(target)):
+            return
         if isinstance(packet, EndPacket):
             self.key_image = None  # (a key whose base packet was lost was concealed by the gap above)
             return
@@ -258,22 +250,8 @@ class HybridDecoder(DecoderState):
             return
         if isinstance(packet, KeyPacket):
             self.key_image = None  # a repeated key packet replaces the one before
-            try:
-                self.decode(packet)
-                self.broken = False
-            except CorruptStreamError as e:
-                self.damage(0, str(e))
-            return
-        if self.broken or not self.started:
+        elif self.broken or not self.started:
             self.key_image = None
             yield from self.conceal(count)
             return
-        try:
-            frames = self.decode(packet)
-        except CorruptStreamError as e:
-            self.damage(0, str(e))
-            self.key_image = None
-            yield from self.conceal(count)
-            return
-        self.last_frame = frames[-1]
-        yield frames
+        yield from self._decode_or_conceal(packet, count)
