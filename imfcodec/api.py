@@ -427,22 +427,24 @@ def _seekable(f) -> bool:
 
 def _decoding(reader, dec, conceal: bool, clock: Clock | None = None) -> Iterator:
     """(decoder, frames) per packet; timing records go to ``clock`` (the decoders see pictures only)."""
+    def timing(packet) -> bool:  # a timing record goes to the clock, not to the decoder
+        if isinstance(packet, TimingPacket):
+            if clock is not None:
+                clock.add(packet)
+            return True
+        return False
+
     if not conceal:
         for packet in reader:
-            if isinstance(packet, TimingPacket):
-                if clock is not None:
-                    clock.add(packet)
-                continue
-            yield dec, dec.decode(packet)
+            if not timing(packet):
+                yield dec, dec.decode(packet)
         return
     for item in reader:
         if isinstance(item, Damage):
             dec.damage(item.length, f"{item.length} damaged bytes at byte {item.offset}: {item.reason}")
             yield dec, []
             continue
-        if isinstance(item[1], TimingPacket):
-            if clock is not None:
-                clock.add(item[1])
+        if timing(item[1]):
             continue
         for frames in dec.decode_concealing(item[1]):
             yield dec, frames
