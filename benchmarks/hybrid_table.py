@@ -112,22 +112,21 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        grid = [(c, f, q) for c, factors in (QUICK_GRID if quick else GRID).items() if c in codecs
-                for f, qualities in factors.items() for q in qualities]
-        for codec, factor, bq in grid:
-                for kq in (QUICK_KEYS if quick else GRID_KEYS):
-                    per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
-                    mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
-                    # the enhancer's gain measured on the subset, applied to the all-frame bicubic mean
-                    psnr = mean["psnr_bicubic"] + mean["psnr_sub"] - mean["psnr_bicubic_sub"]
-                    rows.append(OperatingPoint(factor, bq, kq, round(mean["steady_kbps"], 3),
-                                               round(mean["startup_bytes"], 1), round(psnr, 3),
-                                               round(mean["psnr_bicubic"], 3), codec))
-                    p = rows[-1]
-                    print(f"{codec} x{factor} b{bq} k{kq}: {p.kbps(DEFAULT_DURATION_S):6.2f} kbit/s at 10 s "
-                          f"(steady {p.steady_kbps:.2f}, start-up {p.startup_bytes:.0f} B)  {p.psnr:.2f} dB "
-                          f"(bicubic {p.psnr_bicubic:.2f}, {p.psnr - p.psnr_bicubic:+.2f})  "
-                          f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+        grid = [(c, f, q, k) for c, factors in (QUICK_GRID if quick else GRID).items() if c in codecs
+                for f, qualities in factors.items() for q in qualities for k in (QUICK_KEYS if quick else GRID_KEYS)]
+        for codec, factor, bq, kq in grid:
+            per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
+            mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+            # the enhancer's gain measured on the subset, applied to the all-frame bicubic mean
+            psnr = mean["psnr_bicubic"] + mean["psnr_sub"] - mean["psnr_bicubic_sub"]
+            rows.append(OperatingPoint(factor, bq, kq, round(mean["steady_kbps"], 3),
+                                       round(mean["startup_bytes"], 1), round(psnr, 3),
+                                       round(mean["psnr_bicubic"], 3), codec))
+            p = rows[-1]
+            print(f"{codec} x{factor} b{bq} k{kq}: {p.kbps(DEFAULT_DURATION_S):6.2f} kbit/s at 10 s "
+                  f"(steady {p.steady_kbps:.2f}, start-up {p.startup_bytes:.0f} B)  {p.psnr:.2f} dB "
+                  f"(bicubic {p.psnr_bicubic:.2f}, {p.psnr - p.psnr_bicubic:+.2f})  "
+                  f"[{time.perf_counter() - t0:.0f} s]", flush=True)
     path = out or table_path(loaded.name)
     info = {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
             "clips": clips.names, "frames": frames, "fps": 25, "stride": stride,
