@@ -137,7 +137,8 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
 
 
 def main(argv=None) -> int:
-    return call(command, argv, "python -m benchmarks.hybrid_table")  # one line on stderr for a bad enhancer, a test folder, a bad clip
+    # a bad enhancer, a test folder or an unreadable clip: one line on stderr (cliutil.call)
+    return call(command, argv, "python -m benchmarks.hybrid_table")
 
 
 if __name__ == "__main__":

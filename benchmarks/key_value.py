@@ -165,7 +165,8 @@ def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
 
 
 def main(argv=None) -> int:
-    return call(command, argv, "python -m benchmarks.key_value")  # one line on stderr for a bad enhancer, a test folder, a bad clip
+    # a bad enhancer, a test folder or an unreadable clip: one line on stderr (cliutil.call)
+    return call(command, argv, "python -m benchmarks.key_value")
 
 
 if __name__ == "__main__":

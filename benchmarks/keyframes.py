@@ -223,7 +223,8 @@ def command(data, frames, threshold, stats, encode, encode_frames, search_iters,
 
 
 def main(argv=None) -> int:
-    return call(command, argv, "python -m benchmarks.keyframes")  # one line on stderr for a bad enhancer, a test folder, a bad clip
+    # a bad enhancer, a test folder or an unreadable clip: one line on stderr (cliutil.call)
+    return call(command, argv, "python -m benchmarks.keyframes")
 
 
 if __name__ == "__main__":
