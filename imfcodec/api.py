@@ -45,7 +45,6 @@ from .timing import Clock, Timing, TimingRecorder
 if TYPE_CHECKING:
     import numpy as np
 
-    from .io import VideoSource
     from .zoo import LoadedModel
 
 Progress = Callable[[int], None]

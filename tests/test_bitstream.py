@@ -396,7 +396,7 @@ def test_every_single_bit_flip_raises_bitstream_error():
 def test_missing_end_packet():
     data = write_stream()
     end = list(iter_packet_records(data))[-1]
-    with pytest.raises(CorruptStreamError, match=f"without an END packet"):
+    with pytest.raises(CorruptStreamError, match="without an END packet"):
         parse_all(data[: end.offset])
 
 

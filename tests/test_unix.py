@@ -31,7 +31,6 @@ from helpers import (
     cli,
     communicate_no_hang,
     damaged,
-    fast_video,
     gradient,
     leftovers,
     no_hang,
