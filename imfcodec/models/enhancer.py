@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -180,9 +180,10 @@ class Enhancer(nn.Module):
             coarse = self.align_coarse.prepare(m_coarse, F.pixel_unshuffle(detail, COARSE))
         return KeyState(fine, coarse, (int(key.shape[-2]), int(key.shape[-1])))
 
-    def enhance(self, state: KeyState, base: Tensor) -> Tensor:
+    def enhance(self, state: KeyState, base: Tensor, extra: Sequence[Tensor] = ()) -> Tensor:
         """Upscaled base frames [B,3,H,W] in [0, 1] -> enhanced frames, same shape. Training passes the
-        result through a straight-through clamp; at inference it is clamped to [0, 1]."""
+        result through a straight-through clamp; at inference it is clamped to [0, 1]. ``extra``: more
+        fusion inputs at R/4, for variants whose ``fuse_in`` takes them (benchmarks.enhancer_sweep)."""
         self._check(base, "base frame")
         if tuple(base.shape[-2:]) != state.size:
             raise InputError(f"base frames are {tuple(base.shape[-2:])}, the key frame {state.size}")
@@ -193,7 +194,7 @@ class Enhancer(nn.Module):
         if self.align_coarse is not None:
             coarse = self.align_coarse.attend(m_coarse, *state.coarse, fast=fast)
             parts.append(F.pixel_shuffle(coarse, COARSE // FINE))
-        x = self.fuse(F.leaky_relu(self.fuse_in(torch.cat(parts, 1)), 0.2))
+        x = self.fuse(F.leaky_relu(self.fuse_in(torch.cat([*parts, *extra], 1)), 0.2))
         out = base + F.pixel_shuffle(self.head(F.leaky_relu(x, 0.2)), FINE)
         if self.training:
             return out + (out.clamp(0, 1) - out).detach()

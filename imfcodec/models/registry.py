@@ -220,6 +220,14 @@ def _enh_small() -> EnhancerConfig:
     return EnhancerConfig(name="enh-small", resolution=256)
 
 
+@register_model("enh-wide")
+def _enh_wide() -> EnhancerConfig:
+    """enh-small at about twice the width (2.1x the FLOPs, 2.4x the parameters): the width point of the
+    hybrid mode's sweep (benchmarks.enhancer_sweep); not shipped."""
+    return EnhancerConfig(name="enh-wide", resolution=256, widths=(24, 48), m_fine=48, m_coarse=64,
+                          fuse_width=80, fuse_blocks=3)
+
+
 @register_model("enh-tiny")
 def _enh_tiny() -> EnhancerConfig:
     """64x64 test enhancer."""

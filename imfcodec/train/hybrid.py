@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import click
 import numpy as np
@@ -57,6 +58,9 @@ class CodedClip:
     frames: np.ndarray  # [T,R,R,3] uint8 (the source at the model resolution)
     keys: dict[int, np.ndarray]  # key quality -> decoded first frame [R,R,3]
     bases: dict[tuple[str, int, int], np.ndarray]  # (codec, factor, quality) -> decoded base frames [T,s,s,3]
+    #: optional per-frame side picture [T,R,R,3] for enhancers that take one (``enhance(..., side=)``); the
+    #: tokens-on sweep (benchmarks.enhancer_sweep) puts the token mode's decoded frames here
+    side: np.ndarray | None = None
 
 
 def point_key(point: tuple[str, int, int]) -> str:
@@ -103,12 +107,13 @@ def _t(a: np.ndarray) -> torch.Tensor:
 
 
 def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(key, key_base, base, target), each [B,3,R,R]: random clip, operating point, key quality and
-    frame (any distance from the key frame), a horizontal flip shared by all four."""
+                 ) -> tuple[torch.Tensor, ...]:
+    """(key, key_base, base, target), each [B,3,R,R] (and the side pictures before the target when the
+    clips have them): random clip, operating point, key quality and frame (any distance from the key
+    frame), a horizontal flip shared by all."""
     from imfcodec.models import upscale
 
-    keys, key_bases, bases, targets = [], [], [], []
+    keys, key_bases, bases, targets, sides = [], [], [], [], []
     for _ in range(batch):
         c = clips[rng.integers(len(clips))]
         point = BASE_POINTS[rng.integers(len(BASE_POINTS))]
@@ -119,13 +124,17 @@ def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, s
         key_bases.append(small[0])
         bases.append(small[i])
         targets.append(c.frames[i])
+        if c.side is not None:
+            sides.append(c.side[i])
+    if sides and len(sides) != batch:
+        raise ValueError("either every clip has side pictures or none")
     key, target = _t(np.stack(keys)), _t(np.stack(targets))
     # operating points differ in base size: upscale each pair (key's base, frame's base) on its own
     pairs = [upscale(_t(np.stack([kb, b])), (size, size)) for kb, b in zip(key_bases, bases)]
     key_base, base = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     flip = torch.from_numpy(rng.random(batch) < 0.5)
     out = []
-    for x in (key, key_base, base, target):
+    for x in (key, key_base, base, *([_t(np.stack(sides))] if sides else []), target):
         x[flip] = x[flip].flip(-1)
         out.append(x)
     return tuple(out)
@@ -157,7 +166,8 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
             small = c.bases[point]
             state = model.prepare_key(_t(c.keys[key_quality])[None], upscale(_t(small[0])[None], (size, size)))
             base = upscale(_t(small[idx]), (size, size))
-            out = model.enhance(state, base)
+            side = {} if c.side is None else {"side": _t(c.side[idx])}
+            out = model.enhance(state, base, **side)
             for o, b, t in zip(out, base, target):
                 p_enh = -10 * math.log10(max(F.mse_loss(o.mul(255).round() / 255, t).item(), 1e-10))
                 p_base = -10 * math.log10(max(F.mse_loss(b.mul(255).round() / 255, t).item(), 1e-10))
@@ -178,6 +188,33 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
     return result
 
 
+def init_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load the tensors of ``state`` whose names and shapes match ``model``'s; a tensor that grew in its
+    input channels (dim 1: an extra input) gets the old channels and keeps its initialisation in the
+    rest. Returns the names left as initialised (printed by the trainer)."""
+    own = model.state_dict()
+    fresh = []
+    with torch.no_grad():
+        for name, t in own.items():
+            src = state.get(name)
+            if src is not None and src.shape == t.shape:
+                t.copy_(src)
+            elif (src is not None and src.dim() == t.dim() >= 2 and src.shape[0] == t.shape[0]
+                  and src.shape[2:] == t.shape[2:] and src.shape[1] < t.shape[1]):
+                t[:, :src.shape[1]].copy_(src)
+                t[:, src.shape[1]:].zero_()
+                fresh.append(f"{name}[:, {src.shape[1]}:] (zero)")
+            else:
+                fresh.append(name)
+    if len(fresh) == len(own):
+        from imfcodec.errors import WeightsError
+
+        raise WeightsError("--init-from: no tensor of the file fits this enhancer")
+    if fresh:
+        log.info("init: %d of %d tensors not from the file: %s", len(fresh), len(own), ", ".join(fresh))
+    return fresh
+
+
 def _lr(step: int, steps: int, lr: float, warmup: int = 200) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -192,7 +229,12 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
           lr: float = 5e-4, w_ms_ssim: float = 0.1, ema: float = 0.998, max_minutes: float | None = None,
           val_every: int = 500, ckpt_every: int = 100, threads: int = 2, seed: int = 0, max_frames: int = 200,
           cache_dir: str = "runs/frame-cache", val_clips: int = 5, resume: bool = True,
-          init_from: str | None = None) -> dict[str, float]:
+          init_from: str | None = None, model: torch.nn.Module | None = None,
+          side: Callable[[CodedClip], np.ndarray] | None = None) -> dict[str, float]:
+    """Train (or resume) an enhancer; returns the last validation. ``model`` (a fresh module) replaces
+    ``create_model(model_name)`` for variants outside the registry, ``side`` gives each coded clip its side
+    pictures, and ``init_from`` loads the weights whose names and shapes match (new parts keep their
+    initialisation: a zero-initialised extra input starts as the plain enhancer)."""
     from imfcodec.models import create_model
     from imfcodec.train.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
     from imfcodec.train.data import find_videos, load_clips, split_clips
@@ -200,10 +242,10 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
 
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
-    model = create_model(model_name)
+    model = create_model(model_name) if model is None else model
     size = model.config.resolution
     if init_from:
-        model.load_state_dict(load_weights(init_from).state_dict())
+        init_state(model, load_weights(init_from).state_dict())
     ema_model = copy.deepcopy(model).eval()
     opt = torch.optim.Adam(model.parameters(), lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(seed)
@@ -229,6 +271,9 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
         clips = load_clips(paths, size, max_frames, cache)
         t0 = time.perf_counter()
         coded[group] = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
+        if side is not None:
+            for c in coded[group]:
+                c.side = side(c)
         log.info("%s: %d clips coded at %d base points x %d key qualities in %.0f s", group, len(clips),
                  len(BASE_POINTS), len(KEY_QUALITIES), time.perf_counter() - t0)
 
@@ -257,8 +302,8 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
             break
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr)
-        key, key_base, base, target = sample_batch(coded["train"], batch, rng, size)
-        loss = loss_fn(model(key, key_base, base), target, w_ms_ssim)
+        *inputs, target = sample_batch(coded["train"], batch, rng, size)
+        loss = loss_fn(model(*inputs), target, w_ms_ssim)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
