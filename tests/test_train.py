@@ -490,3 +490,43 @@ def test_enhancer_training_refuses_test_folder(videos, tmp_path, capsys):
     assert hybrid.main(["--data", str(videos / "test"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "test" in err and "\n" not in err
+
+
+def test_enhancer_with_side_pictures_trains_and_starts_as_the_plain_one(videos, tmp_path):
+    """The sweep's tokens-on variant (benchmarks.enhancer_sweep): a plain enhancer's weights load into it
+    with the side input at zero (same output), the trainer feeds each clip's side pictures to training and
+    validation, and a file that fits nothing is refused."""
+    import torch
+
+    from benchmarks.enhancer_sweep import side_model
+    from imfcodec.errors import WeightsError
+    from imfcodec.models import create_model
+    from imfcodec.train import hybrid
+
+    plain = create_model("enh-tiny")
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0, 0.05)  # a trained-looking plain enhancer (its head is no longer zero)
+    side = side_model("enh-tiny")
+    fresh = hybrid.init_state(side, plain.state_dict())
+    assert fresh == ["fuse_in.weight[:, 208:] (zero)"]
+    x = torch.rand(4, 3, 64, 64)
+    plain.eval(), side.eval()
+    with torch.no_grad():
+        same = side(x[:2], x[:2], x[2:], torch.rand(2, 3, 64, 64))
+        assert torch.equal(same, plain(x[:2], x[:2], x[2:]))
+        side.fuse_in.weight[:, 208:].fill_(0.1)
+        assert not torch.equal(side(x[:2], x[:2], x[2:], torch.rand(2, 3, 64, 64)), same)
+    with pytest.raises(WeightsError):
+        hybrid.init_state(create_model("enh-small"), plain.state_dict())
+
+    seen = []
+
+    def side_pictures(clip):
+        seen.append(clip.name)
+        return clip.frames[::-1].copy()  # anything of the clip's shape
+
+    v = hybrid.train([str(videos)], tmp_path / "o", model=side_model("enh-tiny"), side=side_pictures, steps=2,
+                     batch=2, val_every=1, ckpt_every=1, threads=1, max_frames=8, cache_dir=str(tmp_path / "c"))
+    assert len(seen) == N_CLIPS and v["gain"] != 0.0  # trained on and validated with the side pictures
+    assert (tmp_path / "o" / "last.pt").is_file() and not (tmp_path / "o" / "model.safetensors").exists()

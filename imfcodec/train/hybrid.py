@@ -189,27 +189,31 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
 
 
 def init_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Load the tensors of ``state`` whose names and shapes match ``model``'s; a tensor that grew in its
-    input channels (dim 1: an extra input) gets the old channels and keeps its initialisation in the
-    rest. Returns the names left as initialised (printed by the trainer)."""
+    """Load every tensor of ``state`` into ``model``: same name and shape, or grown in its input channels
+    (dim 1: an extra input), which get the old channels and zeros in the rest. Tensors of the model that
+    the file lacks keep their initialisation. Returns what was not loaded as is; WeightsError when a
+    tensor of the file fits nowhere (another architecture)."""
+    from imfcodec.errors import WeightsError
+
     own = model.state_dict()
+    misfits = [n for n, src in state.items() if n not in own or not (
+        src.shape == own[n].shape or (src.dim() == own[n].dim() >= 2 and src.shape[0] == own[n].shape[0]
+                                      and src.shape[2:] == own[n].shape[2:] and src.shape[1] < own[n].shape[1]))]
+    if misfits:
+        raise WeightsError(f"--init-from: {len(misfits)} tensors of the file do not fit this enhancer "
+                           f"(first: {misfits[0]})")
     fresh = []
     with torch.no_grad():
         for name, t in own.items():
             src = state.get(name)
-            if src is not None and src.shape == t.shape:
+            if src is None:
+                fresh.append(name)
+            elif src.shape == t.shape:
                 t.copy_(src)
-            elif (src is not None and src.dim() == t.dim() >= 2 and src.shape[0] == t.shape[0]
-                  and src.shape[2:] == t.shape[2:] and src.shape[1] < t.shape[1]):
+            else:
                 t[:, :src.shape[1]].copy_(src)
                 t[:, src.shape[1]:].zero_()
                 fresh.append(f"{name}[:, {src.shape[1]}:] (zero)")
-            else:
-                fresh.append(name)
-    if len(fresh) == len(own):
-        from imfcodec.errors import WeightsError
-
-        raise WeightsError("--init-from: no tensor of the file fits this enhancer")
     if fresh:
         log.info("init: %d of %d tensors not from the file: %s", len(fresh), len(own), ", ".join(fresh))
     return fresh
@@ -242,6 +246,7 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
 
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
+    variant = model is not None
     model = create_model(model_name) if model is None else model
     size = model.config.resolution
     if init_from:
@@ -327,9 +332,12 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
     history.append({"step": step, **v})
     save()
     meta = {"steps": str(step), "hours": f"{elapsed / 3600:.2f}", "val": json.dumps(v)}
-    save_weights(ema_model, out / "model.safetensors", metadata=meta)
-    log.info("done at step %d: val enhancer %.2f dB, base %.2f dB (gain %+.2f; per clip %s); exported %s", step,
-             v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v), out / "model.safetensors")
+    exported = "not exported (a variant outside the registry; last.pt has it)"
+    if not variant:  # a weights file names a registry config; a sweep's variant has none
+        save_weights(ema_model, out / "model.safetensors", metadata=meta)
+        exported = f"exported {out / 'model.safetensors'}"
+    log.info("done at step %d: val enhancer %.2f dB, base %.2f dB (gain %+.2f; per clip %s); %s", step,
+             v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v), exported)
     return v
 
 
