@@ -16,8 +16,8 @@ loss, EMA and validation) in ``ROOT/VARIANT``, so two variants differ only in wh
 
 ``report`` puts the validations side by side (mean, moving clips, near-still GRID clips), with GFLOPs,
 and converts the token rate into what the same bits buy in the base layer: the hybrid table's best
-quality at rate R + token rate minus at R (``imfcodec/weights/enh-small-points.json``, also measured on
-held-out training clips).
+quality at rate R + token rate minus at R (the ``--kbps`` table ``enh-small-points.json``, also measured on
+held-out training clips), in the steady state and for a 10 s clip.
 """
 
 from __future__ import annotations
@@ -141,15 +141,18 @@ def _grid(name: str) -> bool:
     return Path(name).stem.startswith("grid")
 
 
-def hull_gain(table: list[dict], extra_kbps: float) -> float:
-    """Mean over the table's hull points of (best PSNR within rate + extra) - (best PSNR within rate)."""
-    pts = sorted((p["kbps"], p["psnr"]) for p in table)
-    best = lambda r: max((q for k, q in pts if k <= r), default=float("nan"))  # noqa: E731
-    gains = [best(k + extra_kbps) - best(k) for k, _ in pts if not np.isnan(best(k))]
-    return float(np.mean(gains)) if gains else float("nan")
+def hull_gain(points, extra_kbps: float, duration_s: float | None) -> float:
+    """What ``extra_kbps`` buys when spent on the base layer and key frame instead: mean over the table's
+    points of (best PSNR within rate + extra) - (best PSNR within rate), rates of a ``duration_s`` clip
+    (None: the steady state, the key frame paid once)."""
+    rate = (lambda p: p.steady_kbps) if duration_s is None else (lambda p: p.kbps(duration_s))  # noqa: E731
+    pts = sorted((rate(p), p.psnr) for p in points)
+    best = lambda r: max((q for k, q in pts if k <= r + 1e-9), default=float("nan"))  # noqa: E731
+    top = pts[-1][0]  # past the table's top rate nothing is measured: those points are left out
+    return float(np.mean([best(k + extra_kbps) - best(k) for k, _ in pts if k + extra_kbps <= top]))
 
 
-def report(root: Path, table_path: Path) -> str:
+def report(root: Path, table: str) -> str:
     from imfcodec.models import create_model
     from imfcodec.models.registry import count_parameters, decode_gflops
 
@@ -179,12 +182,13 @@ def report(root: Path, table_path: Path) -> str:
         tok = float(np.mean(held)) if held else float("nan")
         lines += ["", f"Token stream (imf-small-v2, quality {SIDE_QUALITY}, E_T's tokens, {FPS} fps): "
                   f"{tok:.2f} kbit/s on the held-out clips (mean), {np.mean(all_r):.2f} over all {len(all_r)} clips."]
-        if table_path.is_file():
-            table = json.loads(table_path.read_text())
-            pts = [{"kbps": p["kbps"], "psnr": p["psnr"]} for p in table.get("points", table)]
-            lines.append(f"The same rate spent on the base layer and key frame instead (best point of "
-                         f"`{table_path.name}` within R + {tok:.2f} kbit/s minus within R, mean over its points): "
-                         f"{hull_gain(pts, tok):+.2f} dB.")
+        from imfcodec.ratecontrol import load_table
+
+        points = load_table(table)
+        lines.append(f"The same rate spent on the base layer and key frame instead (the `--kbps` table of "
+                     f"`{table}`, held-out training clips: best point within R + {tok:.2f} kbit/s minus best "
+                     f"within R, mean over its points up to its top rate minus the token rate): {hull_gain(points, tok, None):+.2f} dB in "
+                     f"the steady state, {hull_gain(points, tok, 10.0):+.2f} dB for a 10 s clip.")
         if "small-ft" in rows:
             a, b = rows["small-ft"]["val"], rows["tokens-ft"]["val"]
             lines.append(f"Tokens on minus off, same start and steps: {b['psnr_enh'] - a['psnr_enh']:+.2f} dB "
@@ -216,8 +220,7 @@ def run_command(variant, root, steps, threads, init_from, cache_dir, max_minutes
 
 @command.command("report", cls=Command)
 @click.option("--root", type=click.Path(path_type=Path), default=Path("runs/enh-sweep"), show_default=True)
-@click.option("--table", type=click.Path(path_type=Path), default=Path("imfcodec/weights/enh-small-points.json"),
-              show_default=True)
+@click.option("--table", default="enh-small", show_default=True, help="the enhancer whose --kbps table prices the tokens")
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 def report_command(root, table, out):
     text = report(root, table)

@@ -595,3 +595,50 @@ def test_stages_are_no_ops_when_off_and_count_self_time():
                 pass
     assert active() is None
     assert clock.totals == {"outer": 3, "inner": 2} and clock.calls == {"outer": 1, "inner": 2}
+
+
+def test_enhancer_sweep_prices_a_rate_on_the_table():
+    """benchmarks.enhancer_sweep.hull_gain: what extra kbit/s buy on a rate-control table, best point within
+    each rate, points past the top rate left out, steady state or a clip of given length."""
+    from benchmarks.enhancer_sweep import hull_gain
+    from imfcodec.ratecontrol import OperatingPoint
+
+    def pt(kbps, psnr, startup=0.0):
+        return OperatingPoint(2, 8, 6, kbps, startup, psnr, psnr - 1, "vp9")
+
+    points = [pt(1, 20), pt(2, 21), pt(2.5, 20.5), pt(3, 23)]  # 2.5 is dominated by 2
+    assert hull_gain(points, 1.0, None) == pytest.approx(((21 - 20) + (23 - 21)) / 2)  # 2.5 + 1 > top
+    assert hull_gain(points, 0.4, None) == pytest.approx(((20 - 20) + (21 - 21) + (21 - 21)) / 3)
+    # whole file: 1,250 start-up bytes over 10 s add 1 kbit/s to the 2 kbit/s point (then at 3, dominated)
+    points = [pt(1, 20), pt(2, 21, startup=1250), pt(3, 23)]
+    assert hull_gain(points, 1.0, None) == pytest.approx(((21 - 20) + (23 - 21)) / 2)
+    assert hull_gain(points, 1.0, 10.0) == pytest.approx(0.0)
+    assert hull_gain(points, 2.0, 10.0) == pytest.approx(23 - 20)
+
+
+def test_enhancer_sweep_report_and_refusals(tmp_path, capsys):
+    """The sweep's report reads each variant's sweep.json: PSNR, gain split into moving and GRID clips, the
+    token rate and the difference tokens make; a bad variant or a fine-tune without weights is refused."""
+    import json
+
+    from benchmarks import enhancer_sweep
+
+    def val(psnr, gains):
+        return {"psnr_enh": psnr, "psnr_base": 25.0, "gain": psnr - 25.0, **{f"clip/{k}": g for k, g in gains.items()}}
+
+    clips = ("train/grid_a.mpg", "train/talk_b.mp4", "train/talk_c.mp4")
+    for name, psnr, gains, extra in (
+            ("small-ft", 27.0, (5.0, 0.5, 0.5), {}),
+            ("tokens-ft", 27.3, (5.2, 0.8, 0.9), {"token_rates": {c: {"token_kbps": 1.0 + i} for i, c in enumerate(clips)}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sweep.json").write_text(json.dumps(
+            {"variant": name, "steps": 10, "init_from": "w.safetensors", "val": val(psnr, dict(zip(clips, gains))), **extra}))
+    assert enhancer_sweep.main(["report", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| small-ft | 10 | w.safetensors |" in out and "| +2.00 | +0.50 | +5.00 |" in out
+    assert "| tokens-ft |" in out and "| +2.30 | +0.85 | +5.20 |" in out
+    assert "2.00 kbit/s on the held-out clips" in out and "Tokens on minus off, same start and steps: +0.30 dB" in out
+    assert enhancer_sweep.main(["run", "nonsense", "--root", str(tmp_path)]) == 2
+    assert enhancer_sweep.main(["run", "tokens-ft", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "variant must be one of" in err and "needs --init-from" in err
