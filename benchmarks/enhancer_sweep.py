@@ -161,6 +161,10 @@ def report(root: Path, table: str) -> str:
         f = root / v / "sweep.json"
         if f.is_file():
             rows[v] = json.loads(f.read_text())
+    if not rows:
+        from imfcodec.errors import InputError
+
+        raise InputError(f"no finished sweep variant in {root} (ROOT/VARIANT/sweep.json)")
     lines = ["# Enhancer sweep (held-out training clips; key quality 16; mean over the trainer's base points)", "",
              "| variant | steps | from | GFLOPs/frame | params | val PSNR | gain over bicubic | moving clips | GRID clips |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -638,7 +638,8 @@ def test_enhancer_sweep_report_and_refusals(tmp_path, capsys):
     assert "| small-ft | 10 | w.safetensors |" in out and "| +2.00 | +0.50 | +5.00 |" in out
     assert "| tokens-ft |" in out and "| +2.30 | +0.85 | +5.20 |" in out
     assert "2.00 kbit/s on the held-out clips" in out and "Tokens on minus off, same start and steps: +0.30 dB" in out
+    assert enhancer_sweep.main(["report", "--root", str(tmp_path / "none")]) == 1
     assert enhancer_sweep.main(["run", "nonsense", "--root", str(tmp_path)]) == 2
     assert enhancer_sweep.main(["run", "tokens-ft", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "variant must be one of" in err and "needs --init-from" in err
+    assert "no finished sweep variant" in err and "variant must be one of" in err and "needs --init-from" in err
