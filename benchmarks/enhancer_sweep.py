@@ -230,10 +230,9 @@ def report_command(root, table, out):
     text = report(root, table)
     print(text, end="")
     if out is not None:
-        from imfcodec.fsutil import AtomicOutput
+        from imfcodec.fsutil import write_text
 
-        with AtomicOutput(out) as tmp:
-            Path(tmp).write_text(text)
+        write_text(out, text)
     return 0
 
 

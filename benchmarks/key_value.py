@@ -157,10 +157,9 @@ def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
                                "clips": clips.names, "residual_clips": len(clips) + len(extra)})
     print(text, end="")
     if out is not None:
-        from imfcodec.fsutil import AtomicOutput
+        from imfcodec.fsutil import write_text
 
-        with AtomicOutput(out) as tmp:
-            Path(tmp).write_text(text)
+        write_text(out, text)
     return 0
 
 

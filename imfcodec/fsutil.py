@@ -323,6 +323,12 @@ def scratch_file(beside: Path, suffix: str = ".spool") -> Iterator[Path]:
         _remove(Path(tmp))
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (a report, a table) atomically: the old file or the whole new one."""
+    with AtomicOutput(path) as tmp:
+        Path(tmp).write_text(text)
+
+
 def _remove(tmp: Path) -> None:
     """Delete a temporary file or folder if it is still there."""
     if tmp.is_dir() and not tmp.is_symlink():
@@ -342,4 +348,4 @@ def _umask() -> int:
 
 
 __all__ = ["AtomicOutput", "InPlaceOutput", "open_output", "in_place", "stdin_reader", "check_output_folder",
-           "write_error", "scratch_file", "STDIO", "TEMP_SUFFIX"]
+           "write_error", "scratch_file", "write_text", "STDIO", "TEMP_SUFFIX"]
