@@ -166,7 +166,7 @@ def report(root: Path, table: str) -> str:
 
         raise InputError(f"no finished sweep variant in {root} (ROOT/VARIANT/sweep.json)")
     lines = ["# Enhancer sweep (held-out training clips; key quality 16; mean over the trainer's base points)", "",
-             "| variant | steps | from | GFLOPs/frame | params | val PSNR | gain over bicubic | moving clips | GRID clips |",
+             "| variant | steps | from | decoder GFLOPs/frame | params | val PSNR | gain over bicubic | moving clips | GRID clips |",
              "|---|---|---|---|---|---|---|---|---|"]
     for v, r in rows.items():
         val = r["val"]
@@ -174,9 +174,12 @@ def report(root: Path, table: str) -> str:
         mov = [x for k, x in clips.items() if not _grid(k)]
         grid = [x for k, x in clips.items() if _grid(k)]
         m = create_model("enh-wide" if v == "wide" else "enh-small")
-        g = decode_gflops(m)
+        g, n = decode_gflops(m), count_parameters(m)
+        if v == "tokens-ft":  # the decoder also runs the token model for the side picture
+            imf = create_model(SIDE_MODEL)
+            g, n = g + decode_gflops(imf), n + count_parameters(imf)
         frm = "scratch" if not r["init_from"] else Path(r["init_from"]).name
-        lines.append(f"| {v} | {r['steps']} | {frm} | {g:.2f} | {count_parameters(m) / 1e6:.2f} M | "
+        lines.append(f"| {v} | {r['steps']} | {frm} | {g:.2f} | {n / 1e6:.2f} M | "
                      f"{val['psnr_enh']:.2f} | {val['gain']:+.2f} | {np.mean(mov):+.2f} | {np.mean(grid):+.2f} |")
     if "tokens-ft" in rows:
         rates = rows["tokens-ft"].get("token_rates", {})
