@@ -20,8 +20,10 @@ Design decisions:
 2. The residual head is zero-initialised: an untrained enhancer returns exactly the bicubic base, and
    training can only start from there. The published lesson (hybrid-notes) is that a fusion that does
    not align gains nothing; this one can only gain by aligning.
-3. No tokens: the base layer already tells the decoder where the face is; tokens would cost about
-   1.6 kbit/s and an IMF decode per frame (the speed target is 25 fps on 2 cores).
+3. No tokens: the base layer already tells the decoder where the face is. Measured
+   (benchmarks/results/2026-11-28-enhancer-sweep): the token mode's picture as an extra input adds +0.03 dB
+   (nothing on moving heads) for 0.88 kbit/s, which buys about +0.3 dB in the base layer, and an IMF decode
+   per frame.
 4. Everything at R/4 and coarser except the bicubic upscale and the final pixel shuffle: about
    0.5 GMAC per 256x256 frame for ``enh-small``.
 """
