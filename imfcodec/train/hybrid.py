@@ -237,8 +237,8 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
           side: Callable[[CodedClip], np.ndarray] | None = None) -> dict[str, float]:
     """Train (or resume) an enhancer; returns the last validation. ``model`` (a fresh module) replaces
     ``create_model(model_name)`` for variants outside the registry, ``side`` gives each coded clip its side
-    pictures, and ``init_from`` loads the weights whose names and shapes match (new parts keep their
-    initialisation: a zero-initialised extra input starts as the plain enhancer)."""
+    pictures, and ``init_from`` loads weights of the same enhancer or of one with fewer inputs (``init_state``:
+    the new input channels start at zero, so the variant starts as the plain enhancer)."""
     from imfcodec.models import create_model
     from imfcodec.train.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
     from imfcodec.train.data import find_videos, load_clips, split_clips
