@@ -14,6 +14,9 @@ Two measurements behind the hybrid mode's rate split (benchmarks/results/*hybrid
    has anyway: bytes and key PSNR per key quality, per base codec, over the first frames of the held-out clips
    and every ``--stride``-th training clip. A cheaper key of the same quality is what a format change
    would buy.
+3. **The enhancer with a residual key.** The same two kinds of key at each key quality, given to the enhancer
+   at four of the trainer's base points, each over that point's own intra picture: whether the enhancer's
+   gain survives a residual key (it was trained on direct keys) at the bytes it saves.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 
 RESIDUAL_BASES = (("vp9", 2, 8), ("vp9", 4, 8), ("hevc", 2, 9))
+#: base points of the trainer's cache at which the enhancer is given residual keys (VP9 1/2 is where they save)
+ENHANCED_BASES = (("vp9", 2, 6), ("vp9", 2, 12), ("vp9", 4, 8), ("hevc", 2, 9))
 RESIDUAL_KEYS = (3, 6, 11, 16, 21)
 
 
@@ -68,13 +73,67 @@ def ablation(model, coded, size: int) -> list[dict]:
                 bic = [_psnr(upscaled(small[i], size), c.frames[i]) for i in idx]
                 keys = {name: _t(k)[None] for name, k in variants.items()} | {"no key detail": key_base}
                 for name, key in keys.items():
-                    out = model.enhance(model.prepare_key(key, key_base), base)
-                    enh = [_psnr(o.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), c.frames[i])
-                           for o, i in zip(out, idx)]
-                    acc.setdefault(name, []).append((float(np.mean(enh)), float(np.mean(bic))))
+                    enh = _enhanced(model, key, key_base, base, c.frames[idx])
+                    acc.setdefault(name, []).append((enh, float(np.mean(bic))))
             for name, v in acc.items():
                 a = np.array(v)
                 rows.append({"clip": c.name, "key": name, "enh": float(a[:, 0].mean()), "bicubic": float(a[:, 1].mean())})
+    return rows
+
+
+def _enhanced(model, key, key_base, base, targets: np.ndarray) -> float:
+    """Mean PSNR of the enhancer's output (8-bit, as the decoder writes it) against ``targets``."""
+    out = model.enhance(model.prepare_key(key, key_base), base)
+    return float(np.mean([_psnr(o.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), t)
+                          for o, t in zip(out, targets)]))
+
+
+def _residual(codec, f0: np.ndarray, up: np.ndarray, quality: int, size: int) -> tuple[bytes, np.ndarray]:
+    """The key image coded as ``(f0 - up) / 2 + 128`` and rebuilt over ``up`` (uint8 [size,size,3])."""
+    up = up.astype(np.float64)
+    res = np.clip((f0.astype(np.float64) - up) / 2 + 128, 0, 255).round().astype(np.uint8)
+    data = codec.encode(res, quality)
+    rec = np.clip(up + (codec.decode(data, size, size).astype(np.float64) - 128) * 2, 0, 255).round()
+    return data, rec.astype(np.uint8)
+
+
+def residual_enhanced(model, coded, size: int) -> list[dict]:
+    """What the enhancer makes of a residual key: per base point of ENHANCED_BASES (the trainer codes them) and
+    key quality, the key's bytes and PSNR and the enhancer's gain over bicubic, with the key coded directly
+    (as today) and as a residual over that point's own upscaled intra picture (mean over clips, 6 frames
+    each). The enhancer was trained on direct keys only."""
+    import torch
+
+    from imfcodec.keyframe import get_keyframe_codec
+    from imfcodec.models import upscale
+    from imfcodec.train.hybrid import BASE_POINTS, _t
+
+    codec = get_keyframe_codec("hevc")
+    rows = []
+    with torch.inference_mode():
+        for point in [p for p in ENHANCED_BASES if p in BASE_POINTS]:
+            acc: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+            for c in coded:
+                idx = np.linspace(1, len(c.frames) - 1, 6).round().astype(int)
+                small = c.bases[point]
+                key_base = upscale(_t(small[0])[None], (size, size))
+                base = upscale(_t(small[idx]), (size, size))
+                bic = float(np.mean([_psnr(upscaled(small[i], size), c.frames[i]) for i in idx]))
+                up = upscaled(small[0], size)
+                for kq in RESIDUAL_KEYS:
+                    direct = codec.encode(c.frames[0], kq)
+                    res_data, res_key = _residual(codec, c.frames[0], up, kq, size)
+                    for kind, data, key in (("direct", direct, codec.decode(direct, size, size)),
+                                            ("residual", res_data, res_key)):
+                        enh = _enhanced(model, _t(key)[None], key_base, base, c.frames[idx])
+                        acc.setdefault((kind, kq), []).append((len(data), _psnr(key, c.frames[0]), enh - bic,
+                                                               float(Path(c.name).stem.startswith("grid"))))
+            for (kind, kq), v in sorted(acc.items()):
+                a = np.array(v)
+                moving = a[a[:, 3] == 0]
+                rows.append({"base": f"{point[0]} 1/{point[1]} q{point[2]}", "key": kind, "key_quality": kq,
+                             "bytes": a[:, 0].mean(), "key_psnr": a[:, 1].mean(), "gain": a[:, 2].mean(),
+                             "gain_moving": moving[:, 2].mean() if len(moving) else float("nan")})
     return rows
 
 
@@ -88,12 +147,10 @@ def residual_keys(frames0: list[np.ndarray], size: int) -> list[dict]:
     for base_codec, factor, quality in RESIDUAL_BASES:
         acc: dict[int, list[tuple[int, float, int, float]]] = {}
         for f0 in frames0:
-            up = upscaled(code_clip(f0[None], base_codec, factor, quality)[1][0], size).astype(np.float64)
+            up = upscaled(code_clip(f0[None], base_codec, factor, quality)[1][0], size)
             for kq in RESIDUAL_KEYS:
                 direct = codec.encode(f0, kq)
-                res = np.clip((f0.astype(np.float64) - up) / 2 + 128, 0, 255).round().astype(np.uint8)
-                coded = codec.encode(res, kq)
-                rec = np.clip(up + (codec.decode(coded, size, size).astype(np.float64) - 128) * 2, 0, 255).round()
+                coded, rec = _residual(codec, f0, up, kq, size)
                 acc.setdefault(kq, []).append((len(direct), _psnr(codec.decode(direct, size, size), f0),
                                                len(coded), _psnr(rec, f0)))
         for kq, v in acc.items():
@@ -104,7 +161,7 @@ def residual_keys(frames0: list[np.ndarray], size: int) -> list[dict]:
     return rows
 
 
-def markdown(abl: list[dict], res: list[dict], info: dict) -> str:
+def markdown(abl: list[dict], res: list[dict], info: dict, enh: list[dict] | None = None) -> str:
     lines = ["# What the key frame is worth (held-out training clips)", "",
              f"enhancer {info['enhancer']}; clips: {', '.join(info['clips'])}; residual keys over the first "
              f"frames of {info['residual_clips']} training clips", "",
@@ -122,6 +179,15 @@ def markdown(abl: list[dict], res: list[dict], info: dict) -> str:
     for r in res:
         lines.append(f"| {r['base']} | {r['key_quality']} | {r['direct_bytes']:.0f} | {r['direct_psnr']:.2f} | "
                      f"{r['residual_bytes']:.0f} | {r['residual_psnr']:.2f} |")
+    if enh:
+        lines += ["", "## The enhancer with a residual key (held-out clips; trained on direct keys only)", "",
+                  "Key coded directly or as a residual over the base point's own upscaled intra picture; gain = "
+                  "enhanced minus bicubic PSNR, 6 frames per clip.", "",
+                  "| base | key | key quality | key bytes | key PSNR | gain | gain, moving clips |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in enh:
+            lines.append(f"| {r['base']} | {r['key']} | {r['key_quality']} | {r['bytes']:.0f} | {r['key_psnr']:.2f} | "
+                         f"{r['gain']:+.2f} | {r['gain_moving']:+.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,8 +219,9 @@ def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
     abl = ablation(model, coded, size)
     extra = load_clips(train[::max(1, stride)], size, 2, cache)  # the first frame is all it needs (2: the loader's minimum)
     res = residual_keys([f[0] for f in clips.frames] + [f[0] for f in extra.frames], size)
+    enh = residual_enhanced(model, coded, size)
     text = markdown(abl, res, {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
-                               "clips": clips.names, "residual_clips": len(clips) + len(extra)})
+                               "clips": clips.names, "residual_clips": len(clips) + len(extra)}, enh)
     print(text, end="")
     if out is not None:
         from imfcodec.fsutil import write_text

@@ -515,6 +515,10 @@ def test_key_value_ablation_and_residual_keys(tmp_path):
     assert len(rows) == 5
     for _base, _kq, direct_bytes, direct_psnr, res_bytes, res_psnr in rows:
         assert int(direct_bytes) > 0 and int(res_bytes) > 0 and float(res_psnr) > 20 and float(direct_psnr) > 20
+    # the enhancer given either kind of key at 4 base points x 5 key qualities: an untrained one gains nothing
+    enh = [line.split("|")[1:-1] for line in text.splitlines() if line.split("|")[2:3] in ([" direct "], [" residual "])]
+    assert len(enh) == 4 * 2 * 5 and {r[1].strip() for r in enh} == {"direct", "residual"}
+    assert all(int(r[3]) > 0 and float(r[4]) > 15 and r[5].strip() == "+0.00" for r in enh), enh
     (tmp_path / "test").mkdir()
     assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1
 
