@@ -32,6 +32,7 @@ import click
 import numpy as np
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
+from imfcodec.fsutil import write_text
 
 VARIANTS = ("small", "wide", "small-ft", "tokens-ft")
 SIDE_VERSION = "imf-side/1"
@@ -133,7 +134,7 @@ def run(variant: str, root: Path, steps: int, threads: int, init_from: str | Non
     info = {"variant": variant, "steps": steps, "init_from": kw["init_from"], "val": v}
     if side is not None:
         info["token_rates"] = side.rates
-    (out / "sweep.json").write_text(json.dumps(info, indent=1))
+    write_text(out / "sweep.json", json.dumps(info, indent=1))
     return info
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
+from imfcodec.fsutil import write_text
 
 from . import require_bench_extra
 from .hull import CONVENTIONAL_HULL, hull_at
@@ -128,7 +128,7 @@ def command(csv: str, point: str, model: str | None, out: str | None) -> int:
     print(md)
     print(f"\nmean gain over repeat-key: {t.gain_db.mean():+.2f} dB PSNR on {len(t)} clip(s)")
     if out:
-        Path(out).write_text(md + "\n")
+        write_text(out, md + "\n")
     return 0
 
 

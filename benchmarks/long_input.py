@@ -33,6 +33,7 @@ from types import SimpleNamespace
 import click
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+from imfcodec.fsutil import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "python -m benchmarks.long_input"
@@ -154,7 +155,7 @@ def command(**params) -> int:
               f"(working set above base: {work[0]:.1f} vs {work[1]:.1f} MiB) -> {'flat' if flat else 'NOT flat'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v)
+        write_text(args.json, json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v)
                                                       for k, v in vars(args).items()},
                                          "rows": rows, "summary": summary}, indent=1) + "\n")
     return 0 if ok else 1

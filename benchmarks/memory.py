@@ -47,6 +47,7 @@ from pathlib import Path
 import click
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+from imfcodec.fsutil import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "python -m benchmarks.memory"
@@ -145,7 +146,7 @@ def command(streams, checkouts, repeat, threads, device, json_out) -> int:
                       f"{max(peaks) - min(peaks):7.1f} {last['modules']:8d} {last['torch_modules']:8d}  "
                       f"{', '.join(last['heavy']) or '-'}")
     if json_out:
-        json_out.write_text(json.dumps({"repeat": repeat, "threads": threads, "python": sys.version.split()[0],
+        write_text(json_out, json.dumps({"repeat": repeat, "threads": threads, "python": sys.version.split()[0],
                                         "rows": rows}, indent=1) + "\n")
     return 0
 

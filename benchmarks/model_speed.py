@@ -46,6 +46,7 @@ import click  # noqa: E402
 import torch  # noqa: E402
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call  # noqa: E402
+from imfcodec.fsutil import write_text  # noqa: E402
 
 PROG = "python -m benchmarks.model_speed"
 SHIPPED = "imf-small-v2"
@@ -659,7 +660,7 @@ def command(**params) -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_text(args.out, text)
     return 0
 
 

@@ -43,6 +43,7 @@ from types import SimpleNamespace
 import click
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, call
+from imfcodec.fsutil import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "python -m benchmarks.pipe"
@@ -235,7 +236,7 @@ def command(**params) -> int:
               f"-> {'flat' if ok else 'NOT flat'}")
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v)
+        write_text(args.json_out, json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v)
                                                           for k, v in params.items()}, **r}, indent=1) + "\n")
     return 0 if flat else 1
 

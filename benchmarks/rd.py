@@ -44,6 +44,7 @@ import click  # noqa: E402
 import numpy as np  # noqa: E402
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call  # noqa: E402
+from imfcodec.fsutil import write_text  # noqa: E402
 from imfcodec.settings import BASE_CODECS  # noqa: E402
 
 from . import require_bench_extra  # noqa: E402
@@ -268,7 +269,7 @@ def prepare_reference(name: str, src: Path, size: int, frames: int, cache: Path)
     fps = Fraction(info.fps)
     meta = {**ident, "fps_num": fps.numerator, "fps_den": fps.denominator, "frames": int(len(arr)),
             "fps_assumed": bool(getattr(info, "fps_assumed", False)), "reader": "imfcodec.io.read_frames"}
-    meta_path.write_text(json.dumps(meta, indent=1))
+    write_text(meta_path, json.dumps(meta, indent=1))
     return npy, fps, len(arr), meta["fps_assumed"]
 
 
