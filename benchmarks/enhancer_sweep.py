@@ -31,7 +31,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 from imfcodec.fsutil import write_text
 
 VARIANTS = ("small", "wide", "small-ft", "tokens-ft")
@@ -39,12 +39,13 @@ SIDE_VERSION = "imf-side/1"
 SIDE_MODEL = "imf-small-v2"
 SIDE_QUALITY = 9
 SIDE_KEY_QUALITY = 16  # the trainer's validation key quality
+DATA = ("../shared/data/talking-heads/train",)
 FPS = 25  # the trainer codes its base layers at 25 fps: rates are per 25 fps too
 
 
 def token_side(cache_dir: Path | None):
     """A function CodedClip -> the token mode's decoded frames [T,R,R,3] (cached beside the base layers),
-    recording the token stream's rate of each clip in ``side_rates``."""
+    recording the token stream's rate of each clip in the function's ``rates`` dict."""
     from imfcodec.api import encode_frames_to_file, iter_decoded
     from imfcodec.settings import EncoderSettings
     from imfcodec.zoo import load_model
@@ -112,7 +113,7 @@ def side_model(name: str = "enh-small"):
 
 
 def run(variant: str, root: Path, steps: int, threads: int, init_from: str | None, cache_dir: str,
-        max_minutes: float | None) -> dict:
+        max_minutes: float | None, data: list[str] | None = None) -> dict:
     from imfcodec.train.hybrid import train
 
     if variant not in VARIANTS:
@@ -130,7 +131,7 @@ def run(variant: str, root: Path, steps: int, threads: int, init_from: str | Non
         kw["model"], kw["side"] = side_model(), side
     if variant.endswith("-ft"):
         kw["lr"] = 2e-4  # a fine-tune: both -ft variants alike
-    v = train(["../shared/data/talking-heads/train"], out, **kw)
+    v = train(list(data or DATA), out, **kw)
     info = {"variant": variant, "steps": steps, "init_from": kw["init_from"], "val": v}
     if side is not None:
         info["token_rates"] = side.rates
@@ -218,11 +219,12 @@ def command():
 @click.option("--init-from", default=None, help="enhancer weights both -ft variants start from")
 @click.option("--cache-dir", default="runs/frame-cache", show_default=True)
 @click.option("--max-minutes", type=float, default=None)
-def run_command(variant, root, steps, threads, init_from, cache_dir, max_minutes):
+@click.option("--data", cls=GreedyOption, default=DATA, show_default=True, help="training videos; 'test' folders are refused")
+def run_command(variant, root, steps, threads, init_from, cache_dir, max_minutes, data):
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    run(variant, root, steps, threads, init_from, cache_dir, max_minutes)
+    run(variant, root, steps, threads, init_from, cache_dir, max_minutes, list(data))
     return 0
 
 

@@ -645,5 +645,8 @@ def test_enhancer_sweep_report_and_refusals(tmp_path, capsys):
     assert enhancer_sweep.main(["report", "--root", str(tmp_path / "none")]) == 1
     assert enhancer_sweep.main(["run", "nonsense", "--root", str(tmp_path)]) == 2
     assert enhancer_sweep.main(["run", "tokens-ft", "--root", str(tmp_path)]) == 2
+    (tmp_path / "test").mkdir()
+    assert enhancer_sweep.main(["run", "small", "--root", str(tmp_path), "--data", str(tmp_path / "test")]) == 1
     err = capsys.readouterr().err
     assert "no finished sweep variant" in err and "variant must be one of" in err and "needs --init-from" in err
+    assert "test" in err.splitlines()[-1] and not (tmp_path / "small" / "sweep.json").exists()
