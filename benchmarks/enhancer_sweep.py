@@ -22,6 +22,7 @@ held-out training clips), in the steady state and for a 10 s clip.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -154,10 +155,17 @@ def hull_gain(points, extra_kbps: float, duration_s: float | None) -> float:
     return float(np.mean([best(k + extra_kbps) - best(k) for k, _ in pts if k + extra_kbps <= top]))
 
 
-def report(root: Path, table: str) -> str:
+@functools.lru_cache(maxsize=None)
+def _cost(name: str) -> tuple[float, int]:
+    """(decode GFLOPs per frame, parameters) of a registered model, counted once."""
     from imfcodec.models import create_model
     from imfcodec.models.registry import count_parameters, decode_gflops
 
+    m = create_model(name)
+    return decode_gflops(m), count_parameters(m)
+
+
+def report(root: Path, table: str) -> str:
     rows = {}
     for v in VARIANTS:
         f = root / v / "sweep.json"
@@ -175,11 +183,9 @@ def report(root: Path, table: str) -> str:
         clips = {k[5:]: x for k, x in val.items() if k.startswith("clip/")}
         mov = [x for k, x in clips.items() if not _grid(k)]
         grid = [x for k, x in clips.items() if _grid(k)]
-        m = create_model("enh-wide" if v == "wide" else "enh-small")
-        g, n = decode_gflops(m), count_parameters(m)
+        g, n = _cost("enh-wide" if v == "wide" else "enh-small")
         if v == "tokens-ft":  # the decoder also runs the token model for the side picture
-            imf = create_model(SIDE_MODEL)
-            g, n = g + decode_gflops(imf), n + count_parameters(imf)
+            g, n = g + _cost(SIDE_MODEL)[0], n + _cost(SIDE_MODEL)[1]
         frm = "scratch" if not r["init_from"] else Path(r["init_from"]).name
         lines.append(f"| {v} | {r['steps']} | {frm} | {g:.2f} | {n / 1e6:.2f} M | "
                      f"{val['psnr_enh']:.2f} | {val['gain']:+.2f} | {np.mean(mov):+.2f} | {np.mean(grid):+.2f} |")
@@ -236,8 +242,6 @@ def report_command(root, table, out):
     text = report(root, table)
     print(text, end="")
     if out is not None:
-        from imfcodec.fsutil import write_text
-
         write_text(out, text)
     return 0
 

@@ -95,11 +95,10 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
 def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick, base_codecs):
     import torch
 
+    from imfcodec.errors import InputError
     from imfcodec.hybrid import load_enhancer
     from imfcodec.ratecontrol import DEFAULT_DURATION_S, OperatingPoint, save_table, table_path
     from imfcodec.train.data import find_videos, load_clips, split_clips
-
-    from imfcodec.errors import InputError
 
     codecs = [c.strip() for c in base_codecs.split(",") if c.strip()]
     if not codecs or any(c not in GRID for c in codecs):

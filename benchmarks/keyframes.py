@@ -223,7 +223,7 @@ def command(data, frames, threshold, stats, encode, encode_frames, search_iters,
 
 
 def main(argv=None) -> int:
-    # a bad enhancer, a test folder or an unreadable clip: one line on stderr (cliutil.call)
+    # a test folder or an unreadable clip: one line on stderr (cliutil.call)
     return call(command, argv, "python -m benchmarks.keyframes")
 
 

@@ -275,16 +275,11 @@ def count_flops(model: torch.nn.Module, run) -> dict[str, float]:
     gradients): the counter's module tracker fails on a weight that needs one inside inference mode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    frozen = [p for p in model.parameters() if p.requires_grad]
+    from imfcodec.token_search import frozen
+
     counter = FlopCounterMode(display=False)
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
-        with counter:
-            totals, total, *_ = run(counter.get_total_flops)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
+    with frozen(model), counter:
+        totals, total, *_ = run(counter.get_total_flops)
     return {**totals, "total": total}
 
 

@@ -250,15 +250,11 @@ def header_problem(h: StreamHeader, limits: Limits) -> str | None:
         v = getattr(h, name)
         if not uint(v) or not 1 <= v <= hi:
             return f"{name} {v!r} is outside 1..{hi}"
-    for name in ("fps_num", "fps_den"):
+    timed = (h.time_num, h.time_den) != (0, 0)  # 0/0: no time base (versions 1 and 2)
+    for name in ("fps_num", "fps_den") + (("time_num", "time_den") if timed else ()):
         v = getattr(h, name)
         if not uint(v) or not 1 <= v <= MAX_FPS_TERM:
             return f"{name} {v!r} is outside 1..{MAX_FPS_TERM}"
-    if (h.time_num, h.time_den) != (0, 0):
-        for name in ("time_num", "time_den"):
-            v = getattr(h, name)
-            if not uint(v) or not 1 <= v <= MAX_FPS_TERM:
-                return f"{name} {v!r} is outside 1..{MAX_FPS_TERM}"
     if not uint(h.frames) or h.frames > limits.max_frames:
         return f"frame count {h.frames!r} is outside 0..{limits.max_frames}"
     for name in ("key_quality", "quality"):
