@@ -34,6 +34,7 @@ import numpy as np
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 from imfcodec.fsutil import write_text
+from imfcodec.settings import DEFAULT_ENHANCER
 
 VARIANTS = ("small", "wide", "small-ft", "tokens-ft")
 SIDE_VERSION = "imf-side/1"
@@ -236,7 +237,8 @@ def run_command(variant, root, steps, threads, init_from, cache_dir, max_minutes
 
 @command.command("report", cls=Command)
 @click.option("--root", type=click.Path(path_type=Path), default=Path("runs/enh-sweep"), show_default=True)
-@click.option("--table", default="enh-small", show_default=True, help="the enhancer whose --kbps table prices the tokens")
+@click.option("--table", default=DEFAULT_ENHANCER, show_default=True,
+              help="the enhancer whose --kbps table prices the tokens (the stop-14 report used enh-small's)")
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 def report_command(root, table, out):
     text = report(root, table)

@@ -1,7 +1,7 @@
 """Measure the hybrid mode's operating points on held-out TRAINING clips: the table behind ``--kbps``.
 
     python -m benchmarks.hybrid_table [--enhancer SPEC] [--data DIR] [--frames 200] [--stride 4]
-                                      [--out imfcodec/weights/enh-small-points.json]
+                                      [--out imfcodec/weights/enh-wide-points.json]
 
 For every (base codec, base factor, base quality, key quality) of the grid and every held-out clip of the trainer's
 split (``imfcodec.train.data.split_clips``: never a clip the enhancer trained on, never the test set), the
@@ -81,7 +81,7 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
 
 
 @click.command("hybrid_table", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
-@click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-small)")
+@click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-wide)")
 @click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True)
 @click.option("--frames", type=int, default=200, show_default=True)
 @click.option("--stride", type=int, default=4, show_default=True, help="enhance every N-th frame")

@@ -202,7 +202,7 @@ def markdown(abl: list[dict], res: list[dict], info: dict, enh: list[dict] | Non
 
 
 @click.command("key_value", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
-@click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-small)")
+@click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-wide)")
 @click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True)
 @click.option("--frames", type=int, default=200, show_default=True)
 @click.option("--val-clips", type=int, default=5, show_default=True, help="the trainer's held-out clips")

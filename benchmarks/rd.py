@@ -100,7 +100,7 @@ PROG = "python -m benchmarks.rd"
 @click.option("--model", default=None, help="imfcodec model: config name, .safetensors, or random:NAME")
 @click.option("--enhancer", default=None,
               help="hybrid mode's enhancer: config name with shipped weights, .safetensors, or random:NAME "
-                   "(default: the shipped enh-small)")
+                   "(default: the shipped enh-wide)")
 @click.option("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
 @click.option("--anchor", default="x265", help="BD-rate anchor codec (default x265)")
 @click.option("--key-codec", default="hevc", help="imfcodec's key-frame codec (also used by 'repeat')")

@@ -45,7 +45,7 @@ def is_enhancer(model: torch.nn.Module) -> bool:
 
 def load_enhancer(spec: str | None = None):
     """Resolve ``--enhancer`` as ``zoo.load_model`` resolves ``--model`` (a config name with shipped
-    weights, a .safetensors path, or ``random:NAME[:SEED]``); None is the shipped ``enh-small``.
+    weights, a .safetensors path, or ``random:NAME[:SEED]``); None is the shipped ``DEFAULT_ENHANCER``.
     Refuses token models with a one-line error."""
     from .models import list_models
     from .zoo import RANDOM_PREFIX, load_model, shipped_weights_path

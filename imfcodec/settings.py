@@ -64,7 +64,7 @@ DEFAULT_BASE_CODEC = "vp9"
 BASE_CODECS = ("av1", "hevc", "vp9")
 DEFAULT_BASE_FACTOR = 2
 BASE_FACTORS = (1, 2, 4)
-DEFAULT_ENHANCER = "enh-small"
+DEFAULT_ENHANCER = "enh-wide"
 
 
 @dataclass(frozen=True)

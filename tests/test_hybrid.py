@@ -28,6 +28,7 @@ from imfcodec.codec import EncoderSettings, to_tensor, to_uint8
 from imfcodec.errors import InputError, ModelMismatchError
 from imfcodec.keyframe import get_keyframe_codec
 from imfcodec.models import upscale
+from imfcodec.settings import DEFAULT_ENHANCER
 from imfcodec.zoo import shipped_weights_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -142,8 +143,8 @@ def test_cli_option_errors(tmp_path, sample_clip):
                    "--base-quality for vp9 must be in 0..63")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--refresh-below", 20),
                    "--refresh-below")
-    if shipped_weights_path("enh-small") is None:  # the default enhancer: its weights are not shipped yet
-        one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid"), "--enhancer random:enh-small")
+    if shipped_weights_path(DEFAULT_ENHANCER) is None:  # the default enhancer: its weights are not shipped yet
+        one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid"), f"--enhancer random:{DEFAULT_ENHANCER}")
     assert not out.exists()
 
 

@@ -216,14 +216,15 @@ def _imf_tiny() -> IMFConfig:
 
 @register_model("enh-small")
 def _enh_small() -> EnhancerConfig:
-    """The hybrid mode's enhancer at 256x256: about 0.5 GMAC per frame."""
+    """The hybrid mode's first enhancer at 256x256 (about 0.5 GMAC per frame; shipped until enh-wide replaced
+    it): the cheap config, trains about twice as fast as enh-wide."""
     return EnhancerConfig(name="enh-small", resolution=256)
 
 
 @register_model("enh-wide")
 def _enh_wide() -> EnhancerConfig:
-    """enh-small at about twice the width (2.1x the FLOPs, 2.4x the parameters): the width point of the
-    hybrid mode's sweep (benchmarks.enhancer_sweep); not shipped."""
+    """The shipped enhancer (DEFAULT_ENHANCER): enh-small at about twice the width (2.1x the FLOPs, 2.4x the
+    parameters), which the width sweep (benchmarks.enhancer_sweep) found worth its decode time."""
     return EnhancerConfig(name="enh-wide", resolution=256, widths=(24, 48), m_fine=48, m_coarse=64,
                           fuse_width=80, fuse_blocks=3)
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 from imfcodec.fsutil import AtomicOutput
 from imfcodec.metrics import ms_ssim_torch
+from imfcodec.settings import DEFAULT_ENHANCER
 
 log = logging.getLogger("imfcodec.train.hybrid")
 
@@ -229,7 +230,7 @@ def _per_clip(v: dict[str, float]) -> str:
     return " ".join(f"{k[5:].rsplit('/', 1)[-1][:12]} {x:+.2f}" for k, x in v.items() if k.startswith("clip/"))
 
 
-def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: int = 20000, batch: int = 8,
+def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, steps: int = 20000, batch: int = 8,
           lr: float = 5e-4, w_ms_ssim: float = 0.1, ema: float = 0.998, max_minutes: float | None = None,
           val_every: int = 500, ckpt_every: int = 100, threads: int = 2, seed: int = 0, max_frames: int = 200,
           cache_dir: str = "runs/frame-cache", val_clips: int = 5, resume: bool = True,
@@ -345,8 +346,8 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
                help=__doc__.splitlines()[0])
 @click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True,
               help="video folder(s)/file(s); 'test' folders are refused")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/enh-small"), show_default=True)
-@click.option("--model", "model_name", default="enh-small", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="run folder [default: runs/MODEL]")
+@click.option("--model", "model_name", default=DEFAULT_ENHANCER, show_default=True)
 @click.option("--steps", type=int, default=20000, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True)
@@ -362,7 +363,7 @@ def train(data: list[str], out: Path, *, model_name: str = "enh-small", steps: i
 def main_command(data, out, model_name, steps, batch_size, lr, w_ms_ssim, max_minutes, val_every, ckpt_every,
                  threads, max_frames, cache_dir, init_from, fresh):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    train(list(data), out, model_name=model_name, steps=steps, batch=batch_size, lr=lr, w_ms_ssim=w_ms_ssim,
+    train(list(data), out or Path("runs") / model_name, model_name=model_name, steps=steps, batch=batch_size, lr=lr, w_ms_ssim=w_ms_ssim,
           max_minutes=max_minutes, val_every=val_every, ckpt_every=ckpt_every, threads=threads,
           max_frames=max_frames, cache_dir=cache_dir, resume=not fresh, init_from=init_from)
     return 0  # an IMFError becomes one line and status 1 in cliutil.call
