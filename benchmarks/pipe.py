@@ -1,7 +1,7 @@
 """Pipes: first-frame latency and memory of ``imfcodec encode - -o - | imfcodec decode - -o -``.
 
 ```
-python -m benchmarks.pipe [--frames 250] [--fps 25] [--input y4m|nut] [--model NAME] [--chunk 5]
+python -m benchmarks.pipe [--frames 250] [--fps 25] [--input y4m|nut] [--mode token|hybrid] [--model NAME] [--chunk 5]
                           [--refine 0] [--warmup 120] [--json OUT.json]
 python -m benchmarks.pipe --frames 3000 --fps 0          # memory: as fast as it goes, RSS sampled
 ```
@@ -151,9 +151,11 @@ def _reader(source, received: list) -> None:
 def run_pipe(args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cli = [sys.executable, "-m", "imfcodec.cli"]
-    enc_cmd = cli + ["encode", "-", "-o", "-", "--refine", str(args.refine), "--chunk", str(args.chunk)]
+    enc_cmd = cli + ["encode", "-", "-o", "-", "--mode", args.mode, "--chunk", str(args.chunk)]
+    if args.mode == "token":
+        enc_cmd += ["--refine", str(args.refine)]
     if args.model:
-        enc_cmd += ["--model", args.model]
+        enc_cmd += ["--model" if args.mode == "token" else "--enhancer", args.model]
     dec_cmd = cli + ["decode", "-", "-o", "-"]
     if args.model and args.model.endswith(".safetensors"):
         dec_cmd += ["--model", args.model]
@@ -209,7 +211,9 @@ def run_pipe(args) -> dict:
 @click.option("--frames", type=int, default=250, show_default=True)
 @click.option("--fps", type=float, default=25.0, show_default=True, help="input rate (0 = as fast as possible)")
 @click.option("--input", type=click.Choice(["y4m", "nut"]), default="y4m", show_default=True)
-@click.option("--model", default=None, help="encoder --model (default: the shipped default model)")
+@click.option("--mode", type=click.Choice(["token", "hybrid"]), default="token", show_default=True,
+              help="the encoder's mode (the token mode is what the README's pipe numbers measured)")
+@click.option("--model", default=None, help="encoder --model, or --enhancer in the hybrid mode (default: the shipped one)")
 @click.option("--chunk", type=int, default=5, show_default=True)
 @click.option("--refine", type=int, default=0, show_default=True)
 @click.option("--warmup", type=float, default=120.0, show_default=True,

@@ -24,6 +24,7 @@ _LAZY = {
     "HybridDecoder": ("hybrid", "HybridDecoder"),
     "EncoderSettings": ("settings", "EncoderSettings"),
     "encode_video": ("api", "encode_video"),
+    "default_settings": ("api", "default_settings"),
     "decode_stream": ("api", "decode_stream"),
     "stream_info": ("api", "stream_info"),
     "create_model": ("models", "create_model"),

@@ -159,7 +159,7 @@ def check_input_size(path: str | os.PathLike, max_pixels: int = MAX_INPUT_PIXELS
 
 
 def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.PathLike, *, fps: Fraction | int,
-                          model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
+                          model: str | LoadedModel | None = None, settings: EncoderSettings | None = None,
                           progress: Progress | None = None, timing: TimingRecorder | None = None,
                           device: str | None = None) -> EncodedStream:
     """Encode RGB frames (uint8 HxWx3 at the model's resolution: a list, an array or any iterator)
@@ -169,7 +169,8 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     (its header says 0 frames), and at the end the output is the header with the real frame count
     followed by the spooled packets, copied in pieces. Nothing appears at the output path until the
     end; an error or Ctrl-C leaves neither the output nor a temporary behind. ``model`` as in
-    ``encode_video``. Settings with a ``base_codec`` make a hybrid stream (``imfcodec.hybrid``).
+    ``encode_video``. Settings with a ``base_codec`` make a hybrid stream (``imfcodec.hybrid``); None are the
+    command line's defaults (``default_settings``).
 
     An in-place output (``-`` for standard output, a FIFO, a device, a socket: ``fsutil.in_place``) gets
     the stream as it is made instead, each packet flushed when it is complete, with a header that says
@@ -187,6 +188,7 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
 
     check_output_folder(output_path)
     device = _device(device)
+    model, settings = _with_defaults(model, settings)
     loaded = _on_device(_encoding_model(model, settings), device)
     enc = _encoder(loaded, fps, settings)
     out = Path(output_path)
@@ -259,6 +261,28 @@ def _source_timing(timing: TimingRecorder | None, frames: int) -> Timing | None:
     return timing.finish()
 
 
+def default_settings(model: str | LoadedModel | None = None) -> EncoderSettings:
+    """What ``settings=None`` means, as on the command line: the default mode (``DEFAULT_MODE``, hybrid) at its
+    default point, or the token mode's defaults when ``model`` is a token model."""
+    return _with_defaults(model, None)[1]
+
+
+def _with_defaults(model: str | LoadedModel | None,
+                   settings: EncoderSettings | None) -> tuple[str | LoadedModel | None, EncoderSettings]:
+    """(model, settings) with ``default_settings`` filled in; a named model is loaded once to tell its kind."""
+    from .hybrid import is_enhancer
+    from .settings import DEFAULT_BASE_CODEC, DEFAULT_MODE
+    from .zoo import LoadedModel, load_model
+
+    if settings is not None:
+        return model, settings
+    hybrid = EncoderSettings(base_codec=DEFAULT_BASE_CODEC)
+    if model is None:
+        return model, hybrid if DEFAULT_MODE == "hybrid" else EncoderSettings()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    return loaded, hybrid if is_enhancer(loaded.model) else EncoderSettings()
+
+
 def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) -> LoadedModel:
     """The model an encode runs with: a token model, or in the hybrid mode the enhancer (``model`` if
     given, else ``settings.enhancer``, else the shipped default enhancer)."""
@@ -273,7 +297,7 @@ def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) 
         loaded = load_model(model)
     if is_enhancer(loaded.model) and not settings.hybrid:
         raise InputError(f"'{loaded.name}' is an enhancer: it encodes only in the hybrid mode "
-                         f"(--hybrid --enhancer {loaded.source})")
+                         f"(--enhancer {loaded.source}, in the default hybrid mode)")
     return loaded
 
 
@@ -308,13 +332,15 @@ def _encoder(loaded: LoadedModel, fps: Fraction | int, settings: EncoderSettings
 
 
 def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
-                 model: str | LoadedModel | None = None, settings: EncoderSettings = EncoderSettings(),
+                 model: str | LoadedModel | None = None, settings: EncoderSettings | None = None,
                  max_frames: int | None = None, progress: Progress | None = None,
                  max_input_pixels: int = MAX_INPUT_PIXELS, started: Started | None = None,
                  device: str | None = None) -> EncodeSummary:
     """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
     memory stays flat however long the input, and a file output appears only at the end). In the hybrid
     mode (settings with a ``base_codec``) ``model`` names the enhancer, default ``settings.enhancer``.
+    ``settings=None`` is the command line's default (``default_settings``): the hybrid mode at its default
+    point, or the token mode's defaults when ``model`` is a token model.
 
     ``input_path`` ``-`` reads standard input (read once, as it arrives); ``output_path`` ``-`` (the
     default for ``-``) writes standard output. ``started(n)`` is called once the input is open, with
@@ -333,6 +359,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
         if out.is_dir():
             raise InputError(f"output path is a directory: {out}")
         check_output_folder(out)
+    model, settings = _with_defaults(model, settings)
     settings = settings.validated()  # bad settings are reported before any frame is decoded
     device = _device(device)
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):

@@ -21,7 +21,8 @@ from click.core import ParameterSource
 
 from .devices import DEFAULT_DEVICE, DEVICE_HELP
 from .errors import IMFError
-from .settings import BASE_CODECS, DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_PRESET, PRESETS, EncoderSettings
+from .settings import (BASE_CODECS, DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_MODE, DEFAULT_PRESET, MODES, PRESETS,
+                       EncoderSettings)
 
 _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
@@ -206,10 +207,14 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Output stream (default: INPUT with .imf; stdout when INPUT is -). - is stdout; a FIFO, "
                    "a device or a socket is written in place.")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help=f"hybrid: a low-resolution conventional base layer lifted by an enhancer; token: 32-float "
+                   f"tokens synthesised by the IMF model [default: {DEFAULT_MODE}; token when --model is given].")
 @click.option("--model", "model", default=None,
-              help="Config name with shipped weights, a .safetensors file, or random:NAME for an untrained model.")
+              help="Token mode: config name with shipped weights, a .safetensors file, or random:NAME for an "
+                   "untrained model (selects the token mode).")
 @click.option("--quality", type=int, default=_ENCODER.quality, show_default=True,
-              help="Token quality (higher = finer quantization).")
+              help="Token mode: token quality (higher = finer quantization).")
 @click.option("--keyint", type=int, default=_ENCODER.keyint, show_default=True,
               help="Key frame every N frames (0 = one key frame).")
 @click.option("--scenecut", type=float, default=_ENCODER.scenecut, show_default=True,
@@ -222,19 +227,19 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "keeps key frames rare with the shipped model).")
 @click.option("--key-codec", default=_ENCODER.key_codec, show_default=True, help="Key-frame codec (see `imfcodec models`).")
 @click.option("--key-quality", type=int, default=_ENCODER.key_quality,
-              help="Key-frame quality (higher = better; default: the key-frame codec's own).")
+              help="Key-frame quality (higher = better; default: the key-frame codec's own, hevc 21; hevc 16 in the "
+                   "hybrid mode).")
 @click.option("--chunk", type=int, default=_ENCODER.chunk, show_default=True,
               help="Frames per token packet, or per base packet in the hybrid mode (latency vs overhead).")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
-              help="Encoder effort, same format: " + "; ".join(f"{k}: {p.describe()}" for k, p in PRESETS.items())
-                   + " (shipped model, 256x256, 2 CPU cores).")
+              help="Token mode: encoder effort, same format: "
+                   + "; ".join(f"{k}: {p.describe()}" for k, p in PRESETS.items())
+                   + " (shipped model, 256x256, 2 CPU cores of an AVX-512 EPYC).")
 @click.option("--refine", "search_iters", type=int, default=None,
-              help="Expert: token search steps per frame, overriding the preset's (0 = E_T's token; 1 runs 2 "
-                   "steps, since the first never changes the token).")
+              help="Token mode, expert: token search steps per frame, overriding the preset's (0 = E_T's token; "
+                   "1 runs 2 steps, since the first never changes the token).")
 @click.option("--frames", type=int, default=None, help="Encode at most N frames.")
-@click.option("--hybrid", is_flag=True,
-              help="Hybrid mode: key frames plus a conventional low-resolution base layer, lifted by an enhancer "
-                   "(no tokens: --quality and --refine do not apply).")
+@click.option("--hybrid", is_flag=True, help="Same as --mode hybrid (the default mode).")
 @click.option("--base-codec", type=click.Choice(BASE_CODECS), default=None,
               help=f"Hybrid: base-layer codec [default: {DEFAULT_BASE_CODEC}].")
 @click.option("--base-scale", type=click.Choice(["1", "1/2", "1/4"]), default=None,
@@ -249,8 +254,8 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True,
               help=f"Where E_T and the token search run: {DEVICE_HELP}. The stream decodes on any device.")
-def encode(input, output, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality, chunk,
-           preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps, device):
+def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality,
+           chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps, device):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
 
@@ -261,8 +266,8 @@ def encode(input, output, model, quality, keyint, scenecut, no_scenecut, refresh
         if click.get_current_context().get_parameter_source("scenecut") is not ParameterSource.DEFAULT:
             raise click.UsageError("--no-scenecut and --scenecut N contradict each other (--scenecut 0 is off)")
         scenecut = 0.0
+    hybrid = _mode(mode, hybrid, model, kbps) == "hybrid"
     if kbps is not None:
-        hybrid = True
         base_codec, base_scale, base_quality, key_quality = _rate_control(
             input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings.from_preset(
@@ -331,18 +336,40 @@ def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_qu
     return point.base_codec, scale, bq, kq
 
 
+def _mode(mode: str | None, hybrid: bool, model: str | None, kbps: float | None) -> str:
+    """The encoding mode: --mode, else hybrid for --hybrid or --kbps, token for --model, else DEFAULT_MODE.
+    Options of the other mode are refused in one line rather than ignored."""
+    from .errors import InputError
+
+    source = click.get_current_context().get_parameter_source
+    if mode is None:
+        mode = "hybrid" if hybrid or kbps is not None else "token" if model is not None else DEFAULT_MODE
+    if mode == "token":
+        for name, given in (("--hybrid", hybrid), ("--kbps", kbps is not None)):
+            if given:
+                raise InputError(f"{name} is the hybrid mode's, not the token mode's (drop --mode token)")
+        return mode
+    if model is not None:
+        raise InputError("--model names a token model (the token mode, --mode token); "
+                         "the hybrid mode's network is --enhancer")
+    for name, param in (("--quality", "quality"), ("--refine", "search_iters"), ("--preset", "preset")):
+        if source(param) is not ParameterSource.DEFAULT:  # a hybrid encode has one speed: real time
+            raise InputError(f"{name} is a token-mode option (the hybrid encoder runs in real time at its one "
+                             f"setting): add --mode token, or drop {name}")
+    return mode
+
+
 def _hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer) -> dict:
-    """The EncoderSettings fields of the hybrid options; they are refused without --hybrid."""
+    """The EncoderSettings fields of the hybrid options; they are refused in the token mode."""
     from .errors import InputError
 
     given = [name for name, v in (("--base-codec", base_codec), ("--base-scale", base_scale),
                                   ("--base-quality", base_quality), ("--enhancer", enhancer)) if v is not None]
     if not hybrid:
         if given:
-            raise InputError(f"{given[0]} needs --hybrid")
+            raise InputError(f"{given[0]} is a hybrid-mode option (the token mode was chosen by --mode token or "
+                             f"--model)")
         return {}
-    if model is not None:
-        raise InputError("--model names a token model; with --hybrid use --enhancer")
     factor = {"1": 1, "1/2": 2, "1/4": 4}[base_scale] if base_scale else _ENCODER.base_factor
     return dict(base_codec=base_codec or DEFAULT_BASE_CODEC, base_factor=factor, base_quality=base_quality,
                 enhancer=enhancer)
@@ -550,7 +577,8 @@ def models(as_json):
         return
     click.echo(f"{'model':<14}{'res':>6}{'dim':>5}{'params':>12}{'GFLOPs/frame':>14}  weights")
     for r in rows:
-        mark = " (default)" if r["default"] else ""
+        mark = (" (default: hybrid mode)" if r["name"] == DEFAULT_ENHANCER
+                else " (default: token mode)" if r["default"] else "")
         click.echo(f"{r['name']:<14}{r['resolution']:>6}{r['token_dim']:>5}{r['params']:>12,}"
                    f"{r['decode_gflops']:>14.2f}  {r['weights']}{mark}")
     click.echo(f"key-frame codecs: {', '.join(key_codecs)}")

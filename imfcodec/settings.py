@@ -34,21 +34,22 @@ class Preset:
 
 
 # One home for the presets. Every preset codes the same format; only the encoder's effort differs.
-# Speeds: benchmarks/results/model_speed.md (2026-11-28, a shared 2-core machine, per-frame work after the key
-# frame). Quality on 5 held-out training clips (60 frames, q9, hevc21 key), against ultrafast: fast +0.31 dB,
+# Speeds: benchmarks/results/model_speed.md (2026-11-28, the 2-core build machine's AVX-512 EPYC with a 455
+# GFLOP/s matmul peak, per-frame work after the key frame; an older 212 GFLOP/s CPU ran at about half). Quality on 5 held-out training clips (60 frames, q9, hevc21 key), against ultrafast: fast +0.31 dB,
 # medium +0.33 dB at -9 % steady-state rate, slow +0.52 dB at +16 %, veryslow +0.66 dB at +57 % (the search
 # trades bits for distortion at the price lam of token_search.SearchSettings). 2 steps gained 0.06 dB: the
 # first step never moves the token, the second moves every channel by one, which rarely pays.
 PRESETS: dict[str, Preset] = {
-    "ultrafast": Preset(0, 80, "E_T's token, no search (real time)"),
-    "fast": Preset(3, 2.5, "token search, 3 steps"),
-    "medium": Preset(4, 2.1, "token search, 4 steps"),
-    "slow": Preset(8, 1.0, "token search, 8 steps"),
-    "veryslow": Preset(16, 0.57, "token search, 16 steps"),
+    "ultrafast": Preset(0, 115, "E_T's token, no search (real time)"),
+    "fast": Preset(3, 5.5, "token search, 3 steps"),
+    "medium": Preset(4, 4.1, "token search, 4 steps"),
+    "slow": Preset(8, 2.0, "token search, 8 steps"),
+    "veryslow": Preset(16, 1.0, "token search, 16 steps"),
 }
 # On the test clips the 4 steps of "medium" took the shipped model from +1.26 to +1.87 dB over
-# repeat-the-key-frame at a lower rate (README). A live sender on a CPU uses "ultrafast": the only preset
-# that runs in real time there (any search costs at least one decoder pass forward and backward per frame).
+# repeat-the-key-frame at a lower rate (README). A live sender in the token mode on a CPU uses "ultrafast": the
+# only preset that runs in real time there (any search costs at least one decoder pass forward and backward per
+# frame). The hybrid mode, the default, has no presets (its encoder is real time at its one setting).
 DEFAULT_PRESET = "medium"
 DEFAULT_SEARCH_ITERS = PRESETS[DEFAULT_PRESET].search_iters
 DEFAULT_KEY_CODEC = "hevc"
@@ -65,6 +66,16 @@ BASE_CODECS = ("av1", "hevc", "vp9")
 DEFAULT_BASE_FACTOR = 2
 BASE_FACTORS = (1, 2, 4)
 DEFAULT_ENHANCER = "enh-wide"
+# `imfcodec encode`'s modes. The hybrid mode is the default: on the 10 test clips it is about 4 dB above the token
+# mode at the same rate and real time on 2 CPU cores at every preset (README, Status); the token mode is chosen
+# with --mode token or by naming a token model (--model).
+MODES = ("hybrid", "token")
+DEFAULT_MODE = "hybrid"
+# The hybrid mode's key quality where none is given (per key codec; others use the codec's own default). From
+# the enh-wide --kbps table (held-out training clips, 10 s): over the default base (vp9 1/2 q8) hevc key q16
+# costs 0.74 kbit/s more than q11 for +0.24 dB and q21 1.3 more than q16 for +0.11 dB, where the same bits in
+# the base layer buy about +0.2 dB per kbit/s; so q16, below the token mode's 21.
+HYBRID_KEY_QUALITY = {"hevc": 16}
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ class EncoderSettings:
     refresh_below: float | None = None
     scenecut: float = DEFAULT_SCENECUT  # scene-cut threshold (imfcodec.scenecut): a key frame at a cut; 0 = off
     key_codec: str = DEFAULT_KEY_CODEC
-    key_quality: int | None = None  # None: the key-frame codec's own default
+    key_quality: int | None = None  # None: the key-frame codec's own default (hybrid: HYBRID_KEY_QUALITY first)
     chunk: int = DEFAULT_CHUNK
     search_iters: int = DEFAULT_SEARCH_ITERS  # token search iterations per frame (CLI --refine); 0 = E_T's token
     # hybrid mode: a base_codec ('hevc', 'av1' or 'vp9') selects it; quality and search_iters then have no effect,
@@ -119,13 +130,15 @@ class EncoderSettings:
         if self.refresh_below is not None and not (0 < self.refresh_below < 100):
             raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
         codec = get_keyframe_codec(self.key_codec)
-        kq = codec.default_quality if self.key_quality is None else self.key_quality
+        kq = self.key_quality
+        if kq is None:
+            kq = HYBRID_KEY_QUALITY.get(self.key_codec, codec.default_quality) if self.hybrid else codec.default_quality
         klo, khi = codec.quality_range
         if not klo <= kq <= khi:
             raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")
         if not self.hybrid:
             if (self.base_quality, self.enhancer, self.base_factor) != (None, None, DEFAULT_BASE_FACTOR):
-                raise InputError("--base-scale, --base-quality and --enhancer need --hybrid (a base_codec)")
+                raise InputError("--base-scale, --base-quality and --enhancer need the hybrid mode (a base_codec)")
             return replace(self, key_quality=kq)
         return replace(self, key_quality=kq, base_quality=self._validated_base())
 

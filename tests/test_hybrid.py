@@ -135,10 +135,20 @@ def test_cli_round_trip_encode_decode_info(tmp_path):
 
 def test_cli_option_errors(tmp_path, sample_clip):
     out = tmp_path / "o.imf"
-    one_line_error(cli("encode", sample_clip, "-o", out, "--base-codec", "av1"), "--base-codec needs --hybrid")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--base-codec", "av1"),
+                   "--base-codec is a hybrid-mode option")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--model", "random:imf-tiny", "--enhancer", ENH),
+                   "--enhancer is a hybrid-mode option")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--kbps", 20), "--kbps is the hybrid")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--hybrid"), "--hybrid is the hybrid")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "hybrid", "--model", "random:imf-tiny"),
+                   "--enhancer")
+    # the default mode is hybrid: the token mode's options are refused, not ignored
+    for option in (("--quality", 5), ("--refine", 0), ("--preset", "ultrafast")):
+        one_line_error(cli("encode", sample_clip, "-o", out, "--enhancer", ENH, *option), "add --mode token")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--model", "random:imf-tiny"), "--enhancer")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", "random:imf-tiny"), "token model")
-    one_line_error(cli("encode", sample_clip, "-o", out, "--model", ENH), "--hybrid")
+    one_line_error(cli("encode", sample_clip, "-o", out, "--model", ENH), "--enhancer")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--base-quality", 99),
                    "--base-quality for vp9 must be in 0..63")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--refresh-below", 20),
@@ -156,7 +166,7 @@ def test_settings_validation():
                         (dict(base_codec="hevc", base_factor=3), "--base-scale"),
                         (dict(base_codec="hevc", base_quality=52), "0..51"),
                         (dict(base_codec="hevc", refresh_below=20.0), "--refresh-below"),
-                        (dict(base_quality=20), "need --hybrid"), (dict(enhancer="enh-tiny"), "need --hybrid"),
+                        (dict(base_quality=20), "need the hybrid mode"), (dict(enhancer="enh-tiny"), "need the hybrid mode"),
                         (dict(base_codec="hevc", enhancer=""), "--enhancer")):
         with pytest.raises(InputError, match=needle):
             EncoderSettings(**bad).validated()
@@ -388,3 +398,24 @@ def test_variable_frame_rate_in_the_hybrid_mode(tmp_path, enh_tiny):
     out = tmp_path / "d.mkv"
     assert decode_stream(stream, out, model=enh_tiny).timing == "per-frame"
     assert video_times(out)[:2] == video_times(src)[:2]
+
+
+def test_the_default_mode_is_hybrid_in_the_cli_and_the_api(tmp_path, sample_clip):
+    """`imfcodec encode` and ``encode_video`` without a mode make hybrid streams; naming a token model makes
+    a token stream, naming an enhancer a hybrid one (api.default_settings)."""
+    from imfcodec.api import default_settings, encode_video
+    from imfcodec.settings import DEFAULT_BASE_CODEC, DEFAULT_MODE, HYBRID_KEY_QUALITY
+
+    assert DEFAULT_MODE == "hybrid"
+    assert default_settings().base_codec == DEFAULT_BASE_CODEC and default_settings("random:imf-tiny").base_codec is None
+    assert default_settings(ENH).hybrid
+    hybrid = default_settings().validated()
+    assert hybrid.key_quality == HYBRID_KEY_QUALITY["hevc"] and hybrid.base_quality == 8  # vp9's default
+    assert default_settings("random:imf-tiny").validated().key_quality == 21  # the token mode keeps hevc's own
+    out = tmp_path / "h.imf"
+    assert cli("encode", sample_clip, "-o", out, "--enhancer", ENH, "--frames", 3).exit_code == 0
+    info = json.loads(cli("info", out, "--json").stdout)
+    assert (info["mode"], info["base_codec"], info["key_quality"]) == ("hybrid", DEFAULT_BASE_CODEC, 16)
+    encode_video(sample_clip, tmp_path / "a.imf", model=ENH, max_frames=3)
+    encode_video(sample_clip, tmp_path / "t.imf", model="random:imf-tiny", max_frames=3)
+    assert stream_info(tmp_path / "a.imf")["mode"] == "hybrid" and stream_info(tmp_path / "t.imf")["mode"] == "tokens"
