@@ -5,7 +5,8 @@ python -m benchmarks.long_input [--frames 1000 10000] [--keyint 250] [--key-code
                                 [--output mp4] [--model random:imf-tiny] [--json OUT.json]
 ```
 
-For each frame count N it makes a synthetic 64x64 25 fps clip (x264 ultrafast, a moving gradient:
+``--model`` names a token model (the token mode) or an enhancer (``--model enh-wide``: the hybrid mode at its
+default point, ``--refine`` not applicable). For each frame count N it makes a synthetic 64x64 25 fps clip (x264 ultrafast, a moving gradient:
 content is irrelevant to memory), then runs **one fresh process per measurement**:
 
 * ``encode``: ``imfcodec.api.encode_video`` of the clip (the CLI's code path) -> ``.imf``;
@@ -78,15 +79,18 @@ def child(argv: list[str]) -> None:
     torch.set_num_threads(int(threads))
     from imfcodec.api import decode_stream, encode_video
     from imfcodec.codec import EncoderSettings
+    from imfcodec.hybrid import is_enhancer
+    from imfcodec.settings import DEFAULT_BASE_CODEC
     from imfcodec.zoo import load_model
 
     loaded = load_model(model)
+    hybrid = is_enhancer(loaded.model)  # an enhancer: the hybrid mode at its default point
     base = vm_hwm_mb()
     t0 = time.perf_counter()
     if what == "encode":
-        search = {} if int(refine) < 0 else {"search_iters": int(refine)}
+        mode = {"base_codec": DEFAULT_BASE_CODEC} if hybrid else {} if int(refine) < 0 else {"search_iters": int(refine)}
         s = encode_video(src, dst, model=loaded,
-                         settings=EncoderSettings(keyint=int(keyint), key_codec=key_codec, **search))
+                         settings=EncoderSettings(keyint=int(keyint), key_codec=key_codec, **mode))
         frames = s.frames
     else:
         frames = decode_stream(src, dst, model=loaded).frames
