@@ -6,8 +6,8 @@ python -m benchmarks.long_input [--frames 1000 10000] [--keyint 250] [--key-code
 ```
 
 ``--model`` names a token model (the token mode) or an enhancer (``--model enh-wide``: the hybrid mode at its
-default point, ``--refine`` not applicable). For each frame count N it makes a synthetic 64x64 25 fps clip (x264 ultrafast, a moving gradient:
-content is irrelevant to memory), then runs **one fresh process per measurement**:
+default point, ``--refine`` not applicable). For each frame count N it makes a synthetic 64x64 25 fps clip
+(x264 ultrafast, a moving gradient: content is irrelevant to memory), then runs **one fresh process per measurement**:
 
 * ``encode``: ``imfcodec.api.encode_video`` of the clip (the CLI's code path) -> ``.imf``;
 * ``decode``: ``imfcodec.api.decode_stream`` of that stream -> ``.mp4`` (``--output y4m`` for the

@@ -35,7 +35,8 @@ class Preset:
 
 # One home for the presets. Every preset codes the same format; only the encoder's effort differs.
 # Speeds: benchmarks/results/model_speed.md (2026-11-28, the 2-core build machine's AVX-512 EPYC with a 455
-# GFLOP/s matmul peak, per-frame work after the key frame; an older 212 GFLOP/s CPU ran at about half). Quality on 5 held-out training clips (60 frames, q9, hevc21 key), against ultrafast: fast +0.31 dB,
+# GFLOP/s matmul peak, per-frame work after the key frame; an older 212 GFLOP/s CPU ran at about half).
+# Quality on 5 held-out training clips (60 frames, q9, hevc21 key), against ultrafast: fast +0.31 dB,
 # medium +0.33 dB at -9 % steady-state rate, slow +0.52 dB at +16 %, veryslow +0.66 dB at +57 % (the search
 # trades bits for distortion at the price lam of token_search.SearchSettings). 2 steps gained 0.06 dB: the
 # first step never moves the token, the second moves every channel by one, which rarely pays.
@@ -66,9 +67,9 @@ BASE_CODECS = ("av1", "hevc", "vp9")
 DEFAULT_BASE_FACTOR = 2
 BASE_FACTORS = (1, 2, 4)
 DEFAULT_ENHANCER = "enh-wide"
-# `imfcodec encode`'s modes. The hybrid mode is the default: on the 10 test clips it is about 4 dB above the token
-# mode at the same rate and real time on 2 CPU cores at every preset (README, Status); the token mode is chosen
-# with --mode token or by naming a token model (--model).
+# `imfcodec encode`'s modes. The hybrid mode is the default: on the 10 test clips it is about 4.9 dB above the
+# token mode at the token mode's default rate, and it encodes and decodes in real time on 2 CPU cores (README,
+# Status and Models); the token mode is chosen with --mode token or by naming a token model (--model).
 MODES = ("hybrid", "token")
 DEFAULT_MODE = "hybrid"
 # The hybrid mode's key quality where none is given (per key codec; others use the codec's own default). From
