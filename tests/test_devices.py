@@ -110,3 +110,24 @@ def test_gpu_stream_decodes_to_the_same_tokens_on_the_cpu(sample_clip, tmp_path)
         frames[device] = np.stack([f for _, fs in out for f in fs]).astype(int)
     assert all(np.array_equal(a, b) for a, b in zip(tokens["cpu"], tokens["cuda"]))
     assert np.abs(frames["cpu"] - frames["cuda"]).max() <= 1
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_enhancer_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path, sample_clip):
+    """The hybrid enhancer's trainer on cuda writes a checkpoint of CPU tensors that a CPU run resumes."""
+    import shutil
+
+    from imfcodec.train import hybrid
+    from imfcodec.train.checkpoint import load_checkpoint
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    for i in range(3):
+        shutil.copy(sample_clip, data / f"c{i}.mp4")
+    kw = dict(model_name="enh-tiny", batch=2, val_every=2, threads=1, max_frames=8, val_clips=1,
+              cache_dir=str(tmp_path / "cache"))
+    hybrid.train([str(data)], tmp_path / "o", steps=2, device="cuda", **kw)
+    state = load_checkpoint(tmp_path / "o" / "last.pt")
+    assert state["step"] == 2 and all(t.device.type == "cpu" for t in state["ema"].values())
+    v = hybrid.train([str(data)], tmp_path / "o", steps=3, device="cpu", **kw)
+    assert load_checkpoint(tmp_path / "o" / "last.pt")["step"] == 3 and v["psnr_enh"] > 0

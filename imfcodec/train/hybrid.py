@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+from imfcodec.devices import DEVICE_HELP
 from imfcodec.fsutil import AtomicOutput
 from imfcodec.metrics import ms_ssim_torch
 from imfcodec.settings import DEFAULT_ENHANCER
@@ -153,8 +154,10 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
              ) -> dict[str, float]:
     """Mean PSNR of the enhancer and of the bicubic base on held-out clips, per operating point and
     overall (frames evenly spaced after the key frame; key frame at ``key_quality``)."""
+    from imfcodec.devices import model_device
     from imfcodec.models import upscale
 
+    dev = model_device(model)
     was = model.training
     model.eval()
     per_point: dict[str, list[tuple[float, float]]] = {}
@@ -162,12 +165,13 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
     for c in clips:
         size = c.frames.shape[1]
         idx = np.linspace(1, len(c.frames) - 1, per_clip).round().astype(int)
-        target = _t(c.frames[idx])
+        target = _t(c.frames[idx]).to(dev)
         for point in BASE_POINTS:
             small = c.bases[point]
-            state = model.prepare_key(_t(c.keys[key_quality])[None], upscale(_t(small[0])[None], (size, size)))
-            base = upscale(_t(small[idx]), (size, size))
-            side = {} if c.side is None else {"side": _t(c.side[idx])}
+            state = model.prepare_key(_t(c.keys[key_quality])[None].to(dev),
+                                      upscale(_t(small[0])[None], (size, size)).to(dev))
+            base = upscale(_t(small[idx]), (size, size)).to(dev)
+            side = {} if c.side is None else {"side": _t(c.side[idx]).to(dev)}
             out = model.enhance(state, base, **side)
             for o, b, t in zip(out, base, target):
                 p_enh = -10 * math.log10(max(F.mse_loss(o.mul(255).round() / 255, t).item(), 1e-10))
@@ -220,6 +224,17 @@ def init_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[s
     return fresh
 
 
+def _to_cpu(obj):
+    """A checkpoint's tensors (nested in dicts and lists) on the CPU: it resumes on any device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def _lr(step: int, steps: int, lr: float, warmup: int = 200) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -235,23 +250,28 @@ def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, ste
           val_every: int = 500, ckpt_every: int = 100, threads: int = 2, seed: int = 0, max_frames: int = 200,
           cache_dir: str = "runs/frame-cache", val_clips: int = 5, resume: bool = True,
           init_from: str | None = None, model: torch.nn.Module | None = None,
-          side: Callable[[CodedClip], np.ndarray] | None = None) -> dict[str, float]:
+          side: Callable[[CodedClip], np.ndarray] | None = None, device: str = "cpu") -> dict[str, float]:
     """Train (or resume) an enhancer; returns the last validation. ``model`` (a fresh module) replaces
     ``create_model(model_name)`` for variants outside the registry, ``side`` gives each coded clip its side
     pictures, and ``init_from`` loads weights of the same enhancer or of one with fewer inputs (``init_state``:
-    the new input channels start at zero, so the variant starts as the plain enhancer)."""
+    the new input channels start at zero, so the variant starts as the plain enhancer). ``device`` as
+    ``imfcodec.devices.resolve_device`` takes it (``cpu``, ``cuda[:N]``, ``auto``); checkpoints are written with
+    CPU tensors, so a run resumes on any device."""
+    from imfcodec.devices import resolve_device
     from imfcodec.models import create_model
     from imfcodec.train.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
     from imfcodec.train.data import find_videos, load_clips, split_clips
     from imfcodec.zoo import load_weights, save_weights
 
     torch.set_num_threads(threads)
+    dev = torch.device(resolve_device(device, note=log.info))
     out.mkdir(parents=True, exist_ok=True)
     variant = model is not None
     model = create_model(model_name) if model is None else model
     size = model.config.resolution
     if init_from:
         init_state(model, load_weights(init_from).state_dict())
+    model.to(dev)
     ema_model = copy.deepcopy(model).eval()
     opt = torch.optim.Adam(model.parameters(), lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(seed)
@@ -292,9 +312,9 @@ def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, ste
         signal.signal(sig, on_signal)
 
     def save() -> None:
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed,
-                           "model": model.state_dict(), "ema": ema_model.state_dict(),
-                           "opt": opt.state_dict(), "history": json.dumps(history)}, ckpt)
+        atomic_torch_save(_to_cpu({"format": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed,
+                                   "model": model.state_dict(), "ema": ema_model.state_dict(),
+                                   "opt": opt.state_dict(), "history": json.dumps(history)}), ckpt)
 
     if step == 0:
         v = validate(ema_model, coded["val"])
@@ -308,7 +328,7 @@ def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, ste
             break
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr)
-        *inputs, target = sample_batch(coded["train"], batch, rng, size)
+        *inputs, target = (x.to(dev, non_blocking=True) for x in sample_batch(coded["train"], batch, rng, size))
         loss = loss_fn(model(*inputs), target, w_ms_ssim)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -360,12 +380,13 @@ def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, ste
 @click.option("--cache-dir", default="runs/frame-cache", show_default=True)
 @click.option("--init-from", default=None, help="start from these enhancer weights (.safetensors)")
 @click.option("--fresh", is_flag=True, help="ignore OUT/last.pt")
+@click.option("--device", default="cpu", show_default=True, help=f"where the enhancer trains: {DEVICE_HELP}")
 def main_command(data, out, model_name, steps, batch_size, lr, w_ms_ssim, max_minutes, val_every, ckpt_every,
-                 threads, max_frames, cache_dir, init_from, fresh):
+                 threads, max_frames, cache_dir, init_from, fresh, device):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     train(list(data), out or Path("runs") / model_name, model_name=model_name, steps=steps, batch=batch_size, lr=lr, w_ms_ssim=w_ms_ssim,
           max_minutes=max_minutes, val_every=val_every, ckpt_every=ckpt_every, threads=threads,
-          max_frames=max_frames, cache_dir=cache_dir, resume=not fresh, init_from=init_from)
+          max_frames=max_frames, cache_dir=cache_dir, resume=not fresh, init_from=init_from, device=device)
     return 0  # an IMFError becomes one line and status 1 in cliutil.call
 
 
