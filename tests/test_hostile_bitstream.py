@@ -303,3 +303,52 @@ def test_timing_records_decode_and_hostile_ones_are_refused(hevc_stream, tiny, t
     assert decode_all(bad, tiny)[1].startswith("CRC mismatch in the timing record")
     outcome, n, report = decode_all(bad, tiny, conceal=True)
     assert outcome == "ok" and n == N_FRAMES and report.concealed == []
+
+
+@pytest.mark.parametrize("base_codec", ["vp9", "av1"])
+def test_forged_base_units_of_every_base_codec_decode_or_refuse(base_codec, hostile_clip, enh_tiny, tmp_path):
+    """A forger who keeps the CRCs valid reaches the VP9 and SVT-AV1 base decoders (the default mode's and
+    the third codec) with any bytes: flipped, truncated or random access units decode or are refused in one
+    line, with or without --conceal, never another exception or a hang."""
+    from conftest import HYBRID
+    from imfcodec.api import encode_video
+    from imfcodec.bitstream.format import TYPE_BASE
+    from imfcodec.codec import EncoderSettings
+
+    path = tmp_path / "h.imf"
+    encode_video(hostile_clip, path, model=enh_tiny, settings=EncoderSettings(**{**HYBRID, "base_codec": base_codec}))
+    recs = split(path.read_bytes())
+    bases = [i for i, (t, _) in enumerate(recs) if t == TYPE_BASE]
+    assert len(bases) == N_FRAMES  # chunk 1: one access unit per base packet
+
+    def unit(payload: bytes) -> tuple[bytes, bytes]:
+        """(frame and count varints, the one access unit)"""
+        pos = 0
+        for _ in range(3):  # frame, count, size
+            while payload[pos] & 0x80:
+                pos += 1
+            pos += 1
+            if _ == 1:
+                head = payload[:pos]
+        return head, payload[pos:]
+
+    rng = np.random.default_rng(7)
+    outcomes = set()
+    for trial in range(24):
+        k = bases[trial % len(bases)]
+        head, au = unit(recs[k][1])
+        au = bytearray(au)
+        if trial % 3 == 0:
+            for _ in range(4):
+                au[rng.integers(0, len(au))] ^= int(rng.integers(1, 256))
+        elif trial % 3 == 1:
+            au = au[:rng.integers(1, len(au))] if len(au) > 1 else au
+        else:
+            au = bytearray(rng.integers(0, 256, len(au), dtype=np.uint8))
+        forged = join(recs[:k] + [[TYPE_BASE, head + encode_varint(len(au)) + bytes(au)]] + recs[k + 1:], version=2)
+        for conceal in (False, True):
+            outcome, msg, _ = decode_all(forged, enh_tiny, conceal=conceal)
+            outcomes.add(outcome)
+            if outcome == "refused":
+                assert "base layer" in msg, msg
+    assert "refused" in outcomes  # the forgeries reached the decoder and some were caught
