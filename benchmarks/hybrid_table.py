@@ -41,7 +41,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, kq: int, stride: int,
-                  tmp: Path, key_codec: str = "hevc") -> dict:
+                  tmp: Path) -> dict:
     """One clip at one operating point: rates from the real file, PSNR with and without the enhancer."""
     import torch
 
@@ -51,7 +51,7 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
     from .runners import hybrid_startup_bytes
     from imfcodec.models import upscale
 
-    settings = EncoderSettings(base_codec=codec, base_factor=factor, base_quality=bq, key_codec=key_codec,
+    settings = EncoderSettings(base_codec=codec, base_factor=factor, base_quality=bq, key_codec="hevc",
                                key_quality=kq)
     path = tmp / "p.imf"
     coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings)
@@ -92,12 +92,7 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--quick", is_flag=True, help="two points only (a smoke test)")
 @click.option("--base-codecs", default=",".join(GRID), show_default=True, help="base-layer codecs of the grid")
-@click.option("--key-codec", default="hevc", show_default=True,
-              help="hevc, or hevc+res for residual keys (a study: --kbps reads direct-key tables only)")
-@click.option("--keys", default=",".join(map(str, GRID_KEYS)), show_default=True, help="key qualities of the grid")
-@click.option("--factors", default="2,4", show_default=True, help="base-layer frame-size factors of the grid")
-def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick, base_codecs, key_codec, keys,
-            factors):
+def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick, base_codecs):
     import torch
 
     from imfcodec.errors import InputError
@@ -106,10 +101,6 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     from imfcodec.train.data import find_videos, load_clips, split_clips
 
     codecs = [c.strip() for c in base_codecs.split(",") if c.strip()]
-    key_qualities = tuple(int(k) for k in keys.split(","))
-    sizes = {int(f) for f in factors.split(",")}
-    if key_codec != "hevc" and out is None:
-        raise InputError("--key-codec other than hevc: give --out (the shipped table is hevc keys, read by --kbps)")
     if not codecs or any(c not in GRID for c in codecs):
         raise InputError(f"--base-codecs: one or more of {', '.join(GRID)}, got {base_codecs!r}")
     torch.set_num_threads(threads)
@@ -121,10 +112,9 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         grid = [(c, f, q, k) for c, factors in (QUICK_GRID if quick else GRID).items() if c in codecs
-                for f, qualities in factors.items() if f in sizes for q in qualities
-                for k in (QUICK_KEYS if quick else key_qualities)]
+                for f, qualities in factors.items() for q in qualities for k in (QUICK_KEYS if quick else GRID_KEYS)]
         for codec, factor, bq, kq in grid:
-            per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp), key_codec) for f in clips.frames]
+            per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
             mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
             # the enhancer's gain measured on the subset, applied to the all-frame bicubic mean
             psnr = mean["psnr_bicubic"] + mean["psnr_sub"] - mean["psnr_bicubic_sub"]
@@ -138,7 +128,7 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)
     path = out or table_path(loaded.name)
     info = {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
-            "clips": clips.names, "frames": frames, "fps": 25, "stride": stride, "key_codec": key_codec,
+            "clips": clips.names, "frames": frames, "fps": 25, "stride": stride,
             "measured_by": "python -m benchmarks.hybrid_table"}
     save_table(rows, path, info)
     print(f"wrote {path} ({len(rows)} points)")
