@@ -181,9 +181,8 @@ def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec:
         return [Point(anchor_point_name(spec.param, v, s, upscale), v, scale=Fraction(s), upscale=upscale)
                 for s in scales for v in pick(values)]
     from imfcodec.keyframe import get_keyframe_codec
-    from imfcodec.settings import split_key_codec
 
-    kc = get_keyframe_codec(split_key_codec(key_codec)[0])  # hevc+res: the hybrid mode's residual key
+    kc = get_keyframe_codec(key_codec)
     lo, hi = kc.quality_range
     keys = [min(hi, max(lo, kc.default_quality + o)) for o in KEY_OFFSETS]
     if codec == "repeat":

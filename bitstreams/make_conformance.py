@@ -54,9 +54,6 @@ HYBRID_STREAMS = {
     # the default mode's base codec and point (vp9 1/2 q8, hevc key q16, chunk 5), key frames 0 and 6
     "tiny-hybrid-vp9-half-keyint6": dict(base_codec="vp9", base_factor=2, base_quality=8, keyint=6,
                                          key_codec="hevc", key_quality=16, chunk=5),
-    # residual key frames (key codec hevc+res: coded over the upscaled base picture, FORMAT.md §3.2)
-    "tiny-hybrid-vp9-reskey-keyint6": dict(base_codec="vp9", base_factor=2, base_quality=8, keyint=6,
-                                           key_codec="hevc+res", key_quality=11, chunk=5),
     # the third base codec: one key frame, 2 frames per base packet
     "tiny-hybrid-av1-half-chunk2": dict(base_codec="av1", base_factor=2, base_quality=13, keyint=0,
                                         key_codec="hevc", key_quality=16, chunk=2),

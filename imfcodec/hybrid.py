@@ -34,49 +34,9 @@ from .keyframe import get_keyframe_codec
 from .models.enhancer import upscale
 from .stages import stage
 from .scenecut import SceneCutDetector
-from .settings import DEFAULT_ENHANCER, EncoderSettings, split_key_codec
+from .settings import DEFAULT_ENHANCER, EncoderSettings
 
 Packet = KeyPacket | BasePacket | TokenPacket | EndPacket
-
-
-def upscale_exact(small: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [h,w,3] -> uint8 [height,width,3]: bicubic (a = -0.75, half-pixel centres, edge pixels repeated),
-    in float64 elementwise arithmetic in a fixed order, so every machine computes the same bytes. The residual
-    key's prediction (FORMAT.md §3.2) must be bit-exact; the enhancer's input (``upscale``) need not be."""
-    def weights(n_in: int, n_out: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        i0 = np.floor(x)
-        t = x - i0
-        a = -0.75
-        w = [((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
-             ((a + 2) * t - (a + 3)) * t * t + 1,
-             ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
-             ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a]
-        idx = np.stack([np.clip(i0.astype(np.int64) + k, 0, n_in - 1) for k in (-1, 0, 1, 2)])
-        return idx, w
-
-    src = small.astype(np.float64)
-    iy, wy = weights(src.shape[0], height)
-    ix, wx = weights(src.shape[1], width)
-    rows = wy[0][:, None, None] * src[iy[0]]
-    for k in (1, 2, 3):
-        rows = rows + wy[k][:, None, None] * src[iy[k]]
-    out = wx[0][None, :, None] * rows[:, ix[0]]
-    for k in (1, 2, 3):
-        out = out + wx[k][None, :, None] * rows[:, ix[k]]
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
-
-
-def residual_image(rgb: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """What a residual key codes: (frame - prediction) / 2 + 128, rounded and clipped to 8 bits (half the
-    precision, twice the range a face's difference from its upscaled base needs)."""
-    d = (rgb.astype(np.int16) - prediction.astype(np.int16) + 256) // 2
-    return np.clip(d, 0, 255).astype(np.uint8)
-
-
-def from_residual(residual: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """The key image a decoded residual makes over its prediction: prediction + 2 (residual - 128), clipped."""
-    return np.clip(prediction.astype(np.int16) + 2 * (residual.astype(np.int16) - 128), 0, 255).astype(np.uint8)
 
 
 def is_enhancer(model: torch.nn.Module) -> bool:
@@ -122,11 +82,8 @@ class HybridEncoder:
         self.size = int(model.config.resolution)
         side = base_size(self.size, s.base_factor)
         fps = Fraction(fps)
-        key_name, self.residual = split_key_codec(s.key_codec)
-        self.key_codec = get_keyframe_codec(key_name)
+        self.key_codec = get_keyframe_codec(s.key_codec)
         self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality)
-        # a residual key is coded over the decoded base picture of its frame, as the decoder will see it
-        self.key_base = BaseDecoder(s.base_codec, side, side) if self.residual else None
         self.header = StreamHeader(
             model=model_name, weights_hash=weights_hash, width=self.size, height=self.size,
             fps_num=fps.numerator, fps_den=fps.denominator, frames=frames,
@@ -160,25 +117,18 @@ class HybridEncoder:
             key = True
             self.scene_cuts.append(i)
         out: list[Packet] = []
-        with stage("base-layer encode"):
-            unit = self.base.encode(rgb, intra=key)
         if key:  # a base packet never spans a key frame: the key packet precedes the one starting there
             out += self._flush_units()
             with stage("key-frame encode"):
-                if self.residual:
-                    self.key_base.restart()
-                    pred = upscale_exact(self.key_base.decode(unit), self.size, self.size)
-                    image = self.key_codec.encode(residual_image(rgb, pred), int(s.key_quality))
-                    self.key_image = from_residual(self.key_codec.decode(image, self.size, self.size), pred)
-                else:
-                    image = self.key_codec.encode(rgb, int(s.key_quality))
-                    self.key_image = self.key_codec.decode(image, self.size, self.size)
+                image = self.key_codec.encode(rgb, int(s.key_quality))
+                self.key_image = self.key_codec.decode(image, self.size, self.size)
             self.last_key = i
             self.key_frames.append(i)
             out.append(KeyPacket(frame=i, key_token=b"", image=image))
         if not self.pending:
             self.pending_first = i
-        self.pending.append(unit)
+        with stage("base-layer encode"):
+            self.pending.append(self.base.encode(rgb, intra=key))
         if len(self.pending) >= s.chunk:
             out += self._flush_units()
         return out
@@ -212,8 +162,7 @@ class HybridDecoder(DecoderState):
         if header.width != cfg.resolution or header.height != cfg.resolution:
             raise ModelMismatchError(f"stream is {header.width}x{header.height}; enhancer '{cfg.name}' works at "
                                      f"{cfg.resolution}x{cfg.resolution}")
-        key_name, self.residual = split_key_codec(header.key_codec)
-        self.key_codec = get_keyframe_codec(key_name)
+        self.key_codec = get_keyframe_codec(header.key_codec)
         codec = get_base_codec(header.base_codec)
         lo, hi = codec.quality_range
         if not lo <= header.base_quality <= hi:
@@ -267,9 +216,6 @@ class HybridDecoder(DecoderState):
         start = 0
         if self.key_image is not None:  # the packet starts at a key frame
             frame, self.key_image = self.key_image, None
-            if self.residual:  # the key image is a residual over this frame's base picture
-                with stage("key-frame decode"):
-                    frame = from_residual(frame, upscale_exact(smalls[0], h.height, h.width))
             with stage("enhancer key preparation"):
                 self.state = self.model.prepare_key(to_tensor(frame, self.device), up[:1]) if self.enhance else None
             self.report.key_frames.append(packet.frame)

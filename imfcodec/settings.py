@@ -77,16 +77,6 @@ DEFAULT_MODE = "hybrid"
 # costs 0.74 kbit/s more than q11 for +0.24 dB and q21 1.3 more than q16 for +0.11 dB, where the same bits in
 # the base layer buy about +0.2 dB per kbit/s; so q16, below the token mode's 21.
 HYBRID_KEY_QUALITY = {"hevc": 16}
-# A key codec name with this suffix (hybrid mode only, e.g. "hevc+res") codes the key image as a residual over
-# the upscaled base picture of its frame (imfcodec.hybrid.residual_image, FORMAT.md §3.2).
-RESIDUAL_SUFFIX = "+res"
-
-
-def split_key_codec(name: str) -> tuple[str, bool]:
-    """'hevc+res' -> ('hevc', True); 'hevc' -> ('hevc', False)."""
-    if isinstance(name, str) and name.endswith(RESIDUAL_SUFFIX):
-        return name[:-len(RESIDUAL_SUFFIX)], True
-    return name, False
 
 
 @dataclass(frozen=True)
@@ -140,13 +130,10 @@ class EncoderSettings:
             raise InputError(f"--scenecut must be a threshold in 0..100 (0 = off), got {self.scenecut!r}")
         if self.refresh_below is not None and not (0 < self.refresh_below < 100):
             raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
-        key_name, residual = split_key_codec(self.key_codec)
-        if residual and not self.hybrid:
-            raise InputError(f"--key-codec {self.key_codec} (a key residual over the base layer) needs the hybrid mode")
-        codec = get_keyframe_codec(key_name)
+        codec = get_keyframe_codec(self.key_codec)
         kq = self.key_quality
         if kq is None:
-            kq = HYBRID_KEY_QUALITY.get(key_name, codec.default_quality) if self.hybrid else codec.default_quality
+            kq = HYBRID_KEY_QUALITY.get(self.key_codec, codec.default_quality) if self.hybrid else codec.default_quality
         klo, khi = codec.quality_range
         if not klo <= kq <= khi:
             raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")

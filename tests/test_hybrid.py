@@ -419,38 +419,3 @@ def test_the_default_mode_is_hybrid_in_the_cli_and_the_api(tmp_path, sample_clip
     encode_video(sample_clip, tmp_path / "a.imf", model=ENH, max_frames=3)
     encode_video(sample_clip, tmp_path / "t.imf", model="random:imf-tiny", max_frames=3)
     assert stream_info(tmp_path / "a.imf")["mode"] == "hybrid" and stream_info(tmp_path / "t.imf")["mode"] == "tokens"
-
-
-def test_residual_key_round_trip_is_the_base_prediction_plus_the_coded_residual(tmp_path, sample_clip):
-    """--key-codec hevc+res: the key image is coded as a residual over the upscaled base picture of its
-    frame; a decoder rebuilds it from the stream alone, bit for bit (upscale_exact), and it is the key frame
-    the decoder shows. The token mode refuses it."""
-    from imfcodec.hybrid import from_residual, residual_image, upscale_exact
-
-    out = tmp_path / "r.imf"
-    r = cli("encode", sample_clip, "-o", out, "--enhancer", ENH, "--key-codec", "hevc+res", "--key-quality", 11,
-            "--keyint", 6, "--frames", 10)
-    assert r.exit_code == 0, r.output
-    info = json.loads(cli("info", out, "--json").stdout)
-    assert (info["mode"], info["key_codec"], info["key_frames"]) == ("hybrid", "hevc+res", [0, 6])
-    header, packets = read_stream(out.read_bytes())
-    frames = frames_of(out.read_bytes(), ENH)
-    hevc = get_keyframe_codec("hevc")
-    base = BaseDecoder(header.base_codec, header.base_width, header.base_height)
-    for k in (0, 6):
-        key = next(p for p in packets if isinstance(p, KeyPacket) and p.frame == k)
-        unit = next(p for p in packets if isinstance(p, BasePacket) and p.frame == k).units[0]
-        base.restart()
-        pred = upscale_exact(base.decode(unit), 64, 64)
-        assert np.array_equal(frames[k], from_residual(hevc.decode(key.image, 64, 64), pred))
-    one_line_error(cli("encode", sample_clip, "-o", tmp_path / "t.imf", "--model", "random:imf-tiny",
-                       "--key-codec", "hevc+res"), "needs the hybrid mode")
-    # the helpers: a residual rebuilds the frame within 1 level where nothing clips; the exact upscale is the
-    # enhancer's bicubic within 1 level
-    rng = np.random.default_rng(0)
-    x, p = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    inside = np.abs(x.astype(int) - p.astype(int)) < 254
-    assert np.abs(from_residual(residual_image(x, p), p).astype(int) - x)[inside].max() <= 1
-    small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    ref = to_uint8(upscale(to_tensor(small), (64, 64)))[0]
-    assert np.abs(upscale_exact(small, 64, 64).astype(int) - ref).max() <= 1
