@@ -190,6 +190,8 @@ class Enhancer(nn.Module):
         if tuple(base.shape[-2:]) != state.size:
             raise InputError(f"base frames are {tuple(base.shape[-2:])}, the key frame {state.size}")
         fast = self.kernels == "fast"
+        if fast and not self.training:  # NHWC convolutions: oneDNN skips its layout reorders (same maths)
+            base = base.contiguous(memory_format=torch.channels_last)
         h, m_fine, m_coarse = self.features(base)
         parts = [h, F.pixel_unshuffle(base, FINE),
                  self.align_fine.attend(m_fine, *state.fine, fast=fast, cache=state.cache)]
@@ -200,7 +202,7 @@ class Enhancer(nn.Module):
         out = base + F.pixel_shuffle(self.head(F.leaky_relu(x, 0.2)), FINE)
         if self.training:
             return out + (out.clamp(0, 1) - out).detach()
-        return out.clamp(0, 1)
+        return out.clamp(0, 1).contiguous()
 
     def forward(self, key: Tensor, key_base: Tensor, base: Tensor) -> Tensor:
         """Training convenience: one key per sample (batched keys, batched base frames)."""
