@@ -407,26 +407,33 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
         encode_decode(ANCHORS["x265"], 51, np.stack(frames), Fraction(25), threads=threads, mp4_path=mp4)
         mp4_bytes = mp4.read_bytes()
 
-    def run(chunk: int, enhance: bool):
+    def run(chunk: int, enhance: bool, kernels: str = "fast"):
         def go():
             header, packets = streams[chunk]
-            dec = HybridDecoder(model, header, enhance=enhance)
-            assert sum(len(dec.decode(p)) for p in packets) == n_frames
+            model.kernels = kernels
+            try:
+                dec = HybridDecoder(model, header, enhance=enhance)
+                assert sum(len(dec.decode(p)) for p in packets) == n_frames
+            finally:
+                model.kernels = "fast"
         return go
 
     fns = {("x265", 0): lambda: decode_file(io.BytesIO(mp4_bytes), n_frames, size, size, threads=threads)}
     for chunk in (1, 5):
         for enhance in (True, False):
             fns[(enhance, chunk)] = run(chunk, enhance)
+        fns[("reference", chunk)] = run(chunk, True, "reference")
     fps = {k: n_frames / s for k, s in in_turns(fns, rounds).items()}
     x265_fps = fps[("x265", 0)]
     st = default_hybrid(5)
     lines = [f"Hybrid mode (the default), whole-stream decoding of the demo clip ({n_frames} frames, {size}x{size}, "
              f"`imfcodec encode`'s defaults: one key frame at {st.key_codec} quality {st.key_quality}, {st.base_codec} "
              f"base layer at 1/{st.base_factor} quality {st.base_quality}), {threads} threads, median of {rounds} "
-             f"rounds in turns, enhancer {loaded.name}@{loaded.weights_hash.hex()[:16]} (fast kernels):", "",
+             f"rounds in turns, enhancer {loaded.name}@{loaded.weights_hash.hex()[:16]}:", "",
              "| decoder | chunk 1 fps | chunk 5 fps | chunk 1 / x265 | chunk 5 / x265 |", "|---|---|---|---|---|"]
-    for enhance, label in ((True, "imfcodec (hybrid)"), (False, "imfcodec (hybrid), decode --no-enhance")):
+    for enhance, label in ((True, "imfcodec (hybrid), fast kernels"),
+                           ("reference", "imfcodec (hybrid), reference kernels (`IMFCODEC_KERNELS=reference`)"),
+                           (False, "imfcodec (hybrid), decode --no-enhance")):
         f1, f5 = fps[(enhance, 1)], fps[(enhance, 5)]
         lines.append(f"| {label} | {f1:.1f} | {f5:.1f} | {f1 / x265_fps:.3f} | {f5 / x265_fps:.3f} |")
     lines.append(f"| x265 (libx265 CRF 51 at 256x256, hevc decoder) | {x265_fps:.0f} | | | |")
@@ -456,7 +463,8 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
     enc_fps = n_frames / statistics.median(total for _, total in runs["encode"][1:] or runs["encode"])
     lines += ["", f"Encoding at the defaults (`HybridEncoder`, key frame, base layer and stream writing): "
               f"**{enc_fps:.0f} frames/s**; decoding at chunk 1 / 5: **{fps[(True, 1)]:.1f} / {fps[(True, 5)]:.1f} "
-              f"frames/s** (table above)."]
+              f"frames/s** (table above); fast / reference kernels {fps[(True, 1)] / fps[('reference', 1)]:.2f}x at "
+              f"chunk 1, {fps[(True, 5)] / fps[('reference', 5)]:.2f}x at chunk 5."]
     return lines
 
 
