@@ -34,18 +34,18 @@ class Preset:
 
 
 # One home for the presets. Every preset codes the same format; only the encoder's effort differs.
-# Speeds: benchmarks/results/model_speed.md (2026-11-28, the 2-core build machine's AVX-512 EPYC with a 455
+# Speeds: benchmarks/results/model_speed.md (2026-11-28, the 2-core build machine's AVX-512 EPYC with a 438
 # GFLOP/s matmul peak, per-frame work after the key frame; an older 212 GFLOP/s CPU ran at about half).
 # Quality on 5 held-out training clips (60 frames, q9, hevc21 key), against ultrafast: fast +0.31 dB,
 # medium +0.33 dB at -9 % steady-state rate, slow +0.52 dB at +16 %, veryslow +0.66 dB at +57 % (the search
 # trades bits for distortion at the price lam of token_search.SearchSettings). 2 steps gained 0.06 dB: the
 # first step never moves the token, the second moves every channel by one, which rarely pays.
 PRESETS: dict[str, Preset] = {
-    "ultrafast": Preset(0, 115, "E_T's token, no search (real time)"),
-    "fast": Preset(3, 5.5, "token search, 3 steps"),
-    "medium": Preset(4, 4.1, "token search, 4 steps"),
-    "slow": Preset(8, 2.0, "token search, 8 steps"),
-    "veryslow": Preset(16, 1.0, "token search, 16 steps"),
+    "ultrafast": Preset(0, 111, "E_T's token, no search (real time)"),
+    "fast": Preset(3, 5.6, "token search, 3 steps"),
+    "medium": Preset(4, 4.0, "token search, 4 steps"),
+    "slow": Preset(8, 1.9, "token search, 8 steps"),
+    "veryslow": Preset(16, 0.94, "token search, 16 steps"),
 }
 # On the test clips the 4 steps of "medium" took the shipped model from +1.26 to +1.87 dB over
 # repeat-the-key-frame at a lower rate (README). A live sender in the token mode on a CPU uses "ultrafast": the
