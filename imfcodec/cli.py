@@ -253,7 +253,8 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True,
-              help=f"Where E_T and the token search run: {DEVICE_HELP}. The stream decodes on any device.")
+              help=f"Token mode: where E_T and the token search run (the hybrid encoder runs no network): "
+                   f"{DEVICE_HELP}. The stream decodes on any device.")
 def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality,
            chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps, device):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
