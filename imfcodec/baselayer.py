@@ -23,6 +23,10 @@ name     coding                                                 range    mapping
 ``vp9``   libvpx-vp9 good/cpu-used 2, no lag, CRF; FFmpeg decodes 0..63    CRF = 63 - quality (8: CRF 55)
 =======  =====================================================  =======  ===========================
 
+The table gives the default effort (``medium``); ``--preset`` picks another speed setting of the same encoder
+(``EFFORTS``: x265's presets of the same names, VP9 ``realtime`` cpu-used 8 and ``good`` cpu-used 4/2/1/0,
+SVT-AV1 presets 12/10/8/6/4), which changes the bytes, not the format.
+
 Why VP9 beside HEVC: at the base layer's rates (3-15 kbit/s at 64-128 px) VP9 is the strongest of the
 conventional anchors on the held-out training clips (BD-rate of the bicubic-upscaled base against this x265
 setting: -10 % on the three moving clips, +1 to +3 % on the two near-still ones), and the enhancer lifts any base it is given, so the base codec a user
@@ -54,7 +58,7 @@ class BaseCodec:
     decoder: str  # PyAV/FFmpeg decoder name
     quality_range: tuple[int, int]
     default_quality: int
-    options: Callable[[int, int], dict[str, str]]  # (quality, threads) -> encoder options
+    options: Callable[[int, int, str], dict[str, str]]  # (quality, threads, effort) -> encoder options
     description: str
     prefix: bytes  # what every access unit starts with; left out of the stream, restored by the decoder
 
@@ -65,21 +69,38 @@ class BaseCodec:
         return int(quality)
 
 
-def _x265(quality: int, threads: int) -> dict[str, str]:
+#: the encoder's effort (``--preset`` in the hybrid mode): the base encoders' own speed settings per name.
+#: Only the encoder changes; the stream and the decoder are the same format at every effort. Measured on the
+#: held-out training clips (``benchmarks/base_presets.py``).
+EFFORTS = ("ultrafast", "fast", "medium", "slow", "veryslow")
+DEFAULT_EFFORT = "medium"
+_VP9_EFFORT = {"ultrafast": ("realtime", 8), "fast": ("good", 4), "medium": ("good", 2), "slow": ("good", 1),
+               "veryslow": ("good", 0)}
+_SVTAV1_EFFORT = {"ultrafast": 12, "fast": 10, "medium": 8, "slow": 6, "veryslow": 4}
+
+
+def _effort(effort: str) -> str:
+    if effort not in EFFORTS:
+        raise InputError(f"base-layer effort must be one of {', '.join(EFFORTS)}, got {effort!r}")
+    return effort
+
+
+def _x265(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
     params = f"keyint=-1:scenecut=0:open-gop=0:repeat-headers=1:info=0:log-level=error:pools={threads}"
-    return {"crf": str(51 - quality), "preset": "medium", "tune": "zerolatency", "forced-idr": "1",
+    return {"crf": str(51 - quality), "preset": _effort(effort), "tune": "zerolatency", "forced-idr": "1",
             "x265-params": params}
 
 
-def _vp9(quality: int, threads: int) -> dict[str, str]:
+def _vp9(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
     # lag-in-frames=0 and auto-alt-ref=0: no hidden alt-ref frames, so exactly one shown frame per packet;
     # g: no automatic key frames (a key frame is forced where the stream has one)
-    return {"crf": str(63 - quality), "b": "0", "deadline": "good", "cpu-used": "2", "lag-in-frames": "0",
-            "auto-alt-ref": "0", "row-mt": "1", "threads": str(threads), "g": "1000000"}
+    deadline, cpu_used = _VP9_EFFORT[_effort(effort)]
+    return {"crf": str(63 - quality), "b": "0", "deadline": deadline, "cpu-used": str(cpu_used),
+            "lag-in-frames": "0", "auto-alt-ref": "0", "row-mt": "1", "threads": str(threads), "g": "1000000"}
 
 
-def _svtav1(quality: int, threads: int) -> dict[str, str]:
-    return {"crf": str(63 - quality), "preset": "8",
+def _svtav1(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
+    return {"crf": str(63 - quality), "preset": str(_SVTAV1_EFFORT[_effort(effort)]),
             "svtav1-params": f"pred-struct=1:scd=0:keyint=-1:lp={threads}"}
 
 
@@ -131,7 +152,8 @@ class BaseEncoder:
     (the codecs are configured for zero latency; anything else is reported as an encoder failure).
     """
 
-    def __init__(self, codec: str, width: int, height: int, fps: Fraction, quality: int, threads: int = 1):
+    def __init__(self, codec: str, width: int, height: int, fps: Fraction, quality: int, threads: int = 1,
+                 effort: str = DEFAULT_EFFORT):
         self.codec = get_base_codec(codec)
         self.quality = self.codec.check_quality(quality)
         self.width, self.height = int(width), int(height)
@@ -145,7 +167,7 @@ class BaseEncoder:
         ctx.time_base = 1 / fps
         ctx.framerate = fps
         ctx.thread_count = max(1, int(threads))
-        ctx.options = self.codec.options(self.quality, max(1, int(threads)))
+        ctx.options = self.codec.options(self.quality, max(1, int(threads)), effort)
         self._ctx = ctx
         self._pts = 0
 
@@ -224,13 +246,14 @@ class BaseDecoder:
 
 
 def code_clip(frames, codec: str, factor: int, quality: int, fps: Fraction = Fraction(25),
-              key_frames: set[int] | frozenset[int] = frozenset({0})) -> tuple[list[bytes], list[np.ndarray]]:
+              key_frames: set[int] | frozenset[int] = frozenset({0}), effort: str = DEFAULT_EFFORT
+              ) -> tuple[list[bytes], list[np.ndarray]]:
     """Encode and decode a whole clip (uint8 RGB frames, full size): (access units, small decoded frames).
     For the enhancer's training cache and for benchmarks."""
     frames = list(frames)
     h, w = frames[0].shape[:2]
     bw, bh = base_size(w, factor), base_size(h, factor)
-    enc, dec = BaseEncoder(codec, bw, bh, fps, quality), BaseDecoder(codec, bw, bh)
+    enc, dec = BaseEncoder(codec, bw, bh, fps, quality, effort=effort), BaseDecoder(codec, bw, bh)
     units, small = [], []
     for i, rgb in enumerate(frames):
         unit = enc.encode(rgb, intra=i in key_frames)

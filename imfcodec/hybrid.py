@@ -83,7 +83,7 @@ class HybridEncoder:
         side = base_size(self.size, s.base_factor)
         fps = Fraction(fps)
         self.key_codec = get_keyframe_codec(s.key_codec)
-        self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality)
+        self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality, effort=s.preset)
         self.header = StreamHeader(
             model=model_name, weights_hash=weights_hash, width=self.size, height=self.size,
             fps_num=fps.numerator, fps_den=fps.denominator, frames=frames,

@@ -21,13 +21,16 @@ DEFAULT_SCENECUT = 10.0
 
 @dataclass(frozen=True)
 class Preset:
-    """A named encoder effort (``--preset``, like x265's): how hard the encoder searches for each frame's
-    token (``imfcodec.token_search``). ``fps``: measured encoding speed of the shipped model at 256x256
-    on 2 CPU cores (``python -m benchmarks.model_speed``, encoder section), shown in ``--help``."""
+    """A named encoder effort (``--preset``, like x265's). Token mode: how hard the encoder searches for each
+    frame's token (``imfcodec.token_search``); ``fps``: measured encoding speed of the shipped model at
+    256x256 on 2 CPU cores (``python -m benchmarks.model_speed``, encoder section). Hybrid mode: the base
+    encoder's speed setting of the same name (``baselayer.EFFORTS``); ``base``: what it measured for a VP9
+    base at 1/2 against ``medium`` (``python -m benchmarks.base_presets``). Both shown in ``--help``."""
 
     search_iters: int  # token search: Adam steps through the decoder per frame (--refine)
     fps: float
     what: str
+    base: str = ""
 
     def describe(self) -> str:
         return f"{self.what}, about {self.fps:g} frames/s"
@@ -41,16 +44,19 @@ class Preset:
 # trades bits for distortion at the price lam of token_search.SearchSettings). 2 steps gained 0.06 dB: the
 # first step never moves the token, the second moves every channel by one, which rarely pays.
 PRESETS: dict[str, Preset] = {
-    "ultrafast": Preset(0, 111, "E_T's token, no search (real time)"),
-    "fast": Preset(3, 5.6, "token search, 3 steps"),
-    "medium": Preset(4, 4.0, "token search, 4 steps"),
-    "slow": Preset(8, 1.9, "token search, 8 steps"),
-    "veryslow": Preset(16, 0.94, "token search, 16 steps"),
+    "ultrafast": Preset(0, 111, "E_T's token, no search (real time)", "VP9 realtime cpu-used 8: +34.8 % bits, 8.3x"),
+    "fast": Preset(3, 5.6, "token search, 3 steps", "VP9 cpu-used 4: +4.0 % bits, 1.8x"),
+    "medium": Preset(4, 4.0, "token search, 4 steps", "VP9 cpu-used 2, about 400 frames/s"),
+    "slow": Preset(8, 1.9, "token search, 8 steps", "VP9 cpu-used 1: -1.9 % bits, 0.80x"),
+    "veryslow": Preset(16, 0.94, "token search, 16 steps", "VP9 cpu-used 0: -3.4 % bits, 0.40x"),
 }
+# The hybrid mode's efforts (base-layer BD-rate at the same upscaled-base PSNR and encoder speed against
+# medium, VP9 at 1/2 on the 5 held-out training clips: benchmarks/results/2026-11-28-base-presets-heldout-train/).
 # On the test clips the 4 steps of "medium" took the shipped model from +1.26 to +1.87 dB over
 # repeat-the-key-frame at a lower rate (README). A live sender in the token mode on a CPU uses "ultrafast": the
 # only preset that runs in real time there (any search costs at least one decoder pass forward and backward per
-# frame). The hybrid mode, the default, has no presets (its encoder is real time at its one setting).
+# frame). In the hybrid mode, the default, every preset runs in real time (the slowest, veryslow, at about 160
+# frames/s of base-layer encoding).
 DEFAULT_PRESET = "medium"
 DEFAULT_SEARCH_ITERS = PRESETS[DEFAULT_PRESET].search_iters
 DEFAULT_KEY_CODEC = "hevc"
@@ -91,6 +97,7 @@ class EncoderSettings:
     key_quality: int | None = None  # None: the key-frame codec's own default (hybrid: HYBRID_KEY_QUALITY first)
     chunk: int = DEFAULT_CHUNK
     search_iters: int = DEFAULT_SEARCH_ITERS  # token search iterations per frame (CLI --refine); 0 = E_T's token
+    preset: str = DEFAULT_PRESET  # the encoder's effort: the token search's steps (above) or the base encoder's speed
     # hybrid mode: a base_codec ('hevc', 'av1' or 'vp9') selects it; quality and search_iters then have no effect,
     # chunk is the frames per base packet
     base_codec: str | None = None
@@ -108,7 +115,7 @@ class EncoderSettings:
         ``search_iters`` (the CLI's ``--refine``, the expert knob)."""
         if preset not in PRESETS:
             raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-        return cls(**{"search_iters": PRESETS[preset].search_iters, **fields})
+        return cls(**{"search_iters": PRESETS[preset].search_iters, "preset": preset, **fields})
 
     def validated(self) -> "EncoderSettings":
         """These settings with ``key_quality`` (and ``base_quality``) resolved, or InputError naming the CLI
@@ -125,6 +132,8 @@ class EncoderSettings:
         if not 1 <= self.chunk <= MAX_ENCODER_CHUNK:
             raise InputError(f"--chunk must be in 1..{MAX_ENCODER_CHUNK}, got {self.chunk}")
         SearchSettings(self.search_iters).validated()
+        if self.preset not in PRESETS:
+            raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if isinstance(self.scenecut, bool) or not isinstance(self.scenecut, (int, float)) \
                 or not 0 <= self.scenecut <= 100:
             raise InputError(f"--scenecut must be a threshold in 0..100 (0 = off), got {self.scenecut!r}")

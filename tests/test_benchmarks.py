@@ -650,3 +650,18 @@ def test_enhancer_sweep_report_and_refusals(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no finished sweep variant" in err and "variant must be one of" in err and "needs --init-from" in err
     assert "test" in err.splitlines()[-1] and not (tmp_path / "small" / "sweep.json").exists()
+
+
+def test_base_presets_report_on_synthetic_rows():
+    """benchmarks.base_presets: each effort's BD-rate against medium and its speed ratio, from per-clip points."""
+    from benchmarks.base_presets import main, report
+    from imfcodec.baselayer import EFFORTS
+
+    curve = [(4.0, 24.0), (6.0, 26.0), (9.0, 28.0), (14.0, 30.0)]
+    rows = {e: {"points": [[(k * (0.9 if e == "slow" else 1.0), p) for k, p in curve]] * 2,
+                "seconds": 2.0 if e == "slow" else 1.0, "frames": 100} for e in EFFORTS}
+    text = report(rows, ["a", "b"], "vp9", 2, [0, 8, 16, 24])
+    slow = next(line for line in text.splitlines() if line.startswith("| slow |"))
+    assert "| -10.0 % |" in slow and "| 50 | 0.50x |" in slow
+    assert "| medium | +0.0 % |" in text
+    assert main(["--qualities", "0,8"]) == 1  # a BD-rate needs 4 points: one-line refusal

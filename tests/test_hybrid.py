@@ -144,7 +144,7 @@ def test_cli_option_errors(tmp_path, sample_clip):
     one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "hybrid", "--model", "random:imf-tiny"),
                    "--enhancer")
     # the default mode is hybrid: the token mode's options are refused, not ignored
-    for option in (("--quality", 5), ("--refine", 0), ("--preset", "ultrafast")):
+    for option in (("--quality", 5), ("--refine", 0)):
         one_line_error(cli("encode", sample_clip, "-o", out, "--enhancer", ENH, *option), "add --mode token")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--model", "random:imf-tiny"), "--enhancer")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", "random:imf-tiny"), "token model")
@@ -419,3 +419,25 @@ def test_the_default_mode_is_hybrid_in_the_cli_and_the_api(tmp_path, sample_clip
     encode_video(sample_clip, tmp_path / "a.imf", model=ENH, max_frames=3)
     encode_video(sample_clip, tmp_path / "t.imf", model="random:imf-tiny", max_frames=3)
     assert stream_info(tmp_path / "a.imf")["mode"] == "hybrid" and stream_info(tmp_path / "t.imf")["mode"] == "tokens"
+
+
+def test_presets_set_the_base_encoders_effort(tmp_path, sample_clip):
+    """In the hybrid mode --preset is the base encoder's speed setting (baselayer.EFFORTS): each codec gets its
+    own setting per name, the streams differ in bytes only and decode; a bad effort is refused."""
+    from imfcodec.baselayer import EFFORTS, _REGISTRY
+
+    for codec in _REGISTRY.values():
+        settings = [codec.options(13, 1, effort) for effort in EFFORTS]
+        assert len({tuple(sorted(o.items())) for o in settings}) == len(EFFORTS), codec.name
+        with pytest.raises(InputError, match="effort"):
+            codec.options(13, 1, "placebo")
+    sizes = {}
+    for preset in ("ultrafast", "medium", "veryslow"):
+        out = tmp_path / f"{preset}.imf"
+        r = cli("encode", sample_clip, "-o", out, "--enhancer", ENH, "--preset", preset, "--frames", 8)
+        assert r.exit_code == 0, r.output
+        info = json.loads(cli("info", out, "--json").stdout)
+        assert info["mode"] == "hybrid" and info["frames"] == 8
+        assert len(frames_of(out.read_bytes(), ENH)) == 8
+        sizes[preset] = info["base_bytes"]
+    assert sizes["ultrafast"] != sizes["medium"]  # VP9 realtime cpu-used 8 codes other bytes

@@ -1,0 +1,131 @@
+"""The hybrid mode's ``--preset``: what each base-encoder effort costs and saves, on held-out training clips.
+
+```
+python -m benchmarks.base_presets [--codec vp9] [--factor 2] [--qualities 0,8,16,24] [--frames 150]
+                                  [--val-clips 5] [--out FILE.md]
+```
+
+Per effort (``imfcodec.baselayer.EFFORTS``) and held-out clip (the trainer's split: never a test clip), the
+clip's first ``--frames`` frames are coded as a base layer at each quality (one GOP, as the hybrid encoder codes
+them), decoded, upscaled with the decoder's bicubic and scored against the full-size frames. Reported: the
+BD-rate of each effort against ``medium`` (PSNR of the upscaled base, pchip, mean of per-clip values: the
+enhancer's input, whose gain does not depend on the encoder's effort to first order) and the encoder's speed
+(frames/s of ``BaseEncoder.encode`` alone, all qualities and clips, one thread). The efforts change only the
+encoder; the stream format and the decoder are the same.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import click
+import numpy as np
+
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+from imfcodec.fsutil import write_text
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def measure(frames: np.ndarray, codec: str, factor: int, quality: int, effort: str) -> tuple[float, float, float]:
+    """(kbit/s at 25 fps, mean PSNR of the bicubic-upscaled base, encoder seconds) of one clip at one point."""
+    import torch
+
+    from imfcodec.baselayer import BaseDecoder, BaseEncoder, base_size
+    from imfcodec.codec import to_tensor, to_uint8
+    from imfcodec.models import upscale
+
+    size = frames.shape[1]
+    side = base_size(size, factor)
+    enc, dec = BaseEncoder(codec, side, side, Fraction(25), quality, effort=effort), BaseDecoder(codec, side, side)
+    units, seconds = [], 0.0
+    for i, rgb in enumerate(frames):
+        t0 = time.perf_counter()
+        units.append(enc.encode(rgb, intra=i == 0))
+        seconds += time.perf_counter() - t0
+    enc.close()
+    dec.restart()
+    psnrs = []
+    with torch.inference_mode():
+        for unit, rgb in zip(units, frames):
+            up = to_uint8(upscale(to_tensor(dec.decode(unit)), (size, size)))[0]
+            psnrs.append(_psnr(up, rgb))
+    kbps = sum(map(len, units)) * 8 / (len(frames) / 25) / 1000
+    return kbps, float(np.mean(psnrs)), seconds
+
+
+def report(rows: dict, clips: list[str], codec: str, factor: int, qualities: list[int]) -> str:
+    from benchmarks.report import bd_rate
+
+    from imfcodec.baselayer import DEFAULT_EFFORT
+
+    ref = rows[DEFAULT_EFFORT]
+    lines = [f"Base layer {codec} at 1/{factor}, qualities {', '.join(map(str, qualities))}, one GOP per clip; held-out "
+             f"training clips: {', '.join(clips)}.", "",
+             f"| effort (`--preset`) | BD-rate against {DEFAULT_EFFORT} (PSNR of the upscaled base) | per clip | "
+             f"encoder frames/s | speed against {DEFAULT_EFFORT} |", "|---|---|---|---|---|"]
+    ref_fps = ref["frames"] / ref["seconds"]
+    for effort, r in rows.items():
+        bds = [bd_rate([p[0] for p in a], [p[1] for p in a], [p[0] for p in b], [p[1] for p in b]).value
+               for a, b in zip(ref["points"], r["points"])]
+        fps = r["frames"] / r["seconds"]
+        lines.append(f"| {effort} | {np.mean(bds):+.1f} % | {', '.join(f'{b:+.1f}' for b in bds)} | {fps:.0f} | "
+                     f"{fps / ref_fps:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+@click.command("base_presets", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
+@click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True)
+@click.option("--codec", default="vp9", show_default=True)
+@click.option("--factor", type=int, default=2, show_default=True)
+@click.option("--qualities", default="0,8,16,24", show_default=True)
+@click.option("--frames", type=int, default=150, show_default=True)
+@click.option("--val-clips", type=int, default=5, show_default=True, help="the trainer's held-out clips")
+@click.option("--cache-dir", default="runs/frame-cache", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the table here")
+def command(data, codec, factor, qualities, frames, val_clips, cache_dir, out):
+    import torch
+
+    from imfcodec.baselayer import EFFORTS, get_base_codec
+    from imfcodec.errors import InputError
+    from imfcodec.train.data import find_videos, load_clips, split_clips
+
+    get_base_codec(codec)
+    try:
+        qs = [int(q) for q in qualities.split(",")]
+    except ValueError:
+        raise InputError(f"--qualities: comma-separated integers, got {qualities!r}") from None
+    if len(qs) < 4:
+        raise InputError("--qualities: at least 4 (a BD-rate needs 4 points)")
+    torch.set_num_threads(1)
+    _train, held_out = split_clips(find_videos(list(data)), val_clips)
+    clips = load_clips(held_out, 256, frames, None if cache_dir == "none" else cache_dir)
+    rows = {}
+    for effort in EFFORTS:
+        points, seconds, n = [], 0.0, 0
+        for f in clips.frames:
+            per = [measure(f, codec, factor, q, effort) for q in qs]
+            points.append([(k, p) for k, p, _ in per])
+            seconds += sum(s for *_, s in per)
+            n += len(f) * len(qs)
+        rows[effort] = {"points": points, "seconds": seconds, "frames": n}
+        click.echo(f"{effort}: {n / seconds:.0f} frames/s", err=True)
+    text = report(rows, clips.names, codec, factor, qs)
+    click.echo(text)
+    if out:
+        write_text(out, text)
+    return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "python -m benchmarks.base_presets")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
