@@ -56,7 +56,7 @@ class AnchorSpec:
     param: str
     ladder: tuple[int, ...]
     quick: tuple[int, ...]
-    options: Callable[[int, int, int], dict[str, str]]
+    options: Callable[..., dict[str, str]]  # (value, gop, threads, effort="medium") -> encoder options
     description: str
     strip_sei: bool = False
     extradata_out_of_band: bool = False
@@ -66,25 +66,34 @@ class AnchorSpec:
         return [(f"{self.param}{v}", v) for v in (self.quick if quick else self.ladder)]
 
 
-def _x264(value: int, gop: int, threads: int) -> dict[str, str]:
-    return {"preset": "medium", "crf": str(value), "threads": str(threads),
+#: ``benchmarks.rd --effort``: every anchor's own speed setting of that name, as the hybrid mode's base layer
+#: takes ``--preset`` (``imfcodec.baselayer.EFFORTS``): x264/x265 presets, SVT-AV1 12/10/8/6/4, VP9 realtime 8
+#: and good 4/2/1/0. ``medium`` is the setting of every published number.
+_SVTAV1_EFFORT = {"ultrafast": 12, "fast": 10, "medium": 8, "slow": 6, "veryslow": 4}
+_VP9_EFFORT = {"ultrafast": ("realtime", 8), "fast": ("good", 4), "medium": ("good", 2), "slow": ("good", 1),
+               "veryslow": ("good", 0)}
+
+
+def _x264(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
+    return {"preset": effort, "crf": str(value), "threads": str(threads),
             "x264-params": f"bframes=0:keyint={gop}:min-keyint={gop}:scenecut=0"}
 
 
-def _x265(value: int, gop: int, threads: int) -> dict[str, str]:
-    return {"preset": "medium", "crf": str(value),
+def _x265(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
+    return {"preset": effort, "crf": str(value),
             "x265-params": (f"bframes=0:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:info=0:"
                             f"log-level=error:pools={threads}:frame-threads={threads}")}
 
 
-def _svtav1(value: int, gop: int, threads: int) -> dict[str, str]:
+def _svtav1(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
     # pred-struct=1 is SVT-AV1's low-delay prediction structure (no reordering).
-    return {"preset": "8", "crf": str(value), "svtav1-params": f"pred-struct=1:keyint={gop}:scd=0:lp={threads}"}
+    return {"preset": str(_SVTAV1_EFFORT[effort]), "crf": str(value), "svtav1-params": f"pred-struct=1:keyint={gop}:scd=0:lp={threads}"}
 
 
-def _vp9(value: int, gop: int, threads: int) -> dict[str, str]:
+def _vp9(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
     # lag-in-frames=0 + auto-alt-ref=0: no hidden alt-ref frames, every packet is shown at once.
-    return {"crf": str(value), "b": "0", "deadline": "good", "cpu-used": "2", "lag-in-frames": "0",
+    deadline, cpu_used = _VP9_EFFORT[effort]
+    return {"crf": str(value), "b": "0", "deadline": deadline, "cpu-used": str(cpu_used), "lag-in-frames": "0",
             "auto-alt-ref": "0", "row-mt": "1", "threads": str(threads), "keyint_min": str(gop)}
 
 
@@ -193,7 +202,7 @@ def decode_file(source, max_frames: int, width: int, height: int, *, upscale: st
 
 def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fraction, *, keyint: int = 0,
                   threads: int = 1, mp4_path: str | os.PathLike | None = None, scale: Fraction = Fraction(1),
-                  upscale: str = DEFAULT_UPSCALE) -> AnchorResult:
+                  upscale: str = DEFAULT_UPSCALE, effort: str = "medium") -> AnchorResult:
     """Encode ``frames`` (N x H x W x 3 uint8 RGB) at one rate point, mux to MP4, decode the MP4.
 
     With ``scale`` < 1 the frames are coded at the smaller size (area downscaling) and the decoded
@@ -209,7 +218,7 @@ def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fractio
     cw, ch = coded_size(width, height, scale)
     scaled = (cw, ch) != (width, height)
     gop = gop_length(keyint, n)
-    options = spec.options(value, gop, threads)
+    options = spec.options(value, gop, threads, effort)
     buf = io.BytesIO()
     out = av.open(buf, "w", format="mp4")
     stream = out.add_stream(spec.encoder, rate=Fraction(fps))

@@ -104,6 +104,10 @@ PROG = "python -m benchmarks.rd"
 @click.option("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
 @click.option("--anchor", default="x265", help="BD-rate anchor codec (default x265)")
 @click.option("--key-codec", default="hevc", help="imfcodec's key-frame codec (also used by 'repeat')")
+@click.option("--effort", type=click.Choice(["ultrafast", "fast", "medium", "slow", "veryslow"]), default="medium",
+              help="every conventional encoder's speed setting of that name (the anchors' and the hybrid base "
+                   "layer's, as `--preset` is in the hybrid mode); rows go to their own config "
+                   "(default: medium)")
 @click.option("--jobs", type=int, default=1, help="(clip, codec) jobs run in parallel (default 1)")
 @click.option("--threads", type=int, default=1, help="threads per codec and per torch (default 1)")
 @click.option("--quick", is_flag=True, help="2 rate points per codec (for tests and smoke runs)")
@@ -366,7 +370,8 @@ def run(args: SimpleNamespace) -> int:
             raise BenchError(f"--size {size} but the {'enhancer' if is_enh else 'imfcodec model'} codes "
                              f"{resolution}x{resolution}; drop --size or pick a model of that resolution")
     size = size or 256
-    config = f"{size}px-{args.frames or 'all'}f-keyint{args.keyint}"
+    config = f"{size}px-{args.frames or 'all'}f-keyint{args.keyint}" + ("" if args.effort == "medium" else
+                                                                       f"-{args.effort}")
     perceptual = PerceptualSpec(vmaf=not args.no_vmaf, vmaf_subsample=max(1, args.vmaf_subsample),
                                 lpips_weights=args.lpips_weights,
                                 dists_weights=args.dists_weights)
@@ -410,7 +415,7 @@ def run(args: SimpleNamespace) -> int:
                                 fps_den=fps.denominator, stream_dir=str(out / "streams" / name), config=config,
                                 size=size, keyint=args.keyint, threads=args.threads,
                                 model=args.enhancer if codec in HYBRID_CODECS else args.model,
-                                model_id=mid, key_codec=args.key_codec, perceptual=perceptual))
+                                model_id=mid, key_codec=args.key_codec, effort=args.effort, perceptual=perceptual))
     total = sum(len(j.points) for j in jobs)
     print(f"{total} point(s) to run in {len(jobs)} job(s); {skipped} already in {csv_path}", flush=True)
 
@@ -478,6 +483,9 @@ def run(args: SimpleNamespace) -> int:
         "hybrid enhancer": enhancer_id or "(not run)",
         "key-frame codec": args.key_codec,
         "anchors": "; ".join(ANCHORS[c].description for c in codecs if c in ANCHORS) or "(none)",
+        "encoder effort": (args.effort if args.effort == "medium" else
+                           f"{args.effort}: every anchor's and the hybrid base layer's speed setting of that name "
+                           f"(benchmarks.anchors, imfcodec.baselayer.EFFORTS), not the descriptions' medium"),
         "anchor frame sizes": (", ".join(f"{scale_label(s)} ({coded_size(size, size, s)[0]}px)" for s in anchor_scales)
                                + f"; area downscaling, {args.upscale} upscaling to {size}x{size} (swscale)"),
         "threads": f"{args.threads} per codec; jobs in parallel: {args.jobs}"

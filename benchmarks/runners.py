@@ -71,7 +71,13 @@ class Job:
     model: str | None = None
     model_id: str = ""
     key_codec: str = "hevc"
+    effort: str = "medium"  # anchors' and the hybrid base layer's encoder effort (--effort)
     perceptual: PerceptualSpec = field(default_factory=PerceptualSpec)
+
+
+def _effort_suffix(job: Job) -> str:
+    """Stream files of another --effort sit beside the default's without replacing them."""
+    return "" if job.effort == "medium" else f"-{job.effort}"
 
 
 @dataclass
@@ -182,10 +188,10 @@ def _anchor_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
     spec = ANCHORS[job.codec]
     out = []
     for point in job.points:
-        mp4 = Path(job.stream_dir) / f"{job.codec}_{point.name}.mp4"
+        mp4 = Path(job.stream_dir) / f"{job.codec}_{point.name}{_effort_suffix(job)}.mp4"
         try:
             r = encode_decode(spec, point.param, frames, fps_, keyint=job.keyint, threads=job.threads,
-                              mp4_path=mp4, scale=point.scale, upscale=point.upscale)
+                              mp4_path=mp4, scale=point.scale, upscale=point.upscale, effort=job.effort)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")
             continue
@@ -313,11 +319,12 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
     enhance = job.codec == "hybrid"
     out = []
     for point in job.points:
-        path = Path(job.stream_dir) / f"{job.codec}_{point.name}.imf"
+        path = Path(job.stream_dir) / f"{job.codec}_{point.name}{_effort_suffix(job)}.imf"
         try:
             settings = EncoderSettings(base_codec=point.base_codec, base_factor=int(1 / point.scale),
                                        base_quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
-                                       key_quality=point.key_quality, scenecut=0)  # as the anchors (above)
+                                       key_quality=point.key_quality, scenecut=0,  # as the anchors (above)
+                                       preset=job.effort)
             coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings, enhance)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")

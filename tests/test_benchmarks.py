@@ -665,3 +665,27 @@ def test_base_presets_report_on_synthetic_rows():
     assert "| -10.0 % |" in slow and "| 50 | 0.50x |" in slow
     assert "| medium | +0.0 % |" in text
     assert main(["--qualities", "0,8"]) == 1  # a BD-rate needs 4 points: one-line refusal
+
+
+def test_effort_runs_are_rows_of_their_own(tmp_path, jobs_in_this_process):
+    """--effort codes the anchors and the hybrid base at that speed setting, into a config and stream files of
+    its own: a medium run's rows and files are not reused or replaced."""
+    from benchmarks.anchors import ANCHORS
+    from benchmarks.rd import main
+
+    assert ANCHORS["vp9"].options(55, 250, 1, "veryslow")["cpu-used"] == "0"
+    assert ANCHORS["x265"].options(30, 250, 1, "slow")["preset"] == "slow"
+    assert ANCHORS["svtav1"].options(55, 250, 1, "fast")["preset"] == "10"
+    base = ["--videos", str(CLIP), "--out", str(tmp_path), "--frames", "6", "--enhancer", "random:enh-tiny",
+            "--quick", "--codecs", "vp9,hybrid", "--scales", "1/2"]
+    assert main(base) == 0 and main([*base, "--effort", "ultrafast"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "rd.csv", newline="")))
+    configs = {r["config"] for r in rows}
+    assert configs == {"64px-6f-keyint0", "64px-6f-keyint0-ultrafast"}
+    for codec in ("vp9", "hybrid"):
+        fast = {r["point"]: r for r in rows if r["codec"] == codec and r["config"].endswith("ultrafast")}
+        medium = {r["point"]: r for r in rows if r["codec"] == codec and not r["config"].endswith("ultrafast")}
+        assert fast.keys() == medium.keys() and len(fast) == 2
+        assert all((tmp_path / r["stream"]).is_file() for r in [*fast.values(), *medium.values()])
+        assert {r["stream"] for r in fast.values()}.isdisjoint(r["stream"] for r in medium.values())
+    assert "ultrafast: every anchor's" in (tmp_path / "summary.md").read_text()
