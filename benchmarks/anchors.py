@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imfcodec.baselayer import SVTAV1_EFFORT, VP9_EFFORT
+
 # SVT-AV1 prints a banner to stderr for every encoder it opens; 1 = errors only.
 os.environ.setdefault("SVT_LOG", "1")
 
@@ -66,12 +68,9 @@ class AnchorSpec:
         return [(f"{self.param}{v}", v) for v in (self.quick if quick else self.ladder)]
 
 
-#: ``benchmarks.rd --effort``: every anchor's own speed setting of that name, as the hybrid mode's base layer
-#: takes ``--preset`` (``imfcodec.baselayer.EFFORTS``): x264/x265 presets, SVT-AV1 12/10/8/6/4, VP9 realtime 8
-#: and good 4/2/1/0. ``medium`` is the setting of every published number.
-_SVTAV1_EFFORT = {"ultrafast": 12, "fast": 10, "medium": 8, "slow": 6, "veryslow": 4}
-_VP9_EFFORT = {"ultrafast": ("realtime", 8), "fast": ("good", 4), "medium": ("good", 2), "slow": ("good", 1),
-               "veryslow": ("good", 0)}
+#: ``benchmarks.rd --effort``: every anchor's own speed setting of that name, the same as the hybrid mode's base
+#: layer takes for ``--preset`` (one table, ``imfcodec.baselayer``): x264/x265 presets, SVT-AV1 12/10/8/6/4,
+#: VP9 realtime 8 and good 4/2/1/0. ``medium`` is the setting of every published number.
 
 
 def _x264(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
@@ -87,12 +86,12 @@ def _x265(value: int, gop: int, threads: int, effort: str = "medium") -> dict[st
 
 def _svtav1(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
     # pred-struct=1 is SVT-AV1's low-delay prediction structure (no reordering).
-    return {"preset": str(_SVTAV1_EFFORT[effort]), "crf": str(value), "svtav1-params": f"pred-struct=1:keyint={gop}:scd=0:lp={threads}"}
+    return {"preset": str(SVTAV1_EFFORT[effort]), "crf": str(value), "svtav1-params": f"pred-struct=1:keyint={gop}:scd=0:lp={threads}"}
 
 
 def _vp9(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
     # lag-in-frames=0 + auto-alt-ref=0: no hidden alt-ref frames, every packet is shown at once.
-    deadline, cpu_used = _VP9_EFFORT[effort]
+    deadline, cpu_used = VP9_EFFORT[effort]
     return {"crf": str(value), "b": "0", "deadline": deadline, "cpu-used": str(cpu_used), "lag-in-frames": "0",
             "auto-alt-ref": "0", "row-mt": "1", "threads": str(threads), "keyint_min": str(gop)}
 

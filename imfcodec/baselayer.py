@@ -74,9 +74,9 @@ class BaseCodec:
 #: held-out training clips (``benchmarks/base_presets.py``).
 EFFORTS = ("ultrafast", "fast", "medium", "slow", "veryslow")
 DEFAULT_EFFORT = "medium"
-_VP9_EFFORT = {"ultrafast": ("realtime", 8), "fast": ("good", 4), "medium": ("good", 2), "slow": ("good", 1),
+VP9_EFFORT = {"ultrafast": ("realtime", 8), "fast": ("good", 4), "medium": ("good", 2), "slow": ("good", 1),
                "veryslow": ("good", 0)}
-_SVTAV1_EFFORT = {"ultrafast": 12, "fast": 10, "medium": 8, "slow": 6, "veryslow": 4}
+SVTAV1_EFFORT = {"ultrafast": 12, "fast": 10, "medium": 8, "slow": 6, "veryslow": 4}
 
 
 def _effort(effort: str) -> str:
@@ -94,13 +94,13 @@ def _x265(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str,
 def _vp9(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
     # lag-in-frames=0 and auto-alt-ref=0: no hidden alt-ref frames, so exactly one shown frame per packet;
     # g: no automatic key frames (a key frame is forced where the stream has one)
-    deadline, cpu_used = _VP9_EFFORT[_effort(effort)]
+    deadline, cpu_used = VP9_EFFORT[_effort(effort)]
     return {"crf": str(63 - quality), "b": "0", "deadline": deadline, "cpu-used": str(cpu_used),
             "lag-in-frames": "0", "auto-alt-ref": "0", "row-mt": "1", "threads": str(threads), "g": "1000000"}
 
 
 def _svtav1(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
-    return {"crf": str(63 - quality), "preset": str(_SVTAV1_EFFORT[_effort(effort)]),
+    return {"crf": str(63 - quality), "preset": str(SVTAV1_EFFORT[_effort(effort)]),
             "svtav1-params": f"pred-struct=1:scd=0:keyint=-1:lp={threads}"}
 
 
