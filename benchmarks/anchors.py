@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imfcodec.baselayer import SVTAV1_EFFORT, VP9_EFFORT
+from imfcodec.baselayer import DEFAULT_EFFORT, SVTAV1_EFFORT, VP9_EFFORT
 
 # SVT-AV1 prints a banner to stderr for every encoder it opens; 1 = errors only.
 os.environ.setdefault("SVT_LOG", "1")
@@ -73,23 +73,23 @@ class AnchorSpec:
 #: VP9 realtime 8 and good 4/2/1/0. ``medium`` is the setting of every published number.
 
 
-def _x264(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
+def _x264(value: int, gop: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
     return {"preset": effort, "crf": str(value), "threads": str(threads),
             "x264-params": f"bframes=0:keyint={gop}:min-keyint={gop}:scenecut=0"}
 
 
-def _x265(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
+def _x265(value: int, gop: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
     return {"preset": effort, "crf": str(value),
             "x265-params": (f"bframes=0:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:info=0:"
                             f"log-level=error:pools={threads}:frame-threads={threads}")}
 
 
-def _svtav1(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
+def _svtav1(value: int, gop: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
     # pred-struct=1 is SVT-AV1's low-delay prediction structure (no reordering).
     return {"preset": str(SVTAV1_EFFORT[effort]), "crf": str(value), "svtav1-params": f"pred-struct=1:keyint={gop}:scd=0:lp={threads}"}
 
 
-def _vp9(value: int, gop: int, threads: int, effort: str = "medium") -> dict[str, str]:
+def _vp9(value: int, gop: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
     # lag-in-frames=0 + auto-alt-ref=0: no hidden alt-ref frames, every packet is shown at once.
     deadline, cpu_used = VP9_EFFORT[effort]
     return {"crf": str(value), "b": "0", "deadline": deadline, "cpu-used": str(cpu_used), "lag-in-frames": "0",
@@ -201,7 +201,7 @@ def decode_file(source, max_frames: int, width: int, height: int, *, upscale: st
 
 def encode_decode(spec: AnchorSpec, value: int, frames: np.ndarray, fps: Fraction, *, keyint: int = 0,
                   threads: int = 1, mp4_path: str | os.PathLike | None = None, scale: Fraction = Fraction(1),
-                  upscale: str = DEFAULT_UPSCALE, effort: str = "medium") -> AnchorResult:
+                  upscale: str = DEFAULT_UPSCALE, effort: str = DEFAULT_EFFORT) -> AnchorResult:
     """Encode ``frames`` (N x H x W x 3 uint8 RGB) at one rate point, mux to MP4, decode the MP4.
 
     With ``scale`` < 1 the frames are coded at the smaller size (area downscaling) and the decoded

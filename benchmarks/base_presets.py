@@ -16,7 +16,6 @@ encoder; the stream format and the decoder are the same.
 
 from __future__ import annotations
 
-import math
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -28,17 +27,13 @@ from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 from imfcodec.fsutil import write_text
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 100.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-
-
 def measure(frames: np.ndarray, codec: str, factor: int, quality: int, effort: str) -> tuple[float, float, float]:
     """(kbit/s at 25 fps, mean PSNR of the bicubic-upscaled base, encoder seconds) of one clip at one point."""
     import torch
 
     from imfcodec.baselayer import BaseDecoder, BaseEncoder, base_size
     from imfcodec.codec import to_tensor, to_uint8
+    from imfcodec.metrics import psnr
     from imfcodec.models import upscale
 
     size = frames.shape[1]
@@ -51,13 +46,10 @@ def measure(frames: np.ndarray, codec: str, factor: int, quality: int, effort: s
         seconds += time.perf_counter() - t0
     enc.close()
     dec.restart()
-    psnrs = []
-    with torch.inference_mode():
-        for unit, rgb in zip(units, frames):
-            up = to_uint8(upscale(to_tensor(dec.decode(unit)), (size, size)))[0]
-            psnrs.append(_psnr(up, rgb))
+    with torch.inference_mode():  # the decoder's bicubic upscale, as HybridDecoder with --no-enhance
+        up = to_uint8(upscale(torch.cat([to_tensor(dec.decode(u)) for u in units]), (size, size)))
     kbps = sum(map(len, units)) * 8 / (len(frames) / 25) / 1000
-    return kbps, float(np.mean(psnrs)), seconds
+    return kbps, float(psnr(np.stack(up), frames)), seconds
 
 
 def report(rows: dict, clips: list[str], codec: str, factor: int, qualities: list[int]) -> str:

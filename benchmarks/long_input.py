@@ -80,7 +80,7 @@ def child(argv: list[str]) -> None:
     from imfcodec.api import decode_stream, encode_video
     from imfcodec.codec import EncoderSettings
     from imfcodec.hybrid import is_enhancer
-    from imfcodec.settings import DEFAULT_BASE_CODEC
+    from imfcodec.settings import hybrid_defaults
     from imfcodec.zoo import load_model
 
     loaded = load_model(model)
@@ -88,9 +88,12 @@ def child(argv: list[str]) -> None:
     base = vm_hwm_mb()
     t0 = time.perf_counter()
     if what == "encode":
-        mode = {"base_codec": DEFAULT_BASE_CODEC} if hybrid else {} if int(refine) < 0 else {"search_iters": int(refine)}
-        s = encode_video(src, dst, model=loaded,
-                         settings=EncoderSettings(keyint=int(keyint), key_codec=key_codec, **mode))
+        common = dict(keyint=int(keyint), key_codec=key_codec)
+        if hybrid:
+            settings = hybrid_defaults(**common)
+        else:
+            settings = EncoderSettings(**common, **({} if int(refine) < 0 else {"search_iters": int(refine)}))
+        s = encode_video(src, dst, model=loaded, settings=settings)
         frames = s.frames
     else:
         frames = decode_stream(src, dst, model=loaded).frames

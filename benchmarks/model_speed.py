@@ -376,10 +376,10 @@ def _decode_all(model, header, packets) -> int:
 
 
 def default_hybrid(chunk: int):
-    """`imfcodec encode`'s default settings (the hybrid mode at its default point) at this chunk."""
-    from imfcodec.settings import DEFAULT_BASE_CODEC, EncoderSettings
+    """`imfcodec encode`'s default settings (the hybrid mode at its default point) at this chunk, resolved."""
+    from imfcodec.settings import hybrid_defaults
 
-    return EncoderSettings(base_codec=DEFAULT_BASE_CODEC, chunk=chunk).validated()
+    return hybrid_defaults(chunk=chunk).validated()
 
 
 def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[str]:

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call  # noqa: E402
 from imfcodec.fsutil import write_text  # noqa: E402
+from imfcodec.baselayer import DEFAULT_EFFORT, EFFORTS  # noqa: E402
 from imfcodec.settings import BASE_CODECS  # noqa: E402
 
 from . import require_bench_extra  # noqa: E402
@@ -104,7 +105,7 @@ PROG = "python -m benchmarks.rd"
 @click.option("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {','.join(CODECS)}")
 @click.option("--anchor", default="x265", help="BD-rate anchor codec (default x265)")
 @click.option("--key-codec", default="hevc", help="imfcodec's key-frame codec (also used by 'repeat')")
-@click.option("--effort", type=click.Choice(["ultrafast", "fast", "medium", "slow", "veryslow"]), default="medium",
+@click.option("--effort", type=click.Choice(EFFORTS), default=DEFAULT_EFFORT,
               help="every conventional encoder's speed setting of that name (the anchors' and the hybrid base "
                    "layer's, as `--preset` is in the hybrid mode); rows go to their own config "
                    "(default: medium)")
@@ -370,7 +371,7 @@ def run(args: SimpleNamespace) -> int:
             raise BenchError(f"--size {size} but the {'enhancer' if is_enh else 'imfcodec model'} codes "
                              f"{resolution}x{resolution}; drop --size or pick a model of that resolution")
     size = size or 256
-    config = f"{size}px-{args.frames or 'all'}f-keyint{args.keyint}" + ("" if args.effort == "medium" else
+    config = f"{size}px-{args.frames or 'all'}f-keyint{args.keyint}" + ("" if args.effort == DEFAULT_EFFORT else
                                                                        f"-{args.effort}")
     perceptual = PerceptualSpec(vmaf=not args.no_vmaf, vmaf_subsample=max(1, args.vmaf_subsample),
                                 lpips_weights=args.lpips_weights,
@@ -483,7 +484,7 @@ def run(args: SimpleNamespace) -> int:
         "hybrid enhancer": enhancer_id or "(not run)",
         "key-frame codec": args.key_codec,
         "anchors": "; ".join(ANCHORS[c].description for c in codecs if c in ANCHORS) or "(none)",
-        "encoder effort": (args.effort if args.effort == "medium" else
+        "encoder effort": (args.effort if args.effort == DEFAULT_EFFORT else
                            f"{args.effort}: every anchor's and the hybrid base layer's speed setting of that name "
                            f"(benchmarks.anchors, imfcodec.baselayer.EFFORTS), not the descriptions' medium"),
         "anchor frame sizes": (", ".join(f"{scale_label(s)} ({coded_size(size, size, s)[0]}px)" for s in anchor_scales)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .anchors import ANCHORS, DEFAULT_UPSCALE, encode_decode
+from .anchors import ANCHORS, DEFAULT_EFFORT, DEFAULT_UPSCALE, encode_decode
 from .memory import peak_rss_mb
 from .quality import PerceptualSpec
 from .speed import Stopwatch, decode_gflops, fps, set_threads
@@ -71,13 +71,13 @@ class Job:
     model: str | None = None
     model_id: str = ""
     key_codec: str = "hevc"
-    effort: str = "medium"  # anchors' and the hybrid base layer's encoder effort (--effort)
+    effort: str = DEFAULT_EFFORT  # anchors' and the hybrid base layer's encoder effort (--effort)
     perceptual: PerceptualSpec = field(default_factory=PerceptualSpec)
 
 
 def _effort_suffix(job: Job) -> str:
     """Stream files of another --effort sit beside the default's without replacing them."""
-    return "" if job.effort == "medium" else f"-{job.effort}"
+    return "" if job.effort == DEFAULT_EFFORT else f"-{job.effort}"
 
 
 @dataclass

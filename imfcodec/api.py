@@ -271,16 +271,15 @@ def _with_defaults(model: str | LoadedModel | None,
                    settings: EncoderSettings | None) -> tuple[str | LoadedModel | None, EncoderSettings]:
     """(model, settings) with ``default_settings`` filled in; a named model is loaded once to tell its kind."""
     from .hybrid import is_enhancer
-    from .settings import DEFAULT_BASE_CODEC, DEFAULT_MODE
+    from .settings import DEFAULT_MODE, hybrid_defaults
     from .zoo import LoadedModel, load_model
 
     if settings is not None:
         return model, settings
-    hybrid = EncoderSettings(base_codec=DEFAULT_BASE_CODEC)
     if model is None:
-        return model, hybrid if DEFAULT_MODE == "hybrid" else EncoderSettings()
+        return model, hybrid_defaults() if DEFAULT_MODE == "hybrid" else EncoderSettings()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    return loaded, hybrid if is_enhancer(loaded.model) else EncoderSettings()
+    return loaded, hybrid_defaults() if is_enhancer(loaded.model) else EncoderSettings()
 
 
 def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) -> LoadedModel:

@@ -45,6 +45,7 @@ import numpy as np
 
 from .errors import CorruptStreamError, InputError, UnsupportedStreamError
 from .keyframe._common import frame_to_rgb, rgb_to_frame
+from .settings import DEFAULT_PRESET, PRESETS
 
 MIN_BASE_SIDE = 16  # x265 and SVT-AV1 refuse smaller pictures (8 for SVT-AV1; 16 keeps one rule)
 
@@ -72,8 +73,8 @@ class BaseCodec:
 #: the encoder's effort (``--preset`` in the hybrid mode): the base encoders' own speed settings per name.
 #: Only the encoder changes; the stream and the decoder are the same format at every effort. Measured on the
 #: held-out training clips (``benchmarks/base_presets.py``).
-EFFORTS = ("ultrafast", "fast", "medium", "slow", "veryslow")
-DEFAULT_EFFORT = "medium"
+EFFORTS = tuple(PRESETS)  # the same names as --preset (imfcodec.settings)
+DEFAULT_EFFORT = DEFAULT_PRESET
 VP9_EFFORT = {"ultrafast": ("realtime", 8), "fast": ("good", 4), "medium": ("good", 2), "slow": ("good", 1),
                "veryslow": ("good", 0)}
 SVTAV1_EFFORT = {"ultrafast": 12, "fast": 10, "medium": 8, "slow": 6, "veryslow": 4}

@@ -58,6 +58,15 @@ PRESETS: dict[str, Preset] = {
 # frame). In the hybrid mode, the default, every preset runs in real time (the slowest, veryslow, at about 160
 # frames/s of base-layer encoding).
 DEFAULT_PRESET = "medium"
+
+
+def _preset(name: str) -> Preset:
+    """The preset called ``name``; InputError naming --preset otherwise."""
+    if name not in PRESETS:
+        raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    return PRESETS[name]
+
+
 DEFAULT_SEARCH_ITERS = PRESETS[DEFAULT_PRESET].search_iters
 DEFAULT_KEY_CODEC = "hevc"
 # The encoder's own ceiling on --chunk (10 s of tokens per packet at 25 fps). Decoders accept up to the
@@ -113,9 +122,7 @@ class EncoderSettings:
     def from_preset(cls, preset: str = DEFAULT_PRESET, **fields) -> "EncoderSettings":
         """The settings of a named preset (``PRESETS``); ``fields`` set or override any field, e.g.
         ``search_iters`` (the CLI's ``--refine``, the expert knob)."""
-        if preset not in PRESETS:
-            raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-        return cls(**{"search_iters": PRESETS[preset].search_iters, "preset": preset, **fields})
+        return cls(**{"search_iters": _preset(preset).search_iters, "preset": preset, **fields})
 
     def validated(self) -> "EncoderSettings":
         """These settings with ``key_quality`` (and ``base_quality``) resolved, or InputError naming the CLI
@@ -132,8 +139,7 @@ class EncoderSettings:
         if not 1 <= self.chunk <= MAX_ENCODER_CHUNK:
             raise InputError(f"--chunk must be in 1..{MAX_ENCODER_CHUNK}, got {self.chunk}")
         SearchSettings(self.search_iters).validated()
-        if self.preset not in PRESETS:
-            raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        _preset(self.preset)
         if isinstance(self.scenecut, bool) or not isinstance(self.scenecut, (int, float)) \
                 or not 0 <= self.scenecut <= 100:
             raise InputError(f"--scenecut must be a threshold in 0..100 (0 = off), got {self.scenecut!r}")
@@ -174,3 +180,9 @@ class EncoderSettings:
         if isinstance(bq, bool) or not isinstance(bq, int) or not blo <= bq <= bhi:
             raise InputError(f"--base-quality for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
         return bq
+
+
+def hybrid_defaults(**fields) -> EncoderSettings:
+    """The hybrid mode at its default point (DEFAULT_BASE_CODEC, the base codec's default quality and size,
+    HYBRID_KEY_QUALITY): what `imfcodec encode` codes without options; ``fields`` override any field."""
+    return EncoderSettings(**{"base_codec": DEFAULT_BASE_CODEC, **fields})

@@ -114,7 +114,7 @@ def test_gpu_stream_decodes_to_the_same_tokens_on_the_cpu(sample_clip, tmp_path)
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_enhancer_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path, sample_clip):
-    """The hybrid enhancer's trainer on cuda writes a checkpoint of CPU tensors that a CPU run resumes."""
+    """The hybrid enhancer's trainer on cuda writes a checkpoint that loads (on the CPU) and resumes on the CPU."""
     import shutil
 
     from imfcodec.train import hybrid

@@ -105,7 +105,8 @@ def code_clip(name: str, frames: np.ndarray, cache_dir: Path | None) -> CodedCli
 def _t(a: np.ndarray) -> torch.Tensor:
     """uint8 [...,H,W,3] -> float [...,3,H,W] in [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.movedim(-1, -3).float().div_(255.0)
+    # contiguous NCHW: one memory layout everywhere, so equal pictures give bit-equal sums (validate's gain)
+    return t.movedim(-1, -3).contiguous().float().div_(255.0)
 
 
 def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int
@@ -173,8 +174,6 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
             base = upscale(_t(small[idx]), (size, size)).to(dev)
             side = {} if c.side is None else {"side": _t(c.side[idx]).to(dev)}
             out = model.enhance(state, base, **side)
-            # one memory layout for all three, so that equal pictures give bit-equal sums (a zero head: gain 0)
-            out, base, target = out.contiguous(), base.contiguous(), target.contiguous()
             for o, b, t in zip(out, base, target):
                 p_enh = -10 * math.log10(max(F.mse_loss(o.mul(255).round() / 255, t).item(), 1e-10))
                 p_base = -10 * math.log10(max(F.mse_loss(b.mul(255).round() / 255, t).item(), 1e-10))
@@ -226,17 +225,6 @@ def init_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[s
     return fresh
 
 
-def _to_cpu(obj):
-    """A checkpoint's tensors (nested in dicts and lists) on the CPU: it resumes on any device."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
 def _lr(step: int, steps: int, lr: float, warmup: int = 200) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -257,8 +245,8 @@ def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, ste
     ``create_model(model_name)`` for variants outside the registry, ``side`` gives each coded clip its side
     pictures, and ``init_from`` loads weights of the same enhancer or of one with fewer inputs (``init_state``:
     the new input channels start at zero, so the variant starts as the plain enhancer). ``device`` as
-    ``imfcodec.devices.resolve_device`` takes it (``cpu``, ``cuda[:N]``, ``auto``); checkpoints are written with
-    CPU tensors, so a run resumes on any device."""
+    ``imfcodec.devices.resolve_device`` takes it (``cpu``, ``cuda[:N]``, ``auto``); a run resumes on any device
+    (``load_checkpoint`` maps every tensor to the CPU, and the optimizer's state follows the parameters)."""
     from imfcodec.devices import resolve_device
     from imfcodec.models import create_model
     from imfcodec.train.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
@@ -314,9 +302,9 @@ def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, ste
         signal.signal(sig, on_signal)
 
     def save() -> None:
-        atomic_torch_save(_to_cpu({"format": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed,
-                                   "model": model.state_dict(), "ema": ema_model.state_dict(),
-                                   "opt": opt.state_dict(), "history": json.dumps(history)}), ckpt)
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed,
+                           "model": model.state_dict(), "ema": ema_model.state_dict(),
+                           "opt": opt.state_dict(), "history": json.dumps(history)}, ckpt)
 
     if step == 0:
         v = validate(ema_model, coded["val"])
