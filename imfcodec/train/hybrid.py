@@ -367,16 +367,18 @@ def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, ste
 @click.option("--ckpt-every", type=int, default=100, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--max-frames", type=int, default=200, show_default=True)
+@click.option("--val-clips", type=int, default=5, show_default=True,
+              help="held-out training clips (the first N by the hash of their names)")
 @click.option("--cache-dir", default="runs/frame-cache", show_default=True)
 @click.option("--init-from", default=None, help="start from these enhancer weights (.safetensors)")
 @click.option("--fresh", is_flag=True, help="ignore OUT/last.pt")
 @click.option("--device", default="cpu", show_default=True, help=f"where the enhancer trains: {DEVICE_HELP}")
 def main_command(data, out, model_name, steps, batch_size, lr, w_ms_ssim, max_minutes, val_every, ckpt_every,
-                 threads, max_frames, cache_dir, init_from, fresh, device):
+                 threads, max_frames, val_clips, cache_dir, init_from, fresh, device):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     train(list(data), out or Path("runs") / model_name, model_name=model_name, steps=steps, batch=batch_size, lr=lr, w_ms_ssim=w_ms_ssim,
           max_minutes=max_minutes, val_every=val_every, ckpt_every=ckpt_every, threads=threads,
-          max_frames=max_frames, cache_dir=cache_dir, resume=not fresh, init_from=init_from, device=device)
+          max_frames=max_frames, val_clips=val_clips, cache_dir=cache_dir, resume=not fresh, init_from=init_from, device=device)
     return 0  # an IMFError becomes one line and status 1 in cliutil.call
 
 
