@@ -109,11 +109,12 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return t.movedim(-1, -3).contiguous().float().div_(255.0)
 
 
-def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int
-                 ) -> tuple[torch.Tensor, ...]:
-    """(key, key_base, base, target), each [B,3,R,R] (and the side pictures before the target when the
-    clips have them): random clip, operating point, key quality and frame (any distance from the key
-    frame), a horizontal flip shared by all."""
+def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int,
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """(key, key_base, base, target), each [B,3,R,R] on ``device`` (and the side pictures before the target
+    when the clips have them): random clip, operating point, key quality and frame (any distance from the
+    key frame), a horizontal flip shared by all. The upscale runs on ``device``, one call per base size, so
+    a GPU run is not held back by the CPU (bicubic is per picture: batching does not change the result)."""
     from imfcodec.models import upscale
 
     keys, key_bases, bases, targets, sides = [], [], [], [], []
@@ -131,13 +132,18 @@ def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, s
             sides.append(c.side[i])
     if sides and len(sides) != batch:
         raise ValueError("either every clip has side pictures or none")
-    key, target = _t(np.stack(keys)), _t(np.stack(targets))
-    # operating points differ in base size: upscale each pair (key's base, frame's base) on its own
-    pairs = [upscale(_t(np.stack([kb, b])), (size, size)) for kb, b in zip(key_bases, bases)]
-    key_base, base = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-    flip = torch.from_numpy(rng.random(batch) < 0.5)
+    key, target = _t(np.stack(keys)).to(device), _t(np.stack(targets)).to(device)
+    # operating points differ in base size: upscale the pairs (key's base, frame's base) of each size together
+    key_base = torch.empty_like(key)
+    base = torch.empty_like(key)
+    for shape in {b.shape for b in bases}:
+        idx = [i for i, b in enumerate(bases) if b.shape == shape]
+        small = _t(np.stack([key_bases[i] for i in idx] + [bases[i] for i in idx])).to(device)
+        up = upscale(small, (size, size))
+        key_base[idx], base[idx] = up[:len(idx)], up[len(idx):]
+    flip = torch.from_numpy(rng.random(batch) < 0.5).to(device)
     out = []
-    for x in (key, key_base, base, *([_t(np.stack(sides))] if sides else []), target):
+    for x in (key, key_base, base, *([_t(np.stack(sides)).to(device)] if sides else []), target):
         x[flip] = x[flip].flip(-1)
         out.append(x)
     return tuple(out)
@@ -318,7 +324,7 @@ def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, ste
             break
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr)
-        *inputs, target = (x.to(dev, non_blocking=True) for x in sample_batch(coded["train"], batch, rng, size))
+        *inputs, target = sample_batch(coded["train"], batch, rng, size, dev)
         loss = loss_fn(model(*inputs), target, w_ms_ssim)
         opt.zero_grad(set_to_none=True)
         loss.backward()
