@@ -6,7 +6,8 @@ GPU decodes to the same tokens on a CPU and the other way round: ``entropy.quant
 float64 on the CPU, the stream carries the integers, the scale indexes come from the model's stored
 buffers in float64 on the CPU (``entropy.params``), and the rANS coder, key-frame codecs and base layers
 are CPU code. Frames differ between devices by float rounding only, and TF32 is switched off on a GPU
-so that stays small (CONTRIBUTING, "Devices").
+so that stays small (CONTRIBUTING, "Devices"); the trainers make the same choice explicitly (their
+``tf32`` setting, off unless asked for).
 
 ``cuda`` with no usable GPU is refused (one line): a user who asks for the GPU should learn that it is not
 there, not get a CPU run they did not ask for. ``auto`` takes the GPU when there is one and the CPU
@@ -34,9 +35,13 @@ def check_device(name: str | None) -> str:
     return name
 
 
-def resolve_device(name: str | None = None, note: Callable[[str], None] | None = None) -> str:
+def resolve_device(name: str | None = None, note: Callable[[str], None] | None = None, *,
+                   local_rank: int = 0, tf32: bool = False) -> str:
     """The torch device to run on, as a string (``"cpu"``, ``"cuda:0"``): ``auto`` falls back to the CPU
-    (``note`` gets a one-line message), ``cuda`` without a GPU raises InputError."""
+    (``note`` gets a one-line message), ``cuda`` without a GPU raises InputError. The one place a device
+    name becomes a device, for the codec and the trainers alike: ``cuda`` and ``auto`` take GPU
+    ``local_rank`` (a data-parallel rank's own GPU; 0 outside ``torchrun``), and on a GPU TF32 is set to
+    ``tf32`` for convolutions and matmuls both (off by default: see below)."""
     name = check_device(name)
     if name == "cpu":
         return "cpu"
@@ -48,14 +53,14 @@ def resolve_device(name: str | None = None, note: Callable[[str], None] | None =
                 note(f"note: --device auto: {_no_gpu_reason(torch)}; running on the CPU")
             return "cpu"
         raise InputError(f"--device {name}: {_no_gpu_reason(torch)}; use --device cpu (or auto)")
-    index = int(name.split(":")[1]) if ":" in name else 0
+    index = int(name.split(":")[1]) if ":" in name else int(local_rank)
     count = torch.cuda.device_count()
     if index >= count:
         raise InputError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-    # full float32: TF32 convolutions and matmuls round to 10 bits of mantissa, enough to move a
-    # decoded pixel by more than the conformance tolerance (1 level of 255) from the CPU's
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    # full float32 unless asked: TF32 convolutions and matmuls round to 10 bits of mantissa, enough to
+    # move a decoded pixel by more than the conformance tolerance (1 level of 255) from the CPU's
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
     return f"cuda:{index}"
 
 

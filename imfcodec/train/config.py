@@ -1,8 +1,10 @@
-"""Training configuration: one flat dataclass, loadable from JSON (a file path or the name of a
-bundled config in ``imfcodec/train/configs/``) and overridable field by field.
+"""Training configuration: one flat dataclass per network (``TrainConfig`` here for the token model,
+``hybrid.EnhancerConfig`` for the enhancer), loadable from JSON (a file path or the name of a bundled
+config in ``imfcodec/train/configs/``) and overridable field by field.
 
 Flat on purpose: every field maps 1:1 to a JSON key and to a ``--kebab-case`` command-line
-override, and the whole config is stored in every checkpoint and exported weights file.
+override, and the whole config is stored in every checkpoint and exported weights file. The fields
+the loop reads (``train.loop.Run``) have the same names and meanings in both configs.
 """
 
 from __future__ import annotations
@@ -19,8 +21,34 @@ from imfcodec.errors import InputError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+class RunConfig:
+    """What every run config can do: a JSON round trip, and overrides checked by name and validated."""
+
+    def validate(self):
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**data).validate()
+
+    def replace(self, **overrides: Any):
+        known = {f.name for f in dataclasses.fields(self)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise InputError(f"unknown training config keys: {', '.join(bad)}")
+        return dataclasses.replace(self, **overrides).validate()
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     # model
     model: str = "imf-small-v2"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +102,7 @@ class TrainConfig:
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     amp: bool = False                     # CUDA only
     amp_dtype: str = "bf16"               # bf16 | fp16 (fp16 uses a GradScaler)
+    tf32: bool = False                    # TF32 convolutions/matmuls on a GPU (devices.resolve_device)
     ema: float = 0.0                      # EMA decay of generator weights (0: off), e.g. 0.999
     log_every: int = 10
     val_every: int = 500
@@ -122,25 +151,6 @@ class TrainConfig:
             if start <= step and start > best:
                 best, res = start, int(r)
         return res
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown training config keys: {', '.join(unknown)}")
-        return cls(**data).validate()
-
-    def replace(self, **overrides: Any) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(self)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise InputError(f"unknown training config keys: {', '.join(bad)}")
-        return dataclasses.replace(self, **overrides).validate()
 
 
 def list_configs() -> list[str]:

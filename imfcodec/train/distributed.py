@@ -1,4 +1,5 @@
-"""Data parallelism over ``torchrun`` ranks, and the device and hardware a run uses.
+"""Data parallelism over ``torchrun`` ranks, and the hardware a run uses (the device itself comes from
+``imfcodec.devices.resolve_device``, as for the codec).
 
 Gradients are averaged across ranks with one flat all-reduce per optimizer step (rather than
 torch's DistributedDataParallel wrapper, whose hooks assume one forward per backward and every
@@ -14,7 +15,7 @@ import platform
 import torch
 import torch.distributed as dist
 
-from imfcodec.errors import InputError
+from imfcodec.devices import resolve_device  # noqa: F401 - its one home; importable from here as before
 
 
 class Dist:
@@ -102,14 +103,3 @@ def hardware_string(device: torch.device, world: int = 1) -> str:
         name = torch.cuda.get_device_name(device)
         return f"{world}x {name}"
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads" + (f", {world} processes" if world > 1 else "")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda requested but CUDA is not available")
-        if name == "cuda":
-            return torch.device("cuda", local_rank)
-    return torch.device(name)

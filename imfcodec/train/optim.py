@@ -13,24 +13,30 @@ from typing import Any
 import torch
 
 from imfcodec.errors import InputError
-from imfcodec.train.config import TrainConfig
 
 #: names (last component, under ``align.``) of the alignment's scalar parameters
 ALIGN_SCALARS = ("locality", "rel_bias")
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Generator lr at ``step``: linear warm-up, then constant, then an optional cosine decay.
+def lr_at(cfg: Any, step: int) -> float:
+    """The lr at ``step`` for either network's config (``lr``, ``warmup_steps``, ``lr_decay``): linear
+    warm-up, then constant, then an optional cosine decay ``[start_step, end_step, final_fraction]``.
 
-    A pure function of the step, so a resumed run continues the same schedule, and a run that
-    has been going at constant lr can be annealed from where it stands."""
+    The one schedule of both trainers; a pure function of the step, so a resumed run continues the same
+    schedule, and a run that has been going at constant lr can be annealed from where it stands."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_decay is None:
         return cfg.lr
     start, end, final = float(cfg.lr_decay[0]), float(cfg.lr_decay[1]), float(cfg.lr_decay[2])
-    t = min(max((step - start) / (end - start), 0.0), 1.0)
+    t = min(max((step - start) / (end - start if end > start else 1.0), 0.0), 1.0)
     return cfg.lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """``lr`` on every group, times the group's ``lr_mult`` (``param_groups``; 1 if it has none)."""
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
 
 
 def is_align_scalar(name: str) -> bool:

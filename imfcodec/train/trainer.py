@@ -14,10 +14,11 @@ uninterrupted one exactly, on the same hardware and thread count):
    token delta (see losses.py); Adam step with gradient clipping; EMA update;
 5. discriminator hinge step on (x_cur, x_hat) when a GAN or feature-matching weight is set.
 
-This module holds the loop and its state; the parts live beside it: ``checkpoint`` (``last.pt``
-IO and its load allowlist), ``distributed`` (ranks, gradient averaging, devices), ``optim`` (lr
-schedule, parameter groups, EMA), ``validate``, ``logs`` (the CSV files) and ``export``
-(calibration and safetensors). Their public names stay importable from here.
+This module holds the token model's step and state; the loop is ``loop.Run`` (shared with the
+enhancer's trainer, ``hybrid``), and the parts live beside it: ``checkpoint`` (``last.pt`` IO and
+its load allowlist), ``distributed`` (ranks, gradient averaging), ``optim`` (lr schedule, parameter
+groups, EMA), ``validate``, ``logs`` (the CSV files) and ``export`` (calibration and safetensors).
+Their public names stay importable from here.
 """
 
 from __future__ import annotations
@@ -28,11 +29,8 @@ import logging
 import math
 import os
 import random
-import signal
-import sys
-import threading
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,46 +51,28 @@ from imfcodec.train.data import (
     split_clips,
 )
 from imfcodec.train.distributed import Dist, hardware_string, params_digest, resolve_device, sync_grads
+from imfcodec.train.loop import Run, run_to_end, step_seed
 from imfcodec.train.export import calibrate_and_export, calibrate_tokens, export_model
 from imfcodec.train.logs import LOG_COLUMNS, VAL_COLUMNS, append_csv, truncate_logs
 from imfcodec.train.losses import GeneratorLoss, LossWeights, d_hinge_loss
-from imfcodec.train.optim import load_optimizer, lr_at, param_groups, update_ema
+from imfcodec.train.optim import load_optimizer, lr_at, param_groups, set_lr, update_ema
 from imfcodec.train.validate import validate_model, write_grid
 
 log = logging.getLogger("imfcodec.train")
 
 
-# ---------------------------------------------------------------------------- small helpers
-
-
-def step_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (e.g. seed, rank, step, purpose)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-def _on_ci() -> bool:
-    return any(os.environ.get(k) for k in ("CI", "GITHUB_ACTIONS", "BUILDKITE", "GITLAB_CI"))
-
-
 # ---------------------------------------------------------------------------- the trainer
 
 
-class Trainer:
-    """Holds models, optimizers, data and the loop state. ``run()`` trains to ``config.steps``."""
+class Trainer(Run):
+    """The token model (with its rate model and discriminator) for ``loop.Run``: models, optimizers,
+    data and one step. ``run()`` trains to ``config.steps``."""
 
     def __init__(self, config: TrainConfig, resume: str | os.PathLike | None = None) -> None:
         from imfcodec.models import Discriminator, create_model
 
-        self.cfg = cfg = config.validate()
-        self.d = Dist()
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
-        self.device = resolve_device(cfg.device, self.d.local_rank)
-        self.d.init(self.device)
-        if cfg.batch_size % self.d.world:
-            raise InputError(f"batch_size {cfg.batch_size} is not divisible by {self.d.world} ranks")
-        self.local_batch = cfg.batch_size // self.d.world
-        self.out = Path(cfg.out)
+        super().__init__(config)
+        cfg = self.cfg
 
         ckpt = None
         if resume:
@@ -149,8 +129,6 @@ class Trainer:
         from imfcodec.entropy import quality_step
 
         self.qstep = float(quality_step(cfg.train_quality))
-        self.step = 0
-        self.elapsed_s = 0.0          # training time over all sessions
         self.scale_init = False       # token_scale initialised from data yet?
         self.hardware: list[str] = []  # every setup this model has been trained on
         if ckpt is not None:
@@ -163,11 +141,11 @@ class Trainer:
             if self.ema is not None:
                 self.ema.load_state_dict(self.model.state_dict())
 
-        self._stop_reason: str | None = None
+        self.name = f"train {self.model.config.name}"
         self._train_ready = False
         self._val_ready = False
         self._bad_steps = 0
-        self._t0 = time.perf_counter()
+        self.t0 = time.perf_counter()  # max_minutes counts from start-up, data loading included
 
     # ------------------------------------------------------------------ data
     def prepare_data(self, train: bool = True) -> None:
@@ -256,13 +234,6 @@ class Trainer:
             except RuntimeError:
                 pass
 
-    def save_checkpoint(self, path: Path | None = None) -> Path | None:
-        if not self.d.main:
-            return None
-        path = path or self.out / "last.pt"
-        atomic_torch_save(self.state_dict(), path)
-        return path
-
     # ------------------------------------------------------------------ one step
     def _autocast(self):
         if self.amp:
@@ -293,8 +264,7 @@ class Trainer:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(step_seed(cfg.seed, self.d.rank, step, 7))
         lr = lr_at(cfg, step)
-        for g in self.opt_g.param_groups:
-            g["lr"] = lr * g.get("lr_mult", 1.0)
+        set_lr(self.opt_g, lr)
         logs: dict[str, float] = {"resolution": res, "lr": lr}
 
         model = self.model
@@ -454,128 +424,30 @@ class Trainer:
         log.info("exported %s (step %d, weights %s)", res["path"], self.step, res["weights_hash"])
         return res
 
-    # ------------------------------------------------------------------ loop
-    def request_stop(self, reason: str) -> None:
-        self._stop_reason = reason
-
-    def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        self.prepare_data()
-        main = self.d.main
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            truncate_logs(self.out, self.step)
+    # ------------------------------------------------------------------ the loop's hooks
+    def start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        truncate_logs(self.out, self.step)
         hw = hardware_string(self.device, self.d.world)
         if hw not in self.hardware:
             self.hardware.append(hw)
-        start_step = self.step
-        t_start = self._t0  # max_minutes counts from start-up, data loading included
-        deadline = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
-        loader = make_loader(self.dataset, self.local_batch, start_step=self.step, workers=cfg.workers,
-                             pin_memory=self.device.type == "cuda")
-        show = cfg.progress if cfg.progress is not None else (sys.stderr.isatty() and not _on_ci())
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (show and main), dynamic_ncols=True,
-                   desc=f"train {self.model.config.name}")
-        handlers = self._install_signals()
-        window: dict[str, list[float]] = defaultdict(list)
-        last_val: dict[str, float] = {}
-        last_export: dict[str, Any] | None = None
-        t_last = time.perf_counter()
-        try:
-            while self.step < cfg.steps:
-                t_iter = time.perf_counter()
-                x_ref, x_cur = next(loader)
-                logs = self.train_step(x_ref, x_cur)
-                dt = time.perf_counter() - t_iter  # data + step; validation/checkpoints excluded
-                self.elapsed_s += time.perf_counter() - t_last  # wall time, everything included
-                t_last = time.perf_counter()
-                for k, v in logs.items():
-                    window[k].append(float(v))
-                window["sec_per_step"].append(dt)
-                step = self.step
-                if main and (step % cfg.log_every == 0 or step == cfg.steps):
-                    row = {k: float(np.mean(v)) for k, v in window.items()}
-                    row["step"] = step
-                    row["resolution"] = int(logs["resolution"])
-                    row["images_per_s"] = cfg.batch_size / max(row["sec_per_step"], 1e-9)
-                    row["hours"] = self.elapsed_s / 3600.0
-                    append_csv(self.out / "log.csv", LOG_COLUMNS, row)
-                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "l1", "rate_bits") if k in row}
-                                    | {"s/it": f"{row['sec_per_step']:.2f}"}, refresh=False)
-                    window.clear()
-                bar.update(1)
-                if cfg.val_every and step % cfg.val_every == 0:
-                    if main:
-                        last_val = self.validate()
-                        if last_val:
-                            last_val["step"] = step
-                            append_csv(self.out / "val.csv", VAL_COLUMNS, last_val)
-                            log.info("step %d val: psnr %.2f (q %.2f, repeat-ref %.2f) ssim %.3f ms-ssim %.3f",
-                                     step, last_val["psnr"], last_val["psnr_q"], last_val["base_psnr"],
-                                     last_val["ssim"], last_val["ms_ssim"])
-                    self.d.barrier()
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                    self.save_checkpoint()
-                    self.d.barrier()
-                if main and cfg.export_every and step % cfg.export_every == 0:
-                    last_export = self.export()
-                if deadline is not None and time.perf_counter() > deadline:
-                    self._stop_reason = self._stop_reason or f"max_minutes={cfg.max_minutes} reached"
-                if self.d.any(self._stop_reason is not None, self.device):
-                    self._stop_reason = self._stop_reason or "stop requested on another rank"
-                    break
-        finally:
-            bar.close()
-            self._restore_signals(handlers)
-        # clean end (steps reached or stopped): checkpoint + export
-        self.save_checkpoint()
-        exported = None
-        if main:
-            fresh = last_export is not None and last_export.get("step") == self.step
-            exported = last_export if fresh else self.export()
-        self.d.barrier()
-        summary = {
-            "step": self.step,
-            "steps_this_run": self.step - start_step,
-            "stopped": self._stop_reason,
-            "seconds": time.perf_counter() - t_start,
-            "hours_total": self.elapsed_s / 3600.0,
-            "checkpoint": str(self.out / "last.pt"),
-            "exported": exported["path"] if exported else None,
-            "weights_hash": exported["weights_hash"] if exported else None,
-            "val": last_val,
-            "rank": self.d.rank,
-            "params_digest": params_digest(self.model, self.rate_model, self.disc),
-        }
-        if main:
-            log.info("done: step %d (%s)", self.step, self._stop_reason or "all steps")
-        return summary
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return make_loader(self.dataset, self.local_batch, start_step=self.step, workers=self.cfg.workers,
+                           pin_memory=self.device.type == "cuda")
 
-    def _install_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        handlers = {}
+    def log_train(self, row: dict[str, float], last: dict[str, float]) -> None:
+        row["resolution"] = int(last["resolution"])
+        append_csv(self.out / "log.csv", LOG_COLUMNS, row)
 
-        def handler(signum, frame):  # noqa: ARG001
-            self.request_stop(f"signal {signal.Signals(signum).name}")
+    def log_val(self, v: dict[str, float]) -> None:
+        append_csv(self.out / "val.csv", VAL_COLUMNS, v)
+        log.info("step %d val: psnr %.2f (q %.2f, repeat-ref %.2f) ssim %.3f ms-ssim %.3f",
+                 v["step"], v["psnr"], v["psnr_q"], v["base_psnr"], v["ssim"], v["ms_ssim"])
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                handlers[sig] = signal.signal(sig, handler)
-            except (ValueError, OSError):
-                pass
-        return handlers
-
-    @staticmethod
-    def _restore_signals(handlers) -> None:
-        for sig, h in (handlers or {}).items():
-            signal.signal(sig, h)
-
-    def close(self) -> None:
-        self.d.close()
+    def replicas(self) -> list[torch.nn.Module | None]:
+        return [self.model, self.rate_model, self.disc]
 
 
 def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -583,11 +455,7 @@ def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[
 
     Click-free core for the CLI: no argument parsing, no sys.exit.
     """
-    trainer = Trainer(config, resume=resume)
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+    return run_to_end(Trainer(config, resume=resume))
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None,
