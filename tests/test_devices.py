@@ -45,6 +45,34 @@ def test_no_gpu_cuda_refused_and_auto_falls_back_with_a_note(no_gpu):
     assert resolve_device("cpu", note=notes.append) == "cpu" and len(notes) == 1
 
 
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """A machine with two GPUs as far as device resolution can tell; TF32 flags restored afterwards."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def test_one_resolution_for_codec_and_trainers(two_gpus):
+    """The trainers' devices come from the codec's function: cuda/auto take the rank's own GPU, an index is
+    kept, one too large is refused, and TF32 is what the caller says (off unless asked), for both kinds of op."""
+    assert resolve_device("cuda") == resolve_device("auto") == "cuda:0"
+    assert resolve_device("cuda", local_rank=1) == resolve_device("auto", local_rank=1) == "cuda:1"
+    assert resolve_device("cuda:0", local_rank=1) == "cuda:0"
+    with pytest.raises(InputError, match="2 CUDA device"):
+        resolve_device("cuda:2")
+    for tf32 in (True, False):
+        resolve_device("cuda", tf32=tf32)
+        assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+    resolve_device("cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    from imfcodec.train import distributed
+
+    assert distributed.resolve_device is resolve_device  # the old import path, the one function
+
+
 def test_cli_cuda_without_gpu_is_one_line_and_writes_nothing(no_gpu, sample_clip, tiny_stream, tmp_path):
     out = tmp_path / "s.imf"
     err = one_line_error(cli("encode", sample_clip, "-o", out, "--model", TINY, "--device", "cuda"), "--device cuda")

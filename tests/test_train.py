@@ -373,27 +373,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str, network: str = "token") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from imfcodec.train.trainer import train
+    if network == "enhancer":
+        from imfcodec.train.hybrid import EnhancerConfig, fit
 
-    summary = train(TrainConfig.from_dict(cfg_dict))
+        summary = fit(EnhancerConfig.from_dict(cfg_dict))
+    else:
+        from imfcodec.train.trainer import train
+
+        summary = train(TrainConfig.from_dict(cfg_dict))
     Path(out, f"rank{rank}.json").write_text(json.dumps(summary, default=str))
 
 
-def test_ddp_two_processes_gloo(videos, tmp_path):
+def _ddp_run(cfg_dict: dict, out: Path, network: str = "token") -> tuple[dict, dict]:
+    """Two ranks on the CPU (gloo); their summaries."""
     import torch.multiprocessing as mp
 
+    # fork: the children inherit the imported modules (spawn would re-import torch in each)
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), cfg_dict, str(out), network), nprocs=2,
+                       join=True, start_method="fork")
+    return tuple(json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+
+
+def test_ddp_two_processes_gloo(videos, tmp_path):
     cfg = tiny(videos, tmp_path / "run", steps=2, batch_size=4, w_gan=1.0)
     # prefill the frame cache so the spawned ranks only read .npy files
     D.load_clips(D.find_videos(videos), 64, cfg.max_frames, cfg.cache_dir)
-    # fork: the children inherit the imported modules (spawn would re-import torch in each)
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2,
-                       join=True, start_method="fork")
-    r0 = json.loads((tmp_path / "rank0.json").read_text())
-    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    r0, r1 = _ddp_run(cfg.to_dict(), tmp_path)
     assert r0["step"] == r1["step"] == 2
     assert r0["params_digest"] == r1["params_digest"]
     assert (tmp_path / "run" / "last.pt").is_file()  # written by rank 0 only
@@ -550,3 +559,49 @@ def test_enhancer_with_side_pictures_trains_and_starts_as_the_plain_one(videos, 
                      batch=2, val_every=1, ckpt_every=1, threads=1, max_frames=8, cache_dir=str(tmp_path / "c"))
     assert len(seen) == N_CLIPS and v["gain"] != 0.0  # trained on and validated with the side pictures
     assert (tmp_path / "o" / "last.pt").is_file() and not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_enhancer_ddp_two_processes_gloo(videos, tmp_path):
+    """The enhancer runs in the token trainer's loop, so its data parallelism too: two ranks (rank 0 codes
+    the clips, the other reads the cache) end with the same weights, one checkpoint and one weights file."""
+    from imfcodec.train.checkpoint import load_checkpoint
+    from imfcodec.train.hybrid import EnhancerConfig
+
+    cfg = EnhancerConfig(model="enh-tiny", data=[str(videos)], out=str(tmp_path / "o"), steps=2, batch_size=4,
+                         val_every=2, threads=1, max_frames=8, cache_dir=str(tmp_path / "cache")).validate()
+    r0, r1 = _ddp_run(cfg.to_dict(), tmp_path, network="enhancer")
+    assert r0["step"] == r1["step"] == 2 and r0["params_digest"] == r1["params_digest"]
+    assert r0["exported"] and r1["exported"] is None and r0["val"]["psnr_enh"] > 0
+    state = load_checkpoint(tmp_path / "o" / "last.pt")
+    assert state["step"] == 2 and [h["step"] for h in json.loads(state["history"])] == [0, 2, 2]
+
+
+def test_one_lr_schedule_for_both_networks():
+    """The enhancer's schedule (warm-up, then a cosine to lr_final at ``steps``) is ``optim.lr_at`` of its
+    config, to the last bit of the formula it had before it shared the token model's."""
+    import math
+
+    from imfcodec.train.hybrid import EnhancerConfig
+    from imfcodec.train.optim import lr_at
+
+    def before(step: int, steps: int, lr: float, warmup: int = 200) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    for steps in (0, 150, 201, 8000):
+        cfg = EnhancerConfig(steps=steps, lr=2.5e-4)
+        assert [lr_at(cfg, s) for s in range(0, 8200, 7)] == [before(s, steps, 2.5e-4) for s in range(0, 8200, 7)]
+
+
+def test_enhancer_config_and_command_line_agree(capsys):
+    """train()'s keywords (and their old names) and the command line set EnhancerConfig fields; an unknown
+    one is refused."""
+    from imfcodec.train.hybrid import EnhancerConfig
+
+    cfg = EnhancerConfig(model="enh-tiny").replace(steps=3, batch_size=2)
+    assert cfg.out == str(Path("runs") / "enh-tiny") and cfg.lr_decay == [200, 3, 0.1]
+    assert EnhancerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InputError, match="unknown training config keys: nope"):
+        cfg.replace(nope=1)

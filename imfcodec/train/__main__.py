@@ -46,7 +46,7 @@ class _Bool(click.ParamType):
 
 
 _DIRECT = ["model", "init_from", "resolution", "batch_size", "steps", "lr", "lambda_rate", "w_l1", "w_ms_ssim",
-           "w_perceptual", "w_gan", "w_feat_match", "gan_start", "vgg_weights", "out", "device", "amp",
+           "w_perceptual", "w_gan", "w_feat_match", "gan_start", "vgg_weights", "out", "device", "amp", "tf32",
            "ema", "val_every", "ckpt_every", "log_every", "max_minutes", "threads", "workers",
            "max_frames", "seed", "progress"]
 
@@ -122,6 +122,8 @@ def resolve(args: SimpleNamespace) -> tuple[TrainConfig, str | None]:
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
 @click.option("--amp", type=_Bool(), is_flag=False, flag_value=True, default=None, metavar="[BOOL]",
               help="mixed precision (CUDA only)")
+@click.option("--tf32", type=_Bool(), is_flag=False, flag_value=True, default=None, metavar="[BOOL]",
+              help="TF32 convolutions and matmuls on a GPU (faster, less exact; default off)")
 @click.option("--ema", type=float, default=None, help="EMA decay of generator weights, e.g. 0.999 (0: off)")
 @click.option("--val-every", type=int, default=None)
 @click.option("--ckpt-every", type=int, default=None)

@@ -1,6 +1,8 @@
 """Training the hybrid mode's enhancer: ``python -m imfcodec.train.hybrid``.
 
-Why a loop of its own beside the token model's trainer: the enhancer's inputs are *coded* base-layer
+The loop is the token model's (``loop.Run``: schedule, checkpoints, time limit, signals, ``torchrun``
+ranks); this module supplies the enhancer's parts: its config (:class:`EnhancerConfig`), model, data,
+loss and validation. What differs is the data: the enhancer's inputs are *coded* base-layer
 frames, so the expensive part of its data is made once, not per step. Every training clip is coded
 once per base-layer operating point (codec, frame-size factor and quality) and its first frame once per
 key-frame quality; the decoded results live in an ``.npz`` cache next to the frame cache. A step then
@@ -11,6 +13,8 @@ file names), so validation never sees a training clip; the benchmark's test clip
 ``data.find_videos``. Validation reports the enhancer's PSNR against the bicubic base on the held-out
 clips at every operating point (the gain is what the hybrid mode is for). Runs resume exactly enough
 (model, optimizer, EMA, step, RNG) from ``OUT/last.pt`` and stop cleanly after ``--max-minutes``.
+Several processes: ``torchrun --nproc_per_node N -m imfcodec.train.hybrid ...`` (the batch is split over
+the ranks, gradients averaged, as for the token model).
 """
 
 from __future__ import annotations
@@ -19,13 +23,12 @@ import copy
 import hashlib
 import json
 import logging
-import math
-import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -34,9 +37,12 @@ import torch.nn.functional as F
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 from imfcodec.devices import DEVICE_HELP
+from imfcodec.errors import InputError
 from imfcodec.fsutil import AtomicOutput
 from imfcodec.metrics import ms_ssim_torch
 from imfcodec.settings import DEFAULT_ENHANCER
+from imfcodec.train.config import RunConfig
+from imfcodec.train.loop import Run, run_to_end
 
 log = logging.getLogger("imfcodec.train.hybrid")
 
@@ -150,6 +156,7 @@ def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, s
 
 
 def loss_fn(out: torch.Tensor, target: torch.Tensor, w_ms_ssim: float) -> torch.Tensor:
+    """The enhancer's loss: L1 plus ``w_ms_ssim`` (1 - MS-SSIM)."""
     loss = F.l1_loss(out, target)
     if w_ms_ssim:
         loss = loss + w_ms_ssim * (1 - ms_ssim_torch(out, target, eps=1e-6).mean())
@@ -160,19 +167,22 @@ def loss_fn(out: torch.Tensor, target: torch.Tensor, w_ms_ssim: float) -> torch.
 def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, key_quality: int = 16
              ) -> dict[str, float]:
     """Mean PSNR of the enhancer and of the bicubic base on held-out clips, per operating point and
-    overall (frames evenly spaced after the key frame; key frame at ``key_quality``)."""
+    overall (frames evenly spaced after the key frame; key frame at ``key_quality``). PSNR is
+    ``imfcodec.metrics.psnr`` of uint8 frames (``codec.to_uint8``), as a decoder would output them."""
+    from imfcodec.codec import to_uint8
     from imfcodec.devices import model_device
+    from imfcodec.metrics import psnr
     from imfcodec.models import upscale
 
     dev = model_device(model)
     was = model.training
     model.eval()
-    per_point: dict[str, list[tuple[float, float]]] = {}
-    by_clip: dict[str, list[tuple[float, float]]] = {}
+    per_point: dict[str, list[np.ndarray]] = {}
+    by_clip: dict[str, list[np.ndarray]] = {}
     for c in clips:
         size = c.frames.shape[1]
         idx = np.linspace(1, len(c.frames) - 1, per_clip).round().astype(int)
-        target = _t(c.frames[idx]).to(dev)
+        target = c.frames[idx]
         for point in BASE_POINTS:
             small = c.bases[point]
             state = model.prepare_key(_t(c.keys[key_quality])[None].to(dev),
@@ -180,22 +190,21 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
             base = upscale(_t(small[idx]), (size, size)).to(dev)
             side = {} if c.side is None else {"side": _t(c.side[idx]).to(dev)}
             out = model.enhance(state, base, **side)
-            for o, b, t in zip(out, base, target):
-                p_enh = -10 * math.log10(max(F.mse_loss(o.mul(255).round() / 255, t).item(), 1e-10))
-                p_base = -10 * math.log10(max(F.mse_loss(b.mul(255).round() / 255, t).item(), 1e-10))
-                per_point.setdefault(point_key(point), []).append((p_enh, p_base))
-                by_clip.setdefault(c.name, []).append((p_enh, p_base))
+            # [frames, 2]: (enhanced, bicubic base) per frame
+            p = np.stack([psnr(np.stack(to_uint8(x)), target, reduction="none") for x in (out, base)], 1)
+            per_point.setdefault(point_key(point), []).append(p)
+            by_clip.setdefault(c.name, []).append(p)
     model.train(was)
     result = {}
     for k, v in per_point.items():
-        a = np.array(v)
+        a = np.concatenate(v)
         result[f"{k}/enh"], result[f"{k}/base"] = float(a[:, 0].mean()), float(a[:, 1].mean())
-    allv = np.array([x for v in per_point.values() for x in v])
+    allv = np.concatenate([x for v in per_point.values() for x in v])
     result["psnr_enh"], result["psnr_base"] = float(allv[:, 0].mean()), float(allv[:, 1].mean())
     result["gain"] = result["psnr_enh"] - result["psnr_base"]
     # per clip too: a mean over few clips hides that near-still clips gain several dB and moving ones little
     for name, v in by_clip.items():
-        a = np.array(v)
+        a = np.concatenate(v)
         result[f"clip/{name}"] = float(a[:, 0].mean() - a[:, 1].mean())
     return result
 
@@ -231,160 +240,255 @@ def init_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[s
     return fresh
 
 
-def _lr(step: int, steps: int, lr: float, warmup: int = 200) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup)))))
-
-
 def _per_clip(v: dict[str, float]) -> str:
     return " ".join(f"{k[5:].rsplit('/', 1)[-1][:12]} {x:+.2f}" for k, x in v.items() if k.startswith("clip/"))
 
 
-def train(data: list[str], out: Path, *, model_name: str = DEFAULT_ENHANCER, steps: int = 20000, batch: int = 8,
-          lr: float = 5e-4, w_ms_ssim: float = 0.1, ema: float = 0.998, max_minutes: float | None = None,
-          val_every: int = 500, ckpt_every: int = 100, threads: int = 2, seed: int = 0, max_frames: int = 200,
-          cache_dir: str = "runs/frame-cache", val_clips: int = 5, resume: bool = True,
-          init_from: str | None = None, model: torch.nn.Module | None = None,
-          side: Callable[[CodedClip], np.ndarray] | None = None, device: str = "cpu") -> dict[str, float]:
-    """Train (or resume) an enhancer; returns the last validation. ``model`` (a fresh module) replaces
-    ``create_model(model_name)`` for variants outside the registry, ``side`` gives each coded clip its side
-    pictures, and ``init_from`` loads weights of the same enhancer or of one with fewer inputs (``init_state``:
-    the new input channels start at zero, so the variant starts as the plain enhancer). ``device`` as
-    ``imfcodec.devices.resolve_device`` takes it (``cpu``, ``cuda[:N]``, ``auto``); a run resumes on any device
-    (``load_checkpoint`` maps every tensor to the CPU, and the optimizer's state follows the parameters)."""
-    from imfcodec.devices import resolve_device
-    from imfcodec.models import create_model
-    from imfcodec.train.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
-    from imfcodec.train.data import find_videos, load_clips, split_clips
-    from imfcodec.zoo import load_weights, save_weights
+@dataclass
+class EnhancerConfig(RunConfig):
+    """An enhancer run; the fields the loop reads mean what they mean in ``config.TrainConfig``."""
 
-    torch.set_num_threads(threads)
-    dev = torch.device(resolve_device(device, note=log.info))
-    out.mkdir(parents=True, exist_ok=True)
-    variant = model is not None
-    model = create_model(model_name) if model is None else model
-    size = model.config.resolution
-    if init_from:
-        init_state(model, load_weights(init_from).state_dict())
-    model.to(dev)
-    ema_model = copy.deepcopy(model).eval()
-    opt = torch.optim.Adam(model.parameters(), lr, betas=(0.9, 0.99))
-    rng = np.random.default_rng(seed)
-    step, elapsed, history = 0, 0.0, []
-    ckpt = out / "last.pt"
-    if resume and ckpt.is_file():
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        ema_model.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed = int(state["step"]), float(state["elapsed_s"])
-        rng = np.random.default_rng([seed, step])
-        history = json.loads(state.get("history", "[]"))
-        log.info("resumed %s at step %d (%.2f h)", ckpt, step, elapsed / 3600)
-    (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "steps": steps, "batch": batch,
-                                                 "lr": lr, "w_ms_ssim": w_ms_ssim, "ema": ema,
-                                                 "base_points": BASE_POINTS, "key_qualities": KEY_QUALITIES,
-                                                 "key_codec": KEY_CODEC}, indent=1))
-    train_paths, val_paths = split_clips(find_videos(data), val_clips)
-    cache = Path(cache_dir) if cache_dir != "none" else None
-    coded = {}
-    for group, paths in (("val", val_paths), ("train", train_paths)):
-        clips = load_clips(paths, size, max_frames, cache)
-        t0 = time.perf_counter()
-        coded[group] = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
-        if side is not None:
-            for c in coded[group]:
-                c.side = side(c)
-        log.info("%s: %d clips coded at %d base points x %d key qualities in %.0f s", group, len(clips),
-                 len(BASE_POINTS), len(KEY_QUALITIES), time.perf_counter() - t0)
+    # model
+    model: str = DEFAULT_ENHANCER
+    init_from: str | None = None          # weights of this enhancer or of one with fewer inputs (init_state)
+    # data
+    data: list[str] = field(default_factory=lambda: ["../shared/data/talking-heads/train"])
+    max_frames: int = 200                 # per clip, first N frames
+    cache_dir: str | None = "runs/frame-cache"  # decoded frames and coded operating points ("none": off)
+    val_clips: int = 5                    # held-out training clips (the first N by the hash of their names)
+    # schedule and loss
+    batch_size: int = 8                   # global batch (split over DDP ranks)
+    steps: int = 20000
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 200               # linear lr warm-up, then a cosine decay to lr_final x lr at ``steps``
+    lr_final: float = 0.1
+    w_ms_ssim: float = 0.1
+    ema: float = 0.998                    # EMA decay of the weights (the EMA weights are validated and exported)
+    # run
+    out: str = ""                         # run folder ("": runs/MODEL)
+    seed: int = 0
+    device: str = "cpu"                   # cpu | cuda | cuda:N | auto
+    tf32: bool = False                    # TF32 convolutions/matmuls on a GPU (devices.resolve_device)
+    threads: int | None = 2
+    log_every: int = 50
+    val_every: int = 500
+    ckpt_every: int = 100
+    export_every: int = 0                 # also export every N steps (0: only at the end)
+    max_minutes: float | None = None      # counts from the end of the data preparation
+    progress: bool | None = None          # None: only on a TTY and not under CI
 
-    stop = {"now": False}
+    @property
+    def lr_decay(self) -> list[float]:
+        """``optim.lr_at``'s cosine decay: from the end of the warm-up to ``steps``, down to ``lr_final``."""
+        return [self.warmup_steps, self.steps, self.lr_final]
 
-    def on_signal(signum, frame):
-        stop["now"] = True
+    def validate(self) -> "EnhancerConfig":
+        if self.batch_size < 1 or self.steps < 0:
+            raise InputError("batch_size must be >= 1 and steps >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise InputError("ema must be in [0, 1)")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if not self.out:
+            self.out = str(Path("runs") / self.model)
+        return self
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
 
-    def save() -> None:
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed,
-                           "model": model.state_dict(), "ema": ema_model.state_dict(),
-                           "opt": opt.state_dict(), "history": json.dumps(history)}, ckpt)
+class EnhancerTrainer(Run):
+    """The enhancer for ``loop.Run``: ``model`` (a fresh module) replaces ``create_model(cfg.model)`` for
+    variants outside the registry (not exported: a weights file names a registry config), ``side`` gives
+    each coded clip its side pictures, and ``resume`` continues from ``OUT/last.pt`` when there is one. A run
+    resumes on any device (``load_checkpoint`` maps every tensor to the CPU, and the optimizer's state
+    follows the parameters)."""
 
-    if step == 0:
-        v = validate(ema_model, coded["val"])
-        history.append({"step": 0, **v})
-        log.info("step 0: val enhancer %.2f dB, bicubic base %.2f dB", v["psnr_enh"], v["psnr_base"])
-    session, first_step = time.perf_counter(), step
-    start = session - elapsed  # elapsed counts the hours of every session of this run
-    model.train()
-    while step < steps and not stop["now"]:
-        if max_minutes is not None and time.perf_counter() - session > max_minutes * 60:
-            break
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr)
-        *inputs, target = sample_batch(coded["train"], batch, rng, size, dev)
-        loss = loss_fn(model(*inputs), target, w_ms_ssim)
-        opt.zero_grad(set_to_none=True)
+    def __init__(self, cfg: EnhancerConfig, model: torch.nn.Module | None = None,
+                 side: Callable[[CodedClip], np.ndarray] | None = None, resume: bool = True) -> None:
+        from imfcodec.models import create_model
+        from imfcodec.train.checkpoint import load_checkpoint
+        from imfcodec.zoo import load_weights
+
+        super().__init__(cfg)  # the device is checked before any work
+        cfg = self.cfg
+        self.variant = model is not None
+        self.model = create_model(cfg.model) if model is None else model
+        self.name = f"train {self.model.config.name}"
+        self.size = self.model.config.resolution
+        self.side = side
+        if cfg.init_from:
+            init_state(self.model, load_weights(cfg.init_from).state_dict())
+        self.model.to(self.device)
+        self.d.broadcast_module(self.model)
+        self.ema_model = copy.deepcopy(self.model).eval()
+        self.opt = torch.optim.Adam(self.model.parameters(), cfg.lr, betas=tuple(cfg.betas))
+        self.history: list[dict[str, float]] = []
+        ckpt = self.out / "last.pt"
+        if resume and ckpt.is_file():
+            state = load_checkpoint(ckpt)
+            self.model.load_state_dict(state["model"])
+            self.ema_model.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.elapsed_s = int(state["step"]), float(state["elapsed_s"])
+            self.history = json.loads(state.get("history", "[]"))
+            log.info("resumed %s at step %d (%.2f h)", ckpt, self.step, self.elapsed_s / 3600)
+        # a fresh run's sampler starts from the seed, a resumed one's from (seed, step); ranks > 0 add their rank
+        seed = cfg.seed if self.step == 0 else [cfg.seed, self.step]
+        self.rng = np.random.default_rng(seed if not self.d.rank else [cfg.seed, self.step, self.d.rank])
+        self.model.train()
+
+    def prepare_data(self) -> None:
+        """Every clip coded at every operating point (``code_clip``; rank 0 fills the cache first)."""
+        from imfcodec.train.data import find_videos, load_clips, split_clips
+
+        cfg = self.cfg
+        train_paths, val_paths = split_clips(find_videos(cfg.data), cfg.val_clips)
+        cache = Path(cfg.cache_dir) if cfg.cache_dir not in (None, "none") else None
+        if self.d.enabled and not self.d.main:
+            self.d.barrier()
+        self.coded: dict[str, list[CodedClip]] = {}
+        for group, paths in (("val", val_paths), ("train", train_paths)):
+            clips = load_clips(paths, self.size, cfg.max_frames, cache)
+            t0 = time.perf_counter()
+            self.coded[group] = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
+            if self.side is not None:
+                for c in self.coded[group]:
+                    c.side = self.side(c)
+            log.info("%s: %d clips coded at %d base points x %d key qualities in %.0f s", group, len(clips),
+                     len(BASE_POINTS), len(KEY_QUALITIES), time.perf_counter() - t0)
+        if self.d.enabled and self.d.main:
+            self.d.barrier()
+        self.t0 = time.perf_counter()  # max_minutes counts the training, not the coding
+
+    def start(self) -> None:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(
+            {"model": self.model.config.to_dict(), "steps": cfg.steps, "batch": cfg.batch_size, "lr": cfg.lr,
+             "w_ms_ssim": cfg.w_ms_ssim, "ema": cfg.ema, "base_points": BASE_POINTS,
+             "key_qualities": KEY_QUALITIES, "key_codec": KEY_CODEC, "config": cfg.to_dict()}, indent=1))
+        if self.step == 0:
+            v = self.validate()
+            self.history.append({"step": 0, **v})
+            log.info("step 0: val enhancer %.2f dB, bicubic base %.2f dB", v["psnr_enh"], v["psnr_base"])
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        while True:
+            yield sample_batch(self.coded["train"], self.local_batch, self.rng, self.size, self.device)
+
+    def train_step(self, *batch: torch.Tensor) -> dict[str, float]:
+        """One Adam step on (key, key_base, base[, side], target)."""
+        from imfcodec.train.distributed import sync_grads
+        from imfcodec.train.optim import lr_at, set_lr, update_ema
+
+        *inputs, target = batch
+        lr = lr_at(self.cfg, self.step)
+        set_lr(self.opt, lr)
+        loss = loss_fn(self.model(*inputs), target, self.cfg.w_ms_ssim)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for pe, p in zip(ema_model.parameters(), model.parameters()):
-                pe.lerp_(p, 1 - ema)
-        step += 1
-        elapsed = time.perf_counter() - start
-        if step % 50 == 0:
-            log.info("step %d loss %.4f lr %.2e %.2f s/step", step, loss.item(), opt.param_groups[0]["lr"],
-                     (time.perf_counter() - session) / max(1, step - first_step))
-        if step % val_every == 0:
-            v = validate(ema_model, coded["val"])
-            history.append({"step": step, **v})
-            log.info("step %d: val enhancer %.2f dB, bicubic base %.2f dB (gain %+.2f; per clip %s)", step,
-                     v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v))
-        if step % ckpt_every == 0:
-            save()
-    save()
-    v = validate(ema_model, coded["val"])
-    history.append({"step": step, **v})
-    save()
-    meta = {"steps": str(step), "hours": f"{elapsed / 3600:.2f}", "val": json.dumps(v)}
-    exported = "not exported (a variant outside the registry; last.pt has it)"
-    if not variant:  # a weights file names a registry config; a sweep's variant has none
-        save_weights(ema_model, out / "model.safetensors", metadata=meta)
-        exported = f"exported {out / 'model.safetensors'}"
-    log.info("done at step %d: val enhancer %.2f dB, base %.2f dB (gain %+.2f; per clip %s); %s", step,
-             v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v), exported)
-    return v
+        sync_grads(self.d, list(self.model.parameters()))
+        self.opt.step()
+        update_ema(self.ema_model, self.model, self.cfg.ema)
+        self.step += 1
+        return {"loss": float(loss.detach()), "lr": lr}
+
+    def validate(self) -> dict[str, float]:
+        return validate(self.ema_model, self.coded["val"])
+
+    def log_train(self, row: dict[str, float], last: dict[str, float]) -> None:
+        log.info("step %d loss %.4f lr %.2e %.2f s/step", row["step"], last["loss"], last["lr"], row["sec_per_step"])
+
+    def log_val(self, v: dict[str, float]) -> None:
+        self.history.append({"step": v["step"], **v})
+        log.info("step %d: val enhancer %.2f dB, bicubic base %.2f dB (gain %+.2f; per clip %s)", v["step"],
+                 v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v))
+
+    def finish(self) -> dict[str, float]:
+        v = self.validate()
+        self.history.append({"step": self.step, **v})
+        log.info("done at step %d: val enhancer %.2f dB, base %.2f dB (gain %+.2f; per clip %s)", self.step,
+                 v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v))
+        return v
+
+    def export(self) -> dict[str, Any] | None:
+        """The EMA weights as ``OUT/model.safetensors``, with the latest validation in the metadata."""
+        from imfcodec.zoo import save_weights
+
+        if self.variant:  # a weights file names a registry config; a sweep's variant has none
+            log.info("not exported (a variant outside the registry; last.pt has it)")
+            return None
+        v = {k: x for k, x in (self.history[-1] if self.history else {}).items() if k != "step"}
+        meta = {"steps": str(self.step), "hours": f"{self.elapsed_s / 3600:.2f}", "val": json.dumps(v)}
+        path = self.out / "model.safetensors"
+        whash = save_weights(self.ema_model, path, metadata=meta)
+        log.info("exported %s", path)
+        return {"path": str(path), "weights_hash": whash.hex(), "step": self.step}
+
+    def state_dict(self) -> dict[str, Any]:
+        from imfcodec.train.checkpoint import CHECKPOINT_FORMAT
+
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "elapsed_s": self.elapsed_s,
+                "model": self.model.state_dict(), "ema": self.ema_model.state_dict(),
+                "opt": self.opt.state_dict(), "history": json.dumps(self.history)}
+
+    def replicas(self) -> list[torch.nn.Module | None]:
+        return [self.model]
+
+
+#: train()'s older keyword names of EnhancerConfig fields
+_ALIASES = {"model_name": "model", "batch": "batch_size"}
+
+
+def fit(cfg: EnhancerConfig, model: torch.nn.Module | None = None,
+        side: Callable[[CodedClip], np.ndarray] | None = None, resume: bool = True) -> dict[str, Any]:
+    """Train (or resume) an enhancer run; returns the loop's summary (its ``val``: the last validation)."""
+    return run_to_end(EnhancerTrainer(cfg, model=model, side=side, resume=resume))
+
+
+def train(data: list[str], out: Path, *, model: torch.nn.Module | None = None,
+          side: Callable[[CodedClip], np.ndarray] | None = None, resume: bool = True,
+          **settings: Any) -> dict[str, float]:
+    """Train (or resume) an enhancer; returns the last validation. ``settings`` are
+    :class:`EnhancerConfig` fields (``model_name`` and ``batch`` name ``model`` and ``batch_size``);
+    ``model``, ``side`` and ``resume`` as for :class:`EnhancerTrainer`."""
+    fields = {_ALIASES.get(k, k): v for k, v in settings.items()}
+    cfg = EnhancerConfig(data=list(data), out=str(out)).replace(**fields)
+    return fit(cfg, model=model, side=side, resume=resume)["val"]
+
+
+_D = EnhancerConfig()
 
 
 @click.command("imfcodec.train.hybrid", cls=Command, context_settings=CONTEXT_SETTINGS,
                help=__doc__.splitlines()[0])
-@click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True,
+@click.option("--data", cls=GreedyOption, default=tuple(_D.data), show_default=True,
               help="video folder(s)/file(s); 'test' folders are refused")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="run folder [default: runs/MODEL]")
-@click.option("--model", "model_name", default=DEFAULT_ENHANCER, show_default=True)
-@click.option("--steps", type=int, default=20000, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--w-ms-ssim", type=float, default=0.1, show_default=True)
+@click.option("--model", "model_name", default=_D.model, show_default=True)
+@click.option("--steps", type=int, default=_D.steps, show_default=True)
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
+@click.option("--lr", type=float, default=_D.lr, show_default=True)
+@click.option("--warmup-steps", type=int, default=_D.warmup_steps, show_default=True)
+@click.option("--w-ms-ssim", type=float, default=_D.w_ms_ssim, show_default=True)
+@click.option("--ema", type=float, default=_D.ema, show_default=True)
 @click.option("--max-minutes", type=float, default=None)
-@click.option("--val-every", type=int, default=500, show_default=True)
-@click.option("--ckpt-every", type=int, default=100, show_default=True)
-@click.option("--threads", type=int, default=2, show_default=True)
-@click.option("--max-frames", type=int, default=200, show_default=True)
-@click.option("--val-clips", type=int, default=5, show_default=True,
+@click.option("--log-every", type=int, default=_D.log_every, show_default=True)
+@click.option("--val-every", type=int, default=_D.val_every, show_default=True)
+@click.option("--ckpt-every", type=int, default=_D.ckpt_every, show_default=True)
+@click.option("--threads", type=int, default=_D.threads, show_default=True)
+@click.option("--max-frames", type=int, default=_D.max_frames, show_default=True)
+@click.option("--val-clips", type=int, default=_D.val_clips, show_default=True,
               help="held-out training clips (the first N by the hash of their names)")
-@click.option("--cache-dir", default="runs/frame-cache", show_default=True)
+@click.option("--cache-dir", default=_D.cache_dir, show_default=True)
 @click.option("--init-from", default=None, help="start from these enhancer weights (.safetensors)")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
 @click.option("--fresh", is_flag=True, help="ignore OUT/last.pt")
-@click.option("--device", default="cpu", show_default=True, help=f"where the enhancer trains: {DEVICE_HELP}")
-def main_command(data, out, model_name, steps, batch_size, lr, w_ms_ssim, max_minutes, val_every, ckpt_every,
-                 threads, max_frames, val_clips, cache_dir, init_from, fresh, device):
+@click.option("--device", default=_D.device, show_default=True, help=f"where the enhancer trains: {DEVICE_HELP}")
+@click.option("--tf32", is_flag=True, help="TF32 convolutions and matmuls on a GPU (faster, less exact)")
+def main_command(data, out, model_name, fresh, **options):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    train(list(data), out or Path("runs") / model_name, model_name=model_name, steps=steps, batch=batch_size, lr=lr, w_ms_ssim=w_ms_ssim,
-          max_minutes=max_minutes, val_every=val_every, ckpt_every=ckpt_every, threads=threads,
-          max_frames=max_frames, val_clips=val_clips, cache_dir=cache_dir, resume=not fresh, init_from=init_from, device=device)
+    cfg = EnhancerConfig(model=model_name, data=list(data), out=str(out or ""), **options).validate()
+    fit(cfg, resume=not fresh)
     return 0  # an IMFError becomes one line and status 1 in cliutil.call
 
 
