@@ -47,13 +47,26 @@ TIMED_STREAMS = {
 #: the timed clip's frame times in ms, and its last frame's duration: gaps of 40 (25 fps), 20, 100, a frame
 #: of 1001/30 ms rounded, and a last frame held for 600 ms; 1.5 s in all
 TIMES = ([0, 40, 80, 100, 200, 233, 267, 300, 340, 500, 540, 900], 600)
+
+
+def default_point(**fields) -> dict:
+    """The default mode's point as stream settings: ``EncoderSettings()`` resolved (the one definition,
+    imfcodec.settings), in the order the expected file lists them; ``fields`` override."""
+    from imfcodec.settings import EncoderSettings
+
+    d = EncoderSettings().validated()
+    point = dict(base_codec=d.base_codec, base_factor=d.base_factor, base_quality=d.base_quality, keyint=d.keyint,
+                 key_codec=d.key_codec, key_quality=d.key_quality, chunk=d.chunk)
+    return {**point, **fields}
+
+
 HYBRID_STREAMS = {
     # 12 frames, key frames 0 and 6: a base-layer GOP restarts in the middle; 3 frames per base packet
     "tiny-hybrid-hevc-half-keyint6": dict(base_codec="hevc", base_factor=2, base_quality=13, keyint=6,
                                           key_codec="hevc", key_quality=21, chunk=3),
-    # the default mode's base codec and point (vp9 1/2 q8, hevc key q16, chunk 5), key frames 0 and 6
-    "tiny-hybrid-vp9-half-keyint6": dict(base_codec="vp9", base_factor=2, base_quality=8, keyint=6,
-                                         key_codec="hevc", key_quality=16, chunk=5),
+    # the default mode's point (its base codec, size and quality, key codec and quality, chunk), key frames 0
+    # and 6; named after the point it had when it was made (a new default point is a new stream)
+    "tiny-hybrid-vp9-half-keyint6": default_point(keyint=6),
     # the third base codec: one key frame, 2 frames per base packet
     "tiny-hybrid-av1-half-chunk2": dict(base_codec="av1", base_factor=2, base_quality=13, keyint=0,
                                         key_codec="hevc", key_quality=16, chunk=2),

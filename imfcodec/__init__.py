@@ -1,7 +1,9 @@
-"""imfcodec: a neural video codec for talking-head video built on the Implicit Motion Function.
+"""imfcodec: a neural video codec for talking-head video.
 
-The key frame is coded conventionally; every other frame travels as a 32-float token, quantized and
-entropy-coded with CompressAI; the decoder re-synthesises frames by implicit alignment.
+Key frames are coded conventionally; the frames between them travel in one of two modes (``imfcodec.modes``):
+the default *hybrid* mode (a low-resolution conventional base layer, lifted to full size by a learned enhancer
+that draws detail from the key frame) or the *token* mode (a 32-float token per frame, quantized and
+entropy-coded, re-synthesised by the Implicit Motion Function's implicit alignment).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Encoder": ("codec", "Encoder"),
-    "Decoder": ("codec", "Decoder"),
-    "HybridEncoder": ("hybrid", "HybridEncoder"),
-    "HybridDecoder": ("hybrid", "HybridDecoder"),
+    "Encoder": ("modes.token", "Encoder"),
+    "Decoder": ("modes.token", "Decoder"),
+    "HybridEncoder": ("modes.hybrid", "HybridEncoder"),
+    "HybridDecoder": ("modes.hybrid", "HybridDecoder"),
     "EncoderSettings": ("settings", "EncoderSettings"),
+    "choose_mode": ("modes", "choose"),
     "encode_video": ("api", "encode_video"),
     "default_settings": ("api", "default_settings"),
     "decode_stream": ("api", "decode_stream"),

@@ -169,8 +169,8 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     (its header says 0 frames), and at the end the output is the header with the real frame count
     followed by the spooled packets, copied in pieces. Nothing appears at the output path until the
     end; an error or Ctrl-C leaves neither the output nor a temporary behind. ``model`` as in
-    ``encode_video``. Settings with a ``base_codec`` make a hybrid stream (``imfcodec.hybrid``); None are the
-    command line's defaults (``default_settings``).
+    ``encode_video``. The mode is ``modes.choose(settings, model)``; ``settings`` None are the command line's
+    defaults (``default_settings``).
 
     An in-place output (``-`` for standard output, a FIFO, a device, a socket: ``fsutil.in_place``) gets
     the stream as it is made instead, each packet flushed when it is complete, with a header that says
@@ -184,14 +184,17 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     is written before any frame is seen, so it keeps the constant rate ``fps`` (``timing_lost`` says when
     that dropped a variable timing). Without ``timing`` the frames are at ``fps``.
     """
-    from .codec import encode_frames
-
     check_output_folder(output_path)
-    device = _device(device)
-    model, settings = _with_defaults(model, settings)
-    loaded = _on_device(_encoding_model(model, settings), device)
-    enc = _encoder(loaded, fps, settings)
-    out = Path(output_path)
+    mode, settings = _encoding_mode(model, settings)
+    loaded = _on_device(mode.load_network(model, settings), _device(device))
+    return _write_stream(frames, Path(output_path), mode.open_encoder(loaded, fps, settings), progress, timing)
+
+
+def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progress | None,
+                  timing: TimingRecorder | None) -> EncodedStream:
+    """``encode_frames_to_file``'s work once the encoder is open (its network loaded and placed once)."""
+    from .modes.common import encode_frames
+
     sizes = [0, 0, 0, 0]  # key image, key token, token, base-layer bytes
 
     def write_packets(writer: StreamWriter, flush: Callable[[], None] | None = None) -> None:
@@ -262,42 +265,22 @@ def _source_timing(timing: TimingRecorder | None, frames: int) -> Timing | None:
 
 
 def default_settings(model: str | LoadedModel | None = None) -> EncoderSettings:
-    """What ``settings=None`` means, as on the command line: the default mode (``DEFAULT_MODE``, hybrid) at its
-    default point, or the token mode's defaults when ``model`` is a token model."""
-    return _with_defaults(model, None)[1]
+    """What ``settings=None`` means, as on the command line: ``EncoderSettings()`` in the mode that ``model``
+    encodes in (``modes.choose``): the default mode (hybrid) at its default point, or the token mode's defaults
+    when ``model`` is a token model."""
+    from .modes import choose
+
+    return EncoderSettings().in_mode(choose(EncoderSettings(), model).name)
 
 
-def _with_defaults(model: str | LoadedModel | None,
-                   settings: EncoderSettings | None) -> tuple[str | LoadedModel | None, EncoderSettings]:
-    """(model, settings) with ``default_settings`` filled in; a named model is loaded once to tell its kind."""
-    from .hybrid import is_enhancer
-    from .settings import DEFAULT_MODE, hybrid_defaults
-    from .zoo import LoadedModel, load_model
+def _encoding_mode(model: str | LoadedModel | None, settings: EncoderSettings | None):
+    """(mode, validated settings) of an encode: the mode the chooser picks for these settings and this network
+    (told from its config, without loading it), the settings checked once."""
+    from .modes import choose
 
-    if settings is not None:
-        return model, settings
-    if model is None:
-        return model, hybrid_defaults() if DEFAULT_MODE == "hybrid" else EncoderSettings()
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    return loaded, hybrid_defaults() if is_enhancer(loaded.model) else EncoderSettings()
-
-
-def _encoding_model(model: str | LoadedModel | None, settings: EncoderSettings) -> LoadedModel:
-    """The model an encode runs with: a token model, or in the hybrid mode the enhancer (``model`` if
-    given, else ``settings.enhancer``, else the shipped default enhancer)."""
-    from .hybrid import is_enhancer, load_enhancer
-    from .zoo import LoadedModel, load_model
-
-    if isinstance(model, LoadedModel):
-        loaded = model
-    elif settings.hybrid:
-        return load_enhancer(model if model is not None else settings.enhancer)
-    else:
-        loaded = load_model(model)
-    if is_enhancer(loaded.model) and not settings.hybrid:
-        raise InputError(f"'{loaded.name}' is an enhancer: it encodes only in the hybrid mode "
-                         f"(--enhancer {loaded.source}, in the default hybrid mode)")
-    return loaded
+    settings = EncoderSettings() if settings is None else settings
+    mode = choose(settings, model)
+    return mode, settings.in_mode(mode.name).validated()
 
 
 def _device(device: str | None) -> str | None:
@@ -317,19 +300,6 @@ def _on_device(loaded: LoadedModel, device: str | None) -> LoadedModel:
     return loaded
 
 
-def _encoder(loaded: LoadedModel, fps: Fraction | int, settings: EncoderSettings):
-    """The streaming encoder for ``settings``: token ``Encoder`` or ``hybrid.HybridEncoder``."""
-    from .codec import Encoder
-
-    if settings.hybrid:
-        from .hybrid import HybridEncoder
-
-        return HybridEncoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
-                             settings=settings)
-    return Encoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
-                   settings=settings)
-
-
 def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                  model: str | LoadedModel | None = None, settings: EncoderSettings | None = None,
                  max_frames: int | None = None, progress: Progress | None = None,
@@ -337,7 +307,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
                  device: str | None = None) -> EncodeSummary:
     """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
     memory stays flat however long the input, and a file output appears only at the end). In the hybrid
-    mode (settings with a ``base_codec``) ``model`` names the enhancer, default ``settings.enhancer``.
+    mode (``modes.choose``) ``model`` names the enhancer, default ``settings.enhancer``.
     ``settings=None`` is the command line's default (``default_settings``): the hybrid mode at its default
     point, or the token mode's defaults when ``model`` is a token model.
 
@@ -358,18 +328,17 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
         if out.is_dir():
             raise InputError(f"output path is a directory: {out}")
         check_output_folder(out)
-    model, settings = _with_defaults(model, settings)
-    settings = settings.validated()  # bad settings are reported before any frame is decoded
+    mode, settings = _encoding_mode(model, settings)  # bad settings are reported before any frame is decoded
     device = _device(device)
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
         raise InputError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
     if os.fspath(input_path) == STDIO:  # the model first: ready when the first frame arrives
-        loaded = _encoding_model(model, settings)
+        loaded = _on_device(mode.load_network(model, settings), device)
         source = open_video(input_path, max_input_pixels)
     else:  # the input first: a bad file is reported before torch is even imported
         source = open_video(input_path, max_input_pixels)
         try:
-            loaded = _encoding_model(model, settings)
+            loaded = _on_device(mode.load_network(model, settings), device)
         except BaseException:
             source.close()
             raise
@@ -380,8 +349,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
             started(min(total, max_frames) if (total and max_frames) else (max_frames or total))
         frames = source.frames(int(loaded.model.config.resolution), max_frames=max_frames)
         t0 = time.perf_counter()
-        s = encode_frames_to_file(frames, out, model=loaded, fps=info.fps, settings=settings, progress=progress,
-                                  timing=source.timing, device=device)
+        s = _write_stream(frames, out, mode.open_encoder(loaded, info.fps, settings), progress, source.timing)
     seconds = time.perf_counter() - t0
     key_bytes = s.key_image_bytes + s.key_token_bytes
     duration = s.timing.seconds if s.timing is not None else s.frames / float(info.fps)
@@ -430,7 +398,7 @@ def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits
     """(reader, decoder) for the stream in ``f``: its header read and checked, the model (token model or
     enhancer) found."""
     if not _seekable(f):  # a live stream (a pipe): load torch while its first bytes are on their way
-        from . import codec  # noqa: F401
+        from .modes import common  # noqa: F401
     reader = (ResyncReader if conceal else StreamReader)(f, limits)  # a file that is no stream: said at once
     from .zoo import LoadedModel, check_stream_model, resolve_stream_model
 
@@ -490,7 +458,7 @@ def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limi
     are skipped (``ResyncReader``, which needs a seekable input), their frames concealed, and
     ``decoder.report`` says which (``concealed``, ``damage``, ``truncated``). ``limits`` bound every
     size in the stream. A hybrid stream (version 2, with a base layer) is decoded by
-    ``hybrid.HybridDecoder``; ``enhance=False`` outputs its upscaled base frames instead of the enhanced
+    ``modes.hybrid.HybridDecoder``; ``enhance=False`` outputs its upscaled base frames instead of the enhanced
     ones (InputError for a token stream). ``device``: where the decoder's networks run, as in
     ``decode_stream``.
     """
@@ -500,16 +468,10 @@ def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limi
 
 
 def _decoder(loaded: LoadedModel, header, enhance: bool = True):
-    """The streaming decoder for a stream: token ``Decoder`` or ``hybrid.HybridDecoder``."""
-    if header.hybrid:
-        from .hybrid import HybridDecoder
+    """The streaming decoder of the stream's mode (``modes.for_header``)."""
+    from .modes import for_header
 
-        return HybridDecoder(loaded.model, header, enhance=enhance)
-    if not enhance:
-        raise InputError("--no-enhance applies to hybrid streams only; this stream codes tokens")
-    from .codec import Decoder
-
-    return Decoder(loaded.model, header)
+    return for_header(header).open_decoder(loaded, header, enhance)
 
 
 def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
@@ -591,6 +553,12 @@ def stream_header(input_path: str | os.PathLike, limits: Limits | None = None):
         return StreamReader(f, limits or Limits()).header
 
 
+def _stream_mode(header):
+    from .modes import for_header
+
+    return for_header(header)
+
+
 def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> dict:
     """Header fields and per-packet sizes of a stream, from its bytes (no model needed); ``-`` reads
     standard input."""
@@ -631,7 +599,7 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
 
     overhead = size - key_bytes - token_bytes - base_bytes - timing_bytes  # signature, header, records' framing
     return {
-        "mode": "hybrid" if h.hybrid else "tokens", "version": reader.version,
+        "mode": _stream_mode(h).stream_name, "version": reader.version,
         "model": h.model, "weights_hash": h.weights_hash.hex(), "width": h.width, "height": h.height,
         "fps": float(fps), "fps_rational": f"{h.fps_num}/{h.fps_den}", "frames": frames,
         "duration_s": duration, "timing": "per-frame" if h.timed else "constant",

@@ -21,8 +21,8 @@ from click.core import ParameterSource
 
 from .devices import DEFAULT_DEVICE, DEVICE_HELP
 from .errors import IMFError
-from .settings import (BASE_CODECS, DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_MODE, DEFAULT_PRESET, MODES, PRESETS,
-                       EncoderSettings)
+from .settings import (BASE_CODECS, BASE_SCALES, DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_MODE, DEFAULT_PRESET,
+                       MODES, PRESETS, EncoderSettings)
 
 _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
@@ -219,12 +219,12 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Key frame every N frames (0 = one key frame).")
 @click.option("--scenecut", type=float, default=_ENCODER.scenecut, show_default=True,
               help="Scene-cut threshold: a key frame where a frame's luma thumbnail differs from the previous "
-                   "frame's by this percent of the range on average (uncut training clips stay below 6.5; "
-                   "0 = off).")
+                   "frame's by this percent of the range on average (0 = off; how the default was chosen: "
+                   "benchmarks/results/2026-11-28-keyframes-train/NOTES.md).")
 @click.option("--no-scenecut", is_flag=True, help="No key frames at scene cuts (same as --scenecut 0).")
 @click.option("--refresh-below", type=float, default=_ENCODER.refresh_below,
-              help="Insert a key frame when the decoded frame's PSNR drops below this many dB (token mode; 16 "
-                   "keeps key frames rare with the shipped model).")
+              help="Insert a key frame when the decoded frame's PSNR drops below this many dB (token mode; a value "
+                   "that suits the shipped model: README).")
 @click.option("--key-codec", default=_ENCODER.key_codec, show_default=True, help="Key-frame codec (see `imfcodec models`).")
 @click.option("--key-quality", type=int, default=_ENCODER.key_quality,
               help="Key-frame quality (higher = better; default: the key-frame codec's own, hevc 21; hevc 16 in the "
@@ -233,10 +233,10 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Frames per token packet, or per base packet in the hybrid mode (latency vs overhead).")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
               help="Encoder effort, same format. Token mode: "
-                   + "; ".join(f"{k}: {p.describe()}" for k, p in PRESETS.items())
-                   + " (shipped model, 256x256, 2 CPU cores of an AVX-512 EPYC). Hybrid mode: the base encoder's "
-                   "speed setting of the same name (against medium, VP9 base at 1/2, held-out training clips): "
-                   + "; ".join(f"{k}: {p.base}" for k, p in PRESETS.items()) + ".")
+                   + "; ".join(f"{k}: {p.what}" for k, p in PRESETS.items())
+                   + ". Hybrid mode: the base encoder's speed setting of the same name. Measured speeds (frames/s) "
+                   "and rates: "
+                   "benchmarks/results/model_speed.md and benchmarks/results/2026-11-28-base-presets-heldout-train/.")
 @click.option("--refine", "search_iters", type=int, default=None,
               help="Token mode, expert: token search steps per frame, overriding the preset's (0 = E_T's token; "
                    "1 runs 2 steps, since the first never changes the token).")
@@ -261,6 +261,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
            chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps, device):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
+    from .modes import get_mode
 
     _interruptible()
     device = _device(device)
@@ -269,14 +270,21 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         if click.get_current_context().get_parameter_source("scenecut") is not ParameterSource.DEFAULT:
             raise click.UsageError("--no-scenecut and --scenecut N contradict each other (--scenecut 0 is off)")
         scenecut = 0.0
-    hybrid = _mode(mode, hybrid, model, kbps) == "hybrid"
+    source = click.get_current_context().get_parameter_source
+    mode = _mode(mode, {"--hybrid": hybrid, "--kbps": kbps is not None, "--base-codec": base_codec is not None,
+                        "--base-scale": base_scale is not None, "--base-quality": base_quality is not None,
+                        "--enhancer": enhancer is not None, "--model": model is not None,
+                        "--quality": source("quality") is not ParameterSource.DEFAULT,
+                        "--refine": search_iters is not None})
     if kbps is not None:
         base_codec, base_scale, base_quality, key_quality = _rate_control(
             input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings.from_preset(
-        preset, quality=quality, keyint=keyint, scenecut=scenecut, refresh_below=refresh_below, key_codec=key_codec,
-        key_quality=key_quality, chunk=chunk, **({} if search_iters is None else {"search_iters": search_iters}),
-        **_hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer),
+        preset, mode=mode, quality=quality, keyint=keyint, scenecut=scenecut, refresh_below=refresh_below,
+        key_codec=key_codec, key_quality=key_quality, chunk=chunk,
+        **({} if search_iters is None else {"search_iters": search_iters}), base_codec=base_codec,
+        base_factor=BASE_SCALES[base_scale] if base_scale else _ENCODER.base_factor, base_quality=base_quality,
+        enhancer=enhancer,
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")
@@ -284,12 +292,12 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
     with _Progress("encode") as bar:
         s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar,
                          started=bar.start, device=device)
-    payload = f"base {s.base_bytes} B" if settings.hybrid else f"tokens {s.token_bytes} B"
+    m = get_mode(settings.mode)  # a mode's other bytes are its own: the other mode's count is 0
     _summary(streamed == "stdout",
              f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
-             f"(key {s.key_bytes} B, {payload}, overhead {s.overhead_bytes} B), {len(s.key_frames)} key frame(s)"
-             f"{f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
-             f"{s.fps:.1f} fps, {'enhancer' if settings.hybrid else 'model'} {s.model}")
+             f"(key {s.key_bytes} B, {m.payload} {s.base_bytes + s.token_bytes} B, overhead {s.overhead_bytes} B), "
+             f"{len(s.key_frames)} key frame(s){f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
+             f"{s.fps:.1f} fps, {m.network_label} {s.model}")
     if s.timing == "lost":
         click.echo(f"warning: the input's frames are not at a constant rate, but a stream written to "
                    f"{streamed or 'a pipe'} is started before that is known: it plays them at the input's "
@@ -313,8 +321,8 @@ def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_qu
     """--kbps: (base_codec, base_scale, base_quality, key_quality) from the enhancer's operating-point table,
     where the user did not give them; says on stderr which point it chose and the rate it expects."""
     from .errors import InputError
-    from .hybrid import load_enhancer
     from .io import probe_video
+    from .modes.hybrid import enhancer_name
     from .ratecontrol import choose, load_table
 
     if key_codec != "hevc":
@@ -325,8 +333,8 @@ def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_qu
         info = probe_video(input)
         n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
         duration = n / float(info.fps) if n else None
-    point, expected, fits = choose(load_table(load_enhancer(enhancer).name), kbps, duration, base_codec)
-    scale = base_scale or {1: "1", 2: "1/2", 4: "1/4"}[point.base_factor]
+    point, expected, fits = choose(load_table(enhancer_name(enhancer)), kbps, duration, base_codec)
+    scale = base_scale or {f: name for name, f in BASE_SCALES.items()}[point.base_factor]
     bq = point.base_quality if base_quality is None else base_quality
     kq = point.key_quality if key_quality is None else key_quality
     span = f"{duration:.1f} s" if duration else "an assumed 10 s"
@@ -339,43 +347,33 @@ def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_qu
     return point.base_codec, scale, bq, kq
 
 
-def _mode(mode: str | None, hybrid: bool, model: str | None, kbps: float | None) -> str:
-    """The encoding mode: --mode, else hybrid for --hybrid or --kbps, token for --model, else DEFAULT_MODE.
-    Options of the other mode are refused in one line rather than ignored."""
+# the options only one mode takes, in the order they are checked: the mode they belong to, and what is said
+# when they are given in the other mode
+_MODE_OPTIONS = {
+    "--hybrid": ("hybrid", "--hybrid is the hybrid mode's, not the token mode's (drop --mode token)"),
+    "--kbps": ("hybrid", "--kbps is the hybrid mode's, not the token mode's (drop --mode token)"),
+    **{name: ("hybrid", f"{name} is a hybrid-mode option (the token mode was chosen by --mode token or --model)")
+       for name in ("--base-codec", "--base-scale", "--base-quality", "--enhancer")},
+    "--model": ("token", "--model names a token model (the token mode, --mode token); "
+                         "the hybrid mode's network is --enhancer"),
+    **{name: ("token", f"{name} is a token-mode option: add --mode token (the default mode is hybrid), or drop {name}")
+       for name in ("--quality", "--refine")},
+}
+# the options that choose a mode when --mode is not given, first match wins
+_CHOOSING = ("--hybrid", "--kbps", "--model")
+
+
+def _mode(mode: str | None, given: dict[str, bool]) -> str:
+    """The encoding mode: --mode, else the mode of the first of --hybrid, --kbps (hybrid) and --model (token)
+    given, else DEFAULT_MODE. Options of the other mode are refused in one line rather than ignored."""
     from .errors import InputError
 
-    source = click.get_current_context().get_parameter_source
     if mode is None:
-        mode = "hybrid" if hybrid or kbps is not None else "token" if model is not None else DEFAULT_MODE
-    if mode == "token":
-        for name, given in (("--hybrid", hybrid), ("--kbps", kbps is not None)):
-            if given:
-                raise InputError(f"{name} is the hybrid mode's, not the token mode's (drop --mode token)")
-        return mode
-    if model is not None:
-        raise InputError("--model names a token model (the token mode, --mode token); "
-                         "the hybrid mode's network is --enhancer")
-    for name, param in (("--quality", "quality"), ("--refine", "search_iters")):
-        if source(param) is not ParameterSource.DEFAULT:
-            raise InputError(f"{name} is a token-mode option: add --mode token (the default mode is hybrid), or "
-                             f"drop {name}")
+        mode = next((_MODE_OPTIONS[o][0] for o in _CHOOSING if given[o]), DEFAULT_MODE)
+    for option, (owner, message) in _MODE_OPTIONS.items():
+        if given[option] and owner != mode:
+            raise InputError(message)
     return mode
-
-
-def _hybrid_settings(hybrid, model, base_codec, base_scale, base_quality, enhancer) -> dict:
-    """The EncoderSettings fields of the hybrid options; they are refused in the token mode."""
-    from .errors import InputError
-
-    given = [name for name, v in (("--base-codec", base_codec), ("--base-scale", base_scale),
-                                  ("--base-quality", base_quality), ("--enhancer", enhancer)) if v is not None]
-    if not hybrid:
-        if given:
-            raise InputError(f"{given[0]} is a hybrid-mode option (the token mode was chosen by --mode token or "
-                             f"--model)")
-        return {}
-    factor = {"1": 1, "1/2": 2, "1/4": 4}[base_scale] if base_scale else _ENCODER.base_factor
-    return dict(base_codec=base_codec or DEFAULT_BASE_CODEC, base_factor=factor, base_quality=base_quality,
-                enhancer=enhancer)
 
 
 def _limit_options(f):
@@ -533,25 +531,22 @@ def _concealment(concealed: list[int], key_frames: list[int]) -> list[str]:
 def info(input, as_json, max_width, max_height, max_frames, max_packet):
     """Show a stream's header and per-packet sizes (- reads stdin)."""
     from .api import stream_info
+    from .modes import for_stream_name
 
     d = stream_info(input, _limits(max_width, max_height, max_frames, max_packet))
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    hybrid = d["mode"] == "hybrid"
+    m = for_stream_name(d["mode"])
     click.echo(f"{'stdin' if input == '-' else input}: imfcodec stream (version {d['version']}, {d['mode']} mode), "
-               f"{'enhancer' if hybrid else 'model'} {d['model']} (weights {d['weights_hash'][:16]})")
+               f"{m.network_label} {d['model']} (weights {d['weights_hash'][:16]})")
     if d["timing"] == "constant":
         timing = f"constant rate {d['fps_rational']} fps"
     else:
         timing = f"per-frame timing (time base {d['time_base']} s, {d['fps_rational']} fps on average)"
     click.echo(f"  {d['width']}x{d['height']}, {d['frames']} frames, {d['duration_s']:.2f} s, {timing}")
-    if hybrid:
-        click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; base layer: "
-                   f"{d['base_codec']} {d['base_width']}x{d['base_height']} q{d['base_quality']}")
-    else:
-        click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; tokens q{d['quality']}, "
-                   f"chunk {d['chunk']}, dim {d['token_dim']}")
+    click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; "
+               + m.stream_line.format(**d))
     click.echo(f"  {d['bytes']} bytes = {d['kbps']:.2f} kbit/s: key {d['key_bytes']} B ({d['key_kbps']:.2f} kbit/s), "
                f"base {d['base_bytes']} B ({d['base_kbps']:.2f} kbit/s), "
                f"tokens {d['token_bytes']} B ({d['token_kbps']:.2f} kbit/s), "

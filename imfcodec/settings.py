@@ -1,21 +1,24 @@
-"""What a user can choose about an encode (``EncoderSettings``): one definition of each default.
+"""What a user can choose about an encode (``EncoderSettings``): one definition of each default, and of the
+default mode's default point (``EncoderSettings()`` is what ``imfcodec encode`` does without options).
 
 Kept free of torch, numpy and PyAV at import, so the CLI can show these defaults in ``--help``
 without loading the codec; ``validated`` imports what it checks against when it runs.
+
+Measured figures behind the defaults live with the measurements, not here: the model cards
+(``imfcodec/weights/*.md``), ``benchmarks/results/*/NOTES.md`` and the README.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .errors import InputError
 
-DEFAULT_QUALITY = 9  # the quality the shipped model was trained for (noise of 0.35 token std)
+DEFAULT_QUALITY = 9  # the token quality the shipped token model was trained for (its model card)
 DEFAULT_CHUNK = 5
 # scene cuts (imfcodec.scenecut): a key frame where the luma thumbnail's mean absolute difference from the
-# previous frame reaches this percent of the 8-bit range; 0 = off. Chosen on the training clips: uncut clips
-# score at most 6.5, cuts between clips of different sources 10.1 at the lowest, 13.4 or more in 99 % of them
-# (python -m benchmarks.keyframes)
+# previous frame reaches this percent of the 8-bit range; 0 = off. Chosen between the scores of uncut clips and
+# of cuts on the training clips: benchmarks/results/2026-11-28-keyframes-train/NOTES.md (python -m benchmarks.keyframes)
 DEFAULT_SCENECUT = 10.0
 
 
@@ -72,51 +75,70 @@ DEFAULT_KEY_CODEC = "hevc"
 # The encoder's own ceiling on --chunk (10 s of tokens per packet at 25 fps). Decoders accept up to the
 # format's bitstream.MAX_CHUNK (1024), so this is a choice of the encoder, not a limit of the wire.
 MAX_ENCODER_CHUNK = 250
-# hybrid mode (imfcodec.hybrid): a conventional base layer at 1/BASE_FACTOR of the frame size, lifted by an enhancer
-# what --hybrid uses without --base-codec: VP9 gave the best enhanced quality at every rate from 6 kbit/s up on
-# the held-out training clips (benchmarks/hybrid_table.py: +0.1 to +1.1 dB over the best x265-base point at the
-# same rate for a 10 s clip); x265 reaches lower rates (its 1/4 points), which --kbps picks when they fit
+# hybrid mode (imfcodec.modes.hybrid): a conventional base layer at 1/base_factor of the frame size, lifted by an
+# enhancer. The base codec without --base-codec: the one that gave the best enhanced quality per bit on the held-out
+# training clips (benchmarks/results/2026-11-28-hybrid-vp9-enh-small-60455f82/NOTES.md, benchmarks/hybrid_table.py);
+# --kbps may pick another codec's points where they reach lower rates
 DEFAULT_BASE_CODEC = "vp9"
 # the CLI's choices without importing the codecs (imfcodec.baselayer's registry; a test keeps them equal)
 BASE_CODECS = ("av1", "hevc", "vp9")
 DEFAULT_BASE_FACTOR = 2
 BASE_FACTORS = (1, 2, 4)
 DEFAULT_ENHANCER = "enh-wide"
-# `imfcodec encode`'s modes. The hybrid mode is the default: on the 10 test clips it is about 4.9 dB above the
-# token mode at the token mode's default rate, and it encodes and decodes in real time on 2 CPU cores (README,
-# Status and Models); the token mode is chosen with --mode token or by naming a token model (--model).
+# `imfcodec encode`'s modes (imfcodec.modes). The hybrid mode is the default, the better of the two (README, Status
+# and Models); the token mode is chosen with --mode token, by naming a token model (--model) or, in the API, by a
+# token-mode field (quality, search_iters, refresh_below).
 MODES = ("hybrid", "token")
 DEFAULT_MODE = "hybrid"
-# The hybrid mode's key quality where none is given (per key codec; others use the codec's own default). From
-# the enh-wide --kbps table (held-out training clips, 10 s): over the default base (vp9 1/2 q8) hevc key q16
-# costs 0.74 kbit/s more than q11 for +0.24 dB and q21 1.3 more than q16 for +0.11 dB, where the same bits in
-# the base layer buy about +0.2 dB per kbit/s; so q16, below the token mode's 21.
+# The hybrid mode's key quality where none is given (per key codec; others use the codec's own default): where
+# key-frame bits stop paying as well as base-layer bits (imfcodec/weights/enh-wide.md, "Default key quality").
 HYBRID_KEY_QUALITY = {"hevc": 16}
+# --base-scale's choices and the base_factor each means
+BASE_SCALES = {"1": 1, "1/2": 2, "1/4": 4}
+# what each mode fills in where a field is None (the hybrid mode's default point: this, the base codec's default
+# quality and HYBRID_KEY_QUALITY), and its key quality per key codec where none is given
+_MODE_DEFAULTS = {"hybrid": {"base_codec": DEFAULT_BASE_CODEC}, "token": {}}
+_MODE_KEY_QUALITY = {"hybrid": HYBRID_KEY_QUALITY, "token": {}}
 
 
 @dataclass(frozen=True)
 class EncoderSettings:
-    """Everything a user can choose about an encode; validated once, up front."""
+    """Everything a user can choose about an encode; validated once, up front (``validated``).
 
-    quality: int = DEFAULT_QUALITY
+    Common to both modes: ``keyint``, ``scenecut``, ``key_codec``, ``key_quality``, ``chunk``, ``preset``. The
+    token mode's own: ``quality``, ``search_iters``, ``refresh_below``. The hybrid mode's own: ``base_codec``,
+    ``base_factor``, ``base_quality``, ``enhancer``. ``mode`` None lets the fields choose (one of a mode's own
+    fields given away from its default; a hybrid one wins), else the network (a token model encodes tokens),
+    else ``DEFAULT_MODE`` (``imfcodec.modes.choose``): ``EncoderSettings()`` is what `imfcodec encode` does
+    without options, the hybrid mode at its default point.
+    """
+
+    quality: int = DEFAULT_QUALITY  # token mode: token quality (entropy.QUALITY_RANGE)
     keyint: int = 0
-    refresh_below: float | None = None
+    refresh_below: float | None = None  # token mode: a key frame where the reconstruction's PSNR falls below
     scenecut: float = DEFAULT_SCENECUT  # scene-cut threshold (imfcodec.scenecut): a key frame at a cut; 0 = off
     key_codec: str = DEFAULT_KEY_CODEC
     key_quality: int | None = None  # None: the key-frame codec's own default (hybrid: HYBRID_KEY_QUALITY first)
-    chunk: int = DEFAULT_CHUNK
-    search_iters: int = DEFAULT_SEARCH_ITERS  # token search iterations per frame (CLI --refine); 0 = E_T's token
+    chunk: int = DEFAULT_CHUNK  # frames per token packet, or per base packet in the hybrid mode
+    search_iters: int = DEFAULT_SEARCH_ITERS  # token mode: token search steps per frame (CLI --refine); 0 = E_T's
     preset: str = DEFAULT_PRESET  # the encoder's effort: the token search's steps (above) or the base encoder's speed
-    # hybrid mode: a base_codec ('hevc', 'av1' or 'vp9') selects it; quality and search_iters then have no effect,
-    # chunk is the frames per base packet
-    base_codec: str | None = None
-    base_factor: int = DEFAULT_BASE_FACTOR  # the base layer is coded at 1/base_factor of the frame size
-    base_quality: int | None = None  # None: the base codec's own default (vp9 8: CRF 55; hevc 13: CRF 38; av1 13: CRF 50)
-    enhancer: str | None = None  # None: DEFAULT_ENHANCER's shipped weights; else as --model (NAME, PATH, random:NAME)
+    base_codec: str | None = None  # hybrid mode: 'hevc', 'av1' or 'vp9'; None: DEFAULT_BASE_CODEC
+    base_factor: int = DEFAULT_BASE_FACTOR  # hybrid mode: the base layer is coded at 1/base_factor of the frame size
+    base_quality: int | None = None  # hybrid mode; None: the base codec's own default (baselayer)
+    enhancer: str | None = None  # hybrid mode; None: DEFAULT_ENHANCER's shipped weights; else as --model
+    mode: str | None = None  # "hybrid" or "token" (MODES); None: chosen as the class docstring says
+    _checked: bool = field(default=False, init=False, repr=False, compare=False)  # validated() made it
+
+    @property
+    def chosen_mode(self) -> str:
+        """The mode these settings encode in without a network to say otherwise."""
+        from .modes import implied
+
+        return implied(self) or DEFAULT_MODE
 
     @property
     def hybrid(self) -> bool:
-        return self.base_codec is not None
+        return self.chosen_mode == "hybrid"
 
     @classmethod
     def from_preset(cls, preset: str = DEFAULT_PRESET, **fields) -> "EncoderSettings":
@@ -124,41 +146,61 @@ class EncoderSettings:
         ``search_iters`` (the CLI's ``--refine``, the expert knob)."""
         return cls(**{"search_iters": _preset(preset).search_iters, "preset": preset, **fields})
 
+    def in_mode(self, mode: str) -> "EncoderSettings":
+        """These settings for the ``mode`` chosen (``modes.choose``): ``mode`` set, and in the hybrid mode the
+        default base codec where none is given; InputError if they already name the other mode."""
+        if self.mode not in (None, mode):
+            raise InputError(f"these settings are for the {self.mode} mode, not the {mode} mode")
+        if mode not in MODES:
+            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        filled = {k: v for k, v in _MODE_DEFAULTS[mode].items() if getattr(self, k) is None}
+        new = replace(self, mode=mode, **filled)
+        return self if new == self else new
+
     def validated(self) -> "EncoderSettings":
-        """These settings with ``key_quality`` (and ``base_quality``) resolved, or InputError naming the CLI
-        option at fault."""
+        """These settings with the mode chosen (without a network: ``chosen_mode``) and ``key_quality`` (and
+        ``base_quality``) resolved, or InputError naming the CLI option at fault. Settings it returns are not
+        checked again."""
+        if self._checked:
+            return self
         from .entropy.quant import QUALITY_RANGE
         from .keyframe import get_keyframe_codec
         from .token_search import SearchSettings
 
+        s = self.in_mode(self.chosen_mode)
         lo, hi = QUALITY_RANGE
-        if not lo <= self.quality <= hi:
-            raise InputError(f"--quality must be in {lo}..{hi}, got {self.quality}")
-        if self.keyint < 0:
-            raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {self.keyint}")
-        if not 1 <= self.chunk <= MAX_ENCODER_CHUNK:
-            raise InputError(f"--chunk must be in 1..{MAX_ENCODER_CHUNK}, got {self.chunk}")
-        SearchSettings(self.search_iters).validated()
-        _preset(self.preset)
-        if isinstance(self.scenecut, bool) or not isinstance(self.scenecut, (int, float)) \
-                or not 0 <= self.scenecut <= 100:
-            raise InputError(f"--scenecut must be a threshold in 0..100 (0 = off), got {self.scenecut!r}")
-        if self.refresh_below is not None and not (0 < self.refresh_below < 100):
-            raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {self.refresh_below}")
-        codec = get_keyframe_codec(self.key_codec)
-        kq = self.key_quality
+        if not lo <= s.quality <= hi:
+            raise InputError(f"--quality must be in {lo}..{hi}, got {s.quality}")
+        if s.keyint < 0:
+            raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {s.keyint}")
+        if not 1 <= s.chunk <= MAX_ENCODER_CHUNK:
+            raise InputError(f"--chunk must be in 1..{MAX_ENCODER_CHUNK}, got {s.chunk}")
+        SearchSettings(s.search_iters).validated()
+        _preset(s.preset)
+        if isinstance(s.scenecut, bool) or not isinstance(s.scenecut, (int, float)) \
+                or not 0 <= s.scenecut <= 100:
+            raise InputError(f"--scenecut must be a threshold in 0..100 (0 = off), got {s.scenecut!r}")
+        if s.refresh_below is not None and not (0 < s.refresh_below < 100):
+            raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {s.refresh_below}")
+        codec = get_keyframe_codec(s.key_codec)
+        kq = s.key_quality
         if kq is None:
-            kq = HYBRID_KEY_QUALITY.get(self.key_codec, codec.default_quality) if self.hybrid else codec.default_quality
+            kq = _MODE_KEY_QUALITY[s.mode].get(s.key_codec, codec.default_quality)
         klo, khi = codec.quality_range
         if not klo <= kq <= khi:
-            raise InputError(f"--key-quality for {self.key_codec} must be in {klo}..{khi}, got {kq}")
-        if not self.hybrid:
-            if (self.base_quality, self.enhancer, self.base_factor) != (None, None, DEFAULT_BASE_FACTOR):
-                raise InputError("--base-scale, --base-quality and --enhancer need the hybrid mode (a base_codec)")
-            return replace(self, key_quality=kq)
-        return replace(self, key_quality=kq, base_quality=self._validated_base())
+            raise InputError(f"--key-quality for {s.key_codec} must be in {klo}..{khi}, got {kq}")
+        out = replace(s, key_quality=kq, **getattr(s, f"_validated_{s.mode}")())
+        object.__setattr__(out, "_checked", True)
+        return out
 
-    def _validated_base(self) -> int:
+    def _validated_token(self) -> dict:
+        """The token mode's own check: no hybrid field given."""
+        if (self.base_codec, self.base_quality, self.enhancer, self.base_factor) != (None, None, None,
+                                                                                      DEFAULT_BASE_FACTOR):
+            raise InputError("--base-scale, --base-quality and --enhancer need the hybrid mode (a base_codec)")
+        return {}
+
+    def _validated_hybrid(self) -> dict:
         """The hybrid fields checked; returns the resolved base quality."""
         from .baselayer import get_base_codec, list_base_codecs
         from .errors import UnsupportedStreamError
@@ -179,10 +221,10 @@ class EncoderSettings:
         blo, bhi = codec.quality_range
         if isinstance(bq, bool) or not isinstance(bq, int) or not blo <= bq <= bhi:
             raise InputError(f"--base-quality for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
-        return bq
+        return {"base_quality": bq}
 
 
 def hybrid_defaults(**fields) -> EncoderSettings:
-    """The hybrid mode at its default point (DEFAULT_BASE_CODEC, the base codec's default quality and size,
-    HYBRID_KEY_QUALITY): what `imfcodec encode` codes without options; ``fields`` override any field."""
-    return EncoderSettings(**{"base_codec": DEFAULT_BASE_CODEC, **fields})
+    """The hybrid mode at its default point with ``fields`` overriding any field: ``EncoderSettings(**fields)``
+    in the hybrid mode (kept for callers that name the mode this way)."""
+    return EncoderSettings(**fields).in_mode("hybrid")

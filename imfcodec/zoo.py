@@ -186,6 +186,32 @@ def load_model(spec: str | None = None) -> LoadedModel:
                        f"(known: {', '.join(list_models())})")
 
 
+def spec_config(spec: str) -> tuple[str, str] | None:
+    """(config name, kind) of what ``load_model(spec)`` would load, without loading any weights: from the
+    registry for a config name or ``random:NAME``, from the file's metadata for a path; None where loading
+    would fail (it says why). The modes' chooser and ``--kbps`` need only these."""
+    from .models import list_models
+
+    if spec.startswith(RANDOM_PREFIX):
+        name = spec[len(RANDOM_PREFIX):].partition(":")[0]
+    elif Path(spec).suffix == ".safetensors" or Path(spec).exists():
+        try:
+            meta = read_metadata(spec)
+            return str(json.loads(meta["config"])["name"]), meta.get("kind", "imf")
+        except (WeightsError, KeyError, TypeError, ValueError):
+            return None
+    else:
+        name = spec
+    kind = next((k for k in ("imf", "enhancer") if name in list_models(k)), None)
+    return (name, kind) if kind is not None else None
+
+
+def spec_kind(spec: str) -> str | None:
+    """The config kind ("imf": a token model, "enhancer") ``spec`` names, or None (``spec_config``)."""
+    found = spec_config(spec)
+    return found[1] if found else None
+
+
 def resolve_stream_model(name: str, digest: bytes, spec: str | None = None) -> LoadedModel:
     """Find the model a stream was made with: the one given, else the shipped weights or the
     seeded random init of that config, whichever has the stream's weights hash."""

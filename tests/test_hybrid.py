@@ -161,12 +161,13 @@ def test_cli_option_errors(tmp_path, sample_clip):
 def test_settings_validation():
     s = EncoderSettings(base_codec="av1").validated()
     assert (s.base_quality, s.base_factor, s.hybrid) == (13, 2, True)
-    assert not EncoderSettings().validated().hybrid
+    assert EncoderSettings().validated().hybrid and not EncoderSettings(mode="token").validated().hybrid  # issue 21
     for bad, needle in ((dict(base_codec="mpeg2"), "--base-codec"),
                         (dict(base_codec="hevc", base_factor=3), "--base-scale"),
                         (dict(base_codec="hevc", base_quality=52), "0..51"),
                         (dict(base_codec="hevc", refresh_below=20.0), "--refresh-below"),
-                        (dict(base_quality=20), "need the hybrid mode"), (dict(enhancer="enh-tiny"), "need the hybrid mode"),
+                        (dict(mode="token", base_quality=20), "need the hybrid mode"),
+                        (dict(mode="token", enhancer="enh-tiny"), "need the hybrid mode"),
                         (dict(base_codec="hevc", enhancer=""), "--enhancer")):
         with pytest.raises(InputError, match=needle):
             EncoderSettings(**bad).validated()

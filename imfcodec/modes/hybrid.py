@@ -1,0 +1,294 @@
+"""The hybrid mode's encoder and decoder: key images plus a conventional low-resolution base layer,
+lifted to full size by the enhancer (``imfcodec.models.enhancer``). Format: version 2 of FORMAT.md.
+
+Stream: at every key frame a key packet (the key image, no token) followed by the base packet that starts
+at that frame; base packets carry the access units of up to ``chunk`` consecutive frames
+(``imfcodec.baselayer``), so the framing costs about one byte per frame plus a record per packet.
+
+* Encoder: key frames follow the modes' shared policy (``common.KeyPolicy``: the first frame, every ``keyint``,
+  and a scene cut); a key image is coded with the key-frame codec and decoded back (closed
+  loop: ``key_image`` is what the decoder will show), and the base encoder starts a new GOP (an intra
+  picture) at the same frame. The encoder never runs the enhancer: it needs only its name, hash and
+  resolution.
+* Decoder: a key packet decodes the key image and restarts the base decoder; a base packet decodes the
+  small picture and upscales it (``upscale``, bicubic). At a key frame the output is the key image, and
+  the enhancer caches ``prepare_key(key, upscaled base)``; at the other frames the output is
+  ``enhance(state, upscaled base)``, or with ``enhance=False`` the upscaled base itself (key frames are
+  still the key image, so the two outputs differ exactly by what the enhancer adds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from ..baselayer import MIN_BASE_SIDE, BaseDecoder, BaseEncoder, base_size, get_base_codec
+from ..bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, TokenPacket
+from ..devices import model_device
+from ..errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
+from ..keyframe import get_keyframe_codec
+from ..models.enhancer import upscale
+from ..settings import DEFAULT_ENHANCER, EncoderSettings
+from ..stages import stage
+from .common import DecoderState, KeyPolicy, Packet, check_frame, to_tensor, to_uint8
+
+
+def is_enhancer(model: torch.nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "kind", "imf") == "enhancer"
+
+
+def enhancer_name(spec: str | None = None) -> str:
+    """The config name of the enhancer ``--enhancer spec`` names, checked as ``load_enhancer`` checks it but
+    without loading its weights (``--kbps`` needs only the name to find its operating-point table)."""
+    from ..zoo import spec_config
+
+    name = _check_enhancer_spec(spec)
+    found = spec_config(name)
+    if found is None:
+        return load_enhancer(spec).name  # loading says what is wrong with it
+    config, kind = found
+    if kind != "enhancer":
+        raise InputError(f"{name} holds the token model '{config}', not an enhancer "
+                         f"(enhancers: {', '.join(_enhancers())})")
+    return config
+
+
+def _enhancers() -> list[str]:
+    from ..models import list_models
+
+    return list_models("enhancer")
+
+
+def _check_enhancer_spec(spec: str | None) -> str:
+    """``spec`` with None as ``DEFAULT_ENHANCER``; a token model's name, or an enhancer without shipped weights,
+    refused in one line."""
+    from ..models import list_models
+    from ..zoo import RANDOM_PREFIX, shipped_weights_path
+
+    name = DEFAULT_ENHANCER if spec is None else spec
+    enhancers = _enhancers()
+    config = name[len(RANDOM_PREFIX):].partition(":")[0] if name.startswith(RANDOM_PREFIX) else name
+    if config in list_models("imf"):
+        raise InputError(f"'{config}' is a token model, not an enhancer (enhancers: {', '.join(enhancers)})")
+    if name in enhancers and shipped_weights_path(name) is None:
+        raise WeightsError(f"no trained weights are shipped for the enhancer '{name}' yet "
+                           f"(imfcodec/weights/{name}.safetensors): pass --enhancer PATH.safetensors, or "
+                           f"--enhancer {RANDOM_PREFIX}{name} for an untrained one")
+    return name
+
+
+def load_enhancer(spec: str | None = None):
+    """Resolve ``--enhancer`` as ``zoo.load_model`` resolves ``--model`` (a config name with shipped
+    weights, a .safetensors path, or ``random:NAME[:SEED]``); None is the shipped ``DEFAULT_ENHANCER``.
+    Refuses token models with a one-line error."""
+    from ..zoo import load_model
+
+    loaded = load_model(_check_enhancer_spec(spec))
+    if not is_enhancer(loaded.model):
+        raise InputError(f"{loaded.source} holds the token model '{loaded.name}', not an enhancer "
+                         f"(enhancers: {', '.join(_enhancers())})")
+    return loaded
+
+
+class HybridEncoder:
+    """Streaming hybrid encoder: ``encode(frame)`` returns that frame's packets ([K,] B).
+
+    Frames must already be at the enhancer's resolution (see ``imfcodec.io.read_frames``).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, model_name: str, weights_hash: bytes, fps: Fraction,
+                 settings: EncoderSettings = EncoderSettings(), frames: int = 0):
+        self.settings = s = settings.in_mode("hybrid").validated()
+        if not is_enhancer(model):
+            raise InputError(f"the hybrid mode needs an enhancer, not the token model '{model_name}'")
+        self.size = int(model.config.resolution)
+        side = base_size(self.size, s.base_factor)
+        fps = Fraction(fps)
+        self.key_codec = get_keyframe_codec(s.key_codec)
+        self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality, effort=s.preset)
+        self.header = StreamHeader(
+            model=model_name, weights_hash=weights_hash, width=self.size, height=self.size,
+            fps_num=fps.numerator, fps_den=fps.denominator, frames=frames,
+            key_codec=s.key_codec, key_quality=int(s.key_quality), quality=0, chunk=s.chunk, token_dim=0,
+            scale_indexes=(), base_codec=s.base_codec, base_width=side, base_height=side,
+            base_quality=int(s.base_quality))
+        self.index = 0
+        self.keys = KeyPolicy(s.keyint, s.scenecut)
+        self.key_frames = self.keys.key_frames
+        self.scene_cuts = self.keys.scene_cuts  # the key frames the scene-cut detector asked for
+        self.key_image: np.ndarray | None = None  # the decoded last key image (closed loop)
+        self.pending: list[bytes] = []  # access units of frames not yet in a packet
+        self.pending_first = 0
+
+    def _flush_units(self) -> list[Packet]:
+        if not self.pending:
+            return []
+        packet = BasePacket(frame=self.pending_first, units=tuple(self.pending))
+        self.pending = []
+        return [packet]
+
+    def encode(self, rgb: np.ndarray) -> list[Packet]:
+        check_frame(rgb, self.size)
+        i, s = self.index, self.settings
+        self.index += 1
+        key = self.keys(i, rgb)
+        out: list[Packet] = []
+        if key:  # a base packet never spans a key frame: the key packet precedes the one starting there
+            out += self._flush_units()
+            with stage("key-frame encode"):
+                image = self.key_codec.encode(rgb, int(s.key_quality))
+                self.key_image = self.key_codec.decode(image, self.size, self.size)
+            self.keys.keyed(i)
+            out.append(KeyPacket(frame=i, key_token=b"", image=image))
+        if not self.pending:
+            self.pending_first = i
+        with stage("base-layer encode"):
+            self.pending.append(self.base.encode(rgb, intra=key))
+        if len(self.pending) >= s.chunk:
+            out += self._flush_units()
+        return out
+
+    def flush(self) -> list[Packet]:
+        """The pending base packet and the END packet (the base encoder itself runs with zero latency)."""
+        with stage("base-layer encode"):
+            self.base.close()
+        return self._flush_units() + [EndPacket(frames=self.index)]
+
+
+class HybridDecoder(DecoderState):
+    """Streaming hybrid decoder: ``decode(packet)`` returns the frames (uint8 RGB) that packet completes
+    (a key packet none, a base packet its ``count``; the enhancer runs on them as one batch).
+
+    ``decode`` is strict (any inconsistency raises ``CorruptStreamError``); ``decode_concealing`` is the
+    ``--conceal`` mode: a damaged or missing base or key packet repeats the last good frame until the next
+    key packet, where base decoding restarts (the base layer predicts each picture from the previous one).
+    """
+
+    #: bytes a base record takes at least (type, length, frame, count, a unit's size and one byte, CRC)
+    MIN_RECORD = 10
+    BATCH = 8  # frames per enhancer call
+
+    def __init__(self, model: torch.nn.Module, header: StreamHeader, *, enhance: bool = True):
+        cfg = model.config
+        if not header.hybrid:
+            raise ModelMismatchError("HybridDecoder takes streams with a base layer; this one has tokens")
+        if not is_enhancer(model):
+            raise ModelMismatchError(f"a hybrid stream needs an enhancer, not the token model '{cfg.name}'")
+        if header.width != cfg.resolution or header.height != cfg.resolution:
+            raise ModelMismatchError(f"stream is {header.width}x{header.height}; enhancer '{cfg.name}' works at "
+                                     f"{cfg.resolution}x{cfg.resolution}")
+        self.key_codec = get_keyframe_codec(header.key_codec)
+        codec = get_base_codec(header.base_codec)
+        lo, hi = codec.quality_range
+        if not lo <= header.base_quality <= hi:
+            raise UnsupportedStreamError(f"stream header: {codec.name} base quality {header.base_quality} is "
+                                         f"outside {lo}..{hi}")
+        bw, bh = header.base_width, header.base_height
+        if (bw % 2 or bh % 2 or min(bw, bh) < MIN_BASE_SIDE or bw > header.width or bh > header.height):
+            raise UnsupportedStreamError(f"stream header: a {bw}x{bh} base layer for {header.width}x{header.height}"
+                                         f" frames (sides must be even, >= {MIN_BASE_SIDE} and at most the frame's)")
+        super().__init__(header)
+        self.model = model.eval()
+        self.device = model_device(model)  # where the enhancer runs (--device); the base layer is CPU code
+        self.enhance = bool(enhance)
+        self.base = BaseDecoder(codec.name, bw, bh)
+        self.state = None  # the enhancer's KeyState of the current key frame
+        self.key_image: np.ndarray | None = None  # decoded key image waiting for its frame's base packet
+        self.started = False  # a key packet has been decoded
+        self.last_bases: list[np.ndarray] = []  # the last base packet's decoded pictures (small; tests/tools)
+
+    @torch.inference_mode()
+    def decode(self, packet: Packet) -> list[np.ndarray]:
+        h = self.header
+        if isinstance(packet, EndPacket):
+            if self.key_image is not None:
+                raise CorruptStreamError(f"the key packet of frame {self.next_frame} has no base packet")
+            if packet.frames != self.next_frame:
+                raise CorruptStreamError(f"END says {packet.frames} frames but {self.next_frame} were sent")
+            return []
+        if isinstance(packet, TokenPacket):
+            raise CorruptStreamError(f"token packet at frame {packet.frame} in a stream with a base layer")
+        if packet.frame != self.next_frame:
+            raise CorruptStreamError(f"packet starts at frame {packet.frame}, expected {self.next_frame}")
+        if isinstance(packet, KeyPacket):
+            if self.key_image is not None:
+                raise CorruptStreamError(f"a second key packet for frame {packet.frame}")
+            if packet.key_token:
+                raise CorruptStreamError(f"key packet at frame {packet.frame} carries a token in a hybrid stream")
+            with stage("key-frame decode"):
+                self.key_image = self.key_codec.decode(packet.image, h.width, h.height)
+            self.base.restart()
+            self.started = True
+            return []
+        if not self.started:
+            raise CorruptStreamError(f"base packet at frame {packet.frame} before any key packet")
+        with stage("base-layer decode"):
+            smalls = [self.base.decode(unit) for unit in packet.units]
+        self.last_bases = smalls
+        with stage("upscale"):
+            up = upscale(torch.cat([to_tensor(x, self.device) for x in smalls]), (h.height, h.width))
+        frames: list[np.ndarray] = []
+        start = 0
+        if self.key_image is not None:  # the packet starts at a key frame
+            frame, self.key_image = self.key_image, None
+            with stage("enhancer key preparation"):
+                self.state = self.model.prepare_key(to_tensor(frame, self.device), up[:1]) if self.enhance else None
+            self.report.key_frames.append(packet.frame)
+            frames.append(frame)
+            start = 1
+        for i in range(start, len(smalls), self.BATCH):  # bounded batches: memory stays flat for any chunk
+            rest = up[i:i + self.BATCH]
+            if self.enhance:
+                with stage("enhancer"):
+                    rest = self.model.enhance(self.state, rest)
+            with stage("output conversion"):
+                frames += to_uint8(rest)
+        self.next_frame += len(frames)
+        self.report.frames += len(frames)
+        return frames
+
+    def _lost(self) -> None:
+        super()._lost()
+        self.key_image = None  # a key image whose base packet is lost has nothing to start
+
+    def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:
+        """Concealment mode: yields batches of frames; never raises for damaged packet content."""
+        target = packet.frames if isinstance(packet, EndPacket) else packet.frame
+        count = packet.count if isinstance(packet, BasePacket) else 0
+        if not (yield from self._catch_up(target)):
+            return
+        if isinstance(packet, EndPacket):
+            self.key_image = None  # (a key whose base packet was lost was concealed by the gap above)
+            return
+        if isinstance(packet, TokenPacket):  # not reached through ResyncReader, which refuses them here
+            self._note(f"ignored a token packet for frame {target} in a stream with a base layer")
+            return
+        if isinstance(packet, KeyPacket):
+            self.key_image = None  # a repeated key packet replaces the one before
+        elif self.broken or not self.started:
+            self.key_image = None
+            yield from self.conceal(count)
+            return
+        yield from self._decode_or_conceal(packet, count)
+
+
+def load_network(spec, settings: EncoderSettings):
+    """The enhancer to encode with: ``spec`` (a ``LoadedModel``, or as ``--enhancer``), else the settings'
+    ``enhancer``, else the shipped default (``load_enhancer``)."""
+    from ..zoo import LoadedModel
+
+    if isinstance(spec, LoadedModel):
+        return spec  # (a token model is refused by HybridEncoder)
+    return load_enhancer(spec if spec is not None else settings.enhancer)
+
+
+def open_encoder(loaded, fps: Fraction, settings: EncoderSettings) -> HybridEncoder:
+    return HybridEncoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=fps,
+                         settings=settings)
+
+
+def open_decoder(loaded, header: StreamHeader, enhance: bool = True) -> HybridDecoder:
+    return HybridDecoder(loaded.model, header, enhance=enhance)
