@@ -14,11 +14,12 @@ from ..errors import BitstreamError
 
 MAGIC = b"\x8bIMF\r\n\x1a\n"
 """PNG-style signature: a high-bit byte, CR LF, ^Z and LF, so 7-bit and text-mode transfers are caught."""
-VERSION = 3
+VERSION = 4
 """The newest format version. A writer uses the lowest version that can carry its header
 (``header_version``): token-only streams are version 1, streams with a base layer version 2, streams with
-per-frame timing (a time base in the header, timing records) version 3."""
-VERSIONS = (1, 2, 3)  # what this reader accepts
+per-frame timing (a time base in the header, timing records) version 3, streams whose encoder may switch the
+enhancer off for a base packet (a flags byte in the header, ``b`` records) version 4."""
+VERSIONS = (1, 2, 3, 4)  # what this reader accepts
 
 # Record types (one ASCII byte each).
 TYPE_HEADER = 0x48  # 'H'
@@ -26,9 +27,14 @@ TYPE_KEY = 0x4B  # 'K'
 TYPE_TOKENS = 0x54  # 'T'
 TYPE_BASE = 0x42  # 'B' (version 2: one base-layer access unit)
 TYPE_TIMING = 0x44  # 'D' (version 3: how long each frame is shown)
+TYPE_BASE_PLAIN = 0x62  # 'b' (version 4 with the enhancer switch: a base packet shown without the enhancer)
 TYPE_END = 0x45  # 'E'
 TYPE_NAMES = {TYPE_HEADER: "header", TYPE_KEY: "key", TYPE_TOKENS: "token", TYPE_BASE: "base",
-              TYPE_TIMING: "timing", TYPE_END: "END"}
+              TYPE_TIMING: "timing", TYPE_BASE_PLAIN: "unenhanced base", TYPE_END: "END"}
+BASE_TYPES = (TYPE_BASE, TYPE_BASE_PLAIN)
+# version 4 header flags (a u8 after the version 2 fields)
+FLAG_TIMED = 0x01  # a time base follows and timing records time every frame (as in version 3)
+FLAG_ENHANCER_SWITCH = 0x02  # base packets may be 'b' records: their frames are shown without the enhancer
 
 CRC_SIZE = 4
 VARINT_MAX_BYTES = 10  # enough for any value < 2**64
@@ -79,6 +85,8 @@ class StreamHeader:
     # records, every frame lasts fps_den/fps_num seconds)
     time_num: int = 0
     time_den: int = 0
+    # version 4: the encoder may mark base packets to be shown without the enhancer (``BasePacket.enhance``)
+    enhancer_switch: bool = False
 
     @property
     def hybrid(self) -> bool:
@@ -123,6 +131,9 @@ class BasePacket:
 
     frame: int
     units: tuple[bytes, ...]
+    #: version 4 with the enhancer switch: False shows these frames as the upscaled base pictures (a ``b``
+    #: record): the encoder measured that the enhancer would make them worse
+    enhance: bool = True
 
     @property
     def count(self) -> int:
@@ -155,7 +166,7 @@ class PacketRecord:
     """Where one record sits in the file, for tools that report per-packet sizes."""
 
     offset: int  # byte offset of the type byte from the start of the stream
-    type: str  # 'H', 'K', 'T', 'B', 'D' or 'E'
+    type: str  # 'H', 'K', 'T', 'B', 'b', 'D' or 'E'
     payload_len: int
     total_len: int  # type + length varint + payload + CRC
 
@@ -227,9 +238,15 @@ def _uint(v: object) -> bool:
 
 
 def header_version(h: StreamHeader) -> int:
-    """The version a writer gives a stream with this header: 3 with per-frame timing, else 2 with a base
-    layer, else 1 (so a stream that needs nothing new stays readable by older decoders)."""
-    return 3 if h.time_num or h.time_den else 2 if h.base_codec else 1
+    """The version a writer gives a stream with this header: 4 with the enhancer switch, else 3 with
+    per-frame timing, else 2 with a base layer, else 1 (so a stream that needs nothing new stays readable by
+    older decoders)."""
+    return 4 if h.enhancer_switch else 3 if h.time_num or h.time_den else 2 if h.base_codec else 1
+
+
+def header_flags(h: StreamHeader) -> int:
+    """The version 4 flags byte of ``h``."""
+    return (FLAG_TIMED if h.time_num or h.time_den else 0) | (FLAG_ENHANCER_SWITCH if h.enhancer_switch else 0)
 
 
 def header_problem(h: StreamHeader, limits: Limits) -> str | None:
@@ -266,8 +283,12 @@ def header_problem(h: StreamHeader, limits: Limits) -> str | None:
     if not isinstance(h.base_codec, str) or (h.base_codec and (
             not h.base_codec.isascii() or not is_valid_name(h.base_codec.encode("ascii")))):
         return f"base_codec must be empty or 1..{MAX_NAME} printable ASCII characters, got {h.base_codec!r}"
+    if not isinstance(h.enhancer_switch, bool):
+        return f"enhancer_switch must be True or False, got {h.enhancer_switch!r}"
     if h.base_codec:
         return _base_problem(h, limits)
+    if h.enhancer_switch:
+        return "the enhancer switch needs a base layer"
     if (h.base_width, h.base_height, h.base_quality) != (0, 0, 0):
         return "base_width, base_height and base_quality must be 0 without a base layer"
     if h.token_dim == 0:
@@ -314,7 +335,10 @@ def encode_header(h: StreamHeader) -> bytes:
         fields += [bytes((len(base),)), base]
         if base:
             fields += [v(h.base_width), v(h.base_height), bytes((h.base_quality,))]
-    if header_version(h) >= 3:
+    version = header_version(h)
+    if version >= 4:
+        fields.append(bytes((header_flags(h),)))
+    if version == 3 or (version >= 4 and h.time_num):
         fields += [v(h.time_num), v(h.time_den)]
     return b"".join(fields)
 
@@ -328,7 +352,8 @@ def encode_payload(packet: Packet) -> tuple[int, bytes]:
         return TYPE_TOKENS, encode_varint(packet.frame) + encode_varint(packet.count) + bytes(packet.data)
     if isinstance(packet, BasePacket):
         units = [bytes(u) for u in packet.units]
-        return TYPE_BASE, b"".join([encode_varint(packet.frame), encode_varint(len(units)),
+        return TYPE_BASE if packet.enhance else TYPE_BASE_PLAIN, b"".join([
+                                    encode_varint(packet.frame), encode_varint(len(units)),
                                     *(encode_varint(len(u)) + u for u in units)])
     if isinstance(packet, TimingPacket):
         return TYPE_TIMING, b"".join([encode_varint(packet.frame), encode_varint(len(packet.durations)),

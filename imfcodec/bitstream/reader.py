@@ -20,7 +20,11 @@ from .format import (
     MAX_DURATION,
     MAX_TIME,
     MAX_TOKEN_DIM,
+    BASE_TYPES,
+    FLAG_ENHANCER_SWITCH,
+    FLAG_TIMED,
     TYPE_BASE,
+    TYPE_BASE_PLAIN,
     TYPE_END,
     TYPE_HEADER,
     TYPE_KEY,
@@ -203,7 +207,7 @@ class StreamReader:
         if first and t != TYPE_HEADER:
             raise CorruptStreamError(f"expected the header record at byte {offset}, found type 0x{t:02x}")
         known = ((TYPE_KEY, TYPE_TOKENS, TYPE_END) + ((TYPE_BASE,) if self.version >= 2 else ())
-                 + ((TYPE_TIMING,) if self.version >= 3 else ()))
+                 + ((TYPE_TIMING,) if self.version >= 3 else ()) + ((TYPE_BASE_PLAIN,) if self.version >= 4 else ()))
         if not first and t not in known:
             kind = "a second header record" if t == TYPE_HEADER else f"unknown packet type 0x{t:02x}"
             raise CorruptStreamError(f"{kind} at byte {offset}")
@@ -278,15 +282,23 @@ class StreamReader:
                 base += (c.varint("base width"), c.varint("base height"), c.u8("base quality"))
             else:
                 base += (0, 0, 0)
-        if self.version >= 3:
+        flags = FLAG_TIMED if self.version == 3 else 0
+        if self.version >= 4:
+            flags = c.u8("flags")
+            if flags & ~(FLAG_TIMED | FLAG_ENHANCER_SWITCH):
+                raise CorruptStreamError(f"{where}: unknown header flags 0x{flags:02x}")
+        if flags & FLAG_TIMED:
             time_base = (c.varint("time base numerator"), c.varint("time base denominator"))
             if 0 in time_base:
-                raise CorruptStreamError(f"{where}: time base {time_base[0]}/{time_base[1]} (a version 3 "
+                raise CorruptStreamError(f"{where}: time base {time_base[0]}/{time_base[1]} (a timed "
                                          f"stream times its frames: both terms must be at least 1)")
             base += time_base
+        elif self.version >= 2:
+            base += (0, 0)
         c.done()
         h = StreamHeader(model, weights_hash, width, height, fps_num, fps_den, frames, key_codec, key_quality,
-                         quality, chunk, token_dim, scale_indexes, *base)
+                         quality, chunk, token_dim, scale_indexes, *base,
+                         enhancer_switch=bool(flags & FLAG_ENHANCER_SWITCH))
         problem = header_problem(h, _NO_LIMITS)
         if problem:  # outside what the format allows (e.g. width 0, chunk > MAX_CHUNK)
             raise CorruptStreamError(f"{where}: {problem}")
@@ -333,7 +345,7 @@ class StreamReader:
             self._time_end += sum(timing.durations)
             return timing
         _check_packet_type(t, h, where)
-        if self._key_pending and t != TYPE_BASE:
+        if self._key_pending and t not in BASE_TYPES:
             raise CorruptStreamError(f"{where}: expected the base packet of frame {self._next_frame} after its "
                                      f"key packet, found a {TYPE_NAMES[t]} packet")
         frame = c.varint("frame index")
@@ -342,10 +354,10 @@ class StreamReader:
         if t == TYPE_KEY:
             packet: Packet = _key_packet(c, h, frame)
             count = 1
-        elif t == TYPE_BASE:
+        elif t in BASE_TYPES:
             if frame == 0 and not self._key_pending:
                 raise CorruptStreamError(f"{where}: base packet before any key packet")
-            packet = _base_packet(c, h, frame)
+            packet = _base_packet(c, h, frame, t)
             count = packet.count
         else:
             if self._next_frame == 0:
@@ -375,8 +387,11 @@ def _check_packet_type(t: int, h: StreamHeader, where: str) -> None:
     """Token packets only without a base layer, base packets only with one (FORMAT.md §4)."""
     if t == TYPE_TOKENS and h.hybrid:
         raise CorruptStreamError(f"{where}: token packet in a stream with a base layer")
-    if t == TYPE_BASE and not h.hybrid:
+    if t in BASE_TYPES and not h.hybrid:
         raise CorruptStreamError(f"{where}: base packet in a stream without a base layer")
+    if t == TYPE_BASE_PLAIN and not h.enhancer_switch:
+        raise CorruptStreamError(f"{where}: an unenhanced base packet in a stream whose header has no enhancer "
+                                 f"switch")
 
 
 def _key_packet(c: _Cursor, h: StreamHeader, frame: int) -> KeyPacket:
@@ -424,7 +439,7 @@ def _timing_durations(c: _Cursor, frame: int, count: int, start: int) -> TimingP
     return TimingPacket(frame, tuple(durations))
 
 
-def _base_packet(c: _Cursor, h: StreamHeader, frame: int) -> BasePacket:
+def _base_packet(c: _Cursor, h: StreamHeader, frame: int, t: int = TYPE_BASE) -> BasePacket:
     count = c.varint("frame count")
     if not 1 <= count <= h.chunk:
         raise CorruptStreamError(f"{c.where}: frame count {count} is outside 1..{h.chunk} (chunk size)")
@@ -435,7 +450,7 @@ def _base_packet(c: _Cursor, h: StreamHeader, frame: int) -> BasePacket:
             raise CorruptStreamError(f"{c.where}: empty base-layer access unit (frame {frame + i})")
         units.append(c.take(n, "access unit"))
     c.done()
-    return BasePacket(frame, tuple(units))
+    return BasePacket(frame, tuple(units), enhance=t == TYPE_BASE)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -497,7 +512,7 @@ class Damage:
     reason: str
 
 
-_CANDIDATE = re.compile(b"[KTBDE]")  # the type bytes a packet record can start with
+_CANDIDATE = re.compile(b"[KTBbDE]")  # the type bytes a packet record can start with
 _SCAN_WINDOW = 1 << 16
 
 
@@ -610,8 +625,8 @@ class ResyncReader:
             count, packet = 0, EndPacket(frame)
         elif t == TYPE_KEY:
             count, packet = 1, _key_packet(c, h, frame)
-        elif t == TYPE_BASE:
-            packet = _base_packet(c, h, frame)
+        elif t in BASE_TYPES:
+            packet = _base_packet(c, h, frame, t)
             count = packet.count
         else:
             count = c.varint("frame count")

@@ -129,6 +129,9 @@ class StreamWriter:
                 raise InputError(f"base packet at frame {p.frame} holds {len(p.units)!r} units, not 1..{h.chunk}")
             if not all(isinstance(u, (bytes, bytearray)) and u for u in p.units):
                 raise InputError(f"base packet at frame {p.frame} has an empty access unit")
+            if p.enhance is not True and (p.enhance is not False or not h.enhancer_switch):
+                raise InputError(f"base packet at frame {p.frame}: enhance=False needs a header with the enhancer "
+                                 f"switch (enhance must be True or False)")
             last = p.frame + p.count - 1
         elif isinstance(p, KeyPacket):
             if len(p.key_token) != 2 * h.token_dim:
