@@ -13,6 +13,13 @@ Hybrid streams (format version 2) use ``random:enh-tiny``: instead of the tokens
 base-layer pictures (bit-exact by the base codec's specification, like the key frames); the output frames
 (bicubic upscale, then the enhancer: float code, like token synthesis) are held to their thumbnails.
 
+Guarded streams (format version 4, the enhancer switch) use the shipped ``enh-wide``: an untrained enhancer
+returns the bicubic base exactly, so only a trained one can be worse than it. ``guard_clip`` is the demo
+clip's face followed by moving colour bars (a scene cut, so a key frame): the encoder keeps the enhancer on
+for the face and switches it off for the bars (a ``b`` record), and a decoder must show those frames as the
+upscaled base pictures. When ``enh-wide``'s weights change, regenerate this stream (its header names the
+weights' hash): ``python bitstreams/make_conformance.py enh-wide-vp9-guard-bars``.
+
 Timed streams (format version 3) are coded from the demo clip's frames written at irregular times
 (``TIMES``, ``timed_clip``): their expected values add the time base and every frame's duration, which a
 decoder must reproduce exactly.
@@ -63,14 +70,17 @@ def default_point(**fields) -> dict:
 HYBRID_STREAMS = {
     # 12 frames, key frames 0 and 6: a base-layer GOP restarts in the middle; 3 frames per base packet
     "tiny-hybrid-hevc-half-keyint6": dict(base_codec="hevc", base_factor=2, base_quality=13, keyint=6,
-                                          key_codec="hevc", key_quality=21, chunk=3),
+                                          key_codec="hevc", key_quality=21, chunk=3, guard=False),
     # the default mode's point (its base codec, size and quality, key codec and quality, chunk), key frames 0
     # and 6; named after the point it had when it was made (a new default point is a new stream)
-    "tiny-hybrid-vp9-half-keyint6": default_point(keyint=6),
+    "tiny-hybrid-vp9-half-keyint6": default_point(keyint=6, guard=False),
     # the third base codec: one key frame, 2 frames per base packet
     "tiny-hybrid-av1-half-chunk2": dict(base_codec="av1", base_factor=2, base_quality=13, keyint=0,
-                                        key_codec="hevc", key_quality=16, chunk=2),
+                                        key_codec="hevc", key_quality=16, chunk=2, guard=False),
 }
+# the enhancer switch (version 4): the default point with its guard, coded from ``guard_clip``
+GUARD_MODEL = "enh-wide"
+GUARD_STREAMS = {"enh-wide-vp9-guard-bars": default_point(guard=True)}
 
 
 def thumbnail(frame: np.ndarray, n: int = 16) -> np.ndarray:
@@ -93,7 +103,22 @@ def timed_clip(path: Path, frames: int = 12, size: int = 64) -> Path:
     return path
 
 
-def describe(path: Path) -> dict:
+def guard_clip(path: Path, face: int = 5, bars: int = 5, size: int = 256) -> Path:
+    """The demo clip's first ``face`` frames, then ``bars`` frames of colour bars moving 3 px a frame."""
+    from imfcodec.io import VideoWriter, sample_frames
+
+    colours = np.array([[255, 255, 255], [255, 255, 0], [0, 255, 255], [0, 255, 0], [255, 0, 255], [255, 0, 0],
+                        [0, 0, 255], [0, 0, 0]], np.uint8)
+    with VideoWriter(path, 25, size, size, reproducible=True) as w:
+        for rgb in sample_frames(face, size, 25):
+            w.write(rgb)
+        for t in range(bars):
+            x = ((np.arange(size) + 3 * t) % size) * 8 // size
+            w.write(np.ascontiguousarray(np.broadcast_to(colours[x][None], (size, size, 3))))
+    return path
+
+
+def describe(path: Path, model: str | None = None) -> dict:
     """Decode ``path`` and summarise what a conforming decoder must produce: the exact integers it decodes
     (tokens, or a hybrid stream's base-layer pictures), the key frames, thumbnails of every frame, and (version
     3) the time base and every frame's duration."""
@@ -103,7 +128,7 @@ def describe(path: Path) -> dict:
     header = stream_header(path)
     hybrid = header.hybrid
     exact, key_sha, thumbs, frames = hashlib.sha256(), {}, [], 0
-    for dec, out in iter_decoded(path, model=HYBRID_MODEL if hybrid else MODEL):
+    for dec, out in iter_decoded(path, model=model or (HYBRID_MODEL if hybrid else MODEL)):
         if not out:
             continue
         for part in (dec.last_bases if hybrid else [dec.last_tokens.astype("<i4")]):
@@ -136,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     every = {**{n: (MODEL, kw) for n, kw in STREAMS.items()},
              **{n: (HYBRID_MODEL, kw) for n, kw in HYBRID_STREAMS.items()},
-             **{n: (MODEL, kw) for n, kw in TIMED_STREAMS.items()}}
+             **{n: (MODEL, kw) for n, kw in TIMED_STREAMS.items()},
+             **{n: (GUARD_MODEL, kw) for n, kw in GUARD_STREAMS.items()}}
     unknown = sorted(set(argv) - set(every))
     if unknown:
         print(f"unknown stream(s): {', '.join(unknown)} (known: {', '.join(every)})", file=sys.stderr)
@@ -148,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         clip = Path(tmp) / "sample.mp4"
         make_sample(clip, frames=12, size=64, fps=25)
         timed = timed_clip(Path(tmp) / "timed.mkv")
+        guarded = guard_clip(Path(tmp) / "guard.mp4")
         for name, (model, kw) in every.items():
             if argv and name not in argv:
                 continue
             path = OUT / f"{name}.imf"
-            encode_video(timed if name in TIMED_STREAMS else clip, path, model=model, settings=EncoderSettings(**kw))
-            expected[name] = {"settings": kw, **({"model": model} if model != MODEL else {}), **describe(path)}
+            source = timed if name in TIMED_STREAMS else guarded if name in GUARD_STREAMS else clip
+            encode_video(source, path, model=model, settings=EncoderSettings(**kw))
+            expected[name] = {"settings": kw, **({"model": model} if model != MODEL else {}), **describe(path, model)}
             print(f"{path.name}: {path.stat().st_size} bytes, {expected[name]['frames']} frames")
     exp_path.write_text(json.dumps(expected, indent=1) + "\n")
     return 0

@@ -70,6 +70,7 @@ class EncodeSummary:
     duration_s: float = 0.0  # how long the frames play (their timestamps, or frames / fps)
     timing: str = "constant"  # "constant", "per-frame" (a timing record), or "lost" (see EncodedStream)
     scene_cuts: list[int] = field(default_factory=list)  # the key frames put at scene cuts (settings.scenecut)
+    unenhanced_frames: int = 0  # hybrid mode: frames the encoder's guard sent without the enhancer (it would hurt)
 
     @property
     def fps(self) -> float:
@@ -91,6 +92,7 @@ class EncodedStream:
     timing: Timing | None = None  # the per-frame timing the stream carries (None: the constant rate)
     timing_lost: bool = False  # the source's timing was not constant, but an in-place output cannot keep it
     scene_cuts: list[int] = field(default_factory=list)  # the key frames put at scene cuts (settings.scenecut)
+    unenhanced_frames: int = 0  # hybrid mode: frames the encoder's guard sent without the enhancer
 
 
 @dataclass
@@ -253,7 +255,7 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
             raise write_error(out, e) from e
         size, name = out.stat().st_size, str(out)
     return EncodedStream(name, enc.index, size, sizes[0], sizes[1], sizes[2], list(enc.key_frames), sizes[3],
-                         kept, lost, list(enc.scene_cuts))
+                         kept, lost, list(enc.scene_cuts), getattr(enc, "unenhanced_frames", 0))
 
 
 def _source_timing(timing: TimingRecorder | None, frames: int) -> Timing | None:
@@ -357,7 +359,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
                          s.bytes - key_bytes - s.token_bytes - s.base_bytes, s.bytes * 8 / duration / 1000.0,
                          s.key_frames, loaded.name, s.base_bytes, duration,
                          "per-frame" if s.timing is not None else "lost" if s.timing_lost else "constant",
-                         s.scene_cuts)
+                         s.scene_cuts, s.unenhanced_frames)
 
 
 def _counting(frames: Iterator, progress: Progress | None) -> Iterator:
@@ -567,7 +569,7 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
         h = reader.header
         size = reader.header_record.offset + reader.header_record.total_len
         packets = []
-        key_bytes = token_bytes = base_bytes = timing_bytes = frames = ticks = 0
+        key_bytes = token_bytes = base_bytes = timing_bytes = frames = ticks = unenhanced = 0
         for rec, p in reader.records():
             size = rec.offset + rec.total_len  # the reader refuses bytes after END: this is the stream's size
             if isinstance(p, KeyPacket):
@@ -577,7 +579,9 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
             elif isinstance(p, BasePacket):
                 base_bytes += len(p.data)
                 packets.append({"type": "base", "frame": p.frame, "count": p.count, "bytes": len(p.data),
-                                "packet_bytes": rec.total_len})
+                                "packet_bytes": rec.total_len, "enhance": p.enhance})
+                keyed = len(packets) > 1 and packets[-2]["type"] == "key" and packets[-2]["frame"] == p.frame
+                unenhanced += 0 if p.enhance else p.count - keyed  # a key frame shows its key image anyway
             elif isinstance(p, TokenPacket):
                 token_bytes += len(p.data)
                 packets.append({"type": "tokens", "frame": p.frame, "count": p.count, "bytes": len(p.data),
@@ -612,6 +616,7 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
         "base_quality": h.base_quality,
         "key_codec": h.key_codec, "key_quality": h.key_quality, "quality": h.quality, "chunk": h.chunk,
         "token_dim": h.token_dim, "key_frames": [p["frame"] for p in packets if p["type"] == "key"],
+        "enhancer_switch": h.enhancer_switch, "unenhanced_frames": unenhanced,
         "packets": packets,
     }
 

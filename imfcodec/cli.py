@@ -251,14 +251,20 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--enhancer", default=None,
               help=f"Hybrid: enhancer name with shipped weights, a .safetensors file, or random:NAME "
                    f"[default: {DEFAULT_ENHANCER}].")
+@click.option("--no-guard", is_flag=True,
+              help="Hybrid: never switch the enhancer off. By default the encoder decodes what it sends and marks "
+                   "the packets whose pictures the enhancer would make worse (format version 4); without the "
+                   "guard it runs no network and encodes several times faster (format version 2).")
 @click.option("--kbps", type=float, default=None,
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True,
-              help=f"Token mode: where E_T and the token search run (the hybrid encoder runs no network): "
+              help=f"Where the encoder's network runs (token mode: E_T and the token search; hybrid mode: the "
+                   f"guard's enhancer): "
                    f"{DEVICE_HELP}. The stream decodes on any device.")
 def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality,
-           chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, kbps, device):
+           chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, no_guard, kbps,
+           device):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
     from .modes import get_mode
@@ -273,7 +279,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
     source = click.get_current_context().get_parameter_source
     mode = _mode(mode, {"--hybrid": hybrid, "--kbps": kbps is not None, "--base-codec": base_codec is not None,
                         "--base-scale": base_scale is not None, "--base-quality": base_quality is not None,
-                        "--enhancer": enhancer is not None, "--model": model is not None,
+                        "--enhancer": enhancer is not None, "--model": model is not None, "--no-guard": no_guard,
                         "--quality": source("quality") is not ParameterSource.DEFAULT,
                         "--refine": search_iters is not None})
     if kbps is not None:
@@ -284,7 +290,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         key_codec=key_codec, key_quality=key_quality, chunk=chunk,
         **({} if search_iters is None else {"search_iters": search_iters}), base_codec=base_codec,
         base_factor=BASE_SCALES[base_scale] if base_scale else _ENCODER.base_factor, base_quality=base_quality,
-        enhancer=enhancer,
+        enhancer=enhancer, **({"guard": False} if no_guard else {}),
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")
@@ -297,7 +303,8 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
              f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
              f"(key {s.key_bytes} B, {m.payload} {s.base_bytes + s.token_bytes} B, overhead {s.overhead_bytes} B), "
              f"{len(s.key_frames)} key frame(s){f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
-             f"{s.fps:.1f} fps, {m.network_label} {s.model}")
+             + (f"enhancer off for {s.unenhanced_frames} frame(s) where it would hurt, " if s.unenhanced_frames else "")
+             + f"{s.fps:.1f} fps, {m.network_label} {s.model}")
     if s.timing == "lost":
         click.echo(f"warning: the input's frames are not at a constant rate, but a stream written to "
                    f"{streamed or 'a pipe'} is started before that is known: it plays them at the input's "
@@ -353,7 +360,7 @@ _MODE_OPTIONS = {
     "--hybrid": ("hybrid", "--hybrid is the hybrid mode's, not the token mode's (drop --mode token)"),
     "--kbps": ("hybrid", "--kbps is the hybrid mode's, not the token mode's (drop --mode token)"),
     **{name: ("hybrid", f"{name} is a hybrid-mode option (the token mode was chosen by --mode token or --model)")
-       for name in ("--base-codec", "--base-scale", "--base-quality", "--enhancer")},
+       for name in ("--base-codec", "--base-scale", "--base-quality", "--enhancer", "--no-guard")},
     "--model": ("token", "--model names a token model (the token mode, --mode token); "
                          "the hybrid mode's network is --enhancer"),
     **{name: ("token", f"{name} is a token-mode option: add --mode token (the default mode is hybrid), or drop {name}")
@@ -552,11 +559,15 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
                f"tokens {d['token_bytes']} B ({d['token_kbps']:.2f} kbit/s), "
                + (f"timing {d['timing_bytes']} B, " if d["timing_bytes"] else "")
                + f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s)")
+    if d["enhancer_switch"]:
+        click.echo(f"  enhancer switch: off for {d['unenhanced_frames']} of {d['frames']} frames (the encoder found "
+                   f"it would hurt there)" if d["unenhanced_frames"] else "  enhancer switch: on for every frame")
     for p in d["packets"]:
         if p["type"] == "key":
             click.echo(f"  frame {p['frame']:6d}  key     {p['packet_bytes']:7d} B")
         elif p["type"] == "base":
-            click.echo(f"  frame {p['frame']:6d}  base    {p['packet_bytes']:7d} B")
+            off = "" if p["enhance"] else "  (enhancer off)"
+            click.echo(f"  frame {p['frame']:6d}  base    {p['packet_bytes']:7d} B{off}")
         elif p["type"] == "timing":
             click.echo(f"  frame {p['frame']:6d}  timing  {p['packet_bytes']:7d} B  ({p['count']} frames)")
         else:

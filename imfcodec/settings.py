@@ -107,7 +107,7 @@ class EncoderSettings:
 
     Common to both modes: ``keyint``, ``scenecut``, ``key_codec``, ``key_quality``, ``chunk``, ``preset``. The
     token mode's own: ``quality``, ``search_iters``, ``refresh_below``. The hybrid mode's own: ``base_codec``,
-    ``base_factor``, ``base_quality``, ``enhancer``. ``mode`` None lets the fields choose (one of a mode's own
+    ``base_factor``, ``base_quality``, ``enhancer``, ``guard``. ``mode`` None lets the fields choose (one of a mode's own
     fields given away from its default; a hybrid one wins), else the network (a token model encodes tokens),
     else ``DEFAULT_MODE`` (``imfcodec.modes.choose``): ``EncoderSettings()`` is what `imfcodec encode` does
     without options, the hybrid mode at its default point.
@@ -127,6 +127,7 @@ class EncoderSettings:
     base_quality: int | None = None  # hybrid mode; None: the base codec's own default (baselayer)
     enhancer: str | None = None  # hybrid mode; None: DEFAULT_ENHANCER's shipped weights; else as --model
     mode: str | None = None  # "hybrid" or "token" (MODES); None: chosen as the class docstring says
+    guard: bool = True  # hybrid mode: the encoder switches the enhancer off where it would hurt (format version 4)
     _checked: bool = field(default=False, init=False, repr=False, compare=False)  # validated() made it
 
     @property
@@ -198,6 +199,8 @@ class EncoderSettings:
         if (self.base_codec, self.base_quality, self.enhancer, self.base_factor) != (None, None, None,
                                                                                       DEFAULT_BASE_FACTOR):
             raise InputError("--base-scale, --base-quality and --enhancer need the hybrid mode (a base_codec)")
+        if self.guard is not True:
+            raise InputError("--no-guard needs the hybrid mode (the token mode has no enhancer to switch off)")
         return {}
 
     def _validated_hybrid(self) -> dict:
@@ -217,6 +220,8 @@ class EncoderSettings:
             raise InputError("--refresh-below is not available in the hybrid mode (use --keyint)")
         if self.enhancer is not None and (not isinstance(self.enhancer, str) or not self.enhancer.strip()):
             raise InputError(f"--enhancer must name an enhancer (NAME, PATH or random:NAME), got {self.enhancer!r}")
+        if not isinstance(self.guard, bool):
+            raise InputError(f"guard must be True or False, got {self.guard!r}")
         bq = codec.default_quality if self.base_quality is None else self.base_quality
         blo, bhi = codec.quality_range
         if isinstance(bq, bool) or not isinstance(bq, int) or not blo <= bq <= bhi:

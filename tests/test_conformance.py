@@ -29,10 +29,11 @@ def test_conformance_stream_decodes_as_recorded(name):
     path = ROOT / "conformance" / f"{name}.imf"
     exp = EXPECTED[name]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == exp["file_sha256"], "stream file changed"
-    got = _maker().describe(path)
+    got = _maker().describe(path, exp.get("model"))
     assert got["frames"] == exp["frames"]
-    version = 3 if "durations" in exp else 2 if "base_codec" in exp["settings"] else 1
-    assert path.read_bytes()[8] == version  # token streams stay version 1, constant-rate ones 1 or 2
+    hybrid = "base_codec" in exp["settings"]
+    version = 3 if "durations" in exp else (2 if exp["settings"].get("guard") is False else 4) if hybrid else 1
+    assert path.read_bytes()[8] == version  # token streams stay version 1, unguarded constant-rate ones 1 or 2
     assert (got.get("time_base"), got.get("durations")) == (exp.get("time_base"), exp.get("durations"))
     if "base_codec" in exp["settings"]:  # hybrid (version 2): base pictures instead of tokens
         assert got["base_frames_sha256"] == exp["base_frames_sha256"], "decoded base-layer pictures drifted"
@@ -59,6 +60,10 @@ def test_reference_encoder_still_writes_the_same_bytes(tmp_path):
         encode_video(clip, out, model=EXPECTED[name]["model"],
                      settings=EncoderSettings(**EXPECTED[name]["settings"]))
         assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes(), name
+    name = "enh-wide-vp9-guard-bars"  # the enhancer switch (version 4): the encoder's guard decides the same
+    guarded = _maker().guard_clip(tmp_path / "guard.mp4")
+    encode_video(guarded, out, model=EXPECTED[name]["model"], settings=EncoderSettings(**EXPECTED[name]["settings"]))
+    assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes(), name
     name = "tiny-png-vfr-chunk3"  # and per-frame timing (format version 3), from the clip at irregular times
     timed = _maker().timed_clip(tmp_path / "timed.mkv")
     encode_video(timed, out, model="random:imf-tiny", settings=EncoderSettings(**EXPECTED[name]["settings"]))
@@ -78,3 +83,20 @@ def test_timed_stream_decodes_to_its_times(tmp_path):
     assert s.timing == "per-frame" and s.duration_s == 1.5
     times, end, duration = video_times(out)
     assert times == [Fraction(p, 1000) for p in pts] and end == Fraction(pts[-1] + last, 1000) and duration == 1.5
+
+
+def test_guarded_stream_shows_the_marked_packet_without_the_enhancer():
+    """The 'b' record's frames are the upscaled base pictures (the same as --no-enhance), the 'B' record's are
+    enhanced (they differ from --no-enhance): a decoder obeys the switch frame by frame."""
+    import numpy as np
+
+    from imfcodec.api import iter_decoded
+    from imfcodec.bitstream import BasePacket, read_stream
+
+    path = ROOT / "conformance" / "enh-wide-vp9-guard-bars.imf"
+    marks = [p.enhance for p in read_stream(path)[1] if isinstance(p, BasePacket)]
+    assert marks == [True, False]
+    on = [f for _, out in iter_decoded(path, model="enh-wide") for f in out]
+    off = [f for _, out in iter_decoded(path, model="enh-wide", enhance=False) for f in out]
+    assert all(np.array_equal(a, b) for a, b in zip(on[5:], off[5:]))  # the bars: enhancer off
+    assert all(np.abs(a.astype(int) - b).mean() > 0.5 for a, b in zip(on[1:5], off[1:5]))  # the face: on

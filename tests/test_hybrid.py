@@ -109,7 +109,7 @@ def test_cli_round_trip_encode_decode_info(tmp_path):
     r = cli("info", out, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert (d["mode"], d["version"], d["model"], d["frames"]) == ("hybrid", 2, "enh-tiny", 10)
+    assert (d["mode"], d["version"], d["model"], d["frames"]) == ("hybrid", 4, "enh-tiny", 10)  # the guard: version 4
     assert (d["base_codec"], d["base_width"], d["base_height"], d["base_quality"]) == ("vp9", 32, 32, 20)  # the default base codec
     assert d["key_frames"] == [0, 5] and d["token_bytes"] == 0 and d["base_bytes"] > 0
     assert d["key_bytes"] + d["base_bytes"] + d["token_bytes"] + d["overhead_bytes"] == d["bytes"] == out.stat().st_size
@@ -256,7 +256,7 @@ def test_concealment_of_a_damaged_base_packet(hybrid_stream, enh_tiny, tmp_path)
     recs[4][1] = recs[4][1][:3] + bytes(len(recs[4][1]) - 3)  # B2's access unit zeroed (frame, count, size kept)
     from helpers import join
 
-    outcome, n, report = decode_all(join(recs, version=2), enh_tiny, conceal=True)
+    outcome, n, report = decode_all(join(recs, version=4), enh_tiny, conceal=True)
     assert (outcome, n, report.concealed) == ("ok", N_FRAMES, [2, 3]) and "base layer" in report.damage[0]
     p = tmp_path / "bad.imf"
     p.write_bytes(bad)
@@ -392,7 +392,7 @@ def test_variable_frame_rate_in_the_hybrid_mode(tmp_path, enh_tiny):
     stream = tmp_path / "h.imf"
     encode_video(src, stream, model=enh_tiny, settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=3))
     h, packets = read_stream(stream.read_bytes())
-    assert stream.read_bytes()[8] == 3 and h.hybrid and h.timed
+    assert stream.read_bytes()[8] == 4 and h.hybrid and h.timed and h.enhancer_switch  # timed, guarded
     assert "".join(type(p).__name__[0] for p in packets) == "TKBBBE"  # the timing record first
     info = stream_info(stream)
     assert info["duration_s"] == 0.5 and info["mode"] == "hybrid" and info["timing"] == "per-frame"

@@ -90,7 +90,7 @@ def implied(settings) -> str | None:
     if settings.mode is not None:
         return settings.mode
     if (settings.base_codec, settings.base_quality, settings.enhancer) != (None, None, None) \
-            or settings.base_factor != DEFAULT_BASE_FACTOR:
+            or settings.base_factor != DEFAULT_BASE_FACTOR or settings.guard is not True:
         return HYBRID.name
     steps = {DEFAULT_SEARCH_ITERS, PRESETS[settings.preset].search_iters if settings.preset in PRESETS else None}
     if settings.quality != DEFAULT_QUALITY or settings.refresh_below is not None or settings.search_iters not in steps:

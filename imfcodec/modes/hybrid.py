@@ -1,5 +1,6 @@
 """The hybrid mode's encoder and decoder: key images plus a conventional low-resolution base layer,
-lifted to full size by the enhancer (``imfcodec.models.enhancer``). Format: version 2 of FORMAT.md.
+lifted to full size by the enhancer (``imfcodec.models.enhancer``). Format: version 2 of FORMAT.md, version 4
+with the enhancer switch (the default).
 
 Stream: at every key frame a key packet (the key image, no token) followed by the base packet that starts
 at that frame; base packets carry the access units of up to ``chunk`` consecutive frames
@@ -8,8 +9,13 @@ at that frame; base packets carry the access units of up to ``chunk`` consecutiv
 * Encoder: key frames follow the modes' shared policy (``common.KeyPolicy``: the first frame, every ``keyint``,
   and a scene cut); a key image is coded with the key-frame codec and decoded back (closed
   loop: ``key_image`` is what the decoder will show), and the base encoder starts a new GOP (an intra
-  picture) at the same frame. The encoder never runs the enhancer: it needs only its name, hash and
-  resolution.
+  picture) at the same frame. With ``guard`` (the default) the encoder also decodes each base packet as the
+  decoder will (``HybridDecoder`` on its own packets) and compares the enhanced pictures and the upscaled
+  base pictures with the source: a packet whose enhanced pictures are further from the source (mean squared
+  error over its frames after the key frame) is sent as a ``b`` record, which the decoder shows without the
+  enhancer. The enhancer helps talking heads everywhere; it can hurt content unlike its training data
+  (colour bars, screen content), and the encoder is the one that can tell. Without ``guard`` the encoder
+  never runs the enhancer (version 2 streams, about 6x faster encoding).
 * Decoder: a key packet decodes the key image and restarts the base decoder; a base packet decodes the
   small picture and upscales it (``upscale``, bicubic). At a key frame the output is the key image, and
   the enhancer caches ``prepare_key(key, upscaled base)``; at the other frames the output is
@@ -114,7 +120,12 @@ class HybridEncoder:
             fps_num=fps.numerator, fps_den=fps.denominator, frames=frames,
             key_codec=s.key_codec, key_quality=int(s.key_quality), quality=0, chunk=s.chunk, token_dim=0,
             scale_indexes=(), base_codec=s.base_codec, base_width=side, base_height=side,
-            base_quality=int(s.base_quality))
+            base_quality=int(s.base_quality), enhancer_switch=bool(s.guard))
+        # the guard's decoder: it sees exactly the packets the real decoder will (closed loop)
+        self.mirror = HybridDecoder(model, self.header) if s.guard else None
+        self.sources: list[np.ndarray] = []  # source frames of the pending base packet (for the guard)
+        self.unenhanced: list[int] = []  # first frames of the packets sent without the enhancer
+        self.unenhanced_frames = 0  # frames (after key frames) those packets hold
         self.index = 0
         self.keys = KeyPolicy(s.keyint, s.scenecut)
         self.key_frames = self.keys.key_frames
@@ -128,7 +139,29 @@ class HybridEncoder:
             return []
         packet = BasePacket(frame=self.pending_first, units=tuple(self.pending))
         self.pending = []
+        sources, self.sources = self.sources, []
+        if self.mirror is not None and not self._enhancer_helps(packet, sources):
+            packet = BasePacket(frame=packet.frame, units=packet.units, enhance=False)
+            self.unenhanced.append(packet.frame)
+            self.unenhanced_frames += packet.count - (packet.frame in self.key_frames)
         return [packet]
+
+    def _enhancer_helps(self, packet: BasePacket, sources: list[np.ndarray]) -> bool:
+        """Decode ``packet`` as the decoder will and say whether its enhanced pictures are at least as close
+        to ``sources`` as the upscaled base pictures (summed squared error over the frames after a key frame;
+        ties keep the enhancer)."""
+        with stage("guard"):
+            mirror = self.mirror
+            keyed = mirror.key_image is not None
+            enhanced = mirror.decode(packet)
+            first = 1 if keyed else 0
+            if len(enhanced) <= first:
+                return True
+            base = to_uint8(mirror.last_upscaled[first:])
+            src = np.stack(sources[first:]).astype(np.int32)
+            err_enh = int(((np.stack(enhanced[first:]).astype(np.int32) - src) ** 2).sum())
+            err_base = int(((np.stack(base).astype(np.int32) - src) ** 2).sum())
+        return err_enh <= err_base
 
     def encode(self, rgb: np.ndarray) -> list[Packet]:
         check_frame(rgb, self.size)
@@ -143,10 +176,14 @@ class HybridEncoder:
                 self.key_image = self.key_codec.decode(image, self.size, self.size)
             self.keys.keyed(i)
             out.append(KeyPacket(frame=i, key_token=b"", image=image))
+            if self.mirror is not None:
+                self.mirror.decode(out[-1])
         if not self.pending:
             self.pending_first = i
         with stage("base-layer encode"):
             self.pending.append(self.base.encode(rgb, intra=key))
+        if self.mirror is not None:
+            self.sources.append(rgb)
         if len(self.pending) >= s.chunk:
             out += self._flush_units()
         return out
@@ -199,6 +236,8 @@ class HybridDecoder(DecoderState):
         self.key_image: np.ndarray | None = None  # decoded key image waiting for its frame's base packet
         self.started = False  # a key packet has been decoded
         self.last_bases: list[np.ndarray] = []  # the last base packet's decoded pictures (small; tests/tools)
+        self.last_upscaled: torch.Tensor | None = None  # ... upscaled to the output size (the encoder's guard)
+        self.unenhanced = 0  # frames shown without the enhancer because their packet said so (``b`` records)
 
     @torch.inference_mode()
     def decode(self, packet: Packet) -> list[np.ndarray]:
@@ -230,6 +269,7 @@ class HybridDecoder(DecoderState):
         self.last_bases = smalls
         with stage("upscale"):
             up = upscale(torch.cat([to_tensor(x, self.device) for x in smalls]), (h.height, h.width))
+        self.last_upscaled = up
         frames: list[np.ndarray] = []
         start = 0
         if self.key_image is not None:  # the packet starts at a key frame
@@ -239,9 +279,12 @@ class HybridDecoder(DecoderState):
             self.report.key_frames.append(packet.frame)
             frames.append(frame)
             start = 1
+        enhance = self.enhance and packet.enhance  # a 'b' record: the encoder found the enhancer hurts here
+        if self.enhance and not packet.enhance:
+            self.unenhanced += len(smalls) - start
         for i in range(start, len(smalls), self.BATCH):  # bounded batches: memory stays flat for any chunk
             rest = up[i:i + self.BATCH]
-            if self.enhance:
+            if enhance:
                 with stage("enhancer"):
                     rest = self.model.enhance(self.state, rest)
             with stage("output conversion"):
