@@ -160,6 +160,7 @@ class Mode:
     streams: dict  # name -> bytes of one valid stream of the hostile clip (HOSTILE_BASES / HYBRID_BASES)
     version: int  # the format version of its streams
     encode_args: tuple  # `imfcodec encode` options for a fast encode in this mode with the tiny network
+    settings: dict  # the same as EncoderSettings(**settings) for imfcodec.api.encode_video
 
     @property
     def stream(self) -> bytes:
@@ -175,9 +176,10 @@ class Mode:
 def mode(request) -> Mode:
     if request.param == "token":
         return Mode("token", request.getfixturevalue("tiny"), TINY, request.getfixturevalue("streams"), 1,
-                    ("--model", TINY, "--key-codec", "png", "--refine", 0))
+                    ("--model", TINY, "--key-codec", "png", "--refine", 0), dict(key_codec="png", search_iters=0))
     return Mode("hybrid", request.getfixturevalue("enh_tiny"), ENH_TINY, request.getfixturevalue("hybrid_streams"),
-                2, ("--enhancer", ENH_TINY, "--key-codec", "png", "--base-codec", "hevc"))
+                2, ("--enhancer", ENH_TINY, "--key-codec", "png", "--base-codec", "hevc"),
+                dict(key_codec="png", base_codec="hevc"))
 
 
 @pytest.fixture
