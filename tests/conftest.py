@@ -178,8 +178,8 @@ def mode(request) -> Mode:
         return Mode("token", request.getfixturevalue("tiny"), TINY, request.getfixturevalue("streams"), 1,
                     ("--model", TINY, "--key-codec", "png", "--refine", 0), dict(key_codec="png", search_iters=0))
     return Mode("hybrid", request.getfixturevalue("enh_tiny"), ENH_TINY, request.getfixturevalue("hybrid_streams"),
-                2, ("--enhancer", ENH_TINY, "--key-codec", "png", "--base-codec", "hevc"),
-                dict(key_codec="png", base_codec="hevc"))
+                2, ("--enhancer", ENH_TINY, "--key-codec", "png"),  # the CLI's default base layer: vp9 at 1/2
+                dict(key_codec="png", base_codec="vp9"))
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ with atheris.instrument_imports(include=["imfcodec"]):
 # per mode: the seeded network, and the encoder settings of the seeds and of the encode target
 MODES = {
     "token": ("random:imf-tiny", dict(key_codec="png", search_iters=0)),
-    "hybrid": ("random:enh-tiny", dict(key_codec="png", base_codec="hevc")),
+    "hybrid": ("random:enh-tiny", dict(key_codec="png", base_codec="vp9")),
 }
 # decode seeds per mode: (key codec, keyint, chunk, base codec); the base codec is ignored in the token mode
 SEEDS = (("hevc", 3, 2, "vp9"), ("png", 2, 1, "hevc"), ("webp", 0, 3, "av1"), ("av1", 4, 2, "vp9"))
