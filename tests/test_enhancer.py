@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from imfcodec.baselayer import BaseDecoder, BaseEncoder, base_size, code_clip, get_base_codec, list_base_codecs
-from imfcodec.errors import CorruptStreamError, InputError, UnsupportedStreamError
+from imfcodec.errors import CorruptStreamError, InputError, UnsupportedStreamError, WeightsError
 from imfcodec.models import Enhancer, EnhancerConfig, create_model, decode_gflops, get_config, list_models, upscale
 from imfcodec.zoo import load_model, save_weights
 
@@ -26,7 +26,7 @@ def test_enhancers_are_registered_apart_from_token_models():
     assert not set(list_models("enhancer")) & set(list_models("imf"))
     cfg = get_config("enh-small")
     assert EnhancerConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(Exception):
+    with pytest.raises(WeightsError, match="^unknown enhancer config keys: bogus$"):
         EnhancerConfig.from_dict({**cfg.to_dict(), "bogus": 1})
 
 

@@ -1,5 +1,6 @@
 """Hostile input, stream limits (issue #5, theme 1): forged sizes, lying lengths, CRC failures, other
-models and weights, zero frames, trailing garbage; nothing unchecked reaches the entropy coder."""
+models and weights, zero frames, trailing garbage; nothing unchecked reaches the entropy coder. Tests that
+take ``mode`` run in the token and the default (hybrid) mode (conftest.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from imfcodec.errors import CorruptStreamError
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_stream_limits_are_overridable_at_the_cli(hevc_stream, tmp_path):
+def test_stream_limits_are_overridable_at_the_cli(mode, mode_stream, tmp_path):
+    hevc_stream = mode_stream
     out = tmp_path / "o.y4m"
     one_line_error(cli("decode", hevc_stream, "-o", out, "--max-width", 32), "width 64", "Limits")
     one_line_error(cli("decode", hevc_stream, "-o", out, "--max-height", 63), "height 64")
@@ -46,7 +48,7 @@ def test_stream_limits_are_overridable_at_the_cli(hevc_stream, tmp_path):
     one_line_error(cli("info", big), "width 5000")
     r = cli("info", big, "--max-width", 5000)
     assert r.exit_code == 0, r.output
-    one_line_error(cli("decode", big, "-o", out, "--max-width", 5000), "5000x64")  # the model is 64x64
+    one_line_error(cli("decode", big, "-o", out, "--max-width", 5000), "5000x64")  # the network is 64x64
     r = cli("decode", hevc_stream, "-o", out, "--max-width", 64, "--max-frames", 8)
     assert r.exit_code == 0 and out.exists(), r.output
 
@@ -66,35 +68,39 @@ def _heap_peak():
 HEAP_BOUND = 4 << 20  # refusing takes a few KiB; every forged field below claims 32 MiB or far more
 
 
-def test_forged_sizes_are_refused_before_any_allocation(hevc_stream, tiny):
-    data = hevc_stream.read_bytes()
+def test_forged_sizes_are_refused_before_any_allocation(mode):
+    data, v = mode.stream, mode.version
     recs = split(data)
-    for forged in (
+    forgeries = [
         with_header(data, width=2**40), with_header(data, height=10**9), with_header(data, frames=2**50),
         with_header(data, token_dim=257), with_header(data, chunk=10**6),
-        join(recs, lengths={1: 2**62}), join(recs, lengths={1: 2**26 + 1}),  # above max_packet
-        join(recs, lengths={0: 2**40}),
-    ):
+        join(recs, lengths={1: 2**62}, version=v), join(recs, lengths={1: 2**26 + 1}, version=v),  # > max_packet
+        join(recs, lengths={0: 2**40}, version=v),
+    ]
+    if mode.hybrid:
+        forgeries += [with_header(data, base_width=2**40), with_header(data, base_height=10**9),
+                      join(recs, lengths={2: 2**62}, version=v)]  # the first base packet
+    for forged in forgeries:
         with _heap_peak() as peak:
-            outcome, msg, _ = decode_all(forged, tiny)
+            outcome, msg, _ = decode_all(forged, mode.model)
         assert outcome == "refused", msg
         assert peak[0] < HEAP_BOUND, (msg, peak[0])
     # a lying length on a pipe (size unknown) does not allocate what it claims either
     r, w = os.pipe()
     with os.fdopen(w, "wb") as f:
-        f.write(join(recs[:1], lengths={0: 2**25})[:200])
+        f.write(join(recs[:1], lengths={0: 2**25}, version=v)[:200])
     with os.fdopen(r, "rb") as f, _heap_peak() as peak, pytest.raises(CorruptStreamError, match="truncated"):
         StreamReader(f)
     assert peak[0] < HEAP_BOUND, peak[0]
 
 
-def test_crc_failures_are_detected_everywhere(hevc_stream, tiny):
-    data = hevc_stream.read_bytes()
-    for i in range(len(split(data))):
-        recs = split(data)
-        bad = join(recs[:i]) + join(recs[i:i + 1], crc_ok=False)[9:] + join(recs[i + 1:])[9:]
-        outcome, msg, _ = decode_all(bad, tiny)
-        assert outcome == "refused" and "CRC mismatch" in msg, msg
+def test_crc_failures_are_detected_everywhere(mode):
+    for data in mode.streams.values():
+        for i in range(len(split(data))):
+            recs = split(data)
+            bad = join(recs[:i], version=mode.version) + join(recs[i:i + 1], crc_ok=False)[9:] + join(recs[i + 1:])[9:]
+            outcome, msg, _ = decode_all(bad, mode.model)
+            assert outcome == "refused" and "CRC mismatch" in msg, msg
 
 
 def test_no_unchecked_bytes_reach_compressai(tiny, monkeypatch):
@@ -116,8 +122,8 @@ def test_no_unchecked_bytes_reach_compressai(tiny, monkeypatch):
         tc.decode_chunk(prev, bytes(16), 2000)  # count above any chunk
 
 
-def test_wrong_model_or_weights_hash_is_refused(hevc_stream, tmp_path):
-    data = hevc_stream.read_bytes()
+def test_wrong_model_or_weights_hash_is_refused(mode, tmp_path):
+    data = mode.stream
     for fields, needle in (({"model": "imf-nope"}, "unknown model 'imf-nope'"),
                            ({"weights_hash": bytes(16)}, "weights 00000000")):
         p = tmp_path / "m.imf"
@@ -125,26 +131,27 @@ def test_wrong_model_or_weights_hash_is_refused(hevc_stream, tmp_path):
         one_line_error(cli("decode", p, "-o", tmp_path / "o.y4m"), needle)
     other = tmp_path / "other.imf"  # made with other weights (another seed): refused by the hash
     other.write_bytes(data)
-    one_line_error(cli("decode", other, "--model", "random:imf-tiny:1", "-o", tmp_path / "o.y4m"),
-                   "other 'imf-tiny' weights")
+    one_line_error(cli("decode", other, "--model", f"{mode.spec}:1", "-o", tmp_path / "o.y4m"),
+                   f"other '{mode.model.name}' weights")
     assert not (tmp_path / "o.y4m").exists() and leftovers(tmp_path) == []
 
 
-def test_zero_frame_stream(hevc_stream, tmp_path, tiny):
-    recs = split(hevc_stream.read_bytes())
+def test_zero_frame_stream(mode, tmp_path):
+    v = mode.version
+    recs = split(mode.stream)
     empty = tmp_path / "empty.imf"
-    empty.write_bytes(join([[TYPE_HEADER, header_field(recs, "frames", 0)], [0x45, encode_varint(0)]]))
+    empty.write_bytes(join([[TYPE_HEADER, header_field(recs, "frames", 0, v)], [0x45, encode_varint(0)]], version=v))
     assert stream_info(empty)["frames"] == 0  # valid: the format allows it
-    assert decode_all(empty.read_bytes(), tiny)[:2] == ("ok", 0)
+    assert decode_all(empty.read_bytes(), mode.model)[:2] == ("ok", 0)
     one_line_error(cli("decode", empty, "-o", tmp_path / "o.mp4"), "no decodable frames")
     assert leftovers(tmp_path) == [] and not (tmp_path / "o.mp4").exists()
 
 
-def test_trailing_garbage(hevc_stream, tmp_path, tiny):
+def test_trailing_garbage(mode, tmp_path):
     p = tmp_path / "t.imf"
-    p.write_bytes(hevc_stream.read_bytes() + b"garbage")
+    p.write_bytes(mode.stream + b"garbage")
     one_line_error(cli("decode", p, "-o", tmp_path / "o.y4m"), "trailing bytes")
-    outcome, n, report = decode_all(p.read_bytes(), tiny, conceal=True)
+    outcome, n, report = decode_all(p.read_bytes(), mode.model, conceal=True)
     assert (outcome, n, report.concealed) == ("ok", N_FRAMES, []) and "trailing" in report.damage[0]
 
 
@@ -237,16 +244,12 @@ def test_hybrid_version_and_record_types(hybrid_stream, hevc_stream, tiny):
         _read(bytes(data))
 
 
-def test_hybrid_truncations_and_crc_failures(hybrid_stream, enh_tiny):
+def test_hybrid_truncations(hybrid_stream):
+    """(CRC failures: test_crc_failures_are_detected_everywhere[hybrid])"""
     data = hybrid_stream.read_bytes()
     for cut in range(9, len(data), 7):
         with pytest.raises(CorruptStreamError):
             _read(data[:cut])
-    recs = split(data)
-    for i in range(len(recs)):
-        bad = join(recs[:i], version=2) + join(recs[i:i + 1], crc_ok=False)[9:] + join(recs[i + 1:])[9:]
-        outcome, msg, _ = decode_all(bad, enh_tiny)
-        assert outcome == "refused" and "CRC mismatch" in msg, msg
 
 
 # ------------------------------------------------------------------------------------------ timing (version 3)

@@ -1,5 +1,5 @@
 """Hostile input, concealment (issue #5, theme 2): the resynchronising reader behind ``--conceal`` and
-the decoder that repeats the last good frame over damage."""
+the decoder that repeats the last good frame over damage, in the token and the default (hybrid) mode."""
 
 from __future__ import annotations
 
@@ -22,15 +22,22 @@ def _resync(data: bytes) -> tuple[list, ResyncReader]:
     return list(r), r
 
 
-def test_resync_reader(streams):
+# per mode: the stream the tests damage, and its record layout (keyint 4: key packets at frames 0 and 4).
+# token: K0 T1-2 T3 K4 T5-6 T7 (HOSTILE_BASES["hevc"]); hybrid: K0 B0 B1 B2 B3 K4 B4 .. B7 (HYBRID)
+LAYOUT = {"token": "HKTTKTTE", "hybrid": "HKBBBBKBBBBE"}
+FIRST_NON_KEY = {"token": 2, "hybrid": 3}  # the record holding frame 1: T1-2, B1
+RESYNC = {"token": "png", "hybrid": "hevc"}  # the streams the resync tests damage
+
+
+def test_resync_reader(mode):
     """The resynchronising read behind --conceal: exact on intact streams, skips exactly the damage."""
-    data = streams["png"]
+    data = mode.streams[RESYNC[mode.name]]
     _, packets = read_stream(data)
     items, r = _resync(data)
     assert [p for _, p in items] == packets and r.end == packets[-1] and r.trailing == 0
 
     recs = split(data)
-    at, size = len(join(recs[:3])), len(join(recs[3:4])) - len(MAGIC) - 1
+    at, size = len(join(recs[:3], version=mode.version)), len(join(recs[3:4])) - len(MAGIC) - 1
     items, r = _resync(damaged(data, 3))  # one record with a stale CRC: skipped, by exactly its bytes
     damage = [i for i in items if isinstance(i, Damage)]
     assert len(damage) == 1 and (damage[0].offset, damage[0].length) == (at, size)
@@ -82,26 +89,29 @@ def test_resync_work_is_bounded(streams):
     assert f.read_bytes <= budget + (256 << 10) + 2 * len(hostile), f.read_bytes
 
 
-def test_concealment_repeats_the_last_good_frame_until_the_next_key(streams, tiny):
-    data = streams["hevc"]  # keyint 4, chunk 2: K0 T1-2 T3 K4 T5-6 T7 END
-    assert [r[0] for r in split(data)] == [0x48, 0x4B, 0x54, 0x54, 0x4B, 0x54, 0x54, 0x45]
+def test_concealment_repeats_the_last_good_frame_until_the_next_key(mode):
+    data, tiny, v = mode.stream, mode.model, mode.version
+    recs = split(data)
+    assert bytes(r[0] for r in recs).decode() == LAYOUT[mode.name]
     clean = [f for _, fs in iter_decoded(data, model=tiny) for f in fs]
+    key4 = LAYOUT[mode.name].index("K", 2)
 
-    # damaged token packet (frames 1-2): 1-3 concealed (3 chains from the lost tokens), back at key 4
-    bad = damaged(data, 2)
+    # damaged packet of frame 1: 1-3 concealed (3 chains from the lost tokens or base unit), back at key 4
+    bad = damaged(data, FIRST_NON_KEY[mode.name])
     assert decode_all(bad, tiny)[0] == "refused"
     frames, dec = [], None
     for dec, fs in iter_decoded(bad, model=tiny, conceal=True):
         frames += fs
     assert len(frames) == N_FRAMES and dec.report.concealed == [1, 2, 3]
-    assert "CRC mismatch in the token record" in dec.report.damage[0]
+    record = "base" if mode.hybrid else "token"
+    assert f"CRC mismatch in the {record} record" in dec.report.damage[0]
     for i in (1, 2, 3):
         assert np.array_equal(frames[i], clean[0])  # the last good frame, repeated
     for i in (0, 4, 5, 6, 7):
         assert np.array_equal(frames[i], clean[i])
 
-    # damaged key packet: its frame and the token packets that chain from it, up to the end
-    outcome, n, report = decode_all(damaged(data, 4), tiny, conceal=True)
+    # damaged key packet: its frame and the packets that chain from it, up to the end
+    outcome, n, report = decode_all(damaged(data, key4), tiny, conceal=True)
     assert (outcome, n, report.concealed) == ("ok", N_FRAMES, [4, 5, 6, 7])
 
     # damaged first key packet: nothing to repeat yet (mid-grey) until key 4
@@ -111,26 +121,27 @@ def test_concealment_repeats_the_last_good_frame_until_the_next_key(streams, tin
     # damaged header: nothing can be decoded, even with concealment
     assert decode_all(damaged(data, 0), tiny, conceal=True)[0] == "refused"
 
-    # truncated inside the last token packet: what arrived is decoded, the truncation reported
-    cut = data[:len(join(split(data)[:6])) + 5]
+    # truncated inside the last packet: what arrived is decoded, the truncation reported
+    cut = data[:len(join(recs[:-2], version=v)) + 5]
     outcome, n, report = decode_all(cut, tiny, conceal=True)
-    assert (outcome, n, report.truncated) == ("ok", 7, True)  # K0 T1-2 T3 K4 T5-6 arrived
+    assert (outcome, n, report.truncated) == ("ok", 7, True)  # all but the last frame arrived
 
 
-def test_concealment_resyncs_over_inserted_and_deleted_bytes(streams, tiny):
-    data = streams["png"]
+def test_concealment_resyncs_over_inserted_and_deleted_bytes(mode):
+    data = mode.streams[RESYNC[mode.name]]
     recs = split(data)
-    at = len(join(recs[:3])) + 2
+    at = len(join(recs[:3], version=mode.version)) + 2
     for bad in (data[:at] + b"\x00" * 37 + data[at:], data[:at] + data[at + 11:]):
-        outcome, n, report = decode_all(bad, tiny, conceal=True)
+        outcome, n, report = decode_all(bad, mode.model, conceal=True)
         assert outcome == "ok" and n == N_FRAMES and report.concealed, report
 
 
-def test_cli_conceal(hevc_stream, tmp_path):
+def test_cli_conceal(mode, tmp_path):
     bad = tmp_path / "bad.imf"
-    bad.write_bytes(damaged(hevc_stream.read_bytes(), 2))
+    bad.write_bytes(damaged(mode.stream, FIRST_NON_KEY[mode.name]))
     out = tmp_path / "frames/"
-    one_line_error(cli("decode", bad, "-o", out), "CRC mismatch in the token record", "--conceal")
+    record = "base" if mode.hybrid else "token"
+    one_line_error(cli("decode", bad, "-o", out), f"CRC mismatch in the {record} record", "--conceal")
     assert not (tmp_path / "frames").exists() and leftovers(tmp_path) == []
     r = cli("decode", bad, "-o", out, "--conceal")
     assert r.exit_code == 0, r.output

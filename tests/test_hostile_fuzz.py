@@ -3,8 +3,9 @@ videos, and the coverage-guided harness.
 
 Property tests mutate valid streams (bit flips, truncation, lying lengths, forged header fields, zero
 frames, wrong CRC, wrong model or weights hash, trailing garbage, re-CRC'd garbage payloads that reach the
-entropy and key-frame decoders) and check that decoding succeeds or raises an ``IMFError`` (and does
-not hang: ``helpers.no_hang``).
+entropy, key-frame and base-layer decoders) and check that decoding succeeds or raises an ``IMFError`` (and
+does not hang: ``helpers.no_hang``). Tests that take ``mode`` run on the token mode's streams (format
+version 1) and the default hybrid mode's (version 2, base packets; conftest.py).
 ``IMF_FUZZ_EXAMPLES=N`` scales the number of examples (default: a CI-sized run); the coverage-guided
 harness for long runs is ``tests/fuzz/``.
 """
@@ -32,6 +33,7 @@ from helpers import (
     gradient,
     header_of,
     join,
+    join as _join,
     leftovers,
     no_hang,
     run_no_hang,
@@ -65,14 +67,20 @@ def mutated(draw, streams_by_name):
         kind = draw(st.sampled_from([
             "flip", "flip", "truncate", "trailing", "insert", "delete", "payload", "payload", "length",
             "header", "zero_frames", "bad_crc", "drop", "duplicate", "swap", "end_count", "fields",
-            "garbage_tokens", "garbage_image"]))
+            "garbage_tokens", "garbage_image", "garbage_base"]))
         steps.append(kind)
         data = _mutate(draw, kind, data)
     return name, "+".join(steps), data
 
 
 def _mutate(draw, kind, data: bytes) -> bytes:
+    """``data`` with one mutation of ``kind``; structure-aware ones keep its format version (1 token, 2 base
+    layer), so that a version-2 header still parses and the mutation reaches the packets."""
     d = bytearray(data)
+    v = data[len(MAGIC)] if len(data) > len(MAGIC) and 1 <= data[len(MAGIC)] <= VERSION else 1
+
+    def join(recs, **kw) -> bytes:
+        return _join(recs, version=v, **kw)
     pos = lambda: draw(st.integers(0, max(0, len(d) - 1)))  # noqa: E731
     if kind == "flip":
         for _ in range(draw(st.integers(1, 8))):
@@ -96,7 +104,8 @@ def _mutate(draw, kind, data: bytes) -> bytes:
         recs, hdr = (recs if "recs" in locals() else None), None
     if not recs:  # an earlier raw mutation broke the framing: flip bits instead
         return _mutate(draw, "flip", data)
-    if hdr is None and kind in ("header", "zero_frames", "garbage_image", "fields", "garbage_tokens"):
+    if hdr is None and kind in ("header", "zero_frames", "garbage_image", "fields", "garbage_tokens",
+                                "garbage_base"):
         kind = "payload"
     i = draw(st.integers(0, len(recs) - 1))
     t, payload = recs[i]
@@ -123,7 +132,7 @@ def _mutate(draw, kind, data: bytes) -> bytes:
         recs[-1][1] = encode_varint(draw(BIG))
         return join(recs)
     if kind == "zero_frames":  # header + END 0, header frames 0 or not
-        recs[0][1] = encode_header_raw(replace(hdr, frames=draw(st.sampled_from([0, 0, 1, N_FRAMES]))))
+        recs[0][1] = encode_header_raw(replace(hdr, frames=draw(st.sampled_from([0, 0, 1, N_FRAMES]))), v)
         return join([recs[0], [0x45, encode_varint(0)]])
     if kind == "header":
         field, value = draw(st.sampled_from([
@@ -134,19 +143,21 @@ def _mutate(draw, kind, data: bytes) -> bytes:
             ("weights_hash", st.binary(min_size=16, max_size=16)),
             ("key_codec", st.sampled_from(["hevc", "av1", "png", "webp", "nope", "HEVC"])),
             ("scale_indexes", st.integers(0, 255)),
+            ("base_width", BIG), ("base_height", BIG), ("base_quality", st.integers(0, 255)),
+            ("base_codec", st.sampled_from(["", "vp9", "hevc", "av1", "mpeg2", "VP9"])),
         ]))
-        v = draw(value)
+        value = draw(value)
         if field == "scale_indexes":
-            v = tuple([v] * hdr.token_dim)
-        recs[0][1] = encode_header_raw(replace(hdr, **{field: v}))
+            value = tuple([value] * hdr.token_dim)
+        recs[0][1] = encode_header_raw(replace(hdr, **{field: value}), v)
         return join(recs)
-    if kind == "fields" and t in (0x4B, 0x54, 0x45):  # re-encode a packet's fields with forged values
-        values, used = varints(payload, 2 if t == 0x54 else 1)
+    if kind == "fields" and t in (0x4B, 0x54, 0x42, 0x45):  # re-encode a packet's fields with forged values
+        values, used = varints(payload, 2 if t in (0x54, 0x42) else 1)
         if None in values:
             return join(recs)
         frame, rest = values[0], payload[used:]
         new = encode_varint(draw(st.sampled_from([frame, frame + 1, max(0, frame - 1), 0, 2**40])))
-        if t == 0x54:
+        if t in (0x54, 0x42):  # T and B: frame, count
             new += encode_varint(draw(st.sampled_from([0, 1, values[1] + 1, 1024, 2**32])))
         recs[i][1] = new + rest
         return join(recs)
@@ -154,7 +165,7 @@ def _mutate(draw, kind, data: bytes) -> bytes:
         tok = [k for k, r in enumerate(recs) if r[0] == 0x54 and None not in varints(r[1], 2)[0]]
         if tok:
             k = draw(st.sampled_from(tok))
-            head = b"".join(encode_varint(v) for v in varints(recs[k][1], 2)[0])
+            head = b"".join(encode_varint(x) for x in varints(recs[k][1], 2)[0])
             n = draw(st.sampled_from([0, 4, 7, 8, 12, 16, 64, 4000]))
             recs[k][1] = head + draw(st.binary(min_size=min(n, 64), max_size=min(n, 64))) + bytes(max(0, n - 64))
         return join(recs)
@@ -177,6 +188,25 @@ def _mutate(draw, kind, data: bytes) -> bytes:
                 image = bytes(image)
             recs[k][1] = recs[k][1][:head_len] + image
         return join(recs)
+    if kind == "garbage_base":  # a base packet's access units replaced, cut or flipped: the base decoder sees them
+        bases = [k for k, r in enumerate(recs) if r[0] == 0x42 and None not in varints(r[1], 3)[0]]
+        if bases:
+            k = draw(st.sampled_from(bases))
+            (f, n, size), used = varints(recs[k][1], 3)
+            unit = recs[k][1][used:used + size] or b"x"
+            how = draw(st.sampled_from(["cut", "random", "flip"]))
+            if how == "cut":
+                unit = unit[:draw(st.integers(1, max(1, len(unit) - 1)))]
+            elif how == "random":
+                unit = draw(st.binary(min_size=1, max_size=256))
+            else:
+                unit = bytearray(unit)
+                for _ in range(4):
+                    unit[draw(st.integers(0, len(unit) - 1))] ^= 0xFF
+                unit = bytes(unit)
+            recs[k][1] = (encode_varint(f) + encode_varint(n) + encode_varint(len(unit)) + unit
+                          + recs[k][1][used + size:])
+        return join(recs)
     return bytes(d)
 
 
@@ -195,9 +225,10 @@ def _category(msg: str) -> str:
 @pytest.mark.slow
 @FUZZ
 @given(data=st.data())
-def test_mutated_streams_decode_or_refuse(streams, tiny, data):
+def test_mutated_streams_decode_or_refuse(mode, data):
     """Strict: every mutation decodes or is refused with an IMFError; concealment only refuses a damaged
     header, and with an intact header and END it always delivers every frame."""
+    streams, tiny = mode.streams, mode.model
     name, how, blob = data.draw(mutated(streams))
     base = streams[name]
     outcome, detail, _ = decode_all(blob, tiny)
@@ -206,7 +237,7 @@ def test_mutated_streams_decode_or_refuse(streams, tiny, data):
         assert detail <= 10 ** 6
     c_outcome, c_detail, report = decode_all(blob, tiny, conceal=True)
     event(f"conceal {c_outcome}" + (f", {len(report.concealed)} concealed" if report else ""))
-    header_len = len(join(split(base)[:1]))
+    header_len = len(join(split(base)[:1], version=mode.version))
     if blob[:header_len] == base[:header_len] and len(blob) >= header_len:
         assert c_outcome == "ok", (how, c_detail)
         end = base[-7:]  # END of an 8-frame stream: type, length, varint(8), CRC
@@ -216,10 +247,10 @@ def test_mutated_streams_decode_or_refuse(streams, tiny, data):
 
 @FUZZ
 @given(blob=st.binary(max_size=400), prefix=st.booleans())
-def test_random_bytes_are_refused(tiny, blob, prefix):
+def test_random_bytes_are_refused(mode, blob, prefix):
     data = (MAGIC + bytes((VERSION,)) + blob) if prefix else blob
     for conceal in (False, True):
-        outcome, _, _ = decode_all(data, tiny, conceal=conceal)
+        outcome, _, _ = decode_all(data, mode.model, conceal=conceal)
         assert outcome == "refused"
 
 
@@ -250,8 +281,9 @@ def _mutated(data, d: bytearray, kind: str) -> bytearray:
 @settings(max_examples=(EXAMPLES or 240) // 4, deadline=None, derandomize=EXAMPLES is None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_input_videos_encode_or_refuse(tiny, tmp_path_factory, data):
+def test_mutated_input_videos_encode_or_refuse(mode, tmp_path_factory, data):
     """Encoder input: damaged video files encode or are refused with InputError; no partial output."""
+    tiny = mode.model
     folder = tmp_path_factory.mktemp("vid")
     videos = _small_videos_cached(tmp_path_factory)
     ext = data.draw(st.sampled_from(sorted(videos)))
@@ -263,8 +295,7 @@ def test_mutated_input_videos_encode_or_refuse(tiny, tmp_path_factory, data):
     out = folder / "out.imf"
     try:
         with no_hang("encoding a damaged input video"):
-            s = encode_video(src, out, model=tiny, max_frames=4,
-                             settings=EncoderSettings(key_codec="png", search_iters=0))
+            s = encode_video(src, out, model=tiny, max_frames=4, settings=EncoderSettings(**mode.settings))
     except IMFError as e:
         assert "\n" not in str(e)
         assert not out.exists()
@@ -322,10 +353,11 @@ def _decode_stdin(tiny) -> tuple[str, object]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_streams_from_stdin_match_the_file_path(streams, tiny, data):
+def test_mutated_streams_from_stdin_match_the_file_path(mode, data):
     """`imfcodec decode -`: a stream read from a pipe (no size known, no seeking, pieces as they come) is
     decoded or refused exactly when the same bytes in a file are, with the same frames."""
-    name, how, blob = data.draw(mutated(streams))
+    tiny = mode.model
+    name, how, blob = data.draw(mutated(mode.streams))
     outcome, detail, _ = decode_all(blob, tiny)
     with _stdin_pipe(blob):
         piped, piped_detail = _decode_stdin(tiny)
@@ -338,9 +370,10 @@ def test_mutated_streams_from_stdin_match_the_file_path(streams, tiny, data):
 @settings(max_examples=(EXAMPLES or 240) // 8, deadline=None, derandomize=EXAMPLES is None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_input_videos_from_stdin_encode_or_refuse(tiny, tmp_path_factory, data):
+def test_mutated_input_videos_from_stdin_encode_or_refuse(mode, tmp_path_factory, data):
     """`imfcodec encode -`: damaged videos (mp4, matroska, y4m) arriving through a pipe encode or are refused
     with one-line InputError; nothing is left at the output on refusal."""
+    tiny = mode.model
     folder = tmp_path_factory.mktemp("vid")
     videos = _small_videos_cached(tmp_path_factory)
     ext = data.draw(st.sampled_from(sorted(videos)))  # an mp4 may need seeking: then it is refused
@@ -350,7 +383,7 @@ def test_mutated_input_videos_from_stdin_encode_or_refuse(tiny, tmp_path_factory
     out = folder / "out.imf"
     try:
         with _stdin_pipe(bytes(d)), no_hang("encoding a damaged video from a pipe"):
-            s = encode_video("-", out, model=tiny, max_frames=4, settings=EncoderSettings(key_codec="png", search_iters=0))
+            s = encode_video("-", out, model=tiny, max_frames=4, settings=EncoderSettings(**mode.settings))
     except IMFError as e:
         assert kind != "intact", str(e)
         assert "\n" not in str(e)

@@ -4,11 +4,15 @@
     pip install -e '.[fuzz]'
     python tests/fuzz/fuzz_decode.py --minutes 10                  # the stream decoder
     python tests/fuzz/fuzz_decode.py --minutes 10 --target encode  # the encoder's input path
+    python tests/fuzz/fuzz_decode.py --minutes 10 --mode token     # the token mode (default: hybrid)
 
+``--mode`` picks the network and the seeds: ``hybrid`` (the default mode: base layer + key frame + the
+seeded ``random:enh-tiny`` enhancer, format version 2) or ``token`` (the seeded ``random:imf-tiny`` model,
+version 1).
 Target ``decode``: every input is decoded as an .imf stream twice, strict and with concealment
-(``imfcodec.api.iter_decoded``), with the seeded ``random:imf-tiny`` model the seeds were made with.
+(``imfcodec.api.iter_decoded``), with the seeded network the seeds were made with.
 Target ``encode``: every input is written to a file and encoded (``imfcodec.api.encode_video``, at most
-3 frames, png key frames). Either may succeed or raise ``IMFError`` with a one-line message; anything
+3 frames, png key frames, in that mode). Either may succeed or raise ``IMFError`` with a one-line message; anything
 else (another exception, a crash, a hang over ``--timeout`` s, memory over ``--rss-mb``) is a finding,
 saved by libFuzzer as ``crash-*`` / ``timeout-*`` / ``oom-*`` in ``--artifacts``.
 
@@ -45,7 +49,9 @@ import torch  # noqa: E402,F401  (imported before instrumentation: only imfcodec
 with atheris.instrument_imports(include=["imfcodec"]):
     import imfcodec.bitstream  # noqa: F401  (everything the targets reach, so it is all instrumented)
     import imfcodec.codec  # noqa: F401
+    import imfcodec.baselayer  # noqa: F401
     import imfcodec.entropy  # noqa: F401
+    import imfcodec.hybrid  # noqa: F401
     import imfcodec.io  # noqa: F401
     import imfcodec.keyframe  # noqa: F401
     import imfcodec.models  # noqa: F401
@@ -56,9 +62,16 @@ with atheris.instrument_imports(include=["imfcodec"]):
     from imfcodec.errors import IMFError
     from imfcodec.zoo import load_model
 
-MODEL_SPEC = "random:imf-tiny"
+# per mode: the seeded network, and the encoder settings of the seeds and of the encode target
+MODES = {
+    "token": ("random:imf-tiny", dict(key_codec="png", search_iters=0)),
+    "hybrid": ("random:enh-tiny", dict(key_codec="png", base_codec="vp9")),
+}
+# decode seeds per mode: (key codec, keyint, chunk, base codec); the base codec is ignored in the token mode
+SEEDS = (("hevc", 3, 2, "vp9"), ("png", 2, 1, "hevc"), ("webp", 0, 3, "av1"), ("av1", 4, 2, "vp9"))
+MODE = "hybrid"
 MODEL = None
-TYPES = (0x4B, 0x54, 0x45)  # K T E
+TYPES = (0x4B, 0x54, 0x42, 0x45)  # K T B E
 _TMP = None
 
 
@@ -81,7 +94,7 @@ def test_encode(data: bytes) -> None:
     out = Path(_TMP) / "out.imf"
     src.write_bytes(data)
     try:
-        encode_video(src, out, model=MODEL, max_frames=3, settings=EncoderSettings(key_codec="png"))
+        encode_video(src, out, model=MODEL, max_frames=3, settings=EncoderSettings(**MODES[MODE][1]))
     except IMFError as e:
         if "\n" in str(e) or not str(e):
             raise AssertionError(f"error message is not one line: {e!r}") from e
@@ -150,7 +163,7 @@ def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
 # ---------------------------------------------------------------------------------------- seeds
 
 def seed_corpus(corpus: Path, target: str) -> int:
-    """Fill an empty corpus: the conformance streams (decode) plus a few small made-up ones."""
+    """Fill an empty corpus: the conformance streams (decode) plus a few small ones made in ``MODE``."""
     corpus.mkdir(parents=True, exist_ok=True)
     if any(corpus.iterdir()):
         return 0
@@ -164,11 +177,13 @@ def seed_corpus(corpus: Path, target: str) -> int:
             for p in sorted((ROOT / "bitstreams" / "conformance").glob("*.imf")):
                 (corpus / p.name).write_bytes(p.read_bytes())
                 n += 1
-            for codec, keyint, chunk in (("hevc", 3, 2), ("png", 2, 1), ("webp", 0, 3), ("av1", 4, 2)):
+            for codec, keyint, chunk, base in SEEDS:
                 out = tmp / f"{codec}.imf"
-                encode_video(clip, out, model=MODEL,
-                             settings=EncoderSettings(key_codec=codec, keyint=keyint, chunk=chunk))
-                (corpus / f"seed-{codec}.imf").write_bytes(out.read_bytes())
+                kw = dict(key_codec=codec, keyint=keyint, chunk=chunk)
+                if MODE == "hybrid":
+                    kw["base_codec"] = base
+                encode_video(clip, out, model=MODEL, settings=EncoderSettings(**kw))
+                (corpus / f"seed-{MODE}-{codec}.imf").write_bytes(out.read_bytes())
                 n += 1
         else:
             from helpers import write_video  # tests/helpers.py, the test suite's clip maker
@@ -185,11 +200,12 @@ def seed_corpus(corpus: Path, target: str) -> int:
 
 
 def main() -> None:
-    global MODEL, _TMP
+    global MODE, MODEL, _TMP
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=1.0, help="how long to fuzz")
     ap.add_argument("--target", choices=["decode", "encode"], default="decode")
-    ap.add_argument("--corpus", type=Path, help="working corpus (default tests/fuzz/corpus-TARGET)")
+    ap.add_argument("--mode", choices=sorted(MODES), default=MODE, help="the codec mode (network and seeds)")
+    ap.add_argument("--corpus", type=Path, help="working corpus (default tests/fuzz/corpus-TARGET-MODE)")
     ap.add_argument("--artifacts", type=Path, default=HERE / "artifacts", help="where findings are saved")
     ap.add_argument("--timeout", type=int, default=10, help="seconds per input before it counts as a hang")
     ap.add_argument("--rss-mb", type=int, default=4096, help="memory limit (libFuzzer -rss_limit_mb)")
@@ -197,8 +213,9 @@ def main() -> None:
     args, extra = ap.parse_known_args()
 
     torch.set_num_threads(1)
-    MODEL = load_model(MODEL_SPEC)
-    corpus = args.corpus or HERE / f"corpus-{args.target}"
+    MODE = args.mode
+    MODEL = load_model(MODES[MODE][0])
+    corpus = args.corpus or HERE / f"corpus-{args.target}-{MODE}"
     print(f"seeded {seed_corpus(corpus, args.target)} inputs into {corpus}", flush=True)
     args.artifacts.mkdir(parents=True, exist_ok=True)
     _TMP = tempfile.mkdtemp(prefix="imf-fuzz-")
