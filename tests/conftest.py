@@ -100,13 +100,14 @@ def hevc_stream(streams, tmp_path_factory) -> Path:
     return path
 
 
-# hybrid mode (format version 2): the seeded untrained enhancer and one stream of the hostile clip, key frames
-# 0 and 4 and one frame per base packet, so its records are H, K0, B0..B3, K4, B4..B7, E
-HYBRID = dict(base_codec="hevc", base_factor=2, keyint=4, key_codec="png", chunk=1)
+# hybrid mode (format version 2, without the encoder's guard): the seeded untrained enhancer and one stream of the
+# hostile clip, key frames 0 and 4 and one frame per base packet, so its records are H, K0, B0..B3, K4, B4..B7, E
+HYBRID = dict(base_codec="hevc", base_factor=2, keyint=4, key_codec="png", chunk=1, guard=False)
 ENH_TINY = "random:enh-tiny"
 
 # the hybrid mode's hostile streams, as HOSTILE_BASES for the token mode: every base codec, base packets of
-# 1..3 frames, one or several key frames (the first is HYBRID, the stream of ``hybrid_stream``)
+# 1..3 frames, one or several key frames (the first is HYBRID, the stream of ``hybrid_stream``); the others with
+# the guard, as `imfcodec encode` makes them (format version 4: a flags byte in the header)
 HYBRID_BASES = {
     "hevc": HYBRID,
     "vp9": dict(base_codec="vp9", base_factor=2, keyint=3, key_codec="webp", chunk=2, key_quality=3),
@@ -145,7 +146,8 @@ def hybrid_stream(hybrid_streams, tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------------------------------ both modes
 # Tests that take ``mode`` run once per mode: the token mode (format version 1) and the default hybrid mode
-# (format version 2), each with its tiny seeded network and its hostile streams.
+# (format version 2 for its first stream, 4 for the guarded ones), each with its tiny seeded network and its
+# hostile streams.
 
 MODES = ("token", "hybrid")
 
@@ -158,7 +160,7 @@ class Mode:
     model: object  # the loaded tiny network (zoo.LoadedModel) its streams decode with
     spec: str  # that network as the CLI names it (random:NAME)
     streams: dict  # name -> bytes of one valid stream of the hostile clip (HOSTILE_BASES / HYBRID_BASES)
-    version: int  # the format version of its streams
+    version: int  # the format version of its first stream (``stream``)
     encode_args: tuple  # `imfcodec encode` options for a fast encode in this mode with the tiny network
     settings: dict  # the same as EncoderSettings(**settings) for imfcodec.api.encode_video
 

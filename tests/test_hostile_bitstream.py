@@ -98,7 +98,7 @@ def test_crc_failures_are_detected_everywhere(mode):
     for data in mode.streams.values():
         for i in range(len(split(data))):
             recs = split(data)
-            bad = join(recs[:i], version=mode.version) + join(recs[i:i + 1], crc_ok=False)[9:] + join(recs[i + 1:])[9:]
+            bad = join(recs[:i], version=data[8]) + join(recs[i:i + 1], crc_ok=False)[9:] + join(recs[i + 1:])[9:]
             outcome, msg, _ = decode_all(bad, mode.model)
             assert outcome == "refused" and "CRC mismatch" in msg, msg
 

@@ -256,7 +256,7 @@ def test_concealment_of_a_damaged_base_packet(hybrid_stream, enh_tiny, tmp_path)
     recs[4][1] = recs[4][1][:3] + bytes(len(recs[4][1]) - 3)  # B2's access unit zeroed (frame, count, size kept)
     from helpers import join
 
-    outcome, n, report = decode_all(join(recs, version=4), enh_tiny, conceal=True)
+    outcome, n, report = decode_all(join(recs, version=2), enh_tiny, conceal=True)
     assert (outcome, n, report.concealed) == ("ok", N_FRAMES, [2, 3]) and "base layer" in report.damage[0]
     p = tmp_path / "bad.imf"
     p.write_bytes(bad)
