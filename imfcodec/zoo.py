@@ -83,7 +83,6 @@ def load_weights(path: str | os.PathLike) -> torch.nn.Module:
     """Build the model described by the file's metadata and load its weights (no pickle)."""
     from safetensors.torch import load_file
 
-    from .entropy.params import load_prior
     from .models import EnhancerConfig, IMFConfig, build_model
 
     meta = read_metadata(path)
@@ -107,6 +106,8 @@ def load_weights(path: str | os.PathLike) -> torch.nn.Module:
         first = str(e).strip().splitlines()
         raise WeightsError(f"{path}: weights do not match config '{config.name}' ({first[-1].strip()[:200]})") from None
     if kind == "imf":
+        from .entropy.params import load_prior  # token models only: the hybrid mode never loads the entropy coder
+
         try:
             load_prior(model, meta)  # the measured delta prior, which picks the entropy tables
         except ValueError as e:

@@ -14,9 +14,10 @@ Data flow (R = frame size; the base layer was coded at R/f and is upscaled to R 
   pixel-shuffled residual added to the upscaled base frame.
 
 Design decisions:
-1. The alignment is IMF's :class:`~imfcodec.models.imf.Alignment` (single-head, sinusoidal positions,
+1. The alignment is IMF's :class:`~imfcodec.models.alignment.Alignment` (single-head, sinusoidal positions,
    learned locality; windowed at R/4, full at R/8), so the hybrid mode reuses the codec's concept of
-   implicit alignment instead of a flow warp.
+   implicit alignment instead of a flow warp. It lives in its own module, shared with the token model,
+   so that the hybrid mode never imports the token model (``imfcodec.models.imf``).
 2. The residual head is zero-initialised: an untrained enhancer returns exactly the bicubic base, and
    training can only start from there. The published lesson (hybrid-notes) is that a fusion that does
    not align gains nothing; this one can only gain by aligning.
@@ -31,62 +32,17 @@ Design decisions:
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imfcodec.errors import InputError, WeightsError
-from imfcodec.models.imf import Alignment, default_kernels
-
-FINE = 4  # R/4: windowed attention over 4x4 patches
-COARSE = 8  # R/8: full attention over 8x8 patches
-
-
-@dataclass(frozen=True)
-class EnhancerConfig:
-    """Hyper-parameters of an enhancer (JSON-serialisable; the name is part of the bitstream)."""
-
-    name: str = "enh-custom"
-    resolution: int = 256
-    widths: tuple[int, int] = (16, 32)  # feature encoder at R/2, R/4
-    m_fine: int = 32  # attention dim at R/4
-    m_coarse: int = 48  # attention dim at R/8 (0: no coarse alignment)
-    window: int = 7
-    locality: float = 2.0
-    pos_freqs: int = 6
-    fuse_width: int = 48
-    fuse_blocks: int = 3
-
-    kind = "enhancer"  # what zoo.load_weights builds from a file's metadata (not a field)
-
-    def __post_init__(self) -> None:
-        if self.resolution % COARSE:
-            raise WeightsError(f"enhancer {self.name}: resolution must be a multiple of {COARSE}")
-        if self.window % 2 != 1:
-            raise WeightsError(f"enhancer {self.name}: window must be odd")
-        if len(self.widths) != 2 or min(self.widths) < 1 or self.m_fine < 1 or self.fuse_width < 1:
-            raise WeightsError(f"enhancer {self.name}: widths must be 2 positive ints, dims positive")
-        if self.fuse_blocks < 0 or self.m_coarse < 0:
-            raise WeightsError(f"enhancer {self.name}: fuse_blocks and m_coarse must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EnhancerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise WeightsError(f"unknown enhancer config keys: {', '.join(unknown)}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+from imfcodec.errors import InputError
+from imfcodec.models.alignment import Alignment
+from imfcodec.models.config import COARSE, FINE, EnhancerConfig
+from imfcodec.models.kernels import default_kernels
 
 
 def upscale(base: Tensor, size: tuple[int, int]) -> Tensor:
@@ -146,7 +102,7 @@ class Enhancer(nn.Module):
     def __init__(self, config: EnhancerConfig) -> None:
         super().__init__()
         self.config = cfg = config
-        self.kernels = default_kernels()  # "fast" or "reference", as IMF's decoder (models.imf.KERNELS)
+        self.kernels = default_kernels()  # "fast" or "reference", as IMF's decoder (models.kernels.KERNELS)
         self.features = _Features(cfg)
         cells = cfg.resolution // FINE
         self.align_fine = Alignment(cfg.m_fine, "window", cfg.window, cfg.locality, cfg.pos_freqs,

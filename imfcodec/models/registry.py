@@ -2,19 +2,26 @@
 
 Config names are part of the bitstream (the header names the model), so a registered config
 must never change once weights for it are shipped; add a new name instead.
+
+The registry holds configs (``imfcodec.models.config``), not networks: a network's module is imported
+only when one is built, so listing or building enhancers never imports the token model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from imfcodec.errors import InputError
-from imfcodec.models.enhancer import Enhancer, EnhancerConfig
-from imfcodec.models.imf import IMF, IMFConfig
+from imfcodec.models.config import EnhancerConfig, IMFConfig
+
+if TYPE_CHECKING:
+    from imfcodec.models.enhancer import Enhancer
+    from imfcodec.models.imf import IMF
 
 ModelConfig = IMFConfig | EnhancerConfig
 _REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
@@ -46,8 +53,14 @@ def get_config(name: str) -> ModelConfig:
 
 
 def build_model(cfg: ModelConfig) -> IMF | Enhancer:
-    """The (untrained) module a config describes."""
-    return Enhancer(cfg) if isinstance(cfg, EnhancerConfig) else IMF(cfg)
+    """The (untrained) module a config describes; imports only that network's module."""
+    if isinstance(cfg, EnhancerConfig):
+        from imfcodec.models.enhancer import Enhancer
+
+        return Enhancer(cfg)
+    from imfcodec.models.imf import IMF
+
+    return IMF(cfg)
 
 
 def create_model(name: str, **overrides) -> IMF | Enhancer:
@@ -78,7 +91,7 @@ def decode_gflops(model: IMF | Enhancer, resolution: int | None = None) -> float
     was_training = model.training
     model.eval()
     x = torch.rand(1, 3, r, r)
-    if isinstance(model, Enhancer):
+    if model.config.kind == "enhancer":
         with torch.no_grad():
             ref = model.prepare_key(x, x)
         run = lambda: model.enhance(ref, x)  # noqa: E731
