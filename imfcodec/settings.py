@@ -164,19 +164,13 @@ class EncoderSettings:
         checked again."""
         if self._checked:
             return self
-        from .entropy.quant import QUALITY_RANGE
         from .keyframe import get_keyframe_codec
-        from .token_search import SearchSettings
 
         s = self.in_mode(self.chosen_mode)
-        lo, hi = QUALITY_RANGE
-        if not lo <= s.quality <= hi:
-            raise InputError(f"--quality must be in {lo}..{hi}, got {s.quality}")
         if s.keyint < 0:
             raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {s.keyint}")
         if not 1 <= s.chunk <= MAX_ENCODER_CHUNK:
             raise InputError(f"--chunk must be in 1..{MAX_ENCODER_CHUNK}, got {s.chunk}")
-        SearchSettings(s.search_iters).validated()
         _preset(s.preset)
         if isinstance(s.scenecut, bool) or not isinstance(s.scenecut, (int, float)) \
                 or not 0 <= s.scenecut <= 100:
@@ -195,7 +189,15 @@ class EncoderSettings:
         return out
 
     def _validated_token(self) -> dict:
-        """The token mode's own check: no hybrid field given."""
+        """The token mode's own check: its quality and search in range, no hybrid field given. (Its modules are
+        imported here, so that a hybrid encode never loads the token codec.)"""
+        from .entropy.quant import QUALITY_RANGE
+        from .token_search import SearchSettings
+
+        lo, hi = QUALITY_RANGE
+        if not lo <= self.quality <= hi:
+            raise InputError(f"--quality must be in {lo}..{hi}, got {self.quality}")
+        SearchSettings(self.search_iters).validated()
         if (self.base_codec, self.base_quality, self.enhancer, self.base_factor) != (None, None, None,
                                                                                       DEFAULT_BASE_FACTOR):
             raise InputError("--base-scale, --base-quality and --enhancer need the hybrid mode (a base_codec)")

@@ -68,8 +68,6 @@ def test_the_hybrid_mode_runs_its_enhancer_without_the_token_model_and_with_flus
     _run_hybrid(encode=False)
 
 
-@pytest.mark.xfail(strict=True, reason="EncoderSettings.validated() imports imfcodec.entropy (QUALITY_RANGE) and "
-                   "imfcodec.token_search (SearchSettings, which imports imfcodec.models.imf) in every mode")
 def test_a_hybrid_encode_and_decode_runs_without_the_token_model():
     _run_hybrid(encode=True)
 
