@@ -36,7 +36,9 @@ import click
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 from imfcodec.fsutil import write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+from .harness import REPO, threads_option
+
+ROOT = REPO  # the checkout the children run in
 PROG = "python -m benchmarks.long_input"
 
 
@@ -121,7 +123,7 @@ def measure(what: str, src: Path, dst: Path, args) -> dict:
               help="token search steps (default: the encoder's default preset; 0 for a long run of a real model)")
 @click.option("--model", default="random:imf-tiny")
 @click.option("--output", type=click.Choice(["mp4", "y4m"]), default="mp4", help="decoder output format")
-@click.option("--threads", type=int, default=1)
+@threads_option(1, "torch threads of each measured run")
 @click.option("--tolerance", type=float, default=0.10, help="allowed growth of peak RSS (fraction)")
 @click.option("--json", type=click.Path(path_type=Path), help="also write the results here")
 def command(**params) -> int:
