@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import click
 import numpy as np

@@ -160,3 +160,17 @@ def write_result(out: Path | None, name: str, text: str) -> Path | None:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / name, text)
     return out / name
+
+
+def write_json(path: Path | None, settings: dict, **results) -> None:
+    """``--json FILE``: the run's settings (paths as strings) and its results, one JSON document; nothing
+    without a path."""
+    import json
+
+    from imfcodec.fsutil import write_text
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+    write_text(path, json.dumps({"settings": settings, **results}, indent=1) + "\n")

@@ -51,7 +51,6 @@ from imfcodec.fsutil import write_text
 
 from .harness import REPO, threads_option
 
-ROOT = REPO  # the checkout the children run in
 PROG = "python -m benchmarks.memory"
 HEAVY = ("triton", "torch._dynamo", "torch._inductor", "torch.utils.flop_counter", "sympy")
 
@@ -121,7 +120,7 @@ def measure_cli(checkout: Path, args: list[str], threads: int) -> dict:
 @click.option("--device", default=None, help="pass --device to decode (a checkout without it fails)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="also write the rows here")
 def command(streams, checkouts, repeat, threads, device, json_out) -> int:
-    checkouts = [c.resolve() for c in (checkouts or [ROOT])]
+    checkouts = [c.resolve() for c in (checkouts or [REPO])]
     rows = []
     with tempfile.TemporaryDirectory(prefix="imf-memory-") as tmp:
         for _ in range(repeat):  # interleaved, so a change of load touches every checkout alike
