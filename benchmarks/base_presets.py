@@ -2,7 +2,7 @@
 
 ```
 python -m benchmarks.base_presets [--codec vp9] [--factor 2] [--qualities 0,8,16,24] [--frames 150]
-                                  [--val-clips 5] [--out FILE.md]
+                                  [--val-clips 5] [--out DIR]
 ```
 
 Per effort (``imfcodec.baselayer.EFFORTS``) and held-out clip (the trainer's split: never a test clip), the
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import click
 import numpy as np
 
-from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
-from imfcodec.fsutil import write_text
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
+
+from .harness import data_option, frames_option, held_out_clips, held_out_options, out_option, write_result
 
 
 def measure(frames: np.ndarray, codec: str, factor: int, quality: int, effort: str) -> tuple[float, float, float]:
@@ -73,20 +73,18 @@ def report(rows: dict, clips: list[str], codec: str, factor: int, qualities: lis
 
 
 @click.command("base_presets", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
-@click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True)
+@data_option()
 @click.option("--codec", default="vp9", show_default=True)
 @click.option("--factor", type=int, default=2, show_default=True)
 @click.option("--qualities", default="0,8,16,24", show_default=True)
-@click.option("--frames", type=int, default=150, show_default=True)
-@click.option("--val-clips", type=int, default=5, show_default=True, help="the trainer's held-out clips")
-@click.option("--cache-dir", default="runs/frame-cache", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the table here")
+@frames_option(150, "frames per clip (at most; every effort codes each clip at every quality)")
+@held_out_options
+@out_option("base_presets.md")
 def command(data, codec, factor, qualities, frames, val_clips, cache_dir, out):
     import torch
 
     from imfcodec.baselayer import EFFORTS, get_base_codec
     from imfcodec.errors import InputError
-    from imfcodec.train.data import find_videos, load_clips, split_clips
 
     get_base_codec(codec)
     try:
@@ -96,8 +94,7 @@ def command(data, codec, factor, qualities, frames, val_clips, cache_dir, out):
     if len(qs) < 4:
         raise InputError("--qualities: at least 4 (a BD-rate needs 4 points)")
     torch.set_num_threads(1)
-    _train, held_out = split_clips(find_videos(list(data)), val_clips)
-    clips = load_clips(held_out, 256, frames, None if cache_dir == "none" else cache_dir)
+    _train, clips = held_out_clips(data, val_clips, 256, frames, cache_dir)
     rows = {}
     for effort in EFFORTS:
         points, seconds, n = [], 0.0, 0
@@ -110,8 +107,7 @@ def command(data, codec, factor, qualities, frames, val_clips, cache_dir, out):
         click.echo(f"{effort}: {n / seconds:.0f} frames/s", err=True)
     text = report(rows, clips.names, codec, factor, qs)
     click.echo(text)
-    if out:
-        write_text(out, text)
+    write_result(out, "base_presets.md", text)
     return 0
 
 

@@ -1,7 +1,7 @@
 """The hybrid mode's enhancer sweep on held-out TRAINING clips (never the test set): width, and tokens on/off.
 
     python -m benchmarks.enhancer_sweep run VARIANT [--steps N] [--threads 1] [--init-from W] [--root runs/enh-sweep]
-    python -m benchmarks.enhancer_sweep report [--root runs/enh-sweep] [--table T] [--out FILE.md]
+    python -m benchmarks.enhancer_sweep report [--root runs/enh-sweep] [--table T] [--out DIR]
 
 Each variant is a run of the enhancer trainer (``imfcodec.train.hybrid``, its split, base-layer cache,
 loss, EMA and validation) in ``ROOT/VARIANT``, so two variants differ only in what the variant names:
@@ -32,17 +32,18 @@ from pathlib import Path
 import click
 import numpy as np
 
-from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
 from imfcodec.fsutil import write_text
 from imfcodec.settings import DEFAULT_ENHANCER
+
+from .harness import (CACHE_DIR, FPS, TRAIN_DATA, data_option, out_option, refuse_test, threads_option,
+                      write_result)
 
 VARIANTS = ("small", "wide", "small-ft", "tokens-ft")
 SIDE_VERSION = "imf-side/1"
 SIDE_MODEL = "imf-small-v2"
 SIDE_QUALITY = 9
 SIDE_KEY_QUALITY = 16  # the trainer's validation key quality
-DATA = ("../shared/data/talking-heads/train",)
-FPS = 25  # the trainer codes its base layers at 25 fps: rates are per 25 fps too
 
 
 def token_side(cache_dir: Path | None):
@@ -133,7 +134,9 @@ def run(variant: str, root: Path, steps: int, threads: int, init_from: str | Non
         kw["model"], kw["side"] = side_model(), side
     if variant.endswith("-ft"):
         kw["lr"] = 2e-4  # a fine-tune: both -ft variants alike
-    v = train(list(data or DATA), out, **kw)
+    data = list(data or (str(TRAIN_DATA),))
+    refuse_test(data)
+    v = train(data, out, **kw)
     info = {"variant": variant, "steps": steps, "init_from": kw["init_from"], "val": v}
     if side is not None:
         info["token_rates"] = side.rates
@@ -222,11 +225,11 @@ def command():
 @click.argument("variant")
 @click.option("--root", type=click.Path(path_type=Path), default=Path("runs/enh-sweep"), show_default=True)
 @click.option("--steps", type=int, default=1500, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True)
+@threads_option(1, "the trainer's torch threads")
 @click.option("--init-from", default=None, help="enhancer weights both -ft variants start from")
-@click.option("--cache-dir", default="runs/frame-cache", show_default=True)
+@click.option("--cache-dir", default=CACHE_DIR, show_default=True)
 @click.option("--max-minutes", type=float, default=None)
-@click.option("--data", cls=GreedyOption, default=DATA, show_default=True, help="training videos; 'test' folders are refused")
+@data_option()
 def run_command(variant, root, steps, threads, init_from, cache_dir, max_minutes, data):
     import logging
 
@@ -239,12 +242,11 @@ def run_command(variant, root, steps, threads, init_from, cache_dir, max_minutes
 @click.option("--root", type=click.Path(path_type=Path), default=Path("runs/enh-sweep"), show_default=True)
 @click.option("--table", default=DEFAULT_ENHANCER, show_default=True,
               help="the enhancer whose --kbps table prices the tokens (the stop-14 report used enh-small's)")
-@click.option("--out", type=click.Path(path_type=Path), default=None)
+@out_option("enhancer_sweep.md")
 def report_command(root, table, out):
     text = report(root, table)
     print(text, end="")
-    if out is not None:
-        write_text(out, text)
+    write_result(out, "enhancer_sweep.md", text)
     return 0
 
 

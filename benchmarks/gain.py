@@ -5,21 +5,22 @@ frame size) at the same rate and at its nearest point, from an rd.csv written by
 This is the table of the model card and of issue 3's acceptance test: the gain over the
 repeat-key baseline shows how much motion the model really reproduces.
 
-    python -m benchmarks.gain runs/rd/rd.csv [--point q9-hevc21-r4] [--model imf-small-v2@HASH] [--out FILE.md]
+    python -m benchmarks.gain runs/rd/rd.csv [--point q9-hevc21-r4] [--model imf-small-v2@HASH] [--out DIR]
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
-from imfcodec.fsutil import write_text
 
 from . import require_bench_extra
+from .harness import out_option, write_result
 from .hull import CONVENTIONAL_HULL, hull_at
 
 if TYPE_CHECKING:
@@ -110,8 +111,8 @@ def to_markdown(t: pd.DataFrame) -> str:
 @click.argument("csv")
 @click.option("--point", default="q9-hevc21-r4", help="imfcodec point (default q9-hevc21-r4: the defaults)")
 @click.option("--model", default=None, help="model id as in rd.csv's model column (name@hash)")
-@click.option("--out", default=None, help="also write the markdown table here")
-def command(csv: str, point: str, model: str | None, out: str | None) -> int:
+@out_option("gain.md")
+def command(csv: str, point: str, model: str | None, out: Path | None) -> int:
     require_bench_extra()
     import pandas as pd
 
@@ -127,8 +128,7 @@ def command(csv: str, point: str, model: str | None, out: str | None) -> int:
     md = to_markdown(t)
     print(md)
     print(f"\nmean gain over repeat-key: {t.gain_db.mean():+.2f} dB PSNR on {len(t)} clip(s)")
-    if out:
-        write_text(out, md + "\n")
+    write_result(out, "gain.md", md + "\n")
     return 0
 
 

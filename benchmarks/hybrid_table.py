@@ -1,7 +1,7 @@
 """Measure the hybrid mode's operating points on held-out TRAINING clips: the table behind ``--kbps``.
 
     python -m benchmarks.hybrid_table [--enhancer SPEC] [--data DIR] [--frames 200] [--stride 4]
-                                      [--out imfcodec/weights/enh-wide-points.json]
+                                      [--out imfcodec/weights]
 
 For every (base codec, base factor, base quality, key quality) of the grid and every held-out clip of the trainer's
 split (``imfcodec.train.data.split_clips``: never a clip the enhancer trained on, never the test set), the
@@ -10,12 +10,12 @@ header, key packet, the first base access unit with its share of the packet's fr
 decoded frames are scored with and without the enhancer: the bicubic base on every frame, the enhancer on
 every ``--stride``-th frame after the key frame (each enhanced frame depends only on the key frame and its
 own base picture, so a subset is an unbiased sample of what the decoder outputs). The means over clips
-go into the JSON table that ``imfcodec.ratecontrol`` reads.
+go into the JSON table that ``imfcodec.ratecontrol`` reads, ``OUT/ENHANCER-points.json`` (by default
+next to the enhancer's weights, where ``imfcodec.ratecontrol.table_path`` finds it).
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 import time
@@ -25,7 +25,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
+
+from .harness import (FPS, data_option, frames_option, held_out_clips, held_out_options, out_option,
+                      threads_option)
 
 # x265: the base layer at 1/2 dominates 1/4 at every rate on the training clips' bicubic table (x2 b5 5.4
 # kbit/s 23.5 dB against x4 b9 5.0 kbit/s 22.8 dB), so 1/4 keeps two points; above 25 kbit/s nothing competes.
@@ -35,11 +38,6 @@ GRID_KEYS = (6, 11, 16, 21)
 QUICK_GRID, QUICK_KEYS = {"hevc": {2: (9,)}, "vp9": {4: (8,)}}, (16,)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 100.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-
-
 def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, kq: int, stride: int,
                   tmp: Path) -> dict:
     """One clip at one operating point: rates from the real file, PSNR with and without the enhancer."""
@@ -47,6 +45,7 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
 
     from imfcodec.api import encode_frames_to_file, iter_decoded
     from imfcodec.codec import EncoderSettings, to_tensor, to_uint8
+    from imfcodec.metrics import psnr
 
     from .runners import hybrid_startup_bytes
     from imfcodec.models import upscale
@@ -75,21 +74,19 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
             enhanced += to_uint8(model.enhance(state, ups))
     return {"bytes": coded.bytes, "startup_bytes": startup,
             "steady_kbps": (coded.bytes - startup) * 8 / ((n - 1) / 25) / 1000,
-            "psnr_bicubic": float(np.mean([_psnr(a, b) for a, b in zip(bicubic[1:], frames[1:])])),
-            "psnr_bicubic_sub": float(np.mean([_psnr(bicubic[j], frames[j]) for j in idx])),
-            "psnr_sub": float(np.mean([_psnr(e, frames[j]) for e, j in zip(enhanced, idx)]))}
+            "psnr_bicubic": psnr(frames[1:], np.stack(bicubic[1:])),
+            "psnr_bicubic_sub": psnr(frames[idx], np.stack([bicubic[j] for j in idx])),
+            "psnr_sub": psnr(frames[idx], np.stack(enhanced))}
 
 
 @click.command("hybrid_table", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
 @click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-wide)")
-@click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True)
-@click.option("--frames", type=int, default=200, show_default=True)
+@data_option()
+@frames_option()
 @click.option("--stride", type=int, default=4, show_default=True, help="enhance every N-th frame")
-@click.option("--val-clips", type=int, default=5, show_default=True, help="the trainer's held-out clips")
-@click.option("--cache-dir", default="runs/frame-cache", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="JSON table (default: imfcodec/weights/ENHANCER-points.json)")
-@click.option("--threads", type=int, default=2, show_default=True)
+@held_out_options
+@out_option(help="results folder: writes ENHANCER-points.json there [default: next to the enhancer's weights]")
+@threads_option()
 @click.option("--quick", is_flag=True, help="two points only (a smoke test)")
 @click.option("--base-codecs", default=",".join(GRID), show_default=True, help="base-layer codecs of the grid")
 def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick, base_codecs):
@@ -98,7 +95,6 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     from imfcodec.errors import InputError
     from imfcodec.hybrid import load_enhancer
     from imfcodec.ratecontrol import DEFAULT_DURATION_S, OperatingPoint, save_table, table_path
-    from imfcodec.train.data import find_videos, load_clips, split_clips
 
     codecs = [c.strip() for c in base_codecs.split(",") if c.strip()]
     if not codecs or any(c not in GRID for c in codecs):
@@ -106,8 +102,7 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     torch.set_num_threads(threads)
     loaded = load_enhancer(enhancer)
     size = loaded.model.config.resolution
-    _train, held_out = split_clips(find_videos(list(data)), val_clips)
-    clips = load_clips(held_out, size, frames, None if cache_dir == "none" else cache_dir)
+    _train, clips = held_out_clips(data, val_clips, size, frames, cache_dir)
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,9 +121,12 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
                   f"(steady {p.steady_kbps:.2f}, start-up {p.startup_bytes:.0f} B)  {p.psnr:.2f} dB "
                   f"(bicubic {p.psnr_bicubic:.2f}, {p.psnr - p.psnr_bicubic:+.2f})  "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)
-    path = out or table_path(loaded.name)
+    path = table_path(loaded.name)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / path.name
     info = {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
-            "clips": clips.names, "frames": frames, "fps": 25, "stride": stride,
+            "clips": clips.names, "frames": frames, "fps": FPS, "stride": stride,
             "measured_by": "python -m benchmarks.hybrid_table"}
     save_table(rows, path, info)
     print(f"wrote {path} ({len(rows)} points)")

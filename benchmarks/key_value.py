@@ -1,6 +1,6 @@
 """What the hybrid mode's key frame is worth, on held-out TRAINING clips (never the test set).
 
-    python -m benchmarks.key_value [--enhancer SPEC] [--data DIR] [--frames 200] [--out FILE.md]
+    python -m benchmarks.key_value [--enhancer SPEC] [--data DIR] [--frames 200] [--out DIR]
 
 Two measurements behind the hybrid mode's rate split (benchmarks/results/*hybrid-vp9*/NOTES.md):
 
@@ -21,24 +21,21 @@ Two measurements behind the hybrid mode's rate split (benchmarks/results/*hybrid
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
-from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
+from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
+
+from .harness import (cache_path, data_option, frames_option, held_out_clips, held_out_options, out_option,
+                      threads_option, write_result)
 
 RESIDUAL_BASES = (("vp9", 2, 8), ("vp9", 4, 8), ("hevc", 2, 9))
 #: base points of the trainer's cache at which the enhancer is given residual keys (VP9 1/2 is where they save)
 ENHANCED_BASES = (("vp9", 2, 6), ("vp9", 2, 12), ("vp9", 4, 8), ("hevc", 2, 9))
 RESIDUAL_KEYS = (3, 6, 11, 16, 21)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 100.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def upscaled(small: np.ndarray, size: int) -> np.ndarray:
@@ -57,6 +54,7 @@ def ablation(model, coded, size: int) -> list[dict]:
     """Per clip and key variant: mean enhanced and bicubic PSNR over 6 frames x every base point."""
     import torch
 
+    from imfcodec.metrics import psnr
     from imfcodec.models import upscale
     from imfcodec.train.hybrid import BASE_POINTS, KEY_QUALITIES, _t
 
@@ -70,7 +68,7 @@ def ablation(model, coded, size: int) -> list[dict]:
                 small = c.bases[point]
                 key_base = upscale(_t(small[0])[None], (size, size))
                 base = upscale(_t(small[idx]), (size, size))
-                bic = [_psnr(upscaled(small[i], size), c.frames[i]) for i in idx]
+                bic = [psnr(upscaled(small[i], size), c.frames[i]) for i in idx]
                 keys = {name: _t(k)[None] for name, k in variants.items()} | {"no key detail": key_base}
                 for name, key in keys.items():
                     enh = _enhanced(model, key, key_base, base, c.frames[idx])
@@ -83,9 +81,10 @@ def ablation(model, coded, size: int) -> list[dict]:
 
 def _enhanced(model, key, key_base, base, targets: np.ndarray) -> float:
     """Mean PSNR of the enhancer's output (8-bit, as the decoder writes it) against ``targets``."""
+    from imfcodec.metrics import psnr
+
     out = model.enhance(model.prepare_key(key, key_base), base)
-    return float(np.mean([_psnr(o.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), t)
-                          for o, t in zip(out, targets)]))
+    return psnr(targets, out.mul(255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
 
 
 def _direct_keys(codec, frames0: list[np.ndarray], size: int) -> dict[tuple[int, int], tuple[bytes, np.ndarray]]:
@@ -116,6 +115,7 @@ def residual_enhanced(model, coded, size: int) -> list[dict]:
     import torch
 
     from imfcodec.keyframe import get_keyframe_codec
+    from imfcodec.metrics import psnr
     from imfcodec.models import upscale
     from imfcodec.train.hybrid import BASE_POINTS, _t
 
@@ -130,13 +130,13 @@ def residual_enhanced(model, coded, size: int) -> list[dict]:
                 small = c.bases[point]
                 key_base = upscale(_t(small[0])[None], (size, size))
                 base = upscale(_t(small[idx]), (size, size))
-                bic = float(np.mean([_psnr(upscaled(small[i], size), c.frames[i]) for i in idx]))
+                bic = float(np.mean([psnr(upscaled(small[i], size), c.frames[i]) for i in idx]))
                 up = upscaled(small[0], size)
                 for kq in RESIDUAL_KEYS:
                     res_data, res_key = _residual(codec, c.frames[0], up, kq, size)
                     for kind, data, key in (("direct", *direct[ci, kq]), ("residual", res_data, res_key)):
                         enh = _enhanced(model, _t(key)[None], key_base, base, c.frames[idx])
-                        acc.setdefault((kind, kq), []).append((len(data), _psnr(key, c.frames[0]), enh - bic,
+                        acc.setdefault((kind, kq), []).append((len(data), psnr(key, c.frames[0]), enh - bic,
                                                                float(Path(c.name).stem.startswith("grid"))))
             for (kind, kq), v in sorted(acc.items()):
                 a = np.array(v)
@@ -151,6 +151,7 @@ def residual_keys(frames0: list[np.ndarray], size: int) -> list[dict]:
     """Per base point and key quality: mean bytes and PSNR of the key coded directly and as a residual."""
     from imfcodec.baselayer import code_clip
     from imfcodec.keyframe import get_keyframe_codec
+    from imfcodec.metrics import psnr
 
     codec = get_keyframe_codec("hevc")
     direct = _direct_keys(codec, frames0, size)
@@ -162,7 +163,7 @@ def residual_keys(frames0: list[np.ndarray], size: int) -> list[dict]:
             for kq in RESIDUAL_KEYS:
                 data, decoded = direct[i, kq]
                 coded, rec = _residual(codec, f0, up, kq, size)
-                acc.setdefault(kq, []).append((len(data), _psnr(decoded, f0), len(coded), _psnr(rec, f0)))
+                acc.setdefault(kq, []).append((len(data), psnr(decoded, f0), len(coded), psnr(rec, f0)))
         for kq, v in acc.items():
             a = np.array(v, dtype=np.float64)
             rows.append({"base": f"{base_codec} 1/{factor} q{quality}", "key_quality": kq,
@@ -203,28 +204,26 @@ def markdown(abl: list[dict], res: list[dict], info: dict, enh: list[dict] | Non
 
 @click.command("key_value", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
 @click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-wide)")
-@click.option("--data", cls=GreedyOption, default=("../shared/data/talking-heads/train",), show_default=True)
-@click.option("--frames", type=int, default=200, show_default=True)
-@click.option("--val-clips", type=int, default=5, show_default=True, help="the trainer's held-out clips")
+@data_option()
+@frames_option()
+@held_out_options
 @click.option("--stride", type=int, default=8, show_default=True,
               help="residual keys: also every N-th training clip's first frame")
-@click.option("--cache-dir", default="runs/frame-cache", show_default=True)
-@click.option("--threads", type=int, default=2, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the tables here (.md)")
+@threads_option()
+@out_option("key_value.md")
 def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
     import torch
 
     from imfcodec.hybrid import load_enhancer
-    from imfcodec.train.data import find_videos, load_clips, split_clips
+    from imfcodec.train.data import load_clips
     from imfcodec.train.hybrid import code_clip
 
     torch.set_num_threads(threads)
     loaded = load_enhancer(enhancer)
     model = loaded.model.eval()
     size = model.config.resolution
-    train, held_out = split_clips(find_videos(list(data)), val_clips)
-    cache = None if cache_dir == "none" else Path(cache_dir)
-    clips = load_clips(held_out, size, frames, cache)
+    train, clips = held_out_clips(data, val_clips, size, frames, cache_dir)
+    cache = cache_path(cache_dir)
     coded = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
     abl = ablation(model, coded, size)
     extra = load_clips(train[::max(1, stride)], size, 2, cache)  # the first frame is all it needs (2: the loader's minimum)
@@ -233,10 +232,7 @@ def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
     text = markdown(abl, res, {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
                                "clips": clips.names, "residual_clips": len(clips) + len(extra)}, enh)
     print(text, end="")
-    if out is not None:
-        from imfcodec.fsutil import write_text
-
-        write_text(out, text)
+    write_result(out, "key_value.md", text)
     return 0
 
 

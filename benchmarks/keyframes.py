@@ -35,6 +35,8 @@ import numpy as np
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call
 
+from .harness import FPS, TRAIN_DATA, find_clips, threads_option
+
 SIZE = 256
 
 
@@ -46,12 +48,7 @@ def source(name: str) -> str:
 def clip_paths(data: Path) -> list[Path]:
     """Every clip in ``data`` (raw .264 streams too: the trainer's ``find_videos`` skips them); never the
     test set."""
-    if data.resolve().name == "test":
-        raise click.ClickException(f"{data} is the test set: choose the threshold on training clips")
-    paths = sorted(p for p in data.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not paths:
-        raise click.ClickException(f"no clips in {data}")
-    return paths
+    return list(find_clips([data], option="--data", tunes=True).values())
 
 
 def read(path: Path, frames: int, size: int = SIZE) -> list[np.ndarray]:
@@ -93,23 +90,18 @@ def detector_stats(paths: list[Path], frames: int, threshold: float) -> None:
               f"{np.percentile(sel, 1):.2f}, median {np.median(sel):.2f}")
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    from imfcodec.metrics import psnr
-
-    return float(psnr(a, b))
-
-
 def encode_cut(a: Path, b: Path, frames: int, threshold: float, search_iters: int, model, enhancer) -> None:
     """A synthetic cut clip (A then B) coded with the detector on and off, by the token model ``model`` and,
     if given, the hybrid mode's ``enhancer`` (both ``zoo.LoadedModel``; frames at their resolution)."""
     from imfcodec.api import encode_frames_to_file, iter_decoded
     from imfcodec.codec import EncoderSettings
+    from imfcodec.metrics import psnr
 
     size = int(model.model.config.resolution)
     first, second = read(a, frames, size), read(b, frames, size)
     src, cut = first + second, len(first)
-    seconds = len(src) / 25
-    print(f"cut clip: {a.name} ({len(first)} frames) then {b.name} ({len(second)}), cut at frame {cut}, 25 fps")
+    seconds = len(src) / FPS
+    print(f"cut clip: {a.name} ({len(first)} frames) then {b.name} ({len(second)}), cut at frame {cut}, {FPS} fps")
     modes = [("token", model, dict(search_iters=search_iters))]
     if enhancer is not None:
         if int(enhancer.model.config.resolution) != size:
@@ -120,11 +112,11 @@ def encode_cut(a: Path, b: Path, frames: int, threshold: float, search_iters: in
             for label, sc in ((f"--scenecut {threshold:g}", threshold), ("--no-scenecut", 0.0)):
                 path = Path(tmp) / "c.imf"
                 t0 = time.perf_counter()
-                r = encode_frames_to_file(src, path, fps=Fraction(25), model=loaded,
+                r = encode_frames_to_file(src, path, fps=Fraction(FPS), model=loaded,
                                           settings=EncoderSettings(scenecut=sc, **kw))
                 enc_s = time.perf_counter() - t0
                 out = [f for _dec, o in iter_decoded(path, model=loaded) for f in o]
-                p = [_psnr(d, s) for d, s in zip(out, src)]
+                p = [psnr(s, d) for d, s in zip(out, src)]
                 print(f"  {mode:6s} {label:14s}: key frames {r.key_frames}, {r.bytes * 8 / seconds / 1000:.2f} kbit/s, "
                       f"PSNR before the cut {np.mean(p[:cut]):.2f} dB, after {np.mean(p[cut:]):.2f} dB "
                       f"(first 5 after: {np.mean(p[cut:cut + 5]):.2f}), encode {enc_s:.0f} s", flush=True)
@@ -136,6 +128,7 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
     the token model ``model`` (a ``zoo.LoadedModel``)."""
     from imfcodec.api import encode_frames_to_file, iter_decoded
     from imfcodec.codec import EncoderSettings
+    from imfcodec.metrics import psnr
 
     keys = {v: 0 for v in values}
     clips_with = {v: 0 for v in values}
@@ -146,12 +139,12 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
         for p in paths:
             src = read(p, frames, int(model.model.config.resolution))
             total += len(src)
-            encode_frames_to_file(src, path, fps=Fraction(25), model=model,
+            encode_frames_to_file(src, path, fps=Fraction(FPS), model=model,
                                   settings=EncoderSettings(scenecut=threshold, search_iters=search_iters))
             decoded = [f for _dec, o in iter_decoded(path, model=model) for f in o]
-            per_frame += [_psnr(d, s) for d, s in zip(decoded[1:], src[1:])]
+            per_frame += [psnr(s, d) for d, s in zip(decoded[1:], src[1:])]
             for v in values:
-                r = encode_frames_to_file(src, path, fps=Fraction(25), model=model, settings=EncoderSettings(
+                r = encode_frames_to_file(src, path, fps=Fraction(FPS), model=model, settings=EncoderSettings(
                     scenecut=threshold, search_iters=search_iters, refresh_below=v))
                 keys[v] += len(r.key_frames) - 1
                 clips_with[v] += len(r.key_frames) > 1
@@ -168,7 +161,7 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
 
 @click.command("keyframes", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              default=Path("../shared/data/talking-heads/train"), show_default=True, help="training clips")
+              default=TRAIN_DATA, show_default=True, help="a folder of training clips (not test)")
 @click.option("--frames", type=click.IntRange(min=2), default=750, show_default=True,
               help="frames per clip for the detector's statistics")
 @click.option("--threshold", type=click.FloatRange(min=0, max=100), default=None,
@@ -186,7 +179,7 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
               help="use every N-th clip for --refresh")
 @click.option("--stats/--no-stats", default=True, show_default=True,
               help="the detector's statistics over every clip (false cuts, synthetic cuts)")
-@click.option("--threads", type=int, default=2, show_default=True)
+@threads_option()
 def command(data, frames, threshold, stats, encode, encode_frames, search_iters, hybrid, model, enhancer, refresh,
             refresh_frames, refresh_every, threads):
     import torch

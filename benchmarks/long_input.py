@@ -34,25 +34,11 @@ from types import SimpleNamespace
 import click
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
-from imfcodec.fsutil import write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+from .harness import REPO, threads_option, write_json
+from .memory import peak_rss_mb
+
 PROG = "python -m benchmarks.long_input"
-
-
-def vm_hwm_mb() -> float:
-    """Peak resident set size of this process so far, MiB (Linux VmHWM; ru_maxrss elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
 
 
 def make_clip(path: Path, frames: int, size: int = 64) -> Path:
@@ -85,7 +71,7 @@ def child(argv: list[str]) -> None:
 
     loaded = load_model(model)
     hybrid = is_enhancer(loaded.model)  # an enhancer: the hybrid mode at its default point
-    base = vm_hwm_mb()
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     if what == "encode":
         common = dict(keyint=int(keyint), key_codec=key_codec)
@@ -99,15 +85,15 @@ def child(argv: list[str]) -> None:
         frames = decode_stream(src, dst, model=loaded).frames
     seconds = time.perf_counter() - t0
     print(json.dumps({"what": what, "frames": frames, "seconds": round(seconds, 2), "base_mb": round(base, 1),
-                      "peak_mb": round(vm_hwm_mb(), 1), "output_bytes": os.path.getsize(dst)}))
+                      "peak_mb": round(peak_rss_mb(), 1), "output_bytes": os.path.getsize(dst)}))
 
 
 def measure(what: str, src: Path, dst: Path, args) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     cmd = [sys.executable, "-m", "benchmarks.long_input", "--child", what, str(src), str(dst), args.model,
            str(args.keyint), args.key_codec, str(args.threads), str(-1 if args.refine is None else args.refine)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if out.returncode:
         raise SystemExit(f"{what} child failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -121,7 +107,7 @@ def measure(what: str, src: Path, dst: Path, args) -> dict:
               help="token search steps (default: the encoder's default preset; 0 for a long run of a real model)")
 @click.option("--model", default="random:imf-tiny")
 @click.option("--output", type=click.Choice(["mp4", "y4m"]), default="mp4", help="decoder output format")
-@click.option("--threads", type=int, default=1)
+@threads_option(1, "torch threads of each measured run")
 @click.option("--tolerance", type=float, default=0.10, help="allowed growth of peak RSS (fraction)")
 @click.option("--json", type=click.Path(path_type=Path), help="also write the results here")
 def command(**params) -> int:
@@ -160,11 +146,7 @@ def command(**params) -> int:
         summary[what] = {"ratio": round(ratio, 4), "flat": flat}
         print(f"{what}: peak RSS at {hi} frames / at {lo} frames = {ratio:.3f} "
               f"(working set above base: {work[0]:.1f} vs {work[1]:.1f} MiB) -> {'flat' if flat else 'NOT flat'}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_text(args.json, json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                      for k, v in vars(args).items()},
-                                         "rows": rows, "summary": summary}, indent=1) + "\n")
+    write_json(args.json, vars(args), rows=rows, summary=summary)
     return 0 if ok else 1
 
 

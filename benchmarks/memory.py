@@ -49,7 +49,8 @@ import click
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, GreedyOption, call
 from imfcodec.fsutil import write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+from .harness import REPO, threads_option
+
 PROG = "python -m benchmarks.memory"
 HEAVY = ("triton", "torch._dynamo", "torch._inductor", "torch.utils.flop_counter", "sympy")
 
@@ -115,11 +116,11 @@ def measure_cli(checkout: Path, args: list[str], threads: int) -> dict:
 @click.option("--checkout", "checkouts", cls=GreedyOption, type=click.Path(
     exists=True, file_okay=False, path_type=Path), help="source trees to compare (default: this one)")
 @click.option("--repeat", type=click.IntRange(min=1), default=3)
-@click.option("--threads", type=click.IntRange(min=1), default=2, help="OMP_NUM_THREADS of the children")
+@threads_option(help="OMP_NUM_THREADS of the children")
 @click.option("--device", default=None, help="pass --device to decode (a checkout without it fails)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="also write the rows here")
 def command(streams, checkouts, repeat, threads, device, json_out) -> int:
-    checkouts = [c.resolve() for c in (checkouts or [ROOT])]
+    checkouts = [c.resolve() for c in (checkouts or [REPO])]
     rows = []
     with tempfile.TemporaryDirectory(prefix="imf-memory-") as tmp:
         for _ in range(repeat):  # interleaved, so a change of load touches every checkout alike

@@ -1,6 +1,6 @@
 """Network and codec speed on this machine: per model config, and for the shipped model against x265.
 
-    python -m benchmarks.model_speed [--threads 2] [--frames 40] [--configs imf-small,imf-tiny] [--out FILE.md]
+    python -m benchmarks.model_speed [--threads 2] [--frames 40] [--configs imf-small,imf-tiny] [--out DIR]
     python -m benchmarks.model_speed --configs '' --rounds 7          # only the shipped-model sections
 
 1. Per registered config (seeded random weights: speed does not depend on training), with the decoder's
@@ -46,7 +46,8 @@ import click  # noqa: E402
 import torch  # noqa: E402
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, Command, call  # noqa: E402
-from imfcodec.fsutil import write_text  # noqa: E402
+
+from .harness import out_option, threads_option, write_result  # noqa: E402
 
 PROG = "python -m benchmarks.model_speed"
 SHIPPED = "imf-small-v2"
@@ -635,7 +636,7 @@ def preset_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
 
 
 @click.command("model_speed", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
-@click.option("--threads", type=int, default=2)
+@threads_option()
 @click.option("--frames", type=int, default=40, help="timed calls per measurement (roughly), per-config table")
 @click.option("--configs", default=_all_configs, help="configs of the per-config table ('' for none)")
 @click.option("--shipped/--no-shipped", default=True, help="the shipped-model decoding sections (needs its weights)")
@@ -644,8 +645,7 @@ def preset_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
 @click.option("--clip-frames", type=int, default=50, help="frames of the demo clip decoded per round")
 @click.option("--encode-frames", type=int, default=10, help="frames encoded per preset and round")
 @click.option("--rounds", type=int, default=5, help="rounds of the in-turns timings")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="also write the tables to this markdown file")
+@out_option("model_speed.md")
 def command(**params) -> int:
     import imfcodec.models.imf  # noqa: F401 - flush-to-zero before the first tensor operation starts the threads
 
@@ -672,9 +672,7 @@ def command(**params) -> int:
                  f"({end['torch.mm']:.1f} through `torch.mm`, {end['1x1 conv']:.1f} through the 1x1 convolution).")
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text(args.out, text)
+    write_result(args.out, "model_speed.md", text)
     return 0
 
 

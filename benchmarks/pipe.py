@@ -30,7 +30,6 @@ Timings depend on the machine and its load; the tests only check that the pipe s
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -43,9 +42,9 @@ from types import SimpleNamespace
 import click
 
 from imfcodec.cliutil import CONTEXT_SETTINGS, call
-from imfcodec.fsutil import write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+from .harness import REPO, write_json
+
 PROG = "python -m benchmarks.pipe"
 
 
@@ -149,7 +148,7 @@ def _reader(source, received: list) -> None:
 
 
 def run_pipe(args) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cli = [sys.executable, "-m", "imfcodec.cli"]
     enc_cmd = cli + ["encode", "-", "-o", "-", "--mode", args.mode, "--chunk", str(args.chunk)]
     if args.mode == "token":
@@ -238,10 +237,7 @@ def command(**params) -> int:
         flat &= ok
         print(f"{name}: peak RSS by quarter of the frames {' / '.join(f'{x:.0f}' for x in q)} MiB "
               f"-> {'flat' if ok else 'NOT flat'}")
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_text(args.json_out, json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                          for k, v in params.items()}, **r}, indent=1) + "\n")
+    write_json(args.json_out, params, **r)
     return 0 if flat else 1
 
 

@@ -49,6 +49,7 @@ from imfcodec.baselayer import DEFAULT_EFFORT, EFFORTS  # noqa: E402
 from imfcodec.settings import BASE_CODECS  # noqa: E402
 
 from . import require_bench_extra  # noqa: E402
+from .harness import BenchError, find_clips, out_option, threads_option  # noqa: F401 - re-exported
 from .anchors import ANCHORS, DEFAULT_UPSCALE, UPSCALE_FILTERS, coded_size, parse_scale, scale_label
 from .quality import METRICS, PerceptualSpec, perceptual_status, vmaf_status
 from .runners import Job, JobResult, Point, run_job
@@ -56,8 +57,6 @@ from .runners import Job, JobResult, Point, run_job
 CODECS = ("imfcodec", "hybrid", "hybrid-bicubic", "x264", "x265", "svtav1", "vp9", "repeat")
 HYBRID_CODECS = ("hybrid", "hybrid-bicubic")
 DEFAULT_FRAMES = 250  # JVET GFVC VoxCeleb sequences are 250 frames
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".y4m", ".264", ".h264",
-                  ".265", ".h265", ".hevc", ".ivf", ".obu", ".flv", ".ts"}
 # imfcodec operating points: token quality paired with a key-frame quality offset from the key
 # codec's default (hevc: 21 = CRF 30), so rate and quality grow together along the ladder.
 IMF_TOKEN_QUALITIES = (6, 9, 9, 12)  # index 1 = the encoder defaults (q9, hevc21)
@@ -78,10 +77,6 @@ COLUMNS = [
 KEY = ("clip", "codec", "point", "config", "model")
 
 
-class BenchError(Exception):
-    """A user error in the benchmark's arguments (printed as one line)."""
-
-
 # ------------------------------------------------------------------------------------ arguments
 
 
@@ -92,7 +87,7 @@ PROG = "python -m benchmarks.rd"
                help="Rate-distortion, speed and memory benchmark of imfcodec against conventional codecs.")
 @click.option("--videos", multiple=True, required=True, metavar="PATH",
               help="folder of clips, or one clip (repeatable)")
-@click.option("--out", required=True, metavar="DIR", help="output folder (rd.csv, summary.md, plots)")
+@out_option("rd.csv, summary.md, rd_*.png, streams/, cache/", required=True)
 @click.option("--frames", type=int, default=DEFAULT_FRAMES,
               help=f"frames per clip, from the start (default {DEFAULT_FRAMES}; 0 = whole clip)")
 @click.option("--size", type=int, default=None,
@@ -110,7 +105,7 @@ PROG = "python -m benchmarks.rd"
                    "layer's, as `--preset` is in the hybrid mode); rows go to their own config "
                    "(default: medium)")
 @click.option("--jobs", type=int, default=1, help="(clip, codec) jobs run in parallel (default 1)")
-@click.option("--threads", type=int, default=1, help="threads per codec and per torch (default 1)")
+@threads_option(1, "threads per codec and per torch (1: each job measures one core)")
 @click.option("--quick", is_flag=True, help="2 rate points per codec (for tests and smoke runs)")
 @click.option("--ladder", multiple=True, metavar="CODEC=V,V,...",
               help="override a ladder: x265=51,45,39,33 ; imfcodec=Q:KQ,Q:KQ ; repeat=KQ,KQ")
@@ -221,31 +216,6 @@ def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec:
 
 
 # ------------------------------------------------------------------------------------ references
-
-
-def find_clips(paths: Sequence[str], keep: Sequence[str] | None) -> dict[str, Path]:
-    """Clip name (file stem, made unique) -> path, sorted by name."""
-    files: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise BenchError(f"--videos {raw}: no such file or folder")
-    clips: dict[str, Path] = {}
-    for f in files:
-        name = f.stem if f.stem not in clips else f.name.replace(".", "_")
-        clips[name] = f
-    if keep:
-        missing = [k for k in keep if k not in clips]
-        if missing:
-            raise BenchError(f"--clips: not found: {', '.join(missing)} (have: {', '.join(sorted(clips))})")
-        clips = {k: clips[k] for k in keep}
-    if not clips:
-        raise BenchError("no video clips found in --videos")
-    return dict(sorted(clips.items()))
 
 
 def prepare_reference(name: str, src: Path, size: int, frames: int, cache: Path) -> tuple[Path, Fraction, int, bool]:
