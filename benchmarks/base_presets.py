@@ -32,7 +32,7 @@ def measure(frames: np.ndarray, codec: str, factor: int, quality: int, effort: s
     import torch
 
     from imfcodec.baselayer import BaseDecoder, BaseEncoder, base_size
-    from imfcodec.codec import to_tensor, to_uint8
+    from imfcodec.modes.common import to_tensor, to_uint8
     from imfcodec.metrics import psnr
     from imfcodec.models import upscale
 

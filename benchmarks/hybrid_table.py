@@ -44,7 +44,8 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
     import torch
 
     from imfcodec.api import encode_frames_to_file, iter_decoded
-    from imfcodec.codec import EncoderSettings, to_tensor, to_uint8
+    from imfcodec.modes.common import to_tensor, to_uint8
+    from imfcodec.settings import EncoderSettings
     from imfcodec.metrics import psnr
 
     from .runners import hybrid_startup_bytes
@@ -93,7 +94,7 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     import torch
 
     from imfcodec.errors import InputError
-    from imfcodec.hybrid import load_enhancer
+    from imfcodec.modes.hybrid import load_enhancer
     from imfcodec.ratecontrol import DEFAULT_DURATION_S, OperatingPoint, save_table, table_path
 
     codecs = [c.strip() for c in base_codecs.split(",") if c.strip()]

@@ -214,7 +214,7 @@ def markdown(abl: list[dict], res: list[dict], info: dict, enh: list[dict] | Non
 def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
     import torch
 
-    from imfcodec.hybrid import load_enhancer
+    from imfcodec.modes.hybrid import load_enhancer
     from imfcodec.train.data import load_clips
     from imfcodec.train.hybrid import code_clip
 

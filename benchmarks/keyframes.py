@@ -94,7 +94,7 @@ def encode_cut(a: Path, b: Path, frames: int, threshold: float, search_iters: in
     """A synthetic cut clip (A then B) coded with the detector on and off, by the token model ``model`` and,
     if given, the hybrid mode's ``enhancer`` (both ``zoo.LoadedModel``; frames at their resolution)."""
     from imfcodec.api import encode_frames_to_file, iter_decoded
-    from imfcodec.codec import EncoderSettings
+    from imfcodec.settings import EncoderSettings
     from imfcodec.metrics import psnr
 
     size = int(model.model.config.resolution)
@@ -127,7 +127,7 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
     """Key frames that --refresh-below makes on normal clips, and the PSNR a plain encode decodes to, with
     the token model ``model`` (a ``zoo.LoadedModel``)."""
     from imfcodec.api import encode_frames_to_file, iter_decoded
-    from imfcodec.codec import EncoderSettings
+    from imfcodec.settings import EncoderSettings
     from imfcodec.metrics import psnr
 
     keys = {v: 0 for v in values}
@@ -203,7 +203,7 @@ def command(data, frames, threshold, stats, encode, encode_frames, search_iters,
     if stats:
         detector_stats(paths, frames, threshold)
     if encode or values:
-        from imfcodec.hybrid import load_enhancer
+        from imfcodec.modes.hybrid import load_enhancer
         from imfcodec.zoo import load_model
 
         loaded = load_model(model)

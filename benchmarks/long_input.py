@@ -64,8 +64,8 @@ def child(argv: list[str]) -> None:
 
     torch.set_num_threads(int(threads))
     from imfcodec.api import decode_stream, encode_video
-    from imfcodec.codec import EncoderSettings
-    from imfcodec.hybrid import is_enhancer
+    from imfcodec.settings import EncoderSettings
+    from imfcodec.modes.hybrid import is_enhancer
     from imfcodec.settings import hybrid_defaults
     from imfcodec.zoo import load_model
 

@@ -154,7 +154,9 @@ DECODE_FRAME = "decode_frame"  # the codec's region around IMF.decode_frame; the
 UNACCOUNTED = "unaccounted"
 TOKEN_ENCODE_STAGES = ("scene cut", "key-frame encode", "key token (E_T)", "reference features", "E_T",
                        "token search", "entropy coding", IO)
-HYBRID_ENCODE_STAGES = ("scene cut", "key-frame encode", "base-layer encode", IO)
+# the guard (the default) decodes what the encoder sends: the decoder's stages run inside the encode too
+HYBRID_ENCODE_STAGES = ("scene cut", "key-frame encode", "base-layer encode", "guard", "key-frame decode",
+                        "base-layer decode", "upscale", "enhancer key preparation", "enhancer", "output conversion", IO)
 HYBRID_DECODE_STAGES = (IO, SETUP, "key-frame decode", "base-layer decode", "upscale", "enhancer key preparation",
                         "enhancer", "output conversion")
 
@@ -219,7 +221,7 @@ def staged_decode(model, data: bytes, now=time.perf_counter) -> tuple[dict[str, 
     clock: wall seconds, or a FLOP counter's total)."""
     from imfcodec.bitstream import StreamReader
     from imfcodec.codec import Decoder
-    from imfcodec.hybrid import HybridDecoder, is_enhancer
+    from imfcodec.modes.hybrid import HybridDecoder, is_enhancer
     from imfcodec.stages import StageClock, stage
 
     clock = StageClock(now)
@@ -391,7 +393,7 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
 
     from benchmarks.anchors import ANCHORS, decode_file, encode_decode
     from imfcodec.codec import encode_frames
-    from imfcodec.hybrid import HybridDecoder, HybridEncoder, load_enhancer
+    from imfcodec.modes.hybrid import HybridDecoder, HybridEncoder, load_enhancer
     from imfcodec.io.sample import sample_frames
 
     loaded = load_enhancer(None)
@@ -454,7 +456,7 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
 
     in_turns({"encode": encode, 1: decode(1), 5: decode(5)}, rounds)
     flops = count_flops(model, lambda now: staged_decode(model, data[5], now))
-    names = (*HYBRID_ENCODE_STAGES[:-1], *HYBRID_DECODE_STAGES)
+    names = tuple(dict.fromkeys((*HYBRID_ENCODE_STAGES[:-1], *HYBRID_DECODE_STAGES)))
     cols = {label: median_stages(runs[k][1:], names)
             for label, k in (("encode", "encode"), ("decode, chunk 1", 1), ("decode, chunk 5", 5))}
     lines += ["", f"Stages of the hybrid mode, the same {n_frames} frames (`HybridEncoder` at chunk 5 into a stream "

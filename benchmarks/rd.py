@@ -298,7 +298,7 @@ def _model_identity(spec: str | None, enhancer: bool = False) -> tuple[int, str]
     from imfcodec.zoo import load_model
 
     if enhancer:
-        from imfcodec.hybrid import load_enhancer
+        from imfcodec.modes.hybrid import load_enhancer
 
         loaded = load_enhancer(spec)
     else:

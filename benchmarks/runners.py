@@ -276,7 +276,7 @@ def _imfcodec_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, er
     import torch  # noqa: F401 - part of the codec's footprint
 
     from imfcodec.bitstream import iter_packet_records
-    from imfcodec.codec import EncoderSettings
+    from imfcodec.settings import EncoderSettings
     from imfcodec.zoo import load_model
 
     set_threads(job.threads)
@@ -311,8 +311,8 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
     import torch  # noqa: F401 - part of the codec's footprint
 
     from imfcodec.baselayer import base_size
-    from imfcodec.codec import EncoderSettings
-    from imfcodec.hybrid import load_enhancer
+    from imfcodec.settings import EncoderSettings
+    from imfcodec.modes.hybrid import load_enhancer
 
     set_threads(job.threads)
     loaded = load_enhancer(job.model)
