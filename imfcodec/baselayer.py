@@ -121,8 +121,11 @@ def list_base_codecs() -> list[str]:
 
 def base_size(size: int, factor: int) -> int:
     """Side of the base layer for a ``size`` frame coded at 1/``factor`` (even, for 4:2:0)."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise InputError(f"a base layer is coded at 1/factor of the frame size for an integer factor >= 1, "
+                         f"got {factor!r}")
     side = (size // factor) // 2 * 2
-    if factor < 1 or side < MIN_BASE_SIDE:
+    if side < MIN_BASE_SIDE:
         raise InputError(f"a base layer at 1/{factor} of {size} px would be {side} px; "
                          f"the minimum is {MIN_BASE_SIDE}")
     return side
