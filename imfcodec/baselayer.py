@@ -45,7 +45,8 @@ import numpy as np
 from .errors import CorruptStreamError, InputError, UnsupportedStreamError
 from .keyframe._common import frame_to_rgb, rgb_to_frame
 from .limits import BASE_DECODER_MIN_PIXELS, MIN_BASE_SIDE, decoder_max_pixels
-from .presets import DEFAULT_EFFORT, EFFORTS, SVTAV1_EFFORT, VP9_EFFORT, svtav1_options, vp9_options, x265_options  # noqa: F401
+from .presets import (DEFAULT_EFFORT, EFFORTS, SVTAV1_EFFORT, VP9_EFFORT,  # noqa: F401 (old names)
+                      svtav1_options, vp9_options, x265_options)
 
 
 @dataclass(frozen=True)
