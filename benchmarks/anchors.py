@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imfcodec.baselayer import DEFAULT_EFFORT, SVTAV1_EFFORT, VP9_EFFORT
+from imfcodec.presets import DEFAULT_EFFORT, svtav1_options, vp9_options, x264_options, x265_options
 
 # SVT-AV1 prints a banner to stderr for every encoder it opens; 1 = errors only.
 os.environ.setdefault("SVT_LOG", "1")
@@ -69,31 +69,24 @@ class AnchorSpec:
 
 
 #: ``benchmarks.rd --effort``: every anchor's own speed setting of that name, the same as the hybrid mode's base
-#: layer takes for ``--preset`` (one table, ``imfcodec.baselayer``): x264/x265 presets, SVT-AV1 12/10/8/6/4,
-#: VP9 realtime 8 and good 4/2/1/0. ``medium`` is the setting of every published number.
+#: layer takes for ``--preset``: one table and one set of option builders, ``imfcodec.presets`` (an anchor is
+#: their ``gop=N`` form: a key frame every N frames). ``medium`` is the setting of every published number.
 
 
 def _x264(value: int, gop: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
-    return {"preset": effort, "crf": str(value), "threads": str(threads),
-            "x264-params": f"bframes=0:keyint={gop}:min-keyint={gop}:scenecut=0"}
+    return x264_options(value, threads, effort, gop)
 
 
 def _x265(value: int, gop: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
-    return {"preset": effort, "crf": str(value),
-            "x265-params": (f"bframes=0:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:info=0:"
-                            f"log-level=error:pools={threads}:frame-threads={threads}")}
+    return x265_options(value, threads, effort, gop)
 
 
 def _svtav1(value: int, gop: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
-    # pred-struct=1 is SVT-AV1's low-delay prediction structure (no reordering).
-    return {"preset": str(SVTAV1_EFFORT[effort]), "crf": str(value), "svtav1-params": f"pred-struct=1:keyint={gop}:scd=0:lp={threads}"}
+    return svtav1_options(value, threads, effort, gop)
 
 
 def _vp9(value: int, gop: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
-    # lag-in-frames=0 + auto-alt-ref=0: no hidden alt-ref frames, every packet is shown at once.
-    deadline, cpu_used = VP9_EFFORT[effort]
-    return {"crf": str(value), "b": "0", "deadline": deadline, "cpu-used": str(cpu_used), "lag-in-frames": "0",
-            "auto-alt-ref": "0", "row-mt": "1", "threads": str(threads), "keyint_min": str(gop)}
+    return vp9_options(value, threads, effort, gop)
 
 
 # Ladders span roughly 10..60 kbit/s on 256x256 25 fps talking heads (measured on liveportrait_d12,

@@ -24,13 +24,12 @@ name     coding                                                 range    mapping
 =======  =====================================================  =======  ===========================
 
 The table gives the default effort (``medium``); ``--preset`` picks another speed setting of the same encoder
-(``EFFORTS``: x265's presets of the same names, VP9 ``realtime`` cpu-used 8 and ``good`` cpu-used 4/2/1/0,
-SVT-AV1 presets 12/10/8/6/4), which changes the bytes, not the format.
+(``imfcodec.presets``, the table shared with the benchmarks' anchors), which changes the bytes, not the format.
 
 Why VP9 beside HEVC: at the base layer's rates (3-15 kbit/s at 64-128 px) VP9 is the strongest of the
-conventional anchors on the held-out training clips (BD-rate of the bicubic-upscaled base against this x265
-setting: -10 % on the three moving clips, +1 to +3 % on the two near-still ones), and the enhancer lifts any base it is given, so the base codec a user
-picks should be the one that wins at the rate. A VP9 frame has no fixed prefix, so it is stored as it is.
+conventional anchors on the held-out training clips (the BD-rates of the upscaled base against this x265
+setting are in ``benchmarks/results/2026-11-28-hybrid-vp9-enh-small-60455f82/NOTES.md``), and the enhancer
+lifts any base it is given, so the base codec a user picks should be the one that wins at the rate. A VP9 frame has no fixed prefix, so it is stored as it is.
 """
 
 from __future__ import annotations
@@ -45,9 +44,9 @@ import numpy as np
 
 from .errors import CorruptStreamError, InputError, UnsupportedStreamError
 from .keyframe._common import frame_to_rgb, rgb_to_frame
-from .settings import DEFAULT_PRESET, PRESETS
-
-MIN_BASE_SIDE = 16  # x265 and SVT-AV1 refuse smaller pictures (8 for SVT-AV1; 16 keeps one rule)
+from .limits import BASE_DECODER_MIN_PIXELS, MIN_BASE_SIDE, decoder_max_pixels
+from .presets import (DEFAULT_EFFORT, EFFORTS, SVTAV1_EFFORT, VP9_EFFORT,  # noqa: F401 (old names)
+                      svtav1_options, vp9_options, x265_options)
 
 
 @dataclass(frozen=True)
@@ -70,39 +69,23 @@ class BaseCodec:
         return int(quality)
 
 
-#: the encoder's effort (``--preset`` in the hybrid mode): the base encoders' own speed settings per name.
-#: Only the encoder changes; the stream and the decoder are the same format at every effort. Measured on the
-#: held-out training clips (``benchmarks/base_presets.py``).
-EFFORTS = tuple(PRESETS)  # the same names as --preset (imfcodec.settings)
-DEFAULT_EFFORT = DEFAULT_PRESET
-VP9_EFFORT = {"ultrafast": ("realtime", 8), "fast": ("good", 4), "medium": ("good", 2), "slow": ("good", 1),
-               "veryslow": ("good", 0)}
-SVTAV1_EFFORT = {"ultrafast": 12, "fast": 10, "medium": 8, "slow": 6, "veryslow": 4}
-
-
-def _effort(effort: str) -> str:
-    if effort not in EFFORTS:
-        raise InputError(f"base-layer effort must be one of {', '.join(EFFORTS)}, got {effort!r}")
-    return effort
+# The encoder's effort (``--preset`` in the hybrid mode): the base encoders' own speed settings per name, and
+# their options, come from the one table and option builders of ``imfcodec.presets`` (shared with the
+# benchmarks' anchors). Only the encoder changes; the stream and the decoder are the same format at every
+# effort. The base layer codes a low-delay stream (``gop=None``): key frames only where one is forced.
+# EFFORTS, DEFAULT_EFFORT, VP9_EFFORT and SVTAV1_EFFORT are re-exported from there under their old names.
 
 
 def _x265(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
-    params = f"keyint=-1:scenecut=0:open-gop=0:repeat-headers=1:info=0:log-level=error:pools={threads}"
-    return {"crf": str(51 - quality), "preset": _effort(effort), "tune": "zerolatency", "forced-idr": "1",
-            "x265-params": params}
+    return x265_options(51 - quality, threads, effort)
 
 
 def _vp9(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
-    # lag-in-frames=0 and auto-alt-ref=0: no hidden alt-ref frames, so exactly one shown frame per packet;
-    # g: no automatic key frames (a key frame is forced where the stream has one)
-    deadline, cpu_used = VP9_EFFORT[_effort(effort)]
-    return {"crf": str(63 - quality), "b": "0", "deadline": deadline, "cpu-used": str(cpu_used),
-            "lag-in-frames": "0", "auto-alt-ref": "0", "row-mt": "1", "threads": str(threads), "g": "1000000"}
+    return vp9_options(63 - quality, threads, effort)
 
 
 def _svtav1(quality: int, threads: int, effort: str = DEFAULT_EFFORT) -> dict[str, str]:
-    return {"crf": str(63 - quality), "preset": str(SVTAV1_EFFORT[_effort(effort)]),
-            "svtav1-params": f"pred-struct=1:scd=0:keyint=-1:lp={threads}"}
+    return svtav1_options(63 - quality, threads, effort)
 
 
 _REGISTRY: dict[str, BaseCodec] = {}
@@ -139,8 +122,11 @@ def list_base_codecs() -> list[str]:
 
 def base_size(size: int, factor: int) -> int:
     """Side of the base layer for a ``size`` frame coded at 1/``factor`` (even, for 4:2:0)."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise InputError(f"a base layer is coded at 1/factor of the frame size for an integer factor >= 1, "
+                         f"got {factor!r}")
     side = (size // factor) // 2 * 2
-    if factor < 1 or side < MIN_BASE_SIDE:
+    if side < MIN_BASE_SIDE:
         raise InputError(f"a base layer at 1/{factor} of {size} px would be {side} px; "
                          f"the minimum is {MIN_BASE_SIDE}")
     return side
@@ -216,7 +202,7 @@ class BaseDecoder:
     def restart(self) -> None:
         ctx = av.CodecContext.create(self.codec.decoder, "r")
         ctx.thread_count = 1
-        ctx.options = {"max_pixels": str(max(4 * self.width * self.height, 1 << 16))}
+        ctx.options = {"max_pixels": str(decoder_max_pixels(self.width, self.height, BASE_DECODER_MIN_PIXELS))}
         self._ctx = ctx
 
     def decode(self, data: bytes) -> np.ndarray:

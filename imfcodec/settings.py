@@ -22,45 +22,8 @@ DEFAULT_CHUNK = 5
 DEFAULT_SCENECUT = 10.0
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named encoder effort (``--preset``, like x265's). Token mode: how hard the encoder searches for each
-    frame's token (``imfcodec.token_search``); ``fps``: measured encoding speed of the shipped model at
-    256x256 on 2 CPU cores (``python -m benchmarks.model_speed``, encoder section). Hybrid mode: the base
-    encoder's speed setting of the same name (``baselayer.EFFORTS``); ``base``: what it measured for a VP9
-    base at 1/2 against ``medium`` (``python -m benchmarks.base_presets``). Both shown in ``--help``."""
-
-    search_iters: int  # token search: Adam steps through the decoder per frame (--refine)
-    fps: float
-    what: str
-    base: str = ""
-
-    def describe(self) -> str:
-        return f"{self.what}, about {self.fps:g} frames/s"
-
-
-# One home for the presets. Every preset codes the same format; only the encoder's effort differs.
-# Speeds: benchmarks/results/model_speed.md (2026-11-28, the 2-core build machine's AVX-512 EPYC with a 438
-# GFLOP/s matmul peak, per-frame work after the key frame; an older 212 GFLOP/s CPU ran at about half).
-# Quality on 5 held-out training clips (60 frames, q9, hevc21 key), against ultrafast: fast +0.31 dB,
-# medium +0.33 dB at -9 % steady-state rate, slow +0.52 dB at +16 %, veryslow +0.66 dB at +57 % (the search
-# trades bits for distortion at the price lam of token_search.SearchSettings). 2 steps gained 0.06 dB: the
-# first step never moves the token, the second moves every channel by one, which rarely pays.
-PRESETS: dict[str, Preset] = {
-    "ultrafast": Preset(0, 111, "E_T's token, no search (real time)", "VP9 realtime cpu-used 8: +34.8 % bits, 8.3x"),
-    "fast": Preset(3, 5.6, "token search, 3 steps", "VP9 cpu-used 4: +4.0 % bits, 1.8x"),
-    "medium": Preset(4, 4.0, "token search, 4 steps", "VP9 cpu-used 2, about 400 frames/s"),
-    "slow": Preset(8, 1.9, "token search, 8 steps", "VP9 cpu-used 1: -1.9 % bits, 0.80x"),
-    "veryslow": Preset(16, 0.94, "token search, 16 steps", "VP9 cpu-used 0: -3.4 % bits, 0.40x"),
-}
-# The hybrid mode's efforts (base-layer BD-rate at the same upscaled-base PSNR and encoder speed against
-# medium, VP9 at 1/2 on the 5 held-out training clips: benchmarks/results/2026-11-28-base-presets-heldout-train/).
-# On the test clips the 4 steps of "medium" took the shipped model from +1.26 to +1.87 dB over
-# repeat-the-key-frame at a lower rate (README). A live sender in the token mode on a CPU uses "ultrafast": the
-# only preset that runs in real time there (any search costs at least one decoder pass forward and backward per
-# frame). In the hybrid mode, the default, every preset runs in real time (the slowest, veryslow, at about 160
-# frames/s of base-layer encoding).
-DEFAULT_PRESET = "medium"
+# The named efforts (--preset) and what each encoder does at each: one table, imfcodec.presets (re-exported here).
+from .presets import DEFAULT_PRESET, PRESETS, Preset  # noqa: E402,F401
 
 
 def _preset(name: str) -> Preset:

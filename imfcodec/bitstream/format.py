@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 from ..errors import BitstreamError
+# Wire limits and a reader's Limits: defined in imfcodec.limits; the entropy coder and the codec import them from here.
+from ..limits import MAX_CHUNK, MAX_DURATION, MAX_FPS_TERM, MAX_NAME, MAX_TIME, MAX_TOKEN_DIM, Limits  # noqa: F401
 
 MAGIC = b"\x8bIMF\r\n\x1a\n"
 """PNG-style signature: a high-bit byte, CR LF, ^Z and LF, so 7-bit and text-mode transfers are caught."""
@@ -38,25 +40,8 @@ FLAG_ENHANCER_SWITCH = 0x02  # base packets may be 'b' records: their frames are
 
 CRC_SIZE = 4
 VARINT_MAX_BYTES = 10  # enough for any value < 2**64
-MAX_NAME = 64  # bytes, for the model and key-codec names
 WEIGHTS_HASH_SIZE = 16
-# Wire limits: defined here only; the entropy coder and the codec import them.
-MAX_TOKEN_DIM = 256  # channels per token (header token_dim)
-MAX_CHUNK = 1024  # frames per token packet (header chunk)
-MAX_FPS_TERM = 2**32 - 1  # numerator and denominator of the frame rate (and of the time base)
-MAX_DURATION = 2**32 - 1  # ticks one frame may be shown (timing records)
-MAX_TIME = 2**63 - 1  # a frame's end time in ticks: what every container's int64 timestamps hold
 MAX_U8 = 255
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits a reader enforces before trusting any size in a stream (all overridable)."""
-
-    max_width: int = 4096
-    max_height: int = 4096
-    max_frames: int = 1_000_000
-    max_packet: int = 64 * 1024 * 1024  # bytes of payload in one record
 
 
 @dataclass(frozen=True)

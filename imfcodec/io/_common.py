@@ -8,10 +8,10 @@ from typing import Any, Union
 import numpy as np
 
 from ..errors import InputError
+from ..limits import MAX_FPS as _MAX_FPS
+from ..limits import MAX_FRAME_SIDE
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-_MAX_FPS = 1000
 
 
 def _one_line(e: BaseException) -> str:
@@ -20,6 +20,6 @@ def _one_line(e: BaseException) -> str:
 
 
 def _check_size(size: Any, what: str = "size") -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= 8192:
-        raise InputError(f"{what} must be an integer in [1, 8192], got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= MAX_FRAME_SIDE:
+        raise InputError(f"{what} must be an integer in [1, {MAX_FRAME_SIDE}], got {size!r}")
     return int(size)

@@ -15,6 +15,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 
 from ..errors import CorruptStreamError, InputError
+from ..limits import KEY_DECODER_MIN_PIXELS, MAX_KEY_SIDE, decoder_max_pixels
 
 _SWS = Interpolation.AREA
 for _flag in ("ACCURATE_RND", "BITEXACT"):  # swscale flags (PyAV >= 14 exposes them)
@@ -47,7 +48,7 @@ def check_payload(data: Any, width: Any, height: Any, name: str) -> bytes:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CorruptStreamError(f"{name} key frame: payload must be bytes, got {type(data).__name__}")
     for v in (width, height):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 16384:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_KEY_SIDE:
             raise CorruptStreamError(f"{name} key frame: impossible size {width!r}x{height!r}")
     data = bytes(data)
     if not data:
@@ -106,9 +107,9 @@ def decode_frame(decoder: str, data: bytes, width: int, height: int, options: di
     """Decode a one-picture elementary stream; exactly one picture of the expected size, else corrupt.
 
     ``max_pixels`` stops a forged header from making the decoder allocate a huge picture (the cap
-    has slack so that a merely wrong size reaches the clearer size check below).
+    has slack so that a merely wrong size reaches the clearer size check below: ``imfcodec.limits``).
     """
-    opts = {"max_pixels": str(max(4 * width * height, 1 << 20)), **options}
+    opts = {"max_pixels": str(decoder_max_pixels(width, height, KEY_DECODER_MIN_PIXELS)), **options}
     try:
         ctx = av.CodecContext.create(decoder, "r")
         ctx.thread_count = 1
