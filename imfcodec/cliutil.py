@@ -113,9 +113,9 @@ class ProgressLines:
     callback, the instance its ``progress`` callback; what the command line shows, and what the API's
     ``progress=True`` shows."""
 
-    def __init__(self, desc: str, seconds: float = PROGRESS_SECONDS) -> None:
+    def __init__(self, desc: str, seconds: float | None = None) -> None:
         self.desc = desc
-        self.seconds = seconds
+        self.seconds = PROGRESS_SECONDS if seconds is None else seconds
         self.total: int | None = None
         self.done = 0
         self.t0 = time.monotonic()
