@@ -121,7 +121,7 @@ def encode_cut(a: Path, b: Path, frames: int, threshold: float, search_iters: in
                 path = Path(tmp) / "c.imf"
                 t0 = time.perf_counter()
                 r = encode_frames_to_file(src, path, fps=Fraction(25), model=loaded,
-                                          settings=EncoderSettings(scenecut=sc, **kw))
+                                          settings=EncoderSettings(scenecut=sc, **kw), overwrite=True)
                 enc_s = time.perf_counter() - t0
                 out = [f for _dec, o in iter_decoded(path, model=loaded) for f in o]
                 p = [_psnr(d, s) for d, s in zip(out, src)]
@@ -146,13 +146,14 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
         for p in paths:
             src = read(p, frames, int(model.model.config.resolution))
             total += len(src)
-            encode_frames_to_file(src, path, fps=Fraction(25), model=model,
+            encode_frames_to_file(src, path, fps=Fraction(25), model=model, overwrite=True,
                                   settings=EncoderSettings(scenecut=threshold, search_iters=search_iters))
             decoded = [f for _dec, o in iter_decoded(path, model=model) for f in o]
             per_frame += [_psnr(d, s) for d, s in zip(decoded[1:], src[1:])]
             for v in values:
-                r = encode_frames_to_file(src, path, fps=Fraction(25), model=model, settings=EncoderSettings(
-                    scenecut=threshold, search_iters=search_iters, refresh_below=v))
+                r = encode_frames_to_file(src, path, fps=Fraction(25), model=model, overwrite=True, settings=
+                                          EncoderSettings(scenecut=threshold, search_iters=search_iters,
+                                                          refresh_below=v))
                 keys[v] += len(r.key_frames) - 1
                 clips_with[v] += len(r.key_frames) > 1
             print(f"  {p.name}: done [{time.perf_counter() - t0:.0f} s]", flush=True)
