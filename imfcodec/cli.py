@@ -26,7 +26,7 @@ import click
 from click.core import ParameterSource
 
 from .devices import DEFAULT_DEVICE, DEVICE_HELP
-from .errors import ArgumentError, IMFError, IMFWarning, OutputExistsError
+from .errors import ArgumentError, IMFError, IMFWarning
 from .settings import (BASE_CODECS, BASE_SCALES, DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_MODE, DEFAULT_PRESET,
                        MODES, PRESETS, EncoderSettings)
 
@@ -52,13 +52,14 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, err
 # translated through it). Longest first where one name ends another's.
 _FLAGS = {
     "overwrite=True": "-y (--overwrite)", "guard=False": "--no-guard", "guard=": "--no-guard",
+    "enhance=False": "--no-enhance",
     "quality=": "--quality", "keyint=": "--keyint", "chunk=": "--chunk", "search_iters=": "--refine",
     "preset=": "--preset", "scenecut=": "--scenecut", "refresh_below=": "--refresh-below",
     "key_codec=": "--key-codec", "key_quality=": "--key-quality", "base_codec=": "--base-codec",
     "base_factor=": "--base-scale", "base_quality=": "--base-quality", "enhancer=": "--enhancer",
     "mode=": "--mode", "max_frames=": "--frames", "fps=": "--fps", "device=": "--device", "model=": "--model",
 }
-_FLAG_NAMES = re.compile("|".join(r"(?<![\w.-])" + re.escape(k) for k in _FLAGS))
+_FLAG_NAMES = re.compile("|".join(r"(?<![\w./\\-])" + re.escape(k) for k in _FLAGS))
 
 
 def _as_flags(message: str) -> str:
@@ -103,7 +104,7 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             usage = isinstance(e, ArgumentError)  # a bad option value: a usage error, as click's own
-            click.echo(f"error: {_as_flags(str(e)) if usage or isinstance(e, OutputExistsError) else e}", err=True)
+            click.echo(f"error: {_as_flags(str(e))}", err=True)
             if getattr(e, "errno", None) == errno.EPIPE:
                 _quiet_stdout()
             ctx.exit(EXIT_USAGE if usage else EXIT_ERROR)
