@@ -174,11 +174,11 @@ class EncoderSettings:
         s = self.in_mode(self.chosen_mode)
         lo, hi = QUALITY_RANGE
         if not _is_int(s.quality) or not lo <= s.quality <= hi:
-            raise ArgumentError(f"quality= must be an integer in {lo}..{hi}, got {s.quality!r}")
+            raise ArgumentError(f"quality= must be in {lo}..{hi}, got {s.quality!r}")
         if not _is_int(s.keyint) or s.keyint < 0:
-            raise ArgumentError(f"keyint= must be an integer >= 0 (0 = one key frame), got {s.keyint!r}")
+            raise ArgumentError(f"keyint= must be >= 0 (0 = one key frame), got {s.keyint!r}")
         if not _is_int(s.chunk) or not 1 <= s.chunk <= MAX_ENCODER_CHUNK:
-            raise ArgumentError(f"chunk= must be an integer in 1..{MAX_ENCODER_CHUNK}, got {s.chunk!r}")
+            raise ArgumentError(f"chunk= must be in 1..{MAX_ENCODER_CHUNK}, got {s.chunk!r}")
         if not _is_int(s.search_iters) or not 0 <= s.search_iters <= MAX_ITERS:
             raise ArgumentError(f"search_iters= must be an integer in 0..{MAX_ITERS}, got {s.search_iters!r}")
         SearchSettings(s.search_iters).validated()
@@ -197,7 +197,7 @@ class EncoderSettings:
             kq = _MODE_KEY_QUALITY[s.mode].get(s.key_codec, codec.default_quality)
         klo, khi = codec.quality_range
         if not _is_int(kq) or not klo <= kq <= khi:
-            raise ArgumentError(f"key_quality= for {s.key_codec} must be an integer in {klo}..{khi}, got {kq!r}")
+            raise ArgumentError(f"key_quality= for {s.key_codec} must be in {klo}..{khi}, got {kq!r}")
         out = replace(s, key_quality=kq, **getattr(s, f"_validated_{s.mode}")())
         object.__setattr__(out, "_checked", True)
         return out
@@ -233,7 +233,7 @@ class EncoderSettings:
         bq = codec.default_quality if self.base_quality is None else self.base_quality
         blo, bhi = codec.quality_range
         if not _is_int(bq) or not blo <= bq <= bhi:
-            raise ArgumentError(f"base_quality= for {codec.name} must be an integer in {blo}..{bhi}, got {bq!r}")
+            raise ArgumentError(f"base_quality= for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
         return {"base_quality": bq}
 
 
