@@ -54,7 +54,8 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
     settings = EncoderSettings(base_codec=codec, base_factor=factor, base_quality=bq, key_codec="hevc",
                                key_quality=kq)
     path = tmp / "p.imf"
-    coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings)
+    coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings,
+                                  overwrite=True)
     startup = hybrid_startup_bytes(path)
     n = len(frames)
     smalls, key_image = [], None

@@ -112,7 +112,7 @@ def encode_cut(a: Path, b: Path, frames: int, threshold: float, search_iters: in
             for label, sc in ((f"--scenecut {threshold:g}", threshold), ("--no-scenecut", 0.0)):
                 path = Path(tmp) / "c.imf"
                 t0 = time.perf_counter()
-                r = encode_frames_to_file(src, path, fps=Fraction(FPS), model=loaded,
+                r = encode_frames_to_file(src, path, fps=Fraction(FPS), model=loaded, overwrite=True,
                                           settings=EncoderSettings(scenecut=sc, **kw))
                 enc_s = time.perf_counter() - t0
                 out = [f for _dec, o in iter_decoded(path, model=loaded) for f in o]
@@ -139,12 +139,12 @@ def refresh_counts(paths: list[Path], frames: int, values: list[float], threshol
         for p in paths:
             src = read(p, frames, int(model.model.config.resolution))
             total += len(src)
-            encode_frames_to_file(src, path, fps=Fraction(FPS), model=model,
+            encode_frames_to_file(src, path, fps=Fraction(FPS), model=model, overwrite=True,
                                   settings=EncoderSettings(scenecut=threshold, search_iters=search_iters))
             decoded = [f for _dec, o in iter_decoded(path, model=model) for f in o]
             per_frame += [psnr(s, d) for d, s in zip(decoded[1:], src[1:])]
             for v in values:
-                r = encode_frames_to_file(src, path, fps=Fraction(FPS), model=model, settings=EncoderSettings(
+                r = encode_frames_to_file(src, path, fps=Fraction(FPS), model=model, overwrite=True, settings=EncoderSettings(
                     scenecut=threshold, search_iters=search_iters, refresh_below=v))
                 keys[v] += len(r.key_frames) - 1
                 clips_with[v] += len(r.key_frames) > 1

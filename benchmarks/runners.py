@@ -243,7 +243,7 @@ def _code_and_decode(frames: np.ndarray, path: Path, loaded, fps_: Fraction, set
 
     enc_sw, dec_sw = Stopwatch(), Stopwatch()
     with enc_sw:
-        coded = encode_frames_to_file(frames, path, model=loaded, fps=fps_, settings=settings)
+        coded = encode_frames_to_file(frames, path, model=loaded, fps=fps_, settings=settings, overwrite=True)
     decoded = np.empty_like(frames)
     count = 0
     with dec_sw:

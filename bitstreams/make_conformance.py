@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             path = OUT / f"{name}.imf"
             source = timed if name in TIMED_STREAMS else guarded if name in GUARD_STREAMS else clip
-            encode_video(source, path, model=model, settings=EncoderSettings(**kw))
+            encode_video(source, path, model=model, settings=EncoderSettings(**kw), overwrite=True)
             expected[name] = {"settings": kw, **({"model": model} if model != MODEL else {}), **describe(path, model)}
             print(f"{path.name}: {path.stat().st_size} bytes, {expected[name]['frames']} frames")
     exp_path.write_text(json.dumps(expected, indent=1) + "\n")

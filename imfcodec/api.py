@@ -6,6 +6,11 @@ so a failed or interrupted run never leaves a half-written file. ``-`` (standard
 device or a socket is written in place as the work goes (``fsutil.in_place``); ``-`` as an input is
 standard input. torch is imported only by the functions that need a model, so ``stream_info`` (``imfcodec
 info``) starts fast.
+
+An existing output is never replaced unless ``overwrite=True`` (``errors.OutputExistsError``, before any
+work); in-place outputs are written, not replaced. ``progress=True`` prints what the command line prints
+(frames done, on stderr); a callable gets the number of frames each step did. Bad argument values raise
+``errors.ArgumentError`` (an ``InputError`` and a ``ValueError``) naming the argument (``fps=``).
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from .bitstream import (
     encode_packet,
     stream_start,
 )
-from .errors import BitstreamError, IMFError, InputError
-from .fsutil import STDIO, AtomicOutput, InPlaceOutput, check_output_folder, in_place, open_output, scratch_file, \
-    stdin_reader, write_error
+from .errors import ArgumentError, BitstreamError, CorruptStreamError, IMFError, InputError
+from .fsutil import STDIO, AtomicOutput, InPlaceOutput, as_path, check_output_folder, check_overwrite, in_place, \
+    open_output, scratch_file, stdin_reader, write_error
 from .settings import EncoderSettings
 from .timing import Clock, Timing, TimingRecorder
 
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
 
     from .zoo import LoadedModel
 
-Progress = Callable[[int], None]
+Progress = Callable[[int], None]  # called with the number of frames just done; ``progress=True``: lines on stderr
 Started = Callable[[Union[int, None]], None]
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
@@ -120,8 +125,9 @@ def atomic_output(path: str | os.PathLike) -> AtomicOutput:
 
 
 def default_output(input_path: str | os.PathLike, suffix: str) -> Path:
-    """``clip.mp4`` -> ``clip.imf`` (or ``clip.decoded.mp4``): never the input itself. Standard input
-    (``-``) -> standard output (``-``)."""
+    """``clip.mp4`` -> ``clip.imf``; the decoder asks for ``.decoded.mp4``: ``clip.imf`` ->
+    ``clip.decoded.mp4``, never the video the stream was made from. Never the input itself. Standard
+    input (``-``) -> standard output (``-``)."""
     if os.fspath(input_path) == STDIO:
         return Path(STDIO)
     p = Path(input_path)
@@ -162,8 +168,8 @@ def check_input_size(path: str | os.PathLike, max_pixels: int = MAX_INPUT_PIXELS
 
 def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.PathLike, *, fps: Fraction | int,
                           model: str | LoadedModel | None = None, settings: EncoderSettings | None = None,
-                          progress: Progress | None = None, timing: TimingRecorder | None = None,
-                          device: str | None = None) -> EncodedStream:
+                          progress: Progress | bool | None = None, timing: TimingRecorder | None = None,
+                          device: str | None = None, overwrite: bool = False) -> EncodedStream:
     """Encode RGB frames (uint8 HxWx3 at the model's resolution: a list, an array or any iterator)
     into an .imf file; the one way the API and the benchmarks write streams.
 
@@ -178,7 +184,7 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     the stream as it is made instead, each packet flushed when it is complete, with a header that says
     0 frames (unknown, FORMAT.md §3.1); its END packet carries the count. An output folder that does
     not exist is refused (InputError), as by ``encode_video`` and ``decode_stream``. ``device`` as in
-    ``encode_video``.
+    ``encode_video``. An existing output file is refused unless ``overwrite`` (``errors.OutputExistsError``).
 
     ``timing`` records the frames' timestamps as they are read (``io.VideoSource.timing``); when they are
     not the constant rate ``fps``, a file output gets them as timing records after its header (format
@@ -186,10 +192,50 @@ def encode_frames_to_file(frames: Iterable[np.ndarray], output_path: str | os.Pa
     is written before any frame is seen, so it keeps the constant rate ``fps`` (``timing_lost`` says when
     that dropped a variable timing). Without ``timing`` the frames are at ``fps``.
     """
-    check_output_folder(output_path)
+    out = as_path(output_path)
+    _check_fps(fps)
+    check_output_folder(out)
+    check_overwrite(out, overwrite)
     mode, settings = _encoding_mode(model, settings)
     loaded = _on_device(mode.load_network(model, settings), _device(device))
-    return _write_stream(frames, Path(output_path), mode.open_encoder(loaded, fps, settings), progress, timing)
+    with _progress(progress, "encode") as (progress, started):
+        if started is not None:
+            started(len(frames) if hasattr(frames, "__len__") else None)
+        return _write_stream(frames, out, mode.open_encoder(loaded, fps, settings), progress, timing)
+
+
+def _check_fps(fps) -> None:
+    """``fps`` must be a frame rate: a positive finite number (a Fraction, an int or a float) up to 1000."""
+    from .io._common import _MAX_FPS
+
+    try:
+        if isinstance(fps, bool):
+            raise TypeError
+        rate = Fraction(fps)
+    except (TypeError, ValueError, OverflowError):
+        raise ArgumentError(f"fps= must be a frame rate (a positive number), got {fps!r}") from None
+    if not 0 < rate <= _MAX_FPS:
+        raise ArgumentError(f"fps= must be a frame rate in (0, {_MAX_FPS}], got {fps!r}")
+
+
+@contextlib.contextmanager
+def _progress(progress: Progress | bool | None, desc: str, started: Started | None = None):
+    """(progress, started) callbacks for ``progress``: a callable as given, True: lines on stderr as the
+    command line shows them (``cliutil.ProgressLines``), closed at the end; False/None: none."""
+    if progress is True:
+        from .cliutil import ProgressLines
+
+        with ProgressLines(desc) as lines:
+            def both(total):
+                lines.start(total)
+                if started is not None:
+                    started(total)
+
+            yield lines, both
+        return
+    if progress is not None and progress is not False and not callable(progress):
+        raise ArgumentError(f"progress= must be a callable, True or None, got {progress!r}")
+    yield (progress or None), started
 
 
 def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progress | None,
@@ -304,9 +350,9 @@ def _on_device(loaded: LoadedModel, device: str | None) -> LoadedModel:
 
 def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                  model: str | LoadedModel | None = None, settings: EncoderSettings | None = None,
-                 max_frames: int | None = None, progress: Progress | None = None,
+                 max_frames: int | None = None, progress: Progress | bool | None = None,
                  max_input_pixels: int = MAX_INPUT_PIXELS, started: Started | None = None,
-                 device: str | None = None) -> EncodeSummary:
+                 device: str | None = None, overwrite: bool = False) -> EncodeSummary:
     """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
     memory stays flat however long the input, and a file output appears only at the end). In the hybrid
     mode (``modes.choose``) ``model`` names the enhancer, default ``settings.enhancer``.
@@ -315,25 +361,38 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
 
     ``input_path`` ``-`` reads standard input (read once, as it arrives); ``output_path`` ``-`` (the
     default for ``-``) writes standard output. ``started(n)`` is called once the input is open, with
-    the number of frames to expect (None when unknown, as for a pipe).
+    the number of frames to expect (None when unknown, as for a pipe). ``progress=True`` prints frames
+    done on stderr. An existing output is refused unless ``overwrite`` (``errors.OutputExistsError``).
+    An input that is far from square, of which only the centre square is encoded, gets an
+    ``errors.IMFWarning``.
 
     ``device`` (``devices``: ``cpu``, ``cuda``, ``cuda:N``, ``auto``) is where E_T and the token search
     run (the hybrid encoder runs no network); the model is moved there. None: a model named here is
     loaded on the CPU, a ``LoadedModel`` stays where it is. The stream does not depend on it beyond the
     encoder's choice of tokens: it decodes on any device."""
-    from .io import open_video
-
-    out = Path(output_path) if output_path is not None else default_output(input_path, ".imf")
+    out = as_path(output_path) if output_path is not None else default_output(input_path, ".imf")
     if not in_place(out):
         if os.fspath(input_path) != STDIO and out.exists() and out.resolve() == Path(input_path).resolve():
             raise InputError("output would overwrite the input")
         if out.is_dir():
             raise InputError(f"output path is a directory: {out}")
         check_output_folder(out)
+        check_overwrite(out, overwrite)
     mode, settings = _encoding_mode(model, settings)  # bad settings are reported before any frame is decoded
     device = _device(device)
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
-        raise InputError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
+        raise ArgumentError(f"max_frames= must be a non-negative integer or None, got {max_frames!r}")
+    with _progress(progress, "encode", started) as (progress, started):
+        return _encode_video(input_path, out, model, mode, settings, max_frames, progress, max_input_pixels,
+                             started, device)
+
+
+def _encode_video(input_path, out: Path, model, mode, settings: EncoderSettings, max_frames: int | None,
+                  progress: Progress | None, max_input_pixels: int, started: Started | None,
+                  device: str | None) -> EncodeSummary:
+    """``encode_video`` once its arguments are checked."""
+    from .io import open_video
+
     if os.fspath(input_path) == STDIO:  # the model first: ready when the first frame arrives
         loaded = _on_device(mode.load_network(model, settings), device)
         source = open_video(input_path, max_input_pixels)
@@ -346,6 +405,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
             raise
     with source:
         info = source.info
+        _warn_framing(source.name, info, int(loaded.model.config.resolution))
         if started is not None:
             total = info.frames
             started(min(total, max_frames) if (total and max_frames) else (max_frames or total))
@@ -360,6 +420,19 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
                          s.key_frames, loaded.name, s.base_bytes, duration,
                          "per-frame" if s.timing is not None else "lost" if s.timing_lost else "constant",
                          s.scene_cuts, s.unenhanced_frames)
+
+
+def _warn_framing(name: str, info, size: int) -> None:
+    """An IMFWarning when the input is far from what the model sees: only its centre square is encoded, so
+    a very wide or tall picture loses most of itself, and a small square is upscaled many times."""
+    import warnings
+
+    from .errors import IMFWarning
+    from .io import framing_note
+
+    note = framing_note(info, size)
+    if note:
+        warnings.warn(IMFWarning(f"{name}: {note}"), stacklevel=3)
 
 
 def _counting(frames: Iterator, progress: Progress | None) -> Iterator:
@@ -401,7 +474,11 @@ def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits
     enhancer) found."""
     if not _seekable(f):  # a live stream (a pipe): load torch while its first bytes are on their way
         from .modes import common  # noqa: F401
-    reader = (ResyncReader if conceal else StreamReader)(f, limits)  # a file that is no stream: said at once
+    try:
+        reader = (ResyncReader if conceal else StreamReader)(f, limits)  # a file that is no stream: said at once
+    except CorruptStreamError as e:
+        e.where = "header"  # the signature or the header: concealment cannot get past it
+        raise
     from .zoo import LoadedModel, check_stream_model, resolve_stream_model
 
     h = reader.header
@@ -479,7 +556,8 @@ def _decoder(loaded: LoadedModel, header, enhance: bool = True):
 def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
                   model: str | LoadedModel | None = None, progress: Progress | None = None,
                   limits: Limits | None = None, conceal: bool = False, started: Started | None = None,
-                  format: str | None = None, enhance: bool = True, device: str | None = None) -> DecodeSummary:
+                  format: str | None = None, enhance: bool = True, device: str | None = None,
+                  overwrite: bool = False) -> DecodeSummary:
     """Decode an .imf stream to .mp4 / .mkv / .y4m / a folder of PNGs (chosen by the output name, or
     ``format``: ``io.FORMATS``).
 
@@ -498,20 +576,35 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
     model named here runs on the CPU, a ``LoadedModel`` where it is). The tokens, hence the stream's
     meaning, are the same on every device; frames differ by float rounding only.
 
+    The default output is the input's name with ``.decoded.mp4`` (``talk.imf`` -> ``talk.decoded.mp4``,
+    never the ``talk.mp4`` the stream may have been made from). An existing output is refused unless
+    ``overwrite`` (``errors.OutputExistsError``; an empty folder for PNGs is not refused). ``progress=True``
+    prints frames done on stderr.
+
     Timing: the frames follow the header's rate, or, in a stream with timing records (version 3), each
     frame keeps its own time and duration in an mp4 or mkv; y4m (one rate) and PNGs (none) get the frames
     only, at the stream's average rate, so they last as long (``DecodeSummary.timing`` "averaged").
     """
-    from .io import VideoWriter
-
-    out = Path(output_path) if output_path is not None else default_output(input_path, ".mp4")
+    out = as_path(output_path) if output_path is not None else default_output(input_path, ".decoded.mp4")
     if not in_place(out):
         check_output_folder(out)
-    name = "stdin" if os.fspath(input_path) == STDIO else os.fspath(input_path)
+        if os.fspath(input_path) != STDIO and out.exists() and out.resolve() == Path(input_path).resolve():
+            raise InputError(f"refusing to overwrite the input {out}")
+        check_overwrite(out, overwrite)
     if device is not None:
         from .devices import check_device
 
         check_device(device)  # a misspelt device is refused before the input is read
+    with _progress(progress, "decode", started) as (progress, started):
+        return _decode_stream(input_path, out, model, progress, limits, conceal, started, format, enhance, device)
+
+
+def _decode_stream(input_path, out: Path, model, progress: Progress | None, limits: Limits | None, conceal: bool,
+                   started: Started | None, format: str | None, enhance: bool, device: str | None) -> DecodeSummary:
+    """``decode_stream`` once its arguments are checked."""
+    from .io import VideoWriter
+
+    name = "stdin" if os.fspath(input_path) == STDIO else os.fspath(input_path)
     t0 = time.perf_counter()
     with _open_source(input_path) as f:
         reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device)
@@ -539,14 +632,23 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
             if dec.report.frames == 0:
                 raise InputError(f"{name}: the stream holds no decodable frames; nothing was written")
             if not good:
-                raise InputError(f"{name}: none of its {dec.report.frames} frames could be decoded (a damaged "
-                                 f"key frame and no intact key frame after it); nothing was written")
+                raise InputError(f"{name}: none of its {dec.report.frames} frames could be decoded "
+                                 f"({_first_damage(dec.report)}; no later key frame to restart from); "
+                                 f"nothing was written")
     report = dec.report
     timing = "constant" if not clock.timed else "per-frame" if writer.keeps_timing else "averaged"
     duration = float(clock.end * clock.time_base) if clock.timed else report.frames / float(clock.fps)
     return DecodeSummary(writer.name, report.frames, time.perf_counter() - t0,
                          list(report.key_frames), list(report.concealed), list(report.damage),
                          report.damage_count, report.truncated, duration, timing)
+
+
+def _first_damage(report) -> str:
+    """What made the first frames undecodable, from the concealment report: the first damage it names
+    (a damaged base packet is not a damaged key frame)."""
+    if report.damage:
+        return f"first damage: {report.damage[0]}"
+    return "the stream is truncated" if report.truncated else "its first packets are damaged"
 
 
 def stream_header(input_path: str | os.PathLike, limits: Limits | None = None):

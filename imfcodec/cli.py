@@ -1,17 +1,23 @@
 """Command line: parse, call the API, print. No codec logic lives here.
 
-Every user error ends with a one-line ``error: ...`` on stderr and a non-zero exit (usage errors 2,
-other errors 1, bugs 3); ``imfcodec --debug ...`` shows the traceback instead. ``-`` is standard input
-as an input and standard output as an output; then the summary line goes to stderr.
+Every user error ends with a one-line ``error: ...`` on stderr and a non-zero exit (usage errors 2: an
+unknown option, a bad option value, options that contradict each other; other errors 1, an existing output
+among them; bugs 3); ``imfcodec --debug ...`` shows the traceback instead. The API's argument errors
+(``errors.ArgumentError``) name its arguments (``quality=``); ``_FLAGS`` turns them into this command
+line's options. ``-`` is standard input as an input and standard output as an output (a file named ``-``
+is ``./-``). Summaries, warnings and progress go to stderr, so stdout carries only what was asked for.
+Existing outputs are not replaced without ``-y`` (``--overwrite``; ``-n``, the default, refuses).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import re
 import sys
-import time
+import warnings
 
 # OMP_WAIT_POLICY=PASSIVE is set by the package (imfcodec/__init__.py), which Python imports first.
 # Nothing here imports torch at start-up: each command imports what it needs.
@@ -20,13 +26,14 @@ import click
 from click.core import ParameterSource
 
 from .devices import DEFAULT_DEVICE, DEVICE_HELP
-from .errors import IMFError
+from .errors import ArgumentError, IMFError, IMFWarning
 from .settings import (BASE_CODECS, BASE_SCALES, DEFAULT_BASE_CODEC, DEFAULT_ENHANCER, DEFAULT_MODE, DEFAULT_PRESET,
                        MODES, PRESETS, EncoderSettings)
 
 _ENCODER = EncoderSettings()  # the defaults --help shows and encode starts from (one definition)
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130  # what main() returns in-process; run() ends by the signal itself
 
@@ -39,6 +46,25 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, err
                        errno.EIO, errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
                        errno.EMFILE, errno.ENFILE, errno.ENXIO, errno.EPIPE, errno.ECONNRESET, errno.EBUSY,
                        errno.ETXTBSY, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+# The API's argument names as this command line's options (one table: errors.ArgumentError's messages are
+# translated through it). Longest first where one name ends another's.
+_FLAGS = {
+    "overwrite=True": "-y (--overwrite)", "guard=False": "--no-guard", "guard=": "--no-guard",
+    "enhance=False": "--no-enhance",
+    "quality=": "--quality", "keyint=": "--keyint", "chunk=": "--chunk", "search_iters=": "--refine",
+    "preset=": "--preset", "scenecut=": "--scenecut", "refresh_below=": "--refresh-below",
+    "key_codec=": "--key-codec", "key_quality=": "--key-quality", "base_codec=": "--base-codec",
+    "base_factor=": "--base-scale", "base_quality=": "--base-quality", "enhancer=": "--enhancer",
+    "mode=": "--mode", "max_frames=": "--frames", "fps=": "--fps", "device=": "--device", "model=": "--model",
+}
+_FLAG_NAMES = re.compile("|".join(r"(?<![\w./\\-])" + re.escape(k) for k in _FLAGS))
+
+
+def _as_flags(message: str) -> str:
+    """An API message in this command line's words: ``quality= must be ...`` -> ``--quality must be ...``."""
+    return _FLAG_NAMES.sub(lambda m: _FLAGS[m.group(0)], message)
 
 
 def _interrupted_message() -> str:
@@ -68,16 +94,20 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                warnings.simplefilter("always", IMFWarning)
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except IMFError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
+            usage = isinstance(e, ArgumentError)  # a bad option value: a usage error, as click's own
+            click.echo(f"error: {_as_flags(str(e))}", err=True)
             if getattr(e, "errno", None) == errno.EPIPE:
                 _quiet_stdout()
-            ctx.exit(EXIT_ERROR)
+            ctx.exit(EXIT_USAGE if usage else EXIT_ERROR)
         except BrokenPipeError:  # `imfcodec info s.imf | head`: the reader left; not an error of ours
             _quiet_stdout()
             ctx.exit(0)
@@ -100,6 +130,18 @@ class _Group(click.Group):
             ctx.exit(EXIT_INTERNAL)
 
 
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's own warnings (``errors.IMFWarning``) as one ``warning: ...`` line on stderr, in this
+    command line's words; any other warning as Python shows it."""
+    if issubclass(category, IMFWarning):
+        click.echo(f"warning: {_as_flags(str(message))}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
@@ -118,65 +160,31 @@ def _quiet_stdout() -> None:
 PROGRESS_SECONDS = 10.0  # how often a progress line is printed when stderr is not a terminal
 
 
-class _Progress:
-    """Frames done, on stderr: a tqdm bar on a terminal; otherwise (a log file, a pipe, CI) a plain
-    line every ``PROGRESS_SECONDS``, so a long encode is never silent. ``start(total)`` is the API's
-    ``started`` callback, the instance its ``progress`` callback."""
+def _Progress(desc: str):
+    """Frames done, on stderr (``cliutil.ProgressLines``), a line every ``PROGRESS_SECONDS`` off a terminal."""
+    from .cliutil import ProgressLines
 
-    def __init__(self, desc: str) -> None:
-        self.desc = desc
-        self.total: int | None = None
-        self.done = 0
-        self.t0 = time.monotonic()
-        self.last = self.t0
-        self.bar = None
-        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
-
-    def start(self, total: int | None) -> None:
-        self.total = total
-        self.t0 = self.last = time.monotonic()
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, unit="frame", file=sys.stderr, leave=False)
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if not self.tty and now - self.last >= PROGRESS_SECONDS:
-            self.last = now
-            elapsed = now - self.t0
-            rate = self.done / elapsed if elapsed > 0 else 0.0
-            of = f"/{self.total}" if self.total else ""
-            left = ""
-            if self.total and rate > 0 and self.total > self.done:
-                left = f", about {_duration((self.total - self.done) / rate)} left"
-            click.echo(f"{self.desc}: {self.done}{of} frames, {rate:.2f} frames/s, "
-                       f"{_duration(elapsed)} elapsed{left}", err=True)
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    return ProgressLines(desc, PROGRESS_SECONDS)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"
+def _summary(text: str) -> None:
+    """The one-line result: on stderr, like progress and warnings, so stdout is only ever the output
+    itself (``-o -``) or nothing."""
+    click.echo(text, err=True)
 
 
-def _summary(to_stdout: bool, text: str) -> None:
-    """The one-line result: on stdout, unless the output itself goes there."""
-    click.echo(text, err=to_stdout)
+def _overwrite_option(f):
+    """-y/--overwrite and -n/--no-overwrite (the default), as FFmpeg's -y and -n."""
+    return click.option("-y/-n", "--overwrite/--no-overwrite", "overwrite", default=False, show_default=True,
+                        help="Replace an existing output (-y), or refuse to (-n, the default). Outputs written "
+                             "in place (stdout, a FIFO, a device) are never refused.")(f)
+
+
+def _kbps(ctx, param, value):
+    """--kbps: a positive, finite rate (a usage error otherwise, before any input is read)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a rate in kbit/s above 0, got {value:g}")
+    return value
 
 
 def _note_output(output: str | None, default_in_place: bool) -> str | None:
@@ -255,21 +263,24 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Hybrid: never switch the enhancer off. By default the encoder decodes what it sends and marks "
                    "the packets whose pictures the enhancer would make worse (format version 4); without the "
                    "guard it runs no network and encodes several times faster (format version 2).")
-@click.option("--kbps", type=float, default=None,
+@click.option("--kbps", type=float, default=None, callback=_kbps,
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True,
               help=f"Where the encoder's network runs (token mode: E_T and the token search; hybrid mode: the "
                    f"guard's enhancer): "
                    f"{DEVICE_HELP}. The stream decodes on any device.")
+@_overwrite_option
 def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality,
            chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, no_guard, kbps,
-           device):
+           device, overwrite):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
     from .modes import get_mode
 
     _interruptible()
+    if frames is not None and frames < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--frames")
     device = _device(device)
 
     if no_scenecut:
@@ -283,7 +294,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
                         "--quality": source("quality") is not ParameterSource.DEFAULT,
                         "--refine": search_iters is not None})
     if kbps is not None:
-        base_codec, base_scale, base_quality, key_quality = _rate_control(
+        base_codec, base_scale, base_quality, key_quality, kbps_fits = _rate_control(
             input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings.from_preset(
         preset, mode=mode, quality=quality, keyint=keyint, scenecut=scenecut, refresh_below=refresh_below,
@@ -292,15 +303,12 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         base_factor=BASE_SCALES[base_scale] if base_scale else _ENCODER.base_factor, base_quality=base_quality,
         enhancer=enhancer, **({"guard": False} if no_guard else {}),
     ).validated()
-    if frames is not None and frames < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--frames")
     streamed = _note_output(output, input == "-")
     with _Progress("encode") as bar:
         s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar,
-                         started=bar.start, device=device)
+                         started=bar.start, device=device, overwrite=overwrite)
     m = get_mode(settings.mode)  # a mode's other bytes are its own: the other mode's count is 0
-    _summary(streamed == "stdout",
-             f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
+    _summary(f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
              f"(key {s.key_bytes} B, {m.payload} {s.base_bytes + s.token_bytes} B, overhead {s.overhead_bytes} B), "
              f"{len(s.key_frames)} key frame(s){f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
              + (f"enhancer off for {s.unenhanced_frames} frame(s) where it would hurt, " if s.unenhanced_frames else "")
@@ -309,6 +317,15 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         click.echo(f"warning: the input's frames are not at a constant rate, but a stream written to "
                    f"{streamed or 'a pipe'} is started before that is known: it plays them at the input's "
                    f"nominal rate (encode to a file to keep their times)", err=True)
+    if kbps is not None and s.kbps > kbps * (1 + RATE_TOLERANCE):
+        why = ("no operating point reaches it, the lowest was used" if not kbps_fits else
+               "the operating point was chosen on training clips, and this input takes more bits at it")
+        click.echo(f"warning: --kbps {kbps:g} {'cannot be met' if not kbps_fits else 'was exceeded'}: the stream "
+                   f"is {s.kbps:.2f} kbit/s, {(s.kbps / kbps - 1) * 100:.0f} % above ({s.bytes} bytes over "
+                   f"{s.duration_s:.2f} s); {why}", err=True)
+
+
+RATE_TOLERANCE = 0.05  # --kbps: a stream more than this much above the request is reported
 
 
 def _device(name: str) -> str:
@@ -325,8 +342,9 @@ def _device(name: str) -> str:
 
 
 def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
-    """--kbps: (base_codec, base_scale, base_quality, key_quality) from the enhancer's operating-point table,
-    where the user did not give them; says on stderr which point it chose and the rate it expects."""
+    """--kbps: (base_codec, base_scale, base_quality, key_quality, fits) from the enhancer's operating-point
+    table, where the user did not give them; says on stderr which point it chose and the rate it expects.
+    ``fits``: a measured point is expected within the rate (else the lowest was taken)."""
     from .errors import InputError
     from .io import probe_video
     from .modes.hybrid import enhancer_name
@@ -351,7 +369,7 @@ def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_qu
     if not fits:
         click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
                    err=True)
-    return point.base_codec, scale, bq, kq
+    return point.base_codec, scale, bq, kq, fits
 
 
 # the options only one mode takes, in the order they are checked: the mode they belong to, and what is said
@@ -372,14 +390,13 @@ _CHOOSING = ("--hybrid", "--kbps", "--model")
 
 def _mode(mode: str | None, given: dict[str, bool]) -> str:
     """The encoding mode: --mode, else the mode of the first of --hybrid, --kbps (hybrid) and --model (token)
-    given, else DEFAULT_MODE. Options of the other mode are refused in one line rather than ignored."""
-    from .errors import InputError
-
+    given, else DEFAULT_MODE. Options of the other mode are refused in one line (a usage error) rather than
+    ignored."""
     if mode is None:
         mode = next((_MODE_OPTIONS[o][0] for o in _CHOOSING if given[o]), DEFAULT_MODE)
     for option, (owner, message) in _MODE_OPTIONS.items():
         if given[option] and owner != mode:
-            raise InputError(message)
+            raise click.UsageError(message)
     return mode
 
 
@@ -479,7 +496,9 @@ def run() -> None:
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True,
               help=f"Where the decoder's networks run: {DEVICE_HELP}. Entropy decoding is the same on all.")
 @_limit_options
-def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance, device):
+@_overwrite_option
+def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance, device,
+           overwrite):
     """Decode an .imf stream (a file, or - for stdin; recognised by its magic, whatever the extension)."""
     from .api import decode_stream
     from .errors import CorruptStreamError
@@ -491,11 +510,13 @@ def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames
     try:
         with _Progress("decode") as bar:
             s = decode_stream(input, output, model=model, progress=bar, started=bar.start, limits=limits,
-                              conceal=conceal, format=fmt, enhance=not no_enhance, device=device)
+                              conceal=conceal, format=fmt, enhance=not no_enhance, device=device,
+                              overwrite=overwrite)
     except CorruptStreamError as e:
         written = (f"the frames before it went to {streamed}" if streamed else "nothing was written")
-        raise CorruptStreamError(f"{e}; {written} (--conceal decodes past damaged packets)") from e
-    _summary(streamed == "stdout", f"{s.output}: {s.frames} frames, {s.duration_s:.2f} s, "
+        hint = "" if conceal or e.where == "header" else " (--conceal decodes past damaged packets)"
+        raise CorruptStreamError(f"{e}; {written}{hint}") from e
+    _summary(f"{s.output}: {s.frames} frames, {s.duration_s:.2f} s, "
                                    f"{len(s.key_frames)} key frame(s), {s.fps:.1f} fps")
     if s.timing == "averaged":
         click.echo("note: the stream times each frame, which y4m and PNG frames cannot say: its frames are at "
@@ -545,7 +566,7 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
         click.echo(json.dumps(d, indent=2))
         return
     m = for_stream_name(d["mode"])
-    click.echo(f"{'stdin' if input == '-' else input}: imfcodec stream (version {d['version']}, {d['mode']} mode), "
+    click.echo(f"{'stdin' if input == '-' else input}: imfcodec stream (version {d['version']}, {m.name} mode), "
                f"{m.network_label} {d['model']} (weights {d['weights_hash'][:16]})")
     if d["timing"] == "constant":
         timing = f"constant rate {d['fps_rational']} fps"
@@ -598,14 +619,17 @@ def models(as_json):
 @click.option("--frames", type=int, default=50, show_default=True)
 @click.option("--size", type=int, default=256, show_default=True)
 @click.option("--fps", type=int, default=25, show_default=True)
-def sample(output, frames, size, fps):
+@_overwrite_option
+def sample(output, frames, size, fps, overwrite):
     """Write a short demo clip (the astronaut portrait with simulated head motion)."""
+    from .fsutil import as_path, check_overwrite
     from .io import make_sample
 
     if frames < 1 or size < 16 or fps < 1:
         raise click.BadParameter("frames >= 1, size >= 16 and fps >= 1 are required")
-    make_sample(output, frames=frames, size=size, fps=fps)
-    click.echo(f"{output}: {frames} frames, {size}x{size} @ {fps} fps")
+    check_overwrite(as_path(output), overwrite)
+    make_sample(as_path(output), frames=frames, size=size, fps=fps)
+    _summary(f"{output}: {frames} frames, {size}x{size} @ {fps} fps")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})

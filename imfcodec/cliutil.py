@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Collection, Sequence
 
 import click
 
 EXIT_USAGE = 2
+PROGRESS_SECONDS = 10.0  # how often ProgressLines prints a line when stderr is not a terminal
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 # argparse's test for a negative number (a value, not an option, when no option looks like one)
@@ -103,3 +105,61 @@ def expand_greedy(args: Sequence[str], names: Collection[str]) -> list[str]:
         groups.pop(name, None)
         groups[name] = values
     return [f"{name}={v}" for name, values in groups.items() for v in values] + rest
+
+
+class ProgressLines:
+    """Frames done, on stderr: a tqdm bar on a terminal; otherwise (a log file, a pipe, CI) a plain
+    line every ``seconds``, so a long encode is never silent. ``start(total)`` is the API's ``started``
+    callback, the instance its ``progress`` callback; what the command line shows, and what the API's
+    ``progress=True`` shows."""
+
+    def __init__(self, desc: str, seconds: float | None = None) -> None:
+        self.desc = desc
+        self.seconds = PROGRESS_SECONDS if seconds is None else seconds
+        self.total: int | None = None
+        self.done = 0
+        self.t0 = time.monotonic()
+        self.last = self.t0
+        self.bar = None
+        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+    def start(self, total: int | None) -> None:
+        self.total = total
+        self.t0 = self.last = time.monotonic()
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="frame", file=sys.stderr, leave=False)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if not self.tty and now - self.last >= self.seconds:
+            self.last = now
+            elapsed = now - self.t0
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            of = f"/{self.total}" if self.total else ""
+            left = ""
+            if self.total and rate > 0 and self.total > self.done:
+                left = f", about {_duration((self.total - self.done) / rate)} left"
+            click.echo(f"{self.desc}: {self.done}{of} frames, {rate:.2f} frames/s, "
+                       f"{_duration(elapsed)} elapsed{left}", err=True)
+
+    def __enter__(self) -> "ProgressLines":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"

@@ -6,7 +6,13 @@ Atomic outputs: write into a hidden temporary sibling, rename it over the destin
 Why: a failed or interrupted run must leave neither a half-written file (or a half-filled PNG
 folder) at the name the user asked for nor the temporary itself. The temporary lives in the
 destination's folder (same file system, so the rename is atomic) and is named
-``.NAME.<random>.partial``, hidden and recognisable.
+``.NAME.<pid>@<host>.<random>.partial`` (a spool file beside it ``...spool``), hidden and recognisable.
+A run killed outright (SIGKILL, a power cut) cannot remove its temporaries; the next output made in
+that folder does (``sweep_stale``), but only those of this host whose process is gone and that are
+older than ``STALE_SECONDS``: a live run's temporaries are never touched.
+
+Existing outputs are replaced only when the caller says so (``check_overwrite``): the API's
+``overwrite=`` and the command line's ``-y``. ``as_path`` keeps a file named ``-`` reachable (``./-``).
 
 ``mkstemp`` / ``mkdtemp`` create the temporary private (0600 / 0700), which is right while it is
 being written; ``commit`` gives the output the mode a plainly created file or folder gets under the
@@ -42,9 +48,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, OutputExistsError
 
 TEMP_SUFFIX = ".partial"
+SPOOL_SUFFIX = ".spool"
+STALE_SECONDS = 300  # a dead run's temporary is removed once it is this old (see sweep_stale)
 STDIO = "-"  #: the name of standard input (as an input) or standard output (as an output)
 
 
@@ -63,9 +71,10 @@ class AtomicOutput:
         self.directory = directory
         # a symlink stays a symlink: what it points to is replaced (and the temporary made beside that)
         self.dest = Path(os.path.realpath(self.path)) if os.path.islink(self.path) else self.path
-        prefix = f".{self.dest.name}."
+        prefix = f".{self.dest.name}.{_owner()}."
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(self.dest.parent)
             if directory:
                 self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=self.dest.parent))
             else:
@@ -312,15 +321,94 @@ def write_error(path: str | os.PathLike, e: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def scratch_file(beside: Path, suffix: str = ".spool") -> Iterator[Path]:
-    """A private temporary file next to ``beside`` (named after it), always deleted at the end:
-    room for intermediate bytes on the output's file system rather than in memory."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{beside.name}.", suffix=suffix, dir=beside.parent)
+def scratch_file(beside: Path, suffix: str = SPOOL_SUFFIX) -> Iterator[Path]:
+    """A private temporary file next to ``beside`` (named after it, with this run's owner tag, so that
+    ``sweep_stale`` can tell it from a live run's), always deleted at the end: room for intermediate
+    bytes on the output's file system rather than in memory."""
+    name = beside.name if beside.name.startswith(".") else "." + beside.name
+    fd, tmp = tempfile.mkstemp(prefix=f"{name}.{_owner()}.", suffix=suffix, dir=beside.parent)
     try:
         os.close(fd)
         yield Path(tmp)
     finally:
         _remove(Path(tmp))
+
+
+def as_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path that still means what the string meant: ``Path('./-')`` is ``Path('-')``, which
+    would then be taken for standard output, so a ``-`` reached another way (``./-``, ``.//-``) becomes
+    the absolute path of the file named ``-``."""
+    raw = os.fspath(path)
+    p = Path(raw)
+    if os.fspath(p) == STDIO and raw != STDIO:
+        return Path(os.path.abspath(raw))
+    return p
+
+
+def check_overwrite(path: str | os.PathLike, overwrite: bool, flag: str = "overwrite=True") -> None:
+    """Refuse (OutputExistsError) to replace an existing output unless ``overwrite``. In-place outputs
+    (standard output, a FIFO, ``/dev/null``) are written, not replaced, and an empty folder holds nothing
+    to lose: both pass. ``flag`` is what the message says allows it (the CLI's ``-y``)."""
+    if overwrite or in_place(path):
+        return
+    p = Path(path)
+    if not os.path.exists(p):  # a dangling symlink's target does not exist either: nothing to lose
+        return
+    if p.is_dir():  # an empty folder holds nothing to lose; the writers refuse a full one in any case
+        return
+    raise OutputExistsError(f"output exists: {os.fspath(path)}; {flag} replaces it", errno.EEXIST)
+
+
+_OWNER = re.compile(r"\.(\d+)@([0-9a-f]{8})\.[^/]*(?:" + re.escape(TEMP_SUFFIX) + "|" + re.escape(SPOOL_SUFFIX) + ")$")
+
+
+def _host_tag() -> str:
+    import hashlib
+
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _owner() -> str:
+    """``<pid>@<host>``: which process made a temporary, in its name (the host as a short hash)."""
+    return f"{os.getpid()}@{_host_tag()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or cannot tell: alive, to be safe
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike, max_age: float = STALE_SECONDS) -> list[Path]:
+    """Remove the hidden temporaries (``.partial``, ``.spool``) that killed runs left in ``folder``; returns
+    what was removed. Only a temporary named by this module (``NAME.<pid>@<host>.``) qualifies, only when
+    it was made on this host, its process no longer exists and it was last changed more than ``max_age``
+    seconds ago; anything else, a live run's temporaries above all, is left alone. Never raises."""
+    import time
+
+    removed: list[Path] = []
+    host, now = _host_tag(), time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _OWNER.search(entry.name)
+        if not entry.name.startswith(".") or m is None or m.group(2) != host:
+            continue
+        try:
+            pid = int(m.group(1))
+            if pid == os.getpid() or _alive(pid) or now - entry.stat(follow_symlinks=False).st_mtime < max_age:
+                continue
+            _remove(Path(entry.path))
+            removed.append(Path(entry.path))
+        except (OSError, ValueError):
+            continue
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -348,4 +436,5 @@ def _umask() -> int:
 
 
 __all__ = ["AtomicOutput", "InPlaceOutput", "open_output", "in_place", "stdin_reader", "check_output_folder",
-           "write_error", "scratch_file", "write_text", "STDIO", "TEMP_SUFFIX"]
+           "write_error", "scratch_file", "write_text", "STDIO", "TEMP_SUFFIX", "SPOOL_SUFFIX", "as_path",
+           "check_overwrite", "sweep_stale", "STALE_SECONDS"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .errors import InputError
+from .errors import ArgumentError, InputError
 
 DEFAULT_QUALITY = 9  # the token quality the shipped token model was trained for (its model card)
 DEFAULT_CHUNK = 5
@@ -27,9 +27,9 @@ from .presets import DEFAULT_PRESET, PRESETS, Preset  # noqa: E402,F401
 
 
 def _preset(name: str) -> Preset:
-    """The preset called ``name``; InputError naming --preset otherwise."""
-    if name not in PRESETS:
-        raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    """The preset called ``name``; ArgumentError naming preset= otherwise."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ArgumentError(f"preset= must be one of {', '.join(PRESETS)}, got {name!r}")
     return PRESETS[name]
 
 
@@ -113,40 +113,50 @@ class EncoderSettings:
     def in_mode(self, mode: str) -> "EncoderSettings":
         """These settings for the ``mode`` chosen (``modes.choose``): ``mode`` set, and in the hybrid mode the
         default base codec where none is given; InputError if they already name the other mode."""
+        if self.mode is not None and self.mode not in MODES:
+            raise ArgumentError(f"mode= must be one of {', '.join(MODES)} or None, got {self.mode!r}")
         if self.mode not in (None, mode):
-            raise InputError(f"these settings are for the {self.mode} mode, not the {mode} mode")
+            raise ArgumentError(f"these settings are for the {self.mode} mode, not the {mode} mode")
         if mode not in MODES:
-            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise ArgumentError(f"mode= must be one of {', '.join(MODES)}, got {mode!r}")
         filled = {k: v for k, v in _MODE_DEFAULTS[mode].items() if getattr(self, k) is None}
         new = replace(self, mode=mode, **filled)
         return self if new == self else new
 
     def validated(self) -> "EncoderSettings":
         """These settings with the mode chosen (without a network: ``chosen_mode``) and ``key_quality`` (and
-        ``base_quality``) resolved, or InputError naming the CLI option at fault. Settings it returns are not
-        checked again."""
+        ``base_quality``) resolved, or ArgumentError naming the field at fault (``quality=``; the CLI names its
+        option instead). Settings it returns are not checked again."""
         if self._checked:
             return self
-        from .keyframe import get_keyframe_codec
+        from .errors import UnsupportedStreamError
+        from .keyframe import get_keyframe_codec, list_keyframe_codecs
 
         s = self.in_mode(self.chosen_mode)
-        if s.keyint < 0:
-            raise InputError(f"--keyint must be >= 0 (0 = one key frame), got {s.keyint}")
-        if not 1 <= s.chunk <= MAX_ENCODER_CHUNK:
-            raise InputError(f"--chunk must be in 1..{MAX_ENCODER_CHUNK}, got {s.chunk}")
+        if not _is_int(s.quality):
+            raise ArgumentError(f"quality= must be an integer, got {s.quality!r}")
+        if not _is_int(s.keyint) or s.keyint < 0:
+            raise ArgumentError(f"keyint= must be >= 0 (0 = one key frame), got {s.keyint!r}")
+        if not _is_int(s.chunk) or not 1 <= s.chunk <= MAX_ENCODER_CHUNK:
+            raise ArgumentError(f"chunk= must be in 1..{MAX_ENCODER_CHUNK}, got {s.chunk!r}")
+        if not _is_int(s.search_iters) or s.search_iters < 0:
+            raise ArgumentError(f"search_iters= must be an integer >= 0, got {s.search_iters!r}")
         _preset(s.preset)
-        if isinstance(s.scenecut, bool) or not isinstance(s.scenecut, (int, float)) \
-                or not 0 <= s.scenecut <= 100:
-            raise InputError(f"--scenecut must be a threshold in 0..100 (0 = off), got {s.scenecut!r}")
-        if s.refresh_below is not None and not (0 < s.refresh_below < 100):
-            raise InputError(f"--refresh-below must be a PSNR in dB (0..100), got {s.refresh_below}")
-        codec = get_keyframe_codec(s.key_codec)
+        if not _is_number(s.scenecut) or not 0 <= s.scenecut <= 100:
+            raise ArgumentError(f"scenecut= must be a threshold in 0..100 (0 = off), got {s.scenecut!r}")
+        if s.refresh_below is not None and (not _is_number(s.refresh_below) or not 0 < s.refresh_below < 100):
+            raise ArgumentError(f"refresh_below= must be a PSNR in dB (0..100) or None, got {s.refresh_below!r}")
+        try:
+            codec = get_keyframe_codec(s.key_codec)
+        except UnsupportedStreamError:
+            raise ArgumentError(f"key_codec= must be one of {', '.join(list_keyframe_codecs())}, "
+                                f"got {s.key_codec!r}") from None
         kq = s.key_quality
         if kq is None:
             kq = _MODE_KEY_QUALITY[s.mode].get(s.key_codec, codec.default_quality)
         klo, khi = codec.quality_range
-        if not klo <= kq <= khi:
-            raise InputError(f"--key-quality for {s.key_codec} must be in {klo}..{khi}, got {kq}")
+        if not _is_int(kq) or not klo <= kq <= khi:
+            raise ArgumentError(f"key_quality= for {s.key_codec} must be in {klo}..{khi}, got {kq!r}")
         out = replace(s, key_quality=kq, **getattr(s, f"_validated_{s.mode}")())
         object.__setattr__(out, "_checked", True)
         return out
@@ -155,17 +165,19 @@ class EncoderSettings:
         """The token mode's own check: its quality and search in range, no hybrid field given. (Its modules are
         imported here, so that a hybrid encode never loads the token codec.)"""
         from .entropy.quant import QUALITY_RANGE
-        from .token_search import SearchSettings
+        from .token_search import MAX_ITERS, SearchSettings
 
         lo, hi = QUALITY_RANGE
         if not lo <= self.quality <= hi:
-            raise InputError(f"--quality must be in {lo}..{hi}, got {self.quality}")
+            raise ArgumentError(f"quality= must be in {lo}..{hi}, got {self.quality!r}")
+        if not self.search_iters <= MAX_ITERS:
+            raise ArgumentError(f"search_iters= must be an integer in 0..{MAX_ITERS}, got {self.search_iters!r}")
         SearchSettings(self.search_iters).validated()
         if (self.base_codec, self.base_quality, self.enhancer, self.base_factor) != (None, None, None,
                                                                                       DEFAULT_BASE_FACTOR):
-            raise InputError("--base-scale, --base-quality and --enhancer need the hybrid mode (a base_codec)")
+            raise ArgumentError("base_factor=, base_quality= and enhancer= need the hybrid mode (a base_codec=)")
         if self.guard is not True:
-            raise InputError("--no-guard needs the hybrid mode (the token mode has no enhancer to switch off)")
+            raise ArgumentError("guard=False needs the hybrid mode (the token mode has no enhancer to switch off)")
         return {}
 
     def _validated_hybrid(self) -> dict:
@@ -176,22 +188,31 @@ class EncoderSettings:
         try:
             codec = get_base_codec(self.base_codec)
         except UnsupportedStreamError:
-            raise InputError(f"--base-codec must be one of {', '.join(list_base_codecs())}, "
-                             f"got {self.base_codec!r}") from None
-        if self.base_factor not in BASE_FACTORS:
-            raise InputError(f"--base-scale must be 1, 1/2 or 1/4 (base_factor {', '.join(map(str, BASE_FACTORS))}), "
-                             f"got base_factor {self.base_factor!r}")
+            raise ArgumentError(f"base_codec= must be one of {', '.join(list_base_codecs())}, "
+                                f"got {self.base_codec!r}") from None
+        if self.base_factor not in BASE_FACTORS or not _is_int(self.base_factor):
+            raise ArgumentError(f"base_factor= must be one of {', '.join(map(str, BASE_FACTORS))}, "
+                                f"got {self.base_factor!r}")
         if self.refresh_below is not None:
-            raise InputError("--refresh-below is not available in the hybrid mode (use --keyint)")
+            raise ArgumentError("refresh_below= is not available in the hybrid mode (use keyint=)")
         if self.enhancer is not None and (not isinstance(self.enhancer, str) or not self.enhancer.strip()):
-            raise InputError(f"--enhancer must name an enhancer (NAME, PATH or random:NAME), got {self.enhancer!r}")
+            raise ArgumentError(f"enhancer= must name an enhancer (NAME, PATH or random:NAME), got {self.enhancer!r}")
         if not isinstance(self.guard, bool):
-            raise InputError(f"guard must be True or False, got {self.guard!r}")
+            raise ArgumentError(f"guard= must be True or False, got {self.guard!r}")
         bq = codec.default_quality if self.base_quality is None else self.base_quality
         blo, bhi = codec.quality_range
-        if isinstance(bq, bool) or not isinstance(bq, int) or not blo <= bq <= bhi:
-            raise InputError(f"--base-quality for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
+        if not _is_int(bq) or not blo <= bq <= bhi:
+            raise ArgumentError(f"base_quality= for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
         return {"base_quality": bq}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A real number that compares (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def hybrid_defaults(**fields) -> EncoderSettings:

@@ -60,7 +60,7 @@ def test_default_outputs_and_any_extension(tiny_stream, sample_clip, tmp_path):
     shutil.copy(tiny_stream, weird)
     r = run("decode", weird)
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "stream.mp4").exists()
+    assert (tmp_path / "stream.decoded.mp4").exists()
     r = run("decode", weird, "-o", tmp_path / "pngs/")
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "pngs").glob("*.png"))) == 14
@@ -107,7 +107,7 @@ def test_scenecut_switch(tmp_path):
     r = run("encode", clip, "-o", tmp_path / "on.imf", *common)
     assert r.exit_code == 0 and "2 key frame(s) (1 at scene cuts)" in r.output, r.output
     for off in (("--no-scenecut",), ("--scenecut", 0)):
-        r = run("encode", clip, "-o", tmp_path / "off.imf", *common, *off)
+        r = run("encode", clip, "-o", tmp_path / "off.imf", *common, *off, "-y")
         assert r.exit_code == 0 and "1 key frame(s)," in r.output, r.output
     r = run("encode", clip, "-o", tmp_path / "x.imf", *common, "--no-scenecut", "--scenecut", 10)
     assert r.exit_code == 2 and "--no-scenecut and --scenecut N contradict" in r.stderr

@@ -138,7 +138,7 @@ def test_no_scene_cut_no_extra_key_frame(sample_clip, tiny, tmp_path):
 
 def test_scenecut_setting_is_checked():
     for bad in (-1, 101, float("nan"), True, "10"):
-        with pytest.raises(InputError, match="--scenecut must be a threshold in 0..100"):
+        with pytest.raises(InputError, match="scenecut= must be a threshold in 0..100"):
             EncoderSettings(scenecut=bad).validated()
     assert EncoderSettings(scenecut=0).validated().scenecut == 0
 
@@ -236,11 +236,11 @@ def _round_trip_times(src, tmp_path, tiny, suffixes=(".mkv", ".mp4", ".y4m")):
     from helpers import video_times
 
     stream = tmp_path / "s.imf"
-    encode_video(src, stream, model=tiny, settings=EncoderSettings(search_iters=0, key_codec="png"))
+    encode_video(src, stream, model=tiny, settings=EncoderSettings(search_iters=0, key_codec="png"), overwrite=True)
     out = {}
     for suffix in suffixes:
         path = tmp_path / f"d{suffix}"
-        out[suffix] = decode_stream(stream, path, model=tiny), video_times(path)
+        out[suffix] = decode_stream(stream, path, model=tiny, overwrite=True), video_times(path)
     return stream_info(stream), out
 
 

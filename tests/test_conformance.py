@@ -58,15 +58,17 @@ def test_reference_encoder_still_writes_the_same_bytes(tmp_path):
     assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes()
     for name in ("tiny-hybrid-hevc-half-keyint6", "tiny-hybrid-vp9-half-keyint6"):  # the hybrid encoder (version 2)
         encode_video(clip, out, model=EXPECTED[name]["model"],
-                     settings=EncoderSettings(**EXPECTED[name]["settings"]))
+                     settings=EncoderSettings(**EXPECTED[name]["settings"]), overwrite=True)
         assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes(), name
     name = "enh-wide-vp9-guard-bars"  # the enhancer switch (version 4): the encoder's guard decides the same
     guarded = _maker().guard_clip(tmp_path / "guard.mp4")
-    encode_video(guarded, out, model=EXPECTED[name]["model"], settings=EncoderSettings(**EXPECTED[name]["settings"]))
+    encode_video(guarded, out, model=EXPECTED[name]["model"], settings=EncoderSettings(**EXPECTED[name]["settings"]),
+                 overwrite=True)
     assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes(), name
     name = "tiny-png-vfr-chunk3"  # and per-frame timing (format version 3), from the clip at irregular times
     timed = _maker().timed_clip(tmp_path / "timed.mkv")
-    encode_video(timed, out, model="random:imf-tiny", settings=EncoderSettings(**EXPECTED[name]["settings"]))
+    encode_video(timed, out, model="random:imf-tiny", settings=EncoderSettings(**EXPECTED[name]["settings"]),
+                 overwrite=True)
     assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes()
 
 

@@ -100,7 +100,7 @@ def test_without_the_guard_the_stream_is_version_2(tmp_path):
 
 
 def test_cli_reports_the_switch_and_refuses_no_guard_in_the_token_mode(guarded, tmp_path):
-    from helpers import cli, one_line_error
+    from helpers import cli
 
     _, path = guarded["bars"]
     r = cli("info", path)
@@ -108,7 +108,7 @@ def test_cli_reports_the_switch_and_refuses_no_guard_in_the_token_mode(guarded, 
     assert f"enhancer switch: off for {FRAMES - 1} of {FRAMES} frames" in r.stdout  # the key frame is the key image
     clip = tmp_path / "s.mp4"
     assert cli("sample", clip, "--frames", 3, "--size", 64).exit_code == 0
-    one_line_error(cli("encode", clip, "-o", tmp_path / "t.imf", "--mode", "token", "--no-guard"),
-                   "--no-guard is a hybrid-mode option")
+    r = cli("encode", clip, "-o", tmp_path / "t.imf", "--mode", "token", "--no-guard")  # a usage error: 2
+    assert r.exit_code == 2 and r.stderr.startswith("error: --no-guard is a hybrid-mode option"), r.output
     r = cli("encode", clip, "-o", tmp_path / "h.imf", "--no-guard", "--enhancer", "random:enh-tiny")
     assert r.exit_code == 0 and (tmp_path / "h.imf").read_bytes()[8] == 2, r.output

@@ -145,5 +145,5 @@ def test_cli_conceal(mode, tmp_path):
     assert not (tmp_path / "frames").exists() and leftovers(tmp_path) == []
     r = cli("decode", bad, "-o", out, "--conceal")
     assert r.exit_code == 0, r.output
-    assert "8 frames" in r.stdout and "3 frame(s) concealed: 1-3" in r.stderr and "Traceback" not in r.output
+    assert "8 frames" in r.stderr and "3 frame(s) concealed: 1-3" in r.stderr and "Traceback" not in r.output
     assert len(list((tmp_path / "frames").glob("*.png"))) == N_FRAMES

@@ -105,7 +105,7 @@ def test_cli_round_trip_encode_decode_info(tmp_path):
     out = tmp_path / "s.imf"
     r = cli("encode", clip, "-o", out, "--hybrid", "--enhancer", ENH, "--keyint", 5, "--base-quality", 20)
     assert r.exit_code == 0, r.output
-    assert "base " in r.stdout and "enhancer enh-tiny" in r.stdout
+    assert "base " in r.stderr and "enhancer enh-tiny" in r.stderr
     r = cli("info", out, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
@@ -133,26 +133,32 @@ def test_cli_round_trip_encode_decode_info(tmp_path):
     one_line_error(cli("decode", tok, "-o", tmp_path / "x.y4m", "--no-enhance"), "hybrid streams only")
 
 
+def _usage_error(result, needle):
+    """A usage error (issue 25): one line, status 2."""
+    err = result.stderr.strip()
+    assert result.exit_code == 2 and err.startswith("error:") and "\n" not in err and needle in err, result.output
+
+
 def test_cli_option_errors(tmp_path, sample_clip):
     out = tmp_path / "o.imf"
-    one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--base-codec", "av1"),
-                   "--base-codec is a hybrid-mode option")
-    one_line_error(cli("encode", sample_clip, "-o", out, "--model", "random:imf-tiny", "--enhancer", ENH),
-                   "--enhancer is a hybrid-mode option")
-    one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--kbps", 20), "--kbps is the hybrid")
-    one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--hybrid"), "--hybrid is the hybrid")
-    one_line_error(cli("encode", sample_clip, "-o", out, "--mode", "hybrid", "--model", "random:imf-tiny"),
-                   "--enhancer")
+    _usage_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--base-codec", "av1"),
+                 "--base-codec is a hybrid-mode option")
+    _usage_error(cli("encode", sample_clip, "-o", out, "--model", "random:imf-tiny", "--enhancer", ENH),
+                 "--enhancer is a hybrid-mode option")
+    _usage_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--kbps", 20), "--kbps is the hybrid")
+    _usage_error(cli("encode", sample_clip, "-o", out, "--mode", "token", "--hybrid"), "--hybrid is the hybrid")
+    _usage_error(cli("encode", sample_clip, "-o", out, "--mode", "hybrid", "--model", "random:imf-tiny"),
+                 "--enhancer")
     # the default mode is hybrid: the token mode's options are refused, not ignored
     for option in (("--quality", 5), ("--refine", 0)):
-        one_line_error(cli("encode", sample_clip, "-o", out, "--enhancer", ENH, *option), "add --mode token")
-    one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--model", "random:imf-tiny"), "--enhancer")
+        _usage_error(cli("encode", sample_clip, "-o", out, "--enhancer", ENH, *option), "add --mode token")
+    _usage_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--model", "random:imf-tiny"), "--enhancer")
     one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", "random:imf-tiny"), "token model")
     one_line_error(cli("encode", sample_clip, "-o", out, "--model", ENH), "--enhancer")
-    one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--base-quality", 99),
-                   "--base-quality for vp9 must be in 0..63")
-    one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--refresh-below", 20),
-                   "--refresh-below")
+    _usage_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--base-quality", 99),
+                 "--base-quality for vp9 must be in 0..63")
+    _usage_error(cli("encode", sample_clip, "-o", out, "--hybrid", "--enhancer", ENH, "--refresh-below", 20),
+                 "--refresh-below")
     if shipped_weights_path(DEFAULT_ENHANCER) is None:  # the default enhancer: its weights are not shipped yet
         one_line_error(cli("encode", sample_clip, "-o", out, "--hybrid"), f"--enhancer random:{DEFAULT_ENHANCER}")
     assert not out.exists()
@@ -162,13 +168,13 @@ def test_settings_validation():
     s = EncoderSettings(base_codec="av1").validated()
     assert (s.base_quality, s.base_factor, s.hybrid) == (13, 2, True)
     assert EncoderSettings().validated().hybrid and not EncoderSettings(mode="token").validated().hybrid  # issue 21
-    for bad, needle in ((dict(base_codec="mpeg2"), "--base-codec"),
-                        (dict(base_codec="hevc", base_factor=3), "--base-scale"),
+    for bad, needle in ((dict(base_codec="mpeg2"), "base_codec="),
+                        (dict(base_codec="hevc", base_factor=3), "base_factor="),
                         (dict(base_codec="hevc", base_quality=52), "0..51"),
-                        (dict(base_codec="hevc", refresh_below=20.0), "--refresh-below"),
+                        (dict(base_codec="hevc", refresh_below=20.0), "refresh_below="),
                         (dict(mode="token", base_quality=20), "need the hybrid mode"),
                         (dict(mode="token", enhancer="enh-tiny"), "need the hybrid mode"),
-                        (dict(base_codec="hevc", enhancer=""), "--enhancer")):
+                        (dict(base_codec="hevc", enhancer=""), "enhancer=")):
         with pytest.raises(InputError, match=needle):
             EncoderSettings(**bad).validated()
 
@@ -366,12 +372,12 @@ def test_cli_kbps_uses_the_table_and_explicit_options_win(tmp_path, monkeypatch)
     assert "base hevc 1/2 q17, key q21: about 133.0 kbit/s over 0.3 s" in r.stderr and "warning" not in r.stderr
     h = json.loads(cli("info", out, "--json").stdout)
     assert (h["mode"], h["base_width"], h["base_quality"]) == ("hybrid", 32, 17)
-    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 100, "--base-quality", 3)
+    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 100, "--base-quality", 3, "-y")
     assert r.exit_code == 0 and "base vp9 1/2 q3, key q16" in r.stderr  # the 79 kbit/s point, base quality overridden
     assert json.loads(cli("info", out, "--json").stdout)["base_quality"] == 3
-    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20)
+    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "-y")
     assert r.exit_code == 0 and "base hevc 1/4 q13, key q11" in r.stderr and "warning: no measured operating point" in r.stderr
-    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 100, "--base-codec", "hevc")
+    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 100, "--base-codec", "hevc", "-y")
     assert r.exit_code == 0 and "base hevc 1/2 q9, key q16" in r.stderr  # only the hevc points
     assert json.loads(cli("info", out, "--json").stdout)["base_codec"] == "hevc"
     one_line_error(cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 20, "--base-codec", "av1"),

@@ -30,7 +30,7 @@ def test_the_chooser_maps_settings_networks_and_headers_to_a_mode(tiny, enh_tiny
     assert modes.for_kind("enhancer") is modes.HYBRID and modes.for_kind("imf") is modes.TOKEN
     assert modes.for_kind("gan") is None
     assert {m.stream_name for m in modes.MODES.values()} == {"hybrid", "tokens"}
-    with pytest.raises(InputError, match="--mode"):
+    with pytest.raises(InputError, match="mode="):
         modes.get_mode("tokens")
 
 

@@ -160,7 +160,7 @@ def test_fifo_that_discards_like_dev_null(tmp_path, hevc_stream):
     t.start()
     r = cli("decode", hevc_stream, "-o", fifo, "--format", "mkv")
     t.join(timeout=60)
-    assert r.exit_code == 0 and f"{fifo}: {N_FRAMES} frames" in r.stdout, r.output
+    assert r.exit_code == 0 and f"{fifo}: {N_FRAMES} frames" in r.stderr, r.output
     (head, n), = got
     assert head.startswith(b"\x1aE\xdf\xa3") and n > 100  # an EBML (matroska) header
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
@@ -205,7 +205,7 @@ def test_symlink_to_a_file_stays_a_symlink(dangling, tmp_path, tiny, sample_clip
     link.symlink_to(Path("data") / "real.imf")
     old = os.umask(0o022)
     try:
-        r = cli("encode", sample_clip, "-o", link, "--model", TINY, "--refine", 0, "--frames", 3)
+        r = cli("encode", sample_clip, "-o", link, "--model", TINY, "--refine", 0, "--frames", 3, "-y")
     finally:
         os.umask(old)
     assert r.exit_code == 0, r.output

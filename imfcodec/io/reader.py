@@ -200,7 +200,8 @@ class VideoSource:
             try:
                 self._first = next(self._decoded, None)
             except Exception as e:
-                raise InputError(f"cannot decode the video stream of {self.name}: {_one_line(e)}") from e
+                raise InputError(f"cannot decode the video stream of {self.name}: {_one_line(e)}"
+                                 f"{_pipe_hint(path, container)}") from e
             if self._first is None:
                 raise InputError(f"video stream of {self.name} has no frames")
             first = self._first
@@ -262,6 +263,42 @@ class VideoSource:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _pipe_hint(path: PathLike, container: Any) -> str:
+    """What to do when a pipe's first frame cannot be read: an mp4 (or mov) whose index (the moov box) is at
+    its end cannot be read from a pipe, which cannot seek to it."""
+    if os.fspath(path) != STDIO:
+        return ""
+    if "mp4" in container.format.name or "mov" in container.format.name:
+        return ("; an mp4 whose index (moov) is at its end cannot be read from a pipe: give the file's name, "
+                "remux it with ffmpeg -movflags +faststart, or pipe nut, matroska, mpegts or y4m")
+    return "; a pipe needs a container that can be read without seeking: nut, matroska, mpegts, y4m"
+
+
+#: ``framing_note`` speaks up when the centre square keeps less than this share of the picture, or when the
+#: square is upscaled more than ``UPSCALE_NOTE`` times to the model's size
+CROP_NOTE = 0.5
+UPSCALE_NOTE = 4.0
+
+
+def framing_note(info: VideoInfo, size: int) -> str | None:
+    """A sentence for an input that the model's square frames render badly, or None: the centre square
+    (``prepare_frame``) of a very wide or tall picture keeps a sliver of it, and a tiny square is upscaled
+    many times. E.g. 4000x16: its centre 16x16 square, upscaled 16x."""
+    w, h = info.width * float(info.pixel_aspect or 1), float(info.height)  # display geometry
+    if w <= 0 or h <= 0:
+        return None
+    side = min(w, h)
+    kept, scale = side * side / (w * h), size / side
+    if kept >= CROP_NOTE and scale <= UPSCALE_NOTE:
+        return None
+    what = f"{info.width}x{info.height} frames: only the centre {round(side)}x{round(side)} square is encoded"
+    if kept < CROP_NOTE:
+        what += f" ({kept * 100:.2g} % of the picture)"
+    if scale > 1:
+        what += f", upscaled {scale:.3g}x to {size}x{size}"
+    return what
 
 
 def open_video(path: PathLike, max_pixels: int | None = None) -> VideoSource:

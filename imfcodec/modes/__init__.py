@@ -22,7 +22,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ArgumentError
 from ..settings import DEFAULT_BASE_FACTOR, DEFAULT_MODE, DEFAULT_QUALITY, DEFAULT_SEARCH_ITERS, PRESETS
 
 
@@ -64,7 +64,7 @@ _BY_STREAM = {m.stream_name: m for m in MODES.values()}
 
 def get_mode(name: str) -> Mode:
     if name not in MODES:
-        raise InputError(f"--mode must be one of {', '.join(MODES)}, got {name!r}")
+        raise ArgumentError(f"mode= must be one of {', '.join(MODES)}, got {name!r}")
     return MODES[name]
 
 

@@ -267,5 +267,5 @@ def open_encoder(loaded, fps: Fraction, settings: EncoderSettings) -> Encoder:
 
 def open_decoder(loaded, header: StreamHeader, enhance: bool = True) -> Decoder:
     if not enhance:
-        raise InputError("--no-enhance applies to hybrid streams only; this stream codes tokens")
+        raise InputError("enhance=False applies to hybrid streams only; this stream codes tokens")
     return Decoder(loaded.model, header)
