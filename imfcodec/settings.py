@@ -94,11 +94,25 @@ class EncoderSettings:
     _checked: bool = field(default=False, init=False, repr=False, compare=False)  # validated() made it
 
     @property
+    def implied_mode(self) -> str | None:
+        """The mode these settings' own fields imply: an explicit ``mode``; else a hybrid field away from its
+        default (as ``base_codec`` always chose the hybrid mode); else a token field away from its default
+        (``quality``, ``refresh_below``, ``search_iters`` other than the default and the preset's); else None
+        (undecided: the network, then ``DEFAULT_MODE``, decide; ``imfcodec.modes.choose``)."""
+        if self.mode is not None:
+            return self.mode
+        if (self.base_codec, self.base_quality, self.enhancer) != (None, None, None) \
+                or self.base_factor != DEFAULT_BASE_FACTOR or self.guard is not True:
+            return "hybrid"
+        steps = {DEFAULT_SEARCH_ITERS, PRESETS[self.preset].search_iters if self.preset in PRESETS else None}
+        if self.quality != DEFAULT_QUALITY or self.refresh_below is not None or self.search_iters not in steps:
+            return "token"
+        return None
+
+    @property
     def chosen_mode(self) -> str:
         """The mode these settings encode in without a network to say otherwise."""
-        from .modes import implied
-
-        return implied(self) or DEFAULT_MODE
+        return self.implied_mode or DEFAULT_MODE
 
     @property
     def hybrid(self) -> bool:

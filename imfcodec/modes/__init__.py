@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ArgumentError
-from ..settings import DEFAULT_BASE_FACTOR, DEFAULT_MODE, DEFAULT_QUALITY, DEFAULT_SEARCH_ITERS, PRESETS
+from ..settings import DEFAULT_MODE
 
 
 @dataclass(frozen=True)
@@ -84,18 +84,8 @@ def for_kind(kind: str | None) -> Mode | None:
 
 
 def implied(settings) -> str | None:
-    """The mode the settings' own fields imply: an explicit ``mode``; else a hybrid field away from its default
-    (as ``base_codec`` always chose the hybrid mode); else a token field away from its default (``quality``,
-    ``refresh_below``, ``search_iters`` other than the default and the preset's); else None (undecided)."""
-    if settings.mode is not None:
-        return settings.mode
-    if (settings.base_codec, settings.base_quality, settings.enhancer) != (None, None, None) \
-            or settings.base_factor != DEFAULT_BASE_FACTOR or settings.guard is not True:
-        return HYBRID.name
-    steps = {DEFAULT_SEARCH_ITERS, PRESETS[settings.preset].search_iters if settings.preset in PRESETS else None}
-    if settings.quality != DEFAULT_QUALITY or settings.refresh_below is not None or settings.search_iters not in steps:
-        return TOKEN.name
-    return None
+    """The mode the settings' own fields imply (``EncoderSettings.implied_mode``), or None (undecided)."""
+    return settings.implied_mode
 
 
 def network_kind(network: Any) -> str | None:
