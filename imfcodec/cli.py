@@ -242,7 +242,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
               help="Encoder effort, same format. Token mode: "
                    + "; ".join(f"{k}: {p.what}" for k, p in PRESETS.items())
-                   + ". Hybrid mode: the base encoder's speed setting of the same name. Measured speeds (frames/s) "
+                   + ". Hybrid mode: the base encoder's speed setting of the same name (x265's presets; "
+                   + "; ".join(f"{k}: {p.base}" for k, p in PRESETS.items()) + "). Measured speeds (frames/s) "
                    "and rates: "
                    "benchmarks/results/model_speed.md and benchmarks/results/2026-11-28-base-presets-heldout-train/.")
 @click.option("--refine", "search_iters", type=int, default=None,

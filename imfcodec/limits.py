@@ -62,3 +62,6 @@ MIN_BASE_SIDE = 16  # base-layer picture side: x265 and SVT-AV1 refuse smaller (
 MAX_FPS = 1000  # frame rate a video reader reports / a writer accepts (above: the container's rate is ignored)
 MAX_FRAME_SIDE = 8192  # the working frame size (a model's resolution) the video readers resize to
 MAX_INPUT_PIXELS = 8192 * 8192  # a source video's declared picture size the encoder opens at all
+
+#: the token search: at most this many steps per frame (``--refine``, ``EncoderSettings.search_iters``)
+MAX_SEARCH_ITERS = 100

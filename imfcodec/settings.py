@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .errors import ArgumentError, InputError
+from .limits import MAX_SEARCH_ITERS
 
 DEFAULT_QUALITY = 9  # the token quality the shipped token model was trained for (its model card)
 DEFAULT_CHUNK = 5
@@ -153,8 +154,8 @@ class EncoderSettings:
             raise ArgumentError(f"keyint= must be >= 0 (0 = one key frame), got {s.keyint!r}")
         if not _is_int(s.chunk) or not 1 <= s.chunk <= MAX_ENCODER_CHUNK:
             raise ArgumentError(f"chunk= must be in 1..{MAX_ENCODER_CHUNK}, got {s.chunk!r}")
-        if not _is_int(s.search_iters) or s.search_iters < 0:
-            raise ArgumentError(f"search_iters= must be an integer >= 0, got {s.search_iters!r}")
+        if not _is_int(s.search_iters) or not 0 <= s.search_iters <= MAX_SEARCH_ITERS:
+            raise ArgumentError(f"search_iters= must be an integer in 0..{MAX_SEARCH_ITERS}, got {s.search_iters!r}")
         _preset(s.preset)
         if not _is_number(s.scenecut) or not 0 <= s.scenecut <= 100:
             raise ArgumentError(f"scenecut= must be a threshold in 0..100 (0 = off), got {s.scenecut!r}")
@@ -179,13 +180,11 @@ class EncoderSettings:
         """The token mode's own check: its quality and search in range, no hybrid field given. (Its modules are
         imported here, so that a hybrid encode never loads the token codec.)"""
         from .entropy.quant import QUALITY_RANGE
-        from .token_search import MAX_ITERS, SearchSettings
+        from .token_search import SearchSettings
 
         lo, hi = QUALITY_RANGE
         if not lo <= self.quality <= hi:
             raise ArgumentError(f"quality= must be in {lo}..{hi}, got {self.quality!r}")
-        if not self.search_iters <= MAX_ITERS:
-            raise ArgumentError(f"search_iters= must be an integer in 0..{MAX_ITERS}, got {self.search_iters!r}")
         SearchSettings(self.search_iters).validated()
         if (self.base_codec, self.base_quality, self.enhancer, self.base_factor) != (None, None, None,
                                                                                       DEFAULT_BASE_FACTOR):

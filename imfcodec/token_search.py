@@ -26,9 +26,8 @@ import torch
 
 from .entropy import Q_MAX, scale_table
 from .errors import InputError
+from .limits import MAX_SEARCH_ITERS as MAX_ITERS
 from .models.imf import RefState
-
-MAX_ITERS = 100
 
 
 @dataclass(frozen=True)
