@@ -282,9 +282,6 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
                         "--enhancer": enhancer is not None, "--model": model is not None, "--no-guard": no_guard,
                         "--quality": source("quality") is not ParameterSource.DEFAULT,
                         "--refine": search_iters is not None})
-    if kbps is not None:
-        base_codec, base_scale, base_quality, key_quality = _rate_control(
-            input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings.from_preset(
         preset, mode=mode, quality=quality, keyint=keyint, scenecut=scenecut, refresh_below=refresh_below,
         key_codec=key_codec, key_quality=key_quality, chunk=chunk,
@@ -294,13 +291,15 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
     ).validated()
     if frames is not None and frames < 1:
         raise click.BadParameter("must be >= 1", param_hint="--frames")
+    if kbps is not None:  # after the settings: its measuring passes encode with them
+        settings = _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_quality, key_quality)
     streamed = _note_output(output, input == "-")
     with _Progress("encode") as bar:
         s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar,
                          started=bar.start, device=device)
     m = get_mode(settings.mode)  # a mode's other bytes are its own: the other mode's count is 0
     _summary(streamed == "stdout",
-             f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
+             f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s{_target(kbps, s.kbps)} "
              f"(key {s.key_bytes} B, {m.payload} {s.base_bytes + s.token_bytes} B, overhead {s.overhead_bytes} B), "
              f"{len(s.key_frames)} key frame(s){f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
              + (f"enhancer off for {s.unenhanced_frames} frame(s) where it would hurt, " if s.unenhanced_frames else "")
@@ -324,34 +323,89 @@ def _device(name: str) -> str:
     return resolve_device(name, note=lambda message: click.echo(message, err=True))
 
 
-def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
-    """--kbps: (base_codec, base_scale, base_quality, key_quality) from the enhancer's operating-point table,
-    where the user did not give them; says on stderr which point it chose and the rate it expects."""
+def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_quality, key_quality):
+    """--kbps: ``settings`` at the operating point for ``kbps``, where the user did not give it (the options given
+    win). A file: the enhancer's operating-point table chooses the base codec, size and key quality, and
+    measuring passes of the real encoder the base quality whose whole-file rate is closest to ``kbps``
+    (``ratecontrol.closed_loop``); each pass and the result are said on stderr. A pipe (its length unknown): the
+    table's point, whose rate is an estimate."""
+    from dataclasses import replace
+
+    from .baselayer import get_base_codec
     from .errors import InputError
     from .io import probe_video
-    from .modes.hybrid import enhancer_name
-    from .ratecontrol import choose, load_table
+    from .modes.hybrid import enhancer_name, load_enhancer
+    from .ratecontrol import TOLERANCE, FileMeter, choose, closed_loop, load_table, within
 
-    if key_codec != "hevc":
+    if settings.key_codec != "hevc":
         raise InputError("--kbps uses a table measured with hevc key frames: "
                          "drop --key-codec, or give the operating point yourself")
+    points = load_table(enhancer_name(settings.enhancer))
+    factor = BASE_SCALES[base_scale] if base_scale else None
+
+    def scale(f: int) -> str:
+        return {v: k for k, v in BASE_SCALES.items()}[f]
+
+    def at(codec: str, f: int, bq: int, kq: int):
+        return replace(settings, base_codec=codec, base_factor=f, base_quality=bq, key_quality=kq).validated()
+
+    def say(line: str) -> None:
+        click.echo(f"rate control: {line}", err=True)
+
     duration = None  # a pipe is read once, by the encoder: its duration is not known up front
     if input != "-":
         info = probe_video(input)
         n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
         duration = n / float(info.fps) if n else None
-    point, expected, fits = choose(load_table(enhancer_name(enhancer)), kbps, duration, base_codec)
-    scale = base_scale or {f: name for name, f in BASE_SCALES.items()}[point.base_factor]
-    bq = point.base_quality if base_quality is None else base_quality
-    kq = point.key_quality if key_quality is None else key_quality
-    span = f"{duration:.1f} s" if duration else "an assumed 10 s"
-    click.echo(f"rate control: {kbps:g} kbit/s -> base {point.base_codec} {scale} q{bq}, key q{kq}: "
-               f"about {expected:.1f} kbit/s "
-               f"over {span} on training clips", err=True)
-    if not fits:
-        click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
+    if input == "-" or base_quality is not None:  # the table's point (with the user's base quality)
+        point, expected, fits = choose(points, kbps, duration, base_codec)
+        f = point.base_factor if factor is None else factor
+        bq = point.base_quality if base_quality is None else base_quality
+        kq = point.key_quality if key_quality is None else key_quality
+        span = f"{duration:.1f} s" if duration else "an assumed 10 s"
+        say(f"{kbps:g} kbit/s -> base {point.base_codec} {scale(f)} q{bq}, key q{kq}: about {expected:.1f} kbit/s "
+            f"over {span} on training clips"
+            + ("; the rate is the table's estimate, not a guarantee (a pipe's length is unknown)" if input == "-"
+               else " (--base-quality given: no measuring passes)"))
+        if not fits:
+            click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
+                       err=True)
+        return at(point.base_codec, f, bq, kq)
+
+    meter = FileMeter(input, settings, load_enhancer(settings.enhancer), max_frames=frames)
+    count = 0
+
+    def rate(family, quality: int) -> float:
+        nonlocal count
+        r = meter(family, quality)
+        count += 1
+        say(f"pass {count}: base {family.base_codec} {scale(family.base_factor)} q{quality}, "
+            f"key q{family.key_quality} -> {r:.2f} kbit/s")
+        return r
+
+    codecs = get_base_codec
+    best, searches = closed_loop(points, kbps, duration or 10.0, rate, lambda c: codecs(c).quality_range,
+                                 lambda c: codecs(c).default_quality, base_codec=base_codec, base_factor=factor,
+                                 key_quality=key_quality)
+    fam = best.family
+    miss = best.kbps / kbps - 1
+    ok = within(best.kbps, kbps)
+    say(f"target {kbps:g} kbit/s -> base {fam.base_codec} {scale(fam.base_factor)} q{best.base_quality}, "
+        f"key q{fam.key_quality}: {best.kbps:.2f} kbit/s over {meter.duration_s:.1f} s ({miss:+.1%}, "
+        f"{'within' if ok else 'NOT within'} +-{TOLERANCE:.0%}; {count} passes, {meter.seconds:.1f} s)")
+    if not ok:
+        reach = {s.reach for s in searches}
+        why = ("even the lowest base quality of the table's cheapest points is above it" if reach == {"over"}
+               else "even the highest base quality of the table's richest points is below it" if reach == {"under"}
+               else "no base quality lands closer (its rate steps are coarse here)")
+        click.echo(f"warning: --kbps {kbps:g}: the closest this input reaches is {best.kbps:.2f} kbit/s; {why}",
                    err=True)
-    return point.base_codec, scale, bq, kq
+    return at(fam.base_codec, fam.base_factor, best.base_quality, fam.key_quality)
+
+
+def _target(kbps: float | None, result: float) -> str:
+    """The encode summary's note of the --kbps target (the stream does not store it)."""
+    return "" if kbps is None else f" (target {kbps:g} kbit/s, {result / kbps - 1:+.1%})"
 
 
 # the options only one mode takes, in the order they are checked: the mode they belong to, and what is said
