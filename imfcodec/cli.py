@@ -392,7 +392,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     ok = within(best.kbps, kbps)
     say(f"target {kbps:g} kbit/s -> base {fam.base_codec} {scale(fam.base_factor)} q{best.base_quality}, "
         f"key q{fam.key_quality}: {best.kbps:.2f} kbit/s over {meter.duration_s:.1f} s ({miss:+.1%}, "
-        f"{'within' if ok else 'NOT within'} +-{TOLERANCE:.0%}; {count} passes, {meter.seconds:.1f} s)")
+        f"{'within' if ok else 'NOT within'} +-{TOLERANCE:.0%}; {count} pass{'es' if count > 1 else ''}, {meter.seconds:.1f} s)")
     if not ok:
         reach = {s.reach for s in searches}
         why = ("even the lowest base quality of the table's cheapest points is above it" if reach == {"over"}

@@ -224,10 +224,14 @@ def search_quality(rate: Callable[[int], float], target: float, quality_range: t
                 ru, ro = max(rates[under], 1e-9), rates[over]
                 nq = round(under + (over - under) * math.log(target / ru) / math.log(ro / ru))
         else:  # one side known: extrapolate by the measured slope (the table's until there are two passes)
-            # (a measured slope far below the table's, where start-up bytes outweigh the base layer, would
-            # jump to the range's end: at most twice the table's step per pass)
-            s = max(_secant(passes, target) or step, step / 2)
-            nq = round(q + math.log(target / r) / s) if r > 0 else q + 1
+            measured = _secant(passes, target)
+            if measured is not None and measured < step / 2:
+                # flat here (start-up bytes outweigh the base layer): extrapolating would jump to the range's
+                # end, creeping would take many passes; gallop instead, twice the last move each pass
+                move = max(2 * abs(q - passes[-2][0]), 1)
+                nq = q + (move if r < target else -move)
+            else:
+                nq = round(q + math.log(target / r) / (measured or step)) if r > 0 else q + 1
         q = min(max(nq, low), high)
 
 
