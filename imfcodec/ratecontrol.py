@@ -97,7 +97,7 @@ def choose(points: list[OperatingPoint], kbps: float, duration_s: float | None =
 # byte) find the base quality that gives the target: rate is monotonic in it, about 5-6 % per step.
 
 TOLERANCE = 0.05  # what --kbps promises on a file: the whole file's rate within +-5 % of the target
-STOP_WITHIN = 0.02  # a pass this close ends the search: a neighbouring quality, 5-6 % away, cannot be closer
+STOP_WITHIN = 0.02  # a pass this close ends the search (and one within half the local step: no neighbour is closer)
 MAX_PASSES = 10  # per family; the search usually needs 2-5
 MAX_FAMILIES = 3  # the table's family, then up to two neighbours when its quality range cannot reach the target
 DEFAULT_STEP = 0.055  # ln(rate) per quality step when the table cannot say (a VP9 base: 5-6 %)
@@ -187,8 +187,9 @@ def search_quality(rate: Callable[[int], float], target: float, quality_range: t
     """Search the integer quality in ``quality_range`` whose ``rate(quality)`` (increasing in it) is closest to
     ``target``: (the passes as (quality, rate) in order, reach). A secant step in log rate from the last pass
     (``step``, ln(rate) per quality step, until two passes give a slope), kept strictly inside the bracket of
-    qualities known to be under and over the target, so each pass is new and the bracket shrinks. Ends when a
-    pass is within ``stop_within`` of the target, when the bracket's ends are neighbours, when the range's end
+    qualities known to be under and over the target, so each pass is new and the bracket shrinks (there, an
+    interpolation between its ends). Ends when a pass is within the tolerance and within ``stop_within`` or half
+    the local step (in ln rate) of the target, when the bracket's ends are neighbours, when the range's end
     is reached on the wrong side (reach "over": the lowest quality is above the target; "under": the highest
     is below), or after ``max_passes``."""
     lo, hi = quality_range
@@ -209,20 +210,31 @@ def search_quality(rate: Callable[[int], float], target: float, quality_range: t
             return passes, "over"
         if r <= target and q == hi and under == hi:
             return passes, "under"
-        if (abs(r / target - 1) <= stop_within or len(passes) >= max_passes
-                or (under is not None and over is not None and over - under <= 1)):
+        # done when no other quality can be closer: a neighbour is a step away (the local slope, in ln), so one
+        # within half a step of the target is the closest (and within ``stop_within`` is close enough anyway)
+        miss = abs(math.log(r / target)) if r > 0 else math.inf
+        local = _secant(passes, target) or step
+        if (miss <= max(math.log1p(stop_within), local / 2) and abs(r / target - 1) <= TOLERANCE) \
+                or len(passes) >= max_passes or (under is not None and over is not None and over - under <= 1):
             return passes, "ok"
         low = lo if under is None else under + 1
         high = hi if over is None else over - 1
         if low > high:  # (only if the rate is not monotonic after all)
             return passes, "ok"
         if under is not None and over is not None:
+            # interpolate ln(rate) between the bracket's ends (regula falsi); the start-up bytes make ln(rate)
+            # convex in quality, so one end tends to stay put: each pass on the same side as the one before
+            # halves the weight of the end that stays (the Illinois rule), so the bracket keeps shrinking
             rates = dict(passes)
-            if (passes[-1][1] > target) == (passes[-2][1] > target):
-                nq = (under + over) // 2  # the same end moved twice: interpolation stalls, halve the bracket
-            else:  # interpolate ln(rate) between the bracket's ends
-                ru, ro = max(rates[under], 1e-9), rates[over]
-                nq = round(under + (over - under) * math.log(target / ru) / math.log(ro / ru))
+            fu = math.log(max(rates[under], 1e-9) / target)  # <= 0
+            fo = math.log(rates[over] / target)  # > 0
+            side = [p[1] > target for p in passes]
+            same = next((i for i in range(1, len(side)) if side[-1 - i] != side[-1]), len(side)) - 1
+            if side[-1]:
+                fu /= 2 ** same
+            else:
+                fo /= 2 ** same
+            nq = round(under + (over - under) * -fu / (fo - fu))
         else:  # one side known: extrapolate by the measured slope (the table's until there are two passes)
             measured = _secant(passes, target)
             if measured is not None and measured < step / 2:
