@@ -357,7 +357,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
         info = probe_video(input)
         n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
         duration = n / float(info.fps) if n else None
-    if input == "-" or base_quality is not None:  # the table's point (with the user's base quality)
+    piped = not os.path.isfile(input)  # standard input, a FIFO: read once, by the encoder
+    if piped or base_quality is not None:  # the table's point (with the user's base quality)
         point, expected, fits = choose(points, kbps, duration, base_codec)
         f = point.base_factor if factor is None else factor
         bq = point.base_quality if base_quality is None else base_quality
@@ -365,7 +366,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
         span = f"{duration:.1f} s" if duration else "an assumed 10 s"
         say(f"{kbps:g} kbit/s -> base {point.base_codec} {scale(f)} q{bq}, key q{kq}: about {expected:.1f} kbit/s "
             f"over {span} on training clips"
-            + ("; the rate is the table's estimate, not a guarantee (a pipe's length is unknown)" if input == "-"
+            + ("; the rate is the table's estimate, not a guarantee (a pipe's length is unknown)" if piped
                else " (--base-quality given: no measuring passes)"))
         if not fits:
             click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",

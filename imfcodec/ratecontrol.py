@@ -295,10 +295,18 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float,
         searches.append(Search([Measured(family, q, r) for q, r in passes], reach))
         if reach == "ok" or within(searches[-1].best(target).kbps, target) or len(searches) >= max_families:
             break
-        # the table's rates of each family at its lowest / highest measured quality, to find the neighbours
+        # the rates the table expects of each family at its codec's lowest and highest quality (extrapolated from
+        # its points by its slope: a 1/4 family measured from quality 9 up may still go lower than a 1/2 one)
         def span(f: Family) -> tuple[float, float]:
-            rates = [p.kbps(duration_s) for p in allowed if chosen(p) == f]
-            return (min(rates), max(rates)) if rates else (math.inf, -math.inf)
+            mine = [p for p in allowed if chosen(p) == f]
+            if not mine:
+                return math.inf, -math.inf
+            flo, fhi = quality_range(f.base_codec)
+            k = table_step(points, f, duration_s)
+            low = min(mine, key=lambda p: p.base_quality)
+            high = max(mine, key=lambda p: p.base_quality)
+            return (low.kbps(duration_s) * math.exp(-k * (low.base_quality - flo)),
+                    high.kbps(duration_s) * math.exp(k * (fhi - high.base_quality)))
 
         now = span(family)
         if reach == "over":
