@@ -1,11 +1,14 @@
 """Rate control of the hybrid mode: ``imfcodec encode --kbps R`` picks the operating point (base-layer codec,
 size and quality, key-frame quality) that gave the best quality within R on training clips.
 
-Why a table and not a loop: the base layer's rate at a given quality depends on the clip, but the *order*
-of the operating points by quality per bit does much less, and a table measured once on held-out training
-clips (``benchmarks/hybrid_table.py``; never the test clips) gives one number -> one point with no extra
-encoding passes, which is what a live encoder needs. The table ships beside the enhancer's weights
+Why a table: the base layer's rate at a given quality depends on the clip, but the *order* of the operating
+points by quality per bit does much less, and a table measured once on held-out training clips
+(``benchmarks/hybrid_table.py``; never the test clips) gives one number -> one point with no extra encoding
+passes, which is what a live encoder (a pipe) needs. The table ships beside the enhancer's weights
 (``imfcodec/weights/NAME-points.json``) because the quality an operating point gives depends on the enhancer.
+Why a loop as well: the table's rates miss a given file by -50 % to +80 % (frame rate, length, content), so on
+a file the table chooses only the point's family and measuring passes find the base quality (``closed_loop``,
+below; benchmarks/results/2026-12-04-rate-control/NOTES.md).
 
 A point's rate for a clip of ``d`` seconds is its steady rate plus its start-up bytes (header, key image, the
 base layer's first intra picture) spread over ``d``: short clips pay the key frame over few seconds.
