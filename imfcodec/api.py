@@ -304,6 +304,31 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
                          kept, lost, list(enc.scene_cuts), getattr(enc, "unenhanced_frames", 0))
 
 
+def stream_size(frames: Iterable[np.ndarray], *, fps: Fraction | int, model: LoadedModel, settings: EncoderSettings,
+                timing: TimingRecorder | None = None, enhancer_switch: bool | None = None) -> tuple[int, int, float]:
+    """(bytes, frames, seconds): the size of the file ``encode_frames_to_file`` would write for these frames,
+    counted from the real packets and header without writing anything, and how long the frames play (the
+    duration ``EncodeSummary.kbps`` divides by). For rate control's measuring passes (``ratecontrol``), which
+    run without the guard (no network, several times faster): that changes the header's flags byte only, so
+    ``enhancer_switch`` counts the header as the final encode will write it."""
+    from .modes.common import encode_frames
+
+    mode, settings = _encoding_mode(model, settings)
+    enc = mode.open_encoder(model, fps, settings)
+    size = sum(len(encode_packet(packet)) for packet in encode_frames(frames, enc))
+    if enc.index == 0:
+        raise InputError("no frames to encode")
+    header = replace(enc.header, frames=enc.index)
+    if enhancer_switch is not None:
+        header = replace(header, enhancer_switch=enhancer_switch)
+    kept = _source_timing(timing, enc.index)
+    if kept is not None:
+        header = kept.header(header)
+        size += sum(len(encode_packet(record)) for record in kept.packets())
+    size += len(stream_start(header))
+    return size, enc.index, kept.seconds if kept is not None else enc.index / float(fps)
+
+
 def _source_timing(timing: TimingRecorder | None, frames: int) -> Timing | None:
     """The per-frame timing of the ``frames`` frames encoded, or None when they are at the constant rate
     (or were not all timed: frames given without a ``VideoSource``)."""

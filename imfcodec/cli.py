@@ -294,9 +294,6 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
                         "--enhancer": enhancer is not None, "--model": model is not None, "--no-guard": no_guard,
                         "--quality": source("quality") is not ParameterSource.DEFAULT,
                         "--refine": search_iters is not None})
-    if kbps is not None:
-        base_codec, base_scale, base_quality, key_quality, kbps_fits = _rate_control(
-            input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality)
     settings = EncoderSettings.from_preset(
         preset, mode=mode, quality=quality, keyint=keyint, scenecut=scenecut, refresh_below=refresh_below,
         key_codec=key_codec, key_quality=key_quality, chunk=chunk,
@@ -304,12 +301,19 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         base_factor=BASE_SCALES[base_scale] if base_scale else _ENCODER.base_factor, base_quality=base_quality,
         enhancer=enhancer, **({"guard": False} if no_guard else {}),
     ).validated()
+    if kbps is not None:  # after the settings: its measuring passes encode with them
+        from .api import default_output
+        from .fsutil import as_path, check_overwrite
+
+        check_overwrite(as_path(output) if output is not None else default_output(input, ".imf"), overwrite)
+        settings, kbps_fits, kbps_why = _rate_control(input, kbps, frames, settings, base_codec, base_scale,
+                                                      base_quality, key_quality)
     streamed = _note_output(output, input == "-")
     with _Progress("encode") as bar:
         s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar,
                          started=bar.start, device=device, overwrite=overwrite)
     m = get_mode(settings.mode)  # a mode's other bytes are its own: the other mode's count is 0
-    _summary(f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s "
+    _summary(f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s{_target(kbps, s.kbps)} "
              f"(key {s.key_bytes} B, {m.payload} {s.base_bytes + s.token_bytes} B, overhead {s.overhead_bytes} B), "
              f"{len(s.key_frames)} key frame(s){f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
              + (f"enhancer off for {s.unenhanced_frames} frame(s) where it would hurt, " if s.unenhanced_frames else "")
@@ -318,12 +322,13 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         click.echo(f"warning: the input's frames are not at a constant rate, but a stream written to "
                    f"{streamed or 'a pipe'} is started before that is known: it plays them at the input's "
                    f"nominal rate (encode to a file to keep their times)", err=True)
-    if kbps is not None and s.kbps > kbps * (1 + RATE_TOLERANCE):
-        why = ("no operating point reaches it, the lowest was used" if not kbps_fits else
-               "the operating point was chosen on training clips, and this input takes more bits at it")
+    if kbps is not None and abs(s.kbps / kbps - 1) > RATE_TOLERANCE and (s.kbps > kbps or kbps_why):
+        why = kbps_why or ("no operating point reaches it, the lowest was used" if not kbps_fits else
+                           "the operating point was chosen on training clips, and this input takes more bits at it")
+        above = s.kbps > kbps
         click.echo(f"warning: --kbps {kbps:g} {'cannot be met' if not kbps_fits else 'was exceeded'}: the stream "
-                   f"is {s.kbps:.2f} kbit/s, {(s.kbps / kbps - 1) * 100:.0f} % above ({s.bytes} bytes over "
-                   f"{s.duration_s:.2f} s); {why}", err=True)
+                   f"is {s.kbps:.2f} kbit/s, {abs(s.kbps / kbps - 1) * 100:.0f} % {'above' if above else 'below'} "
+                   f"({s.bytes} bytes over {s.duration_s:.2f} s); {why}", err=True)
 
 
 RATE_TOLERANCE = 0.05  # --kbps: a stream more than this much above the request is reported
@@ -342,35 +347,89 @@ def _device(name: str) -> str:
     return resolve_device(name, note=lambda message: click.echo(message, err=True))
 
 
-def _rate_control(input, kbps, frames, enhancer, base_codec, base_scale, base_quality, key_codec, key_quality):
-    """--kbps: (base_codec, base_scale, base_quality, key_quality, fits) from the enhancer's operating-point
-    table, where the user did not give them; says on stderr which point it chose and the rate it expects.
-    ``fits``: a measured point is expected within the rate (else the lowest was taken)."""
+def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_quality, key_quality):
+    """--kbps: ``settings`` at the operating point for ``kbps``, where the user did not give it (the options given
+    win). A file: the enhancer's operating-point table chooses the base codec, size and key quality, and
+    measuring passes of the real encoder the base quality whose whole-file rate is closest to ``kbps``
+    (``ratecontrol.closed_loop``); each pass and the result are said on stderr. A pipe (its length unknown): the
+    table's point, whose rate is an estimate."""
+    from dataclasses import replace
+
+    from .baselayer import get_base_codec
     from .errors import InputError
     from .io import probe_video
-    from .modes.hybrid import enhancer_name
-    from .ratecontrol import choose, load_table
+    from .modes.hybrid import enhancer_name, load_enhancer
+    from .ratecontrol import TOLERANCE, FileMeter, choose, closed_loop, load_table, within
 
-    if key_codec != "hevc":
+    if settings.key_codec != "hevc":
         raise InputError("--kbps uses a table measured with hevc key frames: "
                          "drop --key-codec, or give the operating point yourself")
+    points = load_table(enhancer_name(settings.enhancer))
+    factor = BASE_SCALES[base_scale] if base_scale else None
+
+    def scale(f: int) -> str:
+        return {v: k for k, v in BASE_SCALES.items()}[f]
+
+    def at(codec: str, f: int, bq: int, kq: int):
+        return replace(settings, base_codec=codec, base_factor=f, base_quality=bq, key_quality=kq).validated()
+
+    def say(line: str) -> None:
+        click.echo(f"rate control: {line}", err=True)
+
     duration = None  # a pipe is read once, by the encoder: its duration is not known up front
     if input != "-":
         info = probe_video(input)
         n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
         duration = n / float(info.fps) if n else None
-    point, expected, fits = choose(load_table(enhancer_name(enhancer)), kbps, duration, base_codec)
-    scale = base_scale or {f: name for name, f in BASE_SCALES.items()}[point.base_factor]
-    bq = point.base_quality if base_quality is None else base_quality
-    kq = point.key_quality if key_quality is None else key_quality
-    span = f"{duration:.1f} s" if duration else "an assumed 10 s"
-    click.echo(f"rate control: {kbps:g} kbit/s -> base {point.base_codec} {scale} q{bq}, key q{kq}: "
-               f"about {expected:.1f} kbit/s "
-               f"over {span} on training clips", err=True)
-    if not fits:
-        click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
-                   err=True)
-    return point.base_codec, scale, bq, kq, fits
+    piped = not os.path.isfile(input)  # standard input, a FIFO: read once, by the encoder
+    if piped or base_quality is not None:  # the table's point (with the user's base quality)
+        point, expected, fits = choose(points, kbps, duration, base_codec)
+        f = point.base_factor if factor is None else factor
+        bq = point.base_quality if base_quality is None else base_quality
+        kq = point.key_quality if key_quality is None else key_quality
+        span = f"{duration:.1f} s" if duration else "an assumed 10 s"
+        say(f"{kbps:g} kbit/s -> base {point.base_codec} {scale(f)} q{bq}, key q{kq}: about {expected:.1f} kbit/s "
+            f"over {span} on training clips"
+            + ("; the rate is the table's estimate, not a guarantee (a pipe's length is unknown)" if piped
+               else " (--base-quality given: no measuring passes)"))
+        if not fits:
+            click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
+                       err=True)
+        return at(point.base_codec, f, bq, kq), fits, None
+
+    meter = FileMeter(input, settings, load_enhancer(settings.enhancer), max_frames=frames)
+    count = 0
+
+    def rate(family, quality: int) -> float:
+        nonlocal count
+        r = meter(family, quality)
+        count += 1
+        say(f"pass {count}: base {family.base_codec} {scale(family.base_factor)} q{quality}, "
+            f"key q{family.key_quality} -> {r:.2f} kbit/s")
+        return r
+
+    codecs = get_base_codec
+    best, searches = closed_loop(points, kbps, duration or 10.0, rate, lambda c: codecs(c).quality_range,
+                                 lambda c: codecs(c).default_quality, base_codec=base_codec, base_factor=factor,
+                                 key_quality=key_quality)
+    fam = best.family
+    miss = best.kbps / kbps - 1
+    ok = within(best.kbps, kbps)
+    say(f"target {kbps:g} kbit/s -> base {fam.base_codec} {scale(fam.base_factor)} q{best.base_quality}, "
+        f"key q{fam.key_quality}: {best.kbps:.2f} kbit/s over {meter.duration_s:.1f} s ({miss:+.1%}, "
+        f"{'within' if ok else 'NOT within'} +-{TOLERANCE:.0%}; {count} pass{'es' if count > 1 else ''}, {meter.seconds:.1f} s)")
+    why = None
+    if not ok:  # said after the encode, with the file's real rate
+        reach = {s.reach for s in searches}
+        why = ("even the lowest base quality of the table's cheapest points is above it" if reach == {"over"}
+               else "even the highest base quality of the table's richest points is below it" if reach == {"under"}
+               else "no base quality lands closer (its rate steps are coarse here)")
+    return at(fam.base_codec, fam.base_factor, best.base_quality, fam.key_quality), ok, why
+
+
+def _target(kbps: float | None, result: float) -> str:
+    """The encode summary's note of the --kbps target (the stream does not store it)."""
+    return "" if kbps is None else f" (target {kbps:g} kbit/s, {result / kbps - 1:+.1%})"
 
 
 # the options only one mode takes, in the order they are checked: the mode they belong to, and what is said

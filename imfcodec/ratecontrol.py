@@ -1,11 +1,14 @@
 """Rate control of the hybrid mode: ``imfcodec encode --kbps R`` picks the operating point (base-layer codec,
 size and quality, key-frame quality) that gave the best quality within R on training clips.
 
-Why a table and not a loop: the base layer's rate at a given quality depends on the clip, but the *order*
-of the operating points by quality per bit does much less, and a table measured once on held-out training
-clips (``benchmarks/hybrid_table.py``; never the test clips) gives one number -> one point with no extra
-encoding passes, which is what a live encoder needs. The table ships beside the enhancer's weights
+Why a table: the base layer's rate at a given quality depends on the clip, but the *order* of the operating
+points by quality per bit does much less, and a table measured once on held-out training clips
+(``benchmarks/hybrid_table.py``; never the test clips) gives one number -> one point with no extra encoding
+passes, which is what a live encoder (a pipe) needs. The table ships beside the enhancer's weights
 (``imfcodec/weights/NAME-points.json``) because the quality an operating point gives depends on the enhancer.
+Why a loop as well: the table's rates miss a given file by -50 % to +80 % (frame rate, length, content), so on
+a file the table chooses only the point's family and measuring passes find the base quality (``closed_loop``,
+below; benchmarks/results/2026-12-04-rate-control/NOTES.md).
 
 A point's rate for a clip of ``d`` seconds is its steady rate plus its start-up bytes (header, key image, the
 base layer's first intra picture) spread over ``d``: short clips pay the key frame over few seconds.
@@ -14,6 +17,8 @@ base layer's first intra picture) spread over ``d``: short clips pay the key fra
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,3 +90,299 @@ def choose(points: list[OperatingPoint], kbps: float, duration_s: float | None =
         return best, best.kbps(d), True
     low = min(points, key=lambda p: p.kbps(d))
     return low, low.kbps(d), False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The closed loop (inputs of known length: files). The table's rate is a mean over training clips at their frame
+# rate and length; a clip's own rate at a point differs by tens of per cent (frame rate, length, content). So the
+# table chooses the *family* of the point (base codec, base size, key quality: the best quality per bit), and
+# measuring passes of the real encoder (no guard: no network; the stream's bytes are the same but for one header
+# byte) find the base quality that gives the target: rate is monotonic in it, about 5-6 % per step.
+
+TOLERANCE = 0.05  # what --kbps promises on a file: the whole file's rate within +-5 % of the target
+STOP_WITHIN = 0.02  # a pass this close ends the search (and one within half the local step: no neighbour is closer)
+MAX_PASSES = 10  # per family; the search usually needs 2-5
+MAX_FAMILIES = 3  # the table's family, then up to two neighbours when its quality range cannot reach the target
+DEFAULT_STEP = 0.055  # ln(rate) per quality step when the table cannot say (a VP9 base: 5-6 %)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the table chooses and the search keeps: the base codec, the base size and the key quality."""
+
+    base_codec: str
+    base_factor: int
+    key_quality: int
+
+    def describe(self, base_quality: int) -> str:
+        scale = "1" if self.base_factor == 1 else f"1/{self.base_factor}"
+        return f"base {self.base_codec} {scale} q{base_quality}, key q{self.key_quality}"
+
+
+def family_of(p: OperatingPoint) -> Family:
+    return Family(p.base_codec, p.base_factor, p.key_quality)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One measuring pass: a family at a base quality, and the whole-file rate it gave."""
+
+    family: Family
+    base_quality: int
+    kbps: float
+
+
+@dataclass
+class Search:
+    """The search over one family's base quality: every pass, and why it ended (``reach``: "ok" when the
+    target lies within the quality range, "over" when even the lowest quality is above it, "under" when even
+    the highest is below it)."""
+
+    passes: list[Measured]
+    reach: str
+
+    def best(self, target: float) -> Measured:
+        return closest(self.passes, target)
+
+
+def closest(passes: list[Measured], target: float) -> Measured:
+    """The pass whose rate is closest to ``target``; of two equally close, the one under it."""
+    return min(passes, key=lambda m: (abs(m.kbps - target), m.kbps > target))
+
+
+def within(kbps: float, target: float, tolerance: float = TOLERANCE) -> bool:
+    return abs(kbps / target - 1) <= tolerance + 1e-12
+
+
+def table_step(points: list[OperatingPoint], family: Family, duration_s: float) -> float:
+    """ln(whole-file rate) per base-quality step of ``family`` in the table at ``duration_s`` (a least-squares
+    slope over its points; the same codec and size at the nearest key quality when the table lacks the family);
+    ``DEFAULT_STEP`` when the table has fewer than two qualities of it."""
+    same = [p for p in points if p.base_codec == family.base_codec and p.base_factor == family.base_factor]
+    if same:
+        kq = min({p.key_quality for p in same}, key=lambda k: abs(k - family.key_quality))
+        same = [p for p in same if p.key_quality == kq]
+    xs = [p.base_quality for p in same]
+    if len(set(xs)) < 2:
+        return DEFAULT_STEP
+    ys = [math.log(p.kbps(duration_s)) for p in same]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return slope if slope > 1e-3 else DEFAULT_STEP
+
+
+def first_guess(points: list[OperatingPoint], family: Family, target: float, duration_s: float,
+                quality_range: tuple[int, int], default: int) -> int:
+    """The base quality the table expects to give ``target``: from the family's table point nearest the target
+    (in log rate), moved by the table's slope; ``default`` when the table has no point of the family."""
+    lo, hi = quality_range
+    mine = [p for p in points if family_of(p) == family]
+    if not mine:
+        return min(max(default, lo), hi)
+    near = min(mine, key=lambda p: abs(math.log(p.kbps(duration_s) / target)))
+    q = near.base_quality + math.log(target / near.kbps(duration_s)) / table_step(points, family, duration_s)
+    return min(max(round(q), lo), hi)
+
+
+def search_quality(rate: Callable[[int], float], target: float, quality_range: tuple[int, int], first: int,
+                   step: float = DEFAULT_STEP, *, stop_within: float = STOP_WITHIN,
+                   max_passes: int = MAX_PASSES) -> tuple[list[tuple[int, float]], str]:
+    """Search the integer quality in ``quality_range`` whose ``rate(quality)`` (increasing in it) is closest to
+    ``target``: (the passes as (quality, rate) in order, reach). A secant step in log rate from the last pass
+    (``step``, ln(rate) per quality step, until two passes give a slope), kept strictly inside the bracket of
+    qualities known to be under and over the target, so each pass is new and the bracket shrinks (there, an
+    interpolation between its ends). Ends when a pass is within the tolerance and within ``stop_within`` or half
+    the local step (in ln rate) of the target, when the bracket's ends are neighbours, when the range's end
+    is reached on the wrong side (reach "over": the lowest quality is above the target; "under": the highest
+    is below), or after ``max_passes``."""
+    lo, hi = quality_range
+    if not target > 0:
+        raise InputError(f"--kbps must be > 0, got {target}")
+    passes: list[tuple[int, float]] = []
+    under: int | None = None  # the highest quality measured at or under the target
+    over: int | None = None  # the lowest quality measured over it
+    q = min(max(int(first), lo), hi)
+    while True:
+        r = float(rate(q))
+        passes.append((q, r))
+        if r <= target:
+            under = q if under is None else max(under, q)
+        else:
+            over = q if over is None else min(over, q)
+        if r > target and q == lo and over == lo:
+            return passes, "over"
+        if r <= target and q == hi and under == hi:
+            return passes, "under"
+        # done when no other quality can be closer: a neighbour is a step away (the local slope, in ln), so one
+        # within half a step of the target is the closest (and within ``stop_within`` is close enough anyway)
+        miss = abs(math.log(r / target)) if r > 0 else math.inf
+        local = _secant(passes, target) or step
+        if (miss <= max(math.log1p(stop_within), local / 2) and abs(r / target - 1) <= TOLERANCE) \
+                or len(passes) >= max_passes or (under is not None and over is not None and over - under <= 1):
+            return passes, "ok"
+        low = lo if under is None else under + 1
+        high = hi if over is None else over - 1
+        if low > high:  # (only if the rate is not monotonic after all)
+            return passes, "ok"
+        if under is not None and over is not None:
+            # interpolate ln(rate) between the bracket's ends (regula falsi); the start-up bytes make ln(rate)
+            # convex in quality, so one end tends to stay put: each pass on the same side as the one before
+            # halves the weight of the end that stays (the Illinois rule), so the bracket keeps shrinking
+            rates = dict(passes)
+            fu = math.log(max(rates[under], 1e-9) / target)  # <= 0
+            fo = math.log(rates[over] / target)  # > 0
+            side = [p[1] > target for p in passes]
+            same = next((i for i in range(1, len(side)) if side[-1 - i] != side[-1]), len(side)) - 1
+            if side[-1]:
+                fu /= 2 ** same
+            else:
+                fo /= 2 ** same
+            nq = round(under + (over - under) * -fu / (fo - fu))
+        else:  # one side known: extrapolate by the measured slope (the table's until there are two passes)
+            measured = _secant(passes, target)
+            if measured is not None and measured < step / 2:
+                # flat here (start-up bytes outweigh the base layer): extrapolating would jump to the range's
+                # end, creeping would take many passes; gallop instead, twice the last move each pass
+                move = max(2 * abs(q - passes[-2][0]), 1)
+                nq = q + (move if r < target else -move)
+            else:
+                nq = round(q + math.log(target / r) / (measured or step)) if r > 0 else q + 1
+        q = min(max(nq, low), high)
+
+
+def _secant(passes: list[tuple[int, float]], target: float) -> float | None:
+    """ln(rate) per quality step between the two passes nearest the target (in log rate) with different
+    qualities and a rate that rises with quality; None if there are none."""
+    ranked = sorted(passes, key=lambda p: abs(math.log(max(p[1], 1e-9) / target)))
+    (q0, r0), rest = ranked[0], ranked[1:]
+    for q1, r1 in rest:
+        if q1 != q0 and r0 > 0 and r1 > 0:
+            s = (math.log(r1) - math.log(r0)) / (q1 - q0)
+            if s > 1e-3:
+                return s
+    return None
+
+
+def closed_loop(points: list[OperatingPoint], target: float, duration_s: float,
+                rate: Callable[[Family, int], float], quality_range: Callable[[str], tuple[int, int]],
+                default_quality: Callable[[str], int], *, base_codec: str | None = None,
+                base_factor: int | None = None, key_quality: int | None = None,
+                max_families: int = MAX_FAMILIES) -> tuple[Measured, list[Search]]:
+    """(the chosen pass, every family's search): the table's choice of family for ``target`` at ``duration_s``
+    (``choose``; ``base_codec``, ``base_factor`` and ``key_quality`` given by the user win), then the base
+    quality that gives ``target`` by measuring passes (``rate(family, quality)``: the whole file's real rate).
+    When the family's quality range cannot reach the target (its lowest quality is still over it, or its
+    highest under it), the next family the table chooses among those with lower (or higher) rates is tried,
+    up to ``max_families``; the chosen pass is then the one closest to the target over all of them."""
+    allowed = [p for p in points if (base_codec is None or p.base_codec == base_codec)
+               and (base_factor is None or p.base_factor == base_factor)
+               and (key_quality is None or p.key_quality == key_quality)]
+    if not allowed:  # a size or key quality the table lacks: its choice of codec, the user's size and key
+        allowed = [p for p in points if base_codec is None or p.base_codec == base_codec]
+    point = choose(allowed, target, duration_s, base_codec)[0]
+
+    def chosen(p: OperatingPoint) -> Family:
+        return Family(p.base_codec, p.base_factor if base_factor is None else base_factor,
+                      p.key_quality if key_quality is None else key_quality)
+
+    family = chosen(point)
+    searches: list[Search] = []
+    tried: set[Family] = set()
+    while True:
+        tried.add(family)
+        codec = family.base_codec
+        qr = quality_range(codec)
+        step = table_step(points, family, duration_s)
+        first = first_guess(points, family, target, duration_s, qr, default_quality(codec))
+        passes, reach = search_quality(lambda q: rate(family, q), target, qr, first, step)
+        searches.append(Search([Measured(family, q, r) for q, r in passes], reach))
+        if reach == "ok" or within(searches[-1].best(target).kbps, target) or len(searches) >= max_families:
+            break
+        # the rates the table expects of each family at its codec's lowest and highest quality (extrapolated from
+        # its points by its slope: a 1/4 family measured from quality 9 up may still go lower than a 1/2 one)
+        def span(f: Family) -> tuple[float, float]:
+            mine = [p for p in allowed if chosen(p) == f]
+            if not mine:
+                return math.inf, -math.inf
+            flo, fhi = quality_range(f.base_codec)
+            k = table_step(points, f, duration_s)
+            low = min(mine, key=lambda p: p.base_quality)
+            high = max(mine, key=lambda p: p.base_quality)
+            return (low.kbps(duration_s) * math.exp(-k * (low.base_quality - flo)),
+                    high.kbps(duration_s) * math.exp(k * (fhi - high.base_quality)))
+
+        now = span(family)
+        if reach == "over":
+            others = [p for p in allowed if chosen(p) not in tried and span(chosen(p))[0] < now[0]]
+        else:
+            others = [p for p in allowed if chosen(p) not in tried and span(chosen(p))[1] > now[1]]
+        if not others:
+            break
+        family = chosen(choose(others, target, duration_s)[0])
+    for s in searches:  # the first family (in the table's order) within the tolerance wins; else the closest
+        if within(s.best(target).kbps, target):
+            return s.best(target), searches
+    return closest([m for s in searches for m in s.passes], target), searches
+
+
+KEEP_FRAMES = 1500  # frames a file's measuring passes keep in memory (about 300 MB at 256x256); longer: re-read
+
+
+class FileMeter:
+    """``rate(family, quality)`` for ``closed_loop``: the whole-file rate in kbit/s of ``settings`` at that point
+    on the input file ``path`` (its first ``max_frames``), from the bytes the real encoder makes
+    (``api.stream_size``) over the duration the final stream's rate is computed from. Each pass runs the
+    hybrid encoder without the guard on the input's frames: decoded once and kept when there are at most
+    ``keep`` of them, else decoded again each pass."""
+
+    def __init__(self, path: str, settings, loaded, max_frames: int | None = None, keep: int = KEEP_FRAMES,
+                 max_input_pixels: int | None = None) -> None:
+        from dataclasses import replace
+
+        self.path, self.loaded, self.max_frames, self.keep = path, loaded, max_frames, keep
+        self.settings = replace(settings, guard=False)
+        self.guard = bool(settings.guard)
+        self.max_input_pixels = max_input_pixels
+        self.frames: list | None = None  # the kept frames, with their fps and timing
+        self.fps = None
+        self.timing = None
+        self.duration_s = 0.0  # of the last pass
+        self.seconds = 0.0  # spent measuring
+
+    def _source(self):
+        """(frames, fps, timing recorder) of one pass."""
+        from .api import MAX_INPUT_PIXELS
+        from .io import open_video
+
+        if self.frames is not None:
+            return iter(self.frames), self.fps, self.timing
+        source = open_video(self.path, self.max_input_pixels or MAX_INPUT_PIXELS)
+        frames = source.frames(int(self.loaded.model.config.resolution), max_frames=self.max_frames)
+        return self._keeping(frames, source), source.info.fps, source.timing
+
+    def _keeping(self, frames, source):
+        kept: list | None = []
+        for f in frames:
+            if kept is not None:
+                kept.append(f)
+                if len(kept) > self.keep:
+                    kept = None
+            yield f
+        if kept is not None:
+            self.frames, self.fps, self.timing = kept, source.info.fps, source.timing
+
+    def __call__(self, family: Family, quality: int) -> float:
+        import time
+        from dataclasses import replace
+
+        from .api import stream_size
+
+        t0 = time.perf_counter()
+        settings = replace(self.settings, base_codec=family.base_codec, base_factor=family.base_factor,
+                           key_quality=family.key_quality, base_quality=quality)
+        frames, fps, timing = self._source()
+        size, _, seconds = stream_size(frames, fps=fps, model=self.loaded, settings=settings, timing=timing,
+                                       enhancer_switch=self.guard)
+        self.duration_s = seconds
+        self.seconds += time.perf_counter() - t0
+        return size * 8 / seconds / 1000.0

@@ -1,0 +1,245 @@
+"""--kbps on a file: the closed loop (the search over a base quality, the family fallback, the measuring passes'
+byte count) and its end-to-end promise: the written file's rate within +-5 % of the target when it is reachable."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+
+import pytest
+from click.testing import CliRunner
+from helpers import cli, timed_clip
+
+from imfcodec.ratecontrol import (
+    TOLERANCE,
+    Family,
+    Measured,
+    OperatingPoint,
+    closed_loop,
+    closest,
+    first_guess,
+    save_table,
+    search_quality,
+    table_step,
+    within,
+)
+
+ENH = "random:enh-tiny"
+
+
+def _rate(base: float, step: float = 0.055, startup: float = 0.0):
+    """A monotone synthetic rate: ``base`` at quality 0, ``step`` more (in ln) per quality, plus a constant."""
+    calls: list[int] = []
+
+    def rate(q: int) -> float:
+        calls.append(q)
+        return base * math.exp(step * q) + startup
+
+    rate.calls = calls  # type: ignore[attr-defined]
+    return rate
+
+
+def _brute_closest(rate, target, lo, hi) -> int:
+    return min(range(lo, hi + 1), key=lambda q: (abs(rate(q) - target), rate(q) > target))
+
+
+@pytest.mark.parametrize("target", [4.0, 5.3, 8.0, 12.0, 20.0, 47.0, 90.0])
+@pytest.mark.parametrize("first", [0, 8, 30, 63])
+@pytest.mark.parametrize("table_step_", [0.02, 0.055, 0.12])  # the table's slope right, too small, too large
+def test_the_search_hits_within_the_tolerance_in_few_passes(target, first, table_step_):
+    rate = _rate(3.0)
+    passes, reach = search_quality(rate, target, (0, 63), first, table_step_)
+    q, r = min(passes, key=lambda p: (abs(p[1] - target), p[1] > target))
+    assert reach == "ok" and within(r, target)
+    assert len(passes) == len(set(q for q, _ in passes)) <= 7  # never the same quality twice
+    assert q == _brute_closest(rate, target, 0, 63)  # 5.5 % steps: the closest quality of the whole range
+
+
+def test_a_good_first_guess_needs_two_or_three_passes():
+    rate = _rate(3.0, 0.06)
+    for target in (5.0, 8.0, 12.0, 20.0):
+        true_q = math.log(target / 3.0) / 0.06
+        passes, _ = search_quality(rate, target, (0, 63), round(true_q) + 3, 0.055)
+        assert len(passes) <= 3, passes
+
+
+def test_a_flat_start_then_a_steep_rise_still_converges():
+    """Start-up bytes dominate at low qualities (the slope there is far below the table's), the base layer at high
+    ones: the search neither jumps to the range's end nor stalls on one side of the bracket."""
+    rate = _rate(0.05, 0.13, startup=5.0)
+    for target in (6.0, 8.0, 15.0, 40.0):
+        passes, reach = search_quality(rate, target, (0, 51), 0, 0.055)
+        q, r = min(passes, key=lambda p: abs(p[1] - target))
+        assert reach == "ok" and q == _brute_closest(rate, target, 0, 51) and len(passes) <= 9, passes
+
+
+def test_the_range_ends_clamp_and_say_so():
+    rate = _rate(3.0)
+    passes, reach = search_quality(rate, 2.0, (0, 63), 10, 0.055)
+    assert reach == "over" and passes[-1][0] == 0 and len(passes) <= 3
+    passes, reach = search_quality(rate, 1e4, (0, 63), 10, 0.055)
+    assert reach == "under" and passes[-1][0] == 63 and len(passes) <= 3
+    with pytest.raises(Exception, match="--kbps must be > 0"):
+        search_quality(rate, 0.0, (0, 63), 10)
+
+
+def test_a_rate_that_is_not_monotonic_ends_too():
+    rates = {q: 10.0 + (3.0 if q % 2 else -3.0) for q in range(64)}  # noise, no trend
+    passes, _ = search_quality(rates.__getitem__, 10.0, (0, 63), 20, 0.055, max_passes=10)
+    assert 1 <= len(passes) <= 10
+
+
+def test_the_closest_pass_wins_and_a_tie_goes_under():
+    f = Family("vp9", 2, 16)
+    a, b, c = Measured(f, 8, 9.5), Measured(f, 9, 10.5), Measured(f, 10, 11.2)
+    assert closest([c, b, a], 10.0) == a  # equally close: under the target
+    assert closest([a, b, c], 10.4) == b
+    assert within(10.5, 10.0) and not within(10.51, 10.0) and TOLERANCE == 0.05
+
+
+def _p(codec, factor, bq, kq, steady, startup, psnr):
+    return OperatingPoint(factor, bq, kq, steady, startup, psnr, psnr - 2, codec)
+
+
+# a table like the shipped one: two sizes, two key qualities, three base qualities each
+TABLE = [_p("vp9", f, q, kq, steady * 1.06 ** q, startup, psnr + 0.1 * q + 0.02 * kq)
+         for f, steady, startup, psnr in ((2, 6.0, 1400.0, 27.5), (4, 4.3, 1100.0, 25.8))
+         for kq in (6, 16) for q in (0, 8, 16)]
+
+
+def test_the_tables_slope_and_first_guess():
+    f = Family("vp9", 2, 16)
+    step = table_step(TABLE, f, 10.0)
+    assert 0.03 < step < math.log(1.06)  # start-up bytes make the whole file's rate flatter than the steady one
+    assert table_step(TABLE, Family("hevc", 2, 16), 10.0) == pytest.approx(0.055)  # not in the table
+    assert table_step(TABLE, Family("vp9", 2, 11), 10.0) > 0  # the nearest key quality's slope
+    q = first_guess(TABLE, f, 12.0, 10.0, (0, 63), 8)
+    mine = {p.base_quality: p.kbps(10.0) for p in TABLE if (p.base_factor, p.key_quality) == (2, 16)}
+    assert mine[8] < 12.0 < mine[16] and 8 < q < 16
+    assert first_guess(TABLE, Family("vp9", 1, 16), 12.0, 10.0, (0, 63), 8) == 8  # no point: the codec's default
+    assert first_guess(TABLE, f, 1e6, 10.0, (0, 63), 8) == 63  # clamped
+
+
+def _family_rates(scale: dict[int, float]):
+    """rate(family, q) of a synthetic clip: the table's point rates times ``scale[base_factor]``, extended to every
+    quality (a clip that is more or less expensive than the training clips)."""
+    log: list[tuple[Family, int]] = []
+
+    def rate(f: Family, q: int) -> float:
+        log.append((f, q))
+        steady = (6.0 if f.base_factor == 2 else 4.3) * 1.06 ** q
+        startup = (1400.0 if f.base_factor == 2 else 1100.0) + (900.0 if f.key_quality == 16 else 0.0)
+        return scale[f.base_factor] * (steady + startup * 8 / 10.0 / 1000)
+
+    rate.log = log  # type: ignore[attr-defined]
+    return rate
+
+
+def _loop(target, rate, **kw):
+    return closed_loop(TABLE, target, 10.0, rate, lambda c: (0, 63), lambda c: 8, **kw)
+
+
+def test_the_loop_keeps_the_tables_family_and_finds_the_quality():
+    rate = _family_rates({2: 1.3, 4: 1.3})  # a clip 30 % dearer than the table says
+    best, searches = _loop(12.0, rate)
+    assert within(best.kbps, 12.0) and len(searches) == 1 and len(searches[0].passes) <= 4
+    # the table's choice for 12 kbit/s: its best-quality point within the rate
+    assert best.family == Family("vp9", 2, 16)
+
+
+def test_the_loop_tries_the_neighbouring_family_when_the_range_cannot_reach():
+    rate = _family_rates({2: 2.0, 4: 1.0})  # the table picks 1/2 for 8 kbit/s, where this clip is twice as dear
+    best, searches = _loop(8.0, rate)
+    assert searches[0].passes[0].family.base_factor == 2 and searches[0].reach == "over" and len(searches) >= 2
+    assert within(best.kbps, 8.0) and best.family.base_factor == 4
+    # the user's size wins: no other size is tried, and the closest pass is reported honestly
+    best, searches = _loop(8.0, _family_rates({2: 2.0, 4: 1.0}), base_factor=2)
+    assert all(s.passes[0].family.base_factor == 2 for s in searches)
+    assert not within(best.kbps, 8.0) and best.base_quality == 0
+    assert best == closest([m for s in searches for m in s.passes], 8.0)
+
+
+def test_nothing_reaches_gives_the_closest_of_all():
+    best, searches = _loop(0.5, _family_rates({2: 1.0, 4: 1.0}))
+    assert {s.reach for s in searches} == {"over"} and best.base_quality == 0 and best.family.base_factor == 4
+    best, searches = _loop(1e4, _family_rates({2: 1.0, 4: 1.0}))
+    assert {s.reach for s in searches} == {"under"} and best.base_quality == 63
+
+
+# ------------------------------------------------------------------------------------------ real passes
+
+
+def test_a_measuring_pass_counts_the_bytes_of_the_file(tmp_path, enh_tiny):
+    """``api.stream_size`` without the guard counts exactly the file the guarded encoder writes: the guard changes
+    only the header's flags byte (version 4 instead of 2), and with timing records (version 3 -> 4) too."""
+    from imfcodec.api import encode_video, stream_size
+    from imfcodec.io import open_video
+    from imfcodec.settings import EncoderSettings
+
+    clip = tmp_path / "s.mp4"
+    assert cli("sample", clip, "--frames", 30, "--size", 64).exit_code == 0
+    vfr = timed_clip(tmp_path / "vfr.mkv", [0, 40, 60, 200, 210, 400, 440], Fraction(1, 1000), 60)
+    for src in (clip, vfr):
+        sizes = {}
+        for guard in (True, False):
+            s = encode_video(src, tmp_path / f"{guard}.imf", model=enh_tiny, overwrite=True,
+                             settings=EncoderSettings(base_quality=20, guard=guard))
+            sizes[guard] = (s.bytes, s.duration_s, s.kbps)
+        assert sizes[True][0] == sizes[False][0] + 1
+        with open_video(src) as source:
+            measured = stream_size(source.frames(64), fps=source.info.fps, model=enh_tiny,
+                                   settings=EncoderSettings(base_quality=20, guard=False), timing=source.timing,
+                                   enhancer_switch=True)
+        assert measured[0] == sizes[True][0] and measured[2] == pytest.approx(sizes[True][1])
+
+
+def _table_file(tmp_path, monkeypatch):
+    import imfcodec.ratecontrol as rc
+
+    path = tmp_path / "enh-tiny-points.json"
+    save_table(TABLE, path, {"enhancer": "enh-tiny@test"})
+    monkeypatch.setattr(rc, "table_path", lambda name: path)
+    return path
+
+
+@pytest.mark.parametrize("fps", [24, 25, 60])
+def test_kbps_hits_its_target_on_short_clips(tmp_path, monkeypatch, fps):
+    _table_file(tmp_path, monkeypatch)
+    clip = tmp_path / "s.mp4"
+    assert cli("sample", clip, "--frames", 2 * fps, "--size", 64, "--fps", fps).exit_code == 0
+    out = tmp_path / "k.imf"
+    for target in (12, 30):
+        r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", target, "-y")
+        assert r.exit_code == 0, r.output
+        info = json.loads(cli("info", out, "--json").stdout)
+        assert abs(info["kbps"] / target - 1) <= TOLERANCE, (target, info["kbps"], r.stderr)
+        lines = [x for x in r.stderr.splitlines() if x.startswith("rate control: ")]
+        assert lines[0].startswith("rate control: pass 1: base vp9 ") and 2 <= len(lines) <= 12, r.stderr
+        assert f"rate control: target {target} kbit/s -> " in lines[-1] and "within +-5%" in lines[-1]
+        assert f"{info['kbps']:.2f} kbit/s" in lines[-1]  # the measured rate is the file's
+        assert f"(target {target} kbit/s, " in r.stderr and "warning" not in r.stderr
+
+
+def test_an_unreachable_target_says_so(tmp_path, monkeypatch):
+    _table_file(tmp_path, monkeypatch)
+    clip = tmp_path / "s.mp4"
+    assert cli("sample", clip, "--frames", 50, "--size", 64).exit_code == 0
+    r = cli("encode", clip, "-o", tmp_path / "k.imf", "--enhancer", ENH, "--kbps", 0.5)
+    assert r.exit_code == 0, r.output
+    assert "NOT within +-5%" in r.stderr and "base vp9 1/4 q0" in r.stderr
+    assert "warning: --kbps 0.5 cannot be met: the stream is" in r.stderr
+    assert "even the lowest base quality" in r.stderr
+
+
+def test_a_pipe_keeps_the_tables_estimate_and_says_so(tmp_path, monkeypatch):
+    from imfcodec.cli import main
+
+    _table_file(tmp_path, monkeypatch)
+    clip = tmp_path / "s.y4m"
+    assert cli("sample", clip, "--frames", 10, "--size", 64).exit_code == 0
+    out = tmp_path / "k.imf"
+    r = CliRunner().invoke(main, ["encode", "-", "-o", str(out), "--enhancer", ENH, "--kbps", "12"],
+                           input=clip.read_bytes(), catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "the table's estimate, not a guarantee" in r.stderr and "pass 1" not in r.stderr
