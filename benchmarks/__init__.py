@@ -34,6 +34,7 @@ ENTRY_POINTS = {
     "memory": "peak RSS and imported modules of imfcodec decode/info in fresh processes",
     "long_input": "peak memory against input length (1,000 vs 10,000 frames)",
     "pipe": "first-frame latency and memory of imfcodec encode - | imfcodec decode -",
+    "rate_control": "--kbps: the table's estimate against the closed loop's measured rate, per clip and target",
 }
 
 BENCH_EXTRA = ("pandas", "matplotlib", "bjontegaard")  # the `bench` extra in pyproject.toml, less vmaf-torch (optional)
