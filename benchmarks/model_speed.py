@@ -156,7 +156,7 @@ TOKEN_ENCODE_STAGES = ("scene cut", "key-frame encode", "key token (E_T)", "refe
                        "token search", "entropy coding", IO)
 # the guard (the default) decodes what the encoder sends: the decoder's stages run inside the encode too
 HYBRID_ENCODE_STAGES = ("scene cut", "key-frame encode", "base-layer encode", "guard", "key-frame decode",
-                        "base-layer decode", "upscale", "enhancer key preparation", "enhancer", "output conversion", IO)
+                        "base-layer decode", "upscale", "enhancer key preparation", "enhancer", IO)
 HYBRID_DECODE_STAGES = (IO, SETUP, "key-frame decode", "base-layer decode", "upscale", "enhancer key preparation",
                         "enhancer", "output conversion")
 
