@@ -41,10 +41,9 @@ def command(clips, targets, enhancer, frames, check) -> None:
     from dataclasses import replace
 
     from imfcodec.api import encode_video
-    from imfcodec.baselayer import get_base_codec
     from imfcodec.io import probe_video
     from imfcodec.modes.hybrid import enhancer_name, load_enhancer
-    from imfcodec.ratecontrol import FileMeter, choose, closed_loop, family_of, load_table
+    from imfcodec.ratecontrol import FileMeter, choose, closed_loop, family_of, input_duration, load_table
     from imfcodec.settings import EncoderSettings
 
     settings = EncoderSettings(enhancer=enhancer).validated()
@@ -55,17 +54,14 @@ def command(clips, targets, enhancer, frames, check) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for clip in clips:
         info = probe_video(clip)
-        n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
-        duration = n / float(info.fps) if n else None
+        duration = input_duration(clip, frames)
         for target in targets:
             point, _, _ = choose(points, target, duration)
             fam = family_of(point)
             table = FileMeter(clip, settings, loaded, max_frames=frames)(fam, point.base_quality)
             meter = FileMeter(clip, settings, loaded, max_frames=frames)
             t0 = time.perf_counter()
-            best, searches = closed_loop(points, target, duration or 10.0, meter,
-                                         lambda c: get_base_codec(c).quality_range,
-                                         lambda c: get_base_codec(c).default_quality)
+            best, searches = closed_loop(points, target, duration, meter)
             seconds = time.perf_counter() - t0
             passes = sum(len(s.passes) for s in searches)
             f = best.family

@@ -306,8 +306,9 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         from .fsutil import as_path, check_overwrite
 
         check_overwrite(as_path(output) if output is not None else default_output(input, ".imf"), overwrite)
-        settings, kbps_fits, kbps_why = _rate_control(input, kbps, frames, settings, base_codec, base_scale,
-                                                      base_quality, key_quality)
+        settings, kbps_fits, kbps_why, loaded = _rate_control(input, kbps, frames, settings, base_codec, base_scale,
+                                                              base_quality, key_quality)
+        model = loaded or model  # the enhancer its passes loaded: the encode uses it, not a second copy
     streamed = _note_output(output, input == "-")
     with _Progress("encode") as bar:
         s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar,
@@ -352,14 +353,13 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     win). A file: the enhancer's operating-point table chooses the base codec, size and key quality, and
     measuring passes of the real encoder the base quality whose whole-file rate is closest to ``kbps``
     (``ratecontrol.closed_loop``); each pass and the result are said on stderr. A pipe (its length unknown): the
-    table's point, whose rate is an estimate."""
+    table's point, whose rate is an estimate. Returns (settings, whether a point fits, why the target cannot be
+    reached or None, the enhancer the passes loaded or None)."""
     from dataclasses import replace
 
-    from .baselayer import get_base_codec
     from .errors import InputError
-    from .io import probe_video
     from .modes.hybrid import enhancer_name, load_enhancer
-    from .ratecontrol import TOLERANCE, FileMeter, choose, closed_loop, load_table, within
+    from .ratecontrol import TOLERANCE, FileMeter, choose, closed_loop, input_duration, load_table, within
 
     if settings.key_codec != "hevc":
         raise InputError("--kbps uses a table measured with hevc key frames: "
@@ -376,11 +376,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     def say(line: str) -> None:
         click.echo(f"rate control: {line}", err=True)
 
-    duration = None  # a pipe is read once, by the encoder: its duration is not known up front
-    if input != "-":
-        info = probe_video(input)
-        n = min(info.frames, frames) if (info.frames and frames) else (frames or info.frames)
-        duration = n / float(info.fps) if n else None
+    # a pipe is read once, by the encoder: its duration is not known up front
+    duration = None if input == "-" else input_duration(input, frames)
     piped = not os.path.isfile(input)  # standard input, a FIFO: read once, by the encoder
     if piped or base_quality is not None:  # the table's point (with the user's base quality)
         point, expected, fits = choose(points, kbps, duration, base_codec)
@@ -395,9 +392,10 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
         if not fits:
             click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
                        err=True)
-        return at(point.base_codec, f, bq, kq), fits, None
+        return at(point.base_codec, f, bq, kq), fits, None, None
 
-    meter = FileMeter(input, settings, load_enhancer(settings.enhancer), max_frames=frames)
+    loaded = load_enhancer(settings.enhancer)
+    meter = FileMeter(input, settings, loaded, max_frames=frames)
     count = 0
 
     def rate(family, quality: int) -> float:
@@ -408,9 +406,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
             f"key q{family.key_quality} -> {r:.2f} kbit/s")
         return r
 
-    codecs = get_base_codec
-    best, searches = closed_loop(points, kbps, duration or 10.0, rate, lambda c: codecs(c).quality_range,
-                                 lambda c: codecs(c).default_quality, base_codec=base_codec, base_factor=factor,
+    best, searches = closed_loop(points, kbps, duration, rate, base_codec=base_codec, base_factor=factor,
                                  key_quality=key_quality)
     fam = best.family
     miss = best.kbps / kbps - 1
@@ -424,7 +420,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
         why = ("even the lowest base quality of the table's cheapest points is above it" if reach == {"over"}
                else "even the highest base quality of the table's richest points is below it" if reach == {"under"}
                else "no base quality lands closer (its rate steps are coarse here)")
-    return at(fam.base_codec, fam.base_factor, best.base_quality, fam.key_quality), ok, why
+    return at(fam.base_codec, fam.base_factor, best.base_quality, fam.key_quality), ok, why, loaded
 
 
 def _target(kbps: float | None, result: float) -> str:

@@ -263,9 +263,32 @@ def _secant(passes: list[tuple[int, float]], target: float) -> float | None:
     return None
 
 
-def closed_loop(points: list[OperatingPoint], target: float, duration_s: float,
-                rate: Callable[[Family, int], float], quality_range: Callable[[str], tuple[int, int]],
-                default_quality: Callable[[str], int], *, base_codec: str | None = None,
+def input_duration(path: str, max_frames: int | None = None) -> float | None:
+    """Seconds of the first ``max_frames`` frames of the video file ``path`` from its header, or None when it
+    does not say (then ``DEFAULT_DURATION_S`` is assumed)."""
+    from .io import probe_video
+
+    info = probe_video(path)
+    n = min(info.frames, max_frames) if (info.frames and max_frames) else (max_frames or info.frames)
+    return n / float(info.fps) if n else None
+
+
+def _codec_range(codec: str) -> tuple[int, int]:
+    from .baselayer import get_base_codec
+
+    return get_base_codec(codec).quality_range
+
+
+def _codec_default(codec: str) -> int:
+    from .baselayer import get_base_codec
+
+    return get_base_codec(codec).default_quality
+
+
+def closed_loop(points: list[OperatingPoint], target: float, duration_s: float | None,
+                rate: Callable[[Family, int], float],
+                quality_range: Callable[[str], tuple[int, int]] = _codec_range,
+                default_quality: Callable[[str], int] = _codec_default, *, base_codec: str | None = None,
                 base_factor: int | None = None, key_quality: int | None = None,
                 max_families: int = MAX_FAMILIES) -> tuple[Measured, list[Search]]:
     """(the chosen pass, every family's search): the table's choice of family for ``target`` at ``duration_s``
@@ -273,7 +296,10 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float,
     quality that gives ``target`` by measuring passes (``rate(family, quality)``: the whole file's real rate).
     When the family's quality range cannot reach the target (its lowest quality is still over it, or its
     highest under it), the next family the table chooses among those with lower (or higher) rates is tried,
-    up to ``max_families``; the chosen pass is then the one closest to the target over all of them."""
+    up to ``max_families``; the chosen pass is then the one closest to the target over all of them.
+    ``duration_s`` None: ``DEFAULT_DURATION_S``; the codecs' quality ranges and defaults: the base layer's."""
+    if duration_s is None or duration_s <= 0:
+        duration_s = DEFAULT_DURATION_S
     allowed = [p for p in points if (base_codec is None or p.base_codec == base_codec)
                and (base_factor is None or p.base_factor == base_factor)
                and (key_quality is None or p.key_quality == key_quality)]

@@ -57,6 +57,21 @@ BIG = st.sampled_from([0, 1, 2, 63, 64, 65, 127, 128, 4095, 4096, 4097, 65535, 2
                        10**6 + 1, 2**40, 2**63, 2**64 - 1])
 
 
+def _mangled(draw, data: bytes, flip_within: int | None = None) -> bytes:
+    """Coded bytes damaged one of three ways: cut short, replaced by random bytes, or 4 bytes flipped (within the
+    first ``flip_within`` bytes when given: a codec's header)."""
+    how = draw(st.sampled_from(["cut", "random", "flip"]))
+    if how == "cut":
+        return data[:draw(st.integers(1, max(1, len(data) - 1)))]
+    if how == "random":
+        return draw(st.binary(min_size=1, max_size=256))
+    out = bytearray(data)
+    last = len(out) - 1 if flip_within is None else min(flip_within, len(out)) - 1
+    for _ in range(4):
+        out[draw(st.integers(0, last))] ^= 0xFF
+    return bytes(out)
+
+
 @st.composite
 def mutated(draw, streams_by_name):
     """(base name, mutation description, bytes): 1-3 mutations, raw or structure-aware."""
@@ -175,17 +190,7 @@ def _mutate(draw, kind, data: bytes) -> bytes:
             k = draw(st.sampled_from(keys))
             f, n = varints(recs[k][1], 2)[0]
             head_len = len(encode_varint(f)) + len(encode_varint(n)) + n
-            image = recs[k][1][head_len:] or b"x"
-            how = draw(st.sampled_from(["cut", "random", "flip_head"]))
-            if how == "cut":
-                image = image[:draw(st.integers(1, max(1, len(image) - 1)))]
-            elif how == "random":
-                image = draw(st.binary(min_size=1, max_size=256))
-            else:
-                image = bytearray(image)
-                for _ in range(4):
-                    image[draw(st.integers(0, min(63, len(image) - 1)))] ^= 0xFF
-                image = bytes(image)
+            image = _mangled(draw, recs[k][1][head_len:] or b"x", flip_within=64)  # flips in its header
             recs[k][1] = recs[k][1][:head_len] + image
         return join(recs)
     if kind == "garbage_base":  # a base packet's access units replaced, cut or flipped: the base decoder sees them
@@ -193,17 +198,7 @@ def _mutate(draw, kind, data: bytes) -> bytes:
         if bases:
             k = draw(st.sampled_from(bases))
             (f, n, size), used = varints(recs[k][1], 3)
-            unit = recs[k][1][used:used + size] or b"x"
-            how = draw(st.sampled_from(["cut", "random", "flip"]))
-            if how == "cut":
-                unit = unit[:draw(st.integers(1, max(1, len(unit) - 1)))]
-            elif how == "random":
-                unit = draw(st.binary(min_size=1, max_size=256))
-            else:
-                unit = bytearray(unit)
-                for _ in range(4):
-                    unit[draw(st.integers(0, len(unit) - 1))] ^= 0xFF
-                unit = bytes(unit)
+            unit = _mangled(draw, recs[k][1][used:used + size] or b"x")
             recs[k][1] = (encode_varint(f) + encode_varint(n) + encode_varint(len(unit)) + unit
                           + recs[k][1][used + size:])
         return join(recs)

@@ -143,7 +143,7 @@ def test_kbps_exceeded_says_so_and_a_met_rate_is_quiet(sample_clip, tmp_path, mo
         return EncodeSummary(str(output), 25, 1.0, 5000, 1000, 0, 100, 40.0, [0], "enh-wide", 3900, 1.0)
 
     monkeypatch.setattr("imfcodec.api.encode_video", fake_encode)
-    monkeypatch.setattr(c, "_rate_control", lambda input, kbps, frames, settings, *rest: (settings, True, None))
+    monkeypatch.setattr(c, "_rate_control", lambda input, kbps, frames, settings, *rest: (settings, True, None, None))
     r = cli("encode", sample_clip, "-o", tmp_path / "s.imf", "--kbps", 30)
     assert r.exit_code == 0, r.output
     assert "warning: --kbps 30 was exceeded: the stream is 40.00 kbit/s, 33 % above (5000 bytes over 1.00 s)" \

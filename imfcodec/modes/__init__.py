@@ -83,11 +83,6 @@ def for_kind(kind: str | None) -> Mode | None:
     return _BY_KIND.get(kind or "")
 
 
-def implied(settings) -> str | None:
-    """The mode the settings' own fields imply (``EncoderSettings.implied_mode``), or None (undecided)."""
-    return settings.implied_mode
-
-
 def network_kind(network: Any) -> str | None:
     """The config kind of a network: a ``LoadedModel`` or an ``nn.Module`` (its config), or a spec as
     ``--model`` takes (read from the registry or the file's metadata, without loading weights); None when it
@@ -103,10 +98,10 @@ def network_kind(network: Any) -> str | None:
 
 
 def choose(settings, network: Any = None) -> Mode:
-    """The mode of an encode: ``implied(settings)``, else the network's (a token model encodes tokens, an
+    """The mode of an encode: ``settings.implied_mode``, else the network's (a token model encodes tokens, an
     enhancer the hybrid mode), else ``DEFAULT_MODE``. So ``EncoderSettings()`` without a network is the
     default mode, as `imfcodec encode` without options."""
-    name = implied(settings)
+    name = settings.implied_mode
     if name is not None:
         return get_mode(name)
     return for_kind(network_kind(network)) or MODES[DEFAULT_MODE]
