@@ -63,24 +63,40 @@ def default_point(**fields) -> dict:
 
     d = EncoderSettings().validated()
     point = dict(base_codec=d.base_codec, base_factor=d.base_factor, base_quality=d.base_quality, keyint=d.keyint,
-                 key_codec=d.key_codec, key_quality=d.key_quality, chunk=d.chunk)
+                 chunk=d.chunk, intra_base=d.intra_base, lean=d.lean)
+    if not d.intra_base:
+        point.update(key_codec=d.key_codec, key_quality=d.key_quality)
     return {**point, **fields}
 
 
 HYBRID_STREAMS = {
     # 12 frames, key frames 0 and 6: a base-layer GOP restarts in the middle; 3 frames per base packet
     "tiny-hybrid-hevc-half-keyint6": dict(base_codec="hevc", base_factor=2, base_quality=13, keyint=6,
-                                          key_codec="hevc", key_quality=21, chunk=3, guard=False),
-    # the default mode's point (its base codec, size and quality, key codec and quality, chunk), key frames 0
-    # and 6; named after the point it had when it was made (a new default point is a new stream)
-    "tiny-hybrid-vp9-half-keyint6": default_point(keyint=6, guard=False),
+                                          key_codec="hevc", key_quality=21, chunk=3, guard=False, lean=False),
+    # the default point of its time (version 2: VP9 base, HEVC key), key frames 0 and 6
+    "tiny-hybrid-vp9-half-keyint6": dict(base_codec="vp9", base_factor=2, base_quality=8, keyint=6, key_codec="hevc",
+                                         key_quality=16, chunk=5, guard=False, lean=False),
     # the third base codec: one key frame, 2 frames per base packet
     "tiny-hybrid-av1-half-chunk2": dict(base_codec="av1", base_factor=2, base_quality=13, keyint=0,
-                                        key_codec="hevc", key_quality=16, chunk=2, guard=False),
+                                        key_codec="hevc", key_quality=16, chunk=2, guard=False, lean=False,
+                                        intra_base=False),
+    # version 5, lean records with unit sizes (a VP9 base, a separate key image): K, B, C records
+    "tiny-hybrid-vp9-lean-keyint4": dict(base_codec="vp9", base_factor=2, base_quality=8, keyint=4,
+                                         key_codec="hevc", key_quality=16, chunk=3, guard=False, lean=True),
+    # version 5, the key pictures in the AV1 base layer (one intra picture per key frame): I, B, C records,
+    # AV1 units without sizes; key frames 0 and 6
+    "tiny-hybrid-av1-intra-keyint6": dict(base_codec="av1", base_factor=2, base_quality=13, keyint=6, chunk=4,
+                                          guard=False, lean=True, intra_base=True),
 }
 # the enhancer switch (version 4): the default point with its guard, coded from ``guard_clip``
 GUARD_MODEL = "enh-wide"
-GUARD_STREAMS = {"enh-wide-vp9-guard-bars": default_point(guard=True)}
+GUARD_STREAMS = {
+    "enh-wide-vp9-guard-bars": dict(base_codec="vp9", base_factor=2, base_quality=8, keyint=0, key_codec="hevc",
+                                    key_quality=16, chunk=5, guard=True, lean=False),
+    # version 5 with the switch: the key pictures in the AV1 base, lean records ('i', 'b', 'c' where it is off)
+    "enh-wide-av1-intra-guard-bars": dict(base_codec="av1", base_factor=2, base_quality=13, keyint=0, chunk=5,
+                                          guard=True, lean=True, intra_base=True),
+}
 
 
 def thumbnail(frame: np.ndarray, n: int = 16) -> np.ndarray:

@@ -315,7 +315,7 @@ def stream_size(frames: Iterable[np.ndarray], *, fps: Fraction | int, model: Loa
 
     mode, settings = _encoding_mode(model, settings)
     enc = mode.open_encoder(model, fps, settings)
-    size = sum(len(encode_packet(packet)) for packet in encode_frames(frames, enc))
+    size = sum(len(encode_packet(packet, enc.header)) for packet in encode_frames(frames, enc))
     if enc.index == 0:
         raise InputError("no frames to encode")
     header = replace(enc.header, frames=enc.index)
@@ -696,7 +696,7 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
         h = reader.header
         size = reader.header_record.offset + reader.header_record.total_len
         packets = []
-        key_bytes = token_bytes = base_bytes = timing_bytes = frames = ticks = unenhanced = 0
+        key_bytes = token_bytes = base_bytes = timing_bytes = frames = ticks = unenhanced = end_len = 0
         for rec, p in reader.records():
             size = rec.offset + rec.total_len  # the reader refuses bytes after END: this is the stream's size
             if isinstance(p, KeyPacket):
@@ -704,10 +704,13 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
                 packets.append({"type": "key", "frame": p.frame, "image_bytes": len(p.image),
                                 "packet_bytes": rec.total_len})
             elif isinstance(p, BasePacket):
-                base_bytes += len(p.data)
+                key_unit = len(p.units[0]) if p.key else 0  # the key picture, coded by the base layer
+                key_bytes += key_unit
+                base_bytes += len(p.data) - key_unit
                 packets.append({"type": "base", "frame": p.frame, "count": p.count, "bytes": len(p.data),
-                                "packet_bytes": rec.total_len, "enhance": p.enhance})
-                keyed = len(packets) > 1 and packets[-2]["type"] == "key" and packets[-2]["frame"] == p.frame
+                                "packet_bytes": rec.total_len, "enhance": p.enhance, "key": p.key,
+                                "key_bytes": key_unit})
+                keyed = p.key or (len(packets) > 1 and packets[-2]["type"] == "key" and packets[-2]["frame"] == p.frame)
                 unenhanced += 0 if p.enhance else p.count - keyed  # a key frame shows its key image anyway
             elif isinstance(p, TokenPacket):
                 token_bytes += len(p.data)
@@ -719,6 +722,7 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
                 packets.append({"type": "timing", "frame": p.frame, "count": p.count, "packet_bytes": rec.total_len})
             elif isinstance(p, EndPacket):
                 frames = p.frames
+                end_len = rec.total_len
     fps = Fraction(h.fps_num, h.fps_den)
     if h.timed:
         duration = float(ticks * Fraction(h.time_num, h.time_den))
@@ -729,6 +733,8 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
         return n * 8 / duration / 1000.0 if duration else 0.0
 
     overhead = size - key_bytes - token_bytes - base_bytes - timing_bytes  # signature, header, records' framing
+    # the part of it that grows with the stream (records), apart from the signature, header and END
+    start_end = reader.header_record.offset + reader.header_record.total_len + (end_len or 0)
     return {
         "mode": _stream_mode(h).stream_name, "version": reader.version,
         "model": h.model, "weights_hash": h.weights_hash.hex(), "width": h.width, "height": h.height,
@@ -738,11 +744,14 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
         "bytes": size, "kbps": kbps(size),
         "key_bytes": key_bytes, "token_bytes": token_bytes, "base_bytes": base_bytes, "overhead_bytes": overhead,
         "key_kbps": kbps(key_bytes), "token_kbps": kbps(token_bytes), "base_kbps": kbps(base_bytes),
-        "overhead_kbps": kbps(overhead),
+        "overhead_kbps": kbps(overhead), "header_end_bytes": start_end,
+        "record_framing_kbps": kbps(overhead - start_end),
+        "lean": h.lean, "intra_base": h.intra_base,
         "base_codec": h.base_codec or None, "base_width": h.base_width, "base_height": h.base_height,
         "base_quality": h.base_quality,
         "key_codec": h.key_codec, "key_quality": h.key_quality, "quality": h.quality, "chunk": h.chunk,
-        "token_dim": h.token_dim, "key_frames": [p["frame"] for p in packets if p["type"] == "key"],
+        "token_dim": h.token_dim,
+        "key_frames": [p["frame"] for p in packets if p["type"] == "key" or p.get("key")],
         "enhancer_switch": h.enhancer_switch, "unenhanced_frames": unenhanced,
         "packets": packets,
     }

@@ -61,6 +61,10 @@ class BaseCodec:
     options: Callable[[int, int, str], dict[str, str]]  # (quality, threads, effort) -> encoder options
     description: str
     prefix: bytes  # what every access unit starts with; left out of the stream, restored by the decoder
+    #: the encoder options' additions that code key pictures at the full frame size and every other picture at
+    #: half size, predicted across the sizes (one intra picture per key frame: FORMAT.md §3.7); None when the
+    #: codec cannot (its reference scaling, or FFmpeg's wrapper of it, does not allow it)
+    intra_base: Callable[[dict[str, str]], dict[str, str]] | None = None
 
     def check_quality(self, quality: int) -> int:
         lo, hi = self.quality_range
@@ -101,8 +105,17 @@ def register_base_codec(codec: BaseCodec) -> BaseCodec:
 register_base_codec(BaseCodec("hevc", "libx265", "hevc", (0, 51), 13, _x265,
                               "libx265 preset medium, tune zerolatency (no B-frames, no lookahead), CRF",
                               b"\x00\x00\x00\x01"))
+def _svtav1_intra_base(options: dict[str, str]) -> dict[str, str]:
+    """SVT-AV1's fixed resize mode: key frames at 8/8 of the size, every other frame at 8/16 (AV1 predicts from
+    a reference at most twice a frame's size, so 1/2 is the one base size this route gives)."""
+    return {**options, "svtav1-params": options["svtav1-params"] + ":resize-mode=1:resize-denom=16:resize-kf-denom=8"}
+
+
+#: the base factor of the intra-base route (``BaseCodec.intra_base``)
+INTRA_BASE_FACTOR = 2
+
 register_base_codec(BaseCodec("av1", "libsvtav1", "libdav1d", (0, 63), 13, _svtav1,
-                              "libsvtav1 preset 8, pred-struct=1 (low delay), CRF", b"\x12\x00"))
+                              "libsvtav1 preset 8, pred-struct=1 (low delay), CRF", b"\x12\x00", _svtav1_intra_base))
 register_base_codec(BaseCodec("vp9", "libvpx-vp9", "vp9", (0, 63), 8, _vp9,
                               "libvpx-vp9 deadline good, cpu-used 2, lag-in-frames 0, no alt-ref, CRF", b""))
 
@@ -140,27 +153,32 @@ class BaseEncoder:
     """
 
     def __init__(self, codec: str, width: int, height: int, fps: Fraction, quality: int, threads: int = 1,
-                 effort: str = DEFAULT_EFFORT):
+                 effort: str = DEFAULT_EFFORT, key_size: tuple[int, int] | None = None):
         self.codec = get_base_codec(codec)
         self.quality = self.codec.check_quality(quality)
         self.width, self.height = int(width), int(height)
         if min(self.width, self.height) < MIN_BASE_SIDE or self.width % 2 or self.height % 2:
             raise InputError(f"base layer {self.width}x{self.height}: sides must be even and >= {MIN_BASE_SIDE}")
+        # the intra-base route: the codec gets full-size frames and codes key pictures at ``key_size``, the rest
+        # at the base size itself
+        self.key_size = check_intra_base(self.codec, (self.width, self.height), key_size)
         if self.codec.encoder == "libsvtav1":
             os.environ.setdefault("SVT_LOG", "1")  # errors only (SVT-AV1 logs to stderr itself)
         fps = Fraction(fps)
         ctx = av.CodecContext.create(self.codec.encoder, "w")
-        ctx.width, ctx.height, ctx.pix_fmt = self.width, self.height, "yuv420p"
+        self.in_width, self.in_height = self.key_size or (self.width, self.height)  # the size the codec is given
+        ctx.width, ctx.height, ctx.pix_fmt = self.in_width, self.in_height, "yuv420p"
         ctx.time_base = 1 / fps
         ctx.framerate = fps
         ctx.thread_count = max(1, int(threads))
-        ctx.options = self.codec.options(self.quality, max(1, int(threads)), effort)
+        options = self.codec.options(self.quality, max(1, int(threads)), effort)
+        ctx.options = self.codec.intra_base(options) if self.key_size else options
         self._ctx = ctx
         self._pts = 0
 
     def encode(self, rgb: np.ndarray, intra: bool = False) -> bytes:
         """One full-size uint8 RGB frame -> its access unit in compact form (``intra``: start a new GOP)."""
-        frame = rgb_to_frame(np.ascontiguousarray(rgb), "yuv420p", self.width, self.height)
+        frame = rgb_to_frame(np.ascontiguousarray(rgb), "yuv420p", self.in_width, self.in_height)
         frame.pts = self._pts
         if intra:
             frame.pict_type = av.video.frame.PictureType.I
@@ -186,6 +204,24 @@ class BaseEncoder:
             pass
 
 
+def check_intra_base(codec: BaseCodec, base: tuple[int, int], key_size: tuple[int, int] | None
+                     ) -> tuple[int, int] | None:
+    """``key_size`` as (width, height) when the base layer can carry key pictures of that size over a ``base``
+    layer (the codec's intra-base route, a base of 1/``INTRA_BASE_FACTOR``), None for no key size;
+    UnsupportedStreamError otherwise (a stream may ask for it)."""
+    if key_size is None:
+        return None
+    kw, kh = int(key_size[0]), int(key_size[1])
+    if codec.intra_base is None:
+        raise UnsupportedStreamError(f"the {codec.name} base layer cannot carry the key pictures (only "
+                                     f"{', '.join(n for n, c in _REGISTRY.items() if c.intra_base)} can)")
+    expected = (base_size(kw, INTRA_BASE_FACTOR), base_size(kh, INTRA_BASE_FACTOR))
+    if tuple(base) != expected:
+        raise UnsupportedStreamError(f"key pictures in the base layer need a base of 1/{INTRA_BASE_FACTOR} of the "
+                                     f"frame ({expected[0]}x{expected[1]} for {kw}x{kh}), not {base[0]}x{base[1]}")
+    return kw, kh
+
+
 class BaseDecoder:
     """Streaming base-layer decoder: ``decode(access_unit)`` -> the small uint8 RGB frame.
 
@@ -194,19 +230,22 @@ class BaseDecoder:
     another size than the header's is refused (``max_pixels`` bounds what a forged SPS can allocate).
     """
 
-    def __init__(self, codec: str, width: int, height: int):
+    def __init__(self, codec: str, width: int, height: int, key_size: tuple[int, int] | None = None):
         self.codec = get_base_codec(codec)
         self.width, self.height = int(width), int(height)
+        self.key_size = check_intra_base(self.codec, (self.width, self.height), key_size)
         self._ctx: av.CodecContext | None = None
 
     def restart(self) -> None:
         ctx = av.CodecContext.create(self.codec.decoder, "r")
         ctx.thread_count = 1
-        ctx.options = {"max_pixels": str(decoder_max_pixels(self.width, self.height, BASE_DECODER_MIN_PIXELS))}
+        w, h = self.key_size or (self.width, self.height)
+        ctx.options = {"max_pixels": str(decoder_max_pixels(w, h, BASE_DECODER_MIN_PIXELS))}
         self._ctx = ctx
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """One access unit in compact form -> the small uint8 RGB picture."""
+    def decode(self, data: bytes, key: bool = False) -> np.ndarray:
+        """One access unit in compact form -> the small uint8 RGB picture (``key``: the intra-base route's key
+        picture, at ``key_size``)."""
         name = self.codec.name
         if self._ctx is None:
             self.restart()
@@ -219,9 +258,10 @@ class BaseDecoder:
             frame = frames[0]
             if getattr(frame, "is_corrupt", False):
                 raise CorruptStreamError(f"{name} base layer: the decoder flagged a picture as corrupt")
-            if (frame.width, frame.height) != (self.width, self.height):
+            want = self.key_size if key else (self.width, self.height)
+            if (frame.width, frame.height) != want:
                 raise CorruptStreamError(f"{name} base layer decodes to {frame.width}x{frame.height}, "
-                                         f"expected {self.width}x{self.height}")
+                                         f"expected {want[0]}x{want[1]}")
             return frame_to_rgb(frame)
         except CorruptStreamError:
             self._ctx = None  # never feed a decoder that saw damage; the next key packet restarts it
@@ -233,20 +273,24 @@ class BaseDecoder:
 
 
 def code_clip(frames, codec: str, factor: int, quality: int, fps: Fraction = Fraction(25),
-              key_frames: set[int] | frozenset[int] = frozenset({0}), effort: str = DEFAULT_EFFORT
-              ) -> tuple[list[bytes], list[np.ndarray]]:
+              key_frames: set[int] | frozenset[int] = frozenset({0}), effort: str = DEFAULT_EFFORT,
+              intra_base: bool = False) -> tuple[list[bytes], list[np.ndarray]]:
     """Encode and decode a whole clip (uint8 RGB frames, full size): (access units, small decoded frames).
-    For the enhancer's training cache and for benchmarks."""
+    ``intra_base``: the key pictures in the base layer (the decoded pictures of ``key_frames`` are then full
+    size). For the enhancer's training cache and for benchmarks."""
     frames = list(frames)
     h, w = frames[0].shape[:2]
     bw, bh = base_size(w, factor), base_size(h, factor)
-    enc, dec = BaseEncoder(codec, bw, bh, fps, quality, effort=effort), BaseDecoder(codec, bw, bh)
+    key_size = (w, h) if intra_base else None
+    enc = BaseEncoder(codec, bw, bh, fps, quality, effort=effort, key_size=key_size)
+    dec = BaseDecoder(codec, bw, bh, key_size=key_size)
     units, small = [], []
     for i, rgb in enumerate(frames):
-        unit = enc.encode(rgb, intra=i in key_frames)
-        if i in key_frames:
+        key = i in key_frames
+        unit = enc.encode(rgb, intra=key)
+        if key:
             dec.restart()
         units.append(unit)
-        small.append(dec.decode(unit))
+        small.append(dec.decode(unit, key=key and intra_base))
     enc.close()
     return units, small

@@ -52,6 +52,8 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, err
 # translated through it). Longest first where one name ends another's.
 _FLAGS = {
     "overwrite=True": "-y (--overwrite)", "guard=False": "--no-guard", "guard=": "--no-guard",
+    "intra_base=True": "--intra-base", "intra_base=": "--intra-base", "lean=True": "--intra-base without --classic-framing",
+    "lean=": "--classic-framing",
     "enhance=False": "--no-enhance",
     "quality=": "--quality", "keyint=": "--keyint", "chunk=": "--chunk", "search_iters=": "--refine",
     "preset=": "--preset", "scenecut=": "--scenecut", "refresh_below=": "--refresh-below",
@@ -262,8 +264,15 @@ def main(ctx: click.Context, debug: bool) -> None:
                    f"[default: {DEFAULT_ENHANCER}].")
 @click.option("--no-guard", is_flag=True,
               help="Hybrid: never switch the enhancer off. By default the encoder decodes what it sends and marks "
-                   "the packets whose pictures the enhancer would make worse (format version 4); without the "
-                   "guard it runs no network and encodes several times faster (format version 2).")
+                   "the packets whose pictures the enhancer would make worse; without the guard it runs no network "
+                   "and encodes several times faster.")
+@click.option("--intra-base/--separate-key", "intra_base", default=None,
+              help="Hybrid: code the key pictures in the base layer at full size, one intra picture per key frame "
+                   "(format version 5), or as a separate key image (--key-codec). [default: in the base layer "
+                   "where the base codec can: av1 at 1/2]")
+@click.option("--classic-framing", is_flag=True,
+              help="Hybrid: frame the base packets as format versions 2-4 do (for decoders older than version 5; "
+                   "about 0.4 kbit/s more at 25 fps), with a separate key image.")
 @click.option("--kbps", type=float, default=None, callback=_kbps,
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
@@ -273,8 +282,8 @@ def main(ctx: click.Context, debug: bool) -> None:
                    f"{DEVICE_HELP}. The stream decodes on any device.")
 @_overwrite_option
 def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality,
-           chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, no_guard, kbps,
-           device, overwrite):
+           chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, no_guard,
+           intra_base, classic_framing, kbps, device, overwrite):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
     from .modes import get_mode
@@ -292,6 +301,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
     mode = _mode(mode, {"--hybrid": hybrid, "--kbps": kbps is not None, "--base-codec": base_codec is not None,
                         "--base-scale": base_scale is not None, "--base-quality": base_quality is not None,
                         "--enhancer": enhancer is not None, "--model": model is not None, "--no-guard": no_guard,
+                        "--intra-base": intra_base is not None, "--classic-framing": classic_framing,
                         "--quality": source("quality") is not ParameterSource.DEFAULT,
                         "--refine": search_iters is not None})
     settings = EncoderSettings.from_preset(
@@ -299,7 +309,8 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         key_codec=key_codec, key_quality=key_quality, chunk=chunk,
         **({} if search_iters is None else {"search_iters": search_iters}), base_codec=base_codec,
         base_factor=BASE_SCALES[base_scale] if base_scale else _ENCODER.base_factor, base_quality=base_quality,
-        enhancer=enhancer, **({"guard": False} if no_guard else {}),
+        enhancer=enhancer, **({"guard": False} if no_guard else {}), intra_base=intra_base,
+        **({"lean": False} if classic_framing else {}),
     ).validated()
     if kbps is not None:  # after the settings: its measuring passes encode with them
         from .api import default_output
@@ -355,11 +366,9 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     (``ratecontrol.closed_loop``); each pass and the result are said on stderr. A pipe (its length unknown): the
     table's point, whose rate is an estimate. Returns (settings, whether a point fits, why the target cannot be
     reached or None, the enhancer the passes loaded or None)."""
-    from dataclasses import replace
-
     from .errors import InputError
     from .modes.hybrid import enhancer_name, load_enhancer
-    from .ratecontrol import TOLERANCE, FileMeter, choose, closed_loop, input_duration, load_table, within
+    from .ratecontrol import TOLERANCE, Family, FileMeter, choose, closed_loop, input_duration, load_table, within
 
     if settings.key_codec != "hevc":
         raise InputError("--kbps uses a table measured with hevc key frames: "
@@ -367,11 +376,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     points = load_table(enhancer_name(settings.enhancer))
     factor = BASE_SCALES[base_scale] if base_scale else None
 
-    def scale(f: int) -> str:
-        return {v: k for k, v in BASE_SCALES.items()}[f]
-
-    def at(codec: str, f: int, bq: int, kq: int):
-        return replace(settings, base_codec=codec, base_factor=f, base_quality=bq, key_quality=kq).validated()
+    def at(family: Family, bq: int):
+        return family.settings(settings, bq).validated()
 
     def say(line: str) -> None:
         click.echo(f"rate control: {line}", err=True)
@@ -384,15 +390,16 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
         f = point.base_factor if factor is None else factor
         bq = point.base_quality if base_quality is None else base_quality
         kq = point.key_quality if key_quality is None else key_quality
+        fam = Family(point.base_codec, f, kq, point.intra_base and key_quality is None and f == point.base_factor)
         span = f"{duration:.1f} s" if duration else "an assumed 10 s"
-        say(f"{kbps:g} kbit/s -> base {point.base_codec} {scale(f)} q{bq}, key q{kq}: about {expected:.1f} kbit/s "
+        say(f"{kbps:g} kbit/s -> {fam.describe(bq)}: about {expected:.1f} kbit/s "
             f"over {span} on training clips"
             + ("; the rate is the table's estimate, not a guarantee (a pipe's length is unknown)" if piped
                else " (--base-quality given: no measuring passes)"))
         if not fits:
             click.echo(f"warning: no measured operating point fits {kbps:g} kbit/s for {span}; using the lowest",
                        err=True)
-        return at(point.base_codec, f, bq, kq), fits, None, None
+        return at(fam, bq), fits, None, None
 
     loaded = load_enhancer(settings.enhancer)
     meter = FileMeter(input, settings, loaded, max_frames=frames)
@@ -402,8 +409,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
         nonlocal count
         r = meter(family, quality)
         count += 1
-        say(f"pass {count}: base {family.base_codec} {scale(family.base_factor)} q{quality}, "
-            f"key q{family.key_quality} -> {r:.2f} kbit/s")
+        say(f"pass {count}: {family.describe(quality)} -> {r:.2f} kbit/s")
         return r
 
     best, searches = closed_loop(points, kbps, duration, rate, base_codec=base_codec, base_factor=factor,
@@ -411,8 +417,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     fam = best.family
     miss = best.kbps / kbps - 1
     ok = within(best.kbps, kbps)
-    say(f"target {kbps:g} kbit/s -> base {fam.base_codec} {scale(fam.base_factor)} q{best.base_quality}, "
-        f"key q{fam.key_quality}: {best.kbps:.2f} kbit/s over {meter.duration_s:.1f} s ({miss:+.1%}, "
+    say(f"target {kbps:g} kbit/s -> {fam.describe(best.base_quality)}: {best.kbps:.2f} kbit/s over {meter.duration_s:.1f} s ({miss:+.1%}, "
         f"{'within' if ok else 'NOT within'} +-{TOLERANCE:.0%}; {count} pass{'es' if count > 1 else ''}, {meter.seconds:.1f} s)")
     why = None
     if not ok:  # said after the encode, with the file's real rate
@@ -420,7 +425,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
         why = ("even the lowest base quality of the table's cheapest points is above it" if reach == {"over"}
                else "even the highest base quality of the table's richest points is below it" if reach == {"under"}
                else "no base quality lands closer (its rate steps are coarse here)")
-    return at(fam.base_codec, fam.base_factor, best.base_quality, fam.key_quality), ok, why, loaded
+    return at(fam, best.base_quality), ok, why, loaded
 
 
 def _target(kbps: float | None, result: float) -> str:
@@ -434,7 +439,8 @@ _MODE_OPTIONS = {
     "--hybrid": ("hybrid", "--hybrid is the hybrid mode's, not the token mode's (drop --mode token)"),
     "--kbps": ("hybrid", "--kbps is the hybrid mode's, not the token mode's (drop --mode token)"),
     **{name: ("hybrid", f"{name} is a hybrid-mode option (the token mode was chosen by --mode token or --model)")
-       for name in ("--base-codec", "--base-scale", "--base-quality", "--enhancer", "--no-guard")},
+       for name in ("--base-codec", "--base-scale", "--base-quality", "--enhancer", "--no-guard", "--intra-base",
+                    "--classic-framing")},
     "--model": ("token", "--model names a token model (the token mode, --mode token); "
                          "the hybrid mode's network is --enhancer"),
     **{name: ("token", f"{name} is a token-mode option: add --mode token (the default mode is hybrid), or drop {name}")
@@ -629,13 +635,16 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
     else:
         timing = f"per-frame timing (time base {d['time_base']} s, {d['fps_rational']} fps on average)"
     click.echo(f"  {d['width']}x{d['height']}, {d['frames']} frames, {d['duration_s']:.2f} s, {timing}")
-    click.echo(f"  key frames: {d['key_codec']} q{d['key_quality']} at {d['key_frames']}; "
+    keys = (f"in the {d['base_codec']} base layer" if d["intra_base"]
+            else f"{d['key_codec']} q{d['key_quality']}")
+    click.echo(f"  key frames: {keys} at {d['key_frames']}; "
                + m.stream_line.format(**d))
     click.echo(f"  {d['bytes']} bytes = {d['kbps']:.2f} kbit/s: key {d['key_bytes']} B ({d['key_kbps']:.2f} kbit/s), "
                f"base {d['base_bytes']} B ({d['base_kbps']:.2f} kbit/s), "
                f"tokens {d['token_bytes']} B ({d['token_kbps']:.2f} kbit/s), "
                + (f"timing {d['timing_bytes']} B, " if d["timing_bytes"] else "")
-               + f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s)")
+               + f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s; the records' "
+               f"{d['record_framing_kbps']:.2f} kbit/s, signature, header and END {d['header_end_bytes']} B)")
     if d["enhancer_switch"]:
         click.echo(f"  enhancer switch: off for {d['unenhanced_frames']} of {d['frames']} frames (the encoder found "
                    f"it would hurt there)" if d["unenhanced_frames"] else "  enhancer switch: on for every frame")
@@ -644,7 +653,8 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
             click.echo(f"  frame {p['frame']:6d}  key     {p['packet_bytes']:7d} B")
         elif p["type"] == "base":
             off = "" if p["enhance"] else "  (enhancer off)"
-            click.echo(f"  frame {p['frame']:6d}  base    {p['packet_bytes']:7d} B{off}")
+            key = f"  (key picture {p['key_bytes']} B)" if p["key"] else ""
+            click.echo(f"  frame {p['frame']:6d}  base    {p['packet_bytes']:7d} B{key}{off}")
         elif p["type"] == "timing":
             click.echo(f"  frame {p['frame']:6d}  timing  {p['packet_bytes']:7d} B  ({p['count']} frames)")
         else:

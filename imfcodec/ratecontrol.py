@@ -39,6 +39,7 @@ class OperatingPoint:
     psnr: float  # enhanced, dB
     psnr_bicubic: float  # the same streams without the enhancer, dB
     base_codec: str = "hevc"  # tables measured before VP9 bases existed name none: x265
+    intra_base: bool = False  # the key pictures coded by the base layer (format version 5; key_quality unused)
 
     def kbps(self, duration_s: float) -> float:
         """Expected whole-file rate for a clip of ``duration_s`` seconds with one key frame."""
@@ -113,14 +114,23 @@ class Family:
     base_codec: str
     base_factor: int
     key_quality: int
+    intra_base: bool = False  # the key pictures in the base layer (then key_quality means nothing)
 
     def describe(self, base_quality: int) -> str:
         scale = "1" if self.base_factor == 1 else f"1/{self.base_factor}"
-        return f"base {self.base_codec} {scale} q{base_quality}, key q{self.key_quality}"
+        key = "key in the base layer" if self.intra_base else f"key q{self.key_quality}"
+        return f"base {self.base_codec} {scale} q{base_quality}, {key}"
+
+    def settings(self, settings, base_quality: int):
+        """``settings`` (an ``EncoderSettings``) at this family and ``base_quality``."""
+        from dataclasses import replace
+
+        return replace(settings, base_codec=self.base_codec, base_factor=self.base_factor, base_quality=base_quality,
+                       key_quality=None if self.intra_base else self.key_quality, intra_base=self.intra_base)
 
 
 def family_of(p: OperatingPoint) -> Family:
-    return Family(p.base_codec, p.base_factor, p.key_quality)
+    return Family(p.base_codec, p.base_factor, p.key_quality, p.intra_base)
 
 
 @dataclass(frozen=True)
@@ -158,7 +168,8 @@ def table_step(points: list[OperatingPoint], family: Family, duration_s: float) 
     """ln(whole-file rate) per base-quality step of ``family`` in the table at ``duration_s`` (a least-squares
     slope over its points; the same codec and size at the nearest key quality when the table lacks the family);
     ``DEFAULT_STEP`` when the table has fewer than two qualities of it."""
-    same = [p for p in points if p.base_codec == family.base_codec and p.base_factor == family.base_factor]
+    same = [p for p in points if p.base_codec == family.base_codec and p.base_factor == family.base_factor
+            and p.intra_base == family.intra_base]
     if same:
         kq = min({p.key_quality for p in same}, key=lambda k: abs(k - family.key_quality))
         same = [p for p in same if p.key_quality == kq]
@@ -302,14 +313,15 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
         duration_s = DEFAULT_DURATION_S
     allowed = [p for p in points if (base_codec is None or p.base_codec == base_codec)
                and (base_factor is None or p.base_factor == base_factor)
-               and (key_quality is None or p.key_quality == key_quality)]
+               and (key_quality is None or (p.key_quality == key_quality and not p.intra_base))]
     if not allowed:  # a size or key quality the table lacks: its choice of codec, the user's size and key
         allowed = [p for p in points if base_codec is None or p.base_codec == base_codec]
     point = choose(allowed, target, duration_s, base_codec)[0]
 
     def chosen(p: OperatingPoint) -> Family:
+        intra = p.intra_base and base_factor in (None, p.base_factor) and key_quality is None
         return Family(p.base_codec, p.base_factor if base_factor is None else base_factor,
-                      p.key_quality if key_quality is None else key_quality)
+                      p.key_quality if key_quality is None else key_quality, intra)
 
     family = chosen(point)
     searches: list[Search] = []
@@ -399,13 +411,11 @@ class FileMeter:
 
     def __call__(self, family: Family, quality: int) -> float:
         import time
-        from dataclasses import replace
 
         from .api import stream_size
 
         t0 = time.perf_counter()
-        settings = replace(self.settings, base_codec=family.base_codec, base_factor=family.base_factor,
-                           key_quality=family.key_quality, base_quality=quality)
+        settings = family.settings(self.settings, quality)
         frames, fps, timing = self._source()
         size, _, seconds = stream_size(frames, fps=fps, model=self.loaded, settings=settings, timing=timing,
                                        enhancer_switch=self.guard)

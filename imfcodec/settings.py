@@ -92,6 +92,10 @@ class EncoderSettings:
     enhancer: str | None = None  # hybrid mode; None: DEFAULT_ENHANCER's shipped weights; else as --model
     mode: str | None = None  # "hybrid" or "token" (MODES); None: chosen as the class docstring says
     guard: bool = True  # hybrid mode: the encoder switches the enhancer off where it would hurt (format version 4)
+    # hybrid mode: the key pictures coded by the base layer at full size (one intra picture per key frame; format
+    # version 5); None: wherever the base codec can (baselayer.BaseCodec.intra_base, a 1/2 base)
+    intra_base: bool | None = None
+    lean: bool = True  # hybrid mode: lean base records (format version 5); False: the framing of versions 2-4
     _checked: bool = field(default=False, init=False, repr=False, compare=False)  # validated() made it
 
     @property
@@ -102,8 +106,8 @@ class EncoderSettings:
         (undecided: the network, then ``DEFAULT_MODE``, decide; ``imfcodec.modes.choose``)."""
         if self.mode is not None:
             return self.mode
-        if (self.base_codec, self.base_quality, self.enhancer) != (None, None, None) \
-                or self.base_factor != DEFAULT_BASE_FACTOR or self.guard is not True:
+        if (self.base_codec, self.base_quality, self.enhancer, self.intra_base) != (None, None, None, None) \
+                or self.base_factor != DEFAULT_BASE_FACTOR or self.guard is not True or self.lean is not True:
             return "hybrid"
         steps = {DEFAULT_SEARCH_ITERS, PRESETS[self.preset].search_iters if self.preset in PRESETS else None}
         if self.quality != DEFAULT_QUALITY or self.refresh_below is not None or self.search_iters not in steps:
@@ -191,6 +195,8 @@ class EncoderSettings:
             raise ArgumentError("base_factor=, base_quality= and enhancer= need the hybrid mode (a base_codec=)")
         if self.guard is not True:
             raise ArgumentError("guard=False needs the hybrid mode (the token mode has no enhancer to switch off)")
+        if self.intra_base is not None or self.lean is not True:
+            raise ArgumentError("intra_base= and lean= need the hybrid mode (they frame its base layer)")
         return {}
 
     def _validated_hybrid(self) -> dict:
@@ -216,7 +222,24 @@ class EncoderSettings:
         blo, bhi = codec.quality_range
         if not _is_int(bq) or not blo <= bq <= bhi:
             raise ArgumentError(f"base_quality= for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
-        return {"base_quality": bq}
+        if not isinstance(self.lean, bool):
+            raise ArgumentError(f"lean= must be True or False, got {self.lean!r}")
+        from .baselayer import INTRA_BASE_FACTOR
+
+        can = codec.intra_base is not None and self.base_factor == INTRA_BASE_FACTOR
+        intra = (can and self.lean) if self.intra_base is None else self.intra_base
+        if not isinstance(intra, bool):
+            raise ArgumentError(f"intra_base= must be True, False or None, got {self.intra_base!r}")
+        if intra and not can:
+            able = ", ".join(n for n in list_base_codecs() if get_base_codec(n).intra_base is not None)
+            raise ArgumentError(f"intra_base=True (the key pictures in the base layer) needs a base codec that can "
+                                f"carry them ({able}) at base_factor={INTRA_BASE_FACTOR}")
+        if intra and not self.lean:
+            raise ArgumentError("intra_base=True needs lean=True (both are format version 5)")
+        if intra and self.key_quality is not None:
+            raise ArgumentError("key_quality= has no effect when the key pictures are in the base layer (their "
+                                "quality follows base_quality=); give intra_base=False for a separate key image")
+        return {"base_quality": bq, "intra_base": intra}
 
 
 def _is_int(value) -> bool:

@@ -102,16 +102,18 @@ def hevc_stream(streams, tmp_path_factory) -> Path:
 
 # hybrid mode (format version 2, without the encoder's guard): the seeded untrained enhancer and one stream of the
 # hostile clip, key frames 0 and 4 and one frame per base packet, so its records are H, K0, B0..B3, K4, B4..B7, E
-HYBRID = dict(base_codec="hevc", base_factor=2, keyint=4, key_codec="png", chunk=1, guard=False)
+HYBRID = dict(base_codec="hevc", base_factor=2, keyint=4, key_codec="png", chunk=1, guard=False, lean=False)
 ENH_TINY = "random:enh-tiny"
 
 # the hybrid mode's hostile streams, as HOSTILE_BASES for the token mode: every base codec, base packets of
 # 1..3 frames, one or several key frames (the first is HYBRID, the stream of ``hybrid_stream``); the others with
-# the guard, as `imfcodec encode` makes them (format version 4: a flags byte in the header)
+# the guard and lean base records, as `imfcodec encode` makes them (format version 5: a flags byte in the header,
+# no frame index in base records, a CRC-16), the last with the key pictures in the AV1 base layer
 HYBRID_BASES = {
     "hevc": HYBRID,
     "vp9": dict(base_codec="vp9", base_factor=2, keyint=3, key_codec="webp", chunk=2, key_quality=3),
     "av1": dict(base_codec="av1", base_factor=4, keyint=0, key_codec="hevc", chunk=3),
+    "av1-intra": dict(base_codec="av1", base_factor=2, keyint=3, chunk=2),
 }
 
 

@@ -27,7 +27,7 @@ from imfcodec.bitstream import (
     decode_varint,
     encode_varint,
 )
-from imfcodec.bitstream.format import record_crc
+from imfcodec.bitstream.format import LEAN_CRC_SIZE, LEAN_TYPES, record_crc, record_crc16
 from imfcodec.codec import EncoderSettings
 from imfcodec.errors import CorruptStreamError, IMFError
 
@@ -217,29 +217,36 @@ def gradient(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
 
 
+def crc_size(t: int, version: int) -> int:
+    """Bytes of a record's check: a CRC-16 for a version 5 base record, else a CRC-32 (FORMAT.md §3, §3.7)."""
+    return LEAN_CRC_SIZE if version >= 5 and t in LEAN_TYPES else 4
+
+
 def split(data: bytes) -> list[list]:
     """A valid stream -> [[type byte, payload], ...] (header first, END last)."""
-    recs, pos = [], len(MAGIC) + 1
+    recs, pos, version = [], len(MAGIC) + 1, data[len(MAGIC)]
     while pos < len(data):
         t = data[pos]
         it = iter(data[pos + 1:pos + 11])
         n = decode_varint(lambda: next(it, None), pos + 1, "length", CorruptStreamError)
         start = pos + 1 + len(encode_varint(n))
         recs.append([t, data[start:start + n]])
-        pos = start + n + 4
+        pos = start + n + crc_size(t, version)
     return recs
 
 
 def join(recs, *, lengths: dict[int, int] | None = None, crc_ok: bool = True, version: int = 1) -> bytes:
     """Records -> stream bytes; ``lengths`` forces a (lying) length field, CRCs made valid for it.
-    ``version`` 2 for streams with a base layer (hybrid mode), 3 for streams with timing records."""
+    ``version`` 2 for streams with a base layer (hybrid mode), 3 for streams with timing records, 5 for lean
+    base records (their CRC-16)."""
     assert version <= VERSION
     out = bytearray(MAGIC + bytes((version,)))
     for i, (t, payload) in enumerate(recs):
         n = (lengths or {}).get(i, len(payload))
         length = encode_varint(n)
-        crc = record_crc(t, length, payload) ^ (0 if crc_ok else 1)
-        out += bytes((t,)) + length + payload + crc.to_bytes(4, "little")
+        size = crc_size(t, version)
+        crc = (record_crc16 if size == 2 else record_crc)(t, length, payload) ^ (0 if crc_ok else 1)
+        out += bytes((t,)) + length + payload + crc.to_bytes(size, "little")
     return bytes(out)
 
 
@@ -314,7 +321,7 @@ def header_field(recs, field, value, version: int = 1) -> bytes:
 def damaged(data: bytes, record: int) -> bytes:
     """Flip one payload byte of record ``record`` (0 = header), leaving its CRC stale."""
     recs = split(data)
-    offset = len(join(recs[:record]))
+    offset = len(join(recs[:record], version=data[len(MAGIC)]))
     d = bytearray(data)
     d[offset + 3] ^= 0x5A
     return bytes(d)

@@ -32,8 +32,11 @@ def test_conformance_stream_decodes_as_recorded(name):
     got = _maker().describe(path, exp.get("model"))
     assert got["frames"] == exp["frames"]
     hybrid = "base_codec" in exp["settings"]
-    version = 3 if "durations" in exp else (2 if exp["settings"].get("guard") is False else 4) if hybrid else 1
-    assert path.read_bytes()[8] == version  # token streams stay version 1, unguarded constant-rate ones 1 or 2
+    st = exp["settings"]
+    version = (3 if "durations" in exp else 5 if st.get("lean") else 2 if st.get("guard") is False else 4) if hybrid \
+        else 3 if "durations" in exp else 1
+    assert path.read_bytes()[8] == version  # token streams stay version 1, unguarded constant-rate ones 1 or 2,
+    # lean ones (the key pictures in the base layer or not) 5
     assert (got.get("time_base"), got.get("durations")) == (exp.get("time_base"), exp.get("durations"))
     if "base_codec" in exp["settings"]:  # hybrid (version 2): base pictures instead of tokens
         assert got["base_frames_sha256"] == exp["base_frames_sha256"], "decoded base-layer pictures drifted"
@@ -56,12 +59,17 @@ def test_reference_encoder_still_writes_the_same_bytes(tmp_path):
     out = tmp_path / "s.imf"
     encode_video(clip, out, model="random:imf-tiny", settings=EncoderSettings(**EXPECTED[name]["settings"]))
     assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes()
-    for name in ("tiny-hybrid-hevc-half-keyint6", "tiny-hybrid-vp9-half-keyint6"):  # the hybrid encoder (version 2)
+    for name in ("tiny-hybrid-hevc-half-keyint6", "tiny-hybrid-vp9-half-keyint6",  # the hybrid encoder (version 2)
+                 "tiny-hybrid-vp9-lean-keyint4", "tiny-hybrid-av1-intra-keyint6"):  # lean records (version 5)
         encode_video(clip, out, model=EXPECTED[name]["model"],
                      settings=EncoderSettings(**EXPECTED[name]["settings"]), overwrite=True)
         assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes(), name
     name = "enh-wide-vp9-guard-bars"  # the enhancer switch (version 4): the encoder's guard decides the same
     guarded = _maker().guard_clip(tmp_path / "guard.mp4")
+    encode_video(guarded, out, model=EXPECTED[name]["model"], settings=EncoderSettings(**EXPECTED[name]["settings"]),
+                 overwrite=True)
+    assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes(), name
+    name = "enh-wide-av1-intra-guard-bars"  # the switch in a version 5 stream, the key pictures in the base
     encode_video(guarded, out, model=EXPECTED[name]["model"], settings=EncoderSettings(**EXPECTED[name]["settings"]),
                  overwrite=True)
     assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes(), name

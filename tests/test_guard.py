@@ -75,7 +75,7 @@ def test_default_decode_is_never_worse_than_its_base(guarded, name):
     on = [f for _, out in iter_decoded(path) for f in out]
     off = [f for _, out in iter_decoded(path, enhance=False) for f in out]
     header, packets = read_stream(path)
-    assert header.enhancer_switch and path.read_bytes()[8] == 4
+    assert header.enhancer_switch and path.read_bytes()[8] == 5
     for p in (p for p in packets if isinstance(p, BasePacket)):
         idx = range(p.frame, p.frame + p.count)
         got = psnr(src[list(idx)], np.stack([on[i] for i in idx]))
@@ -90,13 +90,16 @@ def test_the_guard_switches_the_enhancer_off_on_colour_bars(guarded):
     assert marks and not any(marks)
 
 
-def test_without_the_guard_the_stream_is_version_2(tmp_path):
+def test_without_the_guard_no_packet_is_switched_off(tmp_path):
     frames = np.stack([bars(t) for t in range(3)])
     path = tmp_path / "b.imf"
     encode_frames_to_file(frames, path, fps=Fraction(25), settings=EncoderSettings(guard=False))
     header, packets = read_stream(path)
-    assert path.read_bytes()[8] == 2 and not header.enhancer_switch
+    assert path.read_bytes()[8] == 5 and not header.enhancer_switch  # lean records: version 5 still
     assert all(p.enhance for p in packets if isinstance(p, BasePacket))
+    encode_frames_to_file(frames, path, fps=Fraction(25), settings=EncoderSettings(guard=False, lean=False),
+                          overwrite=True)
+    assert path.read_bytes()[8] == 2  # the classic framing without the switch: readable by version 2 decoders
 
 
 def test_cli_reports_the_switch_and_refuses_no_guard_in_the_token_mode(guarded, tmp_path):
@@ -104,11 +107,17 @@ def test_cli_reports_the_switch_and_refuses_no_guard_in_the_token_mode(guarded, 
 
     _, path = guarded["bars"]
     r = cli("info", path)
-    assert r.exit_code == 0 and "version 4" in r.stdout and "(enhancer off)" in r.stdout
+    assert r.exit_code == 0 and "version 5" in r.stdout and "(enhancer off)" in r.stdout
     assert f"enhancer switch: off for {FRAMES - 1} of {FRAMES} frames" in r.stdout  # the key frame is the key image
     clip = tmp_path / "s.mp4"
     assert cli("sample", clip, "--frames", 3, "--size", 64).exit_code == 0
     r = cli("encode", clip, "-o", tmp_path / "t.imf", "--mode", "token", "--no-guard")  # a usage error: 2
     assert r.exit_code == 2 and r.stderr.startswith("error: --no-guard is a hybrid-mode option"), r.output
-    r = cli("encode", clip, "-o", tmp_path / "h.imf", "--no-guard", "--enhancer", "random:enh-tiny")
+    r = cli("encode", clip, "-o", tmp_path / "h.imf", "--no-guard", "--classic-framing", "--enhancer",
+            "random:enh-tiny")
     assert r.exit_code == 0 and (tmp_path / "h.imf").read_bytes()[8] == 2, r.output
+    r = cli("encode", clip, "-o", tmp_path / "i.imf", "--base-codec", "av1", "--enhancer", "random:enh-tiny")
+    assert r.exit_code == 0 and (tmp_path / "i.imf").read_bytes()[8] == 5, r.output
+    assert "in the av1 base layer" in cli("info", tmp_path / "i.imf").stdout
+    r = cli("encode", clip, "-o", tmp_path / "j.imf", "--intra-base", "--enhancer", "random:enh-tiny")  # vp9
+    assert r.exit_code == 2 and "--intra-base" in r.stderr and "av1" in r.stderr, r.output

@@ -60,7 +60,7 @@ def test_version_2_round_trip_and_writer_rules():
         w.write(p)
     w.close(EndPacket(5))
     data = buf.getvalue()
-    assert data[8] == 2 and VERSIONS == (1, 2, 3, 4)
+    assert data[8] == 2 and VERSIONS == (1, 2, 3, 4, 5)
     header, got = read_stream(data)
     assert header == h and header.hybrid and got == packets + [EndPacket(5)]
     # type, length, frame, count, CRC, and one size byte per unit
@@ -109,7 +109,7 @@ def test_cli_round_trip_encode_decode_info(tmp_path):
     r = cli("info", out, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert (d["mode"], d["version"], d["model"], d["frames"]) == ("hybrid", 4, "enh-tiny", 10)  # the guard: version 4
+    assert (d["mode"], d["version"], d["model"], d["frames"]) == ("hybrid", 5, "enh-tiny", 10)  # lean records: version 5
     assert (d["base_codec"], d["base_width"], d["base_height"], d["base_quality"]) == ("vp9", 32, 32, 20)  # the default base codec
     assert d["key_frames"] == [0, 5] and d["token_bytes"] == 0 and d["base_bytes"] > 0
     assert d["key_bytes"] + d["base_bytes"] + d["token_bytes"] + d["overhead_bytes"] == d["bytes"] == out.stat().st_size
@@ -406,7 +406,7 @@ def test_variable_frame_rate_in_the_hybrid_mode(tmp_path, enh_tiny):
     stream = tmp_path / "h.imf"
     encode_video(src, stream, model=enh_tiny, settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=3))
     h, packets = read_stream(stream.read_bytes())
-    assert stream.read_bytes()[8] == 4 and h.hybrid and h.timed and h.enhancer_switch  # timed, guarded
+    assert stream.read_bytes()[8] == 5 and h.hybrid and h.timed and h.enhancer_switch  # timed, guarded, lean
     assert "".join(type(p).__name__[0] for p in packets) == "TKBBBE"  # the timing record first
     info = stream_info(stream)
     assert info["duration_s"] == 0.5 and info["mode"] == "hybrid" and info["timing"] == "per-frame"

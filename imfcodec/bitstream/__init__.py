@@ -17,6 +17,7 @@ from .format import (
     BasePacket,
     EndPacket,
     KeyPacket,
+    LeanFraming,
     Limits,
     Packet,
     PacketRecord,
@@ -35,7 +36,7 @@ from .writer import StreamWriter, stream_start
 
 __all__ = [
     "BasePacket", "Damage", "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "VERSIONS", "EndPacket",
-    "KeyPacket", "Limits", "Packet", "PacketRecord", "ResyncReader", "StreamHeader", "StreamReader", "StreamWriter",
+    "KeyPacket", "LeanFraming", "Limits", "Packet", "PacketRecord", "ResyncReader", "StreamHeader", "StreamReader", "StreamWriter",
     "TimingPacket", "TokenPacket", "decode_varint", "encode_packet", "encode_varint", "header_flags", "header_version", "is_imf_stream",
     "iter_packet_records", "packet_overhead", "read_stream", "stream_start",
 ]

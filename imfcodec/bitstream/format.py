@@ -6,6 +6,7 @@ here is pure Python (no torch, no numpy) so that a stream can be inspected and v
 
 from __future__ import annotations
 
+import binascii
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Union
@@ -16,12 +17,14 @@ from ..limits import MAX_CHUNK, MAX_DURATION, MAX_FPS_TERM, MAX_NAME, MAX_TIME, 
 
 MAGIC = b"\x8bIMF\r\n\x1a\n"
 """PNG-style signature: a high-bit byte, CR LF, ^Z and LF, so 7-bit and text-mode transfers are caught."""
-VERSION = 4
+VERSION = 5
 """The newest format version. A writer uses the lowest version that can carry its header
 (``header_version``): token-only streams are version 1, streams with a base layer version 2, streams with
 per-frame timing (a time base in the header, timing records) version 3, streams whose encoder may switch the
-enhancer off for a base packet (a flags byte in the header, ``b`` records) version 4."""
-VERSIONS = (1, 2, 3, 4)  # what this reader accepts
+enhancer off for a base packet (a flags byte in the header, ``b`` records) version 4, streams with lean base
+records (no frame index, a 16-bit CRC, unit sizes only where the base codec does not carry them) and
+optionally their key pictures in the base layer itself version 5."""
+VERSIONS = (1, 2, 3, 4, 5)  # what this reader accepts
 
 # Record types (one ASCII byte each).
 TYPE_HEADER = 0x48  # 'H'
@@ -31,14 +34,28 @@ TYPE_BASE = 0x42  # 'B' (version 2: one base-layer access unit)
 TYPE_TIMING = 0x44  # 'D' (version 3: how long each frame is shown)
 TYPE_BASE_PLAIN = 0x62  # 'b' (version 4 with the enhancer switch: a base packet shown without the enhancer)
 TYPE_END = 0x45  # 'E'
+# version 5 (lean base records; 'B' and 'b' then hold exactly ``chunk`` frames and no frame index)
+TYPE_BASE_COUNTED = 0x43  # 'C': a lean base packet of fewer or other than ``chunk`` frames (its count first)
+TYPE_BASE_COUNTED_PLAIN = 0x63  # 'c': the same, shown without the enhancer
+TYPE_BASE_INTRA = 0x49  # 'I': a lean base packet that starts with a key picture coded by the base layer
+TYPE_BASE_INTRA_PLAIN = 0x69  # 'i': the same, shown without the enhancer
 TYPE_NAMES = {TYPE_HEADER: "header", TYPE_KEY: "key", TYPE_TOKENS: "token", TYPE_BASE: "base",
-              TYPE_TIMING: "timing", TYPE_BASE_PLAIN: "unenhanced base", TYPE_END: "END"}
+              TYPE_TIMING: "timing", TYPE_BASE_PLAIN: "unenhanced base", TYPE_END: "END",
+              TYPE_BASE_COUNTED: "base", TYPE_BASE_COUNTED_PLAIN: "unenhanced base",
+              TYPE_BASE_INTRA: "intra base", TYPE_BASE_INTRA_PLAIN: "unenhanced intra base"}
 BASE_TYPES = (TYPE_BASE, TYPE_BASE_PLAIN)
+LEAN_TYPES = (TYPE_BASE, TYPE_BASE_PLAIN, TYPE_BASE_COUNTED, TYPE_BASE_COUNTED_PLAIN, TYPE_BASE_INTRA,
+              TYPE_BASE_INTRA_PLAIN)  # the base records of a version 5 stream
+PLAIN_TYPES = (TYPE_BASE_PLAIN, TYPE_BASE_COUNTED_PLAIN, TYPE_BASE_INTRA_PLAIN)
 # version 4 header flags (a u8 after the version 2 fields)
 FLAG_TIMED = 0x01  # a time base follows and timing records time every frame (as in version 3)
 FLAG_ENHANCER_SWITCH = 0x02  # base packets may be 'b' records: their frames are shown without the enhancer
+FLAG_INTRA_BASE = 0x04  # version 5: key pictures are coded by the base layer at full size ('I' records, no 'K')
+# base codecs whose access units carry their own sizes, so that lean records store none (FORMAT.md §3.7)
+SELF_DELIMITING = ("av1",)
 
 CRC_SIZE = 4
+LEAN_CRC_SIZE = 2  # version 5 base records: CRC-16
 VARINT_MAX_BYTES = 10  # enough for any value < 2**64
 WEIGHTS_HASH_SIZE = 16
 MAX_U8 = 255
@@ -72,6 +89,9 @@ class StreamHeader:
     time_den: int = 0
     # version 4: the encoder may mark base packets to be shown without the enhancer (``BasePacket.enhance``)
     enhancer_switch: bool = False
+    # version 5: lean base records (``lean``), and key pictures coded by the base layer (``intra_base``)
+    lean: bool = False
+    intra_base: bool = False
 
     @property
     def hybrid(self) -> bool:
@@ -119,6 +139,9 @@ class BasePacket:
     #: version 4 with the enhancer switch: False shows these frames as the upscaled base pictures (a ``b``
     #: record): the encoder measured that the enhancer would make them worse
     enhance: bool = True
+    #: version 5 with ``intra_base``: the first unit is a key picture, coded by the base layer at the frame's
+    #: full size (an ``I`` record); the base decoder restarts there
+    key: bool = False
 
     @property
     def count(self) -> int:
@@ -151,7 +174,7 @@ class PacketRecord:
     """Where one record sits in the file, for tools that report per-packet sizes."""
 
     offset: int  # byte offset of the type byte from the start of the stream
-    type: str  # 'H', 'K', 'T', 'B', 'b', 'D' or 'E'
+    type: str  # 'H', 'K', 'T', 'B', 'b', 'D', 'E'; version 5 also 'C', 'c', 'I', 'i'
     payload_len: int
     total_len: int  # type + length varint + payload + CRC
 
@@ -205,9 +228,17 @@ def record_crc(type_byte: int, length_bytes: bytes, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(length_bytes, zlib.crc32(bytes((type_byte,)))))
 
 
-def frame_record(type_byte: int, payload: bytes) -> bytes:
-    """type | varint(len) | payload | CRC-32 little-endian."""
+def record_crc16(type_byte: int, length_bytes: bytes, payload: bytes) -> int:
+    """CRC-16/CCITT (polynomial 0x1021, init 0xFFFF, no reflection: ``binascii.crc_hqx``) over the type byte,
+    the length varint and the payload: the check of a version 5 base record."""
+    return binascii.crc_hqx(payload, binascii.crc_hqx(length_bytes, binascii.crc_hqx(bytes((type_byte,)), 0xFFFF)))
+
+
+def frame_record(type_byte: int, payload: bytes, lean: bool = False) -> bytes:
+    """type | varint(len) | payload | CRC-32 little-endian (``lean``: CRC-16, a version 5 base record)."""
     length = encode_varint(len(payload))
+    if lean:
+        return bytes((type_byte,)) + length + payload + record_crc16(type_byte, length, payload).to_bytes(2, "little")
     return bytes((type_byte,)) + length + payload + record_crc(type_byte, length, payload).to_bytes(4, "little")
 
 
@@ -223,15 +254,18 @@ def _uint(v: object) -> bool:
 
 
 def header_version(h: StreamHeader) -> int:
-    """The version a writer gives a stream with this header: 4 with the enhancer switch, else 3 with
-    per-frame timing, else 2 with a base layer, else 1 (so a stream that needs nothing new stays readable by
-    older decoders)."""
+    """The version a writer gives a stream with this header: 5 with lean base records, else 4 with the enhancer
+    switch, else 3 with per-frame timing, else 2 with a base layer, else 1 (so a stream that needs nothing new
+    stays readable by older decoders)."""
+    if h.lean:
+        return 5
     return 4 if h.enhancer_switch else 3 if h.time_num or h.time_den else 2 if h.base_codec else 1
 
 
 def header_flags(h: StreamHeader) -> int:
-    """The version 4 flags byte of ``h``."""
-    return (FLAG_TIMED if h.time_num or h.time_den else 0) | (FLAG_ENHANCER_SWITCH if h.enhancer_switch else 0)
+    """The flags byte of ``h`` (versions 4 and 5)."""
+    return ((FLAG_TIMED if h.time_num or h.time_den else 0) | (FLAG_ENHANCER_SWITCH if h.enhancer_switch else 0)
+            | (FLAG_INTRA_BASE if h.intra_base else 0))
 
 
 def header_problem(h: StreamHeader, limits: Limits) -> str | None:
@@ -268,12 +302,17 @@ def header_problem(h: StreamHeader, limits: Limits) -> str | None:
     if not isinstance(h.base_codec, str) or (h.base_codec and (
             not h.base_codec.isascii() or not is_valid_name(h.base_codec.encode("ascii")))):
         return f"base_codec must be empty or 1..{MAX_NAME} printable ASCII characters, got {h.base_codec!r}"
-    if not isinstance(h.enhancer_switch, bool):
-        return f"enhancer_switch must be True or False, got {h.enhancer_switch!r}"
+    for name in ("enhancer_switch", "lean", "intra_base"):
+        if not isinstance(getattr(h, name), bool):
+            return f"{name} must be True or False, got {getattr(h, name)!r}"
+    if h.intra_base and not h.lean:
+        return "key pictures in the base layer (intra_base) need lean base records (version 5)"
     if h.base_codec:
         return _base_problem(h, limits)
     if h.enhancer_switch:
         return "the enhancer switch needs a base layer"
+    if h.lean:
+        return "lean base records (version 5) need a base layer"
     if (h.base_width, h.base_height, h.base_quality) != (0, 0, 0):
         return "base_width, base_height and base_quality must be 0 without a base layer"
     if h.token_dim == 0:
@@ -328,8 +367,46 @@ def encode_header(h: StreamHeader) -> bytes:
     return b"".join(fields)
 
 
-def encode_payload(packet: Packet) -> tuple[int, bytes]:
-    """(type byte, payload) of a packet; no sequence checks (see StreamWriter for those)."""
+@dataclass(frozen=True)
+class LeanFraming:
+    """How a version 5 stream frames its base packets (FORMAT.md §3.7): ``chunk`` (a ``B`` record holds exactly
+    that many frames, others say their count) and whether the base codec's units carry their own sizes."""
+
+    chunk: int
+    self_delimiting: bool
+
+    @classmethod
+    def of(cls, header: StreamHeader | None) -> "LeanFraming | None":
+        """The framing of ``header``'s base records; None for the framing of versions 2 to 4."""
+        if header is None or not header.lean:
+            return None
+        return cls(header.chunk, header.base_codec in SELF_DELIMITING)
+
+
+def lean_base_payload(packet: BasePacket, framing: LeanFraming) -> tuple[int, bytes]:
+    """(type byte, payload) of a base packet in a version 5 stream: ``I``/``i`` (a key picture first: the frame
+    index and the count), else ``B``/``b`` (exactly ``chunk`` frames: nothing) or ``C``/``c`` (the count); then
+    the units, each but the last preceded by its size unless the codec's units carry their sizes."""
+    units = [bytes(u) for u in packet.units]
+    if packet.key:
+        t = TYPE_BASE_INTRA if packet.enhance else TYPE_BASE_INTRA_PLAIN
+        head = encode_varint(packet.frame) + encode_varint(len(units))
+    elif len(units) == framing.chunk:
+        t, head = (TYPE_BASE if packet.enhance else TYPE_BASE_PLAIN), b""
+    else:
+        t, head = (TYPE_BASE_COUNTED if packet.enhance else TYPE_BASE_COUNTED_PLAIN), encode_varint(len(units))
+    if framing.self_delimiting:
+        body = b"".join(units)
+    else:
+        body = b"".join(encode_varint(len(u)) + u for u in units[:-1]) + units[-1]
+    return t, head + body
+
+
+def encode_payload(packet: Packet, framing: LeanFraming | None = None) -> tuple[int, bytes]:
+    """(type byte, payload) of a packet; no sequence checks (see StreamWriter for those). ``framing``: the
+    stream's lean framing (``LeanFraming.of(header)``), which changes base packets only."""
+    if isinstance(packet, BasePacket) and framing is not None:
+        return lean_base_payload(packet, framing)
     if isinstance(packet, KeyPacket):
         kt = bytes(packet.key_token)
         return TYPE_KEY, encode_varint(packet.frame) + encode_varint(len(kt)) + kt + bytes(packet.image)
@@ -348,16 +425,18 @@ def encode_payload(packet: Packet) -> tuple[int, bytes]:
     raise TypeError(f"not a packet: {type(packet).__name__}")
 
 
-def encode_packet(packet: Packet) -> bytes:
-    """The complete record for ``packet`` as it appears in a stream (useful for size accounting)."""
-    type_byte, payload = encode_payload(packet)
-    return frame_record(type_byte, payload)
+def encode_packet(packet: Packet, header: StreamHeader | None = None) -> bytes:
+    """The complete record for ``packet`` as it appears in a stream (useful for size accounting); ``header``:
+    the stream's (a version 5 stream frames base packets its own way), None for the framing of versions 1-4."""
+    framing = LeanFraming.of(header)
+    type_byte, payload = encode_payload(packet, framing)
+    return frame_record(type_byte, payload, lean=framing is not None and isinstance(packet, BasePacket))
 
 
-def packet_overhead(packet: Packet) -> int:
+def packet_overhead(packet: Packet, header: StreamHeader | None = None) -> int:
     """Container bytes of ``packet`` beyond the coded data (key image + key token, token data, or the
-    base-layer access unit)."""
-    size = len(encode_packet(packet))
+    base-layer access unit) in a stream with ``header`` (None: the framing of versions 1-4)."""
+    size = len(encode_packet(packet, header))
     if isinstance(packet, KeyPacket):
         return size - len(packet.image) - len(packet.key_token)
     if isinstance(packet, (TokenPacket, BasePacket)):

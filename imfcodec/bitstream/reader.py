@@ -22,7 +22,16 @@ from .format import (
     MAX_TOKEN_DIM,
     BASE_TYPES,
     FLAG_ENHANCER_SWITCH,
+    FLAG_INTRA_BASE,
     FLAG_TIMED,
+    LEAN_CRC_SIZE,
+    LEAN_TYPES,
+    PLAIN_TYPES,
+    SELF_DELIMITING,
+    TYPE_BASE_COUNTED,
+    TYPE_BASE_COUNTED_PLAIN,
+    TYPE_BASE_INTRA,
+    TYPE_BASE_INTRA_PLAIN,
     TYPE_BASE,
     TYPE_BASE_PLAIN,
     TYPE_END,
@@ -46,7 +55,9 @@ from .format import (
     header_problem,
     is_valid_name,
     record_crc,
+    record_crc16,
 )
+from .obu import split_units
 
 Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
 _READ_PIECE = 1 << 20  # when the file size is unknown, grow buffers by at most this much at a time
@@ -207,7 +218,8 @@ class StreamReader:
         if first and t != TYPE_HEADER:
             raise CorruptStreamError(f"expected the header record at byte {offset}, found type 0x{t:02x}")
         known = ((TYPE_KEY, TYPE_TOKENS, TYPE_END) + ((TYPE_BASE,) if self.version >= 2 else ())
-                 + ((TYPE_TIMING,) if self.version >= 3 else ()) + ((TYPE_BASE_PLAIN,) if self.version >= 4 else ()))
+                 + ((TYPE_TIMING,) if self.version >= 3 else ()) + ((TYPE_BASE_PLAIN,) if self.version >= 4 else ())
+                 + (LEAN_TYPES if self.version >= 5 else ()))
         if not first and t not in known:
             kind = "a second header record" if t == TYPE_HEADER else f"unknown packet type 0x{t:02x}"
             raise CorruptStreamError(f"{kind} at byte {offset}")
@@ -229,11 +241,13 @@ class StreamReader:
         if n > self.limits.max_packet:
             raise UnsupportedStreamError(f"{name} record at byte {offset} declares {n} payload bytes, above "
                                          f"the limit of {self.limits.max_packet} (Limits.max_packet)")
+        lean = self.version >= 5 and t in LEAN_TYPES  # a version 5 base record: CRC-16
+        crc_size = LEAN_CRC_SIZE if lean else CRC_SIZE
         payload = src.read_exact(n, f"{name} record payload")
-        crc = int.from_bytes(src.read_exact(CRC_SIZE, f"{name} record CRC"), "little")
-        if crc != record_crc(t, bytes(length_bytes), payload):
+        crc = int.from_bytes(src.read_exact(crc_size, f"{name} record CRC"), "little")
+        if crc != (record_crc16 if lean else record_crc)(t, bytes(length_bytes), payload):
             raise CorruptStreamError(f"CRC mismatch in the {name} record at byte {offset}")
-        total = 1 + len(length_bytes) + n + CRC_SIZE
+        total = 1 + len(length_bytes) + n + crc_size
         return PacketRecord(offset, chr(t), n, total), payload
 
     def _check_trailing(self) -> None:
@@ -285,7 +299,8 @@ class StreamReader:
         flags = FLAG_TIMED if self.version == 3 else 0
         if self.version >= 4:
             flags = c.u8("flags")
-            if flags & ~(FLAG_TIMED | FLAG_ENHANCER_SWITCH):
+            known = FLAG_TIMED | FLAG_ENHANCER_SWITCH | (FLAG_INTRA_BASE if self.version >= 5 else 0)
+            if flags & ~known:
                 raise CorruptStreamError(f"{where}: unknown header flags 0x{flags:02x}")
         if flags & FLAG_TIMED:
             time_base = (c.varint("time base numerator"), c.varint("time base denominator"))
@@ -298,7 +313,8 @@ class StreamReader:
         c.done()
         h = StreamHeader(model, weights_hash, width, height, fps_num, fps_den, frames, key_codec, key_quality,
                          quality, chunk, token_dim, scale_indexes, *base,
-                         enhancer_switch=bool(flags & FLAG_ENHANCER_SWITCH))
+                         enhancer_switch=bool(flags & FLAG_ENHANCER_SWITCH), lean=self.version >= 5,
+                         intra_base=bool(flags & FLAG_INTRA_BASE))
         problem = header_problem(h, _NO_LIMITS)
         if problem:  # outside what the format allows (e.g. width 0, chunk > MAX_CHUNK)
             raise CorruptStreamError(f"{where}: {problem}")
@@ -345,9 +361,16 @@ class StreamReader:
             self._time_end += sum(timing.durations)
             return timing
         _check_packet_type(t, h, where)
-        if self._key_pending and t not in BASE_TYPES:
+        if self._key_pending and t not in BASE_TYPES + LEAN_TYPES:
             raise CorruptStreamError(f"{where}: expected the base packet of frame {self._next_frame} after its "
                                      f"key packet, found a {TYPE_NAMES[t]} packet")
+        if h.lean and t in LEAN_TYPES:
+            packet = _lean_base_packet(c, h, t, self._next_frame)
+            if packet.frame != self._next_frame:
+                raise CorruptStreamError(f"{where}: starts at frame {packet.frame}, expected frame {self._next_frame}")
+            if not packet.key and self._next_frame == 0 and not self._key_pending:
+                raise CorruptStreamError(f"{where}: base packet before any key packet")
+            return self._advance(where, packet.frame, packet.count, packet)
         frame = c.varint("frame index")
         if frame != self._next_frame:
             raise CorruptStreamError(f"{where}: starts at frame {frame}, expected frame {self._next_frame}")
@@ -366,6 +389,11 @@ class StreamReader:
             if not 1 <= count <= h.chunk:
                 raise CorruptStreamError(f"{where}: frame count {count} is outside 1..{h.chunk} (chunk size)")
             packet = TokenPacket(frame, count, c.rest())
+        return self._advance(where, frame, count, packet)
+
+    def _advance(self, where: str, frame: int, count: int, packet: Packet) -> Packet:
+        """The limits every packet's frames must be within, then the stream position moves past them."""
+        h, lim = self.header, self.limits
         if frame + count > lim.max_frames:
             raise UnsupportedStreamError(f"{where}: frame {frame + count - 1} is beyond the limit of "
                                          f"{lim.max_frames} frames (Limits.max_frames)")
@@ -375,7 +403,7 @@ class StreamReader:
         if h.timed and frame + count > self._timed:  # a frame's time comes before the frame
             raise CorruptStreamError(f"{where}: frame {max(frame, self._timed)} has no timing (its timing record "
                                      f"must come before it)")
-        if h.hybrid and t == TYPE_KEY:  # a key packet shares its frame with the base packet that follows
+        if h.hybrid and isinstance(packet, KeyPacket):  # a key packet shares its frame with the base packet that follows
             self._key_pending = True
             return packet
         self._key_pending = False
@@ -389,9 +417,14 @@ def _check_packet_type(t: int, h: StreamHeader, where: str) -> None:
         raise CorruptStreamError(f"{where}: token packet in a stream with a base layer")
     if t in BASE_TYPES and not h.hybrid:
         raise CorruptStreamError(f"{where}: base packet in a stream without a base layer")
-    if t == TYPE_BASE_PLAIN and not h.enhancer_switch:
+    if t in PLAIN_TYPES and not h.enhancer_switch:
         raise CorruptStreamError(f"{where}: an unenhanced base packet in a stream whose header has no enhancer "
                                  f"switch")
+    if t == TYPE_KEY and h.intra_base:
+        raise CorruptStreamError(f"{where}: a key packet in a stream whose key pictures are in the base layer")
+    if t in (TYPE_BASE_INTRA, TYPE_BASE_INTRA_PLAIN) and not h.intra_base:
+        raise CorruptStreamError(f"{where}: an intra base packet in a stream whose header has no key pictures in "
+                                 f"the base layer")
 
 
 def _key_packet(c: _Cursor, h: StreamHeader, frame: int) -> KeyPacket:
@@ -453,6 +486,37 @@ def _base_packet(c: _Cursor, h: StreamHeader, frame: int, t: int = TYPE_BASE) ->
     return BasePacket(frame, tuple(units), enhance=t == TYPE_BASE)
 
 
+def _lean_base_packet(c: _Cursor, h: StreamHeader, t: int, next_frame: int | None) -> BasePacket:
+    """A version 5 base record (FORMAT.md §3.7): ``I``/``i`` give their frame and count, ``C``/``c`` their count,
+    ``B``/``b`` hold ``chunk`` frames from ``next_frame`` (the frame after the stream's last packet; None when a
+    resynchronising reader does not know it, which then takes frame -1); then the units, sized by the codec
+    (AV1: ``obu.split_units``) or by a size before each but the last."""
+    key = t in (TYPE_BASE_INTRA, TYPE_BASE_INTRA_PLAIN)
+    frame = c.varint("frame index") if key else (-1 if next_frame is None else next_frame)
+    count = c.varint("frame count") if key or t in (TYPE_BASE_COUNTED, TYPE_BASE_COUNTED_PLAIN) else h.chunk
+    if not 1 <= count <= h.chunk:
+        raise CorruptStreamError(f"{c.where}: frame count {count} is outside 1..{h.chunk} (chunk size)")
+    start = c.base + c.i
+    if h.base_codec in SELF_DELIMITING:
+        data = c.rest()
+        try:
+            units = split_units(data, count)
+        except ValueError as e:
+            raise CorruptStreamError(f"{c.where}: the {h.base_codec} units at byte {start} do not split into "
+                                     f"{count} frames: {e}") from None
+    else:
+        units = []
+        for i in range(count - 1):
+            n = c.varint("access unit size")
+            if n == 0:
+                raise CorruptStreamError(f"{c.where}: empty base-layer access unit (frame {frame + i})")
+            units.append(c.take(n, "access unit"))
+        units.append(c.rest())
+        if not units[-1]:
+            raise CorruptStreamError(f"{c.where}: empty base-layer access unit (its last frame)")
+    return BasePacket(frame, tuple(units), enhance=t not in PLAIN_TYPES, key=key)
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 def _open(source: Source) -> tuple[BinaryIO, bool]:
@@ -512,7 +576,7 @@ class Damage:
     reason: str
 
 
-_CANDIDATE = re.compile(b"[KTBbDE]")  # the type bytes a packet record can start with
+_CANDIDATE = re.compile(b"[KTBbDECcIi]")  # the type bytes a packet record can start with
 _SCAN_WINDOW = 1 << 16
 
 
@@ -541,6 +605,7 @@ class ResyncReader:
         self._budget = 16 * src.size + (64 << 20)
         self.end: EndPacket | None = None
         self.trailing = 0
+        self._next: int | None = 0  # the frame after the last good packet; None after damage (version 5 only)
 
     def __iter__(self) -> Iterator[Union[tuple[PacketRecord, Packet], Damage]]:
         src = self._r._src
@@ -548,6 +613,7 @@ class ResyncReader:
             start = src.pos
             got = self._try(start)
             if got is None:
+                self._next = None  # lean records found after the damage cannot be placed
                 nxt = self._scan(start + 1)
                 stop = src.size if nxt is None else nxt[0].offset
                 yield Damage(start, stop - start, self._why(start))
@@ -556,6 +622,16 @@ class ResyncReader:
                 got = nxt
             rec, packet = got
             self._seek(rec.offset + rec.total_len)
+            if isinstance(packet, BasePacket) and packet.frame < 0:
+                # a lean record (no frame index) after damage: where its frames go is unknown until the next key
+                # or END, so its bytes count as damaged and those frames are concealed then
+                yield Damage(rec.offset, rec.total_len, f"{TYPE_NAMES[ord(rec.type)]} packet at byte {rec.offset}: "
+                             f"its frames are unknown after the damage before it")
+                continue
+            if isinstance(packet, KeyPacket):
+                self._next = packet.frame
+            elif isinstance(packet, (BasePacket, TokenPacket)):
+                self._next = packet.frame + packet.count
             yield rec, packet
             if isinstance(packet, EndPacket):
                 self.end = packet
@@ -612,6 +688,13 @@ class ResyncReader:
         c = _Cursor(payload, rec.offset + rec.total_len - rec.payload_len - CRC_SIZE,
                     f"{TYPE_NAMES[t]} packet at byte {rec.offset}")
         _check_packet_type(t, h, c.where)
+        if h.lean and t in LEAN_TYPES:
+            packet = _lean_base_packet(c, h, t, self._next)
+            limit = min(self._r.limits.max_frames, h.frames or self._r.limits.max_frames)
+            if packet.frame + packet.count > limit:
+                raise CorruptStreamError(f"{c.where}: frame {packet.frame + packet.count - 1} is beyond the limit "
+                                         f"of {limit} frames")
+            return packet
         if t == TYPE_TIMING:
             timing = _timing_packet(c)
             limit = min(self._r.limits.max_frames, h.frames or self._r.limits.max_frames)

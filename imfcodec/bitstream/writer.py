@@ -15,6 +15,7 @@ from .format import (
     KeyPacket,
     Limits,
     Packet,
+    LeanFraming,
     StreamHeader,
     TimingPacket,
     TokenPacket,
@@ -24,6 +25,7 @@ from .format import (
     header_problem,
     header_version,
 )
+from .obu import unit_problem
 
 
 def _uint(v: object) -> bool:
@@ -64,6 +66,7 @@ class StreamWriter:
         self._key_pending = False  # base layer: a key packet was written, its frame's base packet is due
         self.timed_frames = 0  # version 3: frames the timing records written so far cover
         self._time_end = 0
+        self._framing = LeanFraming.of(header)  # version 5: base packets in lean records
         self._write(start)
 
     def write(self, packet: Packet) -> int:
@@ -120,15 +123,26 @@ class StreamWriter:
             raise InputError("base packets need a header with a base layer")
         if self._key_pending and not isinstance(p, BasePacket):
             raise InputError(f"the key packet of frame {self.next_frame} must be followed by its base packet")
+        if isinstance(p, KeyPacket) and h.intra_base:
+            raise InputError("key packets are not allowed when the key pictures are in the base layer (intra_base)")
         if not _uint(p.frame) or p.frame != self.next_frame:
             raise InputError(f"packet starts at frame {p.frame!r}, expected {self.next_frame}")
         if isinstance(p, BasePacket):
-            if self.next_frame == 0 and not self._key_pending:
+            if p.key is not False and (p.key is not True or not h.intra_base):
+                raise InputError(f"base packet at frame {p.frame}: key=True needs a header with key pictures in the "
+                                 f"base layer (intra_base; key must be True or False)")
+            if self.next_frame == 0 and not self._key_pending and not p.key:
                 raise InputError("the first packet must be a key packet")
             if not isinstance(p.units, tuple) or not 1 <= len(p.units) <= h.chunk:
                 raise InputError(f"base packet at frame {p.frame} holds {len(p.units)!r} units, not 1..{h.chunk}")
             if not all(isinstance(u, (bytes, bytearray)) and u for u in p.units):
                 raise InputError(f"base packet at frame {p.frame} has an empty access unit")
+            if self._framing is not None and self._framing.self_delimiting:
+                for u in p.units:
+                    problem = unit_problem(u)
+                    if problem:
+                        raise InputError(f"base packet at frame {p.frame}: a {h.base_codec} unit that cannot be "
+                                         f"stored without its size: {problem}")
             if p.enhance is not True and (p.enhance is not False or not h.enhancer_switch):
                 raise InputError(f"base packet at frame {p.frame}: enhance=False needs a header with the enhancer "
                                  f"switch (enhance must be True or False)")
@@ -169,10 +183,11 @@ class StreamWriter:
             raise InputError(f"timing record at frame {p.frame} times frames beyond the stream's")
 
     def _record(self, p: Packet) -> int:
-        type_byte, payload = encode_payload(p)
+        lean = self._framing is not None and isinstance(p, BasePacket)
+        type_byte, payload = encode_payload(p, self._framing if lean else None)
         if len(payload) > self.limits.max_packet:
             raise InputError(f"packet payload of {len(payload)} bytes exceeds {self.limits.max_packet}")
-        return self._write(frame_record(type_byte, payload))
+        return self._write(frame_record(type_byte, payload, lean=lean))
 
     def _write(self, data: bytes) -> int:
         written = self._f.write(data)

@@ -164,7 +164,7 @@ class DecoderState:
             self._lost()
             yield from self.conceal(count)
             return
-        if isinstance(packet, KeyPacket):
+        if isinstance(packet, KeyPacket) or getattr(packet, "key", False):  # (a base packet that starts with a key)
             self.broken = False
         if frames:
             self.last_frame = frames[-1]

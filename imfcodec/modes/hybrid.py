@@ -37,6 +37,8 @@ from ..bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, TokenPac
 from ..devices import model_device
 from ..errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
 from ..keyframe import get_keyframe_codec
+import torch.nn.functional as F
+
 from ..models.enhancer import upscale
 from ..settings import DEFAULT_ENHANCER, EncoderSettings
 from ..stages import stage
@@ -49,6 +51,14 @@ def guard_probe(first: int, count: int) -> list[int]:
     if count <= first:
         return []
     return sorted({(first + count - 1) // 2, count - 1} - set(range(first)))
+
+
+def key_base(key: torch.Tensor, base: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """The stand-in for a key frame's upscaled base picture when the key picture is coded by the base layer
+    itself (there is no small picture of that instant): the key scaled down to the base size by area averaging
+    and up again as every base picture is (``upscale``). The enhancer's attention keys then come from a picture
+    as soft as the base pictures it is queried with."""
+    return upscale(F.interpolate(key, size=base, mode="area"), size)
 
 
 def is_enhancer(model: torch.nn.Module) -> bool:
@@ -122,14 +132,19 @@ class HybridEncoder:
         self.size = int(model.config.resolution)
         side = base_size(self.size, s.base_factor)
         fps = Fraction(fps)
-        self.key_codec = get_keyframe_codec(s.key_codec)
-        self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality, effort=s.preset)
+        self.intra_base = bool(s.intra_base)  # the key pictures in the base layer: no key image of its own
+        self.key_codec = None if self.intra_base else get_keyframe_codec(s.key_codec)
+        self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality, effort=s.preset,
+                                key_size=(self.size, self.size) if self.intra_base else None)
+        # with the key pictures in the base layer the header's key fields repeat the base codec's (FORMAT.md §3.1)
+        key_codec, key_quality = (s.base_codec, s.base_quality) if self.intra_base else (s.key_codec, s.key_quality)
         self.header = StreamHeader(
             model=model_name, weights_hash=weights_hash, width=self.size, height=self.size,
             fps_num=fps.numerator, fps_den=fps.denominator, frames=frames,
-            key_codec=s.key_codec, key_quality=int(s.key_quality), quality=0, chunk=s.chunk, token_dim=0,
+            key_codec=key_codec, key_quality=int(key_quality), quality=0, chunk=s.chunk, token_dim=0,
             scale_indexes=(), base_codec=s.base_codec, base_width=side, base_height=side,
-            base_quality=int(s.base_quality), enhancer_switch=bool(s.guard))
+            base_quality=int(s.base_quality), enhancer_switch=bool(s.guard), lean=bool(s.lean),
+            intra_base=self.intra_base)
         # the guard's decoder: it sees exactly the packets the real decoder will (closed loop)
         self.mirror = HybridDecoder(model, self.header) if s.guard else None
         self.sources: list[np.ndarray] = []  # source frames of the pending base packet (for the guard)
@@ -142,15 +157,16 @@ class HybridEncoder:
         self.key_image: np.ndarray | None = None  # the decoded last key image (closed loop)
         self.pending: list[bytes] = []  # access units of frames not yet in a packet
         self.pending_first = 0
+        self.pending_key = False  # the pending packet starts with a key picture in the base layer
 
     def _flush_units(self) -> list[Packet]:
         if not self.pending:
             return []
-        packet = BasePacket(frame=self.pending_first, units=tuple(self.pending))
+        packet = BasePacket(frame=self.pending_first, units=tuple(self.pending), key=self.pending_key)
         self.pending = []
         sources, self.sources = self.sources, []
         if self.mirror is not None and not self._enhancer_helps(packet, sources):
-            packet = BasePacket(frame=packet.frame, units=packet.units, enhance=False)
+            packet = BasePacket(frame=packet.frame, units=packet.units, enhance=False, key=packet.key)
             self.unenhanced.append(packet.frame)
             self.unenhanced_frames += packet.count - (packet.frame in self.key_frames)
         return [packet]
@@ -163,7 +179,7 @@ class HybridEncoder:
         frames keep the guard's cost well under the decoder's."""
         with stage("guard"):
             mirror = self.mirror
-            first = 1 if mirror.key_image is not None else 0
+            first = 1 if mirror.key_image is not None or packet.key else 0
             probe = guard_probe(first, packet.count)
             enhanced = mirror.decode(packet, probe)
             if not probe:
@@ -180,7 +196,10 @@ class HybridEncoder:
         self.index += 1
         key = self.keys(i, rgb)
         out: list[Packet] = []
-        if key:  # a base packet never spans a key frame: the key packet precedes the one starting there
+        if key and self.intra_base:  # the key picture is the first unit of a new base packet
+            out += self._flush_units()
+            self.keys.keyed(i)
+        elif key:  # a base packet never spans a key frame: the key packet precedes the one starting there
             out += self._flush_units()
             with stage("key-frame encode"):
                 image = self.key_codec.encode(rgb, int(s.key_quality))
@@ -191,6 +210,7 @@ class HybridEncoder:
                 self.mirror.decode(out[-1])
         if not self.pending:
             self.pending_first = i
+            self.pending_key = key and self.intra_base
         with stage("base-layer encode"):
             self.pending.append(self.base.encode(rgb, intra=key))
         if self.mirror is not None:
@@ -228,7 +248,8 @@ class HybridDecoder(DecoderState):
         if header.width != cfg.resolution or header.height != cfg.resolution:
             raise ModelMismatchError(f"stream is {header.width}x{header.height}; enhancer '{cfg.name}' works at "
                                      f"{cfg.resolution}x{cfg.resolution}")
-        self.key_codec = get_keyframe_codec(header.key_codec)
+        # with the key pictures in the base layer the key fields name the base codec (checked below)
+        self.key_codec = None if header.intra_base else get_keyframe_codec(header.key_codec)
         codec = get_base_codec(header.base_codec)
         lo, hi = codec.quality_range
         if not lo <= header.base_quality <= hi:
@@ -238,11 +259,19 @@ class HybridDecoder(DecoderState):
         if (bw % 2 or bh % 2 or min(bw, bh) < MIN_BASE_SIDE or bw > header.width or bh > header.height):
             raise UnsupportedStreamError(f"stream header: a {bw}x{bh} base layer for {header.width}x{header.height}"
                                          f" frames (sides must be even, >= {MIN_BASE_SIDE} and at most the frame's)")
+        if header.intra_base and (header.key_codec, header.key_quality) != (codec.name, header.base_quality):
+            raise UnsupportedStreamError(f"stream header: key pictures in the base layer, but the key codec "
+                                         f"{header.key_codec} {header.key_quality} is not the base layer's "
+                                         f"{codec.name} {header.base_quality}")
+        key_size = (header.width, header.height) if header.intra_base else None
+        base = BaseDecoder(codec.name, bw, bh, key_size=key_size)  # UnsupportedStreamError if it cannot
         super().__init__(header)
         self.model = model.eval()
         self.device = model_device(model)  # where the enhancer runs (--device); the base layer is CPU code
         self.enhance = bool(enhance)
-        self.base = BaseDecoder(codec.name, bw, bh)
+        self.base = base
+        if header.lean:
+            self.MIN_RECORD = 4  # a lean record: type, length, a one-byte unit, CRC-16
         self.state = None  # the enhancer's KeyState of the current key frame
         self.key_image: np.ndarray | None = None  # decoded key image waiting for its frame's base packet
         self.started = False  # a key packet has been decoded
@@ -276,20 +305,38 @@ class HybridDecoder(DecoderState):
             self.base.restart()
             self.started = True
             return []
+        if packet.key and not h.intra_base:
+            raise CorruptStreamError(f"an intra base packet at frame {packet.frame} in a stream with key images")
+        if packet.key:  # the key picture is this packet's first unit: the base decoder restarts here
+            self.base.restart()
+            self.started = True
         if not self.started:
             raise CorruptStreamError(f"base packet at frame {packet.frame} before any key packet")
         with stage("base-layer decode"):
-            smalls = [self.base.decode(unit) for unit in packet.units]
+            smalls = [self.base.decode(unit, key=packet.key and j == 0) for j, unit in enumerate(packet.units)]
+        if packet.key:
+            self.key_image = smalls[0]
         self.last_bases = smalls
         with stage("upscale"):
-            up = upscale(torch.cat([to_tensor(x, self.device) for x in smalls]), (h.height, h.width))
+            small = smalls[1:] if packet.key else smalls
+            up = upscale(torch.cat([to_tensor(x, self.device) for x in small]), (h.height, h.width)) if small \
+                else torch.empty(0, 3, h.height, h.width, device=self.device)
+            if packet.key:  # at the key frame the picture shown is the key picture itself
+                up = torch.cat([to_tensor(smalls[0], self.device), up])
         self.last_upscaled = up
         frames: list[np.ndarray] = []
         start = 0
         if self.key_image is not None:  # the packet starts at a key frame
             frame, self.key_image = self.key_image, None
             with stage("enhancer key preparation"):
-                self.state = self.model.prepare_key(to_tensor(frame, self.device), up[:1]) if self.enhance else None
+                if not self.enhance:
+                    self.state = None
+                elif packet.key:
+                    key = to_tensor(frame, self.device)
+                    self.state = self.model.prepare_key(key, key_base(key, (h.base_height, h.base_width),
+                                                                      (h.height, h.width)))
+                else:
+                    self.state = self.model.prepare_key(to_tensor(frame, self.device), up[:1])
             self.report.key_frames.append(packet.frame)
             frames.append(frame)
             start = 1
@@ -327,7 +374,7 @@ class HybridDecoder(DecoderState):
         if isinstance(packet, TokenPacket):  # not reached through ResyncReader, which refuses them here
             self._note(f"ignored a token packet for frame {target} in a stream with a base layer")
             return
-        if isinstance(packet, KeyPacket):
+        if isinstance(packet, KeyPacket) or packet.key:
             self.key_image = None  # a repeated key packet replaces the one before
         elif self.broken or not self.started:
             self.key_image = None
