@@ -33,8 +33,12 @@ from .harness import (FPS, data_option, frames_option, held_out_clips, held_out_
 # x265: the base layer at 1/2 dominates 1/4 at every rate on the training clips' bicubic table (x2 b5 5.4
 # kbit/s 23.5 dB against x4 b9 5.0 kbit/s 22.8 dB), so 1/4 keeps two points; above 25 kbit/s nothing competes.
 # VP9 (CRF = 63 - quality) cannot go below about 7 kbit/s at 1/2 (CRF 63), so its low rates come from 1/4.
-GRID = {"hevc": {2: (1, 5, 9, 13, 17, 21), 4: (9, 13)}, "vp9": {2: (0, 4, 8, 12, 16, 24), 4: (0, 4, 8, 12, 16)}}
+# av1-intra: the AV1 base carrying the key pictures itself (format version 5; one intra picture per key frame), so
+# it has no key quality of its own (its key's quality follows the base quality: one key "quality" 0 in the table).
+GRID = {"hevc": {2: (1, 5, 9, 13, 17, 21), 4: (9, 13)}, "vp9": {2: (0, 4, 8, 12, 16, 24), 4: (0, 4, 8, 12, 16)},
+        "av1-intra": {2: (0, 2, 5, 8, 11, 14, 18, 23, 28)}}
 GRID_KEYS = (6, 11, 16, 21)
+INTRA = {"av1-intra": "av1"}  # grid names of the intra-base routes, and their base codec
 QUICK_GRID, QUICK_KEYS = {"hevc": {2: (9,)}, "vp9": {4: (8,)}}, (16,)
 
 
@@ -51,8 +55,12 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
     from .runners import hybrid_startup_bytes
     from imfcodec.models import upscale
 
-    settings = EncoderSettings(base_codec=codec, base_factor=factor, base_quality=bq, key_codec="hevc",
-                               key_quality=kq)
+    intra = codec in INTRA
+    if intra:
+        settings = EncoderSettings(base_codec=INTRA[codec], base_factor=factor, base_quality=bq, intra_base=True)
+    else:
+        settings = EncoderSettings(base_codec=codec, base_factor=factor, base_quality=bq, key_codec="hevc",
+                                   key_quality=kq, intra_base=False)
     path = tmp / "p.imf"
     coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings,
                                   overwrite=True)
@@ -68,7 +76,14 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
     size = frames.shape[1]
     model = loaded.model
     with torch.inference_mode():
-        state = model.prepare_key(to_tensor(key_image), upscale(to_tensor(smalls[0]), (size, size)))
+        key = to_tensor(key_image)
+        if intra:  # the decoder's stand-in for the key's base picture
+            from imfcodec.modes.hybrid import key_base
+
+            side = smalls[1].shape[0] if n > 1 else size // factor
+            state = model.prepare_key(key, key_base(key, (side, side), (size, size)))
+        else:
+            state = model.prepare_key(key, upscale(to_tensor(smalls[0]), (size, size)))
         idx = list(range(1, n, stride))
         enhanced = []
         for i in range(0, len(idx), 8):
@@ -91,7 +106,8 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
 @threads_option()
 @click.option("--quick", is_flag=True, help="two points only (a smoke test)")
 @click.option("--base-codecs", default=",".join(GRID), show_default=True, help="base-layer codecs of the grid")
-def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick, base_codecs):
+@click.option("--merge", is_flag=True, help="keep the existing table's points of the codecs not measured now")
+def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, quick, base_codecs, merge):
     import torch
 
     from imfcodec.errors import InputError
@@ -109,7 +125,8 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         grid = [(c, f, q, k) for c, factors in (QUICK_GRID if quick else GRID).items() if c in codecs
-                for f, qualities in factors.items() for q in qualities for k in (QUICK_KEYS if quick else GRID_KEYS)]
+                for f, qualities in factors.items() for q in qualities
+                for k in ((0,) if c in INTRA else QUICK_KEYS if quick else GRID_KEYS)]
         for codec, factor, bq, kq in grid:
             per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
             mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
@@ -117,7 +134,7 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
             psnr = mean["psnr_bicubic"] + mean["psnr_sub"] - mean["psnr_bicubic_sub"]
             rows.append(OperatingPoint(factor, bq, kq, round(mean["steady_kbps"], 3),
                                        round(mean["startup_bytes"], 1), round(psnr, 3),
-                                       round(mean["psnr_bicubic"], 3), codec))
+                                       round(mean["psnr_bicubic"], 3), INTRA.get(codec, codec), codec in INTRA))
             p = rows[-1]
             print(f"{codec} x{factor} b{bq} k{kq}: {p.kbps(DEFAULT_DURATION_S):6.2f} kbit/s at 10 s "
                   f"(steady {p.steady_kbps:.2f}, start-up {p.startup_bytes:.0f} B)  {p.psnr:.2f} dB "
@@ -130,6 +147,12 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     info = {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
             "clips": clips.names, "frames": frames, "fps": FPS, "stride": stride,
             "measured_by": "python -m benchmarks.hybrid_table"}
+    if merge and table_path(loaded.name).is_file():
+        from imfcodec.ratecontrol import load_table
+
+        measured = {(p.base_codec, p.intra_base) for p in rows}
+        rows = [p for p in load_table(loaded.name) if (p.base_codec, p.intra_base) not in measured] + rows
+        info["merged"] = f"points of other codecs kept from {table_path(loaded.name).name}"
     save_table(rows, path, info)
     print(f"wrote {path} ({len(rows)} points)")
     return 0

@@ -259,15 +259,19 @@ def _code_and_decode(frames: np.ndarray, path: Path, loaded, fps_: Fraction, set
 
 
 def hybrid_startup_bytes(path: Path) -> int:
-    """A hybrid stream's start-up: signature, header, the first key packet, and the first base access unit
-    (the base layer's intra picture) with its size byte and the first base packet's record framing."""
+    """A hybrid stream's start-up: signature, header, the first key picture (a key packet, or the first unit of a
+    version 5 intra base packet), and the first base access unit (the base layer's intra picture; none when the
+    key picture is that) with its size byte and the first base packet's record framing."""
     from imfcodec.bitstream import iter_packet_records, read_stream
 
     records = list(iter_packet_records(path))
-    first_key = next(r for r in records if r.type == "K")
-    base_rec = next(r for r in records if r.type == "B")
     _h, packets = read_stream(path.read_bytes())
     first = next(p for p in packets if hasattr(p, "units"))
+    base_rec = next(r for r in records if r.type in "BbCcIi")
+    if first.key:  # one intra picture: the key picture is the base packet's first unit
+        framing = base_rec.total_len - len(first.data)
+        return base_rec.offset + len(first.units[0]) + framing
+    first_key = next(r for r in records if r.type == "K")
     framing = base_rec.total_len - len(first.data) - first.count  # record bytes beyond units and size bytes
     return first_key.offset + first_key.total_len + len(first.units[0]) + 1 + framing
 

@@ -56,6 +56,10 @@ BASE_POINTS: tuple[tuple[str, int, int], ...] = (
 #: key-frame qualities trained on (hevc key codec, CRF = 51 - quality); 6 is the cheap key of short clips
 KEY_QUALITIES: tuple[int, ...] = (6, 11, 16, 21)
 KEY_CODEC = "hevc"
+#: the intra-base route's points (format version 5: the key picture coded by the AV1 base itself at full size,
+#: so the key's quality follows the base quality; CRF 61, 55, 49), drawn with probability ``intra_share``
+INTRA_POINTS: tuple[tuple[str, int, int], ...] = (("av1", 2, 2), ("av1", 2, 8), ("av1", 2, 14))
+INTRA_CACHE_VERSION = "enh-intra-cache/1"
 
 
 @dataclass
@@ -69,6 +73,9 @@ class CodedClip:
     #: optional per-frame side picture [T,R,R,3] for enhancers that take one (``enhance(..., side=)``); the
     #: tokens-on sweep (benchmarks.enhancer_sweep) puts the token mode's decoded frames here
     side: np.ndarray | None = None
+    #: intra-base points (``INTRA_POINTS``) -> (the decoded full-size key picture [R,R,3], the decoded base
+    #: pictures [T,s,s,3], whose frame 0 is unused: the key's base picture is ``modes.hybrid.key_base``)
+    intra: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def point_key(point: tuple[str, int, int]) -> str:
@@ -108,6 +115,32 @@ def code_clip(name: str, frames: np.ndarray, cache_dir: Path | None) -> CodedCli
     return CodedClip(name, frames, keys, bases)
 
 
+def code_intra(name: str, frames: np.ndarray, cache_dir: Path | None) -> dict:
+    """``CodedClip.intra`` of ``frames``: coded at every ``INTRA_POINTS`` point (or read from its own cache
+    file, so that the base points' caches stay valid)."""
+    from imfcodec.baselayer import code_clip as code_base
+
+    h = hashlib.sha1(f"{INTRA_CACHE_VERSION}|{INTRA_POINTS}|{frames.shape}".encode())
+    h.update(frames[:: max(1, len(frames) // 8)].tobytes())
+    file = cache_dir / f"{name[:40]}-intra-{h.hexdigest()[:16]}.npz" if cache_dir is not None else None
+    if file is not None and file.is_file():
+        try:
+            with np.load(file) as z:
+                return {p: (z[f"key_{point_key(p)}"], z[point_key(p)]) for p in INTRA_POINTS}
+        except (OSError, KeyError, ValueError):
+            log.warning("ignoring unreadable cache file %s", file)
+    out = {}
+    for p in INTRA_POINTS:
+        small = code_base(frames, p[0], p[1], p[2], Fraction(25), intra_base=True)[1]
+        side = small[1].shape if len(small) > 1 else (frames.shape[1] // p[1],) * 2 + (3,)
+        out[p] = (small[0], np.stack([np.zeros(side, np.uint8)] + small[1:]))
+    if file is not None:
+        arrays = {f"key_{point_key(p)}": k for p, (k, _) in out.items()} | {point_key(p): b for p, (_, b) in out.items()}
+        with AtomicOutput(file) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return out
+
+
 def _t(a: np.ndarray) -> torch.Tensor:
     """uint8 [...,H,W,3] -> float [...,3,H,W] in [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(a))
@@ -116,21 +149,25 @@ def _t(a: np.ndarray) -> torch.Tensor:
 
 
 def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+                 device: torch.device | str = "cpu", intra_share: float = 0.0) -> tuple[torch.Tensor, ...]:
     """(key, key_base, base, target), each [B,3,R,R] on ``device`` (and the side pictures before the target
     when the clips have them): random clip, operating point, key quality and frame (any distance from the
     key frame), a horizontal flip shared by all. The upscale runs on ``device``, one call per base size, so
     a GPU run is not held back by the CPU (bicubic is per picture: batching does not change the result)."""
     from imfcodec.models import upscale
 
-    keys, key_bases, bases, targets, sides = [], [], [], [], []
+    keys, key_bases, bases, targets, sides, intra = [], [], [], [], [], []
     for _ in range(batch):
         c = clips[rng.integers(len(clips))]
-        point = BASE_POINTS[rng.integers(len(BASE_POINTS))]
-        kq = KEY_QUALITIES[rng.integers(len(KEY_QUALITIES))]
+        if intra_share and rng.random() < intra_share:  # the intra-base route: its own key picture
+            key, small = c.intra[INTRA_POINTS[rng.integers(len(INTRA_POINTS))]]
+            intra.append(len(keys))
+        else:
+            point = BASE_POINTS[rng.integers(len(BASE_POINTS))]
+            kq = KEY_QUALITIES[rng.integers(len(KEY_QUALITIES))]
+            key, small = c.keys[kq], c.bases[point]
         i = int(rng.integers(1, len(c.frames)))
-        small = c.bases[point]
-        keys.append(c.keys[kq])
+        keys.append(key)
         key_bases.append(small[0])
         bases.append(small[i])
         targets.append(c.frames[i])
@@ -147,6 +184,12 @@ def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, s
         small = _t(np.stack([key_bases[i] for i in idx] + [bases[i] for i in idx])).to(device)
         up = upscale(small, (size, size))
         key_base[idx], base[idx] = up[:len(idx)], up[len(idx):]
+    if intra:  # as the decoder makes it: from the key picture itself
+        from imfcodec.modes.hybrid import key_base as intra_key_base
+
+        for shape in {bases[i].shape for i in intra}:
+            idx = [i for i in intra if bases[i].shape == shape]
+            key_base[idx] = intra_key_base(key[idx], shape[:2], (size, size))
     flip = torch.from_numpy(rng.random(batch) < 0.5).to(device)
     out = []
     for x in (key, key_base, base, *([_t(np.stack(sides)).to(device)] if sides else []), target):
@@ -194,8 +237,27 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
             p = np.stack([psnr(np.stack(to_uint8(x)), target, reduction="none") for x in (out, base)], 1)
             per_point.setdefault(point_key(point), []).append(p)
             by_clip.setdefault(c.name, []).append(p)
+    intra_pts: dict[str, list[np.ndarray]] = {}
+    from imfcodec.modes.hybrid import key_base as intra_key_base
+
+    for c in clips:
+        size = c.frames.shape[1]
+        idx = np.linspace(1, len(c.frames) - 1, per_clip).round().astype(int)
+        for point, (key, small) in c.intra.items():
+            k = _t(key)[None].to(dev)
+            state = model.prepare_key(k, intra_key_base(k, small.shape[1:3], (size, size)))
+            base = upscale(_t(small[idx]), (size, size)).to(dev)
+            out = model.enhance(state, base)
+            p = np.stack([psnr(np.stack(to_uint8(x)), c.frames[idx], reduction="none") for x in (out, base)], 1)
+            intra_pts.setdefault(f"intra_{point_key(point)}", []).append(p)
     model.train(was)
     result = {}
+    if intra_pts:  # the intra-base route, apart from the overall figure (which stays comparable across runs)
+        a = np.concatenate([x for v in intra_pts.values() for x in v])
+        result["intra/enh"], result["intra/base"] = float(a[:, 0].mean()), float(a[:, 1].mean())
+        for k, v in intra_pts.items():
+            b = np.concatenate(v)
+            result[f"{k}/enh"], result[f"{k}/base"] = float(b[:, 0].mean()), float(b[:, 1].mean())
     for k, v in per_point.items():
         a = np.concatenate(v)
         result[f"{k}/enh"], result[f"{k}/base"] = float(a[:, 0].mean()), float(a[:, 1].mean())
@@ -240,6 +302,12 @@ def init_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[s
     return fresh
 
 
+def _intra(v: dict[str, float]) -> str:
+    """The intra-base route's validation, for the log."""
+    return f"; intra-base route: enhancer {v['intra/enh']:.2f} dB, bicubic {v['intra/base']:.2f} dB" \
+        if "intra/enh" in v else ""
+
+
 def _per_clip(v: dict[str, float]) -> str:
     return " ".join(f"{k[5:].rsplit('/', 1)[-1][:12]} {x:+.2f}" for k, x in v.items() if k.startswith("clip/"))
 
@@ -265,6 +333,7 @@ class EnhancerConfig(RunConfig):
     lr_final: float = 0.1
     w_ms_ssim: float = 0.1
     ema: float = 0.998                    # EMA decay of the weights (the EMA weights are validated and exported)
+    intra_share: float = 0.0              # share of samples from the intra-base route (INTRA_POINTS; 0: none)
     # run
     out: str = ""                         # run folder ("": runs/MODEL)
     seed: int = 0
@@ -350,6 +419,9 @@ class EnhancerTrainer(Run):
             clips = load_clips(paths, self.size, cfg.max_frames, cache)
             t0 = time.perf_counter()
             self.coded[group] = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
+            if cfg.intra_share:  # the intra-base route: trained on and validated apart
+                for c in self.coded[group]:
+                    c.intra = code_intra(c.name, c.frames, cache)
             if self.side is not None:
                 for c in self.coded[group]:
                     c.side = self.side(c)
@@ -369,11 +441,12 @@ class EnhancerTrainer(Run):
         if self.step == 0:
             v = self.validate()
             self.history.append({"step": 0, **v})
-            log.info("step 0: val enhancer %.2f dB, bicubic base %.2f dB", v["psnr_enh"], v["psnr_base"])
+            log.info("step 0: val enhancer %.2f dB, bicubic base %.2f dB%s", v["psnr_enh"], v["psnr_base"], _intra(v))
 
     def batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         while True:
-            yield sample_batch(self.coded["train"], self.local_batch, self.rng, self.size, self.device)
+            yield sample_batch(self.coded["train"], self.local_batch, self.rng, self.size, self.device,
+                               self.cfg.intra_share)
 
     def train_step(self, *batch: torch.Tensor) -> dict[str, float]:
         """One Adam step on (key, key_base, base[, side], target)."""
@@ -400,14 +473,14 @@ class EnhancerTrainer(Run):
 
     def log_val(self, v: dict[str, float]) -> None:
         self.history.append({"step": v["step"], **v})
-        log.info("step %d: val enhancer %.2f dB, bicubic base %.2f dB (gain %+.2f; per clip %s)", v["step"],
-                 v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v))
+        log.info("step %d: val enhancer %.2f dB, bicubic base %.2f dB (gain %+.2f; per clip %s)%s", v["step"],
+                 v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v), _intra(v))
 
     def finish(self) -> dict[str, float]:
         v = self.validate()
         self.history.append({"step": self.step, **v})
-        log.info("done at step %d: val enhancer %.2f dB, base %.2f dB (gain %+.2f; per clip %s)", self.step,
-                 v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v))
+        log.info("done at step %d: val enhancer %.2f dB, base %.2f dB (gain %+.2f; per clip %s)%s", self.step,
+                 v["psnr_enh"], v["psnr_base"], v["gain"], _per_clip(v), _intra(v))
         return v
 
     def export(self) -> dict[str, Any] | None:
@@ -471,6 +544,8 @@ _D = EnhancerConfig()
 @click.option("--warmup-steps", type=int, default=_D.warmup_steps, show_default=True)
 @click.option("--w-ms-ssim", type=float, default=_D.w_ms_ssim, show_default=True)
 @click.option("--ema", type=float, default=_D.ema, show_default=True)
+@click.option("--intra-share", type=click.FloatRange(0, 1), default=_D.intra_share, show_default=True,
+              help="share of samples from the intra-base route (the key picture in the AV1 base layer)")
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--log-every", type=int, default=_D.log_every, show_default=True)
 @click.option("--val-every", type=int, default=_D.val_every, show_default=True)
