@@ -51,6 +51,7 @@ class Point:
     scale: Fraction = Fraction(1)  # anchors only: coded frame size / working size
     upscale: str = DEFAULT_UPSCALE  # anchors only: filter back to the working size when scale < 1
     base_codec: str = "hevc"  # hybrid only: the base layer's codec
+    intra_base: bool = False  # hybrid only: the key pictures in the base layer (format version 5)
 
 
 @dataclass
@@ -327,7 +328,8 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
         try:
             settings = EncoderSettings(base_codec=point.base_codec, base_factor=int(1 / point.scale),
                                        base_quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
-                                       key_quality=point.key_quality, scenecut=0,  # as the anchors (above)
+                                       key_quality=None if point.intra_base else point.key_quality,
+                                       intra_base=point.intra_base, scenecut=0,  # as the anchors (above)
                                        preset=job.effort)
             coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings, enhance)
         except Exception as e:  # noqa: BLE001
@@ -342,7 +344,8 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
                             "token_bytes": 0, "startup_bytes": hybrid_startup_bytes(path),
                             "key_frames": len(coded.key_frames), "coded_size": f"{side}x{side}",
                             "enc_seconds": enc_sw.seconds, "dec_seconds": dec_sw.seconds,
-                            "encoder": f"imfcodec --hybrid ({settings.base_codec} base, {job.key_codec} key)",
+                            "encoder": f"imfcodec --hybrid ({settings.base_codec} base, "
+                                       + ("key in the base)" if point.intra_base else f"{job.key_codec} key)"),
                             "decoder": name,
                             "stream": _rel(path, job)}, dec_path))
     return out, ({"model": loaded.model} if out and enhance else {})

@@ -258,8 +258,10 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
             if isinstance(packet, KeyPacket):
                 sizes[0] += len(packet.image)
                 sizes[1] += len(packet.key_token)
-            elif isinstance(packet, BasePacket):
-                sizes[3] += len(packet.data)
+            elif isinstance(packet, BasePacket):  # (a version 5 intra base packet's first unit is the key picture)
+                key_unit = len(packet.units[0]) if packet.key else 0
+                sizes[0] += key_unit
+                sizes[3] += len(packet.data) - key_unit
             else:
                 sizes[2] += len(packet.data)
 

@@ -111,8 +111,16 @@ def _svtav1_intra_base(options: dict[str, str]) -> dict[str, str]:
     return {**options, "svtav1-params": options["svtav1-params"] + ":resize-mode=1:resize-denom=16:resize-kf-denom=8"}
 
 
-#: the base factor of the intra-base route (``BaseCodec.intra_base``)
+#: the base factor where the intra-base route is the default (``BaseCodec.intra_base``: key pictures at the frame's
+#: size), and every factor it can take (at 1/4 the key pictures are coded at 1/2 and shown upscaled)
 INTRA_BASE_FACTOR = 2
+INTRA_BASE_FACTORS = (2, 4)
+
+
+def intra_key_size(base: tuple[int, int]) -> tuple[int, int]:
+    """The size the intra-base route codes key pictures at over a ``base`` layer: twice its sides (AV1 predicts
+    from references at most twice a picture's size), which is the frame's size for a 1/2 base."""
+    return 2 * int(base[0]), 2 * int(base[1])
 
 register_base_codec(BaseCodec("av1", "libsvtav1", "libdav1d", (0, 63), 13, _svtav1,
                               "libsvtav1 preset 8, pred-struct=1 (low delay), CRF", b"\x12\x00", _svtav1_intra_base))
@@ -207,18 +215,17 @@ class BaseEncoder:
 def check_intra_base(codec: BaseCodec, base: tuple[int, int], key_size: tuple[int, int] | None
                      ) -> tuple[int, int] | None:
     """``key_size`` as (width, height) when the base layer can carry key pictures of that size over a ``base``
-    layer (the codec's intra-base route, a base of 1/``INTRA_BASE_FACTOR``), None for no key size;
-    UnsupportedStreamError otherwise (a stream may ask for it)."""
+    layer (the codec's intra-base route: ``intra_key_size(base)``), None for no key size; UnsupportedStreamError
+    otherwise (a stream may ask for it)."""
     if key_size is None:
         return None
     kw, kh = int(key_size[0]), int(key_size[1])
     if codec.intra_base is None:
         raise UnsupportedStreamError(f"the {codec.name} base layer cannot carry the key pictures (only "
                                      f"{', '.join(n for n, c in _REGISTRY.items() if c.intra_base)} can)")
-    expected = (base_size(kw, INTRA_BASE_FACTOR), base_size(kh, INTRA_BASE_FACTOR))
-    if tuple(base) != expected:
-        raise UnsupportedStreamError(f"key pictures in the base layer need a base of 1/{INTRA_BASE_FACTOR} of the "
-                                     f"frame ({expected[0]}x{expected[1]} for {kw}x{kh}), not {base[0]}x{base[1]}")
+    if (kw, kh) != intra_key_size(base):
+        raise UnsupportedStreamError(f"key pictures in the base layer are coded at twice the base's size: "
+                                     f"{2 * base[0]}x{2 * base[1]} over a {base[0]}x{base[1]} base, not {kw}x{kh}")
     return kw, kh
 
 
@@ -276,12 +283,12 @@ def code_clip(frames, codec: str, factor: int, quality: int, fps: Fraction = Fra
               key_frames: set[int] | frozenset[int] = frozenset({0}), effort: str = DEFAULT_EFFORT,
               intra_base: bool = False) -> tuple[list[bytes], list[np.ndarray]]:
     """Encode and decode a whole clip (uint8 RGB frames, full size): (access units, small decoded frames).
-    ``intra_base``: the key pictures in the base layer (the decoded pictures of ``key_frames`` are then full
-    size). For the enhancer's training cache and for benchmarks."""
+    ``intra_base``: the key pictures in the base layer (the decoded pictures of ``key_frames`` are then at
+    ``intra_key_size``: the full size for ``factor`` 2). For the enhancer's training cache and for benchmarks."""
     frames = list(frames)
     h, w = frames[0].shape[:2]
     bw, bh = base_size(w, factor), base_size(h, factor)
-    key_size = (w, h) if intra_base else None
+    key_size = intra_key_size((bw, bh)) if intra_base else None
     enc = BaseEncoder(codec, bw, bh, fps, quality, effort=effort, key_size=key_size)
     dec = BaseDecoder(codec, bw, bh, key_size=key_size)
     units, small = [], []

@@ -224,16 +224,18 @@ class EncoderSettings:
             raise ArgumentError(f"base_quality= for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
         if not isinstance(self.lean, bool):
             raise ArgumentError(f"lean= must be True or False, got {self.lean!r}")
-        from .baselayer import INTRA_BASE_FACTOR
+        from .baselayer import INTRA_BASE_FACTOR, INTRA_BASE_FACTORS
 
-        can = codec.intra_base is not None and self.base_factor == INTRA_BASE_FACTOR
-        intra = (can and self.lean) if self.intra_base is None else self.intra_base
+        can = codec.intra_base is not None and self.base_factor in INTRA_BASE_FACTORS
+        # by default where the key pictures are at the frame's size (1/2); at 1/4 (keys at 1/2) when asked
+        default = can and self.lean and self.base_factor == INTRA_BASE_FACTOR
+        intra = default if self.intra_base is None else self.intra_base
         if not isinstance(intra, bool):
             raise ArgumentError(f"intra_base= must be True, False or None, got {self.intra_base!r}")
         if intra and not can:
             able = ", ".join(n for n in list_base_codecs() if get_base_codec(n).intra_base is not None)
             raise ArgumentError(f"intra_base=True (the key pictures in the base layer) needs a base codec that can "
-                                f"carry them ({able}) at base_factor={INTRA_BASE_FACTOR}")
+                                f"carry them ({able}) at base_factor= {' or '.join(map(str, INTRA_BASE_FACTORS))}")
         if intra and not self.lean:
             raise ArgumentError("intra_base=True needs lean=True (both are format version 5)")
         if intra and self.key_quality is not None:

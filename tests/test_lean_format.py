@@ -219,7 +219,8 @@ def test_intra_base_settings_are_checked():
     with pytest.raises(ArgumentError, match="needs a base codec that can carry them"):
         EncoderSettings(base_codec="vp9", intra_base=True).validated()
     with pytest.raises(ArgumentError, match="needs a base codec that can carry them"):
-        EncoderSettings(base_codec="av1", base_factor=4, intra_base=True).validated()
+        EncoderSettings(base_codec="av1", base_factor=1, intra_base=True).validated()
+    assert EncoderSettings(base_codec="av1", base_factor=4, intra_base=True).validated().intra_base is True
     with pytest.raises(ArgumentError, match="key_quality= has no effect"):
         EncoderSettings(base_codec="av1", key_quality=11).validated()
     with pytest.raises(ArgumentError, match="needs lean=True"):
@@ -229,12 +230,32 @@ def test_intra_base_settings_are_checked():
 
 
 def test_decoder_refuses_an_intra_base_it_cannot_decode(enh_tiny):
+    from imfcodec.baselayer import BaseDecoder
     from imfcodec.modes.hybrid import HybridDecoder
 
     model = enh_tiny.model
     with pytest.raises(UnsupportedStreamError, match="cannot carry the key pictures"):
         HybridDecoder(model, header(base_codec="vp9", key_codec="vp9", base_quality=8, key_quality=8))
-    with pytest.raises(UnsupportedStreamError, match="need a base of 1/2"):
-        HybridDecoder(model, header(base_width=16, base_height=16))
+    with pytest.raises(UnsupportedStreamError, match="twice the base's size"):
+        BaseDecoder("av1", 32, 32, key_size=(48, 48))
+    HybridDecoder(model, header(base_width=16, base_height=16))  # a 1/4 base: key pictures at 1/2
     with pytest.raises(UnsupportedStreamError, match="is not the base layer's"):
         HybridDecoder(model, header(key_codec="hevc"))
+
+
+def test_a_quarter_base_codes_its_key_pictures_at_half_size(enh_tiny, tmp_path):
+    """The intra-base route at 1/4 (the lowest rates): key pictures coded at 1/2 (AV1 predicts from references
+    at most twice a picture's size), shown upscaled to the frame; the other pictures at 1/4."""
+    from imfcodec.api import encode_frames_to_file, iter_decoded
+    from imfcodec.settings import EncoderSettings
+    from tests.helpers import gradient
+
+    frames = [np.roll(gradient(64, 64, 1), i, axis=0) for i in range(4)]
+    s = EncoderSettings(base_codec="av1", base_factor=4, intra_base=True, guard=False, enhancer="random:enh-tiny")
+    path = tmp_path / "q.imf"
+    encode_frames_to_file(frames, path, model=enh_tiny, fps=25, settings=s)
+    h = read_stream(path)[0]
+    assert (h.intra_base, h.base_width) == (True, 16)
+    got = [(list(dec.last_bases), out) for dec, out in iter_decoded(path, model=enh_tiny) if out]
+    assert len(got) == 1 and [b.shape[0] for b in got[0][0]] == [32, 16, 16, 16]
+    assert len(got[0][1]) == 4 and all(f.shape == (64, 64, 3) for f in got[0][1])

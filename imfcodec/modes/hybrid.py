@@ -32,7 +32,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from ..baselayer import MIN_BASE_SIDE, BaseDecoder, BaseEncoder, base_size, get_base_codec
+from ..baselayer import MIN_BASE_SIDE, BaseDecoder, BaseEncoder, base_size, get_base_codec, intra_key_size
 from ..bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, TokenPacket
 from ..devices import model_device
 from ..errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
@@ -135,7 +135,7 @@ class HybridEncoder:
         self.intra_base = bool(s.intra_base)  # the key pictures in the base layer: no key image of its own
         self.key_codec = None if self.intra_base else get_keyframe_codec(s.key_codec)
         self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality, effort=s.preset,
-                                key_size=(self.size, self.size) if self.intra_base else None)
+                                key_size=intra_key_size((side, side)) if self.intra_base else None)
         # with the key pictures in the base layer the header's key fields repeat the base codec's (FORMAT.md §3.1)
         key_codec, key_quality = (s.base_codec, s.base_quality) if self.intra_base else (s.key_codec, s.key_quality)
         self.header = StreamHeader(
@@ -263,7 +263,7 @@ class HybridDecoder(DecoderState):
             raise UnsupportedStreamError(f"stream header: key pictures in the base layer, but the key codec "
                                          f"{header.key_codec} {header.key_quality} is not the base layer's "
                                          f"{codec.name} {header.base_quality}")
-        key_size = (header.width, header.height) if header.intra_base else None
+        key_size = intra_key_size((bw, bh)) if header.intra_base else None
         base = BaseDecoder(codec.name, bw, bh, key_size=key_size)  # UnsupportedStreamError if it cannot
         super().__init__(header)
         self.model = model.eval()
@@ -314,15 +314,19 @@ class HybridDecoder(DecoderState):
             raise CorruptStreamError(f"base packet at frame {packet.frame} before any key packet")
         with stage("base-layer decode"):
             smalls = [self.base.decode(unit, key=packet.key and j == 0) for j, unit in enumerate(packet.units)]
-        if packet.key:
-            self.key_image = smalls[0]
+        if packet.key:  # shown at the frame's size (a 1/4 base's key pictures are coded at 1/2)
+            key = smalls[0]
+            if key.shape[:2] != (h.height, h.width):
+                with stage("upscale"):
+                    key = to_uint8(upscale(to_tensor(key, self.device), (h.height, h.width)))[0]
+            self.key_image = key
         self.last_bases = smalls
         with stage("upscale"):
             small = smalls[1:] if packet.key else smalls
             up = upscale(torch.cat([to_tensor(x, self.device) for x in small]), (h.height, h.width)) if small \
                 else torch.empty(0, 3, h.height, h.width, device=self.device)
             if packet.key:  # at the key frame the picture shown is the key picture itself
-                up = torch.cat([to_tensor(smalls[0], self.device), up])
+                up = torch.cat([to_tensor(self.key_image, self.device), up])
         self.last_upscaled = up
         frames: list[np.ndarray] = []
         start = 0
