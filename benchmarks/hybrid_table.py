@@ -16,6 +16,7 @@ next to the enhancer's weights, where ``imfcodec.ratecontrol.table_path`` finds 
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -36,9 +37,10 @@ from .harness import (FPS, data_option, frames_option, held_out_clips, held_out_
 # av1-intra: the AV1 base carrying the key pictures itself (format version 5; one intra picture per key frame), so
 # it has no key quality of its own (its key's quality follows the base quality: one key "quality" 0 in the table).
 GRID = {"hevc": {2: (1, 5, 9, 13, 17, 21), 4: (9, 13)}, "vp9": {2: (0, 4, 8, 12, 16, 24), 4: (0, 4, 8, 12, 16)},
-        "av1-intra": {2: (0, 2, 5, 8, 11, 14, 18, 23, 28)}}
+        "av1-intra": {2: (0, 2, 5, 8, 11, 14, 18, 23, 28)}, "av1-intra-quarter": {4: (0, 6, 12)}}
 GRID_KEYS = (6, 11, 16, 21)
-INTRA = {"av1-intra": "av1"}  # grid names of the intra-base routes, and their base codec
+# grid names of the intra-base routes, and their base codec (at 1/4 the key pictures are coded at 1/2)
+INTRA = {"av1-intra": "av1", "av1-intra-quarter": "av1"}
 QUICK_GRID, QUICK_KEYS = {"hevc": {2: (9,)}, "vp9": {4: (8,)}}, (16,)
 
 
@@ -147,12 +149,15 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     info = {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
             "clips": clips.names, "frames": frames, "fps": FPS, "stride": stride,
             "measured_by": "python -m benchmarks.hybrid_table"}
-    if merge and table_path(loaded.name).is_file():
-        from imfcodec.ratecontrol import load_table
+    old = path if path.is_file() else table_path(loaded.name)  # the table being added to
+    if merge and old.is_file():
+        from imfcodec.ratecontrol import OperatingPoint as Point
 
-        measured = {(p.base_codec, p.intra_base) for p in rows}
-        rows = [p for p in load_table(loaded.name) if (p.base_codec, p.intra_base) not in measured] + rows
-        info["merged"] = f"points of other codecs kept from {table_path(loaded.name).name}"
+        measured = {(p.base_codec, p.intra_base, p.base_factor) for p in rows}
+        kept = json.loads(old.read_text())
+        rows = [p for p in map(lambda d: Point(**d), kept["points"])
+                if (p.base_codec, p.intra_base, p.base_factor) not in measured] + rows
+        info["merged"] = f"the other points kept from {old} ({kept.get('enhancer')}, {kept.get('frames')} frames)"
     save_table(rows, path, info)
     print(f"wrote {path} ({len(rows)} points)")
     return 0
