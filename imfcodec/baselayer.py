@@ -140,7 +140,7 @@ class BaseEncoder:
     """
 
     def __init__(self, codec: str, width: int, height: int, fps: Fraction, quality: int, threads: int = 1,
-                 effort: str = DEFAULT_EFFORT):
+                 effort: str = DEFAULT_EFFORT, options: dict[str, str] | None = None):
         self.codec = get_base_codec(codec)
         self.quality = self.codec.check_quality(quality)
         self.width, self.height = int(width), int(height)
@@ -154,7 +154,8 @@ class BaseEncoder:
         ctx.time_base = 1 / fps
         ctx.framerate = fps
         ctx.thread_count = max(1, int(threads))
-        ctx.options = self.codec.options(self.quality, max(1, int(threads)), effort)
+        # ``options``: the live mode's rate control (``imfcodec.live``) in place of the constant quality
+        ctx.options = options if options is not None else self.codec.options(self.quality, max(1, int(threads)), effort)
         self._ctx = ctx
         self._pts = 0
 
