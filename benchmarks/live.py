@@ -26,11 +26,11 @@ import click
 import numpy as np
 
 from benchmarks.harness import TEST_DATA, find_clips, out_option, write_result
-from imfcodec.cliutil import GreedyOption, call
+from imfcodec.cliutil import Command, GreedyOption, call
 
 COLUMNS = ["clip", "link", "codec", "refresh", "frames", "kbps_sent", "arr_p50_ms", "arr_p95_ms", "arr_max_ms",
            "arr_late", "lat_p50_ms", "lat_p95_ms", "lat_max_ms",
-           "late", "frozen", "concealed", "lost", "unenhanced", "max_stall_ms", "psnr_shown", "key_bytes", "key_q"]
+           "late", "frozen", "concealed", "lost", "unenhanced", "max_stall_ms", "psnr_shown", "psnr_enhanced", "frozen_arrival", "key_bytes", "key_q", "keys", "skipped"]
 
 
 def display_metrics(ready: np.ndarray, start: float, fps: float, n: int, bound_s: float) -> dict:
@@ -126,8 +126,134 @@ def run_session(clip: Path, link: dict, codec: str, scale: str, seconds: float, 
            "psnr_shown": round(float(shown_psnr.mean()), 3),
            "key_bytes": stats.get("key_sizes", [""])[0] if stats.get("key_sizes") else "",
            "key_q": stats.get("key_qualities", [""])[0] if stats.get("key_qualities") else ""}
+    if codec == "imf":  # the same received bytes, every frame enhanced, shown by the arrival schedule
+        from benchmarks.livecall import decode_offline
+
+        lens = got["rx_len"]
+        cuts = np.concatenate([[0], np.cumsum(lens)])
+        raw = got["rx_bytes"].tobytes()
+        dgrams = [(int(q), raw[cuts[k]:cuts[k + 1]]) for k, q in enumerate(got["rx_seq"])]
+        offline, _ = decode_offline(got["setup"].tobytes(), dgrams)
+        arr_ready = np.where(np.isfinite(arr), arr, np.inf)
+        ma = display_metrics(np.minimum.accumulate(arr_ready[::-1])[::-1], float(got["start"]), float(fps), n,
+                             bound - 1 / float(fps))
+        p_off = [psnr(src[i], offline[j] if 0 <= j < len(offline) else grey) for i, j in enumerate(ma["shown"])]
+        row["psnr_enhanced"] = round(float(np.mean(p_off)), 3)
+        row["frozen_arrival"] = int(ma["frozen"].sum())
+        series_extra = {"psnr_enhanced": p_off}
+    else:
+        series_extra = {}
     out.unlink(missing_ok=True)
-    return row, {"latency_ms": lat.tolist(), "arrival_ms": arr_ms.tolist(), "psnr": shown_psnr.tolist(), "bound_ms": bound * 1000}
+    return row, {**series_extra, "latency_ms": lat.tolist(), "arrival_ms": arr_ms.tolist(), "psnr": shown_psnr.tolist(), "bound_ms": bound * 1000}
+
+
+def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: float, max_delay: float,
+                     refresh: bool, keyint: int) -> tuple[dict, dict]:
+    """One call on a simulated clock (no processes, no sockets, no processing time): the same encoder, link
+    model and decoder as ``run_session``, deterministic (the link's seed), so what the encoder controls is
+    measured apart from the machine's load. A refresh request leaves at the arrival that shows a loss and
+    reaches the sender one propagation delay later."""
+    import av
+
+    from benchmarks.livecall import _anchor_encoder, _anchor_decoder, decode_offline, _frames
+    from benchmarks.livelink import Link, LinkSpec
+    from imfcodec.bitstream import encode_packet, stream_start
+    from imfcodec.keyframe._common import rgb_to_frame
+    from imfcodec.live import LiveLink, datagram, open_live_encoder
+    from imfcodec.metrics import psnr
+
+    src, fps = _frames(str(clip), seconds)
+    n, f = len(src), 1 / float(fps)
+    spec = LinkSpec(link["kbps"], link["delay_ms"], link.get("loss", 0.0), link.get("burst", 0.0),
+                    seed=link.get("seed", 1))
+    net = Link(spec)
+    prop = link["delay_ms"] / 1000
+    llink = LiveLink(link["kbps"], max_delay).validated()
+    if codec == "imf":
+        from imfcodec.modes.hybrid import load_enhancer
+
+        enc = open_live_encoder(load_enhancer(None), fps, llink, keyint=keyint)
+    else:
+        side = 256 // {"1": 1, "1/2": 2, "1/4": 4}[scale]
+        enc = _anchor_encoder(codec, link["kbps"], llink.send_window_s, fps, side)
+    arrivals = np.full(n, np.inf)
+    got: list[tuple[int, bytes]] = []
+    pli_at: list[float] = []  # when refresh requests reach the sender
+    last_seen, key_since_loss, last_pli, lost, nbytes = 0, True, -1e9, 0, 0
+    for i, rgb in enumerate(src):
+        t = i * f
+        want = refresh and any(p <= t for p in pli_at)
+        pli_at = [p for p in pli_at if p > t]
+        if codec == "imf":
+            payload = b"".join(encode_packet(p) for p in enc.encode(rgb, t, t, refresh=want))
+            if enc.stats.key_frames and enc.stats.key_frames[-1] == i:
+                key_since_loss = True if i == 0 else key_since_loss
+        else:
+            frame = rgb_to_frame(np.ascontiguousarray(rgb), "yuv420p", enc.width, enc.height)
+            frame.pts = i
+            if i == 0:
+                frame.pict_type = av.video.frame.PictureType.I
+            payload = b"".join(bytes(p) for p in enc.encode(frame))
+        data = datagram(i + 1, payload)
+        nbytes += len(data)
+        due = net.admit(t, len(data))
+        if due is None:
+            lost += 1
+            continue
+        arrivals[i] = due
+        if codec == "imf":
+            if i + 1 - last_seen > 1:
+                key_since_loss = False
+            if any(type(p).__name__ == "KeyPacket" for p in _packets(enc.header, payload)):
+                key_since_loss = True
+            if refresh and not key_since_loss and due - last_pli > 0.5:
+                pli_at.append(due + prop)
+                last_pli = due
+        last_seen = i + 1
+        got.append((i + 1, payload))
+    hidden: list[int] = []
+    if codec == "imf":
+        out, hidden = decode_offline(stream_start(enc.header), got)
+    else:
+        dec, out, shown = _anchor_decoder(codec), [], None
+        seqs = {q for q, _ in got}
+        body = dict(got)
+        for i in range(n):
+            if i + 1 in body:
+                try:
+                    for fr in dec.decode(av.Packet(body[i + 1])):
+                        shown = fr.reformat(width=256, height=256, format="rgb24", interpolation="BICUBIC").to_ndarray()
+                except av.FFmpegError:
+                    pass
+            out.append(shown if shown is not None else np.full_like(src[0], 128))
+        del seqs
+    avail = np.minimum.accumulate(arrivals[::-1])[::-1]  # a lost frame's concealment comes with the next arrival
+    bound = max_delay / 1000 + prop
+    m = display_metrics(avail, 0.0, float(fps), n, bound + f)
+    grey = np.full_like(src[0], 128)
+    shown_psnr = [psnr(src[i], out[j] if 0 <= j < len(out) else grey) for i, j in enumerate(m["shown"])]
+    lat = (arrivals - np.arange(n) * f) * 1000
+    ok = lat[np.isfinite(lat)]
+    frozen = m["frozen"]
+    concealed = np.isinf(arrivals) | np.isin(np.arange(n), hidden)
+    stats = enc.stats if codec == "imf" else None
+    row = {"clip": clip.stem, "link": link["label"], "codec": codec, "refresh": int(refresh), "frames": n,
+           "kbps_sent": round(nbytes * 8 / (n * f) / 1000, 2), "arr_p50_ms": round(float(np.percentile(ok, 50)), 1),
+           "arr_p95_ms": round(float(np.percentile(ok, 95)), 1), "arr_max_ms": round(float(ok.max()), 1),
+           "arr_late": int((ok > bound * 1000 + 1e-6).sum()), "lat_p50_ms": "", "lat_p95_ms": "", "lat_max_ms": "",
+           "late": int(m["late"].sum()), "frozen": int(frozen.sum()), "concealed": int(concealed.sum()),
+           "lost": lost, "unenhanced": 0, "max_stall_ms": round(longest_run(frozen | concealed) * f * 1000, 0),
+           "psnr_shown": round(float(np.mean(shown_psnr)), 3), "psnr_enhanced": "", "frozen_arrival": "",
+           "key_bytes": stats.key_sizes[0] if stats else "", "key_q": stats.key_qualities[0] if stats else "",
+           "keys": len(stats.key_frames) if stats else "", "skipped": len(stats.skipped) if stats else ""}
+    return row, {"arrival_ms": lat.tolist(), "psnr": shown_psnr, "bound_ms": bound * 1000}
+
+
+def _packets(header, payload: bytes) -> list:
+    from benchmarks.livecall import packets_of
+    from imfcodec.bitstream import stream_start
+
+    return packets_of(stream_start(header), payload)
 
 
 def _summary(rows: list[dict]) -> str:
@@ -135,21 +261,30 @@ def _summary(rows: list[dict]) -> str:
     for r in rows:
         groups.setdefault((r["link"], r["codec"], r["refresh"]), []).append(r)
     lines = ["| link | codec | refresh | clips | kbit/s sent | arrival p50 / p95 / max (ms) | arrived late | latency p50 / p95 / max (ms) | late | frozen | "
-             "concealed | longest stall (ms) | PSNR shown (dB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "concealed | longest stall (ms) | PSNR shown (dB) | PSNR, receiver that keeps up (dB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (link, codec, refresh), rs in groups.items():
         def mean(k):
-            return float(np.mean([float(r[k]) for r in rs if r[k] != ""]))
+            vals = [float(r[k]) for r in rs if r.get(k, "") != ""]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        def most(k):
+            vals = [float(r[k]) for r in rs if r.get(k, "") != ""]
+            return max(vals) if vals else float("nan")
+
         lines.append(f"| {link} | {codec} | {'PLI' if refresh else 'no'} | {len(rs)} | {mean('kbps_sent'):.2f} | "
-                     f"{mean('arr_p50_ms'):.0f} / {mean('arr_p95_ms'):.0f} / {max(float(r['arr_max_ms']) for r in rs):.0f}"
+                     f"{mean('arr_p50_ms'):.0f} / {mean('arr_p95_ms'):.0f} / {most('arr_max_ms'):.0f}"
                      f" | {sum(r['arr_late'] for r in rs)} | "
                      f"{mean('lat_p50_ms'):.0f} / {mean('lat_p95_ms'):.0f} / "
-                     f"{max(float(r['lat_max_ms']) for r in rs):.0f} | {sum(r['late'] for r in rs)} | "
+                     f"{most('lat_max_ms'):.0f} | {sum(r['late'] for r in rs)} | "
                      f"{sum(r['frozen'] for r in rs)} | {sum(r['concealed'] for r in rs)} | "
-                     f"{max(float(r['max_stall_ms']) for r in rs):.0f} | {mean('psnr_shown'):.2f} |")
+                     f"{most('max_stall_ms'):.0f} | {mean('psnr_shown'):.2f} | "
+                     + (f"{mean('psnr_enhanced'):.2f} |" if any(r.get('psnr_enhanced', '') != '' for r in rs) else
+                        f"{mean('psnr_shown'):.2f} |"))
     return "\n".join(lines) + "\n"
 
 
-def _plots(out: Path, series: dict[str, dict], clip: str) -> None:
+def _plots(out: Path, series: dict[str, dict], clip: str, prefix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,8 +293,12 @@ def _plots(out: Path, series: dict[str, dict], clip: str) -> None:
     for key, name, ylabel in (("latency_ms", "latency.png", "capture to ready (ms)"),
                               ("arrival_ms", "arrival.png", "capture to arrival (ms)"),
                               ("psnr", "psnr.png", "PSNR of what is shown (dB)")):
+        if not any(key in s for s in series.values()):
+            continue
         fig, ax = plt.subplots(figsize=(9, 4))
         for label, s in series.items():
+            if key not in s:
+                continue
             y = np.asarray(s[key], dtype=float)
             ax.plot(np.arange(len(y)) / 25.0, np.where(np.isfinite(y), y, np.nan), label=label, lw=1)
         if key != "psnr":
@@ -170,26 +309,30 @@ def _plots(out: Path, series: dict[str, dict], clip: str) -> None:
         ax.set_title(f"{clip}: {ylabel}")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        fig.savefig(out / (prefix + name), dpi=110)
         plt.close(fig)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--videos", cls=GreedyOption, default=(str(TEST_DATA),), show_default=True, metavar="PATH [PATH ...]")
 @click.option("--clips", cls=GreedyOption, default=None, metavar="NAME [NAME ...]", help="only these clips")
 @click.option("--links", default="8,16", show_default=True, help="link capacities, kbit/s")
 @click.option("--delay-ms", type=float, default=150.0, show_default=True, help="one-way propagation")
 @click.option("--max-delay", type=float, default=None, help="ms: the live encoder's bound (its default)")
 @click.option("--codecs", default="imf,vp9,x264,x265", show_default=True)
-@click.option("--anchor-scale", default="1/2", show_default=True, help="anchors' coded frame size")
+@click.option("--anchor-scales", default="1/2", show_default=True,
+              help="anchors' coded frame sizes (each is a row: CODEC@SCALE)")
 @click.option("--seconds", type=float, default=8.0, show_default=True, help="clip length cap")
 @click.option("--loss", "losses", default="", help="loss runs of the live mode: e.g. 0.01,0.05,burst")
 @click.option("--loss-kbps", type=float, default=16.0, show_default=True)
 @click.option("--loss-clips", type=int, default=5, show_default=True, help="first N clips for the loss runs")
+@click.option("--clock", type=click.Choice(["real", "simulated"]), default="real", show_default=True,
+              help="real: processes, sockets and the wall clock; simulated: the same models in one process, "
+                   "no processing time (what the encoder controls)")
 @click.option("--plot-clip", default=None, help="the clip whose series are plotted (default: the first)")
-@out_option("sessions.csv", "summary.md", "latency.png", "psnr.png", required=True)
-def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scale, seconds, losses, loss_kbps, loss_clips,
-         plot_clip, out):
+@out_option("sessions.csv", "summary.md", "latency.png", "arrival.png", "psnr.png", required=True)
+def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scales, seconds, losses, loss_kbps, loss_clips,
+         plot_clip, clock, out):
     """Live calls through a shaped link, imfcodec's live mode against conventional live anchors."""
     from benchmarks import require_bench_extra
     from imfcodec.live import DEFAULT_MAX_DELAY_MS
@@ -203,7 +346,8 @@ def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scale, second
         link = {"kbps": kbps, "delay_ms": delay_ms, "label": f"{kbps:g}k-{delay_ms:g}ms"}
         for name, path in found.items():
             for codec in [c for c in codecs.split(",") if c]:
-                jobs.append((path, link, codec, True, 0))
+                for scale in (["1/2"] if codec == "imf" else anchor_scales.split(",")):
+                    jobs.append((path, link, codec, True, 0, scale))
     for spec in [s for s in losses.split(",") if s]:
         link = {"kbps": loss_kbps, "delay_ms": delay_ms}
         if spec == "burst":
@@ -211,24 +355,30 @@ def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scale, second
         else:
             link.update(loss=float(spec), label=f"{loss_kbps:g}k-{delay_ms:g}ms-loss{float(spec) * 100:g}%")
         for name, path in list(found.items())[:loss_clips]:
-            jobs.append((path, link, "imf", True, 0))
-            jobs.append((path, link, "imf", False, 50))  # no requests: a key frame every 2 s instead
+            jobs.append((path, link, "imf", True, 0, "1/2"))
+            jobs.append((path, link, "imf", False, 50, "1/2"))  # no requests: a key frame every 2 s instead
     rows, series = [], {}
+    prefix = "" if clock == "real" else "sim-"  # the two clocks' results side by side in one folder
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (path, link, codec, refresh, keyint) in enumerate(jobs):
-            row, s = run_session(path, link, codec, anchor_scale, seconds, max_delay, refresh, keyint, Path(tmp))
+        for k, (path, link, codec, refresh, keyint, scale) in enumerate(jobs):
+            if clock == "real":
+                row, s = run_session(path, link, codec, scale, seconds, max_delay, refresh, keyint, Path(tmp))
+            else:
+                row, s = simulate_session(path, link, codec, scale, seconds, max_delay, refresh, keyint)
+            if codec != "imf":
+                row["codec"] = f"{codec}@{scale}"
             rows.append(row)
             if path.stem == plot_clip and "loss" not in link["label"] and "burst" not in link["label"]:
-                series[f"{codec} {link['label']}"] = s
+                series[f"{row['codec']} {link['label']}"] = s
             click.echo(f"[{k + 1}/{len(jobs)} {time.monotonic() - t0:.0f}s] " + json.dumps(row), err=True)
-            with open(out / "sessions.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, COLUMNS)
+            with open(out / f"{prefix}sessions.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, COLUMNS, restval="")
                 w.writeheader()
                 w.writerows(rows)
-    write_result(out, "summary.md", _summary(rows))
-    _plots(out, series, plot_clip)
+    write_result(out, f"{prefix}summary.md", _summary(rows))
+    _plots(out, series, plot_clip, prefix)
     return 0
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import io
 import json
-import select
+import queue
 import socket
+import threading
 import sys
 import time
 from fractions import Fraction
@@ -103,7 +104,7 @@ def send(clip, to, link_kbps, max_delay, codec, scale, seconds, start, refresh, 
         torch.set_num_threads(1)
         from imfcodec.modes.hybrid import load_enhancer
 
-        enc = open_live_encoder(load_enhancer(None), fps, link, keyint=keyint)
+        enc = open_live_encoder(load_enhancer(None), fps, link, keyint=keyint, clock=time.monotonic)
         setup = stream_start(enc.header)
     else:
         side = 256 // {"1": 1, "1/2": 2, "1/4": 4}[scale]
@@ -128,6 +129,7 @@ def send(clip, to, link_kbps, max_delay, codec, scale, seconds, start, refresh, 
     sock.sendto(b"START" + repr(start).encode() + b" " + str(fps).encode(), dest)
     requests = 0
     sizes = []
+    lags = []  # ms from capture to the datagram leaving the sender (its processing and its waiting)
     for i, rgb in enumerate(frames):
         t_capture = start + i / float(fps)
         time.sleep(max(0.0, t_capture - time.monotonic()))
@@ -155,13 +157,48 @@ def send(clip, to, link_kbps, max_delay, codec, scale, seconds, start, refresh, 
             payload = b"".join(bytes(p) for p in enc.encode(frame))
         sizes.append(len(payload) + 2)
         sock.sendto(datagram(i + 1, payload), dest)
+        lags.append(round((time.monotonic() - t_capture) * 1000, 1))
     for _ in range(3):
         sock.sendto(b"BYE", dest)
-    stats = {"frames": len(frames), "fps": str(fps), "bytes": sum(sizes), "refresh_requests": requests}
+    stats = {"frames": len(frames), "fps": str(fps), "bytes": sum(sizes), "refresh_requests": requests,
+             "lag_ms": lags}
     if codec == "imf":
         stats.update(key_frames=enc.stats.key_frames, key_sizes=enc.stats.key_sizes,
                      key_qualities=enc.stats.key_qualities, skipped=len(enc.stats.skipped))
     click.echo(json.dumps(stats))
+
+
+def packets_of(setup: bytes, body: bytes) -> list:
+    """The packets of one datagram's records (those that pass their CRC), parsed against the session's
+    header (``setup``: the stream start)."""
+    from imfcodec.bitstream import ResyncReader
+
+    return [item[1] for item in ResyncReader(io.BytesIO(setup + body)) if isinstance(item, tuple)]
+
+
+def decode_offline(setup: bytes, datagrams: list[tuple[int, bytes]]) -> tuple[list[np.ndarray], list[int]]:
+    """The frames a receiver with the CPU to enhance every frame shows for the datagrams it received (loss
+    concealed as live): the same bytes as the live receiver, decoded without a clock; (frames, the indices of
+    the frames concealment repeated)."""
+    import torch
+
+    from imfcodec.bitstream import StreamReader
+    from imfcodec.live import seq_gap
+    from imfcodec.modes.hybrid import HybridDecoder, load_enhancer
+
+    torch.set_num_threads(2)
+    dec = HybridDecoder(load_enhancer(None).model, StreamReader(io.BytesIO(setup)).header)
+    frames: list[np.ndarray] = []
+    last = None
+    for seq, body in datagrams:
+        gap = seq_gap(last, seq) if last is not None else seq - 1
+        last = seq
+        if gap:
+            dec.damage(gap * 4096, "lost")
+        for packet in packets_of(setup, body):
+            for batch in dec.decode_concealing(packet):
+                frames += batch
+    return frames, sorted(set(dec.report.concealed))
 
 
 def _anchor_decoder(codec: str):
@@ -184,7 +221,7 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
     """Receive, decode and time a live call."""
     from dataclasses import replace
 
-    from imfcodec.bitstream import ResyncReader, StreamReader
+    from imfcodec.bitstream import StreamReader
     from imfcodec.live import parse_datagram, seq_gap
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -200,15 +237,27 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
     lost = 0
     unenhanced = 0
     arrived: dict[int, float] = {}
+    received: list[tuple[int, float, bytes]] = []  # every media datagram, for an offline decode of the same bytes
     enh_cost = 0.05  # seconds a base packet takes with the enhancer (running estimate)
     last_pli = -1e9
     key_since_loss = True
+    inbox: queue.Queue = queue.Queue()
+
+    def network() -> None:  # the network thread: arrival times do not wait on the decoder
+        while True:
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (socket.timeout, OSError):
+                inbox.put((time.monotonic(), b"BYE", None))
+                return
+            inbox.put((time.monotonic(), data, addr))
+            if data == b"BYE":
+                return
+
+    threading.Thread(target=network, daemon=True).start()
     while True:
-        try:
-            data, peer = sock.recvfrom(65536)
-        except socket.timeout:
-            break
-        now = time.monotonic()
+        now, data, addr = inbox.get()
+        peer = addr or peer
         if data == b"BYE":
             break
         if data.startswith(b"START"):
@@ -216,6 +265,8 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
             start, fps = float(a), Fraction(b.decode())
             continue
         seq, body = parse_datagram(data)
+        if not body.startswith((SETUP, b"\x8bANC")):
+            received.append((seq, now, body))
         if body.startswith(SETUP):
             if setup is None:
                 import torch
@@ -256,18 +307,14 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
                 lost += gap
                 dec.damage(gap * 4096, f"{gap} datagram(s) lost before seq {seq}")
                 key_since_loss = False
-            reader = ResyncReader(io.BytesIO(setup + body))
-            for item in reader:
-                if not isinstance(item, tuple):
-                    continue
-                packet = item[1]
+            for packet in packets_of(setup, body):
                 if type(packet).__name__ == "KeyPacket":
                     key_since_loss = True
                 if type(packet).__name__ == "BasePacket" and bound_ms is not None and start is not None:
                     # the enhancer only where the frame is still ready in time with it and nothing waits behind
                     # it; otherwise the upscaled base (what a receiver short of CPU shows)
                     late = time.monotonic() - (start + packet.frame / float(fps))
-                    waiting = bool(select.select([sock], [], [], 0)[0])
+                    waiting = not inbox.empty()
                     if waiting or late + enh_cost > bound_ms / 1000 - 0.02:
                         packet = replace(packet, enhance=False)
                         unenhanced += packet.count
@@ -290,6 +337,9 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
              ready=np.array(ready), start=start if start is not None else np.nan,
              fps=float(fps) if fps else np.nan, concealed=np.array(sorted(set(concealed)), dtype=np.int64),
              lost=lost, unenhanced=unenhanced,
+             setup=np.frombuffer(setup or b"", np.uint8), rx_seq=np.array([r[0] for r in received], np.int64),
+             rx_len=np.array([len(r[2]) for r in received], np.int64),
+             rx_bytes=np.frombuffer(b"".join(r[2] for r in received), np.uint8),
              arrived=np.array([arrived.get(i, np.nan) for i in range(max(arrived, default=-1) + 1)]))
 
 

@@ -223,7 +223,7 @@ class LiveEncoder:
 
     def __init__(self, model, *, model_name: str, weights_hash: bytes, fps: Fraction, link: LiveLink,
                  base_factor: int = 2, key_codec: str = LIVE_KEY_CODEC, scenecut: float | None = None,
-                 intra_pct: int = 300, skip: bool = True, keyint: int = 0, frames: int = 0):
+                 intra_pct: int = 300, skip: bool = True, keyint: int = 0, frames: int = 0, clock=None):
         from .baselayer import BaseEncoder, base_size, get_base_codec
         from .bitstream import StreamHeader
         from .keyframe import get_keyframe_codec
@@ -255,6 +255,10 @@ class LiveEncoder:
         self.scene_cuts = self.keys.scene_cuts
         self.bucket = LeakyBucket(self.link.bytes_per_s)
         self.skip = skip
+        # a live sender's clock (``time.monotonic``): the key frame's own coding time is then planned for (its
+        # bytes leave that much later), from the last key's measured time; without a clock, time is simulated
+        self.clock = clock
+        self.key_cost_s = 0.08 if clock is not None else 0.0
         # in steady state frames queue at most this long, so the link has drained for a refresh key when one is
         # asked for; only key frames use the whole window
         self.steady_s = min(self.link.send_window_s, STEADY_MS / 1000)
@@ -295,12 +299,14 @@ class LiveEncoder:
             self.want_key = True
         room = self.bucket.room(t_now, deadline) - DATAGRAM_HEADER
         out: list = []
-        if self.want_key and (i == 0 or self._key_fits(room)):
+        if self.want_key and (i == 0 or self._key_fits(room - self.key_cost_s * self.bucket.rate)):
+            started = self.clock() if self.clock is not None else 0.0
+            room = self.bucket.room(t_now + self.key_cost_s, deadline) - DATAGRAM_HEADER
             unit = self.base.encode(rgb, intra=True)
             base_rec = len(encode_packet(BasePacket(frame=i, units=(unit,))))
             budget = int(room - base_rec - (record_overhead() + 4))
             lo, hi = self.key_codec.quality_range
-            got = fit_key(lambda q: self.key_codec.encode(rgb, q), lo, hi, budget, self.key_quality)
+            got = fit_key(lambda q: self.key_codec.encode(rgb, q), lo, hi, budget, self.key_quality, tries=2)
             for factor in (2, 4):  # not even the lowest quality fits: a smoother picture costs less
                 if got is not None:
                     break
@@ -308,6 +314,9 @@ class LiveEncoder:
             if got is None:  # nothing fits: the smoothest at the lowest quality, late
                 got = (lo, self.key_codec.encode(smoothed(rgb, 4), lo))
             q, image = got
+            if self.clock is not None:
+                t_now = max(t_now, self.clock())
+                self.key_cost_s = 0.5 * self.key_cost_s + 0.5 * (self.clock() - started)
             self.key_quality = q
             self.keys.keyed(i)
             self.want_key = False
