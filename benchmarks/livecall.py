@@ -176,10 +176,10 @@ def packets_of(setup: bytes, body: bytes) -> list:
     return [item[1] for item in ResyncReader(io.BytesIO(setup + body)) if isinstance(item, tuple)]
 
 
-def decode_offline(setup: bytes, datagrams: list[tuple[int, bytes]]) -> tuple[list[np.ndarray], list[int]]:
+def decode_offline(setup: bytes, datagrams: list[tuple[int, bytes]], loaded=None) -> tuple[list[np.ndarray], list[int]]:
     """The frames a receiver with the CPU to enhance every frame shows for the datagrams it received (loss
     concealed as live): the same bytes as the live receiver, decoded without a clock; (frames, the indices of
-    the frames concealment repeated)."""
+    the frames concealment repeated). ``loaded``: the enhancer (default: the shipped one)."""
     import torch
 
     from imfcodec.bitstream import StreamReader
@@ -187,7 +187,7 @@ def decode_offline(setup: bytes, datagrams: list[tuple[int, bytes]]) -> tuple[li
     from imfcodec.modes.hybrid import HybridDecoder, load_enhancer
 
     torch.set_num_threads(2)
-    dec = HybridDecoder(load_enhancer(None).model, StreamReader(io.BytesIO(setup)).header)
+    dec = HybridDecoder((loaded or load_enhancer(None)).model, StreamReader(io.BytesIO(setup)).header)
     frames: list[np.ndarray] = []
     last = None
     for seq, body in datagrams:
