@@ -155,7 +155,7 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
     reaches the sender one propagation delay later."""
     import av
 
-    from benchmarks.livecall import _anchor_encoder, _anchor_decoder, decode_offline, _frames
+    from benchmarks.livecall import _anchor_decoder, _anchor_encoder, _frames, anchor_payload, decode_offline
     from benchmarks.livelink import Link, LinkSpec
     from imfcodec.bitstream import encode_packet, stream_start
     from imfcodec.keyframe._common import rgb_to_frame
@@ -193,7 +193,7 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
             frame.pts = i
             if i == 0:
                 frame.pict_type = av.video.frame.PictureType.I
-            payload = b"".join(bytes(p) for p in enc.encode(frame))
+            payload = anchor_payload(codec, enc, frame)
         data = datagram(i + 1, payload)
         nbytes += len(data)
         due = net.admit(t, len(data))
@@ -326,13 +326,15 @@ def _plots(out: Path, series: dict[str, dict], clip: str, prefix: str = "") -> N
 @click.option("--loss", "losses", default="", help="loss runs of the live mode: e.g. 0.01,0.05,burst")
 @click.option("--loss-kbps", type=float, default=16.0, show_default=True)
 @click.option("--loss-clips", type=int, default=5, show_default=True, help="first N clips for the loss runs")
+@click.option("--no-refresh-loss", "no_refresh_loss", default="0.05", show_default=True,
+              help="loss runs also made without refresh requests (a key frame every 2 s instead)")
 @click.option("--clock", type=click.Choice(["real", "simulated"]), default="real", show_default=True,
               help="real: processes, sockets and the wall clock; simulated: the same models in one process, "
                    "no processing time (what the encoder controls)")
 @click.option("--plot-clip", default=None, help="the clip whose series are plotted (default: the first)")
 @out_option("sessions.csv", "summary.md", "latency.png", "arrival.png", "psnr.png", required=True)
 def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scales, seconds, losses, loss_kbps, loss_clips,
-         plot_clip, clock, out):
+         plot_clip, clock, no_refresh_loss, out):
     """Live calls through a shaped link, imfcodec's live mode against conventional live anchors."""
     from benchmarks import require_bench_extra
     from imfcodec.live import DEFAULT_MAX_DELAY_MS
@@ -356,7 +358,8 @@ def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scales, secon
             link.update(loss=float(spec), label=f"{loss_kbps:g}k-{delay_ms:g}ms-loss{float(spec) * 100:g}%")
         for name, path in list(found.items())[:loss_clips]:
             jobs.append((path, link, "imf", True, 0, "1/2"))
-            jobs.append((path, link, "imf", False, 50, "1/2"))  # no requests: a key frame every 2 s instead
+            if spec in no_refresh_loss.split(","):
+                jobs.append((path, link, "imf", False, 50, "1/2"))  # no requests: a key frame every 2 s instead
     rows, series = [], {}
     prefix = "" if clock == "real" else "sim-"  # the two clocks' results side by side in one folder
     t0 = time.monotonic()
