@@ -147,8 +147,20 @@ def run_session(clip: Path, link: dict, codec: str, scale: str, seconds: float, 
     return row, {**series_extra, "latency_ms": lat.tolist(), "arrival_ms": arr_ms.tolist(), "psnr": shown_psnr.tolist(), "bound_ms": bound * 1000}
 
 
+def parse_policy(text: str) -> dict:
+    """``--policy key_codec=hevc,skip=0,intra_pct=100,base_factor=4``: ``LiveEncoder`` keywords (numbers as ints)."""
+    out: dict = {}
+    for item in [t for t in text.split(",") if t]:
+        name, _, value = item.partition("=")
+        if name not in ("key_codec", "skip", "intra_pct", "base_factor", "scenecut"):
+            raise click.BadParameter(f"unknown policy field {name!r}", param_hint="--policy")
+        out[name] = value if name == "key_codec" else (bool(int(value)) if name == "skip" else float(value)
+                                                         if name == "scenecut" else int(value))
+    return out
+
+
 def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: float, max_delay: float,
-                     refresh: bool, keyint: int) -> tuple[dict, dict]:
+                     refresh: bool, keyint: int, policy: dict | None = None) -> tuple[dict, dict]:
     """One call on a simulated clock (no processes, no sockets, no processing time): the same encoder, link
     model and decoder as ``run_session``, deterministic (the link's seed), so what the encoder controls is
     measured apart from the machine's load. A refresh request leaves at the arrival that shows a loss and
@@ -172,7 +184,7 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
     if codec == "imf":
         from imfcodec.modes.hybrid import load_enhancer
 
-        enc = open_live_encoder(load_enhancer(None), fps, llink, keyint=keyint)
+        enc = open_live_encoder(load_enhancer(None), fps, llink, keyint=keyint, **(policy or {}))
     else:
         side = 256 // {"1": 1, "1/2": 2, "1/4": 4}[scale]
         enc = _anchor_encoder(codec, link["kbps"], llink.send_window_s, fps, side)
@@ -331,16 +343,21 @@ def _plots(out: Path, series: dict[str, dict], clip: str, prefix: str = "") -> N
 @click.option("--clock", type=click.Choice(["real", "simulated"]), default="real", show_default=True,
               help="real: processes, sockets and the wall clock; simulated: the same models in one process, "
                    "no processing time (what the encoder controls)")
+@click.option("--policy", default="", help="simulated clock, expert: live encoder policy, e.g. key_codec=hevc,skip=0 "
+              "(key_codec, skip, intra_pct, base_factor, scenecut); rows are labelled imf[POLICY]")
 @click.option("--plot-clip", default=None, help="the clip whose series are plotted (default: the first)")
 @out_option("sessions.csv", "summary.md", "latency.png", "arrival.png", "psnr.png", required=True)
 def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scales, seconds, losses, loss_kbps, loss_clips,
-         plot_clip, clock, no_refresh_loss, out):
+         plot_clip, clock, no_refresh_loss, policy, out):
     """Live calls through a shaped link, imfcodec's live mode against conventional live anchors."""
     from benchmarks import require_bench_extra
     from imfcodec.live import DEFAULT_MAX_DELAY_MS
 
     require_bench_extra()
     max_delay = DEFAULT_MAX_DELAY_MS if max_delay is None else max_delay
+    parse_policy(policy)
+    if policy and clock == "real":
+        raise click.UsageError("--policy needs --clock simulated")
     found = find_clips(list(videos), list(clips) if clips else None)
     plot_clip = plot_clip or next(iter(found))
     jobs = []
@@ -369,7 +386,10 @@ def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scales, secon
             if clock == "real":
                 row, s = run_session(path, link, codec, scale, seconds, max_delay, refresh, keyint, Path(tmp))
             else:
-                row, s = simulate_session(path, link, codec, scale, seconds, max_delay, refresh, keyint)
+                row, s = simulate_session(path, link, codec, scale, seconds, max_delay, refresh, keyint,
+                                          parse_policy(policy))
+            if codec == "imf" and policy:
+                row["codec"] = f"imf[{policy}]"
             if codec != "imf":
                 row["codec"] = f"{codec}@{scale}"
             rows.append(row)
