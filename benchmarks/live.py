@@ -284,7 +284,7 @@ def _summary(rows: list[dict]) -> str:
             vals = [float(r[k]) for r in rs if r.get(k, "") != ""]
             return max(vals) if vals else float("nan")
 
-        lines.append(f"| {link} | {codec} | {'PLI' if refresh else 'no'} | {len(rs)} | {mean('kbps_sent'):.2f} | "
+        lines.append(f"| {link} | {codec} | {('PLI' if refresh else 'keyint 2 s') if codec.startswith('imf') else '-'} | {len(rs)} | {mean('kbps_sent'):.2f} | "
                      f"{mean('arr_p50_ms'):.0f} / {mean('arr_p95_ms'):.0f} / {most('arr_max_ms'):.0f}"
                      f" | {sum(r['arr_late'] for r in rs)} | "
                      f"{mean('lat_p50_ms'):.0f} / {mean('lat_p95_ms'):.0f} / "
@@ -294,6 +294,33 @@ def _summary(rows: list[dict]) -> str:
                      + (f"{mean('psnr_enhanced'):.2f} |" if any(r.get('psnr_enhanced', '') != '' for r in rs) else
                         f"{mean('psnr_shown'):.2f} |"))
     return "\n".join(lines) + "\n"
+
+
+def _per_clip(rows: list[dict]) -> str:
+    """One line per clip and lossless link: the live mode's PSNR shown and worst arrival beside each anchor's."""
+    lossless = [r for r in rows if str(r["refresh"]) == "1" and "loss" not in r["link"] and "burst" not in r["link"]]
+    codecs = list(dict.fromkeys(r["codec"] for r in lossless))
+    lines = ["| clip | link | " + " | ".join(f"{c} dB (max arrival ms)" for c in codecs) + " |",
+             "|---|---|" + "---|" * len(codecs)]
+    cells: dict[tuple, dict] = {}
+    for r in lossless:
+        cells.setdefault((r["clip"], r["link"]), {})[r["codec"]] = r
+    for (clip, link), by in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lines.append(f"| {clip} | {link} | " + " | ".join(
+            f"{float(by[c]['psnr_shown']):.2f} ({float(by[c]['arr_max_ms']):.0f})" if c in by else "" for c in codecs)
+            + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(out: Path, prefix: str) -> None:
+    """summary.md and per-clip.md again from a results folder's sessions.csv."""
+    with open(out / f"{prefix}sessions.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("late", "frozen", "concealed", "arr_late", "refresh"):
+            r[k] = int(r[k]) if r.get(k, "") != "" else 0
+    write_result(out, f"{prefix}summary.md", _summary(rows))
+    write_result(out, f"{prefix}per-clip.md", _per_clip(rows))
 
 
 def _plots(out: Path, series: dict[str, dict], clip: str, prefix: str = "") -> None:
@@ -346,9 +373,10 @@ def _plots(out: Path, series: dict[str, dict], clip: str, prefix: str = "") -> N
 @click.option("--policy", default="", help="simulated clock, expert: live encoder policy, e.g. key_codec=hevc,skip=0 "
               "(key_codec, skip, intra_pct, base_factor, scenecut); rows are labelled imf[POLICY]")
 @click.option("--plot-clip", default=None, help="the clip whose series are plotted (default: the first)")
-@out_option("sessions.csv", "summary.md", "latency.png", "arrival.png", "psnr.png", required=True)
+@click.option("--report", "report_only", is_flag=True, help="only remake summary.md and per-clip.md from sessions.csv")
+@out_option("sessions.csv", "summary.md", "per-clip.md", "latency.png", "arrival.png", "psnr.png", required=True)
 def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scales, seconds, losses, loss_kbps, loss_clips,
-         plot_clip, clock, no_refresh_loss, policy, out):
+         plot_clip, clock, no_refresh_loss, policy, report_only, out):
     """Live calls through a shaped link, imfcodec's live mode against conventional live anchors."""
     from benchmarks import require_bench_extra
     from imfcodec.live import DEFAULT_MAX_DELAY_MS
@@ -356,6 +384,9 @@ def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scales, secon
     require_bench_extra()
     max_delay = DEFAULT_MAX_DELAY_MS if max_delay is None else max_delay
     parse_policy(policy)
+    if report_only:
+        report(out, "" if clock == "real" else "sim-")
+        return 0
     if policy and clock == "real":
         raise click.UsageError("--policy needs --clock simulated")
     found = find_clips(list(videos), list(clips) if clips else None)
@@ -400,8 +431,8 @@ def _cli(videos, clips, links, delay_ms, max_delay, codecs, anchor_scales, secon
                 w = csv.DictWriter(f, COLUMNS, restval="")
                 w.writeheader()
                 w.writerows(rows)
-    write_result(out, f"{prefix}summary.md", _summary(rows))
     _plots(out, series, plot_clip, prefix)
+    report(out, prefix)
     return 0
 
 
