@@ -152,10 +152,10 @@ def parse_policy(text: str) -> dict:
     out: dict = {}
     for item in [t for t in text.split(",") if t]:
         name, _, value = item.partition("=")
-        if name not in ("key_codec", "skip", "intra_pct", "base_factor", "scenecut"):
+        if name not in ("key_codec", "skip", "intra_pct", "base_factor", "scenecut", "rate_scale"):
             raise click.BadParameter(f"unknown policy field {name!r}", param_hint="--policy")
         out[name] = value if name == "key_codec" else (bool(int(value)) if name == "skip" else float(value)
-                                                         if name == "scenecut" else int(value))
+                                                         if name in ("scenecut", "rate_scale") else int(value))
     return out
 
 

@@ -223,7 +223,8 @@ class LiveEncoder:
 
     def __init__(self, model, *, model_name: str, weights_hash: bytes, fps: Fraction, link: LiveLink,
                  base_factor: int = 2, key_codec: str = LIVE_KEY_CODEC, scenecut: float | None = None,
-                 intra_pct: int = 300, skip: bool = True, keyint: int = 0, frames: int = 0, clock=None):
+                 intra_pct: int = 300, skip: bool = True, keyint: int = 0, frames: int = 0, clock=None,
+                 rate_scale: float = 1.0):
         from .baselayer import BaseEncoder, base_size, get_base_codec
         from .bitstream import StreamHeader
         from .keyframe import get_keyframe_codec
@@ -240,7 +241,7 @@ class LiveEncoder:
         self.frame_s = 1.0 / float(self.fps)
         # the base layer's share: the link less each frame's record and datagram framing
         framing_bps = (record_overhead() + DATAGRAM_HEADER) * 8 * float(self.fps)
-        self.base_bps = max(1000, int(self.link.kbps * 1000 - framing_bps))
+        self.base_bps = max(1000, int(rate_scale * (self.link.kbps * 1000 - framing_bps)))
         vp9 = get_base_codec("vp9")
         self.base = BaseEncoder("vp9", side, side, self.fps, vp9.default_quality,
                                 options=base_cbr_options(self.base_bps, self.link.send_window_s, intra_pct))
@@ -306,7 +307,9 @@ class LiveEncoder:
             base_rec = len(encode_packet(BasePacket(frame=i, units=(unit,))))
             budget = int(room - base_rec - (record_overhead() + 4))
             lo, hi = self.key_codec.quality_range
-            got = fit_key(lambda q: self.key_codec.encode(rgb, q), lo, hi, budget, self.key_quality, tries=2)
+            got = fit_key(lambda q: self.key_codec.encode(rgb, q), lo, hi, budget, self.key_quality, tries=3)
+            if got is None:  # the search may have stopped above the lowest quality
+                got = fit_key(lambda q: self.key_codec.encode(rgb, q), lo, hi, budget, lo, tries=2)
             for factor in (2, 4):  # not even the lowest quality fits: a smoother picture costs less
                 if got is not None:
                     break
