@@ -92,8 +92,12 @@ def run_session(clip: Path, link: dict, codec: str, scale: str, seconds: float, 
                                   "--link-kbps", str(link["kbps"]), "--max-delay", str(max_delay), "--codec", codec,
                                   "--scale", scale, "--seconds", str(seconds), "--keyint", str(keyint)]
                             + ([] if refresh else ["--no-refresh"]), capture_output=True, text=True, timeout=300)
-    receiver.wait(timeout=120)
-    shaper.wait(timeout=30)
+    try:
+        receiver.wait(timeout=150)
+        shaper.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        receiver.kill()
+        shaper.kill()
     if sender.returncode != 0 or receiver.returncode != 0:
         raise RuntimeError(f"session {clip.name} {codec}: sender {sender.returncode} {sender.stderr[-400:]}")
     stats = json.loads(sender.stdout.strip().splitlines()[-1])

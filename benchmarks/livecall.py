@@ -141,7 +141,7 @@ def send(clip, to, link_kbps, max_delay, codec, scale, seconds, start, refresh, 
     sock.setblocking(False)
     dest = parse_addr(to)
     acked = False
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a loaded machine can take long to start the receiver's torch
     while not acked and time.monotonic() < deadline:  # signalling: the header until it is acknowledged
         sock.sendto(datagram(0, setup), dest)
         t = time.monotonic() + 0.3
