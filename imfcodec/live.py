@@ -44,6 +44,9 @@ DEFAULT_MAX_DELAY_MS = 600.0
 #: the part of the bound kept for the encoder and decoder's own time (one frame at 25 fps)
 DEFAULT_RESERVE_MS = 40.0
 MIN_LINK_KBPS, MAX_LINK_KBPS = 1.0, 100_000.0
+#: frames an owed key frame waits for room for one as large as the last; after that it takes the room there is
+#: (on a sender whose own processing lags, the room for a full-size key may never come)
+KEY_WAIT_FRAMES = 12
 #: how long a frame that is not a key frame may wait in the link's queue (key frames: the whole bound)
 STEADY_MS = 120.0
 MIN_MAX_DELAY_MS, MAX_MAX_DELAY_MS = 50.0, 10_000.0
@@ -265,6 +268,7 @@ class LiveEncoder:
         self.steady_s = min(self.link.send_window_s, STEADY_MS / 1000)
         self.stats = LiveStats()
         self.index = 0
+        self.waited = 0  # frames the owed key frame has waited for room
         self.want_key = False  # a key frame is owed (first frame, scene cut, refresh request)
         self.previous: np.ndarray | None = None  # the last picture the base encoder coded
         self.p_size = 0.0  # a running estimate of a base frame's wire bytes (decides skips)
@@ -277,6 +281,8 @@ class LiveEncoder:
         """Whether a key frame can start now: room for a key frame as large as the last one on the wire (its
         quality was fitted to the bound), or at least the smallest key a 256 px picture takes."""
         last = min(self.stats.sizes[k] for k in self.stats.key_frames) if self.stats.key_frames else 0
+        if self.waited >= KEY_WAIT_FRAMES:  # waited long enough: a smaller key now beats a longer freeze
+            last = 0
         return room >= max(self.min_key_bytes(), 0.9 * last)
 
     def min_key_bytes(self) -> int:
@@ -323,6 +329,7 @@ class LiveEncoder:
             self.key_quality = q
             self.keys.keyed(i)
             self.want_key = False
+            self.waited = 0
             out.append(KeyPacket(frame=i, key_token=b"", image=image))
             self.stats.key_qualities.append(q)
             self.stats.key_sizes.append(len(image))
@@ -331,6 +338,7 @@ class LiveEncoder:
         else:
             if self.want_key:
                 self.stats.postponed += 1
+                self.waited += 1
             steady = self.bucket.room(t_now, t_capture + self.steady_s) - DATAGRAM_HEADER
             if self.skip and self.previous is not None and (self.want_key or steady < max(self.p_size, 1.0)):
                 # skip: the link drains (after a key frame, or for an owed one); libvpx sees no time pass, so
