@@ -328,29 +328,37 @@ def report(out: Path, prefix: str) -> None:
 
 
 def _plots(out: Path, series: dict[str, dict], clip: str, prefix: str = "") -> None:
+    """Per-frame series of one clip, one panel per link: the live mode and each anchor (colour: codec; line
+    style: frame size)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    links = list(dict.fromkeys(label.split(" ", 1)[1] for label in series))
+    colours = {"imf": "black", "vp9": "tab:green", "x264": "tab:blue", "x265": "tab:red"}
     for key, name, ylabel in (("latency_ms", "latency.png", "capture to ready (ms)"),
                               ("arrival_ms", "arrival.png", "capture to arrival (ms)"),
                               ("psnr", "psnr.png", "PSNR of what is shown (dB)")):
         if not any(key in s for s in series.values()):
             continue
-        fig, ax = plt.subplots(figsize=(9, 4))
-        for label, s in series.items():
-            if key not in s:
-                continue
-            y = np.asarray(s[key], dtype=float)
-            ax.plot(np.arange(len(y)) / 25.0, np.where(np.isfinite(y), y, np.nan), label=label, lw=1)
-        if key != "psnr":
+        fig, axes = plt.subplots(1, len(links), figsize=(6 * len(links), 4), squeeze=False, sharey=True)
+        for ax, link in zip(axes[0], links):
             for label, s in series.items():
-                ax.axhline(s["bound_ms"], color="grey", ls="--", lw=0.8)
-        ax.set_xlabel("capture time (s, frame / 25)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{clip}: {ylabel}")
-        ax.legend(fontsize=7)
+                codec, lab_link = label.split(" ", 1)
+                if lab_link != link or key not in s:
+                    continue
+                y = np.asarray(s[key], dtype=float)
+                family = codec.split("@")[0]
+                ax.plot(np.arange(len(y)) / 25.0, np.where(np.isfinite(y), y, np.nan), label=codec,
+                        color=colours.get(family, "grey"), lw=1.6 if family == "imf" else 1,
+                        ls=":" if codec.endswith("1/4") else "-")
+                if key != "psnr":
+                    ax.axhline(s["bound_ms"], color="grey", ls="--", lw=0.8)
+            ax.set_title(f"{clip}, {link}")
+            ax.set_xlabel("capture time (s)")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel(ylabel)
         fig.tight_layout()
         fig.savefig(out / (prefix + name), dpi=110)
         plt.close(fig)
