@@ -35,6 +35,9 @@ ENTRY_POINTS = {
     "long_input": "peak memory against input length (1,000 vs 10,000 frames)",
     "pipe": "first-frame latency and memory of imfcodec encode - | imfcodec decode -",
     "rate_control": "--kbps: the table's estimate against the closed loop's measured rate, per clip and target",
+    "live": "live calls through a shaped link: latency, freezes, PSNR shown, loss recovery, against live anchors",
+    "livecall": "the two ends of a live call over UDP (sender in real time, receiver that times each frame)",
+    "livelink": "the link shaper between them: capacity, propagation delay, random and burst loss, jitter",
 }
 
 BENCH_EXTRA = ("pandas", "matplotlib", "bjontegaard")  # the `bench` extra in pyproject.toml, less vmaf-torch (optional)

@@ -76,6 +76,7 @@ class EncodeSummary:
     timing: str = "constant"  # "constant", "per-frame" (a timing record), or "lost" (see EncodedStream)
     scene_cuts: list[int] = field(default_factory=list)  # the key frames put at scene cuts (settings.scenecut)
     unenhanced_frames: int = 0  # hybrid mode: frames the encoder's guard sent without the enhancer (it would hurt)
+    live: object = None  # the live mode: its encoder's ``imfcodec.live.LiveStats`` (bucket departures, skips, keys)
 
     @property
     def fps(self) -> float:
@@ -379,7 +380,7 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
                  model: str | LoadedModel | None = None, settings: EncoderSettings | None = None,
                  max_frames: int | None = None, progress: Progress | bool | None = None,
                  max_input_pixels: int = MAX_INPUT_PIXELS, started: Started | None = None,
-                 device: str | None = None, overwrite: bool = False) -> EncodeSummary:
+                 device: str | None = None, overwrite: bool = False, live=None) -> EncodeSummary:
     """Encode a video file into an .imf stream (``encode_frames_to_file`` on its decoded frames, so
     memory stays flat however long the input, and a file output appears only at the end). In the hybrid
     mode (``modes.choose``) ``model`` names the enhancer, default ``settings.enhancer``.
@@ -396,7 +397,11 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
     ``device`` (``devices``: ``cpu``, ``cuda``, ``cuda:N``, ``auto``) is where E_T and the token search
     run (the hybrid encoder runs no network); the model is moved there. None: a model named here is
     loaded on the CPU, a ``LoadedModel`` stays where it is. The stream does not depend on it beyond the
-    encoder's choice of tokens: it decodes on any device."""
+    encoder's choice of tokens: it decodes on any device.
+
+    ``live`` (an ``imfcodec.live.LiveLink``): the live mode, every frame within the link's delay bound
+    (``imfcodec.live.LiveEncoder``: hybrid, chunk 1, its own key and base rate control); ``settings`` then
+    only name the enhancer."""
     out = as_path(output_path) if output_path is not None else default_output(input_path, ".imf")
     if not in_place(out):
         if os.fspath(input_path) != STDIO and out.exists() and out.resolve() == Path(input_path).resolve():
@@ -406,17 +411,21 @@ def encode_video(input_path: str | os.PathLike, output_path: str | os.PathLike |
         check_output_folder(out)
         check_overwrite(out, overwrite)
     mode, settings = _encoding_mode(model, settings)  # bad settings are reported before any frame is decoded
+    if live is not None:
+        live = live.validated()
+        if mode.name != "hybrid":
+            raise ArgumentError("live= needs the hybrid mode")
     device = _device(device)
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0):
         raise ArgumentError(f"max_frames= must be a non-negative integer or None, got {max_frames!r}")
     with _progress(progress, "encode", started) as (progress, started):
         return _encode_video(input_path, out, model, mode, settings, max_frames, progress, max_input_pixels,
-                             started, device)
+                             started, device, live)
 
 
 def _encode_video(input_path, out: Path, model, mode, settings: EncoderSettings, max_frames: int | None,
                   progress: Progress | None, max_input_pixels: int, started: Started | None,
-                  device: str | None) -> EncodeSummary:
+                  device: str | None, live=None) -> EncodeSummary:
     """``encode_video`` once its arguments are checked."""
     from .io import open_video
 
@@ -438,7 +447,13 @@ def _encode_video(input_path, out: Path, model, mode, settings: EncoderSettings,
             started(min(total, max_frames) if (total and max_frames) else (max_frames or total))
         frames = source.frames(int(loaded.model.config.resolution), max_frames=max_frames)
         t0 = time.perf_counter()
-        s = _write_stream(frames, out, mode.open_encoder(loaded, info.fps, settings), progress, source.timing)
+        if live is not None:
+            from .live import open_live_encoder
+
+            enc = open_live_encoder(loaded, info.fps, live)
+        else:
+            enc = mode.open_encoder(loaded, info.fps, settings)
+        s = _write_stream(frames, out, enc, progress, source.timing)
     seconds = time.perf_counter() - t0
     key_bytes = s.key_image_bytes + s.key_token_bytes
     duration = s.timing.seconds if s.timing is not None else s.frames / float(info.fps)
@@ -446,7 +461,7 @@ def _encode_video(input_path, out: Path, model, mode, settings: EncoderSettings,
                          s.bytes - key_bytes - s.token_bytes - s.base_bytes, s.bytes * 8 / duration / 1000.0,
                          s.key_frames, loaded.name, s.base_bytes, duration,
                          "per-frame" if s.timing is not None else "lost" if s.timing_lost else "constant",
-                         s.scene_cuts, s.unenhanced_frames)
+                         s.scene_cuts, s.unenhanced_frames, getattr(enc, "stats", None) if live is not None else None)
 
 
 def _warn_framing(name: str, info, size: int) -> None:

@@ -161,7 +161,8 @@ class BaseEncoder:
     """
 
     def __init__(self, codec: str, width: int, height: int, fps: Fraction, quality: int, threads: int = 1,
-                 effort: str = DEFAULT_EFFORT, key_size: tuple[int, int] | None = None):
+                 effort: str = DEFAULT_EFFORT, key_size: tuple[int, int] | None = None,
+                 options: dict[str, str] | None = None):
         self.codec = get_base_codec(codec)
         self.quality = self.codec.check_quality(quality)
         self.width, self.height = int(width), int(height)
@@ -179,7 +180,9 @@ class BaseEncoder:
         ctx.time_base = 1 / fps
         ctx.framerate = fps
         ctx.thread_count = max(1, int(threads))
-        options = self.codec.options(self.quality, max(1, int(threads)), effort)
+        # ``options``: the live mode's rate control (``imfcodec.live``) in place of the constant quality
+        if options is None:
+            options = self.codec.options(self.quality, max(1, int(threads)), effort)
         ctx.options = self.codec.intra_base(options) if self.key_size else options
         self._ctx = ctx
         self._pts = 0

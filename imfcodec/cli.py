@@ -280,10 +280,18 @@ def main(ctx: click.Context, debug: bool) -> None:
               help=f"Where the encoder's network runs (token mode: E_T and the token search; hybrid mode: the "
                    f"guard's enhancer): "
                    f"{DEVICE_HELP}. The stream decodes on any device.")
+@click.option("--live", is_flag=True,
+              help="A live call over a link of --link-kbps: every frame's bytes leave the link within --max-delay of "
+                   "its capture (hybrid, chunk 1, key frames sized to the link; imfcodec/live.py).")
+@click.option("--link-kbps", type=click.FloatRange(1, 100_000), default=None,
+              help="--live: the link's capacity in kbit/s.")
+@click.option("--max-delay", type=click.FloatRange(50, 10_000), default=None,
+              help="--live: the delay bound in ms, capture to the last byte through the link, propagation not "
+                   "included [default: 600].")
 @_overwrite_option
 def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality,
            chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, no_guard,
-           intra_base, classic_framing, kbps, device, overwrite):
+           intra_base, classic_framing, kbps, device, live, link_kbps, max_delay, overwrite):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
     from .modes import get_mode
@@ -298,6 +306,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
             raise click.UsageError("--no-scenecut and --scenecut N contradict each other (--scenecut 0 is off)")
         scenecut = 0.0
     source = click.get_current_context().get_parameter_source
+    link = _live_link(live, link_kbps, max_delay, source)
     mode = _mode(mode, {"--hybrid": hybrid, "--kbps": kbps is not None, "--base-codec": base_codec is not None,
                         "--base-scale": base_scale is not None, "--base-quality": base_quality is not None,
                         "--enhancer": enhancer is not None, "--model": model is not None, "--no-guard": no_guard,
@@ -323,13 +332,18 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
     streamed = _note_output(output, input == "-")
     with _Progress("encode") as bar:
         s = encode_video(input, output, model=model, settings=settings, max_frames=frames, progress=bar,
-                         started=bar.start, device=device, overwrite=overwrite)
+                         started=bar.start, device=device, overwrite=overwrite, live=link)
     m = get_mode(settings.mode)  # a mode's other bytes are its own: the other mode's count is 0
     _summary(f"{s.output}: {s.frames} frames, {s.bytes} bytes, {s.kbps:.2f} kbit/s{_target(kbps, s.kbps)} "
              f"(key {s.key_bytes} B, {m.payload} {s.base_bytes + s.token_bytes} B, overhead {s.overhead_bytes} B), "
              f"{len(s.key_frames)} key frame(s){f' ({len(s.scene_cuts)} at scene cuts)' if s.scene_cuts else ''}, "
              + (f"enhancer off for {s.unenhanced_frames} frame(s) where it would hurt, " if s.unenhanced_frames else "")
              + f"{s.fps:.1f} fps, {m.network_label} {s.model}")
+    if s.live is not None:
+        worst = max(s.live.sender_delays_ms(), default=0.0)
+        _summary(f"live: {link.kbps:g} kbit/s link, every frame's bytes through it within {worst:.0f} ms of capture "
+                 f"(bound {link.max_delay_ms:g} ms, at the input's rate), {len(s.live.skipped)} frame(s) skipped, "
+                 f"key quality {', '.join(map(str, s.live.key_qualities))} ({link.reserve_ms:g} ms kept for coding)")
     if s.timing == "lost":
         click.echo(f"warning: the input's frames are not at a constant rate, but a stream written to "
                    f"{streamed or 'a pipe'} is started before that is known: it plays them at the input's "
@@ -341,6 +355,30 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         click.echo(f"warning: --kbps {kbps:g} {'cannot be met' if not kbps_fits else 'was exceeded'}: the stream "
                    f"is {s.kbps:.2f} kbit/s, {abs(s.kbps / kbps - 1) * 100:.0f} % {'above' if above else 'below'} "
                    f"({s.bytes} bytes over {s.duration_s:.2f} s); {why}", err=True)
+
+
+#: the options --live chooses itself (a usage error with it)
+_LIVE_CONFLICTS = ("kbps", "chunk", "base_codec", "base_scale", "base_quality", "key_codec", "key_quality", "keyint",
+                   "no_guard", "mode", "model", "quality", "search_iters", "refresh_below")
+
+
+def _live_link(live: bool, link_kbps: float | None, max_delay: float | None, source):
+    """--live, --link-kbps, --max-delay: the ``LiveLink``, or None without --live; one-line usage errors for a
+    half-given live mode or an option that the live mode chooses itself."""
+    from .live import DEFAULT_MAX_DELAY_MS, LiveLink
+
+    if not live:
+        for name, value in (("--link-kbps", link_kbps), ("--max-delay", max_delay)):
+            if value is not None:
+                raise click.UsageError(f"{name} needs --live")
+        return None
+    if link_kbps is None:
+        raise click.UsageError("--live needs --link-kbps (the link's capacity in kbit/s)")
+    for name in _LIVE_CONFLICTS:
+        if source(name) not in (ParameterSource.DEFAULT, None):
+            raise click.UsageError(f"--{name.replace('_', '-')} cannot be used with --live, which chooses it itself "
+                                   f"(imfcodec/live.py)")
+    return LiveLink(link_kbps, DEFAULT_MAX_DELAY_MS if max_delay is None else max_delay)
 
 
 RATE_TOLERANCE = 0.05  # --kbps: a stream more than this much above the request is reported
