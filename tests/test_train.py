@@ -641,5 +641,8 @@ def test_recurrent_enhancer_trains_on_unrolled_sequences_from_a_single_frame_one
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 3 and float(state["model"]["mem_in.weight"].abs().sum()) > 0  # the memory trains
     assert load_model(str(out / "model.safetensors")).name == "enh-tiny-rec"
+    cut = hybrid.first_frames(v.coded["val"][0], 3)  # --train-frames: copies, so the full clip can be freed
+    assert len(cut.frames) == 3 and not np.shares_memory(cut.frames, v.coded["val"][0].frames)
+    assert all(len(b) == 3 and not np.shares_memory(b, v.coded["val"][0].bases[p]) for p, b in cut.bases.items())
     for bad in (["--model", "enh-tiny-rec", "--unroll", "1"], ["--model", "enh-tiny", "--unroll", "3"]):
         assert hybrid.main(["--data", str(videos), "--out", str(tmp_path / "bad"), *bad]) == 1
