@@ -488,9 +488,13 @@ class EnhancerTrainer(Run):
         for group, paths in (("val", val_paths), ("train", train_paths)):
             clips = load_clips(paths, self.size, cfg.max_frames, cache)
             t0 = time.perf_counter()
-            self.coded[group] = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
-            if group == "train" and cfg.train_frames > 0:
-                self.coded[group] = [first_frames(c, cfg.train_frames) for c in self.coded[group]]
+            cut = cfg.train_frames if group == "train" else 0
+            self.coded[group] = []
+            for i, name in enumerate(clips.names):  # (cut one by one, the full clip freed at once: peak memory)
+                coded = code_clip(name, clips.frames[i], cache)
+                if cut > 0:
+                    coded, clips.frames[i] = first_frames(coded, cut), None
+                self.coded[group].append(coded)
             if self.side is not None:
                 for c in self.coded[group]:
                     c.side = self.side(c)
