@@ -15,6 +15,9 @@
    the same point. The single-frame enhancer has no state, so its PSNR on a frame does not depend on when it is
    shown: the recurrent one's PSNR minus the single-frame one's on the same frames, first 1,000 against last
    1,000, is the drift. The memory's size is checked to stay the same, and the peak RSS is reported.
+4. Same streams (``--streams CLIP|DIR ...``, e.g. the test clips: measured, never tuned on): each clip encoded once at
+   ``imfcodec encode``'s defaults with the single-frame enhancer (its guard), then decoded with each enhancer
+   (``decode --enhancer``) and with none; mean PSNR of the decoded frames per clip (``--stream-frames`` each).
 """
 
 from __future__ import annotations
@@ -80,6 +83,28 @@ def recovery_frames(clean: np.ndarray, reset: np.ndarray, at: int, tol: float = 
     return 0 if len(far) == 0 else int(far[-1]) + 1
 
 
+def same_streams(paths: dict[str, "Path"], single, rec, frames: int, tmp) -> list[tuple[str, float, float, float]]:
+    """Per clip: (name, PSNR with no enhancer, with ``single``, with ``rec``) of one stream made with ``single``."""
+    from fractions import Fraction
+
+    from imfcodec.api import encode_frames_to_file, iter_decoded
+    from imfcodec.io import read_frames
+    from imfcodec.metrics import psnr
+
+    size = single.model.config.resolution
+    rows = []
+    for name, path in paths.items():
+        src = np.stack(list(read_frames(path, size, frames)))
+        stream = tmp / f"{name}.imf"
+        encode_frames_to_file(src, stream, fps=Fraction(25), model=single)
+        got = []
+        for kw in ({"model": single, "enhance": False}, {"model": single}, {"enhancer": rec}):
+            out = np.stack([f for _, fs in iter_decoded(stream, **kw) for f in fs])
+            got.append(float(np.mean(psnr(out, src, reduction="none"))))
+        rows.append((name, *got))
+    return rows
+
+
 def ping_pong(length: int, n: int) -> list[int]:
     """Frame indices 1, 2, .., length-1, length-2, .., 1, 2, .. (n of them): a long clip without cuts."""
     cycle = list(range(1, length)) + list(range(length - 2, 1, -1))
@@ -94,13 +119,15 @@ def ping_pong(length: int, n: int) -> list[int]:
 @click.option("--key-quality", type=int, default=16, show_default=True)
 @click.option("--point", default="vp9,2,6", show_default=True, help="operating point of the cache (codec,factor,q)")
 @click.option("--at", type=int, default=20, show_default=True, help="recovery: frame of the b record")
-@click.option("--horizon", type=int, default=60, show_default=True, help="recovery: frames followed after it")
+@click.option("--horizon", type=int, default=60, show_default=True, help="recovery: frames followed after it (0: no recovery run)")
 @click.option("--drift-frames", type=int, default=10000, show_default=True, help="0: no drift run")
 @click.option("--skip-validate", is_flag=True, help="only recovery and drift")
+@click.option("--streams", multiple=True, help="clips or folders for the same-streams table (repeatable)")
+@click.option("--stream-frames", type=int, default=250, show_default=True)
 @threads_option()
 @out_option("recurrent.md")
 def command(enhancer, against, data, val_clips, cache_dir, key_quality, point, at, horizon, drift_frames,
-            skip_validate, threads, out):
+            skip_validate, streams, stream_frames, threads, out):
     import torch
 
     from imfcodec.modes.hybrid import is_recurrent, load_enhancer
@@ -136,20 +163,20 @@ def command(enhancer, against, data, val_clips, cache_dir, key_quality, point, a
                          f"{d:+.2f} |")
         lines += ["", "Per source (mean change over its held-out clips): " +
                   ", ".join(f"{s} {np.mean(d):+.2f}" for s, d in sorted(by_source.items())), ""]
-    # recovery after a b record
-    rows = []
-    for c in coded:
-        n = min(len(c.frames) - 1, at + horizon + 1)
-        order = list(range(1, n + 1))
-        clean = sequence_psnr(models["rec"], c, point, key_quality, order)
-        reset = sequence_psnr(models["rec"], c, point, key_quality, order, reset_at=at)
-        rows.append((c.name, recovery_frames(clean, reset, at), float(np.mean(reset[at + 1:] - clean[at + 1:]))))
-    lines += [f"## Recovery after a `b` record at frame {at} ({'/'.join(map(str, point))}, key quality {key_quality})",
-              "", "Frames after it until every later frame is within 0.1 dB of the uninterrupted decode (to frame "
-              f"{at + horizon}), and the mean change over those frames:", "",
-              "| clip | frames | mean change |", "|---|---|---|",
-              *(f"| {n} | {f} | {d:+.3f} dB |" for n, f, d in rows),
-              f"| **most** | **{max(r[1] for r in rows)}** | |", ""]
+    if horizon > 0:  # recovery after a b record
+        rows = []
+        for c in coded:
+            n = min(len(c.frames) - 1, at + horizon + 1)
+            order = list(range(1, n + 1))
+            clean = sequence_psnr(models["rec"], c, point, key_quality, order)
+            reset = sequence_psnr(models["rec"], c, point, key_quality, order, reset_at=at - 1)  # order[at-1] = at
+            rows.append((c.name, recovery_frames(clean, reset, at - 1), float(np.mean(reset[at:] - clean[at:]))))
+        lines += [f"## Recovery after a `b` record at frame {at} ({'/'.join(map(str, point))}, key quality {key_quality})",
+                  "", "Frames after it until every later frame is within 0.1 dB of the uninterrupted decode (to frame "
+                  f"{at + horizon}), and the mean change over those frames:", "",
+                  "| clip | frames | mean change |", "|---|---|---|",
+                  *(f"| {n} | {f} | {d:+.3f} dB |" for n, f, d in rows),
+                  f"| **most** | **{max(r[1] for r in rows)}** | |", ""]
     if drift_frames:
         c = coded[0]
         order = ping_pong(len(c.frames), drift_frames)
@@ -165,6 +192,21 @@ def command(enhancer, against, data, val_clips, cache_dir, key_quality, point, a
                   f"{d[-k:].mean():+.3f} dB (change **{d[-k:].mean() - d[:k].mean():+.3f} dB**); PSNR first {k} "
                   f"{p[:k].mean():.2f}, last {k} {p[-k:].mean():.2f} dB. Peak RSS {rss0 / 1024:.0f} MiB before the run, "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB after.", ""]
+    if streams:
+        import tempfile
+        from pathlib import Path
+
+        from .harness import find_clips
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = same_streams(find_clips(streams, option="--streams"), single, rec, stream_frames, Path(tmp))
+        a = np.array([r[1:] for r in rows])
+        lines += [f"## Same streams: {len(rows)} clips at `imfcodec encode`'s defaults made with {single.name}, "
+                  f"decoded three ways (first {stream_frames} frames)", "",
+                  f"| clip | no enhancer | {single.name} | {rec.name} | change |", "|---|---|---|---|---|",
+                  *(f"| {n} | {b:.2f} | {w:.2f} | {r:.2f} | {r - w:+.2f} |" for n, b, w, r in rows),
+                  f"| **mean** | {a[:, 0].mean():.2f} | {a[:, 1].mean():.2f} | {a[:, 2].mean():.2f} | "
+                  f"**{a[:, 2].mean() - a[:, 1].mean():+.2f}** |", ""]
     text = "\n".join(lines)
     print(text)
     write_result(out, "recurrent.md", text)
