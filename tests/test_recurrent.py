@@ -184,6 +184,17 @@ def _encode(loaded, frames, tmp_path, name="s.imf", hurt_at=(), **kw):
     return path, probes
 
 
+def _with_enhance(path, enhance) -> bytes:
+    """The stream at ``path`` with each base packet's enhancer switch set to ``enhance(packet)``."""
+    header, packets = read_stream(path.read_bytes())
+    buf = io.BytesIO()
+    writer = StreamWriter(buf, header)
+    for p in packets[:-1]:
+        writer.write(dataclasses.replace(p, enhance=enhance(p)) if isinstance(p, BasePacket) else p)
+    writer.close(packets[-1])
+    return buf.getvalue()
+
+
 def _frames(path, loaded, **kw):
     return [f for _, out in iter_decoded(path, model=loaded, **kw) for f in out]
 
@@ -207,13 +218,7 @@ def test_the_encoders_mirror_is_the_decoder(live_rec, tmp_path):
             assert np.array_equal(f, out[first + i]), (first, i)
     # the b record changed what follows it: the memory held the upscaled base, not the enhanced frame (the same
     # bytes with the record enhanced for the reference: x265 does not code a clip to the same bytes every run)
-    header, packets = read_stream(path.read_bytes())
-    buf = io.BytesIO()
-    writer = StreamWriter(buf, header)
-    for p in packets[:-1]:
-        writer.write(dataclasses.replace(p, enhance=True) if isinstance(p, BasePacket) else p)
-    writer.close(packets[-1])
-    ref = _frames(buf.getvalue(), live_rec)
+    ref = _frames(_with_enhance(path, lambda p: True), live_rec)
     assert not np.array_equal(ref[3], out[3])
     assert all(np.array_equal(x, y) for x, y in zip(ref[6:], out[6:]))  # frame 6: a key frame resets the memory
 
@@ -261,3 +266,18 @@ def test_the_same_stream_decodes_with_either_enhancer(pair, tmp_path):
         decoder_enhancer(StreamHeader(model="imf-tiny", weights_hash=bytes(16), width=64, height=64, fps_num=25,
                                       fps_den=1, frames=0, key_codec="png", key_quality=0, quality=0, chunk=1,
                                       token_dim=4, scale_indexes=(0,) * 4), "random:enh-tiny-rec")
+
+
+def test_a_scene_cut_resets_the_memory(live_rec, tmp_path):
+    """A scene cut is a key frame, so the memory restarts there: whatever the frames before it left in the memory
+    (here: all shown without the enhancer, so the memory held upscaled bases), the frames from the cut on are the
+    same; before the cut they differ."""
+    from helpers import two_scene_frames
+
+    path, _ = _encode(live_rec, np.stack(two_scene_frames(6, 6)), tmp_path, keyint=0, scenecut=10)
+    header, packets = read_stream(path.read_bytes())
+    assert [p.frame for p in packets if type(p).__name__ == "KeyPacket"] == [0, 6]
+    a = _frames(path, live_rec)
+    b = _frames(_with_enhance(path, lambda p: p.frame >= 6), live_rec)
+    assert not np.array_equal(a[4], b[4])
+    assert all(np.array_equal(x, y) for x, y in zip(a[6:], b[6:]))
