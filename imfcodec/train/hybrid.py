@@ -387,6 +387,7 @@ class EnhancerConfig(RunConfig):
     val_frames: int = 0                   # > 0: validate within the first N frames after the key (recurrent: cheaper)
     train_frames: int = 0                 # > 0: training clips keep their first N frames once coded (memory)
     unroll: int = 1                       # frames per training sequence (a recurrent enhancer needs >= 2)
+    first_val: bool = True                # validate at step 0 (a warm start's is its init's: skip it to save time)
     # schedule and loss
     batch_size: int = 8                   # global batch (split over DDP ranks)
     steps: int = 20000
@@ -511,7 +512,7 @@ class EnhancerTrainer(Run):
             {"model": self.model.config.to_dict(), "steps": cfg.steps, "batch": cfg.batch_size, "lr": cfg.lr,
              "w_ms_ssim": cfg.w_ms_ssim, "ema": cfg.ema, "base_points": BASE_POINTS,
              "key_qualities": KEY_QUALITIES, "key_codec": KEY_CODEC, "config": cfg.to_dict()}, indent=1))
-        if self.step == 0:
+        if self.step == 0 and cfg.first_val:
             v = self.validate()
             self.history.append({"step": 0, **v})
             log.info("step 0: val enhancer %.2f dB, bicubic base %.2f dB", v["psnr_enh"], v["psnr_base"])
@@ -639,6 +640,8 @@ _D = EnhancerConfig()
 @click.option("--train-frames", type=int, default=_D.train_frames, show_default=True,
               help="> 0: training clips keep only their first N frames once coded (less memory; the cache is "
                    "unchanged)")
+@click.option("--first-val/--no-first-val", default=_D.first_val, show_default=True,
+              help="validate at step 0 (warm-started from a single-frame enhancer, a recurrent one validates as it)")
 @click.option("--unroll", type=int, default=_D.unroll, show_default=True,
               help="recurrent enhancers: frames per training sequence (truncated back-propagation through them)")
 @click.option("--cache-dir", default=_D.cache_dir, show_default=True)
