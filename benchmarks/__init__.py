@@ -29,6 +29,7 @@ ENTRY_POINTS = {
     "key_value": "what the hybrid key frame is worth; residual keys (held-out training clips)",
     "base_presets": "the hybrid --preset: base-encoder effort against BD-rate and speed (held-out training clips)",
     "enhancer_sweep": "enhancer variants trained alike and compared (held-out training clips)",
+    "recurrent": "the recurrent enhancer against a single-frame one: quality, recovery, drift (held-out training clips)",
     "keyframes": "the scene-cut threshold and --refresh-below (training clips)",
     "model_speed": "network and codec speed per config, per stage and per preset, beside x265",
     "memory": "peak RSS and imported modules of imfcodec decode/info in fresh processes",

@@ -385,10 +385,11 @@ def default_hybrid(chunk: int):
     return hybrid_defaults(chunk=chunk).validated()
 
 
-def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[str]:
+def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float, others: tuple[str, ...] = ()) -> list[str]:
     """Whole-stream decoding of the hybrid mode with the shipped enhancer at the default point (``default_hybrid``)
     at chunk 1 and 5, with and without the enhancer, beside x265 decoding the same frames at full size, timed
-    in turns."""
+    in turns; ``others`` (``--enhancer``): more enhancers decoding the same streams (``decode --enhancer``), in
+    the same turns."""
     import numpy as np
 
     from benchmarks.anchors import ANCHORS, decode_file, encode_decode
@@ -410,15 +411,17 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
         encode_decode(ANCHORS["x265"], 51, np.stack(frames), Fraction(25), threads=threads, mp4_path=mp4)
         mp4_bytes = mp4.read_bytes()
 
-    def run(chunk: int, enhance: bool, kernels: str = "fast"):
+    extra = {spec: load_enhancer(spec) for spec in others}
+
+    def run(chunk: int, enhance: bool, kernels: str = "fast", net=model):
         def go():
             header, packets = streams[chunk]
-            model.kernels = kernels
+            net.kernels = kernels
             try:
-                dec = HybridDecoder(model, header, enhance=enhance)
+                dec = HybridDecoder(net, header, enhance=enhance)
                 assert sum(len(dec.decode(p)) for p in packets) == n_frames
             finally:
-                model.kernels = "fast"
+                net.kernels = "fast"
         return go
 
     fns = {("x265", 0): lambda: decode_file(io.BytesIO(mp4_bytes), n_frames, size, size, threads=threads)}
@@ -426,6 +429,8 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
         for enhance in (True, False):
             fns[(enhance, chunk)] = run(chunk, enhance)
         fns[("reference", chunk)] = run(chunk, True, "reference")
+        for spec, other in extra.items():
+            fns[(spec, chunk)] = run(chunk, True, net=other.model.eval())
     fps = {k: n_frames / s for k, s in in_turns(fns, rounds).items()}
     x265_fps = fps[("x265", 0)]
     st = default_hybrid(5)
@@ -436,6 +441,8 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
              "| decoder | chunk 1 fps | chunk 5 fps | chunk 1 / x265 | chunk 5 / x265 |", "|---|---|---|---|---|"]
     for enhance, label in ((True, "imfcodec (hybrid), fast kernels"),
                            ("reference", "imfcodec (hybrid), reference kernels (`IMFCODEC_KERNELS=reference`)"),
+                           *((spec, f"imfcodec (hybrid), decode --enhancer {spec} ({other.name}), fast kernels")
+                             for spec, other in extra.items()),
                            (False, "imfcodec (hybrid), decode --no-enhance")):
         f1, f5 = fps[(enhance, 1)], fps[(enhance, 5)]
         lines.append(f"| {label} | {f1:.1f} | {f5:.1f} | {f1 / x265_fps:.3f} | {f5 / x265_fps:.3f} |")
@@ -644,6 +651,9 @@ def preset_table(threads: int, n_frames: int, rounds: int, peak: float) -> list[
 @click.option("--shipped/--no-shipped", default=True, help="the shipped-model decoding sections (needs its weights)")
 @click.option("--presets/--no-presets", default=True, help="the encoder-per-preset section")
 @click.option("--hybrid/--no-hybrid", default=True, help="the hybrid mode's decoding section (needs the shipped enhancer)")
+@click.option("--enhancer", "enhancers", multiple=True,
+              help="hybrid section: also decode its streams with this enhancer (repeatable; name, .safetensors or "
+                   "random:NAME), in the same turns")
 @click.option("--clip-frames", type=int, default=50, help="frames of the demo clip decoded per round")
 @click.option("--encode-frames", type=int, default=10, help="frames encoded per preset and round")
 @click.option("--rounds", type=int, default=5, help="rounds of the in-turns timings")
@@ -666,7 +676,7 @@ def command(**params) -> int:
     if args.shipped:
         lines += [*shipped_tables(args.threads, args.clip_frames, args.rounds, peak), ""]
     if args.hybrid:
-        lines += [*hybrid_table(args.threads, args.clip_frames, args.rounds, peak), ""]
+        lines += [*hybrid_table(args.threads, args.clip_frames, args.rounds, peak, tuple(args.enhancers)), ""]
     if args.presets:
         lines += [*preset_table(args.threads, args.encode_frames, max(2, args.rounds // 2), peak), ""]
     end = matmul_peak(args.threads)

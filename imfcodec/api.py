@@ -511,9 +511,9 @@ def _open_source(source: Source) -> Iterator:
 
 
 def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits, conceal: bool,
-                    enhance: bool = True, device: str | None = None):
+                    enhance: bool = True, device: str | None = None, enhancer: str | LoadedModel | None = None):
     """(reader, decoder) for the stream in ``f``: its header read and checked, the model (token model or
-    enhancer) found."""
+    enhancer) found; ``enhancer`` replaces a hybrid stream's own (``decoder_enhancer``)."""
     if not _seekable(f):  # a live stream (a pipe): load torch while its first bytes are on their way
         from .modes import common  # noqa: F401
     try:
@@ -524,12 +524,30 @@ def _start_decoding(f: BinaryIO, model: str | LoadedModel | None, limits: Limits
     from .zoo import LoadedModel, check_stream_model, resolve_stream_model
 
     h = reader.header
-    if isinstance(model, LoadedModel):
+    if enhancer is not None:
+        loaded = decoder_enhancer(h, enhancer, model)
+    elif isinstance(model, LoadedModel):
         check_stream_model(model, h.model, h.weights_hash)
         loaded = model
     else:
         loaded = resolve_stream_model(h.model, h.weights_hash, model)
     return reader, _decoder(_on_device(loaded, _device(device)), h, enhance)
+
+
+def decoder_enhancer(header, enhancer: str | LoadedModel, model: str | LoadedModel | None = None) -> LoadedModel:
+    """The enhancer a hybrid stream is decoded with instead of the one its header names (``--enhancer`` at
+    decode): the key images and the base layer do not depend on the enhancer, so any enhancer at the stream's
+    resolution decodes it (a recurrent one, or the single-frame one, on the same bytes). The ``b`` records keep
+    their meaning: the encoder's guard decided them with the header's enhancer. InputError for a token stream
+    or with ``--model`` too."""
+    from .modes.hybrid import load_enhancer
+    from .zoo import LoadedModel
+
+    if not header.hybrid:
+        raise InputError("--enhancer is for hybrid streams; this one has tokens (its model is --model)")
+    if model is not None:
+        raise InputError("--model and --enhancer both name the decoder's network: pass one")
+    return enhancer if isinstance(enhancer, LoadedModel) else load_enhancer(enhancer)
 
 
 def _seekable(f) -> bool:
@@ -570,7 +588,8 @@ def _decoding(reader, dec, conceal: bool, clock: Clock | None = None) -> Iterato
 
 
 def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limits: Limits | None = None,
-                 conceal: bool = False, enhance: bool = True, device: str | None = None) -> Iterator:
+                 conceal: bool = False, enhance: bool = True, device: str | None = None,
+                 enhancer: str | LoadedModel | None = None) -> Iterator:
     """Yield (decoder, frames) as packets are decoded; ``source`` is a path (``-``: standard input),
     bytes or a binary file, read as it arrives.
 
@@ -581,10 +600,11 @@ def iter_decoded(source: Source, *, model: str | LoadedModel | None = None, limi
     size in the stream. A hybrid stream (version 2, with a base layer) is decoded by
     ``modes.hybrid.HybridDecoder``; ``enhance=False`` outputs its upscaled base frames instead of the enhanced
     ones (InputError for a token stream). ``device``: where the decoder's networks run, as in
-    ``decode_stream``.
+    ``decode_stream``; ``enhancer``: decode a hybrid stream with this enhancer instead of its own
+    (``decoder_enhancer``).
     """
     with _open_source(source) as f:
-        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device)
+        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device, enhancer)
         yield from _decoding(reader, dec, conceal)
 
 
@@ -599,7 +619,7 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
                   model: str | LoadedModel | None = None, progress: Progress | None = None,
                   limits: Limits | None = None, conceal: bool = False, started: Started | None = None,
                   format: str | None = None, enhance: bool = True, device: str | None = None,
-                  overwrite: bool = False) -> DecodeSummary:
+                  overwrite: bool = False, enhancer: str | LoadedModel | None = None) -> DecodeSummary:
     """Decode an .imf stream to .mp4 / .mkv / .y4m / a folder of PNGs (chosen by the output name, or
     ``format``: ``io.FORMATS``).
 
@@ -638,18 +658,20 @@ def decode_stream(input_path: str | os.PathLike, output_path: str | os.PathLike 
 
         check_device(device)  # a misspelt device is refused before the input is read
     with _progress(progress, "decode", started) as (progress, started):
-        return _decode_stream(input_path, out, model, progress, limits, conceal, started, format, enhance, device)
+        return _decode_stream(input_path, out, model, progress, limits, conceal, started, format, enhance, device,
+                              enhancer)
 
 
 def _decode_stream(input_path, out: Path, model, progress: Progress | None, limits: Limits | None, conceal: bool,
-                   started: Started | None, format: str | None, enhance: bool, device: str | None) -> DecodeSummary:
+                   started: Started | None, format: str | None, enhance: bool, device: str | None,
+                   enhancer: str | LoadedModel | None = None) -> DecodeSummary:
     """``decode_stream`` once its arguments are checked."""
     from .io import VideoWriter
 
     name = "stdin" if os.fspath(input_path) == STDIO else os.fspath(input_path)
     t0 = time.perf_counter()
     with _open_source(input_path) as f:
-        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device)
+        reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device, enhancer)
         header = reader.header
         if started is not None:
             started(header.frames or None)

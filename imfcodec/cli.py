@@ -593,12 +593,16 @@ def run() -> None:
 @click.option("--no-enhance", is_flag=True,
               help="Hybrid streams: output the bicubic upscale of the base layer instead of the enhanced frames "
                    "(key frames unchanged), to see what the enhancer adds.")
+@click.option("--enhancer", default=None,
+              help="Hybrid streams: decode with this enhancer instead of the stream's own (a name with shipped "
+                   "weights, a .safetensors file, or random:NAME): the same bytes decode with any enhancer of "
+                   "the stream's size, e.g. enh-rec (recurrent) or enh-wide.")
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True,
               help=f"Where the decoder's networks run: {DEVICE_HELP}. Entropy decoding is the same on all.")
 @_limit_options
 @_overwrite_option
-def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance, device,
-           overwrite):
+def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames, max_packet, no_enhance, enhancer,
+           device, overwrite):
     """Decode an .imf stream (a file, or - for stdin; recognised by its magic, whatever the extension)."""
     from .api import decode_stream
     from .errors import CorruptStreamError
@@ -611,7 +615,7 @@ def decode(input, output, fmt, model, conceal, max_width, max_height, max_frames
         with _Progress("decode") as bar:
             s = decode_stream(input, output, model=model, progress=bar, started=bar.start, limits=limits,
                               conceal=conceal, format=fmt, enhance=not no_enhance, device=device,
-                              overwrite=overwrite)
+                              overwrite=overwrite, enhancer=enhancer)
     except CorruptStreamError as e:
         written = (f"the frames before it went to {streamed}" if streamed else "nothing was written")
         hint = "" if conceal or e.where == "header" else " (--conceal decodes past damaged packets)"

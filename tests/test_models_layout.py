@@ -83,7 +83,7 @@ def test_light_imports_of_the_models_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ("False (['imf-base', 'imf-paper', 'imf-small', 'imf-small-v2', 'imf-tiny'], "
-                                  "['enh-small', 'enh-tiny', 'enh-wide']) True")
+                                  "['enh-rec', 'enh-small', 'enh-tiny', 'enh-tiny-rec', 'enh-wide']) True")
 
 
 def test_the_moved_names_are_still_importable_from_imf():

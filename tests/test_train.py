@@ -493,6 +493,25 @@ def test_enhancer_training_caches_resumes_and_exports(videos, tmp_path):
     assert load_model(str(out / "model.safetensors")).weights_hash != first.weights_hash
 
 
+def test_enhancer_training_draws_the_intra_base_route(videos, tmp_path):
+    """--intra-share: the clips are also coded by the AV1 base carrying the key picture (a cache of their own,
+    beside the base points'), batches mix the two routes, and validation reports the intra-base route apart."""
+    from imfcodec.train import hybrid
+    from imfcodec.train.checkpoint import load_checkpoint
+
+    out, cache = tmp_path / "enh", tmp_path / "cache"
+    assert hybrid.main(["--data", str(videos), "--out", str(out), "--model", "enh-tiny", "--cache-dir", str(cache),
+                        "--batch-size", "4", "--threads", "1", "--max-frames", "6", "--steps", "2",
+                        "--intra-share", "0.5"]) == 0
+    intra = sorted(cache.rglob("*-intra-*.npz"))
+    assert len(intra) == N_CLIPS
+    with np.load(intra[0]) as z:
+        assert z["key_base_av1_2_8"].shape == (64, 64, 3) and z["base_av1_2_8"].shape[1:] == (32, 32, 3)
+    first = json.loads(load_checkpoint(out / "last.pt")["history"])[0]
+    assert first["intra/enh"] == first["intra/base"]  # zero-initialised: exactly the bicubic base at step 0
+    assert {f"intra_base_av1_2_{q}/enh" for q in (2, 8, 14)} <= set(first)
+
+
 def test_enhancer_training_refuses_test_folder(videos, tmp_path, capsys):
     from imfcodec.train import hybrid
 
@@ -605,3 +624,44 @@ def test_enhancer_config_and_command_line_agree(capsys):
     assert EnhancerConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(InputError, match="unknown training config keys: nope"):
         cfg.replace(nope=1)
+
+
+def test_recurrent_enhancer_trains_on_unrolled_sequences_from_a_single_frame_one(videos, tmp_path):
+    """--unroll N: a recurrent enhancer warm-started from a single-frame enhancer's weights validates exactly as
+    that enhancer at step 0 (same frames; it runs through every frame before them), trains on sequences of N
+    frames, resumes from last.pt and exports a file that names its registry config; --unroll is refused where it
+    means nothing."""
+    import torch
+
+    from imfcodec.models import create_model
+    from imfcodec.train import hybrid
+    from imfcodec.zoo import load_model, save_weights
+
+    plain = create_model("enh-tiny")
+    with torch.no_grad():
+        plain.head.weight.normal_(0, 0.05)  # a trained-looking single-frame enhancer
+    save_weights(plain, tmp_path / "plain.safetensors", fp16=False)
+    out, cache = tmp_path / "rec", str(tmp_path / "cache")
+    args = ["--data", str(videos), "--out", str(out), "--model", "enh-tiny-rec", "--cache-dir", cache,
+            "--batch-size", "2", "--val-every", "2", "--ckpt-every", "1", "--threads", "1", "--max-frames", "8",
+            "--init-from", str(tmp_path / "plain.safetensors"), "--unroll", "3"]
+    assert hybrid.main([*args, "--steps", "2"]) == 0
+    from imfcodec.train.checkpoint import load_checkpoint
+
+    history = json.loads(load_checkpoint(out / "last.pt")["history"])
+    single = load_model(str(tmp_path / "plain.safetensors")).model
+    v = hybrid.EnhancerTrainer(hybrid.EnhancerConfig(data=[str(videos)], out=str(tmp_path / "x"), model="enh-tiny",
+                                                     max_frames=8, cache_dir=cache, threads=1), model=single)
+    v.prepare_data()
+    ref = hybrid.validate(single, v.coded["val"])
+    # (batched otherwise: 12 points of a frame against 6 frames of a point, so equal up to float rounding)
+    assert history[0]["step"] == 0 and abs(history[0]["psnr_enh"] - ref["psnr_enh"]) < 1e-4 and abs(ref["gain"]) > 0.01
+    assert hybrid.main([*args, "--steps", "3"]) == 0
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] == 3 and float(state["model"]["mem_in.weight"].abs().sum()) > 0  # the memory trains
+    assert load_model(str(out / "model.safetensors")).name == "enh-tiny-rec"
+    cut = hybrid.first_frames(v.coded["val"][0], 3)  # --train-frames: copies, so the full clip can be freed
+    assert len(cut.frames) == 3 and not np.shares_memory(cut.frames, v.coded["val"][0].frames)
+    assert all(len(b) == 3 and not np.shares_memory(b, v.coded["val"][0].bases[p]) for p, b in cut.bases.items())
+    for bad in (["--model", "enh-tiny-rec", "--unroll", "1"], ["--model", "enh-tiny", "--unroll", "3"]):
+        assert hybrid.main(["--data", str(videos), "--out", str(tmp_path / "bad"), *bad]) == 1

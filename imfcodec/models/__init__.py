@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from imfcodec.models.discriminator import Discriminator
     from imfcodec.models.enhancer import Enhancer, KeyState, upscale
     from imfcodec.models.imf import IMF, RefState
+    from imfcodec.models.recurrent import RecurrentEnhancer, RecurrentState
     from imfcodec.models.registry import (
         build_model,
         count_parameters,
@@ -38,6 +39,8 @@ _HOMES = {
     "Enhancer": "enhancer",
     "EnhancerConfig": "config",
     "KeyState": "enhancer",
+    "RecurrentEnhancer": "recurrent",
+    "RecurrentState": "recurrent",
     "upscale": "enhancer",
     "build_model": "registry",
     "count_parameters": "registry",

@@ -135,6 +135,7 @@ class EnhancerConfig:
     pos_freqs: int = 6
     fuse_width: int = 48
     fuse_blocks: int = 3
+    recurrent: bool = False  # the previous shown frame as a second memory (models.recurrent)
 
     kind = "enhancer"  # what zoo.load_weights builds from a file's metadata (not a field)
 

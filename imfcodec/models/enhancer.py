@@ -86,6 +86,12 @@ class _Features(nn.Module):
         return h, self.m_fine(h), (self.coarse(h) if self.coarse is not None else None)
 
 
+def fine_values(picture: Tensor, picture_base: Tensor) -> Tensor:
+    """The values a reference offers at R/4: its pixels and its detail over its upscaled base frame, as 4x4
+    patches ([B, 96, H/4, W/4])."""
+    return torch.cat([F.pixel_unshuffle(picture, FINE), F.pixel_unshuffle(picture - picture_base, FINE)], 1)
+
+
 @dataclass
 class KeyState:
     """What the decoder caches per key frame: attention keys/values at each scale."""
@@ -126,22 +132,32 @@ class Enhancer(nn.Module):
 
     def prepare_key(self, key: Tensor, key_base: Tensor) -> KeyState:
         """Key frame [1,3,H,W] and its upscaled base frame (same size), both in [0, 1]."""
+        return self._prepare_key(key, key_base)[0]
+
+    def _prepare_key(self, key: Tensor, key_base: Tensor) -> tuple[KeyState, Tensor, Tensor]:
+        """``prepare_key``'s state plus the fine attention features of ``key_base`` and the fine values
+        (``fine_values``): what a recurrent enhancer's memory starts from, without computing them twice."""
         self._check(key, "key frame")
         if key_base.shape != key.shape:
             raise InputError(f"key base {list(key_base.shape)} differs from key frame {list(key.shape)}")
         _, m_fine, m_coarse = self.features(key_base)
-        detail = key - key_base
-        v_fine = torch.cat([F.pixel_unshuffle(key, FINE), F.pixel_unshuffle(detail, FINE)], 1)
+        v_fine = fine_values(key, key_base)
         fine = self.align_fine.prepare(m_fine, v_fine)
         coarse = None
         if self.align_coarse is not None:
-            coarse = self.align_coarse.prepare(m_coarse, F.pixel_unshuffle(detail, COARSE))
-        return KeyState(fine, coarse, (int(key.shape[-2]), int(key.shape[-1])))
+            coarse = self.align_coarse.prepare(m_coarse, F.pixel_unshuffle(key - key_base, COARSE))
+        return KeyState(fine, coarse, (int(key.shape[-2]), int(key.shape[-1]))), m_fine, v_fine
 
     def enhance(self, state: KeyState, base: Tensor, extra: Sequence[Tensor] = ()) -> Tensor:
         """Upscaled base frames [B,3,H,W] in [0, 1] -> enhanced frames, same shape. Training passes the
         result through a straight-through clamp; at inference it is clamped to [0, 1]. ``extra``: more
         fusion inputs at R/4, for variants whose ``fuse_in`` takes them (benchmarks.enhancer_sweep)."""
+        base, _, fused = self._fused(state, base, extra)
+        return self._output(base, self.fuse(F.leaky_relu(fused, 0.2)))
+
+    def _fused(self, state: KeyState, base: Tensor, extra: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor, Tensor]:
+        """(base, in the layout the kernels want; its fine attention features; the fusion's input before its
+        activation, ``fuse_in`` of the base features, pixels and what the key's alignments gathered)."""
         self._check(base, "base frame")
         if tuple(base.shape[-2:]) != state.size:
             raise InputError(f"base frames are {tuple(base.shape[-2:])}, the key frame {state.size}")
@@ -154,7 +170,11 @@ class Enhancer(nn.Module):
         if self.align_coarse is not None:
             coarse = self.align_coarse.attend(m_coarse, *state.coarse, fast=fast)
             parts.append(F.pixel_shuffle(coarse, COARSE // FINE))
-        x = self.fuse(F.leaky_relu(self.fuse_in(torch.cat([*parts, *extra], 1)), 0.2))
+        return base, m_fine, self.fuse_in(torch.cat([*parts, *extra], 1))
+
+    def _output(self, base: Tensor, x: Tensor) -> Tensor:
+        """The fused features ``x`` as a residual over ``base``: straight-through clamp in training, clamped
+        at inference."""
         out = base + F.pixel_shuffle(self.head(F.leaky_relu(x, 0.2)), FINE)
         if self.training:
             return out + (out.clamp(0, 1) - out).detach()

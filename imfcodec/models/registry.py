@@ -55,6 +55,10 @@ def get_config(name: str) -> ModelConfig:
 def build_model(cfg: ModelConfig) -> IMF | Enhancer:
     """The (untrained) module a config describes; imports only that network's module."""
     if isinstance(cfg, EnhancerConfig):
+        if cfg.recurrent:
+            from imfcodec.models.recurrent import RecurrentEnhancer
+
+            return RecurrentEnhancer(cfg)
         from imfcodec.models.enhancer import Enhancer
 
         return Enhancer(cfg)
@@ -247,3 +251,16 @@ def _enh_tiny() -> EnhancerConfig:
     """64x64 test enhancer."""
     return EnhancerConfig(name="enh-tiny", resolution=64, widths=(8, 16), m_fine=8, m_coarse=8, window=5,
                           pos_freqs=2, fuse_width=16, fuse_blocks=1)
+
+
+@register_model("enh-rec")
+def _enh_rec() -> EnhancerConfig:
+    """enh-wide plus a recurrent memory (``models.recurrent``, issue 23): the previous shown frame, aligned at
+    R/4 beside the key frame; warm-started from enh-wide's weights, where it equals enh-wide exactly."""
+    return dataclasses.replace(_enh_wide(), name="enh-rec", recurrent=True)
+
+
+@register_model("enh-tiny-rec")
+def _enh_tiny_rec() -> EnhancerConfig:
+    """64x64 test enhancer with the recurrent memory."""
+    return dataclasses.replace(_enh_tiny(), name="enh-tiny-rec", recurrent=True)

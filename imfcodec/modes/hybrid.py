@@ -22,6 +22,12 @@ at that frame; base packets carry the access units of up to ``chunk`` consecutiv
   the enhancer caches ``prepare_key(key, upscaled base)``; at the other frames the output is
   ``enhance(state, upscaled base)``, or with ``enhance=False`` the upscaled base itself (key frames are
   still the key image, so the two outputs differ exactly by what the enhancer adds).
+* A recurrent enhancer (``models.recurrent``) also remembers the last frame shown: ``prepare_key`` starts the
+  memory at the key image (a key frame, hence a scene cut, resets it), each enhanced frame replaces it, and a
+  ``b`` record's last frame (the upscaled base) replaces it through ``remember``. Concealed frames never reach
+  it: after a loss nothing is enhanced until the next key packet, which resets it, so the decoder is back on the
+  encoder's frames exactly at the next key frame. The guard's mirror enhances every frame with such an enhancer
+  (and ``sent_unenhanced`` after a ``b`` decision), so its memory is the decoder's.
 """
 
 from __future__ import annotations
@@ -63,6 +69,12 @@ def key_base(key: torch.Tensor, base: tuple[int, int], size: tuple[int, int]) ->
 
 def is_enhancer(model: torch.nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "kind", "imf") == "enhancer"
+
+
+def is_recurrent(model: torch.nn.Module) -> bool:
+    """An enhancer with a memory of the frames it showed (``models.recurrent``): its output depends on every
+    frame since the key frame, so the guard's mirror must enhance them all."""
+    return bool(getattr(getattr(model, "config", None), "recurrent", False))
 
 
 def enhancer_name(spec: str | None = None) -> str:
@@ -167,6 +179,7 @@ class HybridEncoder:
         sources, self.sources = self.sources, []
         if self.mirror is not None and not self._enhancer_helps(packet, sources):
             packet = BasePacket(frame=packet.frame, units=packet.units, enhance=False, key=packet.key)
+            self.mirror.sent_unenhanced()  # a recurrent enhancer's memory: what the decoder will show
             self.unenhanced.append(packet.frame)
             self.unenhanced_frames += packet.count - (packet.frame in self.key_frames)
         return [packet]
@@ -176,7 +189,8 @@ class HybridEncoder:
         to ``sources`` as the upscaled base pictures (summed squared error over the probed frames; ties keep
         the enhancer). The probe (``guard_probe``) is at most two frames after a key frame, the packet's middle
         and last: content the enhancer hurts (unlike its training data) is hurt throughout a packet, and two
-        frames keep the guard's cost well under the decoder's."""
+        frames keep the guard's cost well under the decoder's. A recurrent enhancer's mirror enhances every frame
+        (its memory must be the decoder's), the probe is still what is compared."""
         with stage("guard"):
             mirror = self.mirror
             first = 1 if mirror.key_image is not None or packet.key else 0
@@ -269,6 +283,7 @@ class HybridDecoder(DecoderState):
         self.model = model.eval()
         self.device = model_device(model)  # where the enhancer runs (--device); the base layer is CPU code
         self.enhance = bool(enhance)
+        self.recurrent = is_recurrent(model)
         self.base = base
         if header.lean:
             self.MIN_RECORD = 4  # a lean record: type, length, a one-byte unit, CRC-16
@@ -277,6 +292,7 @@ class HybridDecoder(DecoderState):
         self.started = False  # a key packet has been decoded
         self.last_bases: list[np.ndarray] = []  # the last base packet's decoded pictures (small; tests/tools)
         self.last_upscaled: torch.Tensor | None = None  # ... upscaled to the output size (the encoder's guard)
+        self.last_start = 0  # where its frames after the key frame start (1 when it starts at a key frame)
         self.unenhanced = 0  # frames shown without the enhancer because their packet said so (``b`` records)
 
     @torch.inference_mode()
@@ -344,23 +360,54 @@ class HybridDecoder(DecoderState):
             self.report.key_frames.append(packet.frame)
             frames.append(frame)
             start = 1
+        self.last_start = start
         enhance = self.enhance and packet.enhance  # a 'b' record: the encoder found the enhancer hurts here
         if self.enhance and not packet.enhance:
             self.unenhanced += len(smalls) - start
         if probe is not None:
             self.next_frame += len(smalls)
-            with stage("enhancer"):
-                return to_uint8(self.model.enhance(self.state, up[probe])) if probe else []
-        for i in range(start, len(smalls), self.BATCH):  # bounded batches: memory stays flat for any chunk
+            if not probe:
+                return []
+            if not self.recurrent:
+                with stage("enhancer"):
+                    return to_uint8(self.model.enhance(self.state, up[probe]))
+            enhanced = self._frames(up, start, True)  # every frame: the memory moves on as the decoder's will
+            return [enhanced[i - start] for i in probe]
+        frames += self._frames(up, start, enhance)
+        if self.recurrent and self.enhance and not enhance:
+            self._remember_upscaled(start)
+        self.next_frame += len(frames)
+        self.report.frames += len(frames)
+        return frames
+
+    def _frames(self, up: torch.Tensor, start: int, enhance: bool) -> list[np.ndarray]:
+        """The output frames of ``up[start:]``, enhanced or not, in bounded batches (memory stays flat for any
+        chunk; a recurrent enhancer takes each batch's frames in order). The encoder's mirror and the decoder
+        both come here, so their batches, hence their frames and memories, are the same."""
+        frames: list[np.ndarray] = []
+        for i in range(start, up.shape[0], self.BATCH):
             rest = up[i:i + self.BATCH]
             if enhance:
                 with stage("enhancer"):
                     rest = self.model.enhance(self.state, rest)
             with stage("output conversion"):
                 frames += to_uint8(rest)
-        self.next_frame += len(frames)
-        self.report.frames += len(frames)
         return frames
+
+    def _remember_upscaled(self, start: int) -> None:
+        """A recurrent enhancer's memory after a packet shown without it (a ``b`` record): the last frame shown,
+        the upscaled base (a packet with only its key frame leaves the key in the memory)."""
+        if self.state is not None and self.last_upscaled.shape[0] > start:
+            last = self.last_upscaled[-1:]
+            with stage("enhancer"):
+                self.model.remember(self.state, last, last)
+
+    @torch.inference_mode()
+    def sent_unenhanced(self) -> None:
+        """The encoder's mirror: the packet it just decoded with ``probe`` goes out as a ``b`` record, so its
+        memory becomes what the decoder will show (``_remember_upscaled``); nothing to do for other enhancers."""
+        if self.recurrent and self.enhance:
+            self._remember_upscaled(self.last_start)
 
     def _lost(self) -> None:
         super()._lost()

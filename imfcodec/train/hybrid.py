@@ -141,6 +141,16 @@ def code_intra(name: str, frames: np.ndarray, cache_dir: Path | None) -> dict:
     return out
 
 
+def first_frames(clip: CodedClip, n: int) -> CodedClip:
+    """``clip`` cut to its first ``n`` frames (copies, so the rest is freed): ``--train-frames``, which holds the
+    coded training set in less memory (95 clips x 200 frames at every operating point take about 12 GB) while
+    the cache, keyed by the clips' full length, is still the one other runs use."""
+    cut = lambda a: a[:n].copy()  # noqa: E731 - (a first-axis slice is contiguous: ascontiguousarray would not copy)
+    return CodedClip(clip.name, cut(clip.frames), clip.keys, {p: cut(b) for p, b in clip.bases.items()},
+                     None if clip.side is None else cut(clip.side),
+                     {p: (k, cut(b)) for p, (k, b) in clip.intra.items()})
+
+
 def _t(a: np.ndarray) -> torch.Tensor:
     """uint8 [...,H,W,3] -> float [...,3,H,W] in [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(a))
@@ -198,6 +208,61 @@ def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, s
     return tuple(out)
 
 
+def sample_sequences(clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int, unroll: int,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """A recurrent enhancer's batch: (key, key_base, start, from_key, bases, targets); key, key_base and start
+    [B,3,R,R], from_key [B] bool, bases and targets [N,B,3,R,R] (N = ``unroll`` consecutive frames). Per sample a random clip, operating point,
+    key quality and first frame ``s``; ``start`` is what the memory holds before frame ``s``: the key frame when
+    ``s`` is 1 (half the samples: the decoder's state after a key frame), else the upscaled base frame ``s - 1``
+    (the decoder's state after a ``b`` record; the unroll then fills the memory with the model's own frames).
+    A horizontal flip shared by all of a sample's pictures."""
+    from imfcodec.models import upscale
+
+    t_min = min(len(c.frames) for c in clips)
+    if unroll < 1 or unroll >= t_min:
+        raise InputError(f"--unroll {unroll}: the clips have {t_min} frames, a sequence needs 1..{t_min - 1}")
+    picks = []
+    for _ in range(batch):
+        c = clips[rng.integers(len(clips))]
+        point = BASE_POINTS[rng.integers(len(BASE_POINTS))]
+        kq = KEY_QUALITIES[rng.integers(len(KEY_QUALITIES))]
+        s = 1 if rng.random() < 0.5 else int(rng.integers(2, len(c.frames) - unroll + 1))
+        picks.append((c, point, kq, s))
+    key = _t(np.stack([c.keys[kq] for c, _, kq, _ in picks])).to(device)
+    target = _t(np.stack([c.frames[s:s + unroll] for c, _, _, s in picks])).to(device)  # [B,N,3,R,R]
+    # the small pictures of a sample: its key's base, frames s-1 .. s+N-1; upscaled per base size
+    smalls = [c.bases[point][[0, *range(s - 1, s + unroll)]] for c, point, _, s in picks]
+    up = torch.empty(batch, unroll + 2, 3, size, size, device=device)
+    for shape in {x.shape for x in smalls}:
+        idx = [i for i, x in enumerate(smalls) if x.shape == shape]
+        small = _t(np.stack([smalls[i] for i in idx])).to(device)
+        up[idx] = upscale(small.flatten(0, 1), (size, size)).view(len(idx), unroll + 2, 3, size, size)
+    start = torch.stack([key[i] if s == 1 else up[i, 1] for i, (_, _, _, s) in enumerate(picks)])
+    flip = torch.from_numpy(rng.random(batch) < 0.5).to(device)
+    out = []
+    for x in (key, up[:, 0], start, up[:, 2:], target):
+        x = x.clone()
+        x[flip] = x[flip].flip(-1)
+        out.append(x)
+    key, key_base, start, bases, targets = out
+    from_key = torch.tensor([s == 1 for *_, s in picks], device=device)
+    return key, key_base, start, from_key, bases.transpose(0, 1), targets.transpose(0, 1)
+
+
+def unrolled(model: torch.nn.Module, key: torch.Tensor, key_base: torch.Tensor, start: torch.Tensor,
+             from_key: torch.Tensor, bases: torch.Tensor) -> list[torch.Tensor]:
+    """A recurrent enhancer along ``bases`` ([N,B,3,R,R]) from the memory ``start`` (where ``from_key``, the key
+    frame: ``prepare_key``'s own memory): the enhanced frames, back-propagation through all N."""
+    state = model.prepare_key(key, key_base)
+    if not bool(from_key.all()):  # the others start from an upscaled base frame: remember it
+        keep = state.memory
+        model.remember(state, start, start)
+        m = from_key.view(-1, 1, 1, 1)
+        state.memory = tuple(torch.where(m, a, b) for a, b in zip(keep, state.memory))
+    # (an upscaled base frame shown: its features and its values over itself, what the decoder remembers)
+    return [model.enhance(state, b) for b in bases]
+
+
 def loss_fn(out: torch.Tensor, target: torch.Tensor, w_ms_ssim: float) -> torch.Tensor:
     """The enhancer's loss: L1 plus ``w_ms_ssim`` (1 - MS-SSIM)."""
     loss = F.l1_loss(out, target)
@@ -207,16 +272,22 @@ def loss_fn(out: torch.Tensor, target: torch.Tensor, w_ms_ssim: float) -> torch.
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, key_quality: int = 16
-             ) -> dict[str, float]:
+def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, key_quality: int = 16,
+             frames: int = 0) -> dict[str, float]:
     """Mean PSNR of the enhancer and of the bicubic base on held-out clips, per operating point and
     overall (frames evenly spaced after the key frame; key frame at ``key_quality``). PSNR is
-    ``imfcodec.metrics.psnr`` of uint8 frames (``codec.to_uint8``), as a decoder would output them."""
+    ``imfcodec.metrics.psnr`` of uint8 frames (``codec.to_uint8``), as a decoder would output them.
+    A recurrent enhancer runs through every frame up to the last one measured (``validate_sequences``; the same
+    frames are measured); ``frames`` (> 0) measures within the first ``frames`` after the key frame only, a
+    cheaper check for a recurrent enhancer during training."""
     from imfcodec.codec import to_uint8
     from imfcodec.devices import model_device
     from imfcodec.metrics import psnr
     from imfcodec.models import upscale
+    from imfcodec.modes.hybrid import is_recurrent
 
+    if is_recurrent(model):
+        return validate_sequences(model, clips, per_clip, key_quality, frames)
     dev = model_device(model)
     was = model.training
     model.eval()
@@ -224,7 +295,7 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
     by_clip: dict[str, list[np.ndarray]] = {}
     for c in clips:
         size = c.frames.shape[1]
-        idx = np.linspace(1, len(c.frames) - 1, per_clip).round().astype(int)
+        idx = _measured(len(c.frames), per_clip, frames)
         target = c.frames[idx]
         for point in BASE_POINTS:
             small = c.bases[point]
@@ -251,6 +322,66 @@ def validate(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, 
             p = np.stack([psnr(np.stack(to_uint8(x)), c.frames[idx], reduction="none") for x in (out, base)], 1)
             intra_pts.setdefault(f"intra_{point_key(point)}", []).append(p)
     model.train(was)
+    return _summary(per_point, by_clip, intra_pts)
+
+
+def _measured(length: int, per_clip: int, frames: int = 0) -> np.ndarray:
+    """The frames validation measures: ``per_clip`` evenly spaced after the key frame (within ``frames``)."""
+    last = length - 1 if frames <= 0 else min(length - 1, frames)
+    return np.linspace(1, last, per_clip).round().astype(int)
+
+
+@torch.no_grad()
+def validate_sequences(model: torch.nn.Module, clips: list[CodedClip], per_clip: int = 6, key_quality: int = 16,
+                       frames: int = 0) -> dict[str, float]:
+    """``validate`` for a recurrent enhancer: per clip its 12 operating points run as 12 sequences side by side
+    (one batch), every frame from the key frame to the last measured one enhanced in order, as the decoder does
+    (no ``b`` records); the measured frames and the summary are ``validate``'s."""
+    from imfcodec.codec import to_uint8
+    from imfcodec.devices import model_device
+    from imfcodec.metrics import psnr
+    from imfcodec.models import upscale
+
+    dev = model_device(model)
+    was = model.training
+    model.eval()
+    per_point: dict[str, list[np.ndarray]] = {}
+    by_clip: dict[str, list[np.ndarray]] = {}
+    for c in clips:
+        size = c.frames.shape[1]
+        idx = _measured(len(c.frames), per_clip, frames)
+        groups: dict[tuple, list[int]] = {}
+        for j, point in enumerate(BASE_POINTS):
+            groups.setdefault(c.bases[point].shape, []).append(j)
+
+        def ups(t: int) -> torch.Tensor:
+            """The upscaled base frames of time ``t`` at every point, [P,3,R,R]."""
+            out = torch.empty(len(BASE_POINTS), 3, size, size)
+            for js in groups.values():
+                out[js] = upscale(_t(np.stack([c.bases[BASE_POINTS[j]][t] for j in js])), (size, size))
+            return out.to(dev)
+
+        key = _t(c.keys[key_quality])[None].expand(len(BASE_POINTS), -1, -1, -1).to(dev)
+        state = model.prepare_key(key, ups(0))
+        got: dict[int, np.ndarray] = {}
+        for t in range(1, int(idx[-1]) + 1):
+            base = ups(t)
+            out = model.enhance(state, base)
+            if t in idx:
+                got[t] = np.stack([psnr(np.stack(to_uint8(x)), np.repeat(c.frames[t][None], len(BASE_POINTS), 0),
+                                        reduction="none") for x in (out, base)], 1)  # [P, 2]
+        for j, point in enumerate(BASE_POINTS):
+            p = np.stack([got[int(t)][j] for t in idx])  # [frames, 2]
+            per_point.setdefault(point_key(point), []).append(p)
+            by_clip.setdefault(c.name, []).append(p)
+    model.train(was)
+    return _summary(per_point, by_clip)
+
+
+def _summary(per_point: dict[str, list[np.ndarray]], by_clip: dict[str, list[np.ndarray]],
+             intra_pts: dict[str, list[np.ndarray]] | None = None) -> dict[str, float]:
+    """``validate``'s result from its (enhanced, base) PSNR pairs per operating point and per clip (and the
+    intra-base route's, reported apart)."""
     result = {}
     if intra_pts:  # the intra-base route, apart from the overall figure (which stays comparable across runs)
         a = np.concatenate([x for v in intra_pts.values() for x in v])
@@ -324,6 +455,10 @@ class EnhancerConfig(RunConfig):
     max_frames: int = 200                 # per clip, first N frames
     cache_dir: str | None = "runs/frame-cache"  # decoded frames and coded operating points ("none": off)
     val_clips: int = 5                    # held-out training clips (the first N by the hash of their names)
+    val_frames: int = 0                   # > 0: validate within the first N frames after the key (recurrent: cheaper)
+    train_frames: int = 0                 # > 0: training clips keep their first N frames once coded (memory)
+    unroll: int = 1                       # frames per training sequence (a recurrent enhancer needs >= 2)
+    first_val: bool = True                # validate at step 0 (a warm start's is its init's: skip it to save time)
     # schedule and loss
     batch_size: int = 8                   # global batch (split over DDP ranks)
     steps: int = 20000
@@ -384,8 +519,16 @@ class EnhancerTrainer(Run):
         self.name = f"train {self.model.config.name}"
         self.size = self.model.config.resolution
         self.side = side
+        self.recurrent = bool(getattr(self.model.config, "recurrent", False))
+        if self.recurrent and cfg.unroll < 2:
+            raise InputError("a recurrent enhancer trains on sequences: --unroll N with N >= 2 (truncated "
+                             "back-propagation through N frames)")
+        if not self.recurrent and cfg.unroll != 1:
+            raise InputError(f"--unroll is for recurrent enhancers; {self.model.config.name} enhances single frames")
         if cfg.init_from:
-            init_state(self.model, load_weights(cfg.init_from).state_dict())
+            fresh = init_state(self.model, load_weights(cfg.init_from).state_dict())
+            if self.recurrent and any(n.startswith("align_mem.") for n in fresh):
+                self.model.start_memory_from_key()  # a single-frame enhancer's weights: see models.recurrent
         self.model.to(self.device)
         self.d.broadcast_module(self.model)
         self.ema_model = copy.deepcopy(self.model).eval()
@@ -418,10 +561,15 @@ class EnhancerTrainer(Run):
         for group, paths in (("val", val_paths), ("train", train_paths)):
             clips = load_clips(paths, self.size, cfg.max_frames, cache)
             t0 = time.perf_counter()
-            self.coded[group] = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
-            if cfg.intra_share:  # the intra-base route: trained on and validated apart
-                for c in self.coded[group]:
-                    c.intra = code_intra(c.name, c.frames, cache)
+            cut = cfg.train_frames if group == "train" else 0
+            self.coded[group] = []
+            for i, name in enumerate(clips.names):  # (cut one by one, the full clip freed at once: peak memory)
+                coded = code_clip(name, clips.frames[i], cache)
+                if cfg.intra_share:  # the intra-base route: trained on and validated apart
+                    coded.intra = code_intra(coded.name, coded.frames, cache)
+                if cut > 0:
+                    coded, clips.frames[i] = first_frames(coded, cut), None
+                self.coded[group].append(coded)
             if self.side is not None:
                 for c in self.coded[group]:
                     c.side = self.side(c)
@@ -438,25 +586,34 @@ class EnhancerTrainer(Run):
             {"model": self.model.config.to_dict(), "steps": cfg.steps, "batch": cfg.batch_size, "lr": cfg.lr,
              "w_ms_ssim": cfg.w_ms_ssim, "ema": cfg.ema, "base_points": BASE_POINTS,
              "key_qualities": KEY_QUALITIES, "key_codec": KEY_CODEC, "config": cfg.to_dict()}, indent=1))
-        if self.step == 0:
+        if self.step == 0 and cfg.first_val:
             v = self.validate()
             self.history.append({"step": 0, **v})
             log.info("step 0: val enhancer %.2f dB, bicubic base %.2f dB%s", v["psnr_enh"], v["psnr_base"], _intra(v))
 
     def batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         while True:
-            yield sample_batch(self.coded["train"], self.local_batch, self.rng, self.size, self.device,
-                               self.cfg.intra_share)
+            if self.recurrent:  # (the intra-base route is not drawn for a recurrent enhancer yet)
+                yield sample_sequences(self.coded["train"], self.local_batch, self.rng, self.size, self.cfg.unroll,
+                                       self.device)
+            else:
+                yield sample_batch(self.coded["train"], self.local_batch, self.rng, self.size, self.device,
+                                   self.cfg.intra_share)
 
     def train_step(self, *batch: torch.Tensor) -> dict[str, float]:
-        """One Adam step on (key, key_base, base[, side], target)."""
+        """One Adam step on (key, key_base, base[, side], target), or for a recurrent enhancer on
+        ``sample_sequences``' batch, the loss averaged over the unrolled frames."""
         from imfcodec.train.distributed import sync_grads
         from imfcodec.train.optim import lr_at, set_lr, update_ema
 
         *inputs, target = batch
         lr = lr_at(self.cfg, self.step)
         set_lr(self.opt, lr)
-        loss = loss_fn(self.model(*inputs), target, self.cfg.w_ms_ssim)
+        if self.recurrent:
+            outs = unrolled(self.model, *inputs)
+            loss = sum(loss_fn(o, t, self.cfg.w_ms_ssim) for o, t in zip(outs, target)) / len(outs)
+        else:
+            loss = loss_fn(self.model(*inputs), target, self.cfg.w_ms_ssim)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         sync_grads(self.d, list(self.model.parameters()))
@@ -466,7 +623,7 @@ class EnhancerTrainer(Run):
         return {"loss": float(loss.detach()), "lr": lr}
 
     def validate(self) -> dict[str, float]:
-        return validate(self.ema_model, self.coded["val"])
+        return validate(self.ema_model, self.coded["val"], frames=self.cfg.val_frames)
 
     def log_train(self, row: dict[str, float], last: dict[str, float]) -> None:
         log.info("step %d loss %.4f lr %.2e %.2f s/step", row["step"], last["loss"], last["lr"], row["sec_per_step"])
@@ -554,6 +711,16 @@ _D = EnhancerConfig()
 @click.option("--max-frames", type=int, default=_D.max_frames, show_default=True)
 @click.option("--val-clips", type=int, default=_D.val_clips, show_default=True,
               help="held-out training clips (the first N by the hash of their names)")
+@click.option("--val-frames", type=int, default=_D.val_frames, show_default=True,
+              help="> 0: validate on frames within the first N after the key frame (a recurrent enhancer runs "
+                   "through every frame up to the last one measured; 0: the whole clip)")
+@click.option("--train-frames", type=int, default=_D.train_frames, show_default=True,
+              help="> 0: training clips keep only their first N frames once coded (less memory; the cache is "
+                   "unchanged)")
+@click.option("--first-val/--no-first-val", default=_D.first_val, show_default=True,
+              help="validate at step 0 (warm-started from a single-frame enhancer, a recurrent one validates as it)")
+@click.option("--unroll", type=int, default=_D.unroll, show_default=True,
+              help="recurrent enhancers: frames per training sequence (truncated back-propagation through them)")
 @click.option("--cache-dir", default=_D.cache_dir, show_default=True)
 @click.option("--init-from", default=None, help="start from these enhancer weights (.safetensors)")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
