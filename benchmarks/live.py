@@ -174,7 +174,6 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
     from benchmarks.livecall import _anchor_decoder, _anchor_encoder, _frames, anchor_payload, decode_offline
     from benchmarks.livelink import Link, LinkSpec
     from imfcodec.bitstream import encode_packet, stream_start
-    from imfcodec.keyframe._common import rgb_to_frame
     from imfcodec.live import LiveLink, datagram, open_live_encoder
     from imfcodec.metrics import psnr
 
@@ -205,11 +204,7 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
             if enc.stats.key_frames and enc.stats.key_frames[-1] == i:
                 key_since_loss = True if i == 0 else key_since_loss
         else:
-            frame = rgb_to_frame(np.ascontiguousarray(rgb), "yuv420p", enc.width, enc.height)
-            frame.pts = i
-            if i == 0:
-                frame.pict_type = av.video.frame.PictureType.I
-            payload = anchor_payload(codec, enc, frame)
+            payload = anchor_payload(codec, enc, rgb, i)
         data = datagram(i + 1, payload)
         nbytes += len(data)
         due = net.admit(t, len(data))

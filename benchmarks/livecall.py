@@ -66,8 +66,16 @@ def without_sei(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def anchor_payload(codec: str, enc, frame) -> bytes:
-    """One frame's access unit from an anchor encoder, as sent."""
+def anchor_payload(codec: str, enc, rgb: np.ndarray, index: int) -> bytes:
+    """Frame ``index`` (uint8 RGB) through an anchor encoder: its access unit as sent (the first one intra)."""
+    import av
+
+    from imfcodec.keyframe._common import rgb_to_frame
+
+    frame = rgb_to_frame(np.ascontiguousarray(rgb), "yuv420p", enc.width, enc.height)
+    frame.pts = index
+    if index == 0:
+        frame.pict_type = av.video.frame.PictureType.I
     data = b"".join(bytes(p) for p in enc.encode(frame))
     return without_sei(data) if codec == "x264" else data
 
@@ -173,15 +181,7 @@ def send(clip, to, link_kbps, max_delay, codec, scale, seconds, start, refresh, 
             packets = enc.encode(rgb, t_capture, time.monotonic(), refresh=want_key)
             payload = b"".join(encode_packet(p) for p in packets)
         else:
-            import av
-
-            from imfcodec.keyframe._common import rgb_to_frame
-
-            frame = rgb_to_frame(np.ascontiguousarray(rgb), "yuv420p", enc.width, enc.height)
-            frame.pts = i
-            if i == 0:
-                frame.pict_type = av.video.frame.PictureType.I
-            payload = anchor_payload(codec, enc, frame)
+            payload = anchor_payload(codec, enc, rgb, i)
         sizes.append(len(payload) + 2)
         sock.sendto(datagram(i + 1, payload), dest)
         lags.append(round((time.monotonic() - t_capture) * 1000, 1))

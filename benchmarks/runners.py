@@ -271,7 +271,7 @@ def hybrid_startup_bytes(path: Path) -> int:
     base_rec = next(r for r in records if r.type in "BbCcIi")
     if first.key:  # one intra picture: the key picture is the base packet's first unit
         framing = base_rec.total_len - len(first.data)
-        return base_rec.offset + len(first.units[0]) + framing
+        return base_rec.offset + first.key_bytes + framing
     first_key = next(r for r in records if r.type == "K")
     framing = base_rec.total_len - len(first.data) - first.count  # record bytes beyond units and size bytes
     return first_key.offset + first_key.total_len + len(first.units[0]) + 1 + framing

@@ -260,9 +260,8 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
                 sizes[0] += len(packet.image)
                 sizes[1] += len(packet.key_token)
             elif isinstance(packet, BasePacket):  # (a version 5 intra base packet's first unit is the key picture)
-                key_unit = len(packet.units[0]) if packet.key else 0
-                sizes[0] += key_unit
-                sizes[3] += len(packet.data) - key_unit
+                sizes[0] += packet.key_bytes
+                sizes[3] += len(packet.data) - packet.key_bytes
             else:
                 sizes[2] += len(packet.data)
 
@@ -743,12 +742,11 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
                 packets.append({"type": "key", "frame": p.frame, "image_bytes": len(p.image),
                                 "packet_bytes": rec.total_len})
             elif isinstance(p, BasePacket):
-                key_unit = len(p.units[0]) if p.key else 0  # the key picture, coded by the base layer
-                key_bytes += key_unit
-                base_bytes += len(p.data) - key_unit
+                key_bytes += p.key_bytes  # the key picture, coded by the base layer
+                base_bytes += len(p.data) - p.key_bytes
                 packets.append({"type": "base", "frame": p.frame, "count": p.count, "bytes": len(p.data),
                                 "packet_bytes": rec.total_len, "enhance": p.enhance, "key": p.key,
-                                "key_bytes": key_unit})
+                                "key_bytes": p.key_bytes})
                 keyed = p.key or (len(packets) > 1 and packets[-2]["type"] == "key" and packets[-2]["frame"] == p.frame)
                 unenhanced += 0 if p.enhance else p.count - keyed  # a key frame shows its key image anyway
             elif isinstance(p, TokenPacket):

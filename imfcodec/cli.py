@@ -406,7 +406,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     reached or None, the enhancer the passes loaded or None)."""
     from .errors import InputError
     from .modes.hybrid import enhancer_name, load_enhancer
-    from .ratecontrol import TOLERANCE, Family, FileMeter, choose, closed_loop, input_duration, load_table, within
+    from .ratecontrol import (TOLERANCE, Family, FileMeter, choose, closed_loop, family_of, input_duration, load_table,
+                              within)
 
     if settings.key_codec != "hevc":
         raise InputError("--kbps uses a table measured with hevc key frames: "
@@ -425,10 +426,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     piped = not os.path.isfile(input)  # standard input, a FIFO: read once, by the encoder
     if piped or base_quality is not None:  # the table's point (with the user's base quality)
         point, expected, fits = choose(points, kbps, duration, base_codec)
-        f = point.base_factor if factor is None else factor
+        fam = family_of(point, factor, key_quality)
         bq = point.base_quality if base_quality is None else base_quality
-        kq = point.key_quality if key_quality is None else key_quality
-        fam = Family(point.base_codec, f, kq, point.intra_base and key_quality is None and f == point.base_factor)
         span = f"{duration:.1f} s" if duration else "an assumed 10 s"
         say(f"{kbps:g} kbit/s -> {fam.describe(bq)}: about {expected:.1f} kbit/s "
             f"over {span} on training clips"

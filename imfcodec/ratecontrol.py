@@ -129,8 +129,12 @@ class Family:
                        key_quality=None if self.intra_base else self.key_quality, intra_base=self.intra_base)
 
 
-def family_of(p: OperatingPoint) -> Family:
-    return Family(p.base_codec, p.base_factor, p.key_quality, p.intra_base)
+def family_of(p: OperatingPoint, base_factor: int | None = None, key_quality: int | None = None) -> Family:
+    """The family of table point ``p``, with the user's base size and key quality where given: a point of the
+    intra-base route stays one only at its own size and without a key quality of the user's."""
+    intra = p.intra_base and base_factor in (None, p.base_factor) and key_quality is None
+    return Family(p.base_codec, p.base_factor if base_factor is None else base_factor,
+                  p.key_quality if key_quality is None else key_quality, intra)
 
 
 @dataclass(frozen=True)
@@ -319,9 +323,7 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
     point = choose(allowed, target, duration_s, base_codec)[0]
 
     def chosen(p: OperatingPoint) -> Family:
-        intra = p.intra_base and base_factor in (None, p.base_factor) and key_quality is None
-        return Family(p.base_codec, p.base_factor if base_factor is None else base_factor,
-                      p.key_quality if key_quality is None else key_quality, intra)
+        return family_of(p, base_factor, key_quality)
 
     family = chosen(point)
     searches: list[Search] = []

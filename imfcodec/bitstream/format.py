@@ -152,6 +152,11 @@ class BasePacket:
         """The coded pictures' bytes together (for rate accounting; the record also stores their sizes)."""
         return b"".join(self.units)
 
+    @property
+    def key_bytes(self) -> int:
+        """Bytes of the key picture it starts with (``key``), 0 for a packet without one: rate accounting."""
+        return len(self.units[0]) if self.key else 0
+
 
 @dataclass(frozen=True)
 class TimingPacket:

@@ -37,14 +37,13 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..baselayer import MIN_BASE_SIDE, BaseDecoder, BaseEncoder, base_size, get_base_codec, intra_key_size
 from ..bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, TokenPacket
 from ..devices import model_device
 from ..errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
 from ..keyframe import get_keyframe_codec
-import torch.nn.functional as F
-
 from ..models.enhancer import upscale
 from ..settings import DEFAULT_ENHANCER, EncoderSettings
 from ..stages import stage
@@ -210,11 +209,11 @@ class HybridEncoder:
         self.index += 1
         key = self.keys(i, rgb)
         out: list[Packet] = []
-        if key and self.intra_base:  # the key picture is the first unit of a new base packet
+        if key:  # a base packet never spans a key frame
             out += self._flush_units()
+        if key and self.intra_base:  # the key picture is the first unit of the base packet starting here
             self.keys.keyed(i)
-        elif key:  # a base packet never spans a key frame: the key packet precedes the one starting there
-            out += self._flush_units()
+        elif key:  # the key packet precedes the base packet starting here
             with stage("key-frame encode"):
                 image = self.key_codec.encode(rgb, int(s.key_quality))
                 self.key_image = self.key_codec.decode(image, self.size, self.size)
@@ -351,10 +350,9 @@ class HybridDecoder(DecoderState):
             with stage("enhancer key preparation"):
                 if not self.enhance:
                     self.state = None
-                elif packet.key:
-                    key = to_tensor(frame, self.device)
-                    self.state = self.model.prepare_key(key, key_base(key, (h.base_height, h.base_width),
-                                                                      (h.height, h.width)))
+                elif packet.key:  # up[:1] is the key picture; its base stand-in is made from it
+                    self.state = self.model.prepare_key(up[:1], key_base(up[:1], (h.base_height, h.base_width),
+                                                                         (h.height, h.width)))
                 else:
                     self.state = self.model.prepare_key(to_tensor(frame, self.device), up[:1])
             self.report.key_frames.append(packet.frame)
