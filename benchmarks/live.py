@@ -152,14 +152,15 @@ def run_session(clip: Path, link: dict, codec: str, scale: str, seconds: float, 
 
 
 def parse_policy(text: str) -> dict:
-    """``--policy key_codec=hevc,skip=0,intra_pct=100,base_factor=4``: ``LiveEncoder`` keywords (numbers as ints)."""
+    """``--policy key_codec=hevc,skip=0,intra_pct=100,base_factor=4,steady_ms=240``: ``LiveEncoder`` keywords
+    (numbers as ints, but for the float fields)."""
     out: dict = {}
     for item in [t for t in text.split(",") if t]:
         name, _, value = item.partition("=")
-        if name not in ("key_codec", "skip", "intra_pct", "base_factor", "scenecut", "rate_scale"):
+        if name not in ("key_codec", "skip", "intra_pct", "base_factor", "scenecut", "rate_scale", "steady_ms"):
             raise click.BadParameter(f"unknown policy field {name!r}", param_hint="--policy")
         out[name] = value if name == "key_codec" else (bool(int(value)) if name == "skip" else float(value)
-                                                         if name in ("scenecut", "rate_scale") else int(value))
+                                                         if name in ("scenecut", "rate_scale", "steady_ms") else int(value))
     return out
 
 
@@ -200,7 +201,7 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
         want = refresh and any(p <= t for p in pli_at)
         pli_at = [p for p in pli_at if p > t]
         if codec == "imf":
-            payload = b"".join(encode_packet(p) for p in enc.encode(rgb, t, t, refresh=want))
+            payload = b"".join(encode_packet(p, enc.header) for p in enc.encode(rgb, t, t, refresh=want))
             if enc.stats.key_frames and enc.stats.key_frames[-1] == i:
                 key_since_loss = True if i == 0 else key_since_loss
         else:
@@ -215,7 +216,7 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
         if codec == "imf":
             if i + 1 - last_seen > 1:
                 key_since_loss = False
-            if any(type(p).__name__ == "KeyPacket" for p in _packets(enc.header, payload)):
+            if any(type(p).__name__ == "KeyPacket" for p in _packets(enc.header, payload, i)):
                 key_since_loss = True
             if refresh and not key_since_loss and due - last_pli > 0.5:
                 pli_at.append(due + prop)
@@ -260,11 +261,11 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
     return row, {"arrival_ms": lat.tolist(), "psnr": shown_psnr, "bound_ms": bound * 1000}
 
 
-def _packets(header, payload: bytes) -> list:
+def _packets(header, payload: bytes, frame: int) -> list:
     from benchmarks.livecall import packets_of
     from imfcodec.bitstream import stream_start
 
-    return packets_of(stream_start(header), payload)
+    return packets_of(stream_start(header), payload, frame)
 
 
 def _summary(rows: list[dict]) -> str:

@@ -179,7 +179,7 @@ def send(clip, to, link_kbps, max_delay, codec, scale, seconds, start, refresh, 
                 want_key = want_key or refresh
         if codec == "imf":
             packets = enc.encode(rgb, t_capture, time.monotonic(), refresh=want_key)
-            payload = b"".join(encode_packet(p) for p in packets)
+            payload = b"".join(encode_packet(p, enc.header) for p in packets)
         else:
             payload = anchor_payload(codec, enc, rgb, i)
         sizes.append(len(payload) + 2)
@@ -195,12 +195,17 @@ def send(clip, to, link_kbps, max_delay, codec, scale, seconds, start, refresh, 
     click.echo(json.dumps(stats))
 
 
-def packets_of(setup: bytes, body: bytes) -> list:
-    """The packets of one datagram's records (those that pass their CRC), parsed against the session's
-    header (``setup``: the stream start)."""
-    from imfcodec.bitstream import ResyncReader
+def packets_of(setup: bytes, body: bytes, frame: int) -> list:
+    """The packets of one datagram's records, the first at ``frame`` (its sequence number's), parsed against
+    the session's header (``setup``: the stream start); none when a record fails its check (the datagram is
+    then as good as lost: the decoder conceals from there to the next key frame)."""
+    from imfcodec.errors import BitstreamError
+    from imfcodec.live import datagram_packets
 
-    return [item[1] for item in ResyncReader(io.BytesIO(setup + body)) if isinstance(item, tuple)]
+    try:
+        return datagram_packets(setup, body, frame)
+    except BitstreamError:
+        return []
 
 
 def decode_offline(setup: bytes, datagrams: list[tuple[int, bytes]], loaded=None) -> tuple[list[np.ndarray], list[int]]:
@@ -210,19 +215,19 @@ def decode_offline(setup: bytes, datagrams: list[tuple[int, bytes]], loaded=None
     import torch
 
     from imfcodec.bitstream import StreamReader
-    from imfcodec.live import seq_gap
+    from imfcodec.live import WireFrames
     from imfcodec.modes.hybrid import HybridDecoder, load_enhancer
 
     torch.set_num_threads(2)
     dec = HybridDecoder((loaded or load_enhancer(None)).model, StreamReader(io.BytesIO(setup)).header)
     frames: list[np.ndarray] = []
-    last = None
+    wire = WireFrames()
     for seq, body in datagrams:
-        gap = seq_gap(last, seq) if last is not None else seq - 1
-        last = seq
-        if gap:
-            dec.damage(gap * 4096, "lost")
-        for packet in packets_of(setup, body):
+        frame, gap = wire.place(seq)
+        packets = packets_of(setup, body, frame)
+        if gap or not packets:
+            dec.damage(gap * 4096 or len(body), "lost")
+        for packet in packets:
             for batch in dec.decode_concealing(packet):
                 frames += batch
     return frames, sorted(set(dec.report.concealed))
@@ -249,7 +254,7 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
     from dataclasses import replace
 
     from imfcodec.bitstream import StreamReader
-    from imfcodec.live import parse_datagram, seq_gap
+    from imfcodec.live import WireFrames, parse_datagram
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", port))
@@ -260,7 +265,7 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
     shown: list[np.ndarray] = []
     ready: list[float] = []
     concealed: list[int] = []
-    last_seq = None
+    wire = WireFrames()
     lost = 0
     unenhanced = 0
     arrived: dict[int, float] = {}
@@ -312,9 +317,8 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
                 dec = _anchor_decoder(anchor["codec"])
             sock.sendto(b"ACK", peer)
             continue
-        gap = seq_gap(last_seq, seq) if last_seq is not None else seq - 1
-        last_seq = seq
-        arrived[seq - 1] = now  # frame seq - 1's datagram is here (before any decoding)
+        frame, gap = wire.place(seq)
+        arrived[frame] = now  # frame seq - 1's datagram is here (before any decoding)
         frames: list[np.ndarray] = []
         if anchor is not None:
             import av
@@ -330,11 +334,13 @@ def receive(port, out, refresh, pli_every, timeout, bound_ms):
                 if shown:
                     frames.append(shown[-1])
         else:
-            if gap:
+            packets = packets_of(setup, body, frame)
+            if gap or not packets:
                 lost += gap
-                dec.damage(gap * 4096, f"{gap} datagram(s) lost before seq {seq}")
+                dec.damage(gap * 4096 or len(body), f"{gap} datagram(s) lost before seq {seq}" if gap else
+                           f"datagram {seq} damaged")
                 key_since_loss = False
-            for packet in packets_of(setup, body):
+            for packet in packets:
                 if type(packet).__name__ == "KeyPacket":
                     key_since_loss = True
                 if type(packet).__name__ == "BasePacket" and bound_ms is not None and start is not None:

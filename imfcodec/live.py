@@ -6,8 +6,10 @@ picture), which takes seconds on an 8 kbit/s link, and its rate is an average ov
 each frame on time. The live encoder therefore keeps a **leaky-bucket model of the link** (``LeakyBucket``:
 the bytes queued ahead of the link, drained at C) and holds every frame's bytes to what the bucket can pass
 before the frame's deadline (capture + ``max_delay`` - ``reserve``, the reserve being the time the encoder
-and the decoder take). The stream is an ordinary hybrid stream (format version 2, chunk 1, no guard): any
-decoder plays it, and the framing is unchanged.
+and the decoder take). The stream is an ordinary hybrid stream (format version 5 with lean base records, chunk
+1, no guard): any decoder plays it. Lean records matter most here: at chunk 1 every frame pays its record's
+framing, 4-5 bytes (type, length, CRC-16) where the records of versions 2-4 spent 10-12, about 1.2 kbit/s of
+an 8 kbit/s link at 25 fps.
 
 What the policy does (measured in ``benchmarks/results/2026-12-04-live/NOTES.md``):
 
@@ -25,7 +27,8 @@ base packet, and frames are sent in order), so no key can be larger than C x bou
 caps a live key's quality at low rates.
 
 ``datagram`` / ``parse_datagram``: the live wire, one datagram per frame (a 2-byte sequence number, so the
-receiver sees a loss, then the frame's records as in a file).
+receiver sees a loss, then the frame's records as in a file). The sequence number also places the lean records,
+which state no frame index, after a loss (``WireFrames``, ``bitstream.read_records``).
 """
 
 from __future__ import annotations
@@ -47,9 +50,14 @@ MIN_LINK_KBPS, MAX_LINK_KBPS = 1.0, 100_000.0
 #: frames an owed key frame waits for room for one as large as the last; after that it takes the room there is
 #: (on a sender whose own processing lags, the room for a full-size key may never come)
 KEY_WAIT_FRAMES = 12
-#: how long a frame that is not a key frame may wait in the link's queue (key frames: the whole bound)
-STEADY_MS = 120.0
+#: how long a frame that is not a key frame may wait in the link's queue (key frames: the whole bound); 240 ms
+#: against 120: +0.18 dB at 8 kbit/s and +0.19 at 16 on three training clips, typical arrival +25-70 ms
+STEADY_MS = 240.0
 MIN_MAX_DELAY_MS, MAX_MAX_DELAY_MS = 50.0, 10_000.0
+#: the key image encodes a live key frame's coding time is planned for (``LiveEncoder._time_key_coding``)
+KEY_ENCODES = 4
+#: a live sender this many frames behind its capture clock skips the frame (see ``LiveEncoder.encode``)
+BEHIND_FRAMES = 1.0
 #: the key codec of live streams: AV1 intra codes a 250-600 byte picture as well as HEVC and 2-3x faster
 #: (benchmarks/results/2026-12-04-live/NOTES.md), and a key's encode time is latency here
 LIVE_KEY_CODEC = "av1"
@@ -133,20 +141,25 @@ SKIP_UNIT = bytes([0b10001000])
 
 
 def smoothed(rgb: np.ndarray, factor: int) -> np.ndarray:
-    """``rgb`` averaged over ``factor`` x ``factor`` blocks and repeated back to its size: a key image that
-    costs fewer bytes at the same quality, for when even the lowest quality does not fit."""
+    """``rgb`` scaled down ``factor`` times by area averaging and up again (``modes.hybrid.key_base``): a key
+    image that costs fewer bytes, for when even the lowest quality does not fit. Not block-repeated: SVT-AV1
+    takes 10 times as long on a picture of flat blocks (its screen-content tools), and a key's coding time is
+    latency here."""
+    import torch
+
+    from .modes.common import to_tensor, to_uint8
+    from .modes.hybrid import key_base
+
     h, w = rgb.shape[:2]
-    hh, ww = h // factor * factor, w // factor * factor
-    small = rgb[:hh, :ww].reshape(hh // factor, factor, ww // factor, factor, 3).mean(axis=(1, 3))
-    out = rgb.copy()
-    out[:hh, :ww] = np.repeat(np.repeat(small, factor, 0), factor, 1).round().astype(np.uint8)
-    return out
+    with torch.inference_mode():
+        soft = key_base(to_tensor(rgb), (max(1, h // factor), max(1, w // factor)), (h, w))
+    return to_uint8(soft)[0]
 
 
 def record_overhead(count: int = 1) -> int:
-    """Bytes a chunk-1 base record adds to its unit at most in a short stream (type, length, frame index,
-    count, unit size, CRC) — the estimate the encoder plans with before a unit exists."""
-    return 1 + 2 + 3 + 1 + 2 + 4 if count == 1 else 0
+    """Bytes a chunk-1 lean base record (``B``, FORMAT.md §3.7) adds to its unit at most: type, a length of
+    up to 2 bytes, CRC-16 — the estimate the encoder plans with before a unit exists."""
+    return 1 + 2 + 2 if count == 1 else 0
 
 
 def datagram(seq: int, records: bytes) -> bytes:
@@ -166,6 +179,35 @@ def seq_gap(last: int | None, seq: int) -> int:
     return 0 if last is None else (seq - last - 1) % 65536
 
 
+class WireFrames:
+    """The receiving end's frame numbering: datagram ``seq`` carries frame ``seq - 1`` (the setup datagram is
+    0), unwrapped past 65535 by counting the gaps, so a datagram's lean records are placed even after losses."""
+
+    def __init__(self) -> None:
+        self.last_seq: int | None = None
+        self.frame = -1  # the frame of the last datagram received
+
+    def place(self, seq: int) -> tuple[int, int]:
+        """(frame of datagram ``seq``, datagrams lost just before it)."""
+        if self.last_seq is None:
+            gap = max(0, seq - 1)
+            self.frame = seq - 1
+        else:
+            gap = seq_gap(self.last_seq, seq)
+            self.frame += gap + 1
+        self.last_seq = seq
+        return self.frame, gap
+
+
+def datagram_packets(start: bytes, records: bytes, frame: int) -> list:
+    """The packets of one datagram's records (``parse_datagram``), the first at ``frame`` (``WireFrames``),
+    against the stream start ``start`` (signature and header); ``CorruptStreamError`` when any record is
+    damaged (the datagram then counts as lost)."""
+    from .bitstream import read_records
+
+    return read_records(start, records, frame)
+
+
 @dataclass
 class LiveStats:
     """What the live encoder did, per frame: when its bytes leave the link's queue, what it cost."""
@@ -183,17 +225,21 @@ class LiveStats:
         return [(d - c) * 1000 for d, c in zip(self.departures, self.captures)]
 
 
-def fit_key(encode, lo: int, hi: int, budget: int, start: int, tries: int = 3) -> tuple[int, bytes] | None:
+def fit_key(encode, lo: int, hi: int, budget: int, start: int, tries: int = 3,
+            more=lambda: True) -> tuple[int, bytes] | None:
     """The best key quality whose image fits ``budget`` bytes, searched with at most ``tries`` encodes from
     ``start`` (a key's encode time is latency, so no exhaustive search). ``encode(q) -> bytes``. The steps
     assume a key's size roughly doubles every 6 quality steps (HEVC and AV1 intra near these sizes). None
-    when not even quality ``lo`` fits (then the caller waits for room)."""
+    when not even quality ``lo`` fits (then the caller waits for room). ``more()`` is asked before every encode
+    but the first: False stops the search (the key's coding time is spent)."""
+    if budget <= 0:
+        return None
     best: tuple[int, bytes] | None = None
     smallest: tuple[int, bytes] | None = None
     q = min(hi, max(lo, start))
     tried: set[int] = set()
     for _ in range(tries):
-        if q in tried:
+        if q in tried or (tried and not more()):
             break
         tried.add(q)
         data = encode(q)
@@ -220,14 +266,14 @@ def fit_key(encode, lo: int, hi: int, budget: int, start: int, tries: int = 3) -
 
 class LiveEncoder:
     """Streaming live encoder: ``encode(rgb, t_capture, t_now, refresh)`` returns the frame's packets ([K,] B)
-    and queues their wire bytes in its bucket; ``flush`` returns END. The stream is a version 2 hybrid stream
+    and queues their wire bytes in its bucket; ``flush`` returns END. The stream is a version 5 hybrid stream
     at chunk 1 (no guard: the guard's enhancer runs would be latency). ``t_capture``/``t_now`` default to the
     frame's time at the stream's rate (a simulated clock); a live sender passes its clock's."""
 
     def __init__(self, model, *, model_name: str, weights_hash: bytes, fps: Fraction, link: LiveLink,
                  base_factor: int = 2, key_codec: str = LIVE_KEY_CODEC, scenecut: float | None = None,
                  intra_pct: int = 300, skip: bool = True, keyint: int = 0, frames: int = 0, clock=None,
-                 rate_scale: float = 1.0):
+                 rate_scale: float = 1.0, steady_ms: float = STEADY_MS):
         from .baselayer import BaseEncoder, base_size, get_base_codec
         from .bitstream import StreamHeader
         from .keyframe import get_keyframe_codec
@@ -253,7 +299,7 @@ class LiveEncoder:
             fps_num=self.fps.numerator, fps_den=self.fps.denominator, frames=frames,
             key_codec=key_codec, key_quality=int(self.key_quality), quality=0, chunk=1, token_dim=0,
             scale_indexes=(), base_codec="vp9", base_width=side, base_height=side,
-            base_quality=int(vp9.default_quality), enhancer_switch=False)
+            base_quality=int(vp9.default_quality), enhancer_switch=False, lean=True)
         self.keys = KeyPolicy(keyint, DEFAULT_SCENECUT if scenecut is None else scenecut)
         self.key_frames = self.keys.key_frames
         self.scene_cuts = self.keys.scene_cuts
@@ -262,10 +308,10 @@ class LiveEncoder:
         # a live sender's clock (``time.monotonic``): the key frame's own coding time is then planned for (its
         # bytes leave that much later), from the last key's measured time; without a clock, time is simulated
         self.clock = clock
-        self.key_cost_s = 0.08 if clock is not None else 0.0
+        self.key_cost_s = self._time_key_coding() if clock is not None else 0.0
         # in steady state frames queue at most this long, so the link has drained for a refresh key when one is
         # asked for; only key frames use the whole window
-        self.steady_s = min(self.link.send_window_s, STEADY_MS / 1000)
+        self.steady_s = min(self.link.send_window_s, steady_ms / 1000)
         self.stats = LiveStats()
         self.index = 0
         self.waited = 0  # frames the owed key frame has waited for room
@@ -274,6 +320,17 @@ class LiveEncoder:
         self.p_size = 0.0  # a running estimate of a base frame's wire bytes (decides skips)
 
     # ------------------------------------------------------------------------------------------ policy
+    def _time_key_coding(self) -> float:
+        """The time a key frame's coding is planned with, measured before the call starts: one key image encode
+        of a test picture (which also pays the codec's first-call costs) times ``KEY_ENCODES``, the encodes the
+        key search may use (``fit_key``'s tries are cut off when the time is spent). Why: the key frame's
+        coding time delays its bytes, and a first key planned at a guess arrived 200-350 ms late in real time."""
+        picture = np.full((self.size, self.size, 3), 128, np.uint8)
+        picture[self.size // 4: 3 * self.size // 4, self.size // 4: 3 * self.size // 4] = 200
+        started = self.clock()
+        self.key_codec.encode(picture, self.key_codec.quality_range[0])
+        return KEY_ENCODES * (self.clock() - started)
+
     def _deadline(self, t_capture: float) -> float:
         return t_capture + self.link.send_window_s
 
@@ -310,22 +367,34 @@ class LiveEncoder:
             started = self.clock() if self.clock is not None else 0.0
             room = self.bucket.room(t_now + self.key_cost_s, deadline) - DATAGRAM_HEADER
             unit = self.base.encode(rgb, intra=True)
-            base_rec = len(encode_packet(BasePacket(frame=i, units=(unit,))))
+            base_rec = len(encode_packet(BasePacket(frame=i, units=(unit,)), self.header))
             budget = int(room - base_rec - (record_overhead() + 4))
             lo, hi = self.key_codec.quality_range
-            got = fit_key(lambda q: self.key_codec.encode(rgb, q), lo, hi, budget, self.key_quality, tries=3)
-            if got is None:  # the search may have stopped above the lowest quality
-                got = fit_key(lambda q: self.key_codec.encode(rgb, q), lo, hi, budget, lo, tries=2)
+            # the search stops when the planned coding time is spent (one encode's worth before it)
+            spent = started + self.key_cost_s * (KEY_ENCODES - 1) / KEY_ENCODES
+            more = (lambda: self.clock() < spent) if self.clock is not None else (lambda: True)
+            coded: dict[int, bytes] = {}  # quality -> image: the second search does not code one again
+
+            def code(q: int) -> bytes:
+                if q not in coded:
+                    coded[q] = self.key_codec.encode(rgb, q)
+                return coded[q]
+
+            got = fit_key(code, lo, hi, budget, self.key_quality, 3, more)
+            if got is None and more():  # the search may have stopped above the lowest quality
+                got = fit_key(code, lo, hi, budget, lo, 2, more)
             for factor in (2, 4):  # not even the lowest quality fits: a smoother picture costs less
-                if got is not None:
+                if got is not None or not more():
                     break
-                got = fit_key(lambda q: self.key_codec.encode(smoothed(rgb, factor), q), lo, hi, budget, lo, 2)
+                got = fit_key(lambda q: self.key_codec.encode(smoothed(rgb, factor), q), lo, hi, budget, lo, 2,
+                              more)
             if got is None:  # nothing fits: the smoothest at the lowest quality, late
                 got = (lo, self.key_codec.encode(smoothed(rgb, 4), lo))
             q, image = got
             if self.clock is not None:
                 t_now = max(t_now, self.clock())
-                self.key_cost_s = 0.5 * self.key_cost_s + 0.5 * (self.clock() - started)
+                # a search that ran over its plan plans more next time (a slower machine, or a busier one)
+                self.key_cost_s = max(self.key_cost_s, self.clock() - started)
             self.key_quality = q
             self.keys.keyed(i)
             self.want_key = False
@@ -340,7 +409,11 @@ class LiveEncoder:
                 self.stats.postponed += 1
                 self.waited += 1
             steady = self.bucket.room(t_now, t_capture + self.steady_s) - DATAGRAM_HEADER
-            if self.skip and self.previous is not None and (self.want_key or steady < max(self.p_size, 1.0)):
+            # a sender whose own processing is behind its capture clock (a starved CPU) skips too: a skip costs
+            # no encode, so it catches up instead of sending every later frame late
+            behind = self.clock is not None and t_now - t_capture > BEHIND_FRAMES * self.frame_s
+            if self.skip and self.previous is not None and (self.want_key or behind
+                                                            or steady < max(self.p_size, 1.0)):
                 # skip: the link drains (after a key frame, or for an owed one); libvpx sees no time pass, so
                 # it does not spend the skipped frames' share later
                 unit = SKIP_UNIT  # the decoder shows its last picture again; the encoder's refs are untouched
@@ -351,7 +424,7 @@ class LiveEncoder:
                 n = len(unit) + record_overhead()
                 self.p_size = n if self.p_size == 0 else 0.8 * self.p_size + 0.2 * n
         out.append(BasePacket(frame=i, units=(unit,)))
-        wire = DATAGRAM_HEADER + sum(len(encode_packet(p)) for p in out)
+        wire = DATAGRAM_HEADER + sum(len(encode_packet(p, self.header)) for p in out)
         self.stats.captures.append(t_capture)
         self.stats.departures.append(self.bucket.send(t_now, wire))
         self.stats.sizes.append(wire)

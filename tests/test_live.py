@@ -69,6 +69,7 @@ def test_fit_key_finds_a_quality_that_fits(budget):
 
 def test_fit_key_none_when_nothing_fits():
     assert fit_key(_sizes, 0, 51, 100, start=10) is None
+    assert fit_key(_sizes, 0, 51, 0, start=10) is None and fit_key(_sizes, 0, 51, -40, start=10) is None  # no room
 
 
 def test_smoothed_is_cheaper_picture_of_the_same_size():
@@ -235,15 +236,83 @@ def test_loss_is_concealed_and_a_key_frame_recovers(enh_tiny):
     dgrams = []
     for i, f in enumerate(frames):
         packets = enc.encode(f, refresh=(i == 12))  # the receiver's request arrives at frame 12
-        dgrams.append((i + 1, b"".join(encode_packet(p) for p in packets)))
+        dgrams.append((i + 1, b"".join(encode_packet(p, enc.header) for p in packets)))
     setup = stream_start(enc.header)
-    keys = [i for i, (_, body) in enumerate(dgrams) if any(isinstance(p, KeyPacket) for p in packets_of(setup, body))]
+    keys = [i for i, (_, body) in enumerate(dgrams)
+            if any(isinstance(p, KeyPacket) for p in packets_of(setup, body, i))]
     assert keys[0] == 0 and len(keys) == 2 and keys[1] >= 12
     received = [d for d in dgrams if d[0] != 9]  # frame 8's datagram is lost
     out, concealed = decode_offline(setup, received, enh_tiny)
     assert len(out) == 40
     assert concealed == list(range(8, keys[1]))  # frozen from the loss to the key frame, no further
     assert np.array_equal(out[8], out[7])
+
+
+def test_a_sender_behind_its_capture_clock_skips_to_catch_up(enh_tiny):
+    """Real time: a frame handed over more than a frame after its capture (the sender's CPU lagged) is skipped,
+    which costs no encode; on time, the same frames on a roomy link are coded."""
+    frames = _frames(8)
+    for late_s, skipped in ((0.0, []), (0.1, list(range(1, 8)))):
+        enc = _encoder(enh_tiny, kbps=200, clock=lambda: 0.0)
+        for i, f in enumerate(frames):
+            enc.encode(f, t_capture=i * 0.04, t_now=i * 0.04 + (late_s if i else 0.0))
+        assert enc.stats.skipped == skipped
+
+
+def test_key_search_stops_when_its_planned_time_is_spent(enh_tiny):
+    """Real time: the key frame's coding time is measured before the call (``KEY_ENCODES`` encodes of a test
+    picture) and the key search stops when it is spent, so the plan holds; a search that ran over plans more."""
+    from imfcodec.live import KEY_ENCODES
+
+    now = [0.0]
+
+    def clock():  # every encode below takes 10 ms of this clock
+        return now[0]
+
+    enc = _encoder(enh_tiny, kbps=1, clock=clock)  # no key fits this link: an unbounded search tries on
+    calls = []
+    real = enc.key_codec.encode
+
+    def slow(rgb, q):
+        calls.append(q)
+        now[0] += 0.010
+        return real(rgb, q)
+
+    enc.key_codec.encode = slow
+    assert enc.key_cost_s == 0.0  # the warm-up encode ran before the slow clock: no time passed
+    enc.key_cost_s = KEY_ENCODES * 0.010
+    enc.encode(_frames(1)[0], t_capture=0.0, t_now=0.0)
+    assert 1 <= len(calls) <= KEY_ENCODES  # never more encodes than planned for
+    assert enc.key_cost_s >= 0.010 * len(calls)
+
+
+def test_live_records_are_lean_and_placed_by_the_sequence_number(enh_tiny):
+    """Version 5 lean records (4-5 bytes of framing a frame, against 10-12 in version 2); a datagram's records
+    state no frame, so the receiver places them by the datagram's sequence number, also after losses and past
+    the 16-bit wrap; a damaged datagram is refused whole."""
+    from imfcodec.bitstream import BasePacket, encode_packet, packet_overhead, stream_start
+    from imfcodec.errors import CorruptStreamError
+    from imfcodec.live import WireFrames, datagram_packets, record_overhead
+
+    enc = _encoder(enh_tiny)
+    per_frame = [enc.encode(f) for f in _frames(12)]
+    assert enc.header.lean and enc.header.chunk == 1
+    setup = stream_start(enc.header)
+    for i, packets in enumerate(per_frame[1:], 1):
+        (b,) = packets
+        assert packet_overhead(b, enc.header) <= record_overhead() <= 5
+        body = encode_packet(b, enc.header)
+        assert body[:1] == b"B"  # a lean record: no frame index
+        (got,) = datagram_packets(setup, body, i)
+        assert isinstance(got, BasePacket) and got.frame == i and got.units == b.units
+        with pytest.raises(CorruptStreamError):
+            datagram_packets(setup, body[:-1] + bytes([body[-1] ^ 1]), i)
+    wire = WireFrames()
+    assert wire.place(1) == (0, 0)
+    assert wire.place(2) == (1, 0)
+    assert wire.place(5) == (4, 2)  # datagrams 3 and 4 lost
+    wire.last_seq, wire.frame = 65535, 65534
+    assert wire.place(1) == (65536, 1)  # seq 0 (frame 65535) lost, the counter wrapped
 
 
 # ---------------------------------------------------------------------------------------------- command line

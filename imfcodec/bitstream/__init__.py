@@ -31,12 +31,13 @@ from .format import (
     header_version,
     packet_overhead,
 )
-from .reader import Damage, ResyncReader, StreamReader, is_imf_stream, iter_packet_records, read_stream
+from .reader import (Damage, ResyncReader, StreamReader, is_imf_stream, iter_packet_records, read_records,
+                     read_stream)
 from .writer import StreamWriter, stream_start
 
 __all__ = [
     "BasePacket", "Damage", "MAGIC", "MAX_CHUNK", "MAX_NAME", "MAX_TOKEN_DIM", "VERSION", "VERSIONS", "EndPacket",
     "KeyPacket", "LeanFraming", "Limits", "Packet", "PacketRecord", "ResyncReader", "StreamHeader", "StreamReader", "StreamWriter",
     "TimingPacket", "TokenPacket", "decode_varint", "encode_packet", "encode_varint", "header_flags", "header_version", "is_imf_stream",
-    "iter_packet_records", "packet_overhead", "read_stream", "stream_start",
+    "iter_packet_records", "packet_overhead", "read_records", "read_stream", "stream_start",
 ]

@@ -234,15 +234,15 @@ class StreamReader:
             return b
 
         n = decode_varint(byte, len_start, f"{name} record length", CorruptStreamError)
+        lean = self.version >= 5 and t in LEAN_TYPES  # a version 5 base record: CRC-16
+        crc_size = LEAN_CRC_SIZE if lean else CRC_SIZE
         remaining = src.remaining()
-        if remaining is not None and n + CRC_SIZE > remaining:
+        if remaining is not None and n + crc_size > remaining:
             raise CorruptStreamError(f"bad length or truncation: {name} record at byte {offset} declares "
-                                     f"{n} payload bytes, only {max(0, remaining - CRC_SIZE)} remain")
+                                     f"{n} payload bytes, only {max(0, remaining - crc_size)} remain")
         if n > self.limits.max_packet:
             raise UnsupportedStreamError(f"{name} record at byte {offset} declares {n} payload bytes, above "
                                          f"the limit of {self.limits.max_packet} (Limits.max_packet)")
-        lean = self.version >= 5 and t in LEAN_TYPES  # a version 5 base record: CRC-16
-        crc_size = LEAN_CRC_SIZE if lean else CRC_SIZE
         payload = src.read_exact(n, f"{name} record payload")
         crc = int.from_bytes(src.read_exact(crc_size, f"{name} record CRC"), "little")
         if crc != (record_crc16 if lean else record_crc)(t, bytes(length_bytes), payload):
@@ -541,6 +541,34 @@ def iter_packet_records(source: Source, limits: Limits = Limits()) -> Iterator[P
     finally:
         if owned:
             f.close()
+
+
+def read_records(start: bytes, body: bytes, next_frame: int, limits: Limits = Limits()) -> list[Packet]:
+    """The packets of ``body``, whole records without the stream's start, read as the continuation of the stream
+    whose signature and header are ``start``, its next frame ``next_frame``.
+
+    Why: a transport that numbers its messages (the live wire: one datagram per frame, ``imfcodec.live``) knows
+    where each message's frames begin even after messages it never received, so it can place the lean base
+    records of version 5, which state no frame index. Every record is validated as ``StreamReader`` does
+    (its CRC, the packet rules from ``next_frame`` on); an END packet, if any, must be the last.
+    ``CorruptStreamError`` for a damaged or misplaced record: the message is then lost as a whole."""
+    if next_frame < 0:
+        raise ValueError(f"next_frame must be >= 0, got {next_frame}")
+    reader = StreamReader(io.BytesIO(bytes(start) + bytes(body)), limits)
+    if reader._src.pos != len(start):
+        raise CorruptStreamError(f"the stream start is {len(start)} bytes but its header ends at byte "
+                                 f"{reader._src.pos}")
+    reader._next_frame = next_frame
+    packets: list[Packet] = []
+    while reader._src.remaining():
+        if reader.end is not None:
+            raise CorruptStreamError(f"records after the END packet, at byte {reader._src.pos}")
+        rec, payload = reader._read_record(first=False)
+        packet = reader._parse_packet(rec, payload)
+        if isinstance(packet, EndPacket):
+            reader.end = packet
+        packets.append(packet)
+    return packets
 
 
 def read_stream(source: Source, limits: Limits = Limits()) -> tuple[StreamHeader, list[Packet]]:
