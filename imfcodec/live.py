@@ -318,6 +318,7 @@ class LiveEncoder:
         self.want_key = False  # a key frame is owed (first frame, scene cut, refresh request)
         self.previous: np.ndarray | None = None  # the last picture the base encoder coded
         self.p_size = 0.0  # a running estimate of a base frame's wire bytes (decides skips)
+        self.p_time = 0.0  # a running estimate of a base frame's coding time, s (a live sender's clock only)
 
     # ------------------------------------------------------------------------------------------ policy
     def _time_key_coding(self) -> float:
@@ -408,7 +409,8 @@ class LiveEncoder:
             if self.want_key:
                 self.stats.postponed += 1
                 self.waited += 1
-            steady = self.bucket.room(t_now, t_capture + self.steady_s) - DATAGRAM_HEADER
+            # planned at the time the frame's bytes will leave: after its encode (``p_time``: a running estimate)
+            steady = self.bucket.room(t_now + self.p_time, t_capture + self.steady_s) - DATAGRAM_HEADER
             # a sender whose own processing is behind its capture clock (a starved CPU) skips too: a skip costs
             # no encode, so it catches up instead of sending every later frame late
             behind = self.clock is not None and t_now - t_capture > BEHIND_FRAMES * self.frame_s
@@ -419,14 +421,18 @@ class LiveEncoder:
                 unit = SKIP_UNIT  # the decoder shows its last picture again; the encoder's refs are untouched
                 self.stats.skipped.append(i)
             else:
+                t0 = self.clock() if self.clock is not None else 0.0
                 unit = self.base.encode(rgb, intra=False)
+                if self.clock is not None:
+                    self.p_time = 0.8 * self.p_time + 0.2 * (self.clock() - t0)
                 self.previous = rgb
                 n = len(unit) + record_overhead()
                 self.p_size = n if self.p_size == 0 else 0.8 * self.p_size + 0.2 * n
         out.append(BasePacket(frame=i, units=(unit,)))
         wire = DATAGRAM_HEADER + sum(len(encode_packet(p, self.header)) for p in out)
         self.stats.captures.append(t_capture)
-        self.stats.departures.append(self.bucket.send(t_now, wire))
+        sent = max(t_now, self.clock()) if self.clock is not None else t_now  # the bytes leave after the coding
+        self.stats.departures.append(self.bucket.send(sent, wire))
         self.stats.sizes.append(wire)
         return out
 
