@@ -202,8 +202,7 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
         pli_at = [p for p in pli_at if p > t]
         if codec == "imf":
             payload = b"".join(encode_packet(p, enc.header) for p in enc.encode(rgb, t, t, refresh=want))
-            if enc.stats.key_frames and enc.stats.key_frames[-1] == i:
-                key_since_loss = True if i == 0 else key_since_loss
+            sent_key = enc.stats.key_frames[-1:] == [i]
         else:
             payload = anchor_payload(codec, enc, rgb, i)
         data = datagram(i + 1, payload)
@@ -216,7 +215,7 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
         if codec == "imf":
             if i + 1 - last_seen > 1:
                 key_since_loss = False
-            if any(type(p).__name__ == "KeyPacket" for p in _packets(enc.header, payload, i)):
+            if sent_key:
                 key_since_loss = True
             if refresh and not key_since_loss and due - last_pli > 0.5:
                 pli_at.append(due + prop)
@@ -228,7 +227,6 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
         out, hidden = decode_offline(stream_start(enc.header), got)
     else:
         dec, out, shown = _anchor_decoder(codec), [], None
-        seqs = {q for q, _ in got}
         body = dict(got)
         for i in range(n):
             if i + 1 in body:
@@ -238,7 +236,6 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
                 except av.FFmpegError:
                     pass
             out.append(shown if shown is not None else np.full_like(src[0], 128))
-        del seqs
     avail = np.minimum.accumulate(arrivals[::-1])[::-1]  # a lost frame's concealment comes with the next arrival
     bound = max_delay / 1000 + prop
     m = display_metrics(avail, 0.0, float(fps), n, bound + f)
@@ -259,13 +256,6 @@ def simulate_session(clip: Path, link: dict, codec: str, scale: str, seconds: fl
            "key_bytes": stats.key_sizes[0] if stats else "", "key_q": stats.key_qualities[0] if stats else "",
            "keys": len(stats.key_frames) if stats else "", "skipped": len(stats.skipped) if stats else ""}
     return row, {"arrival_ms": lat.tolist(), "psnr": shown_psnr, "bound_ms": bound * 1000}
-
-
-def _packets(header, payload: bytes, frame: int) -> list:
-    from benchmarks.livecall import packets_of
-    from imfcodec.bitstream import stream_start
-
-    return packets_of(stream_start(header), payload, frame)
 
 
 def _summary(rows: list[dict]) -> str:

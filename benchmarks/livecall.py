@@ -199,11 +199,11 @@ def packets_of(setup: bytes, body: bytes, frame: int) -> list:
     """The packets of one datagram's records, the first at ``frame`` (its sequence number's), parsed against
     the session's header (``setup``: the stream start); none when a record fails its check (the datagram is
     then as good as lost: the decoder conceals from there to the next key frame)."""
+    from imfcodec.bitstream import read_records
     from imfcodec.errors import BitstreamError
-    from imfcodec.live import datagram_packets
 
     try:
-        return datagram_packets(setup, body, frame)
+        return read_records(setup, body, frame)
     except BitstreamError:
         return []
 

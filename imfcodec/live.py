@@ -28,7 +28,7 @@ caps a live key's quality at low rates.
 
 ``datagram`` / ``parse_datagram``: the live wire, one datagram per frame (a 2-byte sequence number, so the
 receiver sees a loss, then the frame's records as in a file). The sequence number also places the lean records,
-which state no frame index, after a loss (``WireFrames``, ``bitstream.read_records``).
+which state no frame index, after a loss (``WireFrames``, then ``bitstream.read_records``).
 """
 
 from __future__ import annotations
@@ -197,15 +197,6 @@ class WireFrames:
             self.frame += gap + 1
         self.last_seq = seq
         return self.frame, gap
-
-
-def datagram_packets(start: bytes, records: bytes, frame: int) -> list:
-    """The packets of one datagram's records (``parse_datagram``), the first at ``frame`` (``WireFrames``),
-    against the stream start ``start`` (signature and header); ``CorruptStreamError`` when any record is
-    damaged (the datagram then counts as lost)."""
-    from .bitstream import read_records
-
-    return read_records(start, records, frame)
 
 
 @dataclass

@@ -290,9 +290,9 @@ def test_live_records_are_lean_and_placed_by_the_sequence_number(enh_tiny):
     """Version 5 lean records (4-5 bytes of framing a frame, against 10-12 in version 2); a datagram's records
     state no frame, so the receiver places them by the datagram's sequence number, also after losses and past
     the 16-bit wrap; a damaged datagram is refused whole."""
-    from imfcodec.bitstream import BasePacket, encode_packet, packet_overhead, stream_start
+    from imfcodec.bitstream import BasePacket, encode_packet, packet_overhead, read_records, stream_start
     from imfcodec.errors import CorruptStreamError
-    from imfcodec.live import WireFrames, datagram_packets, record_overhead
+    from imfcodec.live import WireFrames, record_overhead
 
     enc = _encoder(enh_tiny)
     per_frame = [enc.encode(f) for f in _frames(12)]
@@ -303,10 +303,10 @@ def test_live_records_are_lean_and_placed_by_the_sequence_number(enh_tiny):
         assert packet_overhead(b, enc.header) <= record_overhead() <= 5
         body = encode_packet(b, enc.header)
         assert body[:1] == b"B"  # a lean record: no frame index
-        (got,) = datagram_packets(setup, body, i)
+        (got,) = read_records(setup, body, i)
         assert isinstance(got, BasePacket) and got.frame == i and got.units == b.units
         with pytest.raises(CorruptStreamError):
-            datagram_packets(setup, body[:-1] + bytes([body[-1] ^ 1]), i)
+            read_records(setup, body[:-1] + bytes([body[-1] ^ 1]), i)
     wire = WireFrames()
     assert wire.place(1) == (0, 0)
     assert wire.place(2) == (1, 0)

@@ -187,12 +187,18 @@ class StreamReader:
             offset = self._src.pos
             if self._src.remaining() == 0:
                 raise CorruptStreamError(f"truncated: stream ends at byte {offset} without an END packet")
-            rec, payload = self._read_record(first=False)
-            packet = self._parse_packet(rec, payload)
-            if isinstance(packet, EndPacket):
-                self.end = packet
+            rec, packet = self._next_record()
+            if self.end is not None:
                 self._check_trailing()
             yield rec, packet
+
+    def _next_record(self) -> tuple[PacketRecord, Packet]:
+        """The next record, validated; an END packet is kept in ``.end``."""
+        rec, payload = self._read_record(first=False)
+        packet = self._parse_packet(rec, payload)
+        if isinstance(packet, EndPacket):
+            self.end = packet
+        return rec, packet
 
     # ------------------------------------------------------------------------------------------ framing
 
@@ -563,11 +569,7 @@ def read_records(start: bytes, body: bytes, next_frame: int, limits: Limits = Li
     while reader._src.remaining():
         if reader.end is not None:
             raise CorruptStreamError(f"records after the END packet, at byte {reader._src.pos}")
-        rec, payload = reader._read_record(first=False)
-        packet = reader._parse_packet(rec, payload)
-        if isinstance(packet, EndPacket):
-            reader.end = packet
-        packets.append(packet)
+        packets.append(reader._next_record()[1])
     return packets
 
 
