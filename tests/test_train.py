@@ -626,6 +626,61 @@ def test_enhancer_config_and_command_line_agree(capsys):
         cfg.replace(nope=1)
 
 
+def test_carried_memory_runs_each_sequence_on_across_steps(videos, tmp_path):
+    """--carry-memory: a sequence's next window starts where its last one ended (same clip, point, key and flip,
+    N frames on) from the memory that window left, so two windows of 2 frames give what one of 4 gives; a
+    sequence at its clip's end starts anew; training steps run on it; a single-frame enhancer refuses it."""
+    from imfcodec.train import hybrid
+
+    cfg = hybrid.EnhancerConfig(data=[str(videos)], out=str(tmp_path / "r"), model="enh-tiny-rec", max_frames=8,
+                                cache_dir=str(tmp_path / "cache"), threads=1, unroll=2, carry_memory=True,
+                                batch_size=4, first_val=False)
+    t = hybrid.EnhancerTrainer(cfg)
+    t.prepare_data()
+    model = t.model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("head.", "mem_in.")):
+                p.normal_(0, 0.05)  # the memory matters (an untrained branch adds exactly zero)
+    tracks = hybrid.Tracks(t.coded["train"], 4, np.random.default_rng(3), t.size, 2)
+    with torch.no_grad():
+        (key, key_base, start, from_key, bases, _), carried = tracks.next()
+        assert not carried.any()
+        first, flip = list(tracks.picks), tracks.flip.clone()
+        _, memory = hybrid.unrolled(model, key, key_base, start, from_key, bases)
+        tracks.keep(memory)
+        (key, key_base, start, from_key, bases, targets), carried = tracks.next()
+        outs, _ = hybrid.unrolled(model, key, key_base, start, from_key, bases, carried, tracks.memory)
+        fresh, _ = hybrid.unrolled(model, key, key_base, start, from_key, bases)
+        straight, _ = hybrid.unrolled(model, *hybrid._windows(first, flip, t.size, 4, "cpu")[:5])
+    assert carried.any()
+    for i, (a, b) in enumerate(zip(first, tracks.picks)):
+        if carried[i]:
+            assert b[0] is a[0] and b[1:3] == a[1:3] and b[3] == a[3] + 2 and tracks.flip[i] == flip[i]
+            for k in range(2):
+                assert torch.allclose(outs[k][i], straight[2 + k][i], atol=1e-5)
+                assert torch.allclose(targets[k][i], hybrid._windows(first, flip, t.size, 4, "cpu")[5][2 + k][i])
+            assert (outs[1][i] - fresh[1][i]).abs().max() > 1e-4  # without the carried memory: other frames
+        else:
+            assert a[3] + 4 > len(a[0].frames)
+    restarts = 0
+    for _ in range(4):  # the clips have 8-10 frames: every sequence reaches its end within 4 windows
+        before = list(tracks.picks)
+        tracks.keep(memory)
+        _, carried = tracks.next()
+        for i, a in enumerate(before):
+            assert bool(carried[i]) == (a[3] + 4 <= len(a[0].frames))
+        restarts += int((~carried).sum())
+    assert restarts >= 4
+    model.train()
+    batches = t.batches()
+    for _ in range(3):
+        assert np.isfinite(t.train_step(*next(batches))["loss"])
+    assert t.step == 3 and t.tracks.memory is not None and not t.tracks.memory[0].requires_grad
+    with pytest.raises(InputError, match="--carry-memory is for recurrent enhancers"):
+        hybrid.EnhancerTrainer(cfg.replace(model="enh-tiny", unroll=1, out=str(tmp_path / "s")))
+
+
 def test_recurrent_enhancer_trains_on_unrolled_sequences_from_a_single_frame_one(videos, tmp_path):
     """--unroll N: a recurrent enhancer warm-started from a single-frame enhancer's weights validates exactly as
     that enhancer at step 0 (same frames; it runs through every frame before them), trains on sequences of N

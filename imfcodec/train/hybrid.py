@@ -208,26 +208,29 @@ def sample_batch(clips: list[CodedClip], batch: int, rng: np.random.Generator, s
     return tuple(out)
 
 
-def sample_sequences(clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int, unroll: int,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-    """A recurrent enhancer's batch: (key, key_base, start, from_key, bases, targets); key, key_base and start
-    [B,3,R,R], from_key [B] bool, bases and targets [N,B,3,R,R] (N = ``unroll`` consecutive frames). Per sample a random clip, operating point,
-    key quality and first frame ``s``; ``start`` is what the memory holds before frame ``s``: the key frame when
-    ``s`` is 1 (half the samples: the decoder's state after a key frame), else the upscaled base frame ``s - 1``
-    (the decoder's state after a ``b`` record; the unroll then fills the memory with the model's own frames).
-    A horizontal flip shared by all of a sample's pictures."""
-    from imfcodec.models import upscale
+def _random_start(clips: list[CodedClip], rng: np.random.Generator, unroll: int) -> tuple[CodedClip, Any, int, int]:
+    """A sequence's (clip, operating point, key quality, first frame ``s``): ``s`` is 1 (the key frame before it)
+    half the time, else a random frame after a ``b`` record."""
+    c = clips[rng.integers(len(clips))]
+    point = BASE_POINTS[rng.integers(len(BASE_POINTS))]
+    kq = KEY_QUALITIES[rng.integers(len(KEY_QUALITIES))]
+    s = 1 if rng.random() < 0.5 else int(rng.integers(2, len(c.frames) - unroll + 1))
+    return c, point, kq, s
 
+
+def _check_unroll(clips: list[CodedClip], unroll: int) -> None:
     t_min = min(len(c.frames) for c in clips)
     if unroll < 1 or unroll >= t_min:
         raise InputError(f"--unroll {unroll}: the clips have {t_min} frames, a sequence needs 1..{t_min - 1}")
-    picks = []
-    for _ in range(batch):
-        c = clips[rng.integers(len(clips))]
-        point = BASE_POINTS[rng.integers(len(BASE_POINTS))]
-        kq = KEY_QUALITIES[rng.integers(len(KEY_QUALITIES))]
-        s = 1 if rng.random() < 0.5 else int(rng.integers(2, len(c.frames) - unroll + 1))
-        picks.append((c, point, kq, s))
+
+
+def _windows(picks: list[tuple[CodedClip, Any, int, int]], flip: torch.Tensor, size: int, unroll: int,
+             device: torch.device | str) -> tuple[torch.Tensor, ...]:
+    """``sample_sequences``' tensors for the windows ``picks`` (clip, point, key quality, first frame), each sample
+    flipped horizontally where ``flip``."""
+    from imfcodec.models import upscale
+
+    batch = len(picks)
     key = _t(np.stack([c.keys[kq] for c, _, kq, _ in picks])).to(device)
     target = _t(np.stack([c.frames[s:s + unroll] for c, _, _, s in picks])).to(device)  # [B,N,3,R,R]
     # the small pictures of a sample: its key's base, frames s-1 .. s+N-1; upscaled per base size
@@ -238,7 +241,7 @@ def sample_sequences(clips: list[CodedClip], batch: int, rng: np.random.Generato
         small = _t(np.stack([smalls[i] for i in idx])).to(device)
         up[idx] = upscale(small.flatten(0, 1), (size, size)).view(len(idx), unroll + 2, 3, size, size)
     start = torch.stack([key[i] if s == 1 else up[i, 1] for i, (_, _, _, s) in enumerate(picks)])
-    flip = torch.from_numpy(rng.random(batch) < 0.5).to(device)
+    flip = flip.to(device)
     out = []
     for x in (key, up[:, 0], start, up[:, 2:], target):
         x = x.clone()
@@ -249,10 +252,60 @@ def sample_sequences(clips: list[CodedClip], batch: int, rng: np.random.Generato
     return key, key_base, start, from_key, bases.transpose(0, 1), targets.transpose(0, 1)
 
 
+def sample_sequences(clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int, unroll: int,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """A recurrent enhancer's batch: (key, key_base, start, from_key, bases, targets); key, key_base and start
+    [B,3,R,R], from_key [B] bool, bases and targets [N,B,3,R,R] (N = ``unroll`` consecutive frames). Per sample a random clip, operating point,
+    key quality and first frame ``s``; ``start`` is what the memory holds before frame ``s``: the key frame when
+    ``s`` is 1 (half the samples: the decoder's state after a key frame), else the upscaled base frame ``s - 1``
+    (the decoder's state after a ``b`` record; the unroll then fills the memory with the model's own frames).
+    A horizontal flip shared by all of a sample's pictures."""
+    _check_unroll(clips, unroll)
+    picks = [_random_start(clips, rng, unroll) for _ in range(batch)]
+    return _windows(picks, torch.from_numpy(rng.random(batch) < 0.5), size, unroll, device)
+
+
+class Tracks:
+    """``--carry-memory``: each of the batch's B sequences runs on through its clip from step to step, the memory
+    carried from one window of N frames to the next (detached: truncated back-propagation through time), so the
+    enhancer trains on the memory it meets in a decoder after tens of frames, its own output, not only on the
+    first N frames after a start. A sequence that reaches its clip's end is replaced by a new one
+    (``_random_start``: after a key frame or a ``b`` record, as ``sample_sequences`` draws them). The carried
+    memory is not in the checkpoint: a resumed run starts new sequences."""
+
+    def __init__(self, clips: list[CodedClip], batch: int, rng: np.random.Generator, size: int, unroll: int,
+                 device: torch.device | str = "cpu") -> None:
+        _check_unroll(clips, unroll)
+        self.clips, self.rng, self.size, self.unroll, self.device = clips, rng, size, unroll, device
+        self.picks: list[tuple[CodedClip, Any, int, int] | None] = [None] * batch
+        self.flip = torch.zeros(batch, dtype=torch.bool)
+        self.carried = torch.zeros(batch, dtype=torch.bool)  # which samples continue a sequence
+        self.memory: tuple[torch.Tensor, ...] | None = None   # the last window's end, [B,...] (detached)
+
+    def next(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The next window of every sequence (``sample_sequences``' tuple) and the mask of those that continue
+        (their memory is ``self.memory``)."""
+        for i, p in enumerate(self.picks):
+            if p is not None and p[3] + 2 * self.unroll <= len(p[0].frames):
+                self.picks[i] = (*p[:3], p[3] + self.unroll)
+                self.carried[i] = self.memory is not None
+            else:
+                self.picks[i] = _random_start(self.clips, self.rng, self.unroll)
+                self.flip[i] = bool(self.rng.random() < 0.5)
+                self.carried[i] = False
+        return _windows(self.picks, self.flip, self.size, self.unroll, self.device), self.carried.clone()
+
+    def keep(self, memory: tuple[torch.Tensor, ...]) -> None:
+        """Where the windows just trained on ended: the next ones start from it."""
+        self.memory = tuple(m.detach() for m in memory)
+
+
 def unrolled(model: torch.nn.Module, key: torch.Tensor, key_base: torch.Tensor, start: torch.Tensor,
-             from_key: torch.Tensor, bases: torch.Tensor) -> list[torch.Tensor]:
+             from_key: torch.Tensor, bases: torch.Tensor, carried: torch.Tensor | None = None,
+             memory: tuple[torch.Tensor, ...] | None = None) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
     """A recurrent enhancer along ``bases`` ([N,B,3,R,R]) from the memory ``start`` (where ``from_key``, the key
-    frame: ``prepare_key``'s own memory): the enhanced frames, back-propagation through all N."""
+    frame: ``prepare_key``'s own memory) or, where ``carried``, from ``memory`` (``Tracks``): the enhanced frames,
+    back-propagation through all N, and the memory after the last one."""
     state = model.prepare_key(key, key_base)
     if not bool(from_key.all()):  # the others start from an upscaled base frame: remember it
         keep = state.memory
@@ -260,7 +313,11 @@ def unrolled(model: torch.nn.Module, key: torch.Tensor, key_base: torch.Tensor, 
         m = from_key.view(-1, 1, 1, 1)
         state.memory = tuple(torch.where(m, a, b) for a, b in zip(keep, state.memory))
     # (an upscaled base frame shown: its features and its values over itself, what the decoder remembers)
-    return [model.enhance(state, b) for b in bases]
+    if carried is not None and memory is not None and bool(carried.any()):
+        m = carried.to(key.device).view(-1, 1, 1, 1)
+        state.memory = tuple(torch.where(m, a, b) for a, b in zip(memory, state.memory))
+    outs = [model.enhance(state, b) for b in bases]
+    return outs, state.memory
 
 
 def loss_fn(out: torch.Tensor, target: torch.Tensor, w_ms_ssim: float) -> torch.Tensor:
@@ -458,6 +515,7 @@ class EnhancerConfig(RunConfig):
     val_frames: int = 0                   # > 0: validate within the first N frames after the key (recurrent: cheaper)
     train_frames: int = 0                 # > 0: training clips keep their first N frames once coded (memory)
     unroll: int = 1                       # frames per training sequence (a recurrent enhancer needs >= 2)
+    carry_memory: bool = False            # recurrent: sequences run on across steps, the memory carried (Tracks)
     first_val: bool = True                # validate at step 0 (a warm start's is its init's: skip it to save time)
     # schedule and loss
     batch_size: int = 8                   # global batch (split over DDP ranks)
@@ -523,6 +581,8 @@ class EnhancerTrainer(Run):
         if self.recurrent and cfg.unroll < 2:
             raise InputError("a recurrent enhancer trains on sequences: --unroll N with N >= 2 (truncated "
                              "back-propagation through N frames)")
+        if not self.recurrent and cfg.carry_memory:
+            raise InputError(f"--carry-memory is for recurrent enhancers; {self.model.config.name} has no memory")
         if not self.recurrent and cfg.unroll != 1:
             raise InputError(f"--unroll is for recurrent enhancers; {self.model.config.name} enhances single frames")
         if cfg.init_from:
@@ -534,6 +594,7 @@ class EnhancerTrainer(Run):
         self.ema_model = copy.deepcopy(self.model).eval()
         self.opt = torch.optim.Adam(self.model.parameters(), cfg.lr, betas=tuple(cfg.betas))
         self.history: list[dict[str, float]] = []
+        self.tracks: Tracks | None = None
         ckpt = self.out / "last.pt"
         if resume and ckpt.is_file():
             state = load_checkpoint(ckpt)
@@ -593,7 +654,13 @@ class EnhancerTrainer(Run):
 
     def batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         while True:
-            if self.recurrent:  # (the intra-base route is not drawn for a recurrent enhancer yet)
+            if self.recurrent and self.cfg.carry_memory:
+                if self.tracks is None:
+                    self.tracks = Tracks(self.coded["train"], self.local_batch, self.rng, self.size, self.cfg.unroll,
+                                         self.device)
+                batch, carried = self.tracks.next()
+                yield (*batch[:-1], carried, batch[-1])
+            elif self.recurrent:  # (the intra-base route is not drawn for a recurrent enhancer yet)
                 yield sample_sequences(self.coded["train"], self.local_batch, self.rng, self.size, self.cfg.unroll,
                                        self.device)
             else:
@@ -610,7 +677,13 @@ class EnhancerTrainer(Run):
         lr = lr_at(self.cfg, self.step)
         set_lr(self.opt, lr)
         if self.recurrent:
-            outs = unrolled(self.model, *inputs)
+            tracks = self.tracks if self.cfg.carry_memory else None
+            if tracks is not None:  # (key, key_base, start, from_key, bases, carried)
+                *inputs, carried = inputs
+                outs, memory = unrolled(self.model, *inputs, carried=carried, memory=tracks.memory)
+                tracks.keep(memory)
+            else:
+                outs, _ = unrolled(self.model, *inputs)
             loss = sum(loss_fn(o, t, self.cfg.w_ms_ssim) for o, t in zip(outs, target)) / len(outs)
         else:
             loss = loss_fn(self.model(*inputs), target, self.cfg.w_ms_ssim)
@@ -721,6 +794,9 @@ _D = EnhancerConfig()
               help="validate at step 0 (warm-started from a single-frame enhancer, a recurrent one validates as it)")
 @click.option("--unroll", type=int, default=_D.unroll, show_default=True,
               help="recurrent enhancers: frames per training sequence (truncated back-propagation through them)")
+@click.option("--carry-memory/--no-carry-memory", default=_D.carry_memory, show_default=True,
+              help="recurrent enhancers: each sequence runs on through its clip across steps, the memory carried "
+                   "from one window of --unroll frames to the next")
 @click.option("--cache-dir", default=_D.cache_dir, show_default=True)
 @click.option("--init-from", default=None, help="start from these enhancer weights (.safetensors)")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
