@@ -38,10 +38,9 @@ def _kbps_list(ctx, param, value: str) -> list[float]:
 @click.option("--frames", type=int, default=None, help="At most N frames of each clip.")
 @click.option("--check", is_flag=True, help="Also encode the closed loop's point with the guard and compare.")
 def command(clips, targets, enhancer, frames, check) -> None:
-    from dataclasses import replace
-
     from imfcodec.api import encode_video
     from imfcodec.io import probe_video
+    from imfcodec.keyframe import get_keyframe_codec
     from imfcodec.modes.hybrid import enhancer_name, load_enhancer
     from imfcodec.ratecontrol import FileMeter, choose, closed_loop, family_of, input_duration, load_table
     from imfcodec.settings import EncoderSettings
@@ -61,7 +60,8 @@ def command(clips, targets, enhancer, frames, check) -> None:
             table = FileMeter(clip, settings, loaded, max_frames=frames)(fam, point.base_quality)
             meter = FileMeter(clip, settings, loaded, max_frames=frames)
             t0 = time.perf_counter()
-            best, searches = closed_loop(points, target, duration, meter)
+            best, searches = closed_loop(points, target, duration, meter,
+                                         key_range=get_keyframe_codec(settings.key_codec).quality_range)
             seconds = time.perf_counter() - t0
             passes = sum(len(s.passes) for s in searches)
             f = best.family
@@ -72,9 +72,8 @@ def command(clips, targets, enhancer, frames, check) -> None:
                   flush=True)
             if check:
                 with tempfile.TemporaryDirectory() as tmp:
-                    s = encode_video(clip, Path(tmp) / "c.imf", model=loaded, max_frames=frames, settings=replace(
-                        settings, base_codec=f.base_codec, base_factor=f.base_factor,
-                        base_quality=best.base_quality, key_quality=f.key_quality))
+                    s = encode_video(clip, Path(tmp) / "c.imf", model=loaded, max_frames=frames,
+                                     settings=f.settings(settings, best.base_quality).validated())
                 print(f"check: {Path(clip).name} {target:g}: written {s.kbps:.3f} kbit/s, measured {best.kbps:.3f}",
                       file=sys.stderr, flush=True)
 

@@ -449,8 +449,11 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
         say(f"pass {count}: {family.describe(quality)} -> {r:.2f} kbit/s")
         return r
 
+    from .keyframe import get_keyframe_codec
+
     best, searches = closed_loop(points, kbps, duration, rate, base_codec=base_codec, base_factor=factor,
-                                 key_quality=key_quality)
+                                 key_quality=key_quality,
+                                 key_range=get_keyframe_codec(settings.key_codec).quality_range)
     fam = best.family
     miss = best.kbps / kbps - 1
     ok = within(best.kbps, kbps)
@@ -459,7 +462,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     why = None
     if not ok:  # said after the encode, with the file's real rate
         reach = {s.reach for s in searches}
-        why = ("even the lowest base quality of the table's cheapest points is above it" if reach == {"over"}
+        why = ("even the lowest base quality of the table's cheapest points, with the cheapest key, is above it"
+               if reach == {"over"}
                else "even the highest base quality of the table's richest points is below it" if reach == {"under"}
                else "no base quality lands closer (its rate steps are coarse here)")
     return at(fam, best.base_quality), ok, why, loaded

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .errors import InputError
@@ -305,14 +305,18 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
                 quality_range: Callable[[str], tuple[int, int]] = _codec_range,
                 default_quality: Callable[[str], int] = _codec_default, *, base_codec: str | None = None,
                 base_factor: int | None = None, key_quality: int | None = None,
-                max_families: int = MAX_FAMILIES) -> tuple[Measured, list[Search]]:
+                max_families: int = MAX_FAMILIES,
+                key_range: tuple[int, int] | None = None) -> tuple[Measured, list[Search]]:
     """(the chosen pass, every family's search): the table's choice of family for ``target`` at ``duration_s``
     (``choose``; ``base_codec``, ``base_factor`` and ``key_quality`` given by the user win), then the base
     quality that gives ``target`` by measuring passes (``rate(family, quality)``: the whole file's real rate).
     When the family's quality range cannot reach the target (its lowest quality is still over it, or its
     highest under it), the next family the table chooses among those with lower (or higher) rates is tried,
     up to ``max_families``; the chosen pass is then the one closest to the target over all of them.
-    ``duration_s`` None: ``DEFAULT_DURATION_S``; the codecs' quality ranges and defaults: the base layer's."""
+    ``duration_s`` None: ``DEFAULT_DURATION_S``; the codecs' quality ranges and defaults: the base layer's.
+    At the floor (every family tried is over the target at its lowest base quality) and with ``key_range`` (the
+    key codec's quality range) and no key quality of the user's, the cheapest separate-key pass found is tried
+    with cheaper keys than the table's (``key_floor``)."""
     if duration_s is None or duration_s <= 0:
         duration_s = DEFAULT_DURATION_S
     allowed = [p for p in points if (base_codec is None or p.base_codec == base_codec)
@@ -359,10 +363,40 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
         if not others:
             break
         family = chosen(choose(others, target, duration_s)[0])
+    if key_range is not None and key_quality is None:
+        more = key_floor(searches, target, rate, key_range, quality_range)
+        if more is not None:
+            searches.append(more)
     for s in searches:  # the first family (in the table's order) within the tolerance wins; else the closest
         if within(s.best(target).kbps, target):
             return s.best(target), searches
     return closest([m for s in searches for m in s.passes], target), searches
+
+
+def key_floor(searches: list[Search], target: float, rate: Callable[[Family, int], float],
+              key_range: tuple[int, int], quality_range: Callable[[str], tuple[int, int]] = _codec_range
+              ) -> Search | None:
+    """Below the table: when no pass of ``searches`` is within the tolerance and the cheapest pass is still over
+    the target at its codec's lowest base quality, the search over the *key* quality (below the family's) of the
+    cheapest such pass with a separate key, its base quality kept; None when there is none to try. Why: the key
+    is 20-40 % of a short clip's bytes at the lowest points, so a cheaper key is what is left to give when the
+    base layer is at its floor (benchmarks/results/2026-12-04-v5-lean-intra-enh-wide-2879624b/NOTES.md: such
+    points sit under the conventional hull, which is why the table does not hold them; a user who asks for the
+    rate gets it)."""
+    everything = [m for s in searches for m in s.passes]
+    if not everything or any(within(s.best(target).kbps, target) for s in searches) \
+            or min(m.kbps for m in everything) <= target:
+        return None
+    floor = [m for m in everything if not m.family.intra_base
+             and m.base_quality == quality_range(m.family.base_codec)[0] and m.family.key_quality > key_range[0]]
+    if not floor:
+        return None
+    low = min(floor, key=lambda m: m.kbps)
+    f = low.family
+    first = round(f.key_quality + math.log(target / low.kbps) / DEFAULT_STEP)
+    passes, reach = search_quality(lambda k: rate(replace(f, key_quality=k), low.base_quality), target,
+                                   (key_range[0], f.key_quality - 1), first)
+    return Search([Measured(replace(f, key_quality=k), low.base_quality, r) for k, r in passes], reach)
 
 
 KEEP_FRAMES = 1500  # frames a file's measuring passes keep in memory (about 300 MB at 256x256); longer: re-read

@@ -167,6 +167,28 @@ def test_nothing_reaches_gives_the_closest_of_all():
     assert {s.reach for s in searches} == {"under"} and best.base_quality == 63
 
 
+def test_at_the_floor_a_cheaper_key_than_the_tables_buys_the_rest():
+    """Every family over the target at its lowest base quality: with the key codec's range the loop lowers the key
+    quality of the cheapest separate-key pass (base quality kept) until the rate is within the tolerance; without
+    the range, or with the user's key quality, it does not and says the closest."""
+    def rate(f: Family, q: int) -> float:  # a short clip: the key is a third of the bytes at the floor
+        return (6.0 if f.base_factor == 2 else 4.3) * 1.06 ** q + 0.6 * 1.1 ** f.key_quality
+
+    floor = min(rate(Family("vp9", 4, kq), 0) for kq in (6, 16))
+    target = floor * 0.93
+    best, searches = _loop(target, rate, key_range=(0, 51))
+    assert within(best.kbps, target) and best.base_quality == 0 and best.family.key_quality < 6
+    assert best.family.base_factor == 4 and searches[-1].passes[0].family.key_quality < 6
+    assert all(m.base_quality == 0 for m in searches[-1].passes)
+    plain, _ = _loop(target, rate)
+    assert not within(plain.kbps, target) and plain.family.key_quality == 6
+    mine, searches = _loop(target, rate, key_range=(0, 51), key_quality=6)
+    assert mine.family.key_quality == 6 and all(m.family.key_quality == 6 for s in searches for m in s.passes)
+    # within reach of the base layer, the key stays the table's
+    best, searches = _loop(floor * 1.5, rate, key_range=(0, 51))
+    assert within(best.kbps, floor * 1.5) and best.family.key_quality in (6, 16)
+
+
 # ------------------------------------------------------------------------------------------ real passes
 
 
