@@ -87,6 +87,11 @@ HYBRID_STREAMS = {
     # AV1 units without sizes; key frames 0 and 6
     "tiny-hybrid-av1-intra-keyint6": dict(base_codec="av1", base_factor=2, base_quality=13, keyint=6, chunk=4,
                                           guard=False, lean=True, intra_base=True),
+    # version 6, a half-rate base: the 12 frames' even ones coded (6), key frames 0 and 6 (coded 0 and 3), the
+    # frames between shown as means (a copy before the key at 6 and after the last)
+    "tiny-hybrid-vp9-halfrate-keyint6": dict(base_codec="vp9", base_factor=2, base_quality=8, keyint=6,
+                                             key_codec="hevc", key_quality=16, chunk=2, guard=False, lean=True,
+                                             half_rate=True),
 }
 # the enhancer switch (version 4): the default point with its guard, coded from ``guard_clip``
 GUARD_MODEL = "enh-wide"
@@ -143,14 +148,19 @@ def describe(path: Path, model: str | None = None) -> dict:
 
     header = stream_header(path)
     hybrid = header.hybrid
+    step = 2 if header.half_rate else 1  # a half-rate stream's coded frame i is shown as frame 2i
     exact, key_sha, thumbs, frames = hashlib.sha256(), {}, [], 0
+    hashed = None  # the last batch of base pictures hashed (a half-rate stream's last shown frame brings none)
     for dec, out in iter_decoded(path, model=model or (HYBRID_MODEL if hybrid else MODEL)):
         if not out:
             continue
-        for part in (dec.last_bases if hybrid else [dec.last_tokens.astype("<i4")]):
-            exact.update(part.tobytes())
+        parts = dec.last_bases if hybrid else [dec.last_tokens.astype("<i4")]
+        if parts is not hashed:
+            for part in parts:
+                exact.update(part.tobytes())
+            hashed = parts
         for f in out:
-            if frames in dec.report.key_frames:
+            if frames in {step * k for k in dec.report.key_frames}:
                 key_sha[str(frames)] = hashlib.sha256(f.tobytes()).hexdigest()
             thumbs.append(np.round(thumbnail(f), 3).tolist())
             frames += 1

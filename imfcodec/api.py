@@ -41,6 +41,7 @@ from .bitstream import (
     encode_packet,
     stream_start,
 )
+from .bitstream.format import coded_frames
 from .errors import ArgumentError, BitstreamError, CorruptStreamError, IMFError, InputError
 from .fsutil import STDIO, AtomicOutput, InPlaceOutput, as_path, check_output_folder, check_overwrite, in_place, \
     open_output, scratch_file, stdin_reader, write_error
@@ -278,7 +279,7 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
             except OSError as e:
                 raise write_error(target.name, e) from e
         name = target.name
-        lost = _source_timing(timing, enc.index) is not None
+        lost = _source_timing(timing, source_frames(enc)) is not None
     else:
         try:
             with target as tmp, _scratch_file(tmp) as spool_path:
@@ -286,8 +287,10 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
                     writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
                     header_len = writer.bytes_written
                     write_packets(writer)
-                header = replace(enc.header, frames=enc.index)
-                kept = _source_timing(timing, enc.index)
+                header = replace(enc.header, frames=source_frames(enc))
+                kept = _source_timing(timing, source_frames(enc))
+                if kept is not None and header.half_rate:
+                    raise InputError(HALF_RATE_TIMING)
                 with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
                     if kept is None:
                         dst.write(stream_start(header))
@@ -302,8 +305,9 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
                 raise
             raise write_error(out, e) from e
         size, name = out.stat().st_size, str(out)
-    return EncodedStream(name, enc.index, size, sizes[0], sizes[1], sizes[2], list(enc.key_frames), sizes[3],
-                         kept, lost, list(enc.scene_cuts), getattr(enc, "unenhanced_frames", 0))
+    return EncodedStream(name, source_frames(enc), size, sizes[0], sizes[1], sizes[2],
+                         _frame_numbers(enc, enc.key_frames), sizes[3], kept, lost, _frame_numbers(enc, enc.scene_cuts),
+                         getattr(enc, "unenhanced_frames", 0) * (2 if getattr(enc, "half_rate", False) else 1))
 
 
 def stream_size(frames: Iterable[np.ndarray], *, fps: Fraction | int, model: LoadedModel, settings: EncoderSettings,
@@ -320,15 +324,33 @@ def stream_size(frames: Iterable[np.ndarray], *, fps: Fraction | int, model: Loa
     size = sum(len(encode_packet(packet, enc.header)) for packet in encode_frames(frames, enc))
     if enc.index == 0:
         raise InputError("no frames to encode")
-    header = replace(enc.header, frames=enc.index)
+    header = replace(enc.header, frames=source_frames(enc))
     if enhancer_switch is not None:
         header = replace(header, enhancer_switch=enhancer_switch)
-    kept = _source_timing(timing, enc.index)
+    n = source_frames(enc)
+    kept = _source_timing(timing, n)
+    if kept is not None and header.half_rate:
+        raise InputError(HALF_RATE_TIMING)
     if kept is not None:
         header = kept.header(header)
         size += sum(len(encode_packet(record)) for record in kept.packets())
     size += len(stream_start(header))
-    return size, enc.index, kept.seconds if kept is not None else enc.index / float(fps)
+    return size, n, kept.seconds if kept is not None else n / float(fps)
+
+
+HALF_RATE_TIMING = ("--half-rate needs a constant-rate input; this one's frames have their own durations "
+                    "(drop --half-rate)")
+
+
+def source_frames(enc) -> int:
+    """Frames the encoder was given, what the stream's header and END record count (a half-rate stream's
+    packets hold the even ones)."""
+    return int(getattr(enc, "source_frames", enc.index)) if getattr(enc, "half_rate", False) else enc.index
+
+
+def _frame_numbers(enc, frames: list[int]) -> list[int]:
+    """The stream's frame numbers ``frames`` as source frame numbers (x 2 when half-rate)."""
+    return [2 * f for f in frames] if getattr(enc, "half_rate", False) else list(frames)
 
 
 def _source_timing(timing: TimingRecorder | None, frames: int) -> Timing | None:
@@ -557,7 +579,15 @@ def _seekable(f) -> bool:
 
 
 def _decoding(reader, dec, conceal: bool, clock: Clock | None = None) -> Iterator:
-    """(decoder, frames) per packet; timing records go to ``clock`` (the decoders see pictures only)."""
+    """(decoder, frames shown) per packet; timing records go to ``clock`` (the decoders see pictures only); a
+    half-rate stream's frames with the frames between them (``halfrate.shown``)."""
+    from .halfrate import shown
+
+    return shown(_decoded(reader, dec, conceal, clock), reader)
+
+
+def _decoded(reader, dec, conceal: bool, clock: Clock | None = None) -> Iterator:
+    """(decoder, frames) per packet, as the stream codes them."""
     def timing(packet) -> bool:  # a timing record goes to the clock, not to the decoder
         if isinstance(packet, TimingPacket):
             if clock is not None:
@@ -665,6 +695,7 @@ def _decode_stream(input_path, out: Path, model, progress: Progress | None, limi
                    started: Started | None, format: str | None, enhance: bool, device: str | None,
                    enhancer: str | LoadedModel | None = None) -> DecodeSummary:
     """``decode_stream`` once its arguments are checked."""
+    from .halfrate import shown_numbers
     from .io import VideoWriter
 
     name = "stdin" if os.fspath(input_path) == STDIO else os.fspath(input_path)
@@ -673,7 +704,7 @@ def _decode_stream(input_path, out: Path, model, progress: Progress | None, limi
         reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device, enhancer)
         header = reader.header
         if started is not None:
-            started(header.frames or None)
+            started(header.frames * (2 if header.half_rate else 1) or None)
         clock = Clock(header)
         writer = VideoWriter(out, clock.fps, header.width, header.height, protect=[input_path], format=format,
                              time_base=clock.time_base if clock.timed else None)
@@ -700,9 +731,12 @@ def _decode_stream(input_path, out: Path, model, progress: Progress | None, limi
                                  f"nothing was written")
     report = dec.report
     timing = "constant" if not clock.timed else "per-frame" if writer.keeps_timing else "averaged"
-    duration = float(clock.end * clock.time_base) if clock.timed else report.frames / float(clock.fps)
-    return DecodeSummary(writer.name, report.frames, time.perf_counter() - t0,
-                         list(report.key_frames), list(report.concealed), list(report.damage),
+    frames, keys, concealed = report.frames, list(report.key_frames), list(report.concealed)
+    if header.half_rate:  # the frames shown: each decoded one and the one after it
+        frames = clock.end
+        keys, concealed = shown_numbers(keys), sorted({f for c in shown_numbers(concealed) for f in (c, c + 1)})
+    duration = float(clock.end * clock.time_base) if clock.timed else frames / float(clock.fps)
+    return DecodeSummary(writer.name, frames, time.perf_counter() - t0, keys, concealed, list(report.damage),
                          report.damage_count, report.truncated, duration, timing)
 
 
@@ -761,10 +795,11 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
                 frames = p.frames
                 end_len = rec.total_len
     fps = Fraction(h.fps_num, h.fps_den)
+    shown_fps = fps * 2 if h.half_rate else fps  # a half-rate stream codes every other frame (FORMAT.md §3.8)
     if h.timed:
         duration = float(ticks * Fraction(h.time_num, h.time_den))
     else:
-        duration = frames / float(fps) if frames else 0.0
+        duration = frames / float(shown_fps) if frames else 0.0
 
     def kbps(n: int) -> float:
         return n * 8 / duration / 1000.0 if duration else 0.0
@@ -783,7 +818,8 @@ def stream_info(input_path: str | os.PathLike, limits: Limits | None = None) -> 
         "key_kbps": kbps(key_bytes), "token_kbps": kbps(token_bytes), "base_kbps": kbps(base_bytes),
         "overhead_kbps": kbps(overhead), "header_end_bytes": start_end,
         "record_framing_kbps": kbps(overhead - start_end),
-        "lean": h.lean, "intra_base": h.intra_base,
+        "lean": h.lean, "intra_base": h.intra_base, "half_rate": h.half_rate,
+        "coded_frames": coded_frames(h, frames), "shown_fps": float(shown_fps),
         "base_codec": h.base_codec or None, "base_width": h.base_width, "base_height": h.base_height,
         "base_quality": h.base_quality,
         "key_codec": h.key_codec, "key_quality": h.key_quality, "quality": h.quality, "chunk": h.chunk,

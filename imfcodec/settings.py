@@ -96,6 +96,9 @@ class EncoderSettings:
     # version 5); None: wherever the base codec can (baselayer.BaseCodec.intra_base, a 1/2 base)
     intra_base: bool | None = None
     lean: bool = True  # hybrid mode: lean base records (format version 5); False: the framing of versions 2-4
+    # hybrid mode: code every other frame only; the decoder shows the mean of its neighbours between them (format
+    # version 6): at the lowest rates the base codec's cost per frame, not the picture, is what the bytes buy
+    half_rate: bool = False
     _checked: bool = field(default=False, init=False, repr=False, compare=False)  # validated() made it
 
     @property
@@ -107,7 +110,8 @@ class EncoderSettings:
         if self.mode is not None:
             return self.mode
         if (self.base_codec, self.base_quality, self.enhancer, self.intra_base) != (None, None, None, None) \
-                or self.base_factor != DEFAULT_BASE_FACTOR or self.guard is not True or self.lean is not True:
+                or self.base_factor != DEFAULT_BASE_FACTOR or self.guard is not True or self.lean is not True \
+                or self.half_rate is not False:
             return "hybrid"
         steps = {DEFAULT_SEARCH_ITERS, PRESETS[self.preset].search_iters if self.preset in PRESETS else None}
         if self.quality != DEFAULT_QUALITY or self.refresh_below is not None or self.search_iters not in steps:
@@ -195,8 +199,8 @@ class EncoderSettings:
             raise ArgumentError("base_factor=, base_quality= and enhancer= need the hybrid mode (a base_codec=)")
         if self.guard is not True:
             raise ArgumentError("guard=False needs the hybrid mode (the token mode has no enhancer to switch off)")
-        if self.intra_base is not None or self.lean is not True:
-            raise ArgumentError("intra_base= and lean= need the hybrid mode (they frame its base layer)")
+        if self.intra_base is not None or self.lean is not True or self.half_rate is not False:
+            raise ArgumentError("intra_base=, lean= and half_rate= need the hybrid mode (they shape its base layer)")
         return {}
 
     def _validated_hybrid(self) -> dict:
@@ -224,6 +228,10 @@ class EncoderSettings:
             raise ArgumentError(f"base_quality= for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
         if not isinstance(self.lean, bool):
             raise ArgumentError(f"lean= must be True or False, got {self.lean!r}")
+        if not isinstance(self.half_rate, bool):
+            raise ArgumentError(f"half_rate= must be True or False, got {self.half_rate!r}")
+        if self.half_rate and not self.lean:
+            raise ArgumentError("half_rate=True needs lean=True (format version 6 extends version 5)")
         from .baselayer import INTRA_BASE_FACTOR, INTRA_BASE_FACTORS
 
         can = codec.intra_base is not None and self.base_factor in INTRA_BASE_FACTORS

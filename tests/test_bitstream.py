@@ -235,7 +235,7 @@ def test_timing_writer_enforces_reader_rules():
 def test_round_trip_all_packet_kinds():
     h = make_header()
     data = write_stream(h)
-    assert data.startswith(MAGIC) and data[8] == 1 and VERSION == 5  # token-only streams stay version 1
+    assert data.startswith(MAGIC) and data[8] == 1 and VERSION == 6  # token-only streams stay version 1
     header, packets = parse_all(data)
     assert header == h
     assert packets == PACKETS + [EndPacket(6)]
@@ -417,7 +417,7 @@ def test_bad_magic_and_text_mode_damage():
 
 def test_bad_version():
     data = bytearray(write_stream())
-    for v in (0, 6, 255):
+    for v in (0, 7, 255):
         data[8] = v
         with pytest.raises(UnsupportedStreamError, match=f"version {v} at byte 8"):
             parse_all(bytes(data))

@@ -33,10 +33,10 @@ def test_conformance_stream_decodes_as_recorded(name):
     assert got["frames"] == exp["frames"]
     hybrid = "base_codec" in exp["settings"]
     st = exp["settings"]
-    version = (3 if "durations" in exp else 5 if st.get("lean") else 2 if st.get("guard") is False else 4) if hybrid \
-        else 3 if "durations" in exp else 1
+    version = (3 if "durations" in exp else 6 if st.get("half_rate") else 5 if st.get("lean")
+               else 2 if st.get("guard") is False else 4) if hybrid else 3 if "durations" in exp else 1
     assert path.read_bytes()[8] == version  # token streams stay version 1, unguarded constant-rate ones 1 or 2,
-    # lean ones (the key pictures in the base layer or not) 5
+    # lean ones (the key pictures in the base layer or not) 5, half-rate ones 6
     assert (got.get("time_base"), got.get("durations")) == (exp.get("time_base"), exp.get("durations"))
     if "base_codec" in exp["settings"]:  # hybrid (version 2): base pictures instead of tokens
         assert got["base_frames_sha256"] == exp["base_frames_sha256"], "decoded base-layer pictures drifted"
@@ -60,7 +60,8 @@ def test_reference_encoder_still_writes_the_same_bytes(tmp_path):
     encode_video(clip, out, model="random:imf-tiny", settings=EncoderSettings(**EXPECTED[name]["settings"]))
     assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes()
     for name in ("tiny-hybrid-hevc-half-keyint6", "tiny-hybrid-vp9-half-keyint6",  # the hybrid encoder (version 2)
-                 "tiny-hybrid-vp9-lean-keyint4", "tiny-hybrid-av1-intra-keyint6"):  # lean records (version 5)
+                 "tiny-hybrid-vp9-lean-keyint4", "tiny-hybrid-av1-intra-keyint6",  # lean records (version 5)
+                 "tiny-hybrid-vp9-halfrate-keyint6"):  # a half-rate base (version 6)
         encode_video(clip, out, model=EXPECTED[name]["model"],
                      settings=EncoderSettings(**EXPECTED[name]["settings"]), overwrite=True)
         assert out.read_bytes() == (ROOT / "conformance" / f"{name}.imf").read_bytes(), name

@@ -60,7 +60,7 @@ def test_version_2_round_trip_and_writer_rules():
         w.write(p)
     w.close(EndPacket(5))
     data = buf.getvalue()
-    assert data[8] == 2 and VERSIONS == (1, 2, 3, 4, 5)
+    assert data[8] == 2 and VERSIONS == (1, 2, 3, 4, 5, 6)
     header, got = read_stream(data)
     assert header == h and header.hybrid and got == packets + [EndPacket(5)]
     # type, length, frame, count, CRC, and one size byte per unit

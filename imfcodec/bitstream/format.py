@@ -17,14 +17,15 @@ from ..limits import MAX_CHUNK, MAX_DURATION, MAX_FPS_TERM, MAX_NAME, MAX_TIME, 
 
 MAGIC = b"\x8bIMF\r\n\x1a\n"
 """PNG-style signature: a high-bit byte, CR LF, ^Z and LF, so 7-bit and text-mode transfers are caught."""
-VERSION = 5
+VERSION = 6
 """The newest format version. A writer uses the lowest version that can carry its header
 (``header_version``): token-only streams are version 1, streams with a base layer version 2, streams with
 per-frame timing (a time base in the header, timing records) version 3, streams whose encoder may switch the
 enhancer off for a base packet (a flags byte in the header, ``b`` records) version 4, streams with lean base
 records (no frame index, a 16-bit CRC, unit sizes only where the base codec does not carry them) and
-optionally their key pictures in the base layer itself version 5."""
-VERSIONS = (1, 2, 3, 4, 5)  # what this reader accepts
+optionally their key pictures in the base layer itself version 5, streams whose base layer codes every other
+frame (the decoder shows each picture and then one interpolated between it and the next) version 6."""
+VERSIONS = (1, 2, 3, 4, 5, 6)  # what this reader accepts
 
 # Record types (one ASCII byte each).
 TYPE_HEADER = 0x48  # 'H'
@@ -51,6 +52,7 @@ PLAIN_TYPES = (TYPE_BASE_PLAIN, TYPE_BASE_COUNTED_PLAIN, TYPE_BASE_INTRA_PLAIN)
 FLAG_TIMED = 0x01  # a time base follows and timing records time every frame (as in version 3)
 FLAG_ENHANCER_SWITCH = 0x02  # base packets may be 'b' records: their frames are shown without the enhancer
 FLAG_INTRA_BASE = 0x04  # version 5: key pictures are coded by the base layer at full size ('I' records, no 'K')
+FLAG_HALF_RATE = 0x08  # version 6: the stream's frames are every other shown frame; the decoder interpolates
 # base codecs whose access units carry their own sizes, so that lean records store none (FORMAT.md §3.7)
 SELF_DELIMITING = ("av1",)
 
@@ -92,6 +94,9 @@ class StreamHeader:
     # version 5: lean base records (``lean``), and key pictures coded by the base layer (``intra_base``)
     lean: bool = False
     intra_base: bool = False
+    # version 6: the frames are every other frame of the video: the decoder shows each one, then the mean of it
+    # and the next (a copy before a key frame and after the last frame), at twice ``fps`` (FORMAT.md §3.8)
+    half_rate: bool = False
 
     @property
     def hybrid(self) -> bool:
@@ -262,15 +267,23 @@ def header_version(h: StreamHeader) -> int:
     """The version a writer gives a stream with this header: 5 with lean base records, else 4 with the enhancer
     switch, else 3 with per-frame timing, else 2 with a base layer, else 1 (so a stream that needs nothing new
     stays readable by older decoders)."""
+    if h.half_rate:
+        return 6
     if h.lean:
         return 5
     return 4 if h.enhancer_switch else 3 if h.time_num or h.time_den else 2 if h.base_codec else 1
 
 
+def coded_frames(h: StreamHeader, frames: int) -> int:
+    """The frames the packets of a stream of ``frames`` frames hold: the END record and the header count the frames
+    shown, and a half-rate stream (version 6) codes the even ones, ceil(frames / 2)."""
+    return (frames + 1) // 2 if h.half_rate else frames
+
+
 def header_flags(h: StreamHeader) -> int:
     """The flags byte of ``h`` (versions 4 and 5)."""
     return ((FLAG_TIMED if h.time_num or h.time_den else 0) | (FLAG_ENHANCER_SWITCH if h.enhancer_switch else 0)
-            | (FLAG_INTRA_BASE if h.intra_base else 0))
+            | (FLAG_INTRA_BASE if h.intra_base else 0) | (FLAG_HALF_RATE if h.half_rate else 0))
 
 
 def header_problem(h: StreamHeader, limits: Limits) -> str | None:
@@ -307,11 +320,15 @@ def header_problem(h: StreamHeader, limits: Limits) -> str | None:
     if not isinstance(h.base_codec, str) or (h.base_codec and (
             not h.base_codec.isascii() or not is_valid_name(h.base_codec.encode("ascii")))):
         return f"base_codec must be empty or 1..{MAX_NAME} printable ASCII characters, got {h.base_codec!r}"
-    for name in ("enhancer_switch", "lean", "intra_base"):
+    for name in ("enhancer_switch", "lean", "intra_base", "half_rate"):
         if not isinstance(getattr(h, name), bool):
             return f"{name} must be True or False, got {getattr(h, name)!r}"
     if h.intra_base and not h.lean:
         return "key pictures in the base layer (intra_base) need lean base records (version 5)"
+    if h.half_rate and not (h.lean and h.base_codec):
+        return "a half-rate base (version 6) needs a base layer with lean base records"
+    if h.half_rate and (h.time_num or h.time_den):
+        return "a half-rate base (version 6) is for constant-rate streams: no timing records"
     if h.base_codec:
         return _base_problem(h, limits)
     if h.enhancer_switch:

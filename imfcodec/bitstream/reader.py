@@ -22,6 +22,7 @@ from .format import (
     MAX_TOKEN_DIM,
     BASE_TYPES,
     FLAG_ENHANCER_SWITCH,
+    FLAG_HALF_RATE,
     FLAG_INTRA_BASE,
     FLAG_TIMED,
     LEAN_CRC_SIZE,
@@ -43,6 +44,7 @@ from .format import (
     VERSIONS,
     WEIGHTS_HASH_SIZE,
     BasePacket,
+    coded_frames,
     EndPacket,
     KeyPacket,
     Limits,
@@ -305,7 +307,8 @@ class StreamReader:
         flags = FLAG_TIMED if self.version == 3 else 0
         if self.version >= 4:
             flags = c.u8("flags")
-            known = FLAG_TIMED | FLAG_ENHANCER_SWITCH | (FLAG_INTRA_BASE if self.version >= 5 else 0)
+            known = FLAG_TIMED | FLAG_ENHANCER_SWITCH | (FLAG_INTRA_BASE if self.version >= 5 else 0) \
+                | (FLAG_HALF_RATE if self.version >= 6 else 0)
             if flags & ~known:
                 raise CorruptStreamError(f"{where}: unknown header flags 0x{flags:02x}")
         if flags & FLAG_TIMED:
@@ -320,7 +323,7 @@ class StreamReader:
         h = StreamHeader(model, weights_hash, width, height, fps_num, fps_den, frames, key_codec, key_quality,
                          quality, chunk, token_dim, scale_indexes, *base,
                          enhancer_switch=bool(flags & FLAG_ENHANCER_SWITCH), lean=self.version >= 5,
-                         intra_base=bool(flags & FLAG_INTRA_BASE))
+                         intra_base=bool(flags & FLAG_INTRA_BASE), half_rate=bool(flags & FLAG_HALF_RATE))
         problem = header_problem(h, _NO_LIMITS)
         if problem:  # outside what the format allows (e.g. width 0, chunk > MAX_CHUNK)
             raise CorruptStreamError(f"{where}: {problem}")
@@ -341,8 +344,9 @@ class StreamReader:
                 raise CorruptStreamError(f"{where}: the key packet of frame {self._next_frame} has no base packet")
             frames = c.varint("frame count")
             c.done()
-            if frames != self._next_frame:
-                raise CorruptStreamError(f"{where}: says {frames} frames but the packets hold {self._next_frame}")
+            if coded_frames(h, frames) != self._next_frame:
+                raise CorruptStreamError(f"{where}: says {frames} frames but the packets hold {self._next_frame}"
+                                         + (" (a half-rate stream codes every other frame)" if h.half_rate else ""))
             if h.frames and frames != h.frames:
                 raise CorruptStreamError(f"{where}: says {frames} frames but the header says {h.frames}")
             if h.timed and self._timed != frames:

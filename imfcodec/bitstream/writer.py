@@ -19,6 +19,7 @@ from .format import (
     StreamHeader,
     TimingPacket,
     TokenPacket,
+    coded_frames,
     encode_header,
     encode_payload,
     frame_record,
@@ -96,7 +97,7 @@ class StreamWriter:
             raise InputError(f"close() needs an EndPacket, got {type(end).__name__}")
         if self._key_pending:
             raise InputError(f"the key packet of frame {self.next_frame} has no base packet")
-        if end.frames != self.next_frame:
+        if coded_frames(self.header, end.frames) != self.next_frame:
             raise InputError(f"END says {end.frames!r} frames but {self.next_frame} were written")
         if self.header.timed and self.timed_frames != end.frames:
             raise InputError(f"the timing records cover {self.timed_frames} frames but {end.frames} were written")

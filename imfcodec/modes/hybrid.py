@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..baselayer import MIN_BASE_SIDE, BaseDecoder, BaseEncoder, base_size, get_base_codec, intra_key_size
 from ..bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, TokenPacket
+from ..bitstream.format import coded_frames
 from ..devices import model_device
 from ..errors import CorruptStreamError, InputError, ModelMismatchError, UnsupportedStreamError, WeightsError
 from ..keyframe import get_keyframe_codec
@@ -143,6 +144,11 @@ class HybridEncoder:
         self.size = int(model.config.resolution)
         side = base_size(self.size, s.base_factor)
         fps = Fraction(fps)
+        # a half-rate base: the stream's frames are the even source frames, at half the rate (FORMAT.md §3.8)
+        self.half_rate = bool(s.half_rate)
+        self.source_frames = 0  # frames given to ``encode`` (the stream's frames are every other one when half-rate)
+        if self.half_rate:
+            fps = fps / 2
         self.intra_base = bool(s.intra_base)  # the key pictures in the base layer: no key image of its own
         self.key_codec = None if self.intra_base else get_keyframe_codec(s.key_codec)
         self.base = BaseEncoder(s.base_codec, side, side, fps, s.base_quality, effort=s.preset,
@@ -155,14 +161,14 @@ class HybridEncoder:
             key_codec=key_codec, key_quality=int(key_quality), quality=0, chunk=s.chunk, token_dim=0,
             scale_indexes=(), base_codec=s.base_codec, base_width=side, base_height=side,
             base_quality=int(s.base_quality), enhancer_switch=bool(s.guard), lean=bool(s.lean),
-            intra_base=self.intra_base)
+            intra_base=self.intra_base, half_rate=self.half_rate)
         # the guard's decoder: it sees exactly the packets the real decoder will (closed loop)
         self.mirror = HybridDecoder(model, self.header) if s.guard else None
         self.sources: list[np.ndarray] = []  # source frames of the pending base packet (for the guard)
         self.unenhanced: list[int] = []  # first frames of the packets sent without the enhancer
         self.unenhanced_frames = 0  # frames (after key frames) those packets hold
         self.index = 0
-        self.keys = KeyPolicy(s.keyint, s.scenecut)
+        self.keys = KeyPolicy((s.keyint + 1) // 2 if self.half_rate else s.keyint, s.scenecut)
         self.key_frames = self.keys.key_frames
         self.scene_cuts = self.keys.scene_cuts  # the key frames the scene-cut detector asked for
         self.key_image: np.ndarray | None = None  # the decoded last key image (closed loop)
@@ -205,6 +211,9 @@ class HybridEncoder:
 
     def encode(self, rgb: np.ndarray) -> list[Packet]:
         check_frame(rgb, self.size)
+        self.source_frames += 1
+        if self.half_rate and self.source_frames % 2 == 0:  # an odd source frame: the decoder interpolates it
+            return []
         i, s = self.index, self.settings
         self.index += 1
         key = self.keys(i, rgb)
@@ -236,7 +245,7 @@ class HybridEncoder:
         """The pending base packet and the END packet (the base encoder itself runs with zero latency)."""
         with stage("base-layer encode"):
             self.base.close()
-        return self._flush_units() + [EndPacket(frames=self.index)]
+        return self._flush_units() + [EndPacket(frames=self.source_frames if self.half_rate else self.index)]
 
 
 class HybridDecoder(DecoderState):
@@ -303,7 +312,7 @@ class HybridDecoder(DecoderState):
         if isinstance(packet, EndPacket):
             if self.key_image is not None:
                 raise CorruptStreamError(f"the key packet of frame {self.next_frame} has no base packet")
-            if packet.frames != self.next_frame:
+            if coded_frames(h, packet.frames) != self.next_frame:
                 raise CorruptStreamError(f"END says {packet.frames} frames but {self.next_frame} were sent")
             return []
         if isinstance(packet, TokenPacket):
@@ -413,7 +422,7 @@ class HybridDecoder(DecoderState):
 
     def decode_concealing(self, packet: Packet) -> Iterator[list[np.ndarray]]:
         """Concealment mode: yields batches of frames; never raises for damaged packet content."""
-        target = packet.frames if isinstance(packet, EndPacket) else packet.frame
+        target = coded_frames(self.header, packet.frames) if isinstance(packet, EndPacket) else packet.frame
         count = packet.count if isinstance(packet, BasePacket) else 0
         if not (yield from self._catch_up(target)):
             return
