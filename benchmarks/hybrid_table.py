@@ -36,11 +36,16 @@ from .harness import (FPS, data_option, frames_option, held_out_clips, held_out_
 # VP9 (CRF = 63 - quality) cannot go below about 7 kbit/s at 1/2 (CRF 63), so its low rates come from 1/4.
 # av1-intra: the AV1 base carrying the key pictures itself (format version 5; one intra picture per key frame), so
 # it has no key quality of its own (its key's quality follows the base quality: one key "quality" 0 in the table).
+# vp9-half, hevc-half: a half-rate base (format version 6: every other frame coded, the decoder shows the mean of
+# its neighbours between them), where the base codec's floor of bytes per frame is most of the rate.
 GRID = {"hevc": {2: (1, 5, 9, 13, 17, 21), 4: (9, 13)}, "vp9": {2: (0, 4, 8, 12, 16, 24), 4: (0, 4, 8, 12, 16)},
-        "av1-intra": {2: (0, 2, 5, 8, 11, 14, 18, 23, 28)}, "av1-intra-quarter": {4: (0, 6, 12)}}
+        "av1-intra": {2: (0, 2, 5, 8, 11, 14, 18, 23, 28)}, "av1-intra-quarter": {4: (0, 6, 12)},
+        "vp9-half": {2: (0, 4, 8, 16), 4: (0, 8, 16, 24)}, "hevc-half": {4: (0, 9)}}
 GRID_KEYS = (6, 11, 16, 21)
+HALF_KEYS = (6, 11)  # the half-rate points' key qualities (low rates: a dearer key does not pay there)
 # grid names of the intra-base routes, and their base codec (at 1/4 the key pictures are coded at 1/2)
 INTRA = {"av1-intra": "av1", "av1-intra-quarter": "av1"}
+HALF = {"vp9-half": "vp9", "hevc-half": "hevc"}  # grid names of the half-rate routes, and their base codec
 QUICK_GRID, QUICK_KEYS = {"hevc": {2: (9,)}, "vp9": {4: (8,)}}, (16,)
 
 
@@ -61,8 +66,10 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
     if intra:
         settings = EncoderSettings(base_codec=INTRA[codec], base_factor=factor, base_quality=bq, intra_base=True)
     else:
-        settings = EncoderSettings(base_codec=codec, base_factor=factor, base_quality=bq, key_codec="hevc",
-                                   key_quality=kq, intra_base=False)
+        settings = EncoderSettings(base_codec=HALF.get(codec, codec), base_factor=factor, base_quality=bq,
+                                   key_codec="hevc", key_quality=kq, intra_base=False, half_rate=codec in HALF)
+    if codec in HALF:
+        return _measure_half(frames, loaded, settings, tmp)
     path = tmp / "p.imf"
     coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings,
                                   overwrite=True)
@@ -98,6 +105,27 @@ def measure_point(frames: np.ndarray, loaded, codec: str, factor: int, bq: int, 
             "psnr_sub": psnr(frames[idx], np.stack(enhanced))}
 
 
+def _measure_half(frames: np.ndarray, loaded, settings, tmp: Path) -> dict:
+    """``measure_point`` for a half-rate point: every coded frame enhanced (the frames between are means of two
+    enhanced ones, so a subset is not enough), PSNR over all frames after the key as the decoder shows them."""
+    from imfcodec.api import encode_frames_to_file, iter_decoded
+    from imfcodec.metrics import psnr
+
+    from .runners import hybrid_startup_bytes
+
+    path = tmp / "p.imf"
+    coded = encode_frames_to_file(frames, path, model=loaded, fps=Fraction(25), settings=settings.validated(),
+                                  overwrite=True)
+    startup = hybrid_startup_bytes(path)
+    n = len(frames)
+    shown = {e: np.stack([f for _, out in iter_decoded(path, model=loaded, enhance=e) for f in out])
+             for e in (False, True)}
+    bicubic = psnr(frames[1:], shown[False][1:])
+    return {"bytes": coded.bytes, "startup_bytes": startup,
+            "steady_kbps": (coded.bytes - startup) * 8 / ((n - 1) / 25) / 1000,
+            "psnr_bicubic": bicubic, "psnr_bicubic_sub": bicubic, "psnr_sub": psnr(frames[1:], shown[True][1:])}
+
+
 @click.command("hybrid_table", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
 @click.option("--enhancer", default=None, help="enhancer (default: the shipped enh-wide)")
 @data_option()
@@ -128,7 +156,7 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     with tempfile.TemporaryDirectory() as tmp:
         grid = [(c, f, q, k) for c, factors in (QUICK_GRID if quick else GRID).items() if c in codecs
                 for f, qualities in factors.items() for q in qualities
-                for k in ((0,) if c in INTRA else QUICK_KEYS if quick else GRID_KEYS)]
+                for k in ((0,) if c in INTRA else QUICK_KEYS if quick else HALF_KEYS if c in HALF else GRID_KEYS)]
         for codec, factor, bq, kq in grid:
             per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
             mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
@@ -136,7 +164,8 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
             psnr = mean["psnr_bicubic"] + mean["psnr_sub"] - mean["psnr_bicubic_sub"]
             rows.append(OperatingPoint(factor, bq, kq, round(mean["steady_kbps"], 3),
                                        round(mean["startup_bytes"], 1), round(psnr, 3),
-                                       round(mean["psnr_bicubic"], 3), INTRA.get(codec, codec), codec in INTRA))
+                                       round(mean["psnr_bicubic"], 3), INTRA.get(codec, HALF.get(codec, codec)),
+                                       codec in INTRA, codec in HALF))
             p = rows[-1]
             print(f"{codec} x{factor} b{bq} k{kq}: {p.kbps(DEFAULT_DURATION_S):6.2f} kbit/s at 10 s "
                   f"(steady {p.steady_kbps:.2f}, start-up {p.startup_bytes:.0f} B)  {p.psnr:.2f} dB "
@@ -153,10 +182,10 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     if merge and old.is_file():
         from imfcodec.ratecontrol import OperatingPoint as Point
 
-        measured = {(p.base_codec, p.intra_base, p.base_factor) for p in rows}
+        measured = {(p.base_codec, p.intra_base, p.half_rate, p.base_factor) for p in rows}
         kept = json.loads(old.read_text())
         rows = [p for p in map(lambda d: Point(**d), kept["points"])
-                if (p.base_codec, p.intra_base, p.base_factor) not in measured] + rows
+                if (p.base_codec, p.intra_base, p.half_rate, p.base_factor) not in measured] + rows
         info["merged"] = f"the other points kept from {old} ({kept.get('enhancer')}, {kept.get('frames')} frames)"
     save_table(rows, path, info)
     print(f"wrote {path} ({len(rows)} points)")

@@ -63,8 +63,10 @@ IMF_TOKEN_QUALITIES = (6, 9, 9, 12)  # index 1 = the encoder defaults (q9, hevc2
 KEY_OFFSETS = (-5, 0, 5, 10)
 QUICK_INDEXES = (0, 2)  # --quick: the lowest point and the middle of each ladder
 # the hybrid mode's operating points: (base frame-size factor, x265 base quality = 51 - CRF, key quality);
-# a ladder entry may name another base codec first (vp9:4:8:11), or av1i for the key pictures in the AV1 base
+# a ladder entry may name another base codec first (vp9:4:8:11), or av1i for the key pictures in the AV1 base,
+# and start with h: for a half-rate base (h:vp9:4:0:6, format version 6)
 INTRA_LADDER_NAME = "av1i"
+HALF_LADDER_NAME = "h"
 HYBRID_POINTS = ((2, 5, 16), (2, 9, 16), (2, 13, 16), (2, 17, 16), (4, 13, 16), (4, 19, 16))
 
 COLUMNS = [
@@ -205,6 +207,9 @@ def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec:
         points = []
         for v in ladder or [":".join(map(str, t)) for t in HYBRID_POINTS]:
             parts = v.split(":")
+            half = bool(parts) and parts[0] == HALF_LADDER_NAME
+            if half:
+                parts.pop(0)
             # av1i: the AV1 base carrying the key pictures (format version 5; the key quality is unused: 0)
             intra = bool(parts) and parts[0] == INTRA_LADDER_NAME
             base = "av1" if intra else parts.pop(0) if parts and parts[0] in BASE_CODECS else "hevc"
@@ -214,12 +219,13 @@ def plan_points(codec: str, *, quick: bool, ladder: list[str] | None, key_codec:
                 raise BenchError(f"hybrid ladder entries are [BASE_CODEC:]FACTOR:BASE_QUALITY:KEY_QUALITY with "
                                  f"FACTOR 1, 2 or 4 and BASE_CODEC one of {', '.join(BASE_CODECS)}, got {v!r}")
             f, q, kq = (int(p) for p in parts)
-            prefix = "" if base == "hevc" else f"{base}-"  # hevc points keep the names of earlier runs
+            prefix = ("h-" if half else "") + ("" if base == "hevc" else f"{base}-")  # hevc: earlier runs' names
             if intra:
-                points.append(Point(f"av1i-x{f}-b{q}", q, None, scale=Fraction(1, f), base_codec=base,
-                                    intra_base=True))
+                points.append(Point(f"{'h-' if half else ''}av1i-x{f}-b{q}", q, None, scale=Fraction(1, f),
+                                    base_codec=base, intra_base=True, half_rate=half))
                 continue
-            points.append(Point(f"{prefix}x{f}-b{q}-{key_codec}{kq}", q, kq, scale=Fraction(1, f), base_codec=base))
+            points.append(Point(f"{prefix}x{f}-b{q}-{key_codec}{kq}", q, kq, scale=Fraction(1, f), base_codec=base,
+                                half_rate=half))
         return pick(points)
     raise BenchError(f"unknown codec {codec!r} (known: {','.join(CODECS)})")
 

@@ -52,6 +52,7 @@ class Point:
     upscale: str = DEFAULT_UPSCALE  # anchors only: filter back to the working size when scale < 1
     base_codec: str = "hevc"  # hybrid only: the base layer's codec
     intra_base: bool = False  # hybrid only: the key pictures in the base layer (format version 5)
+    half_rate: bool = False  # hybrid only: the base layer codes every other frame (format version 6)
 
 
 @dataclass
@@ -330,7 +331,7 @@ def _hybrid_points(job: Job, frames: np.ndarray, fps_: Fraction, tmp: Path, erro
                                        base_quality=int(point.param), keyint=job.keyint, key_codec=job.key_codec,
                                        key_quality=None if point.intra_base else point.key_quality,
                                        intra_base=point.intra_base, scenecut=0,  # as the anchors (above)
-                                       preset=job.effort)
+                                       preset=job.effort, half_rate=point.half_rate)
             coded, decoded, enc_sw, dec_sw = _code_and_decode(frames, path, loaded, fps_, settings, enhance)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{job.clip}/{job.codec}/{point.name}: {_one_line(e)}")

@@ -408,6 +408,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     (``ratecontrol.closed_loop``); each pass and the result are said on stderr. A pipe (its length unknown): the
     table's point, whose rate is an estimate. Returns (settings, whether a point fits, why the target cannot be
     reached or None, the enhancer the passes loaded or None)."""
+    from dataclasses import replace
+
     from .errors import InputError
     from .modes.hybrid import enhancer_name, load_enhancer
     from .ratecontrol import (TOLERANCE, Family, FileMeter, choose, closed_loop, family_of, input_duration, load_table,
@@ -431,6 +433,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     if piped or base_quality is not None:  # the table's point (with the user's base quality)
         point, expected, fits = choose(points, kbps, duration, base_codec)
         fam = family_of(point, factor, key_quality)
+        if settings.half_rate:  # the user's --half-rate wins over the point's
+            fam = replace(fam, half_rate=True)
         bq = point.base_quality if base_quality is None else base_quality
         span = f"{duration:.1f} s" if duration else "an assumed 10 s"
         say(f"{kbps:g} kbit/s -> {fam.describe(bq)}: about {expected:.1f} kbit/s "
@@ -457,7 +461,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
 
     best, searches = closed_loop(points, kbps, duration, rate, base_codec=base_codec, base_factor=factor,
                                  key_quality=key_quality,
-                                 key_range=get_keyframe_codec(settings.key_codec).quality_range)
+                                 key_range=get_keyframe_codec(settings.key_codec).quality_range,
+                                 half_rate=True if settings.half_rate else None)
     fam = best.family
     miss = best.kbps / kbps - 1
     ok = within(best.kbps, kbps)

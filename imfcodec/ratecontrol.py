@@ -40,6 +40,7 @@ class OperatingPoint:
     psnr_bicubic: float  # the same streams without the enhancer, dB
     base_codec: str = "hevc"  # tables measured before VP9 bases existed name none: x265
     intra_base: bool = False  # the key pictures coded by the base layer (format version 5; key_quality unused)
+    half_rate: bool = False  # the base layer codes every other frame (format version 6)
 
     def kbps(self, duration_s: float) -> float:
         """Expected whole-file rate for a clip of ``duration_s`` seconds with one key frame."""
@@ -115,18 +116,20 @@ class Family:
     base_factor: int
     key_quality: int
     intra_base: bool = False  # the key pictures in the base layer (then key_quality means nothing)
+    half_rate: bool = False  # every other frame coded (format version 6)
 
     def describe(self, base_quality: int) -> str:
         scale = "1" if self.base_factor == 1 else f"1/{self.base_factor}"
         key = "key in the base layer" if self.intra_base else f"key q{self.key_quality}"
-        return f"base {self.base_codec} {scale} q{base_quality}, {key}"
+        return f"base {self.base_codec} {scale} q{base_quality}{' half-rate' if self.half_rate else ''}, {key}"
 
     def settings(self, settings, base_quality: int):
         """``settings`` (an ``EncoderSettings``) at this family and ``base_quality``."""
         from dataclasses import replace
 
         return replace(settings, base_codec=self.base_codec, base_factor=self.base_factor, base_quality=base_quality,
-                       key_quality=None if self.intra_base else self.key_quality, intra_base=self.intra_base)
+                       key_quality=None if self.intra_base else self.key_quality, intra_base=self.intra_base,
+                       half_rate=self.half_rate)
 
 
 def family_of(p: OperatingPoint, base_factor: int | None = None, key_quality: int | None = None) -> Family:
@@ -134,7 +137,7 @@ def family_of(p: OperatingPoint, base_factor: int | None = None, key_quality: in
     intra-base route stays one only at its own size and without a key quality of the user's."""
     intra = p.intra_base and base_factor in (None, p.base_factor) and key_quality is None
     return Family(p.base_codec, p.base_factor if base_factor is None else base_factor,
-                  p.key_quality if key_quality is None else key_quality, intra)
+                  p.key_quality if key_quality is None else key_quality, intra, p.half_rate)
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def table_step(points: list[OperatingPoint], family: Family, duration_s: float) 
     slope over its points; the same codec and size at the nearest key quality when the table lacks the family);
     ``DEFAULT_STEP`` when the table has fewer than two qualities of it."""
     same = [p for p in points if p.base_codec == family.base_codec and p.base_factor == family.base_factor
-            and p.intra_base == family.intra_base]
+            and p.intra_base == family.intra_base and p.half_rate == family.half_rate]
     if same:
         kq = min({p.key_quality for p in same}, key=lambda k: abs(k - family.key_quality))
         same = [p for p in same if p.key_quality == kq]
@@ -306,7 +309,8 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
                 default_quality: Callable[[str], int] = _codec_default, *, base_codec: str | None = None,
                 base_factor: int | None = None, key_quality: int | None = None,
                 max_families: int = MAX_FAMILIES,
-                key_range: tuple[int, int] | None = None) -> tuple[Measured, list[Search]]:
+                key_range: tuple[int, int] | None = None,
+                half_rate: bool | None = None) -> tuple[Measured, list[Search]]:
     """(the chosen pass, every family's search): the table's choice of family for ``target`` at ``duration_s``
     (``choose``; ``base_codec``, ``base_factor`` and ``key_quality`` given by the user win), then the base
     quality that gives ``target`` by measuring passes (``rate(family, quality)``: the whole file's real rate).
@@ -316,18 +320,23 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
     ``duration_s`` None: ``DEFAULT_DURATION_S``; the codecs' quality ranges and defaults: the base layer's.
     At the floor (every family tried is over the target at its lowest base quality) and with ``key_range`` (the
     key codec's quality range) and no key quality of the user's, the cheapest separate-key pass found is tried
-    with cheaper keys than the table's (``key_floor``)."""
+    with cheaper keys than the table's (``key_floor``). ``half_rate`` True or False keeps the families to
+    half-rate or full-rate bases (the user's ``--half-rate``); None lets the table choose."""
     if duration_s is None or duration_s <= 0:
         duration_s = DEFAULT_DURATION_S
     allowed = [p for p in points if (base_codec is None or p.base_codec == base_codec)
                and (base_factor is None or p.base_factor == base_factor)
-               and (key_quality is None or (p.key_quality == key_quality and not p.intra_base))]
+               and (key_quality is None or (p.key_quality == key_quality and not p.intra_base))
+               and (half_rate is None or p.half_rate == half_rate)]
     if not allowed:  # a size or key quality the table lacks: its choice of codec, the user's size and key
-        allowed = [p for p in points if base_codec is None or p.base_codec == base_codec]
+        allowed = [p for p in points if (base_codec is None or p.base_codec == base_codec)
+                   and (half_rate is None or p.half_rate == half_rate)] \
+            or [p for p in points if base_codec is None or p.base_codec == base_codec]
     point = choose(allowed, target, duration_s, base_codec)[0]
 
     def chosen(p: OperatingPoint) -> Family:
-        return family_of(p, base_factor, key_quality)
+        f = family_of(p, base_factor, key_quality)
+        return f if half_rate is None else replace(f, half_rate=half_rate)
 
     family = chosen(point)
     searches: list[Search] = []

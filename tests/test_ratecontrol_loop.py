@@ -265,3 +265,31 @@ def test_a_pipe_keeps_the_tables_estimate_and_says_so(tmp_path, monkeypatch):
                            input=clip.read_bytes(), catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "the table's estimate, not a guarantee" in r.stderr and "pass 1" not in r.stderr
+
+
+def test_half_rate_points_are_a_family_of_their_own():
+    """A half-rate table point gives a half-rate family (its settings say so); ``half_rate`` keeps the loop to
+    one kind or the other; the RD ladder's ``h:`` entries are half-rate points."""
+    from dataclasses import replace
+
+    from imfcodec.settings import EncoderSettings
+
+    half = [replace(p, half_rate=True, steady_kbps=p.steady_kbps * 0.6) for p in TABLE if p.base_factor == 4]
+    table = TABLE + half
+    seen: list[Family] = []
+
+    def rate(f: Family, q: int) -> float:
+        seen.append(f)
+        return (3.0 if f.half_rate else 4.3) * 1.06 ** q + 1.0
+
+    best, _ = closed_loop(table, 5.0, 10.0, rate, lambda c: (0, 63), lambda c: 8, half_rate=True)
+    assert best.family.half_rate and all(f.half_rate for f in seen)
+    assert best.family.settings(EncoderSettings(), best.base_quality).validated().half_rate
+    seen.clear()
+    best, _ = closed_loop(table, 5.0, 10.0, rate, lambda c: (0, 63), lambda c: 8, half_rate=False)
+    assert not any(f.half_rate for f in seen)
+    assert "half-rate" in Family("vp9", 4, 6, half_rate=True).describe(0)
+    from benchmarks.rd import plan_points
+
+    (p,) = plan_points("hybrid", quick=False, ladder=["h:vp9:4:0:6"], key_codec="hevc")
+    assert p.half_rate and p.base_codec == "vp9" and p.name == "h-vp9-x4-b0-hevc6"
