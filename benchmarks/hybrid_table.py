@@ -40,12 +40,14 @@ from .harness import (FPS, data_option, frames_option, held_out_clips, held_out_
 # its neighbours between them), where the base codec's floor of bytes per frame is most of the rate.
 GRID = {"hevc": {2: (1, 5, 9, 13, 17, 21), 4: (9, 13)}, "vp9": {2: (0, 4, 8, 12, 16, 24), 4: (0, 4, 8, 12, 16)},
         "av1-intra": {2: (0, 2, 5, 8, 11, 14, 18, 23, 28)}, "av1-intra-quarter": {4: (0, 6, 12)},
-        "vp9-half": {2: (0, 4, 8, 16), 4: (0, 8, 16, 24)}, "hevc-half": {4: (0, 9)}}
+        "vp9-half": {2: (0, 4, 8, 16), 4: (0, 8, 16, 24)}, "hevc-half": {4: (0, 9)},
+        "vp9-half-high": {2: (12, 24, 32)}}
 GRID_KEYS = (6, 11, 16, 21)
 HALF_KEYS = (6, 11)  # the half-rate points' key qualities (low rates: a dearer key does not pay there)
 # grid names of the intra-base routes, and their base codec (at 1/4 the key pictures are coded at 1/2)
 INTRA = {"av1-intra": "av1", "av1-intra-quarter": "av1"}
-HALF = {"vp9-half": "vp9", "hevc-half": "hevc"}  # grid names of the half-rate routes, and their base codec
+HALF = {"vp9-half": "vp9", "hevc-half": "hevc", "vp9-half-high": "vp9"}  # half-rate routes and their base codec
+HALF_HIGH_KEYS = (11, 16)  # vp9-half-high: at the default rates (15-20 kbit/s) a dearer key pays
 QUICK_GRID, QUICK_KEYS = {"hevc": {2: (9,)}, "vp9": {4: (8,)}}, (16,)
 
 
@@ -156,7 +158,8 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     with tempfile.TemporaryDirectory() as tmp:
         grid = [(c, f, q, k) for c, factors in (QUICK_GRID if quick else GRID).items() if c in codecs
                 for f, qualities in factors.items() for q in qualities
-                for k in ((0,) if c in INTRA else QUICK_KEYS if quick else HALF_KEYS if c in HALF else GRID_KEYS)]
+                for k in ((0,) if c in INTRA else QUICK_KEYS if quick else HALF_HIGH_KEYS if c == "vp9-half-high"
+                          else HALF_KEYS if c in HALF else GRID_KEYS)]
         for codec, factor, bq, kq in grid:
             per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
             mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
@@ -182,11 +185,17 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     if merge and old.is_file():
         from imfcodec.ratecontrol import OperatingPoint as Point
 
-        measured = {(p.base_codec, p.intra_base, p.half_rate, p.base_factor) for p in rows}
+        def key(p: Point) -> tuple:
+            return p.base_codec, p.intra_base, p.half_rate, p.base_factor, p.base_quality, p.key_quality
+
+        measured = {key(p) for p in rows}
         kept = json.loads(old.read_text())
-        rows = [p for p in map(lambda d: Point(**d), kept["points"])
-                if (p.base_codec, p.intra_base, p.half_rate, p.base_factor) not in measured] + rows
-        info["merged"] = f"the other points kept from {old} ({kept.get('enhancer')}, {kept.get('frames')} frames)"
+        rows = [p for p in map(lambda d: Point(**d), kept["points"]) if key(p) not in measured] + rows
+        # the kept points' provenance stays (their clips, notes); the new points' clips are named apart
+        info = {**{k: v for k, v in kept.items() if k != "points"},
+                f"clips_{'_'.join(codecs).replace('-', '_')}": clips.names,
+                "merged": f"{', '.join(codecs)} measured by python -m benchmarks.hybrid_table --merge; the other "
+                          f"points kept from {old.name} ({kept.get('enhancer')}, {kept.get('frames')} frames)"}
     save_table(rows, path, info)
     print(f"wrote {path} ({len(rows)} points)")
     return 0
