@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -406,6 +407,10 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float, others: 
         enc = HybridEncoder(model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=Fraction(25),
                             settings=default_hybrid(chunk))
         streams[chunk] = (enc.header, list(encode_frames(frames, enc)))
+        # the same point with a half-rate base (--half-rate, format version 6): the enhancer runs on half the frames
+        enc = HybridEncoder(model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=Fraction(25),
+                            settings=replace(default_hybrid(chunk), half_rate=True))
+        streams[("half", chunk)] = (enc.header, list(encode_frames(frames, enc)))
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "x265.mp4"
         encode_decode(ANCHORS["x265"], 51, np.stack(frames), Fraction(25), threads=threads, mp4_path=mp4)
@@ -424,8 +429,24 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float, others: 
                 net.kernels = "fast"
         return go
 
+    def run_half(chunk: int):
+        def go():  # as api.iter_decoded shows a half-rate stream: each decoded frame, then the mean to the next
+            from imfcodec.bitstream import EndPacket
+            from imfcodec.halfrate import Doubler
+
+            header, packets = streams[("half", chunk)]
+            dec, d, shown = HybridDecoder(model, header), Doubler(), 0
+            for p in packets:
+                keys = len(dec.report.key_frames)
+                shown += len(d.push(dec.decode(p), key_first=len(dec.report.key_frames) > keys))
+                if isinstance(p, EndPacket):
+                    shown += len(d.end(p.frames))
+            assert shown == n_frames
+        return go
+
     fns = {("x265", 0): lambda: decode_file(io.BytesIO(mp4_bytes), n_frames, size, size, threads=threads)}
     for chunk in (1, 5):
+        fns[("half", chunk)] = run_half(chunk)
         for enhance in (True, False):
             fns[(enhance, chunk)] = run(chunk, enhance)
         fns[("reference", chunk)] = run(chunk, True, "reference")
@@ -443,7 +464,8 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float, others: 
                            ("reference", "imfcodec (hybrid), reference kernels (`IMFCODEC_KERNELS=reference`)"),
                            *((spec, f"imfcodec (hybrid), decode --enhancer {spec} ({other.name}), fast kernels")
                              for spec, other in extra.items()),
-                           (False, "imfcodec (hybrid), decode --no-enhance")):
+                           (False, "imfcodec (hybrid), decode --no-enhance"),
+                           ("half", "imfcodec (hybrid), the same point with `--half-rate` (frames shown per second)")):
         f1, f5 = fps[(enhance, 1)], fps[(enhance, 5)]
         lines.append(f"| {label} | {f1:.1f} | {f5:.1f} | {f1 / x265_fps:.3f} | {f5 / x265_fps:.3f} |")
     lines.append(f"| x265 (libx265 CRF 51 at 256x256, hevc decoder) | {x265_fps:.0f} | | | |")
@@ -503,8 +525,24 @@ def shipped_tables(threads: int, n_frames: int, rounds: int, peak: float) -> lis
             assert _decode_all(model, header, packets) == n_frames
         return run
 
+    def run_half(chunk: int):
+        def go():  # as api.iter_decoded shows a half-rate stream: each decoded frame, then the mean to the next
+            from imfcodec.bitstream import EndPacket
+            from imfcodec.halfrate import Doubler
+
+            header, packets = streams[("half", chunk)]
+            dec, d, shown = HybridDecoder(model, header), Doubler(), 0
+            for p in packets:
+                keys = len(dec.report.key_frames)
+                shown += len(d.push(dec.decode(p), key_first=len(dec.report.key_frames) > keys))
+                if isinstance(p, EndPacket):
+                    shown += len(d.end(p.frames))
+            assert shown == n_frames
+        return go
+
     fns = {("x265", 0): lambda: decode_file(io.BytesIO(mp4_bytes), n_frames, size, size, threads=threads)}
     for chunk in (1, 5):
+        fns[("half", chunk)] = run_half(chunk)
         for kernels in ("reference", "fast"):
             fns[(kernels, chunk)] = imf(kernels, chunk)
     sec = in_turns(fns, rounds)

@@ -61,8 +61,7 @@ def command(clips, targets, enhancer, frames, check) -> None:
             meter = FileMeter(clip, settings, loaded, max_frames=frames)
             t0 = time.perf_counter()
             best, searches = closed_loop(points, target, duration, meter,
-                                         key_range=get_keyframe_codec(settings.key_codec).quality_range,
-                                         half_rate=None if meter.constant_rate() else False)
+                                         key_range=get_keyframe_codec(settings.key_codec).quality_range)
             seconds = time.perf_counter() - t0
             passes = sum(len(s.passes) for s in searches)
             f = best.family

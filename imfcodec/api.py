@@ -289,8 +289,6 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
                     write_packets(writer)
                 header = replace(enc.header, frames=source_frames(enc))
                 kept = _source_timing(timing, source_frames(enc))
-                if kept is not None and header.half_rate:
-                    raise InputError(HALF_RATE_TIMING)
                 with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
                     if kept is None:
                         dst.write(stream_start(header))
@@ -329,17 +327,11 @@ def stream_size(frames: Iterable[np.ndarray], *, fps: Fraction | int, model: Loa
         header = replace(header, enhancer_switch=enhancer_switch)
     n = source_frames(enc)
     kept = _source_timing(timing, n)
-    if kept is not None and header.half_rate:
-        raise InputError(HALF_RATE_TIMING)
     if kept is not None:
         header = kept.header(header)
         size += sum(len(encode_packet(record)) for record in kept.packets())
     size += len(stream_start(header))
     return size, n, kept.seconds if kept is not None else n / float(fps)
-
-
-HALF_RATE_TIMING = ("--half-rate needs a constant-rate input; this one's frames have their own durations "
-                    "(drop --half-rate)")
 
 
 def source_frames(enc) -> int:
@@ -733,7 +725,7 @@ def _decode_stream(input_path, out: Path, model, progress: Progress | None, limi
     timing = "constant" if not clock.timed else "per-frame" if writer.keeps_timing else "averaged"
     frames, keys, concealed = report.frames, list(report.key_frames), list(report.concealed)
     if header.half_rate:  # the frames shown: each decoded one and the one after it
-        frames = clock.end
+        frames = clock.shown
         keys, concealed = shown_numbers(keys), sorted({f for c in shown_numbers(concealed) for f in (c, c + 1)})
     duration = float(clock.end * clock.time_base) if clock.timed else frames / float(clock.fps)
     return DecodeSummary(writer.name, frames, time.perf_counter() - t0, keys, concealed, list(report.damage),

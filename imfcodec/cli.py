@@ -431,8 +431,6 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     duration = None if input == "-" else input_duration(input, frames)
     piped = not os.path.isfile(input)  # standard input, a FIFO: read once, by the encoder
     if piped or base_quality is not None:  # the table's point (with the user's base quality)
-        if not settings.half_rate:  # unmeasured input may have frames with their own times: no half-rate base
-            points = [p for p in points if not p.half_rate] or points
         point, expected, fits = choose(points, kbps, duration, base_codec)
         fam = family_of(point, factor, key_quality)
         if settings.half_rate:  # the user's --half-rate wins over the point's
@@ -464,8 +462,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     best, searches = closed_loop(points, kbps, duration, rate, base_codec=base_codec, base_factor=factor,
                                  key_quality=key_quality,
                                  key_range=get_keyframe_codec(settings.key_codec).quality_range,
-                                 half_rate=True if settings.half_rate else None if meter.constant_rate() else False)
-    # (an input whose frames have their own times cannot take a half-rate base: the table's others only)
+                                 half_rate=True if settings.half_rate else None)
     fam = best.family
     miss = best.kbps / kbps - 1
     ok = within(best.kbps, kbps)

@@ -7,7 +7,8 @@ mean of two neighbours 80 ms apart costs far less than those bytes buy
 (benchmarks/results/2026-12-04-half-rate/NOTES.md). The mean is taken of the *shown* frames (after the enhancer),
 so the enhancer runs on half the frames too. Before a key frame (a scene cut, or a restart) the frame in between
 is a copy of the one before rather than a blend of two scenes. The header and END record count the frames shown,
-N; the packets hold ceil(N / 2), and when N is even the last frame is followed by a copy of itself.
+N (as do timing records, so a variable-rate input keeps every frame's time); the packets hold ceil(N / 2), and
+when N is even the last frame is followed by a copy of itself.
 """
 
 from __future__ import annotations

@@ -454,13 +454,6 @@ class FileMeter:
         if kept is not None:
             self.frames, self.fps, self.timing = kept, source.info.fps, source.timing
 
-    def constant_rate(self) -> bool:
-        """Whether the input's frames are at a constant rate, which a half-rate base needs (an input whose frames
-        have their own times is refused with it): one read of the input, kept for the passes when short."""
-        frames, _fps, timing = self._source()
-        n = sum(1 for _ in frames)
-        return timing is None or timing.frames != n or timing.finish() is None
-
     def __call__(self, family: Family, quality: int) -> float:
         import time
 

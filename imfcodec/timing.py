@@ -151,6 +151,11 @@ class Clock:
         self._durations.extend(packet.durations[max(0, known - packet.frame):])
 
     @property
+    def shown(self) -> int:
+        """Frames shown so far (``next`` calls)."""
+        return self._shown
+
+    @property
     def end(self) -> int:
         """When the frames shown so far end, in ``time_base`` ticks."""
         return self._pts if self.timed else self._shown

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from helpers import cli, cheap_clip, leftovers, timed_clip
+from helpers import cli, timed_clip
 
 from imfcodec.api import encode_frames_to_file, encode_video, iter_decoded, stream_info
 from imfcodec.bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, StreamWriter, read_stream
@@ -109,15 +109,30 @@ def test_the_cli_round_trip_and_info(tmp_path):
     assert r.exit_code != 0 and "--half-rate cannot be used with --live" in r.output
 
 
-def test_an_input_whose_frames_have_their_own_times_is_refused_and_nothing_is_written(tmp_path, enh_tiny):
-    vfr = timed_clip(tmp_path / "vfr.mkv", [0, 40, 60, 200, 210, 400, 440], Fraction(1, 1000), 60)
-    out = tmp_path / "o" / "v.imf"
-    out.parent.mkdir()
-    with pytest.raises(InputError, match="--half-rate needs a constant-rate input"):
-        encode_video(vfr, out, model=enh_tiny, settings=EncoderSettings(half_rate=True, **SETTINGS))
-    assert leftovers(out.parent) == []
-    cfr = cheap_clip(tmp_path / "cfr.mp4", 6)
-    assert encode_video(cfr, out, model=enh_tiny, settings=EncoderSettings(half_rate=True, **SETTINGS)).frames == 6
+def test_an_input_whose_frames_have_their_own_times_keeps_them(tmp_path, enh_tiny):
+    """Timing records time the frames shown (all N), so a half-rate stream of a variable-rate input plays each
+    frame, interpolated ones included, at its own time."""
+    from helpers import video_times
+
+    pts = [0, 40, 60, 200, 210, 400, 440]
+    vfr = timed_clip(tmp_path / "vfr.mkv", pts, Fraction(1, 1000), 60)
+    out = tmp_path / "v.imf"
+    s = encode_video(vfr, out, model=enh_tiny, settings=EncoderSettings(half_rate=True, **SETTINGS))
+    assert s.frames == 7 and s.timing == "per-frame"
+    h, packets = read_stream(out.read_bytes())
+    assert h.half_rate and h.timed and out.read_bytes()[8] == 6
+    assert sum(p.count for p in packets if isinstance(p, BasePacket)) == 4 and packets[-1] == EndPacket(7)
+    from imfcodec.bitstream import TimingPacket
+
+    assert [d for p in packets if isinstance(p, TimingPacket) for d in p.durations] == [40, 20, 140, 10, 190, 40, 60]
+    assert len(decoded(out, enh_tiny)) == 7
+    from imfcodec.api import decode_stream
+
+    d = decode_stream(out, tmp_path / "v.mkv", model=enh_tiny)
+    assert d.frames == 7 and d.timing == "per-frame" and d.duration_s == pytest.approx(0.5)
+    times, _, _ = video_times(tmp_path / "v.mkv")
+    assert [round(float(t) * 1000) for t in times] == pts
+    assert stream_info(out)["duration_s"] == pytest.approx(0.5)
 
 
 def test_settings_and_headers_that_cannot_be_half_rate_are_refused():
@@ -130,7 +145,7 @@ def test_settings_and_headers_that_cannot_be_half_rate_are_refused():
     assert header_problem(h, Limits()) is None and coded_frames(h, 7) == 4 and coded_frames(h, 8) == 4
     from dataclasses import replace
 
-    assert "constant-rate" in header_problem(replace(h, time_num=1, time_den=1000), Limits())
+    assert header_problem(replace(h, time_num=1, time_den=1000), Limits()) is None  # timing counts frames shown
     assert "lean base records" in header_problem(replace(h, lean=False), Limits())
 
 

@@ -274,6 +274,12 @@ def header_version(h: StreamHeader) -> int:
     return 4 if h.enhancer_switch else 3 if h.time_num or h.time_den else 2 if h.base_codec else 1
 
 
+def shown_frame(h: StreamHeader, frame: int) -> int:
+    """The frame of the video that a stream's coded frame ``frame`` is shown as (2 x frame in a half-rate stream):
+    what timing records count."""
+    return 2 * frame if h.half_rate else frame
+
+
 def coded_frames(h: StreamHeader, frames: int) -> int:
     """The frames the packets of a stream of ``frames`` frames hold: the END record and the header count the frames
     shown, and a half-rate stream (version 6) codes the even ones, ceil(frames / 2)."""
@@ -327,8 +333,6 @@ def header_problem(h: StreamHeader, limits: Limits) -> str | None:
         return "key pictures in the base layer (intra_base) need lean base records (version 5)"
     if h.half_rate and not (h.lean and h.base_codec):
         return "a half-rate base (version 6) needs a base layer with lean base records"
-    if h.half_rate and (h.time_num or h.time_den):
-        return "a half-rate base (version 6) is for constant-rate streams: no timing records"
     if h.base_codec:
         return _base_problem(h, limits)
     if h.enhancer_switch:

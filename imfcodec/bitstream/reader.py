@@ -45,6 +45,7 @@ from .format import (
     WEIGHTS_HASH_SIZE,
     BasePacket,
     coded_frames,
+    shown_frame,
     EndPacket,
     KeyPacket,
     Limits,
@@ -410,9 +411,9 @@ class StreamReader:
         if h.frames and frame + count > h.frames:
             raise CorruptStreamError(f"{where}: frame {frame + count - 1} is beyond the header's "
                                      f"{h.frames} frames")
-        if h.timed and frame + count > self._timed:  # a frame's time comes before the frame
-            raise CorruptStreamError(f"{where}: frame {max(frame, self._timed)} has no timing (its timing record "
-                                     f"must come before it)")
+        if h.timed and shown_frame(h, frame + count - 1) >= self._timed:  # a frame's time comes before the frame
+            raise CorruptStreamError(f"{where}: frame {max(shown_frame(h, frame), self._timed)} has no timing (its "
+                                     f"timing record must come before it)")
         if h.hybrid and isinstance(packet, KeyPacket):  # a key packet shares its frame with the base packet that follows
             self._key_pending = True
             return packet

@@ -21,6 +21,7 @@ from .format import (
     TokenPacket,
     coded_frames,
     encode_header,
+    shown_frame,
     encode_payload,
     frame_record,
     header_problem,
@@ -162,8 +163,8 @@ class StreamWriter:
             last = p.frame + p.count - 1
         if last >= self.limits.max_frames:
             raise InputError(f"frame {last} exceeds the limit of {self.limits.max_frames} frames")
-        if h.timed and last >= self.timed_frames:
-            raise InputError(f"frame {last} has no timing: write its timing record first")
+        if h.timed and shown_frame(h, last) >= self.timed_frames:
+            raise InputError(f"frame {shown_frame(h, last)} has no timing: write its timing record first")
 
     def _check_timing(self, p: TimingPacket) -> None:
         if self.closed:
