@@ -82,7 +82,8 @@ HYBRID_STREAMS = {
                                         intra_base=False),
     # version 5, lean records with unit sizes (a VP9 base, a separate key image): K, B, C records
     "tiny-hybrid-vp9-lean-keyint4": dict(base_codec="vp9", base_factor=2, base_quality=8, keyint=4,
-                                         key_codec="hevc", key_quality=16, chunk=3, guard=False, lean=True),
+                                         key_codec="hevc", key_quality=16, chunk=3, guard=False, lean=True,
+                                         half_rate=False),
     # version 5, the key pictures in the AV1 base layer (one intra picture per key frame): I, B, C records,
     # AV1 units without sizes; key frames 0 and 6
     "tiny-hybrid-av1-intra-keyint6": dict(base_codec="av1", base_factor=2, base_quality=13, keyint=6, chunk=4,

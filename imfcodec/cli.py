@@ -273,9 +273,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--classic-framing", is_flag=True,
               help="Hybrid: frame the base packets as format versions 2-4 do (for decoders older than version 5; "
                    "about 0.4 kbit/s more at 25 fps), with a separate key image.")
-@click.option("--half-rate", is_flag=True,
-              help="Hybrid: code every other frame only; the decoder shows the mean of its neighbours between them "
-                   "(format version 6). About a third less rate at the lowest points, where it pays.")
+@click.option("--half-rate/--full-rate", "half_rate", default=None,
+              help="Hybrid: code every other frame only, the decoder showing the mean of its neighbours between "
+                   "them (format version 6), or every frame. [default: half-rate, but with --intra-base or "
+                   "--classic-framing]")
 @click.option("--kbps", type=float, default=None, callback=_kbps,
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
@@ -314,7 +315,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
                         "--base-scale": base_scale is not None, "--base-quality": base_quality is not None,
                         "--enhancer": enhancer is not None, "--model": model is not None, "--no-guard": no_guard,
                         "--intra-base": intra_base is not None, "--classic-framing": classic_framing,
-                        "--half-rate": half_rate,
+                        "--half-rate": half_rate is not None,
                         "--quality": source("quality") is not ParameterSource.DEFAULT,
                         "--refine": search_iters is not None})
     settings = EncoderSettings.from_preset(
@@ -323,7 +324,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         **({} if search_iters is None else {"search_iters": search_iters}), base_codec=base_codec,
         base_factor=BASE_SCALES[base_scale] if base_scale else _ENCODER.base_factor, base_quality=base_quality,
         enhancer=enhancer, **({"guard": False} if no_guard else {}), intra_base=intra_base,
-        **({"lean": False} if classic_framing else {}), **({"half_rate": True} if half_rate else {}),
+        **({"lean": False} if classic_framing else {}), half_rate=half_rate,
     ).validated()
     if kbps is not None:  # after the settings: its measuring passes encode with them
         from .api import default_output
@@ -331,7 +332,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
 
         check_overwrite(as_path(output) if output is not None else default_output(input, ".imf"), overwrite)
         settings, kbps_fits, kbps_why, loaded = _rate_control(input, kbps, frames, settings, base_codec, base_scale,
-                                                              base_quality, key_quality)
+                                                              base_quality, key_quality, half_rate)
         model = loaded or model  # the enhancer its passes loaded: the encode uses it, not a second copy
     streamed = _note_output(output, input == "-")
     with _Progress("encode") as bar:
@@ -401,7 +402,7 @@ def _device(name: str) -> str:
     return resolve_device(name, note=lambda message: click.echo(message, err=True))
 
 
-def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_quality, key_quality):
+def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_quality, key_quality, half_rate=None):
     """--kbps: ``settings`` at the operating point for ``kbps``, where the user did not give it (the options given
     win). A file: the enhancer's operating-point table chooses the base codec, size and key quality, and
     measuring passes of the real encoder the base quality whose whole-file rate is closest to ``kbps``
@@ -433,8 +434,8 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     if piped or base_quality is not None:  # the table's point (with the user's base quality)
         point, expected, fits = choose(points, kbps, duration, base_codec)
         fam = family_of(point, factor, key_quality)
-        if settings.half_rate:  # the user's --half-rate wins over the point's
-            fam = replace(fam, half_rate=True)
+        if half_rate is not None:  # the user's --half-rate / --full-rate wins over the point's
+            fam = replace(fam, half_rate=half_rate)
         bq = point.base_quality if base_quality is None else base_quality
         span = f"{duration:.1f} s" if duration else "an assumed 10 s"
         say(f"{kbps:g} kbit/s -> {fam.describe(bq)}: about {expected:.1f} kbit/s "
@@ -462,7 +463,7 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
     best, searches = closed_loop(points, kbps, duration, rate, base_codec=base_codec, base_factor=factor,
                                  key_quality=key_quality,
                                  key_range=get_keyframe_codec(settings.key_codec).quality_range,
-                                 half_rate=True if settings.half_rate else None)
+                                 half_rate=half_rate)
     fam = best.family
     miss = best.kbps / kbps - 1
     ok = within(best.kbps, kbps)
@@ -703,7 +704,8 @@ def info(input, as_json, max_width, max_height, max_frames, max_packet):
                + f"framing {d['overhead_bytes']} B ({d['overhead_kbps']:.2f} kbit/s; the records' "
                f"{d['record_framing_kbps']:.2f} kbit/s, signature, header and END {d['header_end_bytes']} B)")
     if d["enhancer_switch"]:
-        click.echo(f"  enhancer switch: off for {d['unenhanced_frames']} of {d['frames']} frames (the encoder found "
+        of = f"the {d['coded_frames']} coded frames" if d["half_rate"] else f"{d['frames']} frames"
+        click.echo(f"  enhancer switch: off for {d['unenhanced_frames']} of {of} (the encoder found "
                    f"it would hurt there)" if d["unenhanced_frames"] else "  enhancer switch: on for every frame")
     for p in d["packets"]:
         if p["type"] == "key":

@@ -97,8 +97,9 @@ class EncoderSettings:
     intra_base: bool | None = None
     lean: bool = True  # hybrid mode: lean base records (format version 5); False: the framing of versions 2-4
     # hybrid mode: code every other frame only; the decoder shows the mean of its neighbours between them (format
-    # version 6): at the lowest rates the base codec's cost per frame, not the picture, is what the bytes buy
-    half_rate: bool = False
+    # version 6): a base codec's bytes per frame have a floor, and on talking heads the mean of two neighbours costs
+    # less than the bytes of the frame between; None: wherever the stream can (lean framing, a separate key image)
+    half_rate: bool | None = None
     _checked: bool = field(default=False, init=False, repr=False, compare=False)  # validated() made it
 
     @property
@@ -111,7 +112,7 @@ class EncoderSettings:
             return self.mode
         if (self.base_codec, self.base_quality, self.enhancer, self.intra_base) != (None, None, None, None) \
                 or self.base_factor != DEFAULT_BASE_FACTOR or self.guard is not True or self.lean is not True \
-                or self.half_rate is not False:
+                or self.half_rate is not None:
             return "hybrid"
         steps = {DEFAULT_SEARCH_ITERS, PRESETS[self.preset].search_iters if self.preset in PRESETS else None}
         if self.quality != DEFAULT_QUALITY or self.refresh_below is not None or self.search_iters not in steps:
@@ -199,7 +200,7 @@ class EncoderSettings:
             raise ArgumentError("base_factor=, base_quality= and enhancer= need the hybrid mode (a base_codec=)")
         if self.guard is not True:
             raise ArgumentError("guard=False needs the hybrid mode (the token mode has no enhancer to switch off)")
-        if self.intra_base is not None or self.lean is not True or self.half_rate is not False:
+        if self.intra_base is not None or self.lean is not True or self.half_rate is not None:
             raise ArgumentError("intra_base=, lean= and half_rate= need the hybrid mode (they shape its base layer)")
         return {}
 
@@ -228,8 +229,8 @@ class EncoderSettings:
             raise ArgumentError(f"base_quality= for {codec.name} must be in {blo}..{bhi}, got {bq!r}")
         if not isinstance(self.lean, bool):
             raise ArgumentError(f"lean= must be True or False, got {self.lean!r}")
-        if not isinstance(self.half_rate, bool):
-            raise ArgumentError(f"half_rate= must be True or False, got {self.half_rate!r}")
+        if self.half_rate is not None and not isinstance(self.half_rate, bool):
+            raise ArgumentError(f"half_rate= must be True, False or None, got {self.half_rate!r}")
         if self.half_rate and not self.lean:
             raise ArgumentError("half_rate=True needs lean=True (format version 6 extends version 5)")
         from .baselayer import INTRA_BASE_FACTOR, INTRA_BASE_FACTORS
@@ -249,7 +250,9 @@ class EncoderSettings:
         if intra and self.key_quality is not None:
             raise ArgumentError("key_quality= has no effect when the key pictures are in the base layer (their "
                                 "quality follows base_quality=); give intra_base=False for a separate key image")
-        return {"base_quality": bq, "intra_base": intra}
+        # by default with lean framing and a separate key image (the route the rate table measured half-rate)
+        half = (self.lean and not intra) if self.half_rate is None else self.half_rate
+        return {"base_quality": bq, "intra_base": intra, "half_rate": half}
 
 
 def _is_int(value) -> bool:

@@ -627,7 +627,7 @@ def test_model_speed_hybrid_stages_add_up_to_the_total():
     loaded = load_enhancer("random:enh-tiny")
     frames = list(sample_frames(3, 64))
     enc = HybridEncoder(loaded.model, model_name=loaded.name, weights_hash=loaded.weights_hash, fps=Fraction(25),
-                        settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=2))
+                        settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=2, half_rate=False))
     totals, total, _, data = staged_encode(enc, frames, _ticks())
     _check_stages(totals, total, HYBRID_ENCODE_STAGES)
     totals, total, n = staged_decode(loaded.model, data, _ticks())

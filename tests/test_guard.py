@@ -75,9 +75,10 @@ def test_default_decode_is_never_worse_than_its_base(guarded, name):
     on = [f for _, out in iter_decoded(path) for f in out]
     off = [f for _, out in iter_decoded(path, enhance=False) for f in out]
     header, packets = read_stream(path)
-    assert header.enhancer_switch and path.read_bytes()[8] == 5
+    assert header.enhancer_switch and header.half_rate and path.read_bytes()[8] == 6  # the default: half-rate
+    assert len(on) == len(off) == len(src)
     for p in (p for p in packets if isinstance(p, BasePacket)):
-        idx = range(p.frame, p.frame + p.count)
+        idx = range(2 * p.frame, min(2 * (p.frame + p.count), len(src)))  # its frames as shown, and those between
         got = psnr(src[list(idx)], np.stack([on[i] for i in idx]))
         base = psnr(src[list(idx)], np.stack([off[i] for i in idx]))
         assert got >= base - 0.1, f"{name}: frames {p.frame}..{p.frame + p.count - 1} at {got:.2f} dB, base {base:.2f}"
@@ -95,7 +96,7 @@ def test_without_the_guard_no_packet_is_switched_off(tmp_path):
     path = tmp_path / "b.imf"
     encode_frames_to_file(frames, path, fps=Fraction(25), settings=EncoderSettings(guard=False))
     header, packets = read_stream(path)
-    assert path.read_bytes()[8] == 5 and not header.enhancer_switch  # lean records: version 5 still
+    assert path.read_bytes()[8] == 6 and not header.enhancer_switch  # lean records and half-rate: version 6 still
     assert all(p.enhance for p in packets if isinstance(p, BasePacket))
     encode_frames_to_file(frames, path, fps=Fraction(25), settings=EncoderSettings(guard=False, lean=False),
                           overwrite=True)
@@ -107,8 +108,9 @@ def test_cli_reports_the_switch_and_refuses_no_guard_in_the_token_mode(guarded, 
 
     _, path = guarded["bars"]
     r = cli("info", path)
-    assert r.exit_code == 0 and "version 5" in r.stdout and "(enhancer off)" in r.stdout
-    assert f"enhancer switch: off for {FRAMES - 1} of {FRAMES} frames" in r.stdout  # the key frame is the key image
+    assert r.exit_code == 0 and "version 6" in r.stdout and "(enhancer off)" in r.stdout
+    coded = (FRAMES + 1) // 2  # half-rate by default: the unenhanced count is of coded frames
+    assert f"enhancer switch: off for {coded - 1} of the {coded} coded frames" in r.stdout  # the key: the key image
     clip = tmp_path / "s.mp4"
     assert cli("sample", clip, "--frames", 3, "--size", 64).exit_code == 0
     r = cli("encode", clip, "-o", tmp_path / "t.imf", "--mode", "token", "--no-guard")  # a usage error: 2

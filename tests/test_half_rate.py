@@ -63,7 +63,7 @@ def test_round_trip_shows_every_frame_and_interpolates_the_odd_ones(n, tmp_path,
     assert h.half_rate and h.frames == n and Fraction(h.fps_num, h.fps_den) == Fraction(25, 2)
     assert packets[-1] == EndPacket(n) and sum(p.count for p in packets if isinstance(p, BasePacket)) == (n + 1) // 2
     full = path.with_suffix(".full.imf")
-    encode_frames_to_file(src, full, model=enh_tiny, fps=25, settings=EncoderSettings(**SETTINGS))
+    encode_frames_to_file(src, full, model=enh_tiny, fps=25, settings=EncoderSettings(half_rate=False, **SETTINGS))
     assert len(data) < full.stat().st_size
     out = decoded(path, enh_tiny)
     assert len(out) == n
@@ -133,6 +133,18 @@ def test_an_input_whose_frames_have_their_own_times_keeps_them(tmp_path, enh_tin
     times, _, _ = video_times(tmp_path / "v.mkv")
     assert [round(float(t) * 1000) for t in times] == pts
     assert stream_info(out)["duration_s"] == pytest.approx(0.5)
+
+
+def test_the_default_is_half_rate_where_the_stream_can_be():
+    """By default the hybrid mode codes every other frame, but with the classic framing (versions 2-4 cannot say
+    so) or the key pictures in the base layer (that route was not measured half-rate); the token mode has none."""
+    assert EncoderSettings().validated().half_rate is True
+    assert EncoderSettings(lean=False).validated().half_rate is False
+    assert EncoderSettings(base_codec="av1").validated().half_rate is False  # the AV1 base carries the key
+    assert EncoderSettings(base_codec="av1", intra_base=False).validated().half_rate is True
+    assert EncoderSettings(half_rate=False).validated().half_rate is False
+    assert EncoderSettings(mode="token").validated().half_rate is None
+    assert EncoderSettings(half_rate=False).implied_mode == "hybrid"
 
 
 def test_settings_and_headers_that_cannot_be_half_rate_are_refused():

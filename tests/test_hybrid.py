@@ -103,7 +103,8 @@ def test_cli_round_trip_encode_decode_info(tmp_path):
     clip = tmp_path / "s.mp4"
     assert cli("sample", clip, "--frames", 10, "--size", 64).exit_code == 0
     out = tmp_path / "s.imf"
-    r = cli("encode", clip, "-o", out, "--hybrid", "--enhancer", ENH, "--keyint", 5, "--base-quality", 20)
+    r = cli("encode", clip, "-o", out, "--hybrid", "--enhancer", ENH, "--keyint", 5, "--base-quality", 20,
+            "--full-rate")  # every frame coded: the packets below hold 5 frames each
     assert r.exit_code == 0, r.output
     assert "base " in r.stderr and "enhancer enh-tiny" in r.stderr
     r = cli("info", out, "--json")
@@ -274,7 +275,8 @@ def test_cli_round_trip_with_a_vp9_base(tmp_path):
     clip = tmp_path / "s.mp4"
     assert cli("sample", clip, "--frames", 6, "--size", 64).exit_code == 0
     out = tmp_path / "s.imf"
-    r = cli("encode", clip, "-o", out, "--hybrid", "--base-codec", "vp9", "--enhancer", ENH, "--keyint", 4)
+    r = cli("encode", clip, "-o", out, "--hybrid", "--base-codec", "vp9", "--enhancer", ENH, "--keyint", 4,
+            "--full-rate")
     assert r.exit_code == 0, r.output
     d = stream_info(out)
     assert (d["base_codec"], d["base_width"], d["key_frames"]) == ("vp9", 32, [0, 4])
@@ -290,7 +292,8 @@ def test_api_encode_frames_to_file(tmp_path, enh_tiny):
 
     frames = [np.roll(gradient(64, 64), 3 * i, axis=1) for i in range(5)]
     s = encode_frames_to_file(iter(frames), tmp_path / "a.imf", fps=25, model=enh_tiny,
-                              settings=EncoderSettings(base_codec="av1", base_factor=4, keyint=3, key_codec="webp"))
+                              settings=EncoderSettings(base_codec="av1", base_factor=4, keyint=3, key_codec="webp",
+                                                       half_rate=False))
     d = stream_info(tmp_path / "a.imf")
     assert (s.frames, s.key_frames, s.token_bytes, s.key_token_bytes) == (5, [0, 3], 0, 0)
     assert s.base_bytes == d["base_bytes"] and s.key_image_bytes == d["key_bytes"] and s.bytes == d["bytes"]
@@ -299,7 +302,7 @@ def test_api_encode_frames_to_file(tmp_path, enh_tiny):
     assert len(out) == 5 and all(f.shape == (64, 64, 3) for f in out)
     # the settings' enhancer is used when no model is passed
     s = encode_frames_to_file(frames[:2], tmp_path / "b.imf", fps=25,
-                              settings=EncoderSettings(base_codec="hevc", enhancer=ENH))
+                              settings=EncoderSettings(base_codec="hevc", enhancer=ENH, half_rate=False))
     assert stream_info(tmp_path / "b.imf")["model"] == "enh-tiny"
     assert to_tensor(frames[0]).shape == (1, 3, 64, 64)
 
@@ -311,7 +314,7 @@ def test_scene_cut_starts_a_key_frame_and_a_base_gop(tmp_path, enh_tiny):
     from imfcodec.metrics import psnr
 
     src = two_scene_frames(6, 6)
-    kw = dict(base_codec="hevc", base_factor=2, key_codec="hevc", chunk=5)
+    kw = dict(base_codec="hevc", base_factor=2, key_codec="hevc", chunk=5, half_rate=False)
     r = encode_frames_to_file(src, tmp_path / "on.imf", fps=25, model=enh_tiny, settings=EncoderSettings(**kw))
     d = stream_info(tmp_path / "on.imf")
     assert (r.key_frames, r.scene_cuts, d["key_frames"]) == ([0, 6], [6], [0, 6])
@@ -404,7 +407,8 @@ def test_variable_frame_rate_in_the_hybrid_mode(tmp_path, enh_tiny):
 
     src = timed_clip(tmp_path / "vfr.mkv", [0, 40, 60, 200, 210, 400, 440], Fraction(1, 1000), 60)
     stream = tmp_path / "h.imf"
-    encode_video(src, stream, model=enh_tiny, settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=3))
+    encode_video(src, stream, model=enh_tiny, settings=EncoderSettings(base_codec="hevc", key_codec="png", chunk=3,
+                                                                       half_rate=False))
     h, packets = read_stream(stream.read_bytes())
     assert stream.read_bytes()[8] == 5 and h.hybrid and h.timed and h.enhancer_switch  # timed, guarded, lean
     assert "".join(type(p).__name__[0] for p in packets) == "TKBBBE"  # the timing record first

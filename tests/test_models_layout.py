@@ -35,7 +35,7 @@ if ENCODE:
     from fractions import Fraction
     import numpy as np
     from imfcodec.settings import EncoderSettings
-    settings = EncoderSettings()
+    settings = EncoderSettings(half_rate=False)  # (the mode's decoder alone: no frames between to show)
     enc = hybrid.open_encoder(loaded, Fraction(25), settings)
     rng = np.random.default_rng(0)
     packets = [p for _ in range(3) for p in enc.encode(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))]

@@ -152,7 +152,7 @@ def test_the_memory_branch_trains_through_an_unroll(pair):
 
 # ------------------------------------------------------------------------------------------ in the hybrid mode
 
-SETTINGS = dict(base_codec="hevc", base_factor=2, key_codec="png", keyint=6, chunk=3, scenecut=0)
+SETTINGS = dict(base_codec="hevc", base_factor=2, key_codec="png", keyint=6, chunk=3, scenecut=0, half_rate=False)
 
 
 def _encode(loaded, frames, tmp_path, name="s.imf", hurt_at=(), **kw):

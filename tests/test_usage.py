@@ -278,7 +278,7 @@ def test_damaged_first_base_packet_is_named_as_such(sample_clip, enh_tiny, tmp_p
 
     stream = tmp_path / "h.imf"
     encode_video(sample_clip, stream, model=enh_tiny, max_frames=6,
-                 settings=EncoderSettings(base_codec="vp9", keyint=0, chunk=6, guard=False))
+                 settings=EncoderSettings(base_codec="vp9", keyint=0, chunk=6, guard=False, half_rate=False))
     rec = next(rec for rec, p in _records(stream) if isinstance(p, BasePacket))
     bad = _flip(stream, tmp_path / "b.imf", rec.offset + rec.total_len // 2)
     r = cli("decode", bad, "-o", tmp_path / "d.y4m", "--conceal")
