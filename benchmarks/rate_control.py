@@ -66,16 +66,22 @@ def command(clips, targets, enhancer, frames, check) -> None:
             passes = sum(len(s.passes) for s in searches)
             f = best.family
             print(f"| {Path(clip).name} | {float(info.fps):g} | {meter.duration_s:.1f} | {target:g} "
-                  f"| {fam.base_codec} 1/{fam.base_factor} q{point.base_quality} k{fam.key_quality} | {table:.2f} "
-                  f"| {table / target - 1:+.1%} | {f.base_codec} 1/{f.base_factor} q{best.base_quality} "
-                  f"k{f.key_quality} | {best.kbps:.2f} | {best.kbps / target - 1:+.1%} | {passes} | {seconds:.1f} |",
-                  flush=True)
+                  f"| {_name(fam, point.base_quality)} | {table:.2f} | {table / target - 1:+.1%} "
+                  f"| {_name(f, best.base_quality)} | {best.kbps:.2f} | {best.kbps / target - 1:+.1%} | {passes} "
+                  f"| {seconds:.1f} |", flush=True)
             if check:
                 with tempfile.TemporaryDirectory() as tmp:
                     s = encode_video(clip, Path(tmp) / "c.imf", model=loaded, max_frames=frames,
                                      settings=f.settings(settings, best.base_quality).validated())
                 print(f"check: {Path(clip).name} {target:g}: written {s.kbps:.3f} kbit/s, measured {best.kbps:.3f}",
                       file=sys.stderr, flush=True)
+
+
+def _name(f, base_quality: int) -> str:
+    """A family at a base quality, as the table shows it: ``vp9 1/4 q8 k11``, ``h`` first for a half-rate base,
+    ``k-`` for the key pictures in the base layer."""
+    return (f"{'h ' if f.half_rate else ''}{f.base_codec} 1/{f.base_factor} q{base_quality} "
+            f"{'k-' if f.intra_base else f'k{f.key_quality}'}")
 
 
 def main(argv: list[str] | None = None) -> int:

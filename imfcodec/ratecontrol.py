@@ -315,8 +315,10 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
     (``choose``; ``base_codec``, ``base_factor`` and ``key_quality`` given by the user win), then the base
     quality that gives ``target`` by measuring passes (``rate(family, quality)``: the whole file's real rate).
     When the family's quality range cannot reach the target (its lowest quality is still over it, or its
-    highest under it), the next family the table chooses among those with lower (or higher) rates is tried,
-    up to ``max_families``; the chosen pass is then the one closest to the target over all of them.
+    highest under it), the next family the table chooses among those with lower (or higher) rates is tried (after a
+    half-rate family over the target, the table's full-rate choice), and when no quality of it lands within the
+    tolerance, the table's next choice, up to ``max_families``; the chosen pass is then the first within the
+    tolerance, else the one closest to the target over all of them.
     ``duration_s`` None: ``DEFAULT_DURATION_S``; the codecs' quality ranges and defaults: the base layer's.
     At the floor (every family tried is over the target at its lowest base quality) and with ``key_range`` (the
     key codec's quality range) and no key quality of the user's, the cheapest separate-key pass found is tried
@@ -349,7 +351,7 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
         first = first_guess(points, family, target, duration_s, qr, default_quality(codec))
         passes, reach = search_quality(lambda q: rate(family, q), target, qr, first, step)
         searches.append(Search([Measured(family, q, r) for q, r in passes], reach))
-        if reach == "ok" or within(searches[-1].best(target).kbps, target) or len(searches) >= max_families:
+        if within(searches[-1].best(target).kbps, target) or len(searches) >= max_families:
             break
         # the rates the table expects of each family at its codec's lowest and highest quality (extrapolated from
         # its points by its slope: a 1/4 family measured from quality 9 up may still go lower than a 1/2 one)
@@ -365,10 +367,17 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
                     high.kbps(duration_s) * math.exp(k * (fhi - high.base_quality)))
 
         now = span(family)
-        if reach == "over":
-            others = [p for p in allowed if chosen(p) not in tried and span(chosen(p))[0] < now[0]]
-        else:
-            others = [p for p in allowed if chosen(p) not in tried and span(chosen(p))[1] > now[1]]
+        untried = [p for p in allowed if chosen(p) not in tried]
+        if reach == "over" and family.half_rate and half_rate is None and all(f.half_rate for f in tried):
+            # a half-rate base over the target at its floor: on fast motion it costs more than the table's clips
+            # said (frames 2 apart predict worse), so the table's choice among the full-rate points comes next
+            others = [p for p in untried if not p.half_rate]
+        elif reach == "over":
+            others = [p for p in untried if span(chosen(p))[0] < now[0]]
+        elif reach == "under":
+            others = [p for p in untried if span(chosen(p))[1] > now[1]]
+        else:  # in range, but no quality lands within the tolerance (coarse steps here): the table's next family
+            others = untried
         if not others:
             break
         family = chosen(choose(others, target, duration_s)[0])

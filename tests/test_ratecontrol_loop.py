@@ -323,3 +323,31 @@ def test_kbps_takes_half_rate_points_where_the_table_says_they_pay(tmp_path, mon
                            input=clip.read_bytes(), catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert json.loads(cli("info", out, "--json").stdout)["half_rate"] is True
+
+
+def test_after_a_half_rate_family_over_its_floor_the_full_rate_choice_comes_next():
+    """Fast motion can make a half-rate base dearer than the table's clips said: over the target at its lowest
+    quality, the loop tries the table's full-rate family, not only cheaper half-rate ones."""
+    from dataclasses import replace
+
+    half = [replace(p, half_rate=True, steady_kbps=p.steady_kbps * 0.5) for p in TABLE]
+
+    def rate(f: Family, q: int) -> float:  # this clip: half-rate costs more than full-rate
+        return (9.0 if f.half_rate else 4.0) * 1.06 ** q + (0.5 if f.key_quality == 16 else 0.0)
+
+    best, searches = closed_loop(TABLE + half, 5.0, 10.0, rate, lambda c: (0, 63), lambda c: 8)
+    assert searches[0].passes[0].family.half_rate and searches[0].reach == "over"
+    assert not best.family.half_rate and within(best.kbps, 5.0)
+
+
+def test_coarse_steps_in_range_move_on_to_the_tables_next_family():
+    """A family whose neighbouring qualities straddle the target, neither within the tolerance: the table's next
+    family is measured, and the first pass within the tolerance is the answer."""
+    def rate(f: Family, q: int) -> float:
+        if f.base_factor == 2:  # 40 % per step: nothing lands within 5 %
+            return 4.0 * 1.4 ** q
+        return 4.3 * 1.06 ** q
+
+    best, searches = closed_loop(TABLE, 12.0, 10.0, rate, lambda c: (0, 63), lambda c: 8)
+    assert searches[0].passes[0].family.base_factor == 2 and len(searches) >= 2
+    assert within(best.kbps, 12.0) and best.family.base_factor == 4
