@@ -372,8 +372,9 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
             # a half-rate base over the target at its floor: on fast motion it costs more than the table's clips
             # said (frames 2 apart predict worse), so the table's choice among the full-rate points comes next
             others = [p for p in untried if not p.half_rate]
-        elif reach == "over":
-            others = [p for p in untried if span(chosen(p))[0] < now[0]]
+        elif reach == "over":  # (a half-rate family over its floor here: so are the other half-rate ones)
+            half_over = any(x.reach == "over" and x.passes[0].family.half_rate for x in searches)
+            others = [p for p in untried if span(chosen(p))[0] < now[0] and not (half_over and p.half_rate)]
         elif reach == "under":
             others = [p for p in untried if span(chosen(p))[1] > now[1]]
         else:  # in range, but no quality lands within the tolerance (coarse steps here): the table's next family
