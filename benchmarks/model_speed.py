@@ -522,24 +522,8 @@ def shipped_tables(threads: int, n_frames: int, rounds: int, peak: float) -> lis
             assert _decode_all(model, header, packets) == n_frames
         return run
 
-    def run_half(chunk: int):
-        def go():  # as api.iter_decoded shows a half-rate stream: each decoded frame, then the mean to the next
-            from imfcodec.bitstream import EndPacket
-            from imfcodec.halfrate import Doubler
-
-            header, packets = streams[("half", chunk)]
-            dec, d, shown = HybridDecoder(model, header), Doubler(), 0
-            for p in packets:
-                keys = len(dec.report.key_frames)
-                shown += len(d.push(dec.decode(p), key_first=len(dec.report.key_frames) > keys))
-                if isinstance(p, EndPacket):
-                    shown += len(d.end(p.frames))
-            assert shown == n_frames
-        return go
-
     fns = {("x265", 0): lambda: decode_file(io.BytesIO(mp4_bytes), n_frames, size, size, threads=threads)}
     for chunk in (1, 5):
-        fns[("full", chunk)] = run(("full", chunk), True)
         for kernels in ("reference", "fast"):
             fns[(kernels, chunk)] = imf(kernels, chunk)
     sec = in_turns(fns, rounds)
@@ -559,8 +543,7 @@ def shipped_tables(threads: int, n_frames: int, rounds: int, peak: float) -> lis
               f"{fps[('fast', 5)] / fps[('reference', 5)]:.2f}x at chunk 5.", ""]
 
     # per-stage times of whole-stream decoding, in turns, and the FLOPs of each stage (counted once per kernels)
-    # (per frame of work: the full-rate streams, every frame decoded and enhanced)
-    data = {c: _stream_bytes(*streams[("full", c)]) for c in (1, 5)}
+    data = {c: _stream_bytes(*streams[c]) for c in (1, 5)}
     variants = [(k, c) for c in (1, 5) for k in ("reference", "fast")]
     runs: dict = {v: [] for v in variants}
 

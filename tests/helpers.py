@@ -217,6 +217,16 @@ def gradient(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
 
 
+def write_packets(header, packets, end: int) -> bytes:
+    """A whole stream in memory: ``header``, ``packets`` and END ``end``, through the reference writer."""
+    buf = io.BytesIO()
+    w = StreamWriter(buf, header)
+    for p in packets:
+        w.write(p)
+    w.close(EndPacket(end))
+    return buf.getvalue()
+
+
 def crc_size(t: int, version: int) -> int:
     """Bytes of a record's check: a CRC-16 for a version 5 base record, else a CRC-32 (FORMAT.md §3, §3.7)."""
     return LEAN_CRC_SIZE if version >= 5 and t in LEAN_TYPES else 4

@@ -7,6 +7,7 @@ import io
 import zlib
 
 import pytest
+from helpers import write_packets
 
 from imfcodec.bitstream import (
     BasePacket,
@@ -38,12 +39,7 @@ PACKETS = [KeyPacket(0, b"", b"IMG"), BasePacket(0, (b"AU0", b"AU1"), enhance=Fa
 
 
 def write(h: StreamHeader, packets=PACKETS, end: int = 4) -> bytes:
-    buf = io.BytesIO()
-    w = StreamWriter(buf, h)
-    for p in packets:
-        w.write(p)
-    w.close(EndPacket(end))
-    return buf.getvalue()
+    return write_packets(h, packets, end)
 
 
 def record(type_byte: bytes, payload: bytes) -> bytes:

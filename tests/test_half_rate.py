@@ -4,15 +4,14 @@ last frame when the count is even), so N frames in give N frames out."""
 
 from __future__ import annotations
 
-import io
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from helpers import cli, timed_clip
+from helpers import cli, timed_clip, write_packets
 
 from imfcodec.api import encode_frames_to_file, encode_video, iter_decoded, stream_info
-from imfcodec.bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, StreamWriter, read_stream
+from imfcodec.bitstream import BasePacket, EndPacket, KeyPacket, StreamHeader, read_stream
 from imfcodec.bitstream.format import FLAG_HALF_RATE, coded_frames, header_problem
 from imfcodec.errors import ArgumentError, CorruptStreamError, InputError
 from imfcodec.halfrate import Doubler, between
@@ -167,12 +166,7 @@ def test_the_reader_holds_a_half_rate_stream_to_its_rules():
     packets = [KeyPacket(0, b"", b"KEY"), BasePacket(0, (b"a", b"b")), BasePacket(2, (b"c",))]
 
     def write(end: int) -> bytes:
-        buf = io.BytesIO()
-        w = StreamWriter(buf, h)
-        for p in packets:
-            w.write(p)
-        w.close(EndPacket(end))
-        return buf.getvalue()
+        return write_packets(h, packets, end)
 
     for n in (5, 6):  # 3 coded frames: 5 or 6 shown
         got, read = read_stream(write(n))

@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 import pytest
+from helpers import write_packets
 
 from imfcodec.bitstream import (
     BasePacket,
@@ -50,12 +51,7 @@ INTRA = [BasePacket(0, (unit(0, True), unit(1), unit(2)), key=True), BasePacket(
 
 
 def write(h: StreamHeader, packets, end: int) -> bytes:
-    buf = io.BytesIO()
-    w = StreamWriter(buf, h)
-    for p in packets:
-        w.write(p)
-    w.close(EndPacket(end))
-    return buf.getvalue()
+    return write_packets(h, packets, end)
 
 
 def test_intra_base_round_trips_as_version_5_with_lean_records():
