@@ -104,7 +104,7 @@ def choose(points: list[OperatingPoint], kbps: float, duration_s: float | None =
 TOLERANCE = 0.05  # what --kbps promises on a file: the whole file's rate within +-5 % of the target
 STOP_WITHIN = 0.02  # a pass this close ends the search (and one within half the local step: no neighbour is closer)
 MAX_PASSES = 10  # per family; the search usually needs 2-5
-MAX_FAMILIES = 3  # the table's family, then up to two neighbours when its quality range cannot reach the target
+MAX_FAMILIES = 4  # the table's family, then up to three others when its quality range cannot reach the target
 DEFAULT_STEP = 0.055  # ln(rate) per quality step when the table cannot say (a VP9 base: 5-6 %)
 
 
@@ -372,9 +372,8 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
             # a half-rate base over the target at its floor: on fast motion it costs more than the table's clips
             # said (frames 2 apart predict worse), so the table's choice among the full-rate points comes next
             others = [p for p in untried if not p.half_rate]
-        elif reach == "over":  # (a half-rate family over its floor here: so are the other half-rate ones)
-            half_over = any(x.reach == "over" and x.passes[0].family.half_rate for x in searches)
-            others = [p for p in untried if span(chosen(p))[0] < now[0] and not (half_over and p.half_rate)]
+        elif reach == "over":
+            others = [p for p in untried if span(chosen(p))[0] < now[0]]
         elif reach == "under":
             others = [p for p in untried if span(chosen(p))[1] > now[1]]
         else:  # in range, but no quality lands within the tolerance (coarse steps here): the table's next family
