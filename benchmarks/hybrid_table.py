@@ -43,11 +43,12 @@ GRID = {"hevc": {2: (1, 5, 9, 13, 17, 21), 4: (9, 13)}, "vp9": {2: (0, 4, 8, 12,
         "vp9-half": {2: (0, 4, 8, 16), 4: (0, 8, 16, 24)}, "hevc-half": {4: (0, 9)},
         "vp9-half-high": {2: (12, 24, 32)}}
 GRID_KEYS = (6, 11, 16, 21)
-HALF_KEYS = (6, 11)  # the half-rate points' key qualities (low rates: a dearer key does not pay there)
 # grid names of the intra-base routes, and their base codec (at 1/4 the key pictures are coded at 1/2)
 INTRA = {"av1-intra": "av1", "av1-intra-quarter": "av1"}
 HALF = {"vp9-half": "vp9", "hevc-half": "hevc", "vp9-half-high": "vp9"}  # half-rate routes and their base codec
-HALF_HIGH_KEYS = (11, 16)  # vp9-half-high: at the default rates (15-20 kbit/s) a dearer key pays
+# key qualities of the routes that do not take GRID_KEYS: the intra-base routes have none of their own (0); the
+# half-rate points' low rates do not pay for the dearest keys, vp9-half-high's (15-40 kbit/s) not for the cheapest
+ROUTE_KEYS = {**{c: (0,) for c in INTRA}, "vp9-half": (6, 11), "hevc-half": (6, 11), "vp9-half-high": (11, 16)}
 QUICK_GRID, QUICK_KEYS = {"hevc": {2: (9,)}, "vp9": {4: (8,)}}, (16,)
 
 
@@ -158,8 +159,7 @@ def command(enhancer, data, frames, stride, val_clips, cache_dir, out, threads, 
     with tempfile.TemporaryDirectory() as tmp:
         grid = [(c, f, q, k) for c, factors in (QUICK_GRID if quick else GRID).items() if c in codecs
                 for f, qualities in factors.items() for q in qualities
-                for k in ((0,) if c in INTRA else QUICK_KEYS if quick else HALF_HIGH_KEYS if c == "vp9-half-high"
-                          else HALF_KEYS if c in HALF else GRID_KEYS)]
+                for k in ((0,) if c in INTRA else QUICK_KEYS if quick else ROUTE_KEYS.get(c, GRID_KEYS))]
         for codec, factor, bq, kq in grid:
             per = [measure_point(f, loaded, codec, factor, bq, kq, stride, Path(tmp)) for f in clips.frames]
             mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}

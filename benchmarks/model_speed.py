@@ -420,21 +420,14 @@ def hybrid_table(threads: int, n_frames: int, rounds: int, peak: float, others: 
 
     def run(chunk, enhance: bool, kernels: str = "fast", net=model):
         def go():  # as api.iter_decoded shows a stream: a half-rate one's frames with the means between them
-            from imfcodec.bitstream import EndPacket
-            from imfcodec.halfrate import Doubler
+            from imfcodec.halfrate import shown
 
             header, packets = streams[chunk]
             net.kernels = kernels
             try:
                 dec = HybridDecoder(net, header, enhance=enhance)
-                d, shown = (Doubler() if header.half_rate else None), 0
-                for p in packets:
-                    keys = len(dec.report.key_frames)
-                    out = dec.decode(p)
-                    shown += len(d.push(out, key_first=len(dec.report.key_frames) > keys) if d else out)
-                    if d and isinstance(p, EndPacket):
-                        shown += len(d.end(p.frames))
-                assert shown == n_frames
+                items = ((dec, dec.decode(p)) for p in packets)  # (the last packet is the END record)
+                assert sum(len(f) for _, f in shown(items, header, lambda: packets[-1].frames)) == n_frames
             finally:
                 net.kernels = "fast"
         return go

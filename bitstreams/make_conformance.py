@@ -146,10 +146,10 @@ def describe(path: Path, model: str | None = None) -> dict:
     3) the time base and every frame's duration."""
     from imfcodec.api import iter_decoded, stream_header
     from imfcodec.bitstream import TimingPacket, read_stream
+    from imfcodec.bitstream.format import shown_frame
 
     header = stream_header(path)
     hybrid = header.hybrid
-    step = 2 if header.half_rate else 1  # a half-rate stream's coded frame i is shown as frame 2i
     exact, key_sha, thumbs, frames = hashlib.sha256(), {}, [], 0
     hashed = None  # the last batch of base pictures hashed (a half-rate stream's last shown frame brings none)
     for dec, out in iter_decoded(path, model=model or (HYBRID_MODEL if hybrid else MODEL)):
@@ -160,8 +160,9 @@ def describe(path: Path, model: str | None = None) -> dict:
             for part in parts:
                 exact.update(part.tobytes())
             hashed = parts
+        keys = {shown_frame(header, k) for k in dec.report.key_frames}  # (a half-rate stream's frame i: 2i)
         for f in out:
-            if frames in {step * k for k in dec.report.key_frames}:
+            if frames in keys:
                 key_sha[str(frames)] = hashlib.sha256(f.tobytes()).hexdigest()
             thumbs.append(np.round(thumbnail(f), 3).tolist())
             frames += 1

@@ -41,7 +41,7 @@ from .bitstream import (
     encode_packet,
     stream_start,
 )
-from .bitstream.format import coded_frames
+from .bitstream.format import coded_frames, shown_frame
 from .errors import ArgumentError, BitstreamError, CorruptStreamError, IMFError, InputError
 from .fsutil import STDIO, AtomicOutput, InPlaceOutput, as_path, check_output_folder, check_overwrite, in_place, \
     open_output, scratch_file, stdin_reader, write_error
@@ -279,7 +279,7 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
             except OSError as e:
                 raise write_error(target.name, e) from e
         name = target.name
-        lost = _source_timing(timing, source_frames(enc)) is not None
+        lost = _source_timing(timing, _frames_in(enc)) is not None
     else:
         try:
             with target as tmp, _scratch_file(tmp) as spool_path:
@@ -287,8 +287,8 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
                     writer = StreamWriter(spool, enc.header)  # header frames = 0 (unknown yet)
                     header_len = writer.bytes_written
                     write_packets(writer)
-                header = replace(enc.header, frames=source_frames(enc))
-                kept = _source_timing(timing, source_frames(enc))
+                header = replace(enc.header, frames=_frames_in(enc))
+                kept = _source_timing(timing, header.frames)
                 with open(spool_path, "rb") as src, open(tmp, "wb") as dst:
                     if kept is None:
                         dst.write(stream_start(header))
@@ -303,9 +303,11 @@ def _write_stream(frames: Iterable[np.ndarray], out: Path, enc, progress: Progre
                 raise
             raise write_error(out, e) from e
         size, name = out.stat().st_size, str(out)
-    return EncodedStream(name, source_frames(enc), size, sizes[0], sizes[1], sizes[2],
-                         _frame_numbers(enc, enc.key_frames), sizes[3], kept, lost, _frame_numbers(enc, enc.scene_cuts),
-                         getattr(enc, "unenhanced_frames", 0) * (2 if getattr(enc, "half_rate", False) else 1))
+    h = enc.header
+    return EncodedStream(name, _frames_in(enc), size, sizes[0], sizes[1], sizes[2],
+                         [shown_frame(h, f) for f in enc.key_frames], sizes[3], kept, lost,
+                         [shown_frame(h, f) for f in enc.scene_cuts],
+                         getattr(enc, "unenhanced_frames", 0) * (2 if h.half_rate else 1))
 
 
 def stream_size(frames: Iterable[np.ndarray], *, fps: Fraction | int, model: LoadedModel, settings: EncoderSettings,
@@ -322,10 +324,10 @@ def stream_size(frames: Iterable[np.ndarray], *, fps: Fraction | int, model: Loa
     size = sum(len(encode_packet(packet, enc.header)) for packet in encode_frames(frames, enc))
     if enc.index == 0:
         raise InputError("no frames to encode")
-    header = replace(enc.header, frames=source_frames(enc))
+    n = _frames_in(enc)
+    header = replace(enc.header, frames=n)
     if enhancer_switch is not None:
         header = replace(header, enhancer_switch=enhancer_switch)
-    n = source_frames(enc)
     kept = _source_timing(timing, n)
     if kept is not None:
         header = kept.header(header)
@@ -334,15 +336,10 @@ def stream_size(frames: Iterable[np.ndarray], *, fps: Fraction | int, model: Loa
     return size, n, kept.seconds if kept is not None else n / float(fps)
 
 
-def source_frames(enc) -> int:
-    """Frames the encoder was given, what the stream's header and END record count (a half-rate stream's
-    packets hold the even ones)."""
-    return int(getattr(enc, "source_frames", enc.index)) if getattr(enc, "half_rate", False) else enc.index
-
-
-def _frame_numbers(enc, frames: list[int]) -> list[int]:
-    """The stream's frame numbers ``frames`` as source frame numbers (x 2 when half-rate)."""
-    return [2 * f for f in frames] if getattr(enc, "half_rate", False) else list(frames)
+def _frames_in(enc) -> int:
+    """Frames the encoder was given, what the stream's header and END record count (a half-rate stream's packets
+    hold the even ones; an encoder without ``source_frames`` codes every frame it is given)."""
+    return getattr(enc, "source_frames", enc.index)
 
 
 def _source_timing(timing: TimingRecorder | None, frames: int) -> Timing | None:
@@ -575,7 +572,8 @@ def _decoding(reader, dec, conceal: bool, clock: Clock | None = None) -> Iterato
     half-rate stream's frames with the frames between them (``halfrate.shown``)."""
     from .halfrate import shown
 
-    return shown(_decoded(reader, dec, conceal, clock), reader)
+    return shown(_decoded(reader, dec, conceal, clock), reader.header,
+                 lambda: reader.end.frames if reader.end is not None else None)
 
 
 def _decoded(reader, dec, conceal: bool, clock: Clock | None = None) -> Iterator:
@@ -687,7 +685,6 @@ def _decode_stream(input_path, out: Path, model, progress: Progress | None, limi
                    started: Started | None, format: str | None, enhance: bool, device: str | None,
                    enhancer: str | LoadedModel | None = None) -> DecodeSummary:
     """``decode_stream`` once its arguments are checked."""
-    from .halfrate import shown_numbers
     from .io import VideoWriter
 
     name = "stdin" if os.fspath(input_path) == STDIO else os.fspath(input_path)
@@ -696,7 +693,7 @@ def _decode_stream(input_path, out: Path, model, progress: Progress | None, limi
         reader, dec = _start_decoding(f, model, limits or Limits(), conceal, enhance, device, enhancer)
         header = reader.header
         if started is not None:
-            started(header.frames * (2 if header.half_rate else 1) or None)
+            started(header.frames or None)  # (the frames shown, a half-rate stream's too)
         clock = Clock(header)
         writer = VideoWriter(out, clock.fps, header.width, header.height, protect=[input_path], format=format,
                              time_base=clock.time_base if clock.timed else None)
@@ -726,7 +723,8 @@ def _decode_stream(input_path, out: Path, model, progress: Progress | None, limi
     frames, keys, concealed = report.frames, list(report.key_frames), list(report.concealed)
     if header.half_rate:  # the frames shown: each decoded one and the one after it
         frames = clock.shown
-        keys, concealed = shown_numbers(keys), sorted({f for c in shown_numbers(concealed) for f in (c, c + 1)})
+        keys = [shown_frame(header, k) for k in keys]
+        concealed = sorted({f for c in concealed for f in (shown_frame(header, c), shown_frame(header, c) + 1)})
     duration = float(clock.end * clock.time_base) if clock.timed else frames / float(clock.fps)
     return DecodeSummary(writer.name, frames, time.perf_counter() - t0, keys, concealed, list(report.damage),
                          report.damage_count, report.truncated, duration, timing)

@@ -13,7 +13,7 @@ when N is even the last frame is followed by a copy of itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -53,11 +53,11 @@ class Doubler:
         return out
 
 
-def shown(items: Iterator, reader) -> Iterator:
-    """``api._decoding``'s (decoder, frames) items as shown: unchanged unless the stream of ``reader`` is
-    half-rate, else doubled (``Doubler``), a batch's first frame taken as a key frame when the decoder's key-frame
-    count grew with it, and the last frame's follower after the END record."""
-    if not reader.header.half_rate:
+def shown(items: Iterator, header, end: Callable[[], int | None]) -> Iterator:
+    """(decoder, frames) items of a stream as shown: unchanged unless ``header.half_rate``, else doubled
+    (``Doubler``), a batch's first frame taken as a key frame when the decoder's key-frame count grew with it, and
+    after the last item the last frame's follower, by the END record's count (``end()``: None when unknown)."""
+    if not header.half_rate:
         yield from items
         return
     d = Doubler()
@@ -68,10 +68,4 @@ def shown(items: Iterator, reader) -> Iterator:
         yield dec, d.push(frames, key_first=now > keys)
         keys = now
     if dec is not None:
-        end = getattr(reader, "end", None)
-        yield dec, d.end(end.frames if end is not None else None)
-
-
-def shown_numbers(frames: Iterable[int]) -> list[int]:
-    """Stream frame numbers as shown frame numbers in a half-rate stream (frame i is shown as frame 2i)."""
-    return [2 * f for f in frames]
+        yield dec, d.end(end())

@@ -134,7 +134,7 @@ class Clock:
     def __init__(self, header: StreamHeader) -> None:
         self.timed = header.timed
         # a half-rate stream (version 6) shows twice as many frames as it codes
-        self.fps = Fraction(header.fps_num, header.fps_den) * (2 if getattr(header, "half_rate", False) else 1)
+        self.fps = Fraction(header.fps_num, header.fps_den) * (2 if header.half_rate else 1)
         self.time_base = Fraction(header.time_num, header.time_den) if self.timed else 1 / self.fps
         self._step = max(1, round(1 / (self.fps * self.time_base)))  # ticks per frame at the average rate
         self._durations = array("q")  # of frames from self._first on

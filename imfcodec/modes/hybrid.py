@@ -245,7 +245,7 @@ class HybridEncoder:
         """The pending base packet and the END packet (the base encoder itself runs with zero latency)."""
         with stage("base-layer encode"):
             self.base.close()
-        return self._flush_units() + [EndPacket(frames=self.source_frames if self.half_rate else self.index)]
+        return self._flush_units() + [EndPacket(frames=self.source_frames)]  # (every frame given, coded or not)
 
 
 class HybridDecoder(DecoderState):

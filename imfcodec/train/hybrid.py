@@ -307,14 +307,15 @@ def unrolled(model: torch.nn.Module, key: torch.Tensor, key_base: torch.Tensor, 
     frame: ``prepare_key``'s own memory) or, where ``carried``, from ``memory`` (``Tracks``): the enhanced frames,
     back-propagation through all N, and the memory after the last one."""
     state = model.prepare_key(key, key_base)
-    if not bool(from_key.all()):  # the others start from an upscaled base frame: remember it
+    carry = carried.to(key.device) if carried is not None and memory is not None else torch.zeros_like(from_key)
+    if not bool((from_key | carry).all()):  # the others start from an upscaled base frame: remember it
         keep = state.memory
         model.remember(state, start, start)
         m = from_key.view(-1, 1, 1, 1)
         state.memory = tuple(torch.where(m, a, b) for a, b in zip(keep, state.memory))
     # (an upscaled base frame shown: its features and its values over itself, what the decoder remembers)
-    if carried is not None and memory is not None and bool(carried.any()):
-        m = carried.to(key.device).view(-1, 1, 1, 1)
+    if bool(carry.any()):
+        m = carry.view(-1, 1, 1, 1)
         state.memory = tuple(torch.where(m, a, b) for a, b in zip(memory, state.memory))
     outs = [model.enhance(state, b) for b in bases]
     return outs, state.memory
@@ -677,11 +678,10 @@ class EnhancerTrainer(Run):
         lr = lr_at(self.cfg, self.step)
         set_lr(self.opt, lr)
         if self.recurrent:
-            tracks = self.tracks if self.cfg.carry_memory else None
-            if tracks is not None:  # (key, key_base, start, from_key, bases, carried)
+            if self.tracks is not None:  # --carry-memory: (key, key_base, start, from_key, bases, carried)
                 *inputs, carried = inputs
-                outs, memory = unrolled(self.model, *inputs, carried=carried, memory=tracks.memory)
-                tracks.keep(memory)
+                outs, memory = unrolled(self.model, *inputs, carried=carried, memory=self.tracks.memory)
+                self.tracks.keep(memory)
             else:
                 outs, _ = unrolled(self.model, *inputs)
             loss = sum(loss_fn(o, t, self.cfg.w_ms_ssim) for o, t in zip(outs, target)) / len(outs)
