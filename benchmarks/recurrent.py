@@ -1,7 +1,7 @@
 """The recurrent enhancer against a single-frame one on the trainer's held-out clips: quality, recovery, drift.
 
     python -m benchmarks.recurrent --enhancer runs/enh-rec/model.safetensors [--against enh-wide] [--val-clips 8]
-        [--key-quality 16] [--drift-frames 10000] [--out DIR]
+        [--key-quality 16] [--drift-frames 10000] [--half-rate] [--out DIR]
 
 1. Quality: the trainer's ``validate`` for both (6 frames of each held-out clip at each of the 12 operating points
    of its cache, key frame at ``--key-quality``; the recurrent enhancer runs through every frame before them, as
@@ -125,14 +125,16 @@ def ping_pong(length: int, n: int) -> list[int]:
 @click.option("--skip-validate", is_flag=True, help="only recovery and drift")
 @click.option("--streams", multiple=True, help="clips or folders for the same-streams table (repeatable)")
 @click.option("--stream-frames", type=int, default=250, show_default=True)
+@click.option("--half-rate", is_flag=True, help="sections 1-3 on half-rate sequences (every other frame, coded at "
+              "half the frame rate: the trainer's --half-rate)")
 @threads_option()
 @out_option("recurrent.md")
 def command(enhancer, against, data, val_clips, cache_dir, key_quality, point, at, horizon, drift_frames,
-            skip_validate, streams, stream_frames, threads, out):
+            skip_validate, streams, stream_frames, threads, out, half_rate):
     import torch
 
     from imfcodec.modes.hybrid import is_recurrent, load_enhancer
-    from imfcodec.train.hybrid import BASE_POINTS, code_clip, validate
+    from imfcodec.train.hybrid import BASE_POINTS, FPS, code_clip, half_rate as half, validate
 
     torch.set_num_threads(threads)
     rec, single = load_enhancer(enhancer), load_enhancer(against)
@@ -144,10 +146,14 @@ def command(enhancer, against, data, val_clips, cache_dir, key_quality, point, a
         raise click.UsageError(f"--point {point} is not one of the cache's: {BASE_POINTS}")
     size = rec.model.config.resolution
     _, clips = held_out_clips(data, val_clips, size, 200, cache_dir)
-    coded = [code_clip(n, f, cache_path(cache_dir)) for n, f in zip(clips.names, clips.frames)]
+    coded = [code_clip(n, half(f), cache_path(cache_dir), FPS / 2) if half_rate else code_clip(n, f, cache_path(cache_dir))
+             for n, f in zip(clips.names, clips.frames)]
     models = {"rec": rec.model.eval(), "single": single.model.eval()}
     lines = [f"# {rec.name}@{rec.weights_hash.hex()[:16]} against {single.name}@{single.weights_hash.hex()[:16]}", "",
              f"Held-out training clips ({len(coded)}, `--val-clips {val_clips}`): {', '.join(clips.names)}.", ""]
+    if half_rate:
+        lines += ["Half-rate (`--half-rate`): sections 1-3 run on every other frame, coded at half the frame rate, "
+                  "as the default stream codes them (frame numbers count those frames).", ""]
     if not skip_validate:
         v = {k: validate(m, coded, key_quality=key_quality) for k, m in models.items()}
         lines += [f"## Quality (the trainer's validate, key quality {key_quality})", "",

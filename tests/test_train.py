@@ -681,6 +681,40 @@ def test_carried_memory_runs_each_sequence_on_across_steps(videos, tmp_path):
         hybrid.EnhancerTrainer(cfg.replace(model="enh-tiny", unroll=1, out=str(tmp_path / "s")))
 
 
+def test_half_rate_training_codes_every_other_frame_at_half_the_rate(videos, tmp_path):
+    """--half-rate: the trainer's clips are what a half-rate stream codes (the even frames, the base layer told they
+    run at half the frame rate), in cache files of their own beside the full-rate ones, which keep their names;
+    training and validation run on them; the intra-base route, which has no half-rate streams, is refused."""
+    from imfcodec.baselayer import code_clip as code_base
+    from imfcodec.train import hybrid
+
+    cache = tmp_path / "cache"
+    cfg = hybrid.EnhancerConfig(data=[str(videos)], out=str(tmp_path / "r"), model="enh-tiny-rec", max_frames=9,
+                                cache_dir=str(cache), threads=1, unroll=2, carry_memory=True, batch_size=2,
+                                first_val=False, steps=2, val_every=0, ckpt_every=0)
+    full = hybrid.EnhancerTrainer(cfg)
+    full.prepare_data()
+    files = set(cache.glob("*.npz"))
+    half = hybrid.EnhancerTrainer(cfg.replace(half_rate=True, out=str(tmp_path / "h")))
+    half.prepare_data()
+    assert len(set(cache.glob("*.npz")) - files) == len(files)  # new files; the full-rate ones untouched
+    for group in ("train", "val"):
+        for f, h in zip(full.coded[group], half.coded[group]):
+            assert f.name == h.name and np.array_equal(h.frames, f.frames[::2])
+            point = hybrid.BASE_POINTS[-1]
+            _, small = code_base(f.frames[::2], *point, fps=hybrid.FPS / 2)
+            assert np.array_equal(h.bases[point], np.stack(small))
+            assert np.array_equal(h.keys[16], f.keys[16])  # the key frame is the same picture
+    again = hybrid.code_clip(half.coded["val"][0].name, half.coded["val"][0].frames, cache, hybrid.FPS / 2)
+    assert np.array_equal(again.bases[hybrid.BASE_POINTS[0]], half.coded["val"][0].bases[hybrid.BASE_POINTS[0]])
+    summary = hybrid.fit(cfg.replace(half_rate=True, out=str(tmp_path / "h")))
+    assert summary["step"] == 2 and np.isfinite(summary["val"]["psnr_enh"])
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["config"]["half_rate"] is True
+    with pytest.raises(InputError, match="--half-rate with --intra-share"):
+        hybrid.EnhancerTrainer(cfg.replace(model="enh-tiny", unroll=1, carry_memory=False, half_rate=True,
+                                           intra_share=0.5, out=str(tmp_path / "i")))
+
+
 def test_recurrent_enhancer_trains_on_unrolled_sequences_from_a_single_frame_one(videos, tmp_path):
     """--unroll N: a recurrent enhancer warm-started from a single-frame enhancer's weights validates exactly as
     that enhancer at step 0 (same frames; it runs through every frame before them), trains on sequences of N

@@ -60,6 +60,9 @@ KEY_CODEC = "hevc"
 #: so the key's quality follows the base quality; CRF 61, 55, 49), drawn with probability ``intra_share``
 INTRA_POINTS: tuple[tuple[str, int, int], ...] = (("av1", 2, 2), ("av1", 2, 8), ("av1", 2, 14))
 INTRA_CACHE_VERSION = "enh-intra-cache/1"
+#: the frame rate the base points are coded at (the training clips are taken as 25 frames/s, as the cache always
+#: has); a half-rate run (``--half-rate``) codes every other frame at half of it, as format version 6 streams do
+FPS = Fraction(25)
 
 
 @dataclass
@@ -84,18 +87,25 @@ def point_key(point: tuple[str, int, int]) -> str:
     return f"base_{codec}_{factor}_{quality}"
 
 
-def _cache_name(name: str, frames: np.ndarray) -> str:
-    h = hashlib.sha1(f"{CACHE_VERSION}|{KEY_CODEC}|{BASE_POINTS}|{KEY_QUALITIES}|{frames.shape}".encode())
+def _cache_name(name: str, frames: np.ndarray, fps: Fraction = FPS) -> str:
+    rate = "" if fps == FPS else f"|{fps}"  # (the 25 frames/s caches keep their names)
+    h = hashlib.sha1(f"{CACHE_VERSION}|{KEY_CODEC}|{BASE_POINTS}|{KEY_QUALITIES}|{frames.shape}{rate}".encode())
     h.update(frames[:: max(1, len(frames) // 8)].tobytes())
     return f"{name[:40]}-{h.hexdigest()[:16]}.npz"
 
 
-def code_clip(name: str, frames: np.ndarray, cache_dir: Path | None) -> CodedClip:
-    """Code ``frames`` at every operating point (or read the cache)."""
+def half_rate(frames: np.ndarray) -> np.ndarray:
+    """The frames a half-rate stream codes (its even frames; a copy, so the clip can be freed)."""
+    return np.array(frames[::2])
+
+
+def code_clip(name: str, frames: np.ndarray, cache_dir: Path | None, fps: Fraction = FPS) -> CodedClip:
+    """Code ``frames`` at every operating point (or read the cache); the base layer is told they run at ``fps``
+    (``FPS / 2`` for a half-rate clip's frames, ``half_rate``)."""
     from imfcodec.baselayer import code_clip as code_base
     from imfcodec.keyframe import get_keyframe_codec
 
-    file = cache_dir / _cache_name(name, frames) if cache_dir is not None else None
+    file = cache_dir / _cache_name(name, frames, fps) if cache_dir is not None else None
     if file is not None and file.is_file():
         try:
             with np.load(file) as z:
@@ -107,7 +117,7 @@ def code_clip(name: str, frames: np.ndarray, cache_dir: Path | None) -> CodedCli
     size = frames.shape[1]
     codec = get_keyframe_codec(KEY_CODEC)
     keys = {q: codec.decode(codec.encode(frames[0], q), size, size) for q in KEY_QUALITIES}
-    bases = {(c, f, q): np.stack(code_base(frames, c, f, q, Fraction(25))[1]) for c, f, q in BASE_POINTS}
+    bases = {(c, f, q): np.stack(code_base(frames, c, f, q, fps)[1]) for c, f, q in BASE_POINTS}
     if file is not None:
         arrays = {f"key_{q}": a for q, a in keys.items()} | {point_key(p): a for p, a in bases.items()}
         with AtomicOutput(file) as tmp, open(tmp, "wb") as fh:
@@ -517,6 +527,7 @@ class EnhancerConfig(RunConfig):
     train_frames: int = 0                 # > 0: training clips keep their first N frames once coded (memory)
     unroll: int = 1                       # frames per training sequence (a recurrent enhancer needs >= 2)
     carry_memory: bool = False            # recurrent: sequences run on across steps, the memory carried (Tracks)
+    half_rate: bool = False               # train and validate on half-rate streams' frames (every other, FPS / 2)
     first_val: bool = True                # validate at step 0 (a warm start's is its init's: skip it to save time)
     # schedule and loss
     batch_size: int = 8                   # global batch (split over DDP ranks)
@@ -584,6 +595,8 @@ class EnhancerTrainer(Run):
                              "back-propagation through N frames)")
         if not self.recurrent and cfg.carry_memory:
             raise InputError(f"--carry-memory is for recurrent enhancers; {self.model.config.name} has no memory")
+        if cfg.half_rate and cfg.intra_share:
+            raise InputError("--half-rate with --intra-share: the intra-base route has no half-rate streams")
         if not self.recurrent and cfg.unroll != 1:
             raise InputError(f"--unroll is for recurrent enhancers; {self.model.config.name} enhances single frames")
         if cfg.init_from:
@@ -626,7 +639,10 @@ class EnhancerTrainer(Run):
             cut = cfg.train_frames if group == "train" else 0
             self.coded[group] = []
             for i, name in enumerate(clips.names):  # (cut one by one, the full clip freed at once: peak memory)
-                coded = code_clip(name, clips.frames[i], cache)
+                if cfg.half_rate:
+                    coded, clips.frames[i] = code_clip(name, half_rate(clips.frames[i]), cache, FPS / 2), None
+                else:
+                    coded = code_clip(name, clips.frames[i], cache)
                 if cfg.intra_share:  # the intra-base route: trained on and validated apart
                     coded.intra = code_intra(coded.name, coded.frames, cache)
                 if cut > 0:
@@ -635,8 +651,9 @@ class EnhancerTrainer(Run):
             if self.side is not None:
                 for c in self.coded[group]:
                     c.side = self.side(c)
-            log.info("%s: %d clips coded at %d base points x %d key qualities in %.0f s", group, len(clips),
-                     len(BASE_POINTS), len(KEY_QUALITIES), time.perf_counter() - t0)
+            log.info("%s: %d clips coded at %d base points x %d key qualities in %.0f s%s", group, len(clips),
+                     len(BASE_POINTS), len(KEY_QUALITIES), time.perf_counter() - t0,
+                     " (half-rate: every other frame)" if cfg.half_rate else "")
         if self.d.enabled and self.d.main:
             self.d.barrier()
         self.t0 = time.perf_counter()  # max_minutes counts the training, not the coding
@@ -797,6 +814,9 @@ _D = EnhancerConfig()
 @click.option("--carry-memory/--no-carry-memory", default=_D.carry_memory, show_default=True,
               help="recurrent enhancers: each sequence runs on through its clip across steps, the memory carried "
                    "from one window of --unroll frames to the next")
+@click.option("--half-rate/--full-rate", default=_D.half_rate, show_default=True,
+              help="train and validate on what a half-rate stream codes (the default stream, format version 6): "
+                   "every other frame, coded at half the frame rate; --train-frames and --val-frames count those")
 @click.option("--cache-dir", default=_D.cache_dir, show_default=True)
 @click.option("--init-from", default=None, help="start from these enhancer weights (.safetensors)")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
