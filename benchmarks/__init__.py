@@ -26,6 +26,7 @@ ENTRY_POINTS = {
     "gain": "per-clip table of one imfcodec point against repeat-key, x265 and the hull, from rd.csv",
     "strips": "picture strips of an rd results folder",
     "hybrid_table": "the hybrid mode's operating-point table behind --kbps (held-out training clips)",
+    "kbps_compare": "--kbps-compare against the table's choice: decoded PSNR at the same target, per clip",
     "key_value": "what the hybrid key frame is worth; residual keys (held-out training clips)",
     "base_presets": "the hybrid --preset: base-encoder effort against BD-rate and speed (held-out training clips)",
     "enhancer_sweep": "enhancer variants trained alike and compared (held-out training clips)",

@@ -280,6 +280,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--kbps", type=float, default=None, callback=_kbps,
               help="Target rate: the hybrid mode at the operating point (base size and quality, key quality) "
                    "that gave the best quality within this rate on training clips; options given explicitly win.")
+@click.option("--kbps-compare/--kbps-table", "kbps_compare", default=True,
+              help="--kbps on a file: also land the target with half- and full-rate bases at 1/2 and 1/4 size and "
+                   "keep the one whose decoded frames are best (the encoder decodes each: slower), or take the "
+                   "table's choice alone. [default: --kbps-compare]")
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True,
               help=f"Where the encoder's network runs (token mode: E_T and the token search; hybrid mode: the "
                    f"guard's enhancer): "
@@ -295,7 +299,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @_overwrite_option
 def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, refresh_below, key_codec, key_quality,
            chunk, preset, search_iters, frames, hybrid, base_codec, base_scale, base_quality, enhancer, no_guard,
-           intra_base, classic_framing, half_rate, kbps, device, live, link_kbps, max_delay, overwrite):
+           intra_base, classic_framing, half_rate, kbps, kbps_compare, device, live, link_kbps, max_delay, overwrite):
     """Encode a video (a file, or - for stdin: nut, matroska, mpegts, y4m...) into an .imf stream."""
     from .api import encode_video
     from .modes import get_mode
@@ -311,6 +315,8 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
         scenecut = 0.0
     source = click.get_current_context().get_parameter_source
     link = _live_link(live, link_kbps, max_delay, source)
+    if kbps is None and source("kbps_compare") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--kbps-compare and --kbps-table go with --kbps")
     mode = _mode(mode, {"--hybrid": hybrid, "--kbps": kbps is not None, "--base-codec": base_codec is not None,
                         "--base-scale": base_scale is not None, "--base-quality": base_quality is not None,
                         "--enhancer": enhancer is not None, "--model": model is not None, "--no-guard": no_guard,
@@ -332,7 +338,7 @@ def encode(input, output, mode, model, quality, keyint, scenecut, no_scenecut, r
 
         check_overwrite(as_path(output) if output is not None else default_output(input, ".imf"), overwrite)
         settings, kbps_fits, kbps_why, loaded = _rate_control(input, kbps, frames, settings, base_codec, base_scale,
-                                                              base_quality, key_quality, half_rate)
+                                                              base_quality, key_quality, half_rate, kbps_compare)
         model = loaded or model  # the enhancer its passes loaded: the encode uses it, not a second copy
     streamed = _note_output(output, input == "-")
     with _Progress("encode") as bar:
@@ -402,19 +408,21 @@ def _device(name: str) -> str:
     return resolve_device(name, note=lambda message: click.echo(message, err=True))
 
 
-def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_quality, key_quality, half_rate=None):
+def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_quality, key_quality, half_rate=None,
+                  compare=True):
     """--kbps: ``settings`` at the operating point for ``kbps``, where the user did not give it (the options given
     win). A file: the enhancer's operating-point table chooses the base codec, size and key quality, and
     measuring passes of the real encoder the base quality whose whole-file rate is closest to ``kbps``
-    (``ratecontrol.closed_loop``); each pass and the result are said on stderr. A pipe (its length unknown): the
+    (``ratecontrol.closed_loop``), and with ``compare`` the other kinds of base landed too and compared by the frames
+    the decoder shows (``ratecontrol.compare_families``); each pass and the result are said on stderr. A pipe (its length unknown): the
     table's point, whose rate is an estimate. Returns (settings, whether a point fits, why the target cannot be
     reached or None, the enhancer the passes loaded or None)."""
     from dataclasses import replace
 
     from .errors import InputError
     from .modes.hybrid import enhancer_name, load_enhancer
-    from .ratecontrol import (TOLERANCE, Family, FileMeter, choose, closed_loop, family_of, input_duration, load_table,
-                              within)
+    from .ratecontrol import (TOLERANCE, Family, FileMeter, choose, closed_loop, compare_families, family_of,
+                              input_duration, load_table, within)
 
     if settings.key_codec != "hevc":
         raise InputError("--kbps uses a table measured with hevc key frames: "
@@ -460,10 +468,16 @@ def _rate_control(input, kbps, frames, settings, base_codec, base_scale, base_qu
 
     from .keyframe import get_keyframe_codec
 
-    best, searches = closed_loop(points, kbps, duration, rate, base_codec=base_codec, base_factor=factor,
-                                 key_quality=key_quality,
-                                 key_range=get_keyframe_codec(settings.key_codec).quality_range,
-                                 half_rate=half_rate)
+    args = dict(base_codec=base_codec, base_factor=factor, key_quality=key_quality,
+                key_range=get_keyframe_codec(settings.key_codec).quality_range, half_rate=half_rate)
+    if compare:
+        best, searches, compared = compare_families(points, kbps, duration, rate, meter.quality, **args)
+        for c in compared:
+            m = c.measured
+            say(f"compared: {m.family.describe(m.base_quality)}: {m.kbps:.2f} kbit/s, {c.psnr:.2f} dB decoded"
+                f"{' <- kept' if m == best else ''}")
+    else:
+        best, searches = closed_loop(points, kbps, duration, rate, **args)
     fam = best.family
     miss = best.kbps / kbps - 1
     ok = within(best.kbps, kbps)

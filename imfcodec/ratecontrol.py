@@ -417,6 +417,84 @@ def key_floor(searches: list[Search], target: float, rate: Callable[[Family, int
     return Search([Measured(replace(f, key_quality=k), low.base_quality, r) for k, r in passes], reach)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing families by what the decoder shows (issue 23, item 4). The table ranks families by their mean quality
+# over its clips; on one clip another family can be better by tenths of a dB, and by dB where the table's first
+# choice misses and the loop falls back (benchmarks/results/2026-12-04-kbps-compare/NOTES.md). The encoder has the
+# decoder's networks and the source, so it can land the target with each kind of base (half- and full-rate, 1/2 and
+# 1/4 size) and keep the one whose decoded frames are best.
+
+#: the kinds of base compared: (half-rate, base factor); the user's --half-rate/--full-rate and --base-scale narrow it
+COMPARED = ((True, 2), (False, 2), (True, 4), (False, 4))
+DEFAULT_SLOPE = 3.0  # dB per ln(rate) when the table cannot say
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A landing compared: its pass, the mean PSNR of the frames the decoder shows, and its score (that PSNR moved
+    to the target along the table's slope, so a landing 4 % over the target does not win by its extra bytes)."""
+
+    measured: Measured
+    psnr: float
+    score: float
+
+
+def rd_slope(points: list[OperatingPoint], target: float, duration_s: float) -> float:
+    """dB per ln(rate) of the table's frontier (its points that beat every cheaper one) around ``target`` at
+    ``duration_s``, within [1, 10]; ``DEFAULT_SLOPE`` when the frontier has fewer than two points."""
+    front: list[OperatingPoint] = []
+    for p in sorted(points, key=lambda p: (p.kbps(duration_s), -p.psnr)):
+        if not front or p.psnr > front[-1].psnr:
+            front.append(p)
+    if len(front) < 2:
+        return DEFAULT_SLOPE
+    i = next((i for i, p in enumerate(front) if p.kbps(duration_s) > target), len(front))
+    a, b = front[min(max(i - 1, 0), len(front) - 2)], front[min(max(i, 1), len(front) - 1)]
+    slope = (b.psnr - a.psnr) / math.log(b.kbps(duration_s) / a.kbps(duration_s))
+    return min(max(slope, 1.0), 10.0)
+
+
+def compare_families(points: list[OperatingPoint], target: float, duration_s: float | None,
+                     rate: Callable[[Family, int], float], quality: Callable[[Family, int], float],
+                     quality_range: Callable[[str], tuple[int, int]] = _codec_range,
+                     default_quality: Callable[[str], int] = _codec_default, *, base_codec: str | None = None,
+                     base_factor: int | None = None, key_quality: int | None = None,
+                     key_range: tuple[int, int] | None = None, half_rate: bool | None = None
+                     ) -> tuple[Measured, list[Search], list[Compared]]:
+    """``closed_loop`` (the table's choice), then the closed loop kept to each kind of base of ``COMPARED`` that the
+    user left open (``half_rate``, ``base_factor``): every distinct pass within the tolerance is decoded
+    (``quality(family, base_quality)``: the mean PSNR of the frames shown) and the best score wins (``Compared``;
+    the table's choice on a tie). Returns (the chosen pass, every search, the landings compared: empty when fewer
+    than two landed, and then the table's choice stands). ``rate`` is called once per (family, quality)."""
+    known: dict[tuple[Family, int], float] = {}
+
+    def measured(f: Family, q: int) -> float:
+        if (f, q) not in known:
+            known[(f, q)] = rate(f, q)
+        return known[(f, q)]
+
+    args = dict(quality_range=quality_range, default_quality=default_quality, base_codec=base_codec,
+                key_quality=key_quality, key_range=key_range)
+    best, searches = closed_loop(points, target, duration_s, measured, base_factor=base_factor, half_rate=half_rate,
+                                 **args)
+    landed = {(best.family, best.base_quality): best} if within(best.kbps, target) else {}
+    for half, factor in COMPARED:
+        if (half_rate is not None and half != half_rate) or (base_factor is not None and factor != base_factor):
+            continue
+        m, more = closed_loop(points, target, duration_s, measured, base_factor=factor, half_rate=half, **args)
+        searches += more
+        if within(m.kbps, target):
+            landed.setdefault((m.family, m.base_quality), m)
+    if len(landed) < 2:
+        return best, searches, []
+    slope = rd_slope(points, target, DEFAULT_DURATION_S if duration_s is None or duration_s <= 0 else duration_s)
+    compared = []
+    for m in landed.values():
+        db = float(quality(m.family, m.base_quality))
+        compared.append(Compared(m, db, db - slope * math.log(m.kbps / target)))
+    return max(compared, key=lambda c: c.score).measured, searches, compared
+
+
 KEEP_FRAMES = 1500  # frames a file's measuring passes keep in memory (about 300 MB at 256x256); longer: re-read
 
 
@@ -440,6 +518,7 @@ class FileMeter:
         self.timing = None
         self.duration_s = 0.0  # of the last pass
         self.seconds = 0.0  # spent measuring
+        self.decoded = 0.0  # of which spent decoding (``quality``)
 
     def _source(self):
         """(frames, fps, timing recorder) of one pass."""
@@ -476,3 +555,31 @@ class FileMeter:
         self.duration_s = seconds
         self.seconds += time.perf_counter() - t0
         return size * 8 / seconds / 1000.0
+
+    def quality(self, family: Family, quality: int) -> float:
+        """The mean PSNR (dB) of the frames the decoder shows from the stream this point makes (written to a
+        temporary file, with the guard as the final encode has it) against the input's frames at the model's
+        resolution: what ``compare_families`` ranks by. The input is read again when its frames are not kept."""
+        import tempfile
+        import time
+        from dataclasses import replace
+        from pathlib import Path
+
+        import numpy as np
+
+        from .api import encode_frames_to_file, iter_decoded
+        from .metrics import psnr
+
+        t0 = time.perf_counter()
+        settings = replace(family.settings(self.settings, quality), guard=self.guard).validated()
+        with tempfile.TemporaryDirectory(prefix="imfcodec-kbps-") as tmp:
+            path = Path(tmp) / "compare.imf"
+            frames, fps, timing = self._source()
+            encode_frames_to_file(frames, path, fps=fps, model=self.loaded, settings=settings, timing=timing)
+            t1 = time.perf_counter()
+            source = self._source()[0]
+            values = [psnr(a[None], b[None]) for a, b in zip(source, (f for _, out in iter_decoded(path, model=self.loaded)
+                                                                      for f in out))]
+        self.decoded += time.perf_counter() - t1
+        self.seconds += time.perf_counter() - t0
+        return float(np.mean(values))

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from helpers import cli, timed_clip
 
 from imfcodec.ratecontrol import (
+    MAX_PASSES,
     TOLERANCE,
     Family,
     Measured,
@@ -237,7 +238,10 @@ def test_kbps_hits_its_target_on_short_clips(tmp_path, monkeypatch, fps):
         info = json.loads(cli("info", out, "--json").stdout)
         assert abs(info["kbps"] / target - 1) <= TOLERANCE, (target, info["kbps"], r.stderr)
         lines = [x for x in r.stderr.splitlines() if x.startswith("rate control: ")]
-        assert lines[0].startswith("rate control: pass 1: base vp9 ") and 2 <= len(lines) <= 12, r.stderr
+        passes = [x for x in lines if x.startswith("rate control: pass ")]
+        # the table's family, then the loop on each of the four kinds of base (--kbps-compare), none measured twice
+        assert lines[0].startswith("rate control: pass 1: base vp9 ") and 2 <= len(passes) <= 4 * MAX_PASSES, r.stderr
+        assert len({x.split(": ", 2)[2].split(" -> ")[0] for x in passes}) == len(passes)
         assert f"rate control: target {target} kbit/s -> " in lines[-1] and "within +-5%" in lines[-1]
         assert f"{info['kbps']:.2f} kbit/s" in lines[-1]  # the measured rate is the file's
         assert f"(target {target} kbit/s, " in r.stderr and "warning" not in r.stderr
@@ -352,3 +356,112 @@ def test_coarse_steps_in_range_move_on_to_the_tables_next_family():
     best, searches = closed_loop(TABLE, 12.0, 10.0, rate, lambda c: (0, 63), lambda c: 8)
     assert searches[0].passes[0].family.base_factor == 2 and len(searches) >= 2
     assert within(best.kbps, 12.0) and best.family.base_factor == 4
+
+
+def _kinds_table():
+    """TABLE with half-rate twins (60 % of the steady rate, a little better): four kinds of base to compare."""
+    from dataclasses import replace
+
+    return TABLE + [replace(p, half_rate=True, steady_kbps=p.steady_kbps * 0.6, psnr=p.psnr + 0.3) for p in TABLE]
+
+
+def _kind_rate(f: Family, q: int) -> float:
+    return (0.6 if f.half_rate else 1.0) * (6.0 if f.base_factor == 2 else 4.3) * 1.06 ** q + 1.0
+
+
+def test_compare_families_keeps_the_landing_the_decoder_shows_best():
+    """Each kind of base the user left open is landed within the tolerance; the best decoded PSNR wins, moved to the
+    target along the table's slope (extra bytes do not win by themselves); the table's choice wins ties; the user's
+    --half-rate / --base-scale narrow what is compared; every (family, quality) is measured once."""
+    from imfcodec.ratecontrol import compare_families, rd_slope
+
+    table = _kinds_table()
+    calls: list[tuple[Family, int]] = []
+
+    def rate(f, q):
+        calls.append((f, q))
+        return _kind_rate(f, q)
+
+    def run(quality, **kw):
+        calls.clear()
+        return compare_families(table, 8.0, 10.0, rate, quality, lambda c: (0, 63), lambda c: 8, **kw)
+
+    table_choice, _ = closed_loop(table, 8.0, 10.0, _kind_rate, lambda c: (0, 63), lambda c: 8)
+    best, searches, compared = run(lambda f, q: 30.0 if (not f.half_rate and f.base_factor == 4) else 28.0)
+    assert len(calls) == len(set(calls))  # nothing measured twice
+    kinds = {(c.measured.family.half_rate, c.measured.family.base_factor) for c in compared}
+    assert kinds == {(True, 2), (False, 2), (True, 4), (False, 4)}
+    assert all(within(c.measured.kbps, 8.0) for c in compared)
+    assert (best.family.half_rate, best.family.base_factor) == (False, 4) and within(best.kbps, 8.0)
+    assert compared[0].measured == table_choice  # the table's choice first: it wins ties
+    best, _, _ = run(lambda f, q: 28.0)
+    assert best == table_choice
+    # a landing over the target by 4 % with 0.05 dB more does not win: the slope is worth more than that
+    slope = rd_slope(table, 8.0, 10.0)
+    assert 1.0 <= slope <= 10.0
+
+    def favours_rate(f, q):
+        return 28.0 + slope * math.log(_kind_rate(f, q) / 8.0) - 0.01
+
+    best, _, compared = run(favours_rate)
+    assert best == max(compared, key=lambda c: c.score).measured
+    assert all(c.score == pytest.approx(28.0 - 0.01) for c in compared) and best == table_choice
+    best, _, compared = run(lambda f, q: 28.0, half_rate=True, base_factor=2)
+    assert compared == [] and best.family.half_rate and best.family.base_factor == 2  # nothing left to compare
+    _, _, compared = run(lambda f, q: 28.0, half_rate=False)
+    assert {c.measured.family.half_rate for c in compared} == {False} and len(compared) == 2
+
+
+def test_kbps_compares_the_decoded_kinds_of_base_and_says_so(tmp_path, monkeypatch):
+    """--kbps on a file compares the landed kinds of base by the frames the decoder shows (the PSNR it says is that
+    of the file it writes); --kbps-table takes the table's choice alone; either without --kbps is refused."""
+    import numpy as np
+
+    from imfcodec.api import iter_decoded
+    from imfcodec.io import open_video
+    from imfcodec.metrics import psnr
+    import imfcodec.ratecontrol as rc
+
+    path = tmp_path / "enh-tiny-points.json"
+    save_table(_kinds_table(), path, {"enhancer": "enh-tiny@test"})
+    monkeypatch.setattr(rc, "table_path", lambda name: path)
+    clip = tmp_path / "s.mp4"
+    assert cli("sample", clip, "--frames", 50, "--size", 64).exit_code == 0
+    out = tmp_path / "k.imf"
+    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 12)
+    assert r.exit_code == 0, r.output
+    compared = [x for x in r.stderr.splitlines() if x.startswith("rate control: compared: ")]
+    assert len(compared) >= 2 and sum(x.endswith(" <- kept") for x in compared) == 1, r.stderr
+    kept = next(x for x in compared if x.endswith(" <- kept"))
+    info = json.loads(cli("info", out, "--json").stdout)
+    assert f"{info['kbps']:.2f} kbit/s" in kept and abs(info["kbps"] / 12 - 1) <= TOLERANCE
+    with open_video(clip) as source:
+        src = np.stack(list(source.frames(64)))
+    shown = np.stack([f for _, o in iter_decoded(out) for f in o])
+    db = float(np.mean([psnr(a[None], b[None]) for a, b in zip(src, shown)]))
+    assert f"{db:.2f} dB decoded" in kept
+    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps", 12, "--kbps-table", "-y")
+    assert r.exit_code == 0 and "compared: " not in r.stderr and "within +-5%" in r.stderr, r.stderr
+    r = cli("encode", clip, "-o", out, "--enhancer", ENH, "--kbps-table", "-y")
+    assert r.exit_code == 2 and "go with --kbps" in r.output
+
+
+def test_kbps_compare_benchmark_reports_both_choices(tmp_path, monkeypatch, capsys):
+    """benchmarks.kbps_compare: per clip and target the table's choice and the kept landing, each with its real rate
+    and decoded PSNR, the change between them, and how many landings were compared."""
+    from benchmarks.kbps_compare import main
+    import imfcodec.ratecontrol as rc
+
+    path = tmp_path / "enh-tiny-points.json"
+    save_table(_kinds_table(), path, {"enhancer": "enh-tiny@test"})
+    monkeypatch.setattr(rc, "table_path", lambda name: path)
+    clip = tmp_path / "s.mp4"
+    assert cli("sample", clip, "--frames", 40, "--size", 64).exit_code == 0
+    assert main([str(clip), "--kbps", "10,16", "--enhancer", ENH, "--out", str(tmp_path / "o")]) == 0
+    text = (tmp_path / "o" / "kbps-compare.md").read_text()
+    rows = [x.split(" | ") for x in text.splitlines() if x.startswith("| s.mp4 ")]
+    assert len(rows) == 2 and "2 points: mean change " in text
+    for r in rows:
+        table_db, kept_db, change = float(r[4]), float(r[7]), float(r[8])
+        assert change == pytest.approx(kept_db - table_db, abs=0.011) and int(r[9]) >= 2
+        assert within(float(r[6]), float(r[1]))
