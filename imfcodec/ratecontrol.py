@@ -465,7 +465,8 @@ def compare_families(points: list[OperatingPoint], target: float, duration_s: fl
     user left open (``half_rate``, ``base_factor``): every distinct pass within the tolerance is decoded
     (``quality(family, base_quality)``: the mean PSNR of the frames shown) and the best score wins (``Compared``;
     the table's choice on a tie). Returns (the chosen pass, every search, the landings compared: empty when fewer
-    than two landed, and then the table's choice stands). ``rate`` is called once per (family, quality)."""
+    than two landed; then the one that landed is chosen, else the table's choice stands). ``rate`` is called once
+    per (family, quality)."""
     known: dict[tuple[Family, int], float] = {}
 
     def measured(f: Family, q: int) -> float:
@@ -485,8 +486,8 @@ def compare_families(points: list[OperatingPoint], target: float, duration_s: fl
         searches += more
         if within(m.kbps, target):
             landed.setdefault((m.family, m.base_quality), m)
-    if len(landed) < 2:
-        return best, searches, []
+    if len(landed) < 2:  # nothing to compare; a kind of base that landed where the table's choice did not wins
+        return next(iter(landed.values()), best), searches, []
     slope = rd_slope(points, target, DEFAULT_DURATION_S if duration_s is None or duration_s <= 0 else duration_s)
     compared = []
     for m in landed.values():

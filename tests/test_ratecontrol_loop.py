@@ -412,6 +412,16 @@ def test_compare_families_keeps_the_landing_the_decoder_shows_best():
     assert {c.measured.family.half_rate for c in compared} == {False} and len(compared) == 2
 
 
+    def coarse(f, q):  # only full-rate 1/4 with the cheap key has fine steps: the table's loop lands nowhere
+        return _kind_rate(f, q) if (f.half_rate, f.base_factor, f.key_quality) == (False, 4, 6) else 3.0 * 1.5 ** q
+
+    table_choice, _ = closed_loop(table, 12.0, 10.0, coarse, lambda c: (0, 63), lambda c: 8)
+    best, _, compared = compare_families(table, 12.0, 10.0, coarse, lambda f, q: 28.0, lambda c: (0, 63),
+                                         lambda c: 8)
+    assert not within(table_choice.kbps, 12.0) and compared == []
+    assert within(best.kbps, 12.0) and (best.family.half_rate, best.family.base_factor) == (False, 4)
+
+
 def test_kbps_compares_the_decoded_kinds_of_base_and_says_so(tmp_path, monkeypatch):
     """--kbps on a file compares the landed kinds of base by the frames the decoder shows (the PSNR it says is that
     of the file it writes); --kbps-table takes the table's choice alone; either without --kbps is refused."""
