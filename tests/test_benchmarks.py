@@ -740,3 +740,29 @@ def test_effort_runs_are_rows_of_their_own(tmp_path, jobs_in_this_process):
         assert all((tmp_path / r["stream"]).is_file() for r in [*fast.values(), *medium.values()])
         assert {r["stream"] for r in fast.values()}.isdisjoint(r["stream"] for r in medium.values())
     assert "ultrafast: every anchor's" in (tmp_path / "summary.md").read_text()
+
+
+def test_kbps_compare_against_the_hull_at_each_choices_rate(tmp_path):
+    """benchmarks.kbps_compare --rows --hull: each choice's PSNR minus the conventional hull's at that choice's own
+    rate (log-rate interpolation on the clip named by the row's file stem); a rate outside the hull is said."""
+    import pandas as pd
+
+    from benchmarks.kbps_compare import against_hull, main
+
+    def row(codec, scale, kbps, psnr, point):
+        return dict(clip="c", codec=codec, scale=scale, kbps=kbps, steady_kbps=kbps / 2, psnr=psnr, point=point)
+
+    rd = tmp_path / "rd.csv"
+    pd.DataFrame([row("x265", 1.0, 5, 28, "a"), row("x265", 1.0, 20, 32, "b")]).to_csv(rd, index=False)
+    table = ("| clip | target | table's choice | kbit/s | PSNR | compared: kept | kbit/s | PSNR | change dB | landings "
+             "| loop s | compare s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+             "| c.mp4 | 10 | h vp9 1/2 q5 k6 | 10.00 | 31.00 | av1 1/2 q9 k- | 10.00 | 31.50 | +0.50 | 4 | 1.0 | 9.0 |\n"
+             "| c.mp4 | 40 | vp9 1/2 q30 k6 | 40.00 | 33.00 | vp9 1/2 q30 k6 | 40.00 | 33.00 | +0.00 | 4 | 1.0 | 9.0 |\n")
+    text = against_hull(table, str(rd))
+    assert "| c | 10 | +1.00 | +1.50 |" in text  # hull at 10 kbit/s: halfway in log rate, 30 dB
+    assert "| c | 40 | outside the hull's rates |" in text and "1 points: mean over the hull: table's choice +1.000" in text
+    rows = tmp_path / "k.md"
+    rows.write_text(table)
+    assert main(["--rows", str(rows), "--hull", str(rd), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "vs-hull.md").read_text() == text
+    assert main(["--rows", str(rows)]) == 2

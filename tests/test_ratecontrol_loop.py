@@ -470,7 +470,7 @@ def test_kbps_compare_benchmark_reports_both_choices(tmp_path, monkeypatch, caps
     assert main([str(clip), "--kbps", "10,16", "--enhancer", ENH, "--out", str(tmp_path / "o")]) == 0
     text = (tmp_path / "o" / "kbps-compare.md").read_text()
     rows = [x.split(" | ") for x in text.splitlines() if x.startswith("| s.mp4 ")]
-    assert len(rows) == 2 and "2 points: mean change " in text
+    assert len(rows) == 2 and "points where the table's choice is within the tolerance: mean change " in text
     for r in rows:
         table_db, kept_db, change = float(r[4]), float(r[7]), float(r[8])
         assert change == pytest.approx(kept_db - table_db, abs=0.011) and int(r[9]) >= 2
