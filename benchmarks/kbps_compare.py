@@ -46,9 +46,7 @@ def command(clips, targets, enhancer, frames, rd_csv, rows, out) -> None:
     if rows is not None:
         if rd_csv is None or clips:
             raise click.UsageError("--rows goes with --hull and no clips")
-        text = against_hull(Path(rows).read_text(), rd_csv)
-        print(text)
-        write_result(out, "vs-hull.md", text)
+        _emit(out, "vs-hull.md", against_hull(Path(rows).read_text(), rd_csv))
         return
     if not clips:
         raise click.UsageError("give clips to measure (or --rows with --hull)")
@@ -104,9 +102,13 @@ def command(clips, targets, enhancer, frames, rd_csv, rows, out) -> None:
     print(summary, flush=True)
     write_result(out, "kbps-compare.md", "\n".join(lines) + "\n")
     if rd_csv is not None:
-        text = against_hull("\n".join(lines), rd_csv)
-        print(text)
-        write_result(out, "vs-hull.md", text)
+        _emit(out, "vs-hull.md", against_hull("\n".join(lines), rd_csv))
+
+
+def _emit(out: Path | None, name: str, text: str) -> None:
+    """A report on stdout, and as ``out/name`` with ``--out``."""
+    print(text)
+    write_result(out, name, text)
 
 
 def against_hull(table: str, rd_csv: str) -> str:
