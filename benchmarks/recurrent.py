@@ -145,13 +145,15 @@ def command(enhancer, against, data, val_clips, cache_dir, key_quality, point, a
     if point not in BASE_POINTS:
         raise click.UsageError(f"--point {point} is not one of the cache's: {BASE_POINTS}")
     size = rec.model.config.resolution
-    _, clips = held_out_clips(data, val_clips, size, 200, cache_dir)
-    coded = [code_clip(n, half(f), cache_path(cache_dir), FPS / 2) if half_rate else code_clip(n, f, cache_path(cache_dir))
-             for n, f in zip(clips.names, clips.frames)]
     models = {"rec": rec.model.eval(), "single": single.model.eval()}
-    lines = [f"# {rec.name}@{rec.weights_hash.hex()[:16]} against {single.name}@{single.weights_hash.hex()[:16]}", "",
-             f"Held-out training clips ({len(coded)}, `--val-clips {val_clips}`): {', '.join(clips.names)}.", ""]
-    if half_rate:
+    lines = [f"# {rec.name}@{rec.weights_hash.hex()[:16]} against {single.name}@{single.weights_hash.hex()[:16]}", ""]
+    coded = []
+    if not skip_validate or horizon > 0 or drift_frames > 0:  # sections 1-3 run on the held-out clips
+        _, clips = held_out_clips(data, val_clips, size, 200, cache_dir)
+        coded = [code_clip(n, half(f), cache_path(cache_dir), FPS / 2) if half_rate
+                 else code_clip(n, f, cache_path(cache_dir)) for n, f in zip(clips.names, clips.frames)]
+        lines += [f"Held-out training clips ({len(coded)}, `--val-clips {val_clips}`): {', '.join(clips.names)}.", ""]
+    if half_rate and coded:
         lines += ["Half-rate (`--half-rate`): sections 1-3 run on every other frame, coded at half the frame rate, "
                   "as the default stream codes them (frame numbers count those frames).", ""]
     if not skip_validate:

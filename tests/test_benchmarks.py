@@ -766,3 +766,20 @@ def test_kbps_compare_against_the_hull_at_each_choices_rate(tmp_path):
     assert main(["--rows", str(rows), "--hull", str(rd), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "vs-hull.md").read_text() == text
     assert main(["--rows", str(rows)]) == 2
+
+
+def test_recurrent_same_streams_alone_reads_no_held_out_clips(tmp_path, capsys, monkeypatch):
+    """benchmarks.recurrent with only the same-streams section: each clip encoded once, decoded three ways, and no
+    held-out training clip is loaded (nor named in the report)."""
+    from helpers import cli
+
+    import benchmarks.recurrent as rec
+
+    monkeypatch.setattr(rec, "held_out_clips", lambda *a, **k: pytest.fail("held-out clips loaded"))
+    clip = tmp_path / "t.mp4"
+    assert cli("sample", clip, "--frames", 8, "--size", 64).exit_code == 0
+    assert rec.main(["--enhancer", "random:enh-tiny-rec", "--against", "random:enh-tiny", "--skip-validate",
+                     "--horizon", "0", "--drift-frames", "0", "--streams", str(clip), "--stream-frames", "8",
+                     "--out", str(tmp_path / "o")]) == 0
+    text = (tmp_path / "o" / "recurrent.md").read_text()
+    assert "Held-out training clips" not in text and "| t | " in text and "| **mean** |" in text
