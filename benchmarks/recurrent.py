@@ -134,7 +134,7 @@ def command(enhancer, against, data, val_clips, cache_dir, key_quality, point, a
     import torch
 
     from imfcodec.modes.hybrid import is_recurrent, load_enhancer
-    from imfcodec.train.hybrid import BASE_POINTS, FPS, code_clip, half_rate as half, validate
+    from imfcodec.train.hybrid import BASE_POINTS, code_stream, validate
 
     torch.set_num_threads(threads)
     rec, single = load_enhancer(enhancer), load_enhancer(against)
@@ -150,8 +150,7 @@ def command(enhancer, against, data, val_clips, cache_dir, key_quality, point, a
     coded = []
     if not skip_validate or horizon > 0 or drift_frames > 0:  # sections 1-3 run on the held-out clips
         _, clips = held_out_clips(data, val_clips, size, 200, cache_dir)
-        coded = [code_clip(n, half(f), cache_path(cache_dir), FPS / 2) if half_rate
-                 else code_clip(n, f, cache_path(cache_dir)) for n, f in zip(clips.names, clips.frames)]
+        coded = [code_stream(n, f, cache_path(cache_dir), half_rate) for n, f in zip(clips.names, clips.frames)]
         lines += [f"Held-out training clips ({len(coded)}, `--val-clips {val_clips}`): {', '.join(clips.names)}.", ""]
     if half_rate and coded:
         lines += ["Half-rate (`--half-rate`): sections 1-3 run on every other frame, coded at half the frame rate, "

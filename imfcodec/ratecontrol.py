@@ -125,8 +125,6 @@ class Family:
 
     def settings(self, settings, base_quality: int):
         """``settings`` (an ``EncoderSettings``) at this family and ``base_quality``."""
-        from dataclasses import replace
-
         return replace(settings, base_codec=self.base_codec, base_factor=self.base_factor, base_quality=base_quality,
                        key_quality=None if self.intra_base else self.key_quality, intra_base=self.intra_base,
                        half_rate=self.half_rate)
@@ -508,8 +506,6 @@ class FileMeter:
 
     def __init__(self, path: str, settings, loaded, max_frames: int | None = None, keep: int = KEEP_FRAMES,
                  max_input_pixels: int | None = None) -> None:
-        from dataclasses import replace
-
         self.path, self.loaded, self.max_frames, self.keep = path, loaded, max_frames, keep
         self.settings = replace(settings, guard=False)
         self.guard = bool(settings.guard)
@@ -563,7 +559,6 @@ class FileMeter:
         resolution: what ``compare_families`` ranks by. The input is read again when its frames are not kept."""
         import tempfile
         import time
-        from dataclasses import replace
         from pathlib import Path
 
         import numpy as np

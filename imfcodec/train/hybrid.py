@@ -125,6 +125,12 @@ def code_clip(name: str, frames: np.ndarray, cache_dir: Path | None, fps: Fracti
     return CodedClip(name, frames, keys, bases)
 
 
+def code_stream(name: str, frames: np.ndarray, cache_dir: Path | None, half: bool = False) -> CodedClip:
+    """``code_clip`` of what a stream codes of ``frames``: every frame, or (``half``, a half-rate stream) every other
+    one at half the frame rate (``--half-rate``)."""
+    return code_clip(name, half_rate(frames), cache_dir, FPS / 2) if half else code_clip(name, frames, cache_dir)
+
+
 def code_intra(name: str, frames: np.ndarray, cache_dir: Path | None) -> dict:
     """``CodedClip.intra`` of ``frames``: coded at every ``INTRA_POINTS`` point (or read from its own cache
     file, so that the base points' caches stay valid)."""
@@ -639,10 +645,9 @@ class EnhancerTrainer(Run):
             cut = cfg.train_frames if group == "train" else 0
             self.coded[group] = []
             for i, name in enumerate(clips.names):  # (cut one by one, the full clip freed at once: peak memory)
-                if cfg.half_rate:
-                    coded, clips.frames[i] = code_clip(name, half_rate(clips.frames[i]), cache, FPS / 2), None
-                else:
-                    coded = code_clip(name, clips.frames[i], cache)
+                coded = code_stream(name, clips.frames[i], cache, cfg.half_rate)
+                if cfg.half_rate:  # (what was coded is a copy: the clip's own frames can go)
+                    clips.frames[i] = None
                 if cfg.intra_share:  # the intra-base route: trained on and validated apart
                     coded.intra = code_intra(coded.name, coded.frames, cache)
                 if cut > 0:
