@@ -1,8 +1,9 @@
 """What the hybrid mode's key frame is worth, on held-out TRAINING clips (never the test set).
 
-    python -m benchmarks.key_value [--enhancer SPEC] [--data DIR] [--frames 200] [--out DIR]
+    python -m benchmarks.key_value [--enhancer SPEC] [--data DIR] [--frames 200] [--sections LIST] [--out DIR]
 
-Two measurements behind the hybrid mode's rate split (benchmarks/results/*hybrid-vp9*/NOTES.md):
+Measurements behind the hybrid mode's rate split (benchmarks/results/*hybrid-vp9*/NOTES.md) and behind what
+a memory of earlier frames can add (issue 23):
 
 1. **Ablation.** The enhancer's gain over the bicubic base with the key image at each trained key quality,
    with the lossless source frame, and with *no detail*: the key image replaced by the upscaled base picture of
@@ -17,6 +18,9 @@ Two measurements behind the hybrid mode's rate split (benchmarks/results/*hybrid
 3. **The enhancer with a residual key.** The same two kinds of key at each key quality, given to the enhancer
    at four of the trainer's base points, each over that point's own intra picture: whether the enhancer's
    gain survives a residual key (it was trained on direct keys) at the bytes it saves.
+4. **How fresh the key is** (``freshness``). The key image taken a few frames before the measured frame (the
+   source, lossless or coded), or the enhancer's own output there (what a memory of shown frames holds):
+   how much of the gain is the key's *age*, and whether a memory of shown frames carries more than the key.
 """
 
 from __future__ import annotations
@@ -172,24 +176,102 @@ def residual_keys(frames0: list[np.ndarray], size: int) -> list[dict]:
     return rows
 
 
-def markdown(abl: list[dict], res: list[dict], info: dict, enh: list[dict] | None = None) -> str:
+#: how many frames back the key of the freshness study is taken (0: the frame itself, an upper bound)
+FRESH_DISTANCES = (0, 1, 2, 5, 25)
+#: a cheap fresh key's quality (hevc q6: about a third of q16's bytes)
+FRESH_LOW = 6
+
+
+def freshness(model, coded, size: int, key_quality: int = 16) -> list[dict]:
+    """What a *recent* key would be worth (issue 23: an enhancer that remembers): per clip, the enhancer's
+    gain over bicubic with the key image taken d frames before the measured one (each with its own base
+    picture as the key's base): the lossless source (``FRESH_DISTANCES``), the source coded at
+    ``key_quality`` and at ``FRESH_LOW`` 2 frames back (a fresh key), and the enhancer's own output 1 or 2 frames back (made with
+    today's key: what a memory of shown frames holds on a full- or half-rate stream), beside today's key (the
+    first frame at ``key_quality``). 6 frames per clip from frame 25 on (a shorter clip:
+    the distances that fit), every base point of the trainer."""
+    import torch
+
+    from imfcodec.keyframe import get_keyframe_codec
+    from imfcodec.metrics import psnr
+    from imfcodec.models import upscale
+    from imfcodec.train.hybrid import BASE_POINTS, _t
+
+    codec = get_keyframe_codec("hevc")
+    rows = []
+    with torch.inference_mode():
+        for c in coded:
+            dists = [d for d in FRESH_DISTANCES if d <= max(2, len(c.frames) - 2)]  # (a short clip: the near ones)
+            if len(c.frames) < 3:
+                continue
+            idx = np.linspace(max(dists), len(c.frames) - 1, 6).round().astype(int)
+            fresh = {q: _t(np.stack([codec.decode(codec.encode(c.frames[t - 2], q), size, size) for t in idx]))
+                     for q in sorted({key_quality, FRESH_LOW})}
+            today = _t(c.keys[key_quality])[None].expand(len(idx), -1, -1, -1)
+            acc: dict[str, list[float]] = {}
+            for point in BASE_POINTS:
+                small = c.bases[point]
+
+                def up(ts) -> torch.Tensor:
+                    return upscale(_t(small[np.asarray(ts)]), (size, size))
+
+                base, first_base = up(idx), up([0] * len(idx))
+                bic = float(np.mean([psnr(upscaled(small[t], size), c.frames[t]) for t in idx]))
+                keys = {f"first frame q{key_quality} (today)": (today, first_base)}
+                keys |= {f"source t-{d}": (_t(c.frames[idx - d]), up(idx - d)) for d in dists}
+                keys |= {f"source t-2 q{q}": (k, up(idx - 2)) for q, k in fresh.items()}
+                state = model.prepare_key(today, first_base)
+                for d in (1, 2):
+                    shown = model.enhance(state, up(idx - d)).clamp(0, 1).mul(255).round().div(255)
+                    keys[f"enhanced t-{d}"] = (shown, up(idx - d))
+                for name, (key, key_base) in keys.items():
+                    enh = _enhanced(model, key, key_base, base, c.frames[idx])
+                    acc.setdefault(name, []).append(enh - bic)
+            rows += [{"clip": c.name, "key": k, "gain": float(np.mean(v))} for k, v in acc.items()]
+    return rows
+
+
+def freshness_markdown(rows: list[dict]) -> list[str]:
+    """The freshness study as a table: gain over bicubic per key and clip, the mean, and the mean of the
+    moving (non-GRID) clips."""
+    clips = list(dict.fromkeys(r["clip"] for r in rows))
+    moving = [c for c in clips if not Path(c).stem.startswith("grid")]
+    lines = ["", "## How fresh the key is (gain over bicubic, dB; mean over the trainer's base points)", "",
+             "The key image taken d frames before the measured frame, over its own base picture. `enhanced t-d`: "
+             "the enhancer's own output d frames back, made with today's key.", "",
+             "| key | " + " | ".join(Path(c).stem[:16] for c in clips) + " | mean | moving |",
+             "|---|" + "---|" * (len(clips) + 2)]
+    for k in dict.fromkeys(r["key"] for r in rows):
+        g = {r["clip"]: r["gain"] for r in rows if r["key"] == k}
+        cells = " | ".join(f"{g[c]:+.2f}" if c in g else "-" for c in clips)
+        mov = np.mean([g[c] for c in moving if c in g]) if any(c in g for c in moving) else float("nan")
+        lines.append(f"| {k} | {cells} | {np.mean(list(g.values())):+.2f} | {mov:+.2f} |")
+    return lines
+
+
+def markdown(abl: list[dict], res: list[dict], info: dict, enh: list[dict] | None = None,
+             fresh: list[dict] | None = None) -> str:
+    """The report; a section whose rows are empty (not run, ``--sections``) is left out."""
     lines = ["# What the key frame is worth (held-out training clips)", "",
-             f"enhancer {info['enhancer']}; clips: {', '.join(info['clips'])}; residual keys over the first "
-             f"frames of {info['residual_clips']} training clips", "",
-             "## The enhancer's gain over bicubic per key variant (dB; mean over the trainer's base points)", ""]
-    clips = list(dict.fromkeys(r["clip"] for r in abl))
-    keys = list(dict.fromkeys(r["key"] for r in abl))
-    lines += ["| key | " + " | ".join(Path(c).stem for c in clips) + " | mean |",
-              "|---|" + "---|" * (len(clips) + 1)]
-    for k in keys:
-        g = [next(r["enh"] - r["bicubic"] for r in abl if r["clip"] == c and r["key"] == k) for c in clips]
-        lines.append(f"| {k} | " + " | ".join(f"{x:+.2f}" for x in g) + f" | {np.mean(g):+.2f} |")
-    lines += ["", "## Key image coded directly or as a residual over the upscaled base intra picture (hevc key codec)",
-              "", "| base | key quality | direct bytes | direct PSNR | residual bytes | residual PSNR |",
-              "|---|---|---|---|---|---|"]
-    for r in res:
-        lines.append(f"| {r['base']} | {r['key_quality']} | {r['direct_bytes']:.0f} | {r['direct_psnr']:.2f} | "
-                     f"{r['residual_bytes']:.0f} | {r['residual_psnr']:.2f} |")
+             f"enhancer {info['enhancer']}; clips: {', '.join(info['clips'])}"
+             + (f"; residual keys over the first frames of {info['residual_clips']} training clips" if res else "")]
+    if abl:
+        lines += ["", "## The enhancer's gain over bicubic per key variant (dB; mean over the trainer's base points)",
+                  ""]
+        clips = list(dict.fromkeys(r["clip"] for r in abl))
+        keys = list(dict.fromkeys(r["key"] for r in abl))
+        lines += ["| key | " + " | ".join(Path(c).stem for c in clips) + " | mean |",
+                  "|---|" + "---|" * (len(clips) + 1)]
+        for k in keys:
+            g = [next(r["enh"] - r["bicubic"] for r in abl if r["clip"] == c and r["key"] == k) for c in clips]
+            lines.append(f"| {k} | " + " | ".join(f"{x:+.2f}" for x in g) + f" | {np.mean(g):+.2f} |")
+    if res:
+        lines += ["", "## Key image coded directly or as a residual over the upscaled base intra picture (hevc key "
+                  "codec)", "", "| base | key quality | direct bytes | direct PSNR | residual bytes | residual PSNR |",
+                  "|---|---|---|---|---|---|"]
+        for r in res:
+            lines.append(f"| {r['base']} | {r['key_quality']} | {r['direct_bytes']:.0f} | {r['direct_psnr']:.2f} | "
+                         f"{r['residual_bytes']:.0f} | {r['residual_psnr']:.2f} |")
     if enh:
         lines += ["", "## The enhancer with a residual key (held-out clips; trained on direct keys only)", "",
                   "Key coded directly or as a residual over the base point's own upscaled intra picture; gain = "
@@ -199,7 +281,12 @@ def markdown(abl: list[dict], res: list[dict], info: dict, enh: list[dict] | Non
         for r in enh:
             lines.append(f"| {r['base']} | {r['key']} | {r['key_quality']} | {r['bytes']:.0f} | {r['key_psnr']:.2f} | "
                          f"{r['gain']:+.2f} | {r['gain_moving']:+.2f} |")
+    if fresh:
+        lines += freshness_markdown(fresh)
     return "\n".join(lines) + "\n"
+
+
+SECTIONS = ("ablation", "residual", "enhanced", "freshness")
 
 
 @click.command("key_value", cls=Command, context_settings=CONTEXT_SETTINGS, help=__doc__.splitlines()[0])
@@ -209,9 +296,11 @@ def markdown(abl: list[dict], res: list[dict], info: dict, enh: list[dict] | Non
 @held_out_options
 @click.option("--stride", type=int, default=8, show_default=True,
               help="residual keys: also every N-th training clip's first frame")
+@click.option("--sections", default=",".join(SECTIONS), show_default=True,
+              help="which studies to run, comma-separated: " + ", ".join(SECTIONS))
 @threads_option()
 @out_option("key_value.md")
-def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
+def command(enhancer, data, frames, val_clips, stride, sections, cache_dir, threads, out):
     import torch
 
     from imfcodec.modes.hybrid import load_enhancer
@@ -225,12 +314,20 @@ def command(enhancer, data, frames, val_clips, stride, cache_dir, threads, out):
     train, clips = held_out_clips(data, val_clips, size, frames, cache_dir)
     cache = cache_path(cache_dir)
     coded = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
-    abl = ablation(model, coded, size)
-    extra = load_clips(train[::max(1, stride)], size, 2, cache)  # the first frame is all it needs (2: the loader's minimum)
-    res = residual_keys([f[0] for f in clips.frames] + [f[0] for f in extra.frames], size)
-    enh = residual_enhanced(model, coded, size)
+    run = set(sections.split(","))
+    if not run or run - set(SECTIONS):
+        raise click.BadParameter(f"{sections!r}: a comma-separated list of {', '.join(SECTIONS)}",
+                                 param_hint="--sections")
+    abl = ablation(model, coded, size) if "ablation" in run else []
+    res, n_res = [], 0
+    if "residual" in run:
+        extra = load_clips(train[::max(1, stride)], size, 2, cache)  # the first frame is all it needs (2: the loader's minimum)
+        res = residual_keys([f[0] for f in clips.frames] + [f[0] for f in extra.frames], size)
+        n_res = len(clips) + len(extra)
+    enh = residual_enhanced(model, coded, size) if "enhanced" in run else []
+    fresh = freshness(model, coded, size) if "freshness" in run else []
     text = markdown(abl, res, {"enhancer": f"{loaded.name}@{loaded.weights_hash.hex()[:16]}",
-                               "clips": clips.names, "residual_clips": len(clips) + len(extra)}, enh)
+                               "clips": clips.names, "residual_clips": n_res}, enh, fresh)
     print(text, end="")
     write_result(out, "key_value.md", text)
     return 0

@@ -567,8 +567,107 @@ def test_key_value_ablation_and_residual_keys(tmp_path):
     enh = [line.split("|")[1:-1] for line in text.splitlines() if line.split("|")[2:3] in ([" direct "], [" residual "])]
     assert len(enh) == 4 * 2 * 5 and {r[1].strip() for r in enh} == {"direct", "residual"}
     assert all(int(r[3]) > 0 and float(r[4]) > 15 and r[5].strip() == "+0.00" for r in enh), enh
+    # the freshness study (6 frames: distances 0-2): an untrained enhancer gains nothing with any key either
+    fresh = [line for line in text.splitlines() if line.startswith(("| source t-", "| enhanced t-", "| first frame"))]
+    assert len(fresh) == 1 + 3 + 2 + 2 and all(line.endswith("| +0.00 | +0.00 |") for line in fresh), fresh
     (tmp_path / "test").mkdir()
     assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1
+
+
+def test_key_value_sections(tmp_path, capsys):
+    """--sections runs only the studies named (the report leaves the others out); a wrong name is a usage
+    error."""
+    from benchmarks.key_value import main
+    from imfcodec.io import make_sample
+
+    data = tmp_path / "train"
+    data.mkdir()
+    for i in range(2):
+        make_sample(data / f"c{i}.mp4", frames=5, size=64)
+    args = ["--enhancer", "random:enh-tiny", "--data", str(data), "--frames", "5", "--val-clips", "1",
+            "--cache-dir", "none", "--threads", "1"]
+    assert main(args + ["--sections", "freshness", "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "key_value.md").read_text()
+    assert "## How fresh the key is" in text and "residual" not in text and "per key variant" not in text, text
+    assert main(args + ["--sections", "freshness,bogus"]) == 2
+    assert "--sections" in capsys.readouterr().err
+
+
+class _KeyIsOutput:
+    """A stand-in enhancer whose output is its key image: the freshness study then measures the keys."""
+
+    def prepare_key(self, key, key_base):
+        return key
+
+    def enhance(self, state, base):
+        return state.expand(base.shape[0], -1, -1, -1) if state.shape[0] == 1 else state
+
+
+def test_key_value_freshness_measures_the_keys():
+    """With an enhancer that shows its key, the freshness study's rows are the keys' own quality: the frame
+    itself beats older frames, a cheap coded key loses to a better one, and the 'enhanced' rows (today's
+    key shown again) equal today's row exactly."""
+    import numpy as np
+
+    from benchmarks.key_value import FRESH_LOW, freshness
+    from imfcodec.io.sample import sample_frames
+    from imfcodec.keyframe import get_keyframe_codec
+    from imfcodec.train.hybrid import BASE_POINTS, CodedClip
+
+    frames = np.stack(list(sample_frames(30, 64)))
+    codec = get_keyframe_codec("hevc")
+    keys = {16: codec.decode(codec.encode(frames[0], 16), 64, 64)}
+    bases = {p: np.ascontiguousarray(frames[:, ::p[1], ::p[1]]) for p in BASE_POINTS}
+    rows = freshness(_KeyIsOutput(), [CodedClip("c.mp4", frames, keys, bases)], 64)
+    g = {r["key"]: r["gain"] for r in rows}
+    assert set(g) == {"first frame q16 (today)", "source t-0", "source t-1", "source t-2", "source t-5",
+                      "source t-25", f"source t-2 q{FRESH_LOW}", "source t-2 q16", "enhanced t-1", "enhanced t-2"}
+    assert g["source t-0"] > g["source t-2"] > g["source t-25"], g
+    assert g["source t-2"] > g["source t-2 q16"] > g[f"source t-2 q{FRESH_LOW}"], g
+    assert g["enhanced t-1"] == g["enhanced t-2"] == g["first frame q16 (today)"], g
+
+
+def test_key_refresh_stream_and_same_rate():
+    """benchmarks.key_refresh: the refresh stream codes every N-th frame with inter prediction (a still clip's
+    later pictures cost a fraction of the first) and decodes them at the full size; ``same_rate`` compares a
+    refresh point with today's curve at its own total rate and leaves out points beyond the curve."""
+    import numpy as np
+
+    from benchmarks.key_refresh import refresh_stream, same_rate
+    from imfcodec.io.sample import sample_frames
+    from imfcodec.metrics import psnr
+
+    still = np.repeat(next(iter(sample_frames(1, 64)))[None], 9, 0)
+    sizes, pics = refresh_stream(still, 4, "hevc", 30)
+    assert len(sizes) == len(pics) == 3 and pics[0].shape == (64, 64, 3)
+    assert max(sizes[1:]) < sizes[0] / 3, sizes
+    assert psnr(pics[2], still[8]) > 30
+    rows = [{"clip": "c", "base_kbps": 1.0, "today": 30.0, "refresh": {"s": (32.0, 1.0)}},
+            {"clip": "c", "base_kbps": 4.0, "today": 33.0, "refresh": {"s": (34.0, 1.0)}}]
+    d = same_rate(rows)
+    assert list(d) == ["c|s"] and len(d["c|s"]) == 1 and abs(d["c|s"][0] - 0.5) < 1e-9, d  # log2 is half-way
+
+
+def test_key_refresh_command(tmp_path, capsys):
+    """benchmarks.key_refresh end to end on a tiny clip: a row per base quality, the report, its errors."""
+    from benchmarks.key_refresh import main
+    from imfcodec.io import make_sample
+
+    data = tmp_path / "train"
+    data.mkdir()
+    for i in range(2):
+        make_sample(data / f"c{i}.mp4", frames=9, size=64)
+    args = ["--enhancer", "random:enh-tiny", "--data", str(data), "--frames", "9", "--val-clips", "1",
+            "--cache-dir", "none", "--threads", "1"]
+    assert main(args + ["--intervals", "4", "--refresh-qualities", "20", "--base-qualities", "0,30",
+                        "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "key_refresh.md").read_text()
+    assert "| clip | every 4, q20 |" in text and text.count("bicubic") == 2, text
+    assert main(args + ["--intervals", "0"]) == 2
+    assert "--intervals" in capsys.readouterr().err
+    assert main(args + ["--base-qualities", "a,b"]) == 2
+    (tmp_path / "test").mkdir()
+    assert main(["--data", str(tmp_path / "test")]) == 1
 
 
 def _ticks():
