@@ -314,9 +314,9 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
     quality that gives ``target`` by measuring passes (``rate(family, quality)``: the whole file's real rate).
     When the family's quality range cannot reach the target (its lowest quality is still over it, or its
     highest under it), the next family the table chooses among those with lower (or higher) rates is tried (after a
-    half-rate family over the target, the table's full-rate choice), and when no quality of it lands within the
-    tolerance, the table's next choice, up to ``max_families``; the chosen pass is then the first within the
-    tolerance, else the one closest to the target over all of them.
+    half-rate family over the target, a smaller half-rate family once, then the table's full-rate choice), and
+    when no quality of it lands within the tolerance, the table's next choice, up to ``max_families``; the chosen
+    pass is then the first within the tolerance, else the one closest to the target over all of them.
     ``duration_s`` None: ``DEFAULT_DURATION_S``; the codecs' quality ranges and defaults: the base layer's.
     At the floor (every family tried is over the target at its lowest base quality) and with ``key_range`` (the
     key codec's quality range) and no key quality of the user's, the cheapest separate-key pass found is tried
@@ -367,9 +367,14 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
         now = span(family)
         untried = [p for p in allowed if chosen(p) not in tried]
         if reach == "over" and family.half_rate and half_rate is None and all(f.half_rate for f in tried):
-            # a half-rate base over the target at its floor: on fast motion it costs more than the table's clips
-            # said (frames 2 apart predict worse), so the table's choice among the full-rate points comes next
-            others = [p for p in untried if not p.half_rate]
+            # a half-rate base over the target at its floor: first a smaller half-rate base, once (a half-rate
+            # 1/4 base that fits is up to 3 dB better than a full-rate one at its floor: sadtalker at 5 kbit/s,
+            # benchmarks/results/2026-12-05-kbps-fallback/); then, as on fast motion a half-rate base costs more
+            # than the table's clips said (frames 2 apart predict worse), the table's choice among the full-rate
+            # points
+            smaller = [p for p in untried if p.half_rate and p.base_factor > max(f.base_factor for f in tried)
+                       and span(chosen(p))[0] < now[0]]
+            others = smaller or [p for p in untried if not p.half_rate]
         elif reach == "over":
             others = [p for p in untried if span(chosen(p))[0] < now[0]]
         elif reach == "under":

@@ -331,7 +331,8 @@ def test_kbps_takes_half_rate_points_where_the_table_says_they_pay(tmp_path, mon
 
 def test_after_a_half_rate_family_over_its_floor_the_full_rate_choice_comes_next():
     """Fast motion can make a half-rate base dearer than the table's clips said: over the target at its lowest
-    quality, the loop tries the table's full-rate family, not only cheaper half-rate ones."""
+    quality, the loop tries one smaller half-rate family, then the table's full-rate family, not only cheaper
+    half-rate ones."""
     from dataclasses import replace
 
     half = [replace(p, half_rate=True, steady_kbps=p.steady_kbps * 0.5) for p in TABLE]
@@ -342,7 +343,26 @@ def test_after_a_half_rate_family_over_its_floor_the_full_rate_choice_comes_next
     best, searches = closed_loop(TABLE + half, 5.0, 10.0, rate, lambda c: (0, 63), lambda c: 8)
     assert searches[0].passes[0].family.half_rate and searches[0].reach == "over"
     assert not best.family.half_rate and within(best.kbps, 5.0)
-    assert not searches[1].passes[0].family.half_rate  # the table's full-rate choice came straight after
+    first, second, third = (s.passes[0].family for s in searches[:3])
+    assert second.half_rate and second.base_factor > first.base_factor and searches[1].reach == "over"
+    assert not third.half_rate  # then the table's full-rate choice
+
+
+def test_after_a_half_rate_family_over_its_floor_a_smaller_one_that_fits_is_kept():
+    """The half-rate 1/2 base over the target at its floor, a half-rate 1/4 base that lands is kept, not the
+    full-rate fallback (on two sadtalker clips at 5 kbit/s the full-rate one was 3 dB worse)."""
+    from dataclasses import replace
+
+    half = [replace(p, half_rate=True, steady_kbps=p.steady_kbps * 0.5) for p in TABLE]
+
+    def rate(f: Family, q: int) -> float:  # this clip: half-rate 1/2 is over at its floor, 1/4 is not
+        return (3.0 if f.base_factor == 4 else 9.0) * 1.06 ** q
+
+    best, searches = closed_loop(TABLE + half, 5.0, 10.0, rate, lambda c: (0, 63), lambda c: 8)
+    assert searches[0].passes[0].family.half_rate and searches[0].passes[0].family.base_factor == 2
+    assert searches[0].reach == "over"
+    assert best.family.half_rate and best.family.base_factor == 4 and within(best.kbps, 5.0)
+    assert len(searches) == 2
 
 
 def test_coarse_steps_in_range_move_on_to_the_tables_next_family():
