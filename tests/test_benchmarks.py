@@ -574,18 +574,24 @@ def test_key_value_ablation_and_residual_keys(tmp_path):
     assert main(["--data", str(tmp_path / "test"), "--out", str(out)]) == 1
 
 
-def test_key_value_sections(tmp_path, capsys):
-    """--sections runs only the studies named (the report leaves the others out); a wrong name is a usage
-    error."""
-    from benchmarks.key_value import main
+def _two_held_out_clips(tmp_path, frames: int) -> list[str]:
+    """Two tiny training clips (one held out) and the held-out benchmarks' arguments for them, untrained."""
     from imfcodec.io import make_sample
 
     data = tmp_path / "train"
     data.mkdir()
     for i in range(2):
-        make_sample(data / f"c{i}.mp4", frames=5, size=64)
-    args = ["--enhancer", "random:enh-tiny", "--data", str(data), "--frames", "5", "--val-clips", "1",
+        make_sample(data / f"c{i}.mp4", frames=frames, size=64)
+    return ["--enhancer", "random:enh-tiny", "--data", str(data), "--frames", str(frames), "--val-clips", "1",
             "--cache-dir", "none", "--threads", "1"]
+
+
+def test_key_value_sections(tmp_path, capsys):
+    """--sections runs only the studies named (the report leaves the others out); a wrong name is a usage
+    error."""
+    from benchmarks.key_value import main
+
+    args = _two_held_out_clips(tmp_path, 5)
     assert main(args + ["--sections", "freshness", "--out", str(tmp_path / "r")]) == 0
     text = (tmp_path / "r" / "key_value.md").read_text()
     assert "## How fresh the key is" in text and "residual" not in text and "per key variant" not in text, text
@@ -651,14 +657,8 @@ def test_key_refresh_stream_and_same_rate():
 def test_key_refresh_command(tmp_path, capsys):
     """benchmarks.key_refresh end to end on a tiny clip: a row per base quality, the report, its errors."""
     from benchmarks.key_refresh import main
-    from imfcodec.io import make_sample
 
-    data = tmp_path / "train"
-    data.mkdir()
-    for i in range(2):
-        make_sample(data / f"c{i}.mp4", frames=9, size=64)
-    args = ["--enhancer", "random:enh-tiny", "--data", str(data), "--frames", "9", "--val-clips", "1",
-            "--cache-dir", "none", "--threads", "1"]
+    args = _two_held_out_clips(tmp_path, 9)
     assert main(args + ["--intervals", "4", "--refresh-qualities", "20", "--base-qualities", "0,30",
                         "--out", str(tmp_path / "r")]) == 0
     text = (tmp_path / "r" / "key_refresh.md").read_text()
