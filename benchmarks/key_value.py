@@ -185,11 +185,11 @@ FRESH_LOW = 6
 def freshness(model, coded, size: int, key_quality: int = 16) -> list[dict]:
     """What a *recent* key would be worth (issue 23: an enhancer that remembers): per clip, the enhancer's
     gain over bicubic with the key image taken d frames before the measured one (each with its own base
-    picture as the key's base): the lossless source (``FRESH_DISTANCES``), the source coded at
-    ``key_quality`` and at ``FRESH_LOW`` 2 frames back (a fresh key), and the enhancer's own output 1 or 2 frames back (made with
-    today's key: what a memory of shown frames holds on a full- or half-rate stream), beside today's key (the
-    first frame at ``key_quality``). 6 frames per clip from frame 25 on (a shorter clip:
-    the distances that fit), every base point of the trainer."""
+    picture as the key's base): the lossless source (``FRESH_DISTANCES``), the source coded at ``key_quality``
+    and at ``FRESH_LOW`` 2 frames back (a fresh key), and the enhancer's own output 1 or 2 frames back (made
+    with today's key: what a memory of shown frames holds on a full- or half-rate stream), beside today's key
+    (the first frame at ``key_quality``). 6 frames per clip from frame 25 on (a shorter clip: the distances
+    that fit), every base point of the trainer."""
     import torch
 
     from imfcodec.keyframe import get_keyframe_codec
@@ -307,6 +307,10 @@ def command(enhancer, data, frames, val_clips, stride, sections, cache_dir, thre
     from imfcodec.train.data import load_clips
     from imfcodec.train.hybrid import code_clip
 
+    run = set(sections.split(","))
+    if not run or run - set(SECTIONS):
+        raise click.BadParameter(f"{sections!r}: a comma-separated list of {', '.join(SECTIONS)}",
+                                 param_hint="--sections")
     torch.set_num_threads(threads)
     loaded = load_enhancer(enhancer)
     model = loaded.model.eval()
@@ -314,14 +318,11 @@ def command(enhancer, data, frames, val_clips, stride, sections, cache_dir, thre
     train, clips = held_out_clips(data, val_clips, size, frames, cache_dir)
     cache = cache_path(cache_dir)
     coded = [code_clip(n, f, cache) for n, f in zip(clips.names, clips.frames)]
-    run = set(sections.split(","))
-    if not run or run - set(SECTIONS):
-        raise click.BadParameter(f"{sections!r}: a comma-separated list of {', '.join(SECTIONS)}",
-                                 param_hint="--sections")
     abl = ablation(model, coded, size) if "ablation" in run else []
     res, n_res = [], 0
     if "residual" in run:
-        extra = load_clips(train[::max(1, stride)], size, 2, cache)  # the first frame is all it needs (2: the loader's minimum)
+        # the first frame is all it needs (2: the loader's minimum)
+        extra = load_clips(train[::max(1, stride)], size, 2, cache)
         res = residual_keys([f[0] for f in clips.frames] + [f[0] for f in extra.frames], size)
         n_res = len(clips) + len(extra)
     enh = residual_enhanced(model, coded, size) if "enhanced" in run else []
