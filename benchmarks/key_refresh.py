@@ -12,10 +12,10 @@ with inter prediction from its previous picture (``imfcodec.baselayer.code_clip`
 frames/s, ``--refresh-codec`` at ``--refresh-qualities``), and each frame is enhanced with the latest refresh
 picture as its key, over the base picture of that frame.
 
-Each point's rate is the base layer's bytes plus the refresh pictures' bytes after the first (steady state:
-the first refresh picture stands where today's key is, and neither is counted), from the coded access units
-of the clip's frames at 25 frames/s. Today's curve is the same base at ``--base-qualities`` with the first
-frame's key (hevc key codec, quality 16). The report gives, per clip and refresh setting, the mean PSNR
+Each point's rate is everything the decoder needs but the framing, over the whole clip at 25 frames/s: the base
+layer's access units plus every refresh picture (the first one stands where today's key is), against the base
+plus today's key. Today's curve is the same base at ``--base-qualities`` with the first frame's key (hevc key
+codec, quality 16). The report gives, per clip and refresh setting, the mean PSNR
 change against today's curve interpolated (in log rate) at the refresh point's rate, over the points
 inside today's range. Every ``--step``-th frame is measured. The enhancer is the shipped one, unchanged:
 it takes one key, so the refresh replaces the first frame's key.
@@ -85,7 +85,8 @@ def _enhanced_psnr(model, frames: np.ndarray, small: list[np.ndarray], measured:
 
 def simulate(model, name: str, frames: np.ndarray, intervals: list[int], codec: str, qualities: list[int],
              base_qualities: list[int], step: int = 3) -> list[dict]:
-    """One clip: a row per base quality with today's PSNR and each refresh setting's PSNR and added rate."""
+    """One clip: a row per base quality with today's PSNR and key rate, and each refresh setting's PSNR and rate
+    (all its pictures; kbit/s)."""
     import torch
 
     from imfcodec.baselayer import code_clip
@@ -98,7 +99,8 @@ def simulate(model, name: str, frames: np.ndarray, intervals: list[int], codec: 
     seconds = len(frames) / FPS
     measured = np.arange(1, len(frames), step)
     kc = get_keyframe_codec("hevc")
-    key = kc.decode(kc.encode(frames[0], KEY_QUALITY), size, size)
+    key_bytes = kc.encode(frames[0], KEY_QUALITY)
+    key = kc.decode(key_bytes, size, size)
     refresh = {(n, q): refresh_stream(frames, n, codec, q) for n in intervals for q in qualities}
     rows = []
     with torch.inference_mode():
@@ -106,27 +108,28 @@ def simulate(model, name: str, frames: np.ndarray, intervals: list[int], codec: 
             units, small = code_clip(frames, BASE[0], BASE[1], bq)
             bic = upscale(_t(np.stack([small[t] for t in measured])), (size, size))
             row = {"clip": name, "base_quality": bq, "base_kbps": sum(map(len, units)) * 8 / seconds / 1000,
+                   "key_kbps": len(key_bytes) * 8 / seconds / 1000,
                    "bicubic": psnr(frames[measured], bic.mul(255).round().clamp(0, 255).byte()
                                    .permute(0, 2, 3, 1).numpy()),
                    "today": _enhanced_psnr(model, frames, small, measured, lambda t: (0, key)), "refresh": {}}
             for (n, q), (sizes, pics) in refresh.items():
                 p = _enhanced_psnr(model, frames, small, measured, lambda t, n=n, pics=pics: (t // n * n, pics[t // n]))
-                row["refresh"][f"every {n}, q{q}"] = (p, sum(sizes[1:]) * 8 / seconds / 1000)
+                row["refresh"][f"every {n}, q{q}"] = (p, sum(sizes) * 8 / seconds / 1000)
             rows.append(row)
     return rows
 
 
 def same_rate(rows: list[dict]) -> dict[str, list[float]]:
-    """Per refresh setting: the PSNR change against today's curve of the same clip at the same rate, one value
-    per point inside today's rate range (log-rate interpolation)."""
+    """Per refresh setting: the PSNR change against today's curve (base + key) of the same clip at the same rate
+    (base + refresh pictures), one value per point inside today's rate range (log-rate interpolation)."""
     out: dict[str, list[float]] = {}
     for clip in dict.fromkeys(r["clip"] for r in rows):
         rs = sorted((r for r in rows if r["clip"] == clip), key=lambda r: r["base_kbps"])
-        lr, ps = np.log([r["base_kbps"] for r in rs]), np.array([r["today"] for r in rs])
+        lr, ps = np.log([r["base_kbps"] + r["key_kbps"] for r in rs]), np.array([r["today"] for r in rs])
         for r in rs:
             for setting, (p, kbps) in r["refresh"].items():
                 rate = np.log(r["base_kbps"] + kbps)
-                if rate <= lr[-1]:
+                if lr[0] <= rate <= lr[-1]:
                     out.setdefault(f"{clip}|{setting}", []).append(p - float(np.interp(rate, lr, ps)))
     return out
 
@@ -139,10 +142,10 @@ def markdown(rows: list[dict], info: dict) -> str:
     lines = ["# A refreshed key at the same rate (held-out training clips)", "",
              f"enhancer {info['enhancer']}; base {BASE[0]} 1/{BASE[1]}; refresh stream {info['codec']} at the full "
              f"size; one frame in {info['step']} measured; clips: {', '.join(clips)}", "",
-             "## Today: the base at each quality with the first frame's key (kbit/s: mean PSNR)", ""]
+             "## Today: the base at each quality with the first frame's key (base + key kbit/s: mean PSNR)", ""]
     for c in clips:
         rs = sorted((r for r in rows if r["clip"] == c), key=lambda r: r["base_kbps"])
-        lines.append(f"- {Path(c).stem}: " + ", ".join(f"{r['base_kbps']:.1f}: {r['today']:.2f} "
+        lines.append(f"- {Path(c).stem}: " + ", ".join(f"{r['base_kbps'] + r['key_kbps']:.1f}: {r['today']:.2f} "
                                                         f"(bicubic {r['bicubic']:.2f})" for r in rs))
     lines += ["", "## PSNR change against today at the same rate (dB; points inside today's range)", "",
               "| clip | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
@@ -153,7 +156,8 @@ def markdown(rows: list[dict], info: dict) -> str:
             d = deltas.get(f"{c}|{s}", [])
             every.setdefault(s, []).extend(d)
             added = np.mean([r["refresh"][s][1] for r in rows if r["clip"] == c])
-            cells.append(f"{np.mean(d):+.2f} ({len(d)} pts, +{added:.1f} kbit/s)" if d else f"- (+{added:.1f} kbit/s)")
+            cells.append(f"{np.mean(d):+.2f} ({len(d)} pts, refresh {added:.1f} kbit/s)" if d
+                         else f"- (refresh {added:.1f} kbit/s)")
         lines.append(f"| {Path(c).stem} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{np.mean(every[s]):+.2f}** ({len(every[s])} pts)" if every[s]
                                                else "-" for s in settings) + " |")

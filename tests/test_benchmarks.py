@@ -648,9 +648,9 @@ def test_key_refresh_stream_and_same_rate():
     assert len(sizes) == len(pics) == 3 and pics[0].shape == (64, 64, 3)
     assert max(sizes[1:]) < sizes[0] / 3, sizes
     assert psnr(pics[2], still[8]) > 30
-    rows = [{"clip": "c", "base_kbps": 1.0, "today": 30.0, "refresh": {"s": (32.0, 1.0)}},
-            {"clip": "c", "base_kbps": 4.0, "today": 33.0, "refresh": {"s": (34.0, 1.0)}}]
-    d = same_rate(rows)
+    rows = [{"clip": "c", "base_kbps": 0.5, "key_kbps": 0.5, "today": 30.0, "refresh": {"s": (32.0, 1.5)}},
+            {"clip": "c", "base_kbps": 3.5, "key_kbps": 0.5, "today": 33.0, "refresh": {"s": (34.0, 1.5)}}]
+    d = same_rate(rows)  # today's curve: 1 and 4 kbit/s (base + key); the refresh points: 2 and 5 (base + refresh)
     assert list(d) == ["c|s"] and len(d["c|s"]) == 1 and abs(d["c|s"][0] - 0.5) < 1e-9, d  # log2 is half-way
 
 
