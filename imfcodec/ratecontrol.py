@@ -365,7 +365,8 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
                     high.kbps(duration_s) * math.exp(k * (fhi - high.base_quality)))
 
         now = span(family)
-        untried = [p for p in allowed if chosen(p) not in tried]
+        floor_over = [s.passes[0].family for s in searches if s.reach == "over"]
+        untried = [p for p in allowed if chosen(p) not in tried and not _cannot_land(chosen(p), floor_over)]
         if reach == "over" and family.half_rate and half_rate is None and all(f.half_rate for f in tried):
             # a half-rate base over the target at its floor: first a smaller half-rate base, once (a half-rate
             # 1/4 base that fits is up to 3 dB better than a full-rate one at its floor: sadtalker at 5 kbit/s,
@@ -392,6 +393,18 @@ def closed_loop(points: list[OperatingPoint], target: float, duration_s: float |
         if within(s.best(target).kbps, target):
             return s.best(target), searches
     return closest([m for s in searches for m in s.passes], target), searches
+
+
+def _cannot_land(f: Family, floor_over: list[Family]) -> bool:
+    """Whether family ``f`` is one of ``floor_over`` (families measured over the target at their lowest base
+    quality) with a key no cheaper: the same base layer (codec, size, rate) makes the same bytes whatever the
+    key, so a dearer key cannot bring it under. Why: the table may rank such a family next (its clips said it was
+    cheaper), and measuring it spends one of the loop's few families on a pass that cannot land (foreman at
+    8 kbit/s: half-rate VP9 1/2 with key 11 after the same base with key 6 was over;
+    benchmarks/results/2026-12-05-kbps-fallback/)."""
+    return not f.intra_base and any(
+        not o.intra_base and (o.base_codec, o.base_factor, o.half_rate) == (f.base_codec, f.base_factor, f.half_rate)
+        and o.key_quality <= f.key_quality for o in floor_over)
 
 
 def key_floor(searches: list[Search], target: float, rate: Callable[[Family, int], float],

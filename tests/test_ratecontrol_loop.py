@@ -365,6 +365,38 @@ def test_after_a_half_rate_family_over_its_floor_a_smaller_one_that_fits_is_kept
     assert len(searches) == 2
 
 
+def test_a_base_over_its_floor_is_not_measured_again_with_a_dearer_key():
+    """A family whose base layer was over the target at its lowest quality cannot land with a dearer key (the
+    base makes the same bytes), so the loop spends its families elsewhere: here the half-rate base at 1/2 with key
+    6 is over, and its key-16 twin, which the table ranks next, is never measured."""
+    from dataclasses import replace
+
+    from imfcodec.ratecontrol import _cannot_land
+
+    over = [Family("vp9", 2, 6, half_rate=True)]
+    assert _cannot_land(Family("vp9", 2, 16, half_rate=True), over)
+    assert _cannot_land(Family("vp9", 2, 6, half_rate=True), over)
+    assert not _cannot_land(Family("vp9", 2, 3, half_rate=True), over)  # a cheaper key may still land
+    assert not _cannot_land(Family("vp9", 2, 16), over)  # another base layer (full-rate)
+    assert not _cannot_land(Family("vp9", 4, 16, half_rate=True), over)
+    assert not _cannot_land(Family("vp9", 2, 16, intra_base=True, half_rate=True), over)  # no separate key
+
+    # the table: the half-rate key-6 family is dearest at its floor, its key-16 twin the table's next choice
+    half = [replace(p, half_rate=True, steady_kbps=p.steady_kbps * 0.5, psnr=p.psnr + (1 if p.key_quality == 6
+            else 0.5)) for p in TABLE if p.base_factor == 2]
+
+    def rate(f: Family, q: int) -> float:  # this clip: every half-rate base is far over; full-rate 1/4 fits
+        if f.half_rate:
+            return 30.0 * 1.06 ** q + (1.0 if f.key_quality == 16 else 0.0)
+        return (12.0 if f.base_factor == 2 else 3.0) * 1.06 ** q
+
+    best, searches = closed_loop(TABLE + half, 8.0, 10.0, rate, lambda c: (0, 63), lambda c: 8)
+    families = [s.passes[0].family for s in searches]
+    assert families[0] == Family("vp9", 2, 6, half_rate=True) and searches[0].reach == "over", families
+    assert Family("vp9", 2, 16, half_rate=True) not in families, families
+    assert within(best.kbps, 8.0) and best.family.base_factor == 4 and not best.family.half_rate, families
+
+
 def test_coarse_steps_in_range_move_on_to_the_tables_next_family():
     """A family whose neighbouring qualities straddle the target, neither within the tolerance: the table's next
     family is measured, and the first pass within the tolerance is the answer."""
