@@ -58,29 +58,20 @@ def refresh_stream(frames: np.ndarray, interval: int, codec: str, quality: int) 
     return [len(u) for u in units], pictures
 
 
-def _enhanced_psnr(model, frames: np.ndarray, small: list[np.ndarray], measured: np.ndarray, key_of) -> float:
-    """Mean PSNR over ``measured`` frames of the enhancer's output with ``key_of(t) -> (k, key picture)``: the
-    key and the base picture of frame k."""
-    import torch
-
+def _enhanced_psnr(model, targets: np.ndarray, base, key_base, keys: np.ndarray, picture) -> float:
+    """Mean PSNR against ``targets`` of the enhancer's 8-bit output over ``base`` (the measured frames' upscaled
+    base pictures, [N,3,R,R]), frame i keyed by ``picture(keys[i])`` over ``key_base(keys[i])`` (the upscaled
+    base picture of that key's frame); the frames of one key run as one batch."""
     from imfcodec.metrics import psnr
-    from imfcodec.models import upscale
+    from imfcodec.modes.common import to_uint8
     from imfcodec.train.hybrid import _t
 
-    size = frames.shape[1]
-
-    def up(ts) -> torch.Tensor:
-        return upscale(_t(np.stack([small[t] for t in ts])), (size, size))
-
-    out = np.empty((len(measured), size, size, 3), np.uint8)
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(measured):
-        groups.setdefault(key_of(int(t))[0], []).append(i)
-    for k, rows in groups.items():
-        state = model.prepare_key(_t(key_of(int(measured[rows[0]]))[1])[None], up([k]))
-        y = model.enhance(state, up(measured[rows]))
-        out[rows] = y.mul(255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    return psnr(frames[measured], out)
+    out = np.empty_like(targets)
+    for k in np.unique(keys):
+        rows = np.flatnonzero(keys == k)
+        state = model.prepare_key(_t(picture(int(k)))[None], key_base(int(k)))
+        out[rows] = np.stack(to_uint8(model.enhance(state, base[rows])))
+    return psnr(targets, out)
 
 
 def simulate(model, name: str, frames: np.ndarray, intervals: list[int], codec: str, qualities: list[int],
@@ -93,11 +84,13 @@ def simulate(model, name: str, frames: np.ndarray, intervals: list[int], codec: 
     from imfcodec.keyframe import get_keyframe_codec
     from imfcodec.metrics import psnr
     from imfcodec.models import upscale
+    from imfcodec.modes.common import to_uint8
     from imfcodec.train.hybrid import _t
 
     size = frames.shape[1]
     seconds = len(frames) / FPS
     measured = np.arange(1, len(frames), step)
+    targets = frames[measured]
     kc = get_keyframe_codec("hevc")
     key_bytes = kc.encode(frames[0], KEY_QUALITY)
     key = kc.decode(key_bytes, size, size)
@@ -106,14 +99,19 @@ def simulate(model, name: str, frames: np.ndarray, intervals: list[int], codec: 
     with torch.inference_mode():
         for bq in base_qualities:
             units, small = code_clip(frames, BASE[0], BASE[1], bq)
-            bic = upscale(_t(np.stack([small[t] for t in measured])), (size, size))
+
+            def up(ts) -> torch.Tensor:
+                return upscale(_t(np.stack([small[t] for t in ts])), (size, size))
+
+            base = up(measured)  # once per base quality: every key variant enhances the same frames
+            key_base = lambda k: up([k])  # noqa: E731 (the key frame's upscaled base picture)
             row = {"clip": name, "base_quality": bq, "base_kbps": sum(map(len, units)) * 8 / seconds / 1000,
-                   "key_kbps": len(key_bytes) * 8 / seconds / 1000,
-                   "bicubic": psnr(frames[measured], bic.mul(255).round().clamp(0, 255).byte()
-                                   .permute(0, 2, 3, 1).numpy()),
-                   "today": _enhanced_psnr(model, frames, small, measured, lambda t: (0, key)), "refresh": {}}
+                   "key_kbps": len(key_bytes) * 8 / seconds / 1000, "bicubic": psnr(targets, np.stack(to_uint8(base))),
+                   "today": _enhanced_psnr(model, targets, base, key_base, np.zeros_like(measured), lambda k: key),
+                   "refresh": {}}
             for (n, q), (sizes, pics) in refresh.items():
-                p = _enhanced_psnr(model, frames, small, measured, lambda t, n=n, pics=pics: (t // n * n, pics[t // n]))
+                p = _enhanced_psnr(model, targets, base, key_base, measured // n * n,
+                                   lambda k, n=n, pics=pics: pics[k // n])
                 row["refresh"][f"every {n}, q{q}"] = (p, sum(sizes) * 8 / seconds / 1000)
             rows.append(row)
     return rows
